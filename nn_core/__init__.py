@@ -1,0 +1,13 @@
+"""nn_core: attention and recurrent layers for the CPU, with explicit backward passes.
+
+Every layer follows the :class:`Module` protocol (``forward`` / hand-derived
+``backward``, ``params`` / ``grads``); :func:`gradcheck` checks any of them against
+central finite differences.
+"""
+from . import attention
+from .gradcheck import GradcheckReport, gradcheck
+from .module import Module, ModuleList
+
+__version__ = "0.1.0"
+
+__all__ = ["Module", "ModuleList", "gradcheck", "GradcheckReport", "attention", "__version__"]

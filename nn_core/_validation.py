@@ -1,0 +1,175 @@
+"""Argument checks shared by every nn_core layer.
+
+All user-facing validation lives here so that every layer words its errors alike
+and tests can ``pytest.raises(..., match=...)`` on them.  Conventions (API.md §1, §4):
+
+* shape, size and value problems raise ``ValueError``;
+* dtype problems raise ``TypeError``;
+* call-order problems raise ``RuntimeError``.
+
+Messages name the argument, then what was expected and what was received, e.g.
+``"x.shape[-1] must equal input_size: expected 16, got 12"``.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+__all__ = [
+    "resolve_dtype",
+    "make_rng",
+    "as_float_array",
+    "as_mask",
+    "as_lengths",
+    "broadcasts_to",
+    "check_ndim",
+    "check_shape",
+    "check_positive_int",
+    "check_probability",
+    "require_forward",
+]
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def resolve_dtype(dtype) -> np.dtype:
+    """Return ``np.dtype(float32)`` or ``np.dtype(float64)``; anything else is a TypeError."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise TypeError(f"dtype must be np.float32 or np.float64, got {dtype!r}") from exc
+    if dt not in _FLOAT_DTYPES:
+        raise TypeError(f"dtype must be np.float32 or np.float64, got {dt}")
+    return dt
+
+
+def make_rng(rng) -> np.random.Generator:
+    """``None`` -> fresh generator, ``int`` -> seeded generator, a Generator -> itself."""
+    if rng is None:
+        return np.random.default_rng()
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if isinstance(rng, numbers.Integral) and not isinstance(rng, bool):
+        return np.random.default_rng(int(rng))
+    raise TypeError(
+        f"rng must be None, an int seed or a numpy.random.Generator, got {type(rng).__name__}"
+    )
+
+
+def _describe(x) -> str:
+    return f"shape {tuple(x.shape)}" if hasattr(x, "shape") else type(x).__name__
+
+
+def as_float_array(x, name: str, dtype, ndim=None, min_ndim=None) -> np.ndarray:
+    """Return ``x`` as an ndarray of ``dtype`` (a view when no cast is needed).
+
+    Real inputs (integers, float16, big-endian floats) are cast; complex, bool,
+    object and string inputs raise ``TypeError``.  The caller's array is never
+    written to: nn_core only reads from what this returns.
+    """
+    if x is None:
+        raise TypeError(f"{name} must be an array, got None")
+    arr = np.asarray(x)
+    kind = arr.dtype.kind
+    if kind not in "fiu":
+        raise TypeError(
+            f"{name} must be a real-valued (float or integer) array, got dtype {arr.dtype}"
+        )
+    if ndim is not None:
+        check_ndim(arr, name, ndim)
+    if min_ndim is not None and arr.ndim < min_ndim:
+        raise ValueError(
+            f"{name} must have at least {min_ndim} dimensions, got {arr.ndim} "
+            f"(shape {tuple(arr.shape)})"
+        )
+    return arr.astype(dtype, copy=False) if arr.dtype != dtype else arr
+
+
+def as_mask(mask, name: str, dtype):
+    """Normalise an attention mask.
+
+    Returns ``(kind, array)`` with kind ``"bool"`` (``True`` = attend) or
+    ``"float"`` (additive, cast to ``dtype``).  ``None`` gives ``(None, None)``.
+    """
+    if mask is None:
+        return None, None
+    arr = np.asarray(mask)
+    if arr.dtype == np.bool_:
+        return "bool", arr
+    if arr.dtype.kind in "fiu":
+        return "float", arr.astype(dtype, copy=False)
+    raise TypeError(f"{name} must be a bool or real-valued array, got dtype {arr.dtype}")
+
+
+def as_lengths(lengths, name: str, batch_size: int, max_len: int, min_len: int = 1) -> np.ndarray:
+    """Validate per-sequence lengths: int ``[B]`` with ``min_len <= len <= max_len``."""
+    arr = np.asarray(lengths)
+    if arr.dtype.kind not in "iu":
+        if arr.dtype.kind == "f" and arr.size and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+            arr = arr.astype(np.int64)
+        else:
+            raise TypeError(f"{name} must be an integer array, got dtype {arr.dtype}")
+    if arr.shape != (batch_size,):
+        raise ValueError(
+            f"{name} must have shape ({batch_size},) (one length per batch entry), "
+            f"got {tuple(arr.shape)}"
+        )
+    arr = arr.astype(np.int64, copy=False)
+    if arr.size and (arr.min() < min_len or arr.max() > max_len):
+        bad = arr[(arr < min_len) | (arr > max_len)][0]
+        raise ValueError(
+            f"{name} must satisfy {min_len} <= {name}[b] <= {max_len}, got {int(bad)}"
+        )
+    return arr
+
+
+def broadcasts_to(shape, target) -> bool:
+    """True if an array of ``shape`` broadcasts to exactly ``target``."""
+    shape, target = tuple(shape), tuple(target)
+    if len(shape) > len(target):
+        return False
+    return all(s in (1, t) for s, t in zip(shape[::-1], target[::-1]))
+
+
+def check_ndim(x, name: str, ndim: int) -> None:
+    if np.ndim(x) != ndim:
+        raise ValueError(
+            f"{name} must be {ndim}-dimensional, got {np.ndim(x)} dimensions ({_describe(x)})"
+        )
+
+
+def check_shape(x, name: str, expected) -> None:
+    """Check ``x.shape`` against ``expected``; ``None`` entries match any size."""
+    shape = tuple(np.shape(x))
+    ok = len(shape) == len(expected) and all(
+        e is None or int(e) == s for e, s in zip(expected, shape)
+    )
+    if not ok:
+        exp = "(" + ", ".join("*" if e is None else str(e) for e in expected) + ")"
+        raise ValueError(f"{name} must have shape {exp}, got {shape}")
+
+
+def check_positive_int(value, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_probability(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a float in [0, 1), got {type(value).__name__}")
+    if not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
+    return float(value)
+
+
+def require_forward(cache, module) -> None:
+    """Raise the documented RuntimeError when ``backward`` has nothing to consume."""
+    if cache is None:
+        raise RuntimeError(
+            f"{type(module).__name__}.backward called without a matching forward "
+            "(each forward allows exactly one backward)"
+        )

@@ -1,0 +1,288 @@
+"""Numerically stable masked softmax and scaled dot-product attention.
+
+Shape legend
+------------
+``...``  any number of leading (batch, head) dims that broadcast;
+``L_q``  query length, ``L_k`` key length, ``d_k`` query/key width, ``d_v`` value width.
+
+Equations (Vaswani et al., 2017, "Attention Is All You Need", eq. 1)
+--------------------------------------------------------------------
+Forward, with ``s`` the scale (default ``1/sqrt(d_k)``) and ``M`` the mask::
+
+    S = s * Q K^T + M_add                      [..., L_q, L_k]
+    P = softmax(S) over allowed keys           (masked keys get exactly 0)
+    P~ = P * Z / (1 - p)                       (dropout; Z ~ Bernoulli(1 - p), training only)
+    O = P~ V                                   [..., L_q, d_v]
+
+Backward, given ``dO``::
+
+    dV  = P~^T dO
+    dP~ = dO V^T ;  dP = dP~ * Z / (1 - p)
+    dS  = P * (dP - rowsum(dP * P))            (softmax Jacobian-vector product)
+    dQ  = s * dS K ;  dK = s * dS^T Q
+
+Each gradient is summed over the dims its input was broadcast along, so it has
+the shape of its own input.  A fully masked row has ``P = 0``, hence output 0 and
+gradient 0 — never NaN (PyTorch's ``_safe_softmax`` behaviour).
+
+Mask convention: bool ``True`` = this query may attend to this key; float masks are
+additive (0 keep, ``-inf`` drop).  ``is_causal`` aligns the diagonal bottom-right:
+query ``i`` of ``L_q`` sees keys ``j <= i + L_k - L_q`` (as when decoding with a
+cache); with ``L_q > L_k`` the first ``L_q - L_k`` queries see nothing and output 0.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .._kernels import _softmax as _ksoftmax
+from .._validation import as_float_array, as_mask, broadcasts_to, check_probability
+from ..module import Module
+
+__all__ = ["softmax", "ScaledDotProductAttention", "scaled_dot_product_attention"]
+
+_DUMMY_U8 = np.zeros(1, dtype=np.uint8)
+_DUMMY_IDX = np.zeros(1, dtype=np.intp)
+
+
+def _mask_layout(mask_kind, mask, score_shape, dtype):
+    """Describe ``mask`` as (buffer, per-slab offsets, row stride, col stride).
+
+    The mask is made contiguous in its *own* shape (no expansion to the score
+    shape); broadcasting is expressed by zero strides.
+    """
+    dummy_f = np.zeros(1, dtype=dtype)
+    if mask_kind is None:
+        return 0, _DUMMY_U8, dummy_f, _DUMMY_IDX, 0, 0
+    if not broadcasts_to(mask.shape, score_shape):
+        raise ValueError(
+            f"mask must broadcast to the attention score shape {tuple(score_shape)} "
+            f"([..., L_q, L_k]), got shape {tuple(mask.shape)}"
+        )
+    if mask_kind == "bool":
+        buf = np.ascontiguousarray(mask).view(np.uint8)
+    else:
+        buf = np.ascontiguousarray(mask, dtype=dtype)
+    view = np.broadcast_to(buf, score_shape)
+    strides = [s // buf.itemsize for s in view.strides]
+    lead = score_shape[:-2]
+    off = np.zeros(lead, dtype=np.intp)
+    for d, (n, st) in enumerate(zip(lead, strides[:-2])):
+        if st:
+            shape = [1] * len(lead)
+            shape[d] = n
+            off = off + (np.arange(n, dtype=np.intp) * st).reshape(shape)
+    off = np.ascontiguousarray(np.broadcast_to(off, lead).reshape(-1), dtype=np.intp)
+    flat = buf.reshape(-1)
+    if mask_kind == "bool":
+        return 1, flat, dummy_f, off, strides[-2], strides[-1]
+    return 2, _DUMMY_U8, flat, off, strides[-2], strides[-1]
+
+
+def _masked_softmax(scores, scale, mask_kind, mask, causal_offset=None):
+    """Softmax over the last axis of ``scale * scores`` (+mask), via the Cython kernel.
+
+    ``scores`` is C-contiguous ``[..., R, N]`` of float32/float64 and is not modified.
+    ``causal_offset``: keep only keys ``j <= i + causal_offset`` (None: no causal part).
+    """
+    shape = scores.shape
+    R, N = shape[-2], shape[-1]
+    x3 = scores.reshape(-1, R, N)
+    out = np.empty_like(x3)
+    kind, bmask, fmask, moff, mrs, mcs = _mask_layout(mask_kind, mask, shape, scores.dtype)
+    _ksoftmax.softmax_forward(x3, out, scores.dtype.type(scale), kind, bmask, fmask,
+                              moff, mrs, mcs, causal_offset is not None,
+                              0 if causal_offset is None else int(causal_offset))
+    return out.reshape(shape)
+
+
+def _softmax_backward(probs, grad_probs, scale):
+    """``scale * P * (dP - rowsum(dP * P))`` for C-contiguous ``[..., N]`` arrays."""
+    N = probs.shape[-1]
+    gp = np.ascontiguousarray(grad_probs, dtype=probs.dtype)
+    out = np.empty_like(probs)
+    _ksoftmax.softmax_backward(probs.reshape(-1, N), gp.reshape(-1, N), out.reshape(-1, N),
+                               probs.dtype.type(scale))
+    return out
+
+
+def softmax(x, axis=-1, mask=None):
+    """Numerically stable softmax with an optional mask.
+
+    Parameters
+    ----------
+    x : array_like, float
+        Scores.  float32 stays float32; every other real dtype is computed in float64.
+    axis : int
+        Axis to normalise over.
+    mask : array_like of bool or float, optional
+        Broadcastable to ``x``.  Bool: ``True`` keeps an entry.  Float: added to
+        ``x`` (0 keep, ``-inf`` drop).
+
+    Returns
+    -------
+    ndarray
+        Same shape as ``x``; masked entries are exactly 0 and a slice whose entries
+        are all masked (or all ``-inf``) is all 0 instead of NaN.
+
+    Examples
+    --------
+    >>> softmax(np.array([1.0, 2.0, 3.0]), mask=np.array([True, True, False])).round(4)
+    array([0.2689, 0.7311, 0.    ])
+    """
+    arr = np.asarray(x)
+    dtype = np.float32 if arr.dtype == np.float32 else np.float64
+    arr = as_float_array(arr, "x", dtype, min_ndim=1)
+    if not -arr.ndim <= axis < arr.ndim:
+        raise ValueError(f"axis must be in [-{arr.ndim}, {arr.ndim}), got {axis}")
+    kind, m = as_mask(mask, "mask", dtype)
+    if m is not None:
+        if not broadcasts_to(m.shape, arr.shape):
+            raise ValueError(f"mask must broadcast to x's shape {arr.shape}, got {m.shape}")
+        # align dims, then move the softmax axis last: views only, no expansion
+        m = np.moveaxis(m.reshape((1,) * (arr.ndim - m.ndim) + m.shape), axis, -1)[..., None, :]
+    moved = np.ascontiguousarray(np.moveaxis(arr, axis, -1))[..., None, :]   # (..., 1, N)
+    out = _masked_softmax(moved, 1.0, kind, m)[..., 0, :]
+    return np.moveaxis(out, -1, axis)
+
+
+def _reduce_to(grad, shape):
+    """Sum ``grad`` over the dims along which an input of ``shape`` was broadcast."""
+    if grad.shape == tuple(shape):
+        return grad
+    extra = grad.ndim - len(shape)
+    g = grad.sum(axis=tuple(range(extra))) if extra else grad
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
+    if axes:
+        g = g.sum(axis=axes, keepdims=True)
+    return g
+
+
+def scaled_dot_product_attention(query, key, value, mask=None, is_causal=False, scale=None,
+                                 dropout_p=0.0, rng=None, dtype=None):
+    """Functional SDPA (no dropout unless ``dropout_p`` and ``rng`` are given).
+
+    Same arguments and result as :meth:`ScaledDotProductAttention.forward`; returns
+    the output only.
+    """
+    if dtype is None:
+        dtype = np.float32 if np.asarray(query).dtype == np.float32 else np.float64
+    mod = ScaledDotProductAttention(dropout=dropout_p, dtype=dtype, rng=rng)
+    return mod.forward(query, key, value, mask=mask, is_causal=is_causal, scale=scale)
+
+
+class ScaledDotProductAttention(Module):
+    """Scaled dot-product attention with masks, causal alignment and dropout.
+
+    Parameters
+    ----------
+    dropout : float
+        Probability of zeroing an attention weight during training (inverted
+        dropout: survivors are scaled by ``1/(1-p)``); off in ``eval()``.
+    dtype : {np.float32, np.float64}, keyword-only
+    rng : None, int or Generator, keyword-only
+        Draws the dropout masks.
+
+    Notes
+    -----
+    See the module docstring for the forward and backward equations.  The softmax
+    runs in the Cython kernel ``nn_core._kernels._softmax`` with the scale and the
+    mask fused in (the mask is never expanded to the score shape, and with
+    ``is_causal`` the keys above the diagonal are never exponentiated).
+    ``return_weights=True`` returns the weights actually applied to ``V`` (after
+    dropout), as ``torch.nn.MultiheadAttention`` does.
+
+    Examples
+    --------
+    >>> sdpa = ScaledDotProductAttention(rng=0)
+    >>> q = np.ones((2, 4, 5, 8), np.float32)     # (B, h, L_q, d_k)
+    >>> k = np.ones((2, 4, 7, 8), np.float32)     # (B, h, L_k, d_k)
+    >>> v = np.ones((2, 4, 7, 3), np.float32)     # (B, h, L_k, d_v)
+    >>> sdpa(q, k, v, is_causal=True).shape
+    (2, 4, 5, 3)
+    >>> gq, gk, gv = sdpa.backward(np.ones((2, 4, 5, 3), np.float32))
+    """
+
+    def __init__(self, dropout=0.0, *, dtype=np.float32, rng=None):
+        super().__init__(dtype=dtype, rng=rng)
+        self.dropout = check_probability(dropout, "dropout")
+
+    def forward(self, query, key, value, mask=None, is_causal=False, scale=None,
+                return_weights=False):
+        """Attend ``query`` to ``key``/``value``.
+
+        Parameters
+        ----------
+        query : array ``[..., L_q, d_k]``
+        key : array ``[..., L_k, d_k]``
+        value : array ``[..., L_k, d_v]``
+        mask : bool or float array broadcastable to ``[..., L_q, L_k]``, optional
+        is_causal : bool
+            Bottom-right aligned causal mask, combined with ``mask`` (logical AND).
+        scale : float, optional
+            Multiplies ``Q K^T``; default ``1/sqrt(d_k)``.
+        return_weights : bool
+            Also return the attention weights ``[..., L_q, L_k]``.
+
+        Returns
+        -------
+        output : ndarray ``[..., L_q, d_v]``
+        weights : ndarray ``[..., L_q, L_k]``, only if ``return_weights``
+        """
+        dt = self.dtype
+        q = as_float_array(query, "query", dt, min_ndim=2)
+        k = as_float_array(key, "key", dt, min_ndim=2)
+        v = as_float_array(value, "value", dt, min_ndim=2)
+        if q.shape[-1] != k.shape[-1]:
+            raise ValueError(
+                f"key.shape[-1] must equal query.shape[-1] (d_k): expected {q.shape[-1]}, "
+                f"got {k.shape[-1]}"
+            )
+        if v.shape[-2] != k.shape[-2]:
+            raise ValueError(
+                f"value.shape[-2] must equal key.shape[-2] (L_k): expected {k.shape[-2]}, "
+                f"got {v.shape[-2]}"
+            )
+        try:
+            lead = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+        except ValueError:
+            raise ValueError(
+                "leading dims of query, key and value must broadcast: got "
+                f"{q.shape[:-2]}, {k.shape[:-2]}, {v.shape[:-2]}"
+            ) from None
+        L_q, L_k, d_k = q.shape[-2], k.shape[-2], q.shape[-1]
+        if scale is None:
+            scale = 1.0 / np.sqrt(d_k) if d_k > 0 else 1.0
+        kind, m = as_mask(mask, "mask", dt)
+        scores = np.matmul(q, np.swapaxes(k, -1, -2))          # (..., L_q, L_k)
+        if scores.shape != lead + (L_q, L_k):
+            scores = np.broadcast_to(scores, lead + (L_q, L_k))
+        scores = np.ascontiguousarray(scores, dtype=dt)
+        probs = _masked_softmax(scores, scale, kind, m,
+                                (L_k - L_q) if is_causal else None)
+        keep = None
+        applied = probs
+        if self.training and self.dropout > 0.0:
+            keep = self.rng.random(probs.shape) >= self.dropout
+            applied = probs * keep * dt.type(1.0 / (1.0 - self.dropout))
+        out = np.matmul(applied, v)                              # (..., L_q, d_v)
+        self._cache = (q, k, v, probs, applied, keep, dt.type(scale))
+        if return_weights:
+            return out, applied
+        return out
+
+    def backward(self, grad_output):
+        """Gradients ``(grad_query, grad_key, grad_value)``, each shaped like its input."""
+        q, k, v, probs, applied, keep, scale = self._pop_cache()
+        out_shape = probs.shape[:-1] + (v.shape[-1],)
+        g = as_float_array(grad_output, "grad_output", self.dtype)
+        if g.shape != out_shape:
+            raise ValueError(f"grad_output must have shape {out_shape}, got {g.shape}")
+        grad_v = np.matmul(np.swapaxes(applied, -1, -2), g)     # (..., L_k, d_v)
+        grad_p = np.matmul(g, np.swapaxes(v, -1, -2))           # (..., L_q, L_k)
+        if keep is not None:
+            grad_p = grad_p * keep * self.dtype.type(1.0 / (1.0 - self.dropout))
+        grad_s = _softmax_backward(probs, grad_p, scale)        # includes the scale
+        grad_q = np.matmul(grad_s, k)                           # (..., L_q, d_k)
+        grad_k = np.matmul(np.swapaxes(grad_s, -1, -2), q)      # (..., L_k, d_k)
+        return (_reduce_to(grad_q, q.shape), _reduce_to(grad_k, k.shape),
+                _reduce_to(grad_v, v.shape))

@@ -1,0 +1,237 @@
+"""The Module protocol every nn_core layer follows (API.md §1).
+
+A module owns
+
+* ``params``: its own live parameter arrays, by name;
+* ``grads``: arrays of the same keys and shapes that ``backward`` **adds** into;
+* children: sub-modules assigned as attributes (or held by a :class:`ModuleList`),
+  whose parameters appear in :meth:`Module.parameters` under dotted names such as
+  ``"layers.0.W_ih"``.
+
+``forward`` computes the output and keeps exactly what ``backward`` needs in
+``self._cache``; ``backward(grad_output)`` consumes that cache (one forward allows
+one backward), accumulates parameter gradients and returns the gradients of the
+forward's array inputs in the forward's argument order.
+
+Example
+-------
+>>> import numpy as np
+>>> class Scale(Module):
+...     def __init__(self, n, *, dtype=np.float32, rng=None):
+...         super().__init__(dtype=dtype, rng=rng)
+...         self.add_param("w", self.rng.standard_normal(n))
+...     def forward(self, x):
+...         self._cache = x
+...         return x * self.params["w"]
+...     def backward(self, grad_output):
+...         x = self._pop_cache()
+...         self.grads["w"] += (grad_output * x).reshape(-1, x.shape[-1]).sum(0)
+...         return grad_output * self.params["w"]
+>>> m = Scale(3, dtype=np.float64, rng=0)
+>>> y = m(np.ones((2, 3)))
+>>> gx = m.backward(np.ones((2, 3)))
+>>> sorted(m.parameters())
+['w']
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from ._validation import make_rng, require_forward, resolve_dtype
+
+__all__ = ["Module", "ModuleList"]
+
+
+class Module:
+    """Base class: parameters, gradients, children, train/eval, state dicts.
+
+    Parameters
+    ----------
+    dtype : {np.float32, np.float64}, keyword-only
+        Dtype of every parameter, gradient and output.
+    rng : None, int or numpy.random.Generator, keyword-only
+        Source of randomness for initialisation and dropout.  The same seed gives
+        the same weights.
+    """
+
+    def __init_subclass__(cls, **kwargs):
+        # Record the outermost constructor call (arguments only) so that checkpoints
+        # can rebuild a module without the code that constructed it.
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+
+        @functools.wraps(init)
+        def __init__(self, *args, **kw):
+            if "_init_args" not in self.__dict__:
+                object.__setattr__(self, "_init_args", (args, dict(kw)))
+            init(self, *args, **kw)
+
+        cls.__init__ = __init__
+
+    def __init__(self, *, dtype=np.float32, rng=None):
+        object.__setattr__(self, "_children", {})
+        self.dtype = resolve_dtype(dtype)
+        self.rng = make_rng(rng)
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self.training = True
+        self._cache = None
+
+    # ------------------------------------------------------------ registration
+    def __setattr__(self, name, value):
+        children = self.__dict__.get("_children")
+        if isinstance(value, Module):
+            if children is None:
+                raise RuntimeError("call Module.__init__ before assigning sub-modules")
+            children[name] = value
+        elif children is not None and name in children:
+            del children[name]
+        object.__setattr__(self, name, value)
+
+    def add_param(self, name: str, value) -> np.ndarray:
+        """Register parameter ``name`` (cast to the module dtype) and its zero gradient."""
+        if "." in name:
+            raise ValueError(f"parameter name must not contain '.', got {name!r}")
+        arr = np.ascontiguousarray(value, dtype=self.dtype)
+        if arr is value:
+            arr = arr.copy()
+        self.params[name] = arr
+        self.grads[name] = np.zeros_like(arr)
+        return arr
+
+    def children(self):
+        """``(name, module)`` pairs of the direct sub-modules, in registration order."""
+        return list(self._children.items())
+
+    def modules(self):
+        """This module and every descendant, depth first."""
+        out = [self]
+        for _, child in self.children():
+            out.extend(child.modules())
+        return out
+
+    # -------------------------------------------------------------- parameters
+    def _named(self, attr: str, prefix: str = "") -> dict:
+        out = {prefix + k: v for k, v in getattr(self, attr).items()}
+        for name, child in self.children():
+            out.update(child._named(attr, f"{prefix}{name}."))
+        return out
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        """Flat dict of live parameter arrays over this module and its children."""
+        return self._named("params")
+
+    def gradients(self) -> dict[str, np.ndarray]:
+        """Flat dict of live gradient arrays; same keys as :meth:`parameters`."""
+        return self._named("grads")
+
+    def num_parameters(self) -> int:
+        return int(sum(p.size for p in self.parameters().values()))
+
+    def zero_grad(self) -> None:
+        """Set every gradient of this module and its children to 0 (in place)."""
+        for g in self.gradients().values():
+            g[...] = 0
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of :meth:`parameters`."""
+        return {k: v.copy() for k, v in self.parameters().items()}
+
+    def load_state_dict(self, state_dict) -> None:
+        """Copy ``state_dict`` into the live parameters after checking it completely.
+
+        Raises
+        ------
+        ValueError
+            Missing or unexpected keys, or a shape that differs (all named).
+        TypeError
+            A value whose dtype is not this module's dtype.
+        """
+        params = self.parameters()
+        missing = sorted(set(params) - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(params))
+        if missing or unexpected:
+            raise ValueError(
+                f"state_dict keys do not match {type(self).__name__}: "
+                f"missing {missing}, unexpected {unexpected}"
+            )
+        for key, value in state_dict.items():
+            arr = np.asarray(value)
+            if arr.shape != params[key].shape:
+                raise ValueError(
+                    f"state_dict[{key!r}] must have shape {params[key].shape}, got {arr.shape}"
+                )
+            if arr.dtype != params[key].dtype:
+                raise TypeError(
+                    f"state_dict[{key!r}] must have dtype {params[key].dtype}, got {arr.dtype}"
+                )
+        for key, value in state_dict.items():
+            params[key][...] = value
+
+    # ------------------------------------------------------------------ modes
+    def train(self, mode: bool = True):
+        """Set training mode on this module and its children; returns ``self``."""
+        for m in self.modules():
+            m.training = bool(mode)
+        return self
+
+    def eval(self):
+        """Evaluation mode (dropout off); returns ``self``."""
+        return self.train(False)
+
+    # ------------------------------------------------------- forward/backward
+    def forward(self, *args, **kwargs):  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} must implement forward")
+
+    def backward(self, *args, **kwargs):  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} must implement backward")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def _pop_cache(self):
+        """Return the forward cache and clear it (RuntimeError when there is none)."""
+        cache = self._cache
+        require_forward(cache, self)
+        self._cache = None
+        return cache
+
+    def __repr__(self) -> str:
+        args, kwargs = getattr(self, "_init_args", ((), {}))
+        parts = [repr(a) for a in args] + [
+            f"{k}={v!r}" for k, v in kwargs.items() if k not in ("rng",)
+        ]
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+
+class ModuleList(Module):
+    """An ordered container of modules named ``"0"``, ``"1"``, ...
+
+    Parameters of item ``k`` appear as ``"{k}.{name}"`` (``"layers.0.W_ih"`` when
+    the list is assigned to ``self.layers``).
+    """
+
+    def __init__(self, modules=(), *, dtype=np.float32, rng=None):
+        super().__init__(dtype=dtype, rng=rng)
+        self._items = []
+        for m in modules:
+            self.append(m)
+
+    def append(self, module: Module) -> None:
+        if not isinstance(module, Module):
+            raise TypeError(f"ModuleList items must be Modules, got {type(module).__name__}")
+        self._children[str(len(self._items))] = module
+        self._items.append(module)
+
+    def __getitem__(self, i):
+        return self._items[i]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self):
+        return iter(self._items)

@@ -1,0 +1,45 @@
+"""Build script: cythonize ``src_pyx/*.pyx`` into ``nn_core._kernels.*``.
+
+Compiler directives live here and only here.  ``NN_CORE_DEBUG=1`` turns bounds,
+wraparound and initialisation checks on (and optimisation off) for debugging a kernel.
+No ``-ffast-math``: the kernels rely on IEEE ``-inf`` masking and NaN propagation.
+``-fno-trapping-math`` only tells GCC that floating-point operations raise no traps
+(nothing here installs FP trap handlers); it keeps IEEE results, infinities and NaNs
+exactly, and lets GCC if-convert the selects in the vectorised math so it can vectorise.
+No ``-march=native``: the few vectorised math helpers in ``src_pyx/_vmath.h`` carry
+their own AVX2/FMA clones selected at load time (GCC ``target_clones``).
+"""
+import os
+from glob import glob
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+DEBUG = os.environ.get("NN_CORE_DEBUG", "0") not in ("", "0")
+
+DIRECTIVES = {
+    "language_level": 3,
+    "boundscheck": DEBUG,
+    "wraparound": DEBUG,
+    "initializedcheck": DEBUG,
+    "cdivision": not DEBUG,
+    "embedsignature": True,
+}
+CFLAGS = ["-O0", "-g"] if DEBUG else ["-O3", "-fno-trapping-math"]
+
+extensions = [
+    Extension(
+        "nn_core._kernels." + os.path.splitext(os.path.basename(path))[0],
+        [path],
+        include_dirs=["src_pyx"],
+        extra_compile_args=CFLAGS,
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    )
+    for path in sorted(glob(os.path.join("src_pyx", "*.pyx")))
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions, compiler_directives=DIRECTIVES, include_path=["src_pyx"]
+    ),
+)

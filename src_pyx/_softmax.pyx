@@ -1,0 +1,158 @@
+"""Masked, scaled softmax over the last axis: forward and backward kernels.
+
+Layout: scores ``x [P, R, N]`` (C-contiguous; ``P`` = product of the leading dims,
+``R`` rows (queries), ``N`` columns (keys)).  Per row ``i`` of slab ``p``::
+
+    z_j = scale * x_j + a_j            (a = additive float mask, or 0)
+    allowed_j = bmask_j and j <= i + causal_offset   (each part optional)
+    y_j = exp(z_j - max_allowed z) / sum_allowed exp(...)   for allowed j, else 0
+
+A row with no allowed finite entry is written as zeros (never NaN).
+
+The mask is never expanded to the score shape: the caller passes the mask's own
+(contiguous, un-broadcast) buffer, one element offset per slab ``p`` (``moff``),
+and the row / column strides in elements (0 where the mask broadcasts).
+
+Backward (``dy`` = upstream gradient, ``y`` = forward output)::
+
+    dx_j = scale * y_j * (dy_j - sum_k dy_k y_k)
+
+Masked entries have ``y_j = 0`` so they receive 0; a fully-masked row gets 0.
+"""
+from cython cimport floating
+from libc.stdint cimport uint8_t
+from libc.math cimport INFINITY
+
+from _vmath cimport vexp, vexp_sum, vmax, vdot
+
+MASK_NONE = 0
+MASK_BOOL = 1
+MASK_FLOAT = 2
+
+
+cdef void _softmax_rows(const floating* x, floating* y, Py_ssize_t P, Py_ssize_t R,
+                        Py_ssize_t N, floating scale, int mask_kind,
+                        const uint8_t* bmask, const floating* fmask,
+                        const Py_ssize_t* moff, Py_ssize_t mrs, Py_ssize_t mcs,
+                        bint causal, Py_ssize_t causal_offset) noexcept nogil:
+    cdef Py_ssize_t p, i, j, n_row
+    cdef const floating* xr
+    cdef floating* yr
+    cdef const uint8_t* br
+    cdef const floating* fr
+    cdef floating mx, s, inv
+    cdef floating neg_inf = -INFINITY
+    for p in range(P):
+        for i in range(R):
+            xr = x + (p * R + i) * N
+            yr = y + (p * R + i) * N
+            n_row = N
+            if causal:
+                n_row = i + causal_offset + 1
+                if n_row > N:
+                    n_row = N
+                elif n_row < 0:
+                    n_row = 0
+            # z = scale * x (+ mask), written into the output row as scratch
+            if mask_kind == 1:
+                br = bmask + moff[p] + i * mrs
+                for j in range(n_row):
+                    yr[j] = scale * xr[j] if br[j * mcs] else neg_inf
+            elif mask_kind == 2:
+                fr = fmask + moff[p] + i * mrs
+                for j in range(n_row):
+                    yr[j] = scale * xr[j] + fr[j * mcs]
+            else:
+                for j in range(n_row):
+                    yr[j] = scale * xr[j]
+            for j in range(n_row, N):
+                yr[j] = 0
+            mx = vmax(yr, n_row)
+            if not (mx > neg_inf):
+                # no allowed finite entry in this row (or n_row == 0): all zeros
+                for j in range(n_row):
+                    yr[j] = 0
+                continue
+            s = vexp_sum(yr, yr, mx, n_row)
+            inv = 1 / s
+            for j in range(n_row):
+                yr[j] = yr[j] * inv
+
+
+cdef void _softmax_rows_backward(const floating* y, const floating* dy, floating* dx,
+                                 Py_ssize_t rows, Py_ssize_t N,
+                                 floating scale) noexcept nogil:
+    cdef Py_ssize_t r, j
+    cdef const floating* yr
+    cdef const floating* gr
+    cdef floating* dr
+    cdef floating s
+    for r in range(rows):
+        yr = y + r * N
+        gr = dy + r * N
+        dr = dx + r * N
+        s = vdot(gr, yr, N)
+        for j in range(N):
+            dr[j] = scale * yr[j] * (gr[j] - s)
+
+
+def softmax_forward(const floating[:, :, ::1] x, floating[:, :, ::1] out,
+                    floating scale, int mask_kind,
+                    const uint8_t[::1] bmask, const floating[::1] fmask,
+                    const Py_ssize_t[::1] moff, Py_ssize_t mrs, Py_ssize_t mcs,
+                    bint causal, Py_ssize_t causal_offset):
+    """Masked scaled softmax of ``x [P, R, N]`` into ``out`` (same shape).
+
+    ``mask_kind``: 0 none, 1 bool (``bmask``, nonzero = attend), 2 additive
+    (``fmask``).  ``moff [P]``: element offset of slab ``p`` in the mask buffer;
+    ``mrs``/``mcs``: row/column strides of the mask in elements (0 = broadcast).
+    ``causal``: keep only ``j <= i + causal_offset``.  The unused mask buffer may be
+    any 1-element array.  Shapes and offsets are validated here, before ``nogil``.
+    """
+    cdef Py_ssize_t P = x.shape[0], R = x.shape[1], N = x.shape[2]
+    cdef Py_ssize_t p, need, size
+    if out.shape[0] != P or out.shape[1] != R or out.shape[2] != N:
+        raise ValueError(f"out must have shape {(P, R, N)}, got "
+                         f"{(out.shape[0], out.shape[1], out.shape[2])}")
+    if mask_kind not in (0, 1, 2):
+        raise ValueError(f"mask_kind must be 0, 1 or 2, got {mask_kind}")
+    if mask_kind != 0:
+        if moff.shape[0] != P:
+            raise ValueError(f"moff must have {P} entries, got {moff.shape[0]}")
+        if mrs < 0 or mcs < 0:
+            raise ValueError("mask strides must be non-negative")
+        size = bmask.shape[0] if mask_kind == 1 else fmask.shape[0]
+        need = (R - 1) * mrs + (N - 1) * mcs if R > 0 and N > 0 else 0
+        for p in range(P):
+            if moff[p] < 0 or moff[p] + need >= size:
+                raise ValueError("mask offsets/strides reach outside the mask buffer")
+    if P == 0 or R == 0 or N == 0:
+        return
+    with nogil:
+        _softmax_rows(&x[0, 0, 0], &out[0, 0, 0], P, R, N, scale, mask_kind,
+                      &bmask[0], &fmask[0], &moff[0] if mask_kind != 0 else NULL,
+                      mrs, mcs, causal, causal_offset)
+
+
+def softmax_backward(const floating[:, ::1] y, const floating[:, ::1] dy,
+                     floating[:, ::1] dx, floating scale):
+    """``dx = scale * y * (dy - sum(dy * y, axis=-1))`` row by row, ``[rows, N]``."""
+    cdef Py_ssize_t rows = y.shape[0], N = y.shape[1]
+    if dy.shape[0] != rows or dy.shape[1] != N:
+        raise ValueError(f"dy must have shape {(rows, N)}, got {(dy.shape[0], dy.shape[1])}")
+    if dx.shape[0] != rows or dx.shape[1] != N:
+        raise ValueError(f"dx must have shape {(rows, N)}, got {(dx.shape[0], dx.shape[1])}")
+    if rows == 0 or N == 0:
+        return
+    with nogil:
+        _softmax_rows_backward(&y[0, 0], &dy[0, 0], &dx[0, 0], rows, N, scale)
+
+
+def vexp_memview(const floating[::1] x, floating[::1] y):
+    """``y = exp(x)`` with the vectorised ``_vmath.h`` exp (test hook)."""
+    if x.shape[0] != y.shape[0]:
+        raise ValueError("x and y must have the same length")
+    if x.shape[0] == 0:
+        return
+    with nogil:
+        vexp(&y[0], &x[0], x.shape[0])
