@@ -359,3 +359,75 @@ def sdpa_backward(const floating[::1] q, const floating[::1] k, const floating[:
                            &grad_v[0] + voff[p], acc_q, acc_k, acc_v,
                            L_q, L_k, d_k, d_v, scale, causal, causal_offset,
                            block_q, block_k)
+
+
+# ------------------------------------------------------------ BLAS threads --
+# The Python driver may split the slabs over several threads, each running the
+# nogil kernels above; OpenBLAS must then run single-threaded inside them or the
+# cores are oversubscribed (and OpenBLAS serialises concurrent threaded calls).
+# These helpers find the OpenBLAS that scipy.linalg.cython_blas (hence _blas.pxd)
+# calls, through the address of its sgemm, and read / set its thread count.
+
+cdef extern from "dlfcn.h" nogil:
+    ctypedef struct Dl_info:
+        const char* dli_fname
+        void* dli_fbase
+        const char* dli_sname
+        void* dli_saddr
+    int dladdr(const void* addr, Dl_info* info)
+    void* dlopen(const char* filename, int flag)
+    void* dlsym(void* handle, const char* symbol)
+    int RTLD_NOW
+    int RTLD_NOLOAD
+
+from scipy.linalg.cython_blas cimport sgemm as _sgemm_for_address
+
+ctypedef int (*_get_threads_t)() noexcept nogil
+ctypedef void (*_set_threads_t)(int) noexcept nogil
+
+cdef _get_threads_t _blas_get = NULL
+cdef _set_threads_t _blas_set = NULL
+cdef bint _blas_probed = False
+
+
+cdef void _probe_blas() noexcept:
+    global _blas_get, _blas_set, _blas_probed
+    cdef Dl_info info
+    cdef void* handle
+    cdef void* g
+    cdef void* s
+    _blas_probed = True
+    if not dladdr(<const void*> _sgemm_for_address, &info) or info.dli_fname == NULL:
+        return
+    handle = dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD)
+    if handle == NULL:
+        return
+    for get_name, set_name in ((b"scipy_openblas_get_num_threads", b"scipy_openblas_set_num_threads"),
+                               (b"openblas_get_num_threads", b"openblas_set_num_threads"),
+                               (b"scipy_openblas_get_num_threads64_", b"scipy_openblas_set_num_threads64_"),
+                               (b"openblas_get_num_threads64_", b"openblas_set_num_threads64_")):
+        g = dlsym(handle, <const char*> get_name)
+        s = dlsym(handle, <const char*> set_name)
+        if g != NULL and s != NULL:
+            _blas_get = <_get_threads_t> g
+            _blas_set = <_set_threads_t> s
+            return
+
+
+def blas_threads():
+    """Threads of the OpenBLAS behind ``scipy.linalg.cython_blas``; 0 if unknown."""
+    if not _blas_probed:
+        _probe_blas()
+    return _blas_get() if _blas_get != NULL else 0
+
+
+def set_blas_threads(int n):
+    """Set that OpenBLAS's thread count (process-wide); returns False if unknown."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if not _blas_probed:
+        _probe_blas()
+    if _blas_set == NULL:
+        return False
+    _blas_set(n)
+    return True

@@ -32,6 +32,9 @@ cache); with ``L_q > L_k`` the first ``L_q - L_k`` queries see nothing and outpu
 """
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from .._kernels import _attention as _kattn
@@ -153,26 +156,58 @@ def _split(P, parts):
     return list(zip(edges[:-1], edges[1:]))
 
 
-def _n_workers(P):
-    """Threads to split the slabs over (1 = run in the calling thread)."""
-    return 1
+# Slabs are split over up to this many Python threads, each running the nogil
+# kernel with single-threaded BLAS.  None: as many as the OpenBLAS threads (so
+# threadpoolctl / OPENBLAS_NUM_THREADS govern nn_core like the rest of NumPy).
+_MAX_WORKERS = None
+_MIN_WORK_PER_THREAD = 2_000_000      # multiply-adds; below this a thread costs more
+_POOL = None
+_POOL_LOCK = threading.Lock()
+
+
+def _n_workers(P, work=None):
+    """Threads to split ``P`` slabs over (1 = run in the calling thread only)."""
+    n = _MAX_WORKERS if _MAX_WORKERS is not None else _kattn.blas_threads()
+    if work is not None:
+        n = min(n, work // _MIN_WORK_PER_THREAD)
+    return int(max(1, min(n, P)))
+
+
+def _pool(n):
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL._max_workers < n:
+            _POOL = ThreadPoolExecutor(max_workers=n, thread_name_prefix="nn_core_sdpa")
+        return _POOL
 
 
 def _run_tasks(work, n):
-    """``work(t)`` for ``t < n``; ``t = 0`` in this thread, the rest in the pool."""
+    """``work(t)`` for ``t < n``: ``t = 0`` in this thread, the others in the pool.
+
+    With ``n > 1`` the OpenBLAS that the kernels call is set to one thread for the
+    duration (it is process-wide state: restored afterwards) -- the parallelism
+    comes from the slabs, as in PyTorch's CPU attention."""
     if n == 1:
         work(0)
         return
-    futures = [_pool(n - 1).submit(work, t) for t in range(1, n)]
+    blas_n = _kattn.blas_threads()
+    pinned = blas_n > 1 and _kattn.set_blas_threads(1)
     try:
-        work(0)
+        futures = [_pool(n - 1).submit(work, t) for t in range(1, n)]
+        try:
+            work(0)
+        finally:
+            errors = [f.exception() for f in futures]
+        for e in errors:
+            if e is not None:
+                raise e
     finally:
-        for f in futures:
-            f.result()
+        if pinned:
+            _kattn.set_blas_threads(blas_n)
 
 
-def _run(fn, P):
-    ranges = _split(P, _n_workers(P))
+def _run(fn, P, work=None):
+    ranges = _split(P, _n_workers(P, work))
     _run_tasks(lambda t: fn(*ranges[t]), len(ranges))
 
 
@@ -199,7 +234,8 @@ def _fused_forward(q, k, v, lead, kind, m, causal_offset, scale, return_weights,
     tail = (L_q, L_k, d_k, d_v, scale, mkind, bmask, fmask, moff, mrs, mcs, causal, coff)
     bq, _ = _blocks(L_q, L_k, d_k, d_v)
     _run(lambda p0, p1: _kattn.sdpa_forward(*args, p0, p1, *tail,
-                                            np.empty(d_k * L_k, dtype=dt), bq), P)
+                                            np.empty(d_k * L_k, dtype=dt), bq),
+         P, P * L_q * L_k * (d_k + d_v))
     cache = ("fused", qc, kc, vc, probs, (qoff, koff, voff), (acc_q, acc_k, acc_v),
              scale, causal, coff, q.shape, k.shape, v.shape, return_weights)
     return out, probs, cache
@@ -215,7 +251,7 @@ def _fused_backward(cache, grad_output, dt):
         raise ValueError(f"grad_output must have shape {out_shape}, got {g.shape}")
     g = np.ascontiguousarray(g)
     P = len(qoff)
-    ranges = _split(P, _n_workers(P))
+    ranges = _split(P, _n_workers(P, 2 * P * L_q * L_k * (d_k + d_v)))
     # dS overwrites P in place (the cache is consumed) unless the caller holds P
     overwrite = not weights_returned
     bq, bk = _blocks(L_q, L_k, d_k, d_v)
