@@ -27,6 +27,7 @@ __all__ = [
     "check_shape",
     "check_positive_int",
     "check_probability",
+    "check_keys",
     "require_forward",
 ]
 
@@ -164,6 +165,16 @@ def check_probability(value, name: str) -> float:
     if not 0.0 <= float(value) < 1.0:
         raise ValueError(f"{name} must be in [0, 1), got {value}")
     return float(value)
+
+
+def check_keys(given, expected, what: str) -> None:
+    """Raise ``ValueError`` naming the missing and the unexpected keys of a mapping."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"{what} keys do not match: missing {missing}, unexpected {unexpected}"
+        )
 
 
 def require_forward(cache, module) -> None:
