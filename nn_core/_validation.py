@@ -29,6 +29,7 @@ __all__ = [
     "check_probability",
     "check_keys",
     "require_forward",
+    "check_heads",
 ]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -184,3 +185,25 @@ def require_forward(cache, module) -> None:
             f"{type(module).__name__}.backward called without a matching forward "
             "(each forward allows exactly one backward)"
         )
+
+
+def check_heads(d_model: int, num_heads: int, num_kv_groups=None) -> int:
+    """Check the head configuration of a multi-head attention layer.
+
+    ``num_heads`` must divide ``d_model``; ``num_kv_groups`` (default ``num_heads``)
+    must satisfy ``1 <= num_kv_groups <= num_heads`` and divide ``num_heads``.
+    Returns ``num_kv_groups``.
+    """
+    if d_model % num_heads:
+        raise ValueError(
+            f"num_heads must divide d_model: got d_model={d_model}, num_heads={num_heads}"
+        )
+    if num_kv_groups is None:
+        return num_heads
+    g = check_positive_int(num_kv_groups, "num_kv_groups")
+    if g > num_heads or num_heads % g:
+        raise ValueError(
+            f"num_kv_groups must divide num_heads and be in [1, {num_heads}]: "
+            f"got num_kv_groups={g}, num_heads={num_heads}"
+        )
+    return g
