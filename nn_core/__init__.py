@@ -5,9 +5,10 @@ Every layer follows the :class:`Module` protocol (``forward`` / hand-derived
 central finite differences.
 """
 from . import attention
+from . import recurrent
 from .gradcheck import GradcheckReport, gradcheck
 from .module import Module, ModuleList
 
 __version__ = "0.1.0"
 
-__all__ = ["Module", "ModuleList", "gradcheck", "GradcheckReport", "attention", "__version__"]
+__all__ = ["Module", "ModuleList", "gradcheck", "GradcheckReport", "attention", "recurrent", "__version__"]

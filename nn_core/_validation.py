@@ -28,6 +28,7 @@ __all__ = [
     "check_positive_int",
     "check_probability",
     "require_forward",
+    "lengths_from_mask",
 ]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -173,3 +174,25 @@ def require_forward(cache, module) -> None:
             f"{type(module).__name__}.backward called without a matching forward "
             "(each forward allows exactly one backward)"
         )
+
+
+def lengths_from_mask(mask, name: str, max_len: int, batch_size: int,
+                      batch_first: bool = False) -> np.ndarray:
+    """Lengths ``[B]`` (int64) of a boolean prefix mask ``[T, B]`` (``[B, T]`` when
+    ``batch_first``): ``mask[t, b]`` must be ``t < lengths[b]`` with
+    ``1 <= lengths[b] <= T``; anything else (holes, empty rows) is a ``ValueError``."""
+    arr = np.asarray(mask)
+    if arr.dtype != np.bool_:
+        raise TypeError(f"{name} must be a bool mask, got dtype {arr.dtype}")
+    expected = (batch_size, max_len) if batch_first else (max_len, batch_size)
+    if arr.shape != expected:
+        raise ValueError(f"{name} must have shape {expected}, got {tuple(arr.shape)}")
+    tb = arr.T if batch_first else arr
+    lengths = tb.sum(axis=0).astype(np.int64)
+    prefix = np.arange(max_len)[:, None] < lengths[None, :]
+    if not np.array_equal(prefix, tb):
+        raise ValueError(f"{name} must be a prefix mask (True for t < lengths[b], then False)")
+    if lengths.size and lengths.min() < 1:
+        raise ValueError(f"{name} must mark at least one step per sequence, got a row "
+                         f"with 0 steps")
+    return lengths
