@@ -430,10 +430,10 @@ class BidirectionalWrapper(Module):
         elif self.merge_mode == "sum":
             go_f = go_b = np.ascontiguousarray(go)
         elif self.merge_mode == "mean":
-            go_f = go_b = np.multiply(go, dt.type(0.5), dtype=dt)
+            go_f = go_b = np.multiply(go, dt.type(0.5), dtype=dt, order="C")
         else:
-            go_f = np.multiply(go, cache.out_bw, dtype=dt)
-            go_b = np.multiply(go, cache.out_fw, dtype=dt)
+            go_f = np.multiply(go, cache.out_bw, dtype=dt, order="C")
+            go_b = np.multiply(go, cache.out_fw, dtype=dt, order="C")
         (gh_f, gc_f), (gh_b, gc_b) = gs
         fw, bw = self.fw, self.bw
         (gx_f, gh0f, gc0f), (gx_b, gh0b, gc0b) = _run_pair(
