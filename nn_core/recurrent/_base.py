@@ -50,6 +50,7 @@ class SequenceCache:
     aux: np.ndarray        # [T, B, H] tanh(c) / r*h / W_hn h + b_hn, or a dummy
     W_ih: np.ndarray       # the weights used (live arrays)
     W_hh: np.ndarray
+    W_hhT: np.ndarray      # W_hh^T [H, G*H] contiguous (per-step GEMM layout)
 
 
 def resolve_lengths(lengths, T, B, batch_first=False):
@@ -186,6 +187,7 @@ class RecurrentCell(Module):
         kind = self._kind()
         W_ih = np.ascontiguousarray(self.params["W_ih"])
         W_hh = np.ascontiguousarray(self.params["W_hh"])
+        W_hhT = np.ascontiguousarray(W_hh.T)
         bx, bhn = self._kernel_bias()
         gates = np.empty((T, B, GH), dt)
         hs = np.empty((T + 1, B, H), dt)
@@ -197,9 +199,10 @@ class RecurrentCell(Module):
             cs = self._dummy()
         aux = np.empty((T, B, H), dt) if kind >= _K.LSTM else self._dummy()
         out = np.empty((T, B, H), dt)
-        _K.rnn_forward(kind, bool(reverse), x, W_ih, W_hh, bx, bhn, lengths,
+        _K.rnn_forward(kind, bool(reverse), x, W_ih, W_hh, W_hhT, bx, bhn, lengths,
                        gates, hs, cs, aux, out)
-        cache = SequenceCache(x, lengths, bool(reverse), gates, hs, cs, aux, W_ih, W_hh)
+        cache = SequenceCache(x, lengths, bool(reverse), gates, hs, cs, aux, W_ih, W_hh,
+                              W_hhT)
         final = (hs[T].copy(), cs[T].copy()) if self._HAS_CELL_STATE else hs[T].copy()
         return out, final, cache
 
@@ -225,7 +228,7 @@ class RecurrentCell(Module):
             gb_ih, gb_hh = self.grads["b_ih"], self.grads["b_hh"]
         else:
             gb_ih = gb_hh = np.zeros(1, dt)
-        _K.rnn_backward(self._kind(), cache.reverse, x, cache.W_ih, cache.W_hh,
+        _K.rnn_backward(self._kind(), cache.reverse, x, cache.W_ih, cache.W_hh, cache.W_hhT,
                         cache.lengths, cache.gates, cache.hs, cache.cs, cache.aux, go,
                         has_go, dh, dc, grad_x, self.grads["W_ih"], self.grads["W_hh"],
                         gb_ih, gb_hh, self.bias)
