@@ -7,7 +7,10 @@ central finite differences.
 from . import attention
 from .gradcheck import GradcheckReport, gradcheck
 from .module import Module, ModuleList
+from . import layers, losses, optim  # noqa: E402  (training toolkit)
+from .checkpoint import load, save  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["Module", "ModuleList", "gradcheck", "GradcheckReport", "attention", "__version__"]
+__all__ = ["Module", "ModuleList", "gradcheck", "GradcheckReport", "attention", "__version__",
+           "layers", "losses", "optim", "save", "load"]
