@@ -36,7 +36,7 @@ from ._validation import (
 )
 from .module import Module, ModuleList
 
-__all__ = ["Linear", "Embedding", "LayerNorm", "Dropout", "Sequential"]
+__all__ = ["Linear", "Embedding", "LayerNorm", "Dropout", "ReLU", "Tanh", "GELU", "Sequential"]
 
 
 def _check_last_dim(x, name, expected, what):
@@ -329,6 +329,96 @@ class Dropout(Module):
         if g.shape != shape:
             raise ValueError(f"grad_output must have shape {shape}, got {tuple(g.shape)}")
         return g * mask if mask is not None else g.copy()
+
+
+class _Activation(Module):
+    """Element-wise activation: subclasses define ``_fwd(x) -> (y, saved)`` and
+    ``_bwd(saved, grad_y) -> grad_x``."""
+
+    def forward(self, x):
+        """Apply the activation to ``x [...]``; returns the same shape."""
+        x = as_float_array(x, "x", self.dtype)
+        y, saved = self._fwd(x)
+        self._cache = (saved, x.shape)
+        return y
+
+    def backward(self, grad_output):
+        """Return ``grad_x`` of the same shape."""
+        saved, shape = self._pop_cache()
+        g = as_float_array(grad_output, "grad_output", self.dtype)
+        if g.shape != shape:
+            raise ValueError(f"grad_output must have shape {shape}, got {tuple(g.shape)}")
+        return self._bwd(saved, g)
+
+
+class ReLU(_Activation):
+    """``y = max(x, 0)``; backward ``dx = dy * [x > 0]``."""
+
+    def __init__(self, *, dtype=np.float32, rng=None):
+        super().__init__(dtype=dtype, rng=rng)
+
+    def _fwd(self, x):
+        pos = x > 0
+        return np.where(pos, x, self.dtype.type(0)), pos
+
+    def _bwd(self, pos, g):
+        return np.where(pos, g, self.dtype.type(0))
+
+
+class Tanh(_Activation):
+    """``y = tanh(x)``; backward ``dx = dy * (1 - y^2)``."""
+
+    def __init__(self, *, dtype=np.float32, rng=None):
+        super().__init__(dtype=dtype, rng=rng)
+
+    def _fwd(self, x):
+        y = np.tanh(x)
+        return y, y
+
+    def _bwd(self, y, g):
+        return g * (self.dtype.type(1) - y * y)
+
+
+class GELU(_Activation):
+    r"""Gaussian error linear unit (Hendrycks & Gimpel, 2016).
+
+    Parameters
+    ----------
+    approximate : {"none", "tanh"}
+        As ``torch.nn.GELU``: ``"none"`` is exact, ``y = x Phi(x)``; ``"tanh"`` is
+        ``y = x (1 + tanh(u)) / 2`` with ``u = sqrt(2/pi) (x + 0.044715 x^3)``.
+
+    Notes
+    -----
+    Backward (exact): ``dx = dy (Phi(x) + x phi(x))``; (tanh):
+    ``dx = dy ((1 + t)/2 + x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2) / 2)``.
+    """
+
+    def __init__(self, approximate="none", *, dtype=np.float32, rng=None):
+        super().__init__(dtype=dtype, rng=rng)
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+
+    def _fwd(self, x):
+        T = self.dtype.type
+        if self.approximate == "tanh":
+            t = np.tanh(T(np.sqrt(2 / np.pi)) * (x + T(0.044715) * x * x * x))
+            return T(0.5) * x * (T(1) + t), (x, t)
+        from scipy.special import erf
+
+        cdf = T(0.5) * (T(1) + erf(x * T(1 / np.sqrt(2))))
+        return x * cdf, (x, cdf)
+
+    def _bwd(self, saved, g):
+        T = self.dtype.type
+        x, aux = saved
+        if self.approximate == "tanh":
+            t = aux
+            du = T(np.sqrt(2 / np.pi)) * (T(1) + T(3 * 0.044715) * x * x)
+            return g * (T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * du)
+        pdf = T(1 / np.sqrt(2 * np.pi)) * np.exp(T(-0.5) * x * x)
+        return g * (aux + x * pdf)
 
 
 class Sequential(ModuleList):

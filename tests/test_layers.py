@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from nn_core import gradcheck
-from nn_core.layers import Dropout, Embedding, LayerNorm, Linear, Sequential
+from nn_core.layers import GELU, Dropout, Embedding, LayerNorm, Linear, ReLU, Sequential, Tanh
 from tests.contract import check_contract
 
 torch = pytest.importorskip("torch")
@@ -237,3 +237,23 @@ def test_sequential_train_eval_propagates():
     assert not net[1].training
     net.train()
     assert net[1].training
+
+
+# ------------------------------------------------------------ activations
+ACTS = [(ReLU, {}, torch.nn.ReLU()), (Tanh, {}, torch.nn.Tanh()),
+        (GELU, {}, torch.nn.GELU()), (GELU, {"approximate": "tanh"}, torch.nn.GELU("tanh"))]
+
+
+@pytest.mark.parametrize("cls, kw, ref", ACTS, ids=["relu", "tanh", "gelu", "gelu_tanh"])
+def test_activation_parity_gradcheck_contract(rng, dtype, cls, kw, ref):
+    x = 2 * rng.standard_normal((3, 7))
+    g = rng.standard_normal((3, 7))
+    m = cls(**kw, dtype=dtype)
+    xt = _t(x, dtype, grad=True)
+    yt = ref(xt)
+    yt.backward(_t(g, dtype))
+    np.testing.assert_allclose(m(x), yt.detach().numpy(), **TOL[dtype])
+    np.testing.assert_allclose(m.backward(g), xt.grad.numpy(), **TOL[dtype])
+    if dtype == np.float64:
+        assert gradcheck(cls(**kw, dtype=np.float64), (x,)).ok
+        check_contract(lambda dt: cls(**kw, dtype=dt), lambda rng: (rng.standard_normal((2, 5)),))
