@@ -31,6 +31,8 @@ __all__ = [
     "require_forward",
     "check_heads",
     "lengths_from_mask",
+    "as_index_array",
+    "require_same_dtype",
 ]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -230,3 +232,29 @@ def lengths_from_mask(mask, name: str, max_len: int, batch_size: int,
         raise ValueError(f"{name} must mark at least one step per sequence, got a row "
                          f"with 0 steps")
     return lengths
+
+
+def as_index_array(ids, name: str, upper: int, allow=None) -> np.ndarray:
+    """Integer ids with ``0 <= id < upper`` (``allow``: one extra permitted value).
+
+    Float arrays are a ``TypeError`` (ids are never rounded silently); ids out of
+    range are a ``ValueError`` naming the first offending value.
+    """
+    arr = np.asarray(ids)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be an integer array, got dtype {arr.dtype}")
+    arr = arr.astype(np.intp, copy=False)
+    bad = (arr < 0) | (arr >= upper)
+    if allow is not None:
+        bad &= arr != allow
+    if bad.any():
+        raise ValueError(
+            f"{name} must satisfy 0 <= {name} < {upper}, got {int(arr[bad].reshape(-1)[0])}"
+        )
+    return arr
+
+
+def require_same_dtype(dtype, expected, name: str) -> None:
+    """TypeError unless ``dtype == expected`` (e.g. every child of a container)."""
+    if np.dtype(dtype) != np.dtype(expected):
+        raise TypeError(f"{name} must have dtype {np.dtype(expected)}, got {np.dtype(dtype)}")
