@@ -177,7 +177,7 @@ def check_keys(given, expected, what: str) -> None:
     unexpected = sorted(set(given) - set(expected))
     if missing or unexpected:
         raise ValueError(
-            f"{what} keys do not match: missing {missing}, unexpected {unexpected}"
+            f"{what} keys do not match: missing keys {missing}, unexpected keys {unexpected}"
         )
 
 
