@@ -365,10 +365,26 @@ class ScaledDotProductAttention(Module):
 
     Notes
     -----
-    See the module docstring for the forward and backward equations.  The softmax
-    runs in the Cython kernel ``nn_core._kernels._softmax`` with the scale and the
-    mask fused in (the mask is never expanded to the score shape, and with
-    ``is_causal`` the keys above the diagonal are never exponentiated).
+    See the module docstring for the forward and backward equations.
+
+    Without dropout (always in ``eval()``) forward and backward run in the fused
+    Cython kernel ``nn_core._kernels._attention``: each (batch, head) slab is
+    processed in blocks of query rows (score GEMM, masked softmax, ``P V`` GEMM)
+    and, with ``is_causal``, blocks entirely above the diagonal are skipped in the
+    forward and in all four backward GEMMs -- about half the work of the full
+    product for ``L_q = L_k``.  Inputs that broadcast (e.g. grouped-query K/V
+    ``[B, g, 1, S, d]`` against queries ``[B, g, r, L, d]``) are read in place, never
+    repeated, and their gradients are accumulated into their own shape.  Masks are
+    read through their own (broadcast) strides, never expanded.  The slabs are split
+    over as many threads as scipy's OpenBLAS may use (``threadpoolctl`` or
+    ``OPENBLAS_NUM_THREADS`` control it), with BLAS itself single-threaded meanwhile.
+    With dropout in training the same equations run as NumPy matmuls around the
+    masked-softmax kernel ``nn_core._kernels._softmax``.
+
+    Memory: the probabilities ``[..., L_q, L_k]`` are kept for the backward (in a
+    buffer reused across calls, and overwritten by the backward, unless
+    ``return_weights`` handed them to the caller).
+
     ``return_weights=True`` returns the weights actually applied to ``V`` (after
     dropout), as ``torch.nn.MultiheadAttention`` does.
 
