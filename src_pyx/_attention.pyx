@@ -44,6 +44,33 @@ from libc.math cimport INFINITY
 from _blas cimport gemm
 from _vmath cimport vexp_sum, vmax, vdot
 
+cdef extern from "_attention_simd.h" nogil:
+    int att_has_avx512() noexcept
+    float att_exp_sum_f512(float* y, const float* x, float shift, Py_ssize_t n) noexcept
+    double att_exp_sum_d512(double* y, const double* x, double shift, Py_ssize_t n) noexcept
+
+
+cdef bint _avx512_allowed = True
+
+
+def use_avx512(bint enabled):
+    """Allow (default) or forbid the AVX-512 exp loop (test hook); returns whether
+    it is now in use, i.e. allowed and supported by this CPU."""
+    global _avx512_allowed
+    _avx512_allowed = enabled
+    return bool(enabled and att_has_avx512())
+
+
+cdef inline floating _exp_sum(floating* y, const floating* x, floating shift,
+                              Py_ssize_t n) noexcept nogil:
+    """``y = exp(x - shift)``, returns ``sum(y)``: AVX-512 when the CPU has it."""
+    if _avx512_allowed and att_has_avx512():
+        if floating is float:
+            return att_exp_sum_f512(y, x, shift, n)
+        else:
+            return att_exp_sum_d512(y, x, shift, n)
+    return vexp_sum(y, x, shift, n)
+
 
 cdef inline Py_ssize_t _clamp(Py_ssize_t x, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
     return lo if x < lo else (hi if x > hi else x)
@@ -96,7 +123,7 @@ cdef void _softmax_row(floating* zr, Py_ssize_t n, Py_ssize_t N, int mask_kind,
     if not (mx > neg_inf):
         _zero(zr, N)            # nothing allowed (or n == 0): an all-zero row
         return
-    s = vexp_sum(zr, zr, mx, n)
+    s = _exp_sum(zr, zr, mx, n)
     inv = 1 / s
     for j in range(n):
         zr[j] = zr[j] * inv

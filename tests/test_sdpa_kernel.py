@@ -66,6 +66,14 @@ def _run(q, k, v, g, dtype, fused=True, **kw):
     return (out, w) + grads
 
 
+@pytest.fixture(params=[True, False], ids=["simd", "avx2"])
+def exp_path(request):
+    """Run with the AVX-512 exp loop (when the CPU has it) and with _vmath's."""
+    kattn.use_avx512(request.param)
+    yield request.param
+    kattn.use_avx512(True)
+
+
 @pytest.fixture
 def small_blocks(monkeypatch):
     monkeypatch.setattr(sdp, "_BLOCK_Q", 5)
@@ -117,7 +125,7 @@ def _masks(rng, lead, L_q, L_k):
     }
 
 
-@pytest.mark.usefixtures("small_blocks")
+@pytest.mark.usefixtures("small_blocks", "exp_path")
 @pytest.mark.parametrize("kind", ["bool_full", "bool_padding", "bool_rows", "float",
                                   "float_strided"])
 @pytest.mark.parametrize("sizes", [(11, 11), (8, 19), (19, 8)], ids=str)
