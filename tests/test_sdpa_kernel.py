@@ -255,3 +255,36 @@ def test_kernel_entry_validates_before_nogil():
     args[16], args[17], args[20] = 1, np.ones(4, np.uint8), 1     # bool mask too small
     with pytest.raises(ValueError, match="mask"):
         kattn.sdpa_forward(*args)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_threaded_path_works_in_a_forked_child(rng, monkeypatch):
+    """The worker pool is recreated after fork (the child has no pool threads)."""
+    import os
+
+    monkeypatch.setattr(sdp, "_MAX_WORKERS", 2)
+    monkeypatch.setattr(sdp, "_MIN_WORK_PER_THREAD", 1)
+    q, k, v = (rng.standard_normal((4, 6, 3)) for _ in range(3))
+    want = ScaledDotProductAttention(dtype=np.float64)(q, k, v)     # parent pool exists
+    pid = os.fork()
+    if pid == 0:                                                      # child
+        ok = False
+        try:
+            got = ScaledDotProductAttention(dtype=np.float64)(q, k, v)
+            ok = np.allclose(got, want, rtol=1e-12)
+        finally:
+            os._exit(0 if ok else 1)
+    import signal
+    import time
+
+    deadline = time.monotonic() + 30
+    while True:                                  # a deadlocked child must not hang pytest
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("SDPA in a forked child did not finish (worker pool deadlock)")
+        time.sleep(0.01)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0

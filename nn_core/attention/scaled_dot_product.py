@@ -32,6 +32,7 @@ cache); with ``L_q > L_k`` the first ``L_q - L_k`` queries see nothing and outpu
 """
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -179,6 +180,16 @@ def _pool(n):
         if _POOL is None or _POOL._max_workers < n:
             _POOL = ThreadPoolExecutor(max_workers=n, thread_name_prefix="nn_core_sdpa")
         return _POOL
+
+
+def _forget_pool_after_fork():
+    # a forked child has none of the parent's threads: start a fresh pool there
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
 def _run_tasks(work, n):
