@@ -1,7 +1,8 @@
 """nn_core vs PyTorch: scaled dot-product attention, forward and forward+backward.
 
 ``python -m nn_core.bench attention [--threads 1 2] [--dtype float32 float64]
-[--shape 8x8x128x32 4x8x512x64] [--causal both|yes|no] [--repeat 7]``
+[--shape 8x8x128x32 4x8x512x64] [--causal both|yes|no] [--repeat 7]
+[--clock wall|cpu]``
 
 For every (threads, dtype, shape ``BxhxLxd_k``, causal) it times, alternately in one
 run, ``ScaledDotProductAttention.forward`` (+ ``backward``) against
@@ -64,11 +65,12 @@ def _contenders(shape, dtype, causal, torch):
     return fns
 
 
-def run(thread_counts, dtypes, shapes, causals, repeat=7, min_time=0.05, out=print):
+def run(thread_counts, dtypes, shapes, causals, repeat=7, min_time=0.05, clock="wall",
+        out=print):
     """Run the grid; returns a list of result dicts (seconds)."""
     torch = torch_or_none()
     rows = []
-    out(f"# {machine_report()}")
+    out(f"# {machine_report()}; clock={clock}; medians of {repeat} interleaved samples")
     hdr = (f"{'thr':>3} {'dtype':>7} {'B x h x L x d_k':>16} {'causal':>6} | "
            f"{'nn fwd ms':>9} {'torch fwd':>9} {'ratio':>5} | "
            f"{'nn f+b ms':>9} {'torch f+b':>9} {'ratio':>5}")
@@ -80,7 +82,7 @@ def run(thread_counts, dtypes, shapes, causals, repeat=7, min_time=0.05, out=pri
                 for shape in shapes:
                     for causal in causals:
                         fns = _contenders(shape, dtype, causal, torch)
-                        t = interleaved(fns, repeat=repeat, min_time=min_time)
+                        t = interleaved(fns, repeat=repeat, min_time=min_time, clock=clock)
                         row = dict(threads=n, dtype=np.dtype(dtype).name, shape=shape,
                                    causal=causal, **t)
                         rows.append(row)
@@ -113,10 +115,15 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--min-time", type=float, default=0.05,
                         help="seconds per timing sample (calls are batched)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="wall time (default) or process CPU time (robust to a "
+                             "busy machine; one thread only)")
     args = parser.parse_args(argv)
     if min(args.threads) < 1:
         parser.error("--threads must be >= 1")
+    if args.clock == "cpu" and max(args.threads) > 1:
+        parser.error("--clock cpu sums the time of all threads: use it with --threads 1")
     causals = {"both": (False, True), "yes": (True,), "no": (False,)}[args.causal]
     run(args.threads, [np.dtype(d).type for d in args.dtype], args.shape, causals,
-        repeat=args.repeat, min_time=args.min_time)
+        repeat=args.repeat, min_time=args.min_time, clock=args.clock)
     return 0
