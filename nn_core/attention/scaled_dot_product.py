@@ -117,6 +117,7 @@ def _softmax_backward(probs, grad_probs, scale):
 _BLOCK_Q = None             # None: chosen by _blocks(); an int forces it (tuning)
 _BLOCK_K = None
 _FUSED_ENABLED = True        # tests flip this to compare with the generic path
+_WORKSPACE_MAX_BYTES = 128 << 20   # a module keeps its probabilities buffer up to this
 
 
 def _blocks(L_q, L_k, d_k, d_v):
@@ -484,7 +485,10 @@ class ScaledDotProductAttention(Module):
         ``[..., L_q, L_k]`` allocation on every call."""
         ws = getattr(self, "_ws", None)
         if ws is None or ws.shape != shape or ws.dtype != self.dtype:
-            ws = self._ws = np.empty(shape, dtype=self.dtype)
+            self._ws = None
+            ws = np.empty(shape, dtype=self.dtype)
+            if ws.nbytes <= _WORKSPACE_MAX_BYTES:      # don't pin huge buffers
+                self._ws = ws
         return ws
 
     def _generic_forward(self, q, k, v, lead, kind, m, causal_offset, scale):
