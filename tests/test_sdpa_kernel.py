@@ -229,32 +229,62 @@ def test_dropout_training_uses_generic_path_and_eval_the_kernel(rng):
 
 
 def _kernel_args(P=2, L_q=3, L_k=4, d=2, dtype=np.float64, **over):
-    a = dict(q=np.zeros(P * L_q * d, dtype), k=np.zeros(P * L_k * d, dtype),
-             v=np.zeros(P * L_k * d, dtype), out=np.zeros(P * L_q * d, dtype),
-             probs=np.zeros(P * L_q * L_k, dtype),
-             qoff=np.arange(P, dtype=np.intp) * L_q * d,
-             koff=np.arange(P, dtype=np.intp) * L_k * d,
-             voff=np.arange(P, dtype=np.intp) * L_k * d)
+    a = dict(q=np.zeros((1, 1, 1, P, L_q, d), dtype), k=np.zeros((1, 1, 1, P, L_k, d), dtype),
+             v=np.zeros((1, 1, 1, P, L_k, d), dtype), out=np.zeros(P * L_q * d, dtype),
+             probs=np.zeros(P * L_q * L_k, dtype), lead=(1, 1, 1, P),
+             scratch=np.zeros(L_k * d, dtype), mask=(0, np.zeros(1, np.uint8),
+                                                      np.zeros(1, dtype), np.zeros(1, np.intp),
+                                                      0, 0))
     a.update(over)
-    return (a["q"], a["k"], a["v"], a["out"], a["probs"], a["qoff"], a["koff"], a["voff"],
-            P, 0, P, L_q, L_k, d, d, 1.0, 0, np.zeros(1, np.uint8), np.zeros(1, dtype),
-            np.zeros(1, np.intp), 0, 0, False, 0, np.zeros(L_k * d, dtype))
+    return (a["q"], a["k"], a["v"], a["out"], a["probs"], a["lead"], 0, P, 1.0,
+            *a["mask"], False, 0, a["scratch"])
 
 
 def test_kernel_entry_validates_before_nogil():
     kattn.sdpa_forward(*_kernel_args())                         # well-formed: runs
-    with pytest.raises(ValueError, match="key slab 1"):
-        kattn.sdpa_forward(*_kernel_args(koff=np.array([0, 9], np.intp)))
+    with pytest.raises(ValueError, match="key.shape"):
+        kattn.sdpa_forward(*_kernel_args(k=np.zeros((1, 1, 1, 3, 4, 2))))
+    with pytest.raises(ValueError, match="value slabs"):
+        kattn.sdpa_forward(*_kernel_args(v=np.zeros((1, 1, 1, 2, 5, 2))))
     with pytest.raises(ValueError, match="probs must hold"):
         kattn.sdpa_forward(*_kernel_args(probs=np.zeros(5)))
-    args = list(_kernel_args())
-    args[-1] = np.zeros(3)
     with pytest.raises(ValueError, match="scratch"):
-        kattn.sdpa_forward(*args)
-    args = list(_kernel_args())
-    args[16], args[17], args[20] = 1, np.ones(4, np.uint8), 1     # bool mask too small
-    with pytest.raises(ValueError, match="mask"):
-        kattn.sdpa_forward(*args)
+        kattn.sdpa_forward(*_kernel_args(scratch=np.zeros(3)))
+    with pytest.raises(ValueError, match="row stride"):                 # rows overlap
+        q = np.lib.stride_tricks.as_strided(np.zeros(20), (1, 1, 1, 2, 3, 2),
+                                            (8,) * 4 + (8, 8))
+        kattn.sdpa_forward(*_kernel_args(q=q))
+    bad_mask = (1, np.ones(4, np.uint8), np.zeros(1), np.zeros(2, np.intp), 1, 1)
+    with pytest.raises(ValueError, match="mask"):                      # mask too small
+        kattn.sdpa_forward(*_kernel_args(mask=bad_mask))
+
+
+@pytest.mark.parametrize("in_place", [True, False], ids=["in_place", "copied"])
+def test_strided_inputs(rng, monkeypatch, in_place):
+    """Heads split from [B, L, h*d] projections by a transpose (non-contiguous, as the
+    multi-head modules pass them), reversed and non-unit-stride views: read in place
+    by the kernel (row stride as leading dimension) or copied first (the default),
+    the same numbers either way."""
+    monkeypatch.setattr(sdp, "_COPY_STRIDED_ROWS", not in_place)
+    B, L, S, h, d = 2, 9, 11, 3, 4
+    xq = rng.standard_normal((B, L, 3 * h * d))          # a fused [q | k | v] projection
+    xk = rng.standard_normal((B, S, 2 * h * d))
+    q = xq[..., : h * d].reshape(B, L, h, d).transpose(0, 2, 1, 3)   # (B, h, L, d) view
+    k = xk[..., : h * d].reshape(B, S, h, d).transpose(0, 2, 1, 3)
+    v = xk[..., h * d:].reshape(B, S, h, d).transpose(0, 2, 1, 3)
+    g = rng.standard_normal((B, L, h, d)).transpose(0, 2, 1, 3)
+    assert np.shares_memory(sdp._kernel_view(q), xq) == in_place
+    want = _reference(q, k, v, g, is_causal=True)
+    for qq, kk in ((q, k), (q[:, :, ::-1], k[:, :, ::-1]), (q[..., ::1], k)):
+        ww = _reference(qq, kk, v, g, is_causal=True) if qq is not q else want
+        got = _run(qq, kk, v, g, np.float64, is_causal=True)
+        for a, b in zip(got, ww):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    # a non-contiguous last dim is copied, still right
+    q2 = np.asfortranarray(rng.standard_normal((2, 3, L, d)))
+    got = _run(q2, k, v, g, np.float64)
+    for a, b in zip(got, _reference(q2, k, v, g)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
