@@ -2,11 +2,12 @@
 
 Layout
 ------
-The leading (batch, head, ...) dims are flattened into ``P`` slabs.  Each input is
-a flat C-contiguous buffer in its *own* shape (never expanded to the broadcast
-shape); ``qoff[p]``, ``koff[p]``, ``voff[p]`` give the element offset of slab ``p``
-in it (the same offset for every slab an input is broadcast over, e.g. the ``r``
-query heads that share one K/V head in grouped-query attention).  Per slab::
+The leading (batch, head, ...) dims (at most 4) are flattened into ``P`` slabs.
+Each input comes as a 6-D view ``[l0, l1, l2, l3, L, d]`` in its *own* shape (never
+expanded to the broadcast shape): a lead dim of size 1 is broadcast (every slab
+reads the same data, e.g. the ``r`` query heads sharing one K/V head in
+grouped-query attention), rows may be any distance >= ``d`` apart.  The entry
+points derive every slab offset from the views' own shapes and strides.  Per slab::
 
     Q [L_q, d_k]   K [L_k, d_k]   V [L_k, d_v]   O, dO [L_q, d_v]   P [L_q, L_k]
 
@@ -35,6 +36,11 @@ A row with no allowed key (fully masked, or ``n(i) <= 0``) gets ``P = 0``, hence
 
 Gradients of broadcast inputs are accumulated (``beta = 1`` into a zeroed buffer);
 the others are written (``beta = 0``), including explicit zeros for skipped blocks.
+
+The row blocking and the causal block skipping follow FlashAttention (Dao et al.,
+2022, "FlashAttention: Fast and Memory-Efficient Exact Attention with IO-Awareness"),
+but ``P`` is materialised: the module returns it on request, and keeping it saves
+the backward the recomputation of ``Q K^T`` (6 GEMMs per slab instead of 7).
 """
 import numpy as np
 
