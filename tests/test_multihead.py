@@ -218,6 +218,8 @@ def test_contract_self_attention():
             ((np.zeros((B, L, d)), None, None, np.ones((3, 3), bool)), ValueError,
              "mask must broadcast"),
             ((np.zeros((B, L, d)), None, None, np.ones((4, 4), complex)), TypeError, "mask"),
+            ((np.zeros((B, 0, d)),), ValueError, "at least one batch entry and one position"),
+            ((np.zeros((B, L, d)), np.zeros((B, 0, d))), ValueError, "key must have at least"),
         ],
     )
 

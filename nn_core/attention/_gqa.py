@@ -365,6 +365,9 @@ class _GQACore(Module):
     def _check_input(self, x, name, width, B=None):
         arr = as_float_array(x, name, self.dtype, ndim=3)
         check_shape(arr, name, (B, None, width))
+        if arr.shape[0] < 1 or arr.shape[1] < 1:
+            raise ValueError(f"{name} must have at least one batch entry and one position, "
+                             f"got shape {tuple(arr.shape)}")
         return arr
 
     def _attn_forward(self, sources, mask=None, is_causal=False, kv_cache=None,
