@@ -169,18 +169,14 @@ cdef void _forward(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ssize_
                    floating* hs, floating* cs, floating* aux, floating* out,
                    floating* hh) noexcept nogil:
     cdef Py_ssize_t G = 4 if kind == K_LSTM else (3 if kind >= K_GRU else 1)
-    cdef Py_ssize_t GH = G * H, H2 = 2 * H, H3 = 3 * H
-    cdef Py_ssize_t s, b, j, L, tau
+    cdef Py_ssize_t GH = G * H, H2 = 2 * H
+    cdef Py_ssize_t s, b, L, tau
     cdef floating* a
     cdef floating* hr
     cdef const floating* hp
     cdef floating* hn
-    cdef const floating* cp
-    cdef floating* cn
-    cdef floating* tc
     cdef floating* o
     cdef floating* hn2
-    cdef floating v, r, z, n
     cdef size_t row = H * sizeof(floating)
     cdef bint dotform = B == 1
 
@@ -264,23 +260,19 @@ cdef void _backward(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ssize
                     floating* gb_ih, floating* gb_hh, const floating* ones,
                     const floating* zrow) noexcept nogil:
     cdef Py_ssize_t G = 4 if kind == K_LSTM else (3 if kind >= K_GRU else 1)
-    cdef Py_ssize_t GH = G * H, H2 = 2 * H, H3 = 3 * H
-    cdef Py_ssize_t s, b, j, L, tau
+    cdef Py_ssize_t GH = G * H, H2 = 2 * H
+    cdef Py_ssize_t s, b, L, tau
     cdef bint sep = dGt != dGs
     cdef const floating* g
     cdef const floating* go
-    cdef const floating* tc
-    cdef const floating* cp
     cdef const floating* hp
     cdef const floating* dhb
-    cdef floating* dcb
     cdef floating* dst
     cdef floating* dgr
     cdef floating* dgx
     cdef floating* dgs
     cdef floating* tmp
     cdef floating* dh_out = dh
-    cdef floating dhj, dcj, i_, f_, g_, o_, t_, r, z, n, dan
     cdef size_t row = H * sizeof(floating)
     cdef size_t grow = GH * sizeof(floating)
     cdef bint dotform = B == 1
