@@ -9,3 +9,11 @@ from .lstm_cell import LSTMCell, StackedLSTM
 from .rnn_cell import RNNCell
 
 __all__ = ["RecurrentCell", "RNNCell", "LSTMCell", "GRUCell", "StackedLSTM"]
+
+# Bidirectional layers (issue 5)
+from .bidirectional import BidirectionalWrapper, StackedBidirectional  # noqa: E402
+from .gru_cell import BidirectionalGRU  # noqa: E402
+from .rnn_cell import BidirectionalRNNCell  # noqa: E402
+
+__all__ += ["BidirectionalWrapper", "BidirectionalRNNCell", "BidirectionalGRU",
+            "StackedBidirectional"]

@@ -58,3 +58,51 @@ class GRUCell(RecurrentCell):
 
     def _kind(self):
         return _K.GRU_RA if self.reset_after else _K.GRU
+
+
+# ----------------------------------------------------------------------------------
+# Bidirectional layer over two GRUCells (issue 5).  Kept at the very end of the file.
+from .bidirectional import BidirectionalWrapper, _child_rng  # noqa: E402
+from .._validation import make_rng  # noqa: E402
+
+__all__ += ["BidirectionalGRU"]
+
+
+class BidirectionalGRU(BidirectionalWrapper):
+    """:class:`BidirectionalWrapper` over two independently initialised :class:`GRUCell`.
+
+    Parameters
+    ----------
+    input_size, hidden_size : int
+        ``D`` and ``H`` of both cells.
+    merge_mode : {"concat", "sum", "mean", "mul"}, keyword-only, default "concat"
+    bias : bool, keyword-only, default True
+    reset_after : bool, keyword-only, default False
+        ``True`` for PyTorch's GRU (needed to load ``nn.GRU`` weights).
+    batch_first : bool, keyword-only, default False
+    recurrent_init : {"uniform", "orthogonal"}, keyword-only, default "uniform"
+    concurrent : bool or None, keyword-only, default None
+        Run the two sweeps on two threads (default: when more than one core is free).
+    dtype : {np.float32, np.float64}, keyword-only
+    rng : None, int or numpy.random.Generator, keyword-only
+
+    ``forward(x [T, B, D], state=None, lengths=None) -> (output [T, B, H_out],
+    (h_fw [B, H], h_bw [B, H]))`` and ``backward(grad_output, grad_state=None) ->
+    (grad_x, (grad_h0_fw, grad_h0_bw))``; ``H_out = 2H`` (concat) or ``H``.  See
+    :class:`BidirectionalWrapper` for the equations and :class:`GRUCell` for the cell.
+
+    Examples
+    --------
+    >>> layer = BidirectionalGRU(3, 4, reset_after=True, dtype=np.float64, rng=0)
+    >>> out, (h_fw, h_bw) = layer(np.ones((5, 2, 3)), lengths=[5, 3])
+    >>> gx, (g_fw, g_bw) = layer.backward(np.ones_like(out))
+    """
+
+    def __init__(self, input_size, hidden_size, *, merge_mode="concat", bias=True,
+                 reset_after=False, batch_first=False, recurrent_init="uniform",
+                 concurrent=None, dtype=np.float32, rng=None):
+        gen = make_rng(rng)
+        cells = [GRUCell(input_size, hidden_size, bias, reset_after, batch_first=batch_first,
+                         recurrent_init=recurrent_init, dtype=dtype, rng=_child_rng(gen))
+                 for _ in range(2)]
+        super().__init__(cells[0], cells[1], merge_mode, concurrent=concurrent, rng=gen)

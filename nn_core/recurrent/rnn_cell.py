@@ -101,3 +101,54 @@ class RNNCell(RecurrentCell):
 
     def _kind(self):
         return _K.RNN_TANH if self.nonlinearity == "tanh" else _K.RNN_RELU
+
+
+# ----------------------------------------------------------------------------------
+# Bidirectional layer over two RNNCells (issue 5).  Kept at the very end of the file.
+from .bidirectional import BidirectionalWrapper, _child_rng  # noqa: E402
+from .._validation import make_rng  # noqa: E402
+
+__all__ += ["BidirectionalRNNCell"]
+
+
+class BidirectionalRNNCell(BidirectionalWrapper):
+    """:class:`BidirectionalWrapper` over two independently initialised :class:`RNNCell`.
+
+    Parameters
+    ----------
+    input_size, hidden_size : int
+        ``D`` and ``H`` of both cells.
+    merge_mode : {"concat", "sum", "mean", "mul"}, keyword-only, default "concat"
+    nonlinearity : {"tanh", "relu"}, keyword-only, default "tanh"
+    bias : bool, keyword-only, default True
+    batch_first : bool, keyword-only, default False
+    recurrent_init : {"uniform", "orthogonal"}, keyword-only, default "uniform"
+    concurrent : bool or None, keyword-only, default None
+        Run the two sweeps on two threads (default: when more than one core is free).
+    dtype : {np.float32, np.float64}, keyword-only
+    rng : None, int or numpy.random.Generator, keyword-only
+        Same seed, same weights (both directions drawn from independent child streams).
+
+    ``forward(x [T, B, D], state=None, lengths=None) -> (output [T, B, H_out],
+    (h_fw [B, H], h_bw [B, H]))`` and ``backward(grad_output, grad_state=None) ->
+    (grad_x, (grad_h0_fw, grad_h0_bw))``; ``H_out = 2H`` (concat) or ``H``.  See
+    :class:`BidirectionalWrapper` for the equations and :class:`RNNCell` for the cell.
+    Parameters ``fw.W_ih, fw.W_hh, fw.b_ih, fw.b_hh`` and ``bw.*`` (torch's
+    ``*_l0`` and ``*_l0_reverse``).
+
+    Examples
+    --------
+    >>> layer = BidirectionalRNNCell(3, 4, nonlinearity="relu", dtype=np.float64, rng=0)
+    >>> out, (h_fw, h_bw) = layer(np.ones((5, 2, 3)))
+    >>> out.shape
+    (5, 2, 8)
+    """
+
+    def __init__(self, input_size, hidden_size, *, merge_mode="concat", nonlinearity="tanh",
+                 bias=True, batch_first=False, recurrent_init="uniform", concurrent=None,
+                 dtype=np.float32, rng=None):
+        gen = make_rng(rng)
+        cells = [RNNCell(input_size, hidden_size, nonlinearity, bias, batch_first=batch_first,
+                         recurrent_init=recurrent_init, dtype=dtype, rng=_child_rng(gen))
+                 for _ in range(2)]
+        super().__init__(cells[0], cells[1], merge_mode, concurrent=concurrent, rng=gen)
