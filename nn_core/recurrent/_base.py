@@ -260,10 +260,12 @@ class RecurrentCell(Module):
                         cache.lengths, cache.gates, cache.hs, cache.cs, cache.aux, go,
                         has_go, dh, dc, grad_x, self.grads["W_ih"], self.grads["W_hh"],
                         gb_ih, gb_hh, self.bias, dGs, dGt, dh2, drh, ones, zrow)
+        given = set()
         for name, arr in (("dGs", dGs), ("dGt", dGt), ("dh2", dh2), ("drh", drh),
                           ("ones", ones), ("zrow", zrow), ("gates", cache.gates),
                           ("hs", cache.hs), ("cs", cache.cs), ("aux", cache.aux)):
-            if arr.size > 1:
+            if arr.size > 1 and id(arr) not in given:   # dGt may be dGs itself
+                given.add(id(arr))
                 self._give(name, arr)
         return grad_x, dh, (dc if self._HAS_CELL_STATE else None)
 
