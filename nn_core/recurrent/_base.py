@@ -204,6 +204,14 @@ class RecurrentCell(Module):
         dt = self.dtype
         if lengths is None:
             lengths = np.full(B, T, dtype=np.int64)
+        elif lengths.min() < T:
+            # Padded positions take no part in the result, but grad_W_ih = dG^T x
+            # multiplies their (zero) gate gradients with x: NaN/inf padding would
+            # leak in as 0 * inf.  Zero such padding in a private copy.
+            pad = np.arange(T)[:, None] >= lengths[None, :]
+            if not np.isfinite(x[pad]).all():
+                x = x.copy()
+                x[pad] = 0
         kind = self._kind()
         W_ih = np.ascontiguousarray(self.params["W_ih"])
         W_hh = np.ascontiguousarray(self.params["W_hh"])
