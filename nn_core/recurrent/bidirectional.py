@@ -29,6 +29,7 @@ import numpy as np
 
 from .._validation import (
     as_float_array,
+    check_choice,
     check_positive_int,
     check_probability,
     check_shape,
@@ -278,8 +279,7 @@ class BidirectionalWrapper(Module):
         if not isinstance(forward_cell, RecurrentCell):
             raise TypeError("forward_cell must be an nn_core recurrent cell (RNNCell, "
                             f"LSTMCell or GRUCell), got {type(forward_cell).__name__}")
-        if merge_mode not in MERGE_MODES:
-            raise ValueError(f"merge_mode must be one of {MERGE_MODES}, got {merge_mode!r}")
+        check_choice(merge_mode, "merge_mode", MERGE_MODES)
         gen = _child_rng(forward_cell.rng) if rng is None else make_rng(rng)
         super().__init__(dtype=forward_cell.dtype, rng=gen)
         if backward_cell is None:
@@ -533,8 +533,7 @@ class StackedBidirectional(Module):
         self.input_size = check_positive_int(input_size, "input_size")
         self.hidden_size = check_positive_int(hidden_size, "hidden_size")
         self.num_layers = check_positive_int(num_layers, "num_layers")
-        if merge_mode not in MERGE_MODES:
-            raise ValueError(f"merge_mode must be one of {MERGE_MODES}, got {merge_mode!r}")
+        check_choice(merge_mode, "merge_mode", MERGE_MODES)
         self.merge_mode = merge_mode
         self.dropout = check_probability(dropout, "dropout")
         self.batch_first = bool(cell_kwargs.get("batch_first", False))
