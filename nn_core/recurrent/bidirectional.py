@@ -55,17 +55,21 @@ def available_cores() -> int:
 
 
 _EXECUTOR = None
+_EXECUTOR_PID = None
 _EXECUTOR_LOCK = threading.Lock()
 
 
 def _executor() -> ThreadPoolExecutor:
-    """The single worker thread that runs reverse sweeps (created on first use)."""
-    global _EXECUTOR
-    if _EXECUTOR is None:
+    """The single worker thread that runs reverse sweeps (created on first use, and
+    again in a forked child, where the parent's worker thread does not exist)."""
+    global _EXECUTOR, _EXECUTOR_PID
+    pid = os.getpid()
+    if _EXECUTOR is None or _EXECUTOR_PID != pid:
         with _EXECUTOR_LOCK:
-            if _EXECUTOR is None:
+            if _EXECUTOR is None or _EXECUTOR_PID != pid:
                 _EXECUTOR = ThreadPoolExecutor(max_workers=1,
                                                thread_name_prefix="nn_core-bidir")
+                _EXECUTOR_PID = pid
                 atexit.register(_EXECUTOR.shutdown, wait=False)
     return _EXECUTOR
 
