@@ -28,8 +28,12 @@ __all__ = [
     "check_positive_int",
     "check_probability",
     "check_choice",
+    "check_keys",
     "require_forward",
+    "check_heads",
     "lengths_from_mask",
+    "as_index_array",
+    "require_same_dtype",
 ]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -174,6 +178,16 @@ def check_choice(value, name: str, choices) -> None:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
 
 
+def check_keys(given, expected, what: str) -> None:
+    """Raise ``ValueError`` naming the missing and the unexpected keys of a mapping."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"{what} keys do not match: missing keys {missing}, unexpected keys {unexpected}"
+        )
+
+
 def require_forward(cache, module) -> None:
     """Raise the documented RuntimeError when ``backward`` has nothing to consume."""
     if cache is None:
@@ -181,6 +195,28 @@ def require_forward(cache, module) -> None:
             f"{type(module).__name__}.backward called without a matching forward "
             "(each forward allows exactly one backward)"
         )
+
+
+def check_heads(d_model: int, num_heads: int, num_kv_groups=None) -> int:
+    """Check the head configuration of a multi-head attention layer.
+
+    ``num_heads`` must divide ``d_model``; ``num_kv_groups`` (default ``num_heads``)
+    must satisfy ``1 <= num_kv_groups <= num_heads`` and divide ``num_heads``.
+    Returns ``num_kv_groups``.
+    """
+    if d_model % num_heads:
+        raise ValueError(
+            f"num_heads must divide d_model: got d_model={d_model}, num_heads={num_heads}"
+        )
+    if num_kv_groups is None:
+        return num_heads
+    g = check_positive_int(num_kv_groups, "num_kv_groups")
+    if g > num_heads or num_heads % g:
+        raise ValueError(
+            f"num_kv_groups must divide num_heads and be in [1, {num_heads}]: "
+            f"got num_kv_groups={g}, num_heads={num_heads}"
+        )
+    return g
 
 
 def lengths_from_mask(mask, name: str, max_len: int, batch_size: int,
@@ -203,3 +239,29 @@ def lengths_from_mask(mask, name: str, max_len: int, batch_size: int,
         raise ValueError(f"{name} must mark at least one step per sequence, got a row "
                          f"with 0 steps")
     return lengths
+
+
+def as_index_array(ids, name: str, upper: int, allow=None) -> np.ndarray:
+    """Integer ids with ``0 <= id < upper`` (``allow``: one extra permitted value).
+
+    Float arrays are a ``TypeError`` (ids are never rounded silently); ids out of
+    range are a ``ValueError`` naming the first offending value.
+    """
+    arr = np.asarray(ids)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be an integer array, got dtype {arr.dtype}")
+    arr = arr.astype(np.intp, copy=False)
+    bad = (arr < 0) | (arr >= upper)
+    if allow is not None:
+        bad &= arr != allow
+    if bad.any():
+        raise ValueError(
+            f"{name} must satisfy 0 <= {name} < {upper}, got {int(arr[bad].reshape(-1)[0])}"
+        )
+    return arr
+
+
+def require_same_dtype(dtype, expected, name: str) -> None:
+    """TypeError unless ``dtype == expected`` (e.g. every child of a container)."""
+    if np.dtype(dtype) != np.dtype(expected):
+        raise TypeError(f"{name} must have dtype {np.dtype(expected)}, got {np.dtype(dtype)}")

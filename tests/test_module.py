@@ -105,7 +105,7 @@ def test_state_dict_round_trip_and_checks():
     bad = a.state_dict()
     del bad["layers.0.b"]
     bad["extra"] = np.zeros(1)
-    with pytest.raises(ValueError, match=r"missing \['layers.0.b'\], unexpected \['extra'\]"):
+    with pytest.raises(ValueError, match=r"missing keys \[.layers.0.b.\], unexpected keys \[.extra.\]"):
         b.load_state_dict(bad)
     bad = a.state_dict()
     bad["first.W"] = np.zeros((4, 3), np.float32)

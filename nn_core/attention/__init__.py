@@ -8,6 +8,10 @@ from .causal_mask import (
     create_sliding_window_mask,
 )
 from .scaled_dot_product import ScaledDotProductAttention, scaled_dot_product_attention, softmax
+from .multihead import KVCache, MultiHeadAttention, combine_heads, split_heads
+from .multi_query import MultiQueryAttention
+from .grouped_query import GroupedQueryAttention, convert_from_mha
+from .cross_attention import CachedCrossAttention, CrossAttention, MultimodalCrossAttention
 
 __all__ = [
     "softmax",
@@ -19,4 +23,14 @@ __all__ = [
     "create_sliding_window_mask",
     "create_local_attention_mask",
     "apply_causal_mask",
+    "split_heads",
+    "combine_heads",
+    "KVCache",
+    "MultiHeadAttention",
+    "MultiQueryAttention",
+    "GroupedQueryAttention",
+    "convert_from_mha",
+    "CrossAttention",
+    "CachedCrossAttention",
+    "MultimodalCrossAttention",
 ]

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._kernels import _attention as _kattn
 from .._kernels import _softmax as _ksoftmax
 from .._validation import as_float_array, as_mask, broadcasts_to, check_probability
 from ..module import Module
@@ -103,6 +104,150 @@ def _softmax_backward(probs, grad_probs, scale):
     _ksoftmax.softmax_backward(probs.reshape(-1, N), gp.reshape(-1, N), out.reshape(-1, N),
                                probs.dtype.type(scale))
     return out
+
+
+# ---------------------------------------------------------------- fused path --
+# Query-row block of the fused kernel (rows of S / P kept hot in L2 between the
+# score GEMM, the softmax and the P V GEMM) and key block of the dK / dV GEMMs.
+# With is_causal they are also the granularity of the skipped upper triangle.
+_BLOCK_Q = None             # None: chosen by _blocks(); an int forces it (tuning)
+_BLOCK_K = None
+_FUSED_ENABLED = True        # tests flip this to compare with the generic path
+
+
+def _blocks(L_q, L_k, d_k, d_v):
+    """Query / key block sizes.
+
+    OpenBLAS multiplies matrices with ``m * n * k <= 1e6`` by unpacked "small
+    matrix" kernels, much faster here than its packed path (whose packing costs
+    ~30 % at these sizes).  Blocks of 16-32 rows keep every GEMM of a slab under that
+    bound for ``L * d <= 4e4`` and make the causal staircase fine-grained."""
+    b = 1_000_000 // (max(L_q, L_k) * max(d_k, d_v))
+    b = min(32, max(16, b - b % 8))
+    return (_BLOCK_Q or b), (_BLOCK_K or b)
+
+
+def _use_fused(module, lead, L_q, L_k, d_k, d_v):
+    """The fused kernel handles everything except dropout and empty dims."""
+    if not _FUSED_ENABLED or (module.training and module.dropout > 0.0):
+        return False
+    if min(L_q, L_k, d_k, d_v) < 1 or 0 in lead:
+        return False
+    return max(L_q, L_k) * max(L_q, L_k, d_k, d_v) < 2 ** 31
+
+
+def _slab_offsets(arr, lead):
+    """Element offset of each of the ``prod(lead)`` slabs in C-contiguous ``arr``
+    ``[..., L, d]`` (repeated where ``arr`` broadcasts), and whether it broadcasts."""
+    own = arr.shape[:-2]
+    n = int(np.prod(own, dtype=np.int64))
+    idx = np.arange(n, dtype=np.intp).reshape((1,) * (len(lead) - len(own)) + own)
+    off = np.broadcast_to(idx, lead).reshape(-1) * (arr.shape[-2] * arr.shape[-1])
+    return np.ascontiguousarray(off, dtype=np.intp), n < int(np.prod(lead, dtype=np.int64))
+
+
+def _split(P, parts):
+    """``parts`` contiguous slab ranges covering ``[0, P)``."""
+    parts = max(1, min(parts, P))
+    edges = [P * t // parts for t in range(parts + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _n_workers(P):
+    """Threads to split the slabs over (1 = run in the calling thread)."""
+    return 1
+
+
+def _run_tasks(work, n):
+    """``work(t)`` for ``t < n``; ``t = 0`` in this thread, the rest in the pool."""
+    if n == 1:
+        work(0)
+        return
+    futures = [_pool(n - 1).submit(work, t) for t in range(1, n)]
+    try:
+        work(0)
+    finally:
+        for f in futures:
+            f.result()
+
+
+def _run(fn, P):
+    ranges = _split(P, _n_workers(P))
+    _run_tasks(lambda t: fn(*ranges[t]), len(ranges))
+
+
+def _fused_forward(q, k, v, lead, kind, m, causal_offset, scale, return_weights,
+                   workspace):
+    """Forward through ``_kernels._attention``; returns ``(out, probs, cache)``.
+
+    ``workspace(shape)`` returns the buffer for the probabilities (a module reuses
+    one across calls unless the caller keeps the weights)."""
+    dt = q.dtype
+    L_q, d_k, L_k, d_v = q.shape[-2], q.shape[-1], k.shape[-2], v.shape[-1]
+    P = int(np.prod(lead, dtype=np.int64))
+    qc, kc, vc = (np.ascontiguousarray(a) for a in (q, k, v))   # own shapes, no expansion
+    qoff, acc_q = _slab_offsets(qc, lead)
+    koff, acc_k = _slab_offsets(kc, lead)
+    voff, acc_v = _slab_offsets(vc, lead)
+    out = np.empty(lead + (L_q, d_v), dtype=dt)                 # (..., L_q, d_v)
+    probs = workspace(lead + (L_q, L_k))                        # (..., L_q, L_k)
+    mkind, bmask, fmask, moff, mrs, mcs = _mask_layout(kind, m, lead + (L_q, L_k), dt)
+    causal = causal_offset is not None
+    coff = int(causal_offset) if causal else 0
+    args = (qc.reshape(-1), kc.reshape(-1), vc.reshape(-1), out.reshape(-1),
+            probs.reshape(-1), qoff, koff, voff, P)
+    tail = (L_q, L_k, d_k, d_v, scale, mkind, bmask, fmask, moff, mrs, mcs, causal, coff)
+    bq, _ = _blocks(L_q, L_k, d_k, d_v)
+    _run(lambda p0, p1: _kattn.sdpa_forward(*args, p0, p1, *tail,
+                                            np.empty(d_k * L_k, dtype=dt), bq), P)
+    cache = ("fused", qc, kc, vc, probs, (qoff, koff, voff), (acc_q, acc_k, acc_v),
+             scale, causal, coff, q.shape, k.shape, v.shape, return_weights)
+    return out, probs, cache
+
+
+def _fused_backward(cache, grad_output, dt):
+    (_, qc, kc, vc, probs, (qoff, koff, voff), (acc_q, acc_k, acc_v), scale, causal,
+     coff, q_shape, k_shape, v_shape, weights_returned) = cache
+    L_q, d_k, L_k, d_v = qc.shape[-2], qc.shape[-1], kc.shape[-2], vc.shape[-1]
+    out_shape = probs.shape[:-1] + (d_v,)
+    g = as_float_array(grad_output, "grad_output", dt)
+    if g.shape != out_shape:
+        raise ValueError(f"grad_output must have shape {out_shape}, got {g.shape}")
+    g = np.ascontiguousarray(g)
+    P = len(qoff)
+    ranges = _split(P, _n_workers(P))
+    # dS overwrites P in place (the cache is consumed) unless the caller holds P
+    overwrite = not weights_returned
+    bq, bk = _blocks(L_q, L_k, d_k, d_v)
+    scratch_n = (d_v + bq) * L_k + (0 if overwrite else L_q * L_k)
+
+    def grads_for(t):
+        # worker t > 0 accumulates broadcast inputs into its own zeroed buffer
+        out = []
+        for arr, acc, shared in ((qc, acc_q, gq), (kc, acc_k, gk), (vc, acc_v, gv)):
+            out.append(shared if (t == 0 or not acc) else np.zeros_like(arr))
+        return out
+
+    gq = np.zeros_like(qc) if acc_q else np.empty_like(qc)
+    gk = np.zeros_like(kc) if acc_k else np.empty_like(kc)
+    gv = np.zeros_like(vc) if acc_v else np.empty_like(vc)
+    bufs = [grads_for(t) for t in range(len(ranges))]
+
+    def work(t):
+        p0, p1 = ranges[t]
+        tq, tk, tv = bufs[t]
+        _kattn.sdpa_backward(
+            qc.reshape(-1), kc.reshape(-1), vc.reshape(-1), probs.reshape(-1),
+            g.reshape(-1), tq.reshape(-1), tk.reshape(-1), tv.reshape(-1),
+            qoff, koff, voff, acc_q, acc_k, acc_v, P, p0, p1, L_q, L_k, d_k, d_v,
+            scale, causal, coff, overwrite, np.empty(scratch_n, dtype=dt), bq, bk)
+
+    _run_tasks(work, len(ranges))
+    for t in range(1, len(ranges)):
+        for shared, private in zip((gq, gk, gv), bufs[t]):
+            if private is not shared:
+                shared += private
+    return gq.reshape(q_shape), gk.reshape(k_shape), gv.reshape(v_shape)
 
 
 def softmax(x, axis=-1, mask=None):
@@ -253,26 +398,55 @@ class ScaledDotProductAttention(Module):
         if scale is None:
             scale = 1.0 / np.sqrt(d_k) if d_k > 0 else 1.0
         kind, m = as_mask(mask, "mask", dt)
+        causal_offset = (L_k - L_q) if is_causal else None
+        if _use_fused(self, lead, L_q, L_k, d_k, v.shape[-1]):
+            out, weights, self._cache = _fused_forward(
+                q, k, v, lead, kind, m, causal_offset, dt.type(scale), return_weights,
+                self._fresh_probs if return_weights else self._probs_workspace)
+        else:
+            out, weights, self._cache = self._generic_forward(
+                q, k, v, lead, kind, m, causal_offset, dt.type(scale))
+        if return_weights:
+            return out, weights
+        return out
+
+    def _fresh_probs(self, shape):
+        return np.empty(shape, dtype=self.dtype)
+
+    def _probs_workspace(self, shape):
+        """The probabilities buffer, reused across calls when nobody else holds it.
+
+        The fused backward overwrites it with ``dS``, and a new forward replaces
+        the cache, so reuse is safe; it saves the page faults of a fresh
+        ``[..., L_q, L_k]`` allocation on every call."""
+        ws = getattr(self, "_ws", None)
+        if ws is None or ws.shape != shape or ws.dtype != self.dtype:
+            ws = self._ws = np.empty(shape, dtype=self.dtype)
+        return ws
+
+    def _generic_forward(self, q, k, v, lead, kind, m, causal_offset, scale):
+        """NumPy matmuls around the masked-softmax kernel (handles dropout, empty dims)."""
+        dt = self.dtype
+        L_q, L_k = q.shape[-2], k.shape[-2]
         scores = np.matmul(q, np.swapaxes(k, -1, -2))          # (..., L_q, L_k)
         if scores.shape != lead + (L_q, L_k):
             scores = np.broadcast_to(scores, lead + (L_q, L_k))
         scores = np.ascontiguousarray(scores, dtype=dt)
-        probs = _masked_softmax(scores, scale, kind, m,
-                                (L_k - L_q) if is_causal else None)
+        probs = _masked_softmax(scores, scale, kind, m, causal_offset)
         keep = None
         applied = probs
         if self.training and self.dropout > 0.0:
             keep = self.rng.random(probs.shape) >= self.dropout
             applied = probs * keep * dt.type(1.0 / (1.0 - self.dropout))
         out = np.matmul(applied, v)                              # (..., L_q, d_v)
-        self._cache = (q, k, v, probs, applied, keep, dt.type(scale))
-        if return_weights:
-            return out, applied
-        return out
+        return out, applied, ("generic", q, k, v, probs, applied, keep, scale)
 
     def backward(self, grad_output):
         """Gradients ``(grad_query, grad_key, grad_value)``, each shaped like its input."""
-        q, k, v, probs, applied, keep, scale = self._pop_cache()
+        cache = self._pop_cache()
+        if cache[0] == "fused":
+            return _fused_backward(cache, grad_output, self.dtype)
+        _, q, k, v, probs, applied, keep, scale = cache
         out_shape = probs.shape[:-1] + (v.shape[-1],)
         g = as_float_array(grad_output, "grad_output", self.dtype)
         if g.shape != out_shape:

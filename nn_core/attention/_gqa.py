@@ -1,0 +1,600 @@
+"""The grouped-query attention core shared by every multi-head module.
+
+``MultiHeadAttention`` (``g = h``), ``MultiQueryAttention`` (``g = 1``),
+``GroupedQueryAttention`` (any ``g`` dividing ``h``), ``CrossAttention``,
+``CachedCrossAttention`` and ``MultimodalCrossAttention`` are thin front ends over
+:class:`_GQACore`; this file holds the projections, the head layouts, the
+attention call, the KV cache and the backward pass once.
+
+Shape legend
+------------
+``B`` batch, ``L`` query length, ``S`` key/value length, ``d_model`` model width,
+``h`` query heads, ``g`` K/V groups (heads), ``r = h // g`` query heads per group,
+``d_k = d_model // h`` head width, ``N = B * L`` rows, ``N_s = B * S``.
+
+Equations (Vaswani et al., 2017; Shazeer, 2019; Ainslie et al., 2023)
+----------------------------------------------------------------------
+Forward, with ``X_q [N, D_q]`` and ``X_kv [N_s, D_kv]`` the rows of the inputs::
+
+    Q = X_q W_q + b_q          [N, h*d_k]     head i = columns i*d_k:(i+1)*d_k
+    K = X_kv W_k + b_k         [N_s, g*d_k]   group j likewise
+    V = X_kv W_v + b_v         [N_s, g*d_k]
+    O_i = SDPA(Q_i, K_{i // r}, V_{i // r}, mask)           (per batch entry)
+    A = [O_0, ..., O_{h-1}]    [N, h*d_k]
+    Y = A W_o + b_o            [N, d_model]
+
+Backward, given ``dY``::
+
+    dW_o += A^T dY ;  db_o += sum_rows dY ;  dA = dY W_o^T
+    (dQ_i, dK_i, dV_i) = SDPA backward of head i
+    dK_j = sum_{i : i // r = j} dK_i ;  dV_j likewise     (group sums)
+    dW_k += X_kv^T dK ;  db_k += sum_rows dK ;  dX_kv = dK W_k^T + dV W_v^T
+    dW_q += X_q^T dQ ;   db_q += sum_rows dQ ;  dX_q = dQ W_q^T
+
+Implementation notes
+--------------------
+* The projections are 2-D GEMMs over all ``B * L`` rows.  Projections that read the
+  same input are fused into one GEMM against the concatenated weights
+  (self-attention: ``X [W_q | W_k | W_v]``; cross attention: ``C [W_k | W_v]``), and
+  their weight gradients are one GEMM ``X^T [dQ | dK | dV]``.
+* Heads are strided *views* of the projection output (no transposing copy):
+  ``Q.reshape(B, L, g, r, d_k).transpose(0, 2, 3, 1, 4)`` is ``[B, g, r, L, d_k]``
+  and ``K`` is viewed as ``[B, g, 1, S, d_k]``, so the ``r`` query heads of a group
+  broadcast against one K/V head: the repeated K/V is never materialised and the
+  SDPA backward sums ``dK``/``dV`` over the broadcast axis (the group).
+* A single query position (``L = 1``, i.e. decoding) stacks the ``r`` query heads of
+  a group as the rows of one ``[r, d_k]`` matrix: one GEMM per group over the cached
+  keys instead of ``r`` matrix-vector products.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .._validation import (
+    as_float_array,
+    broadcasts_to,
+    check_heads,
+    check_positive_int,
+    check_probability,
+    check_shape,
+)
+from ..module import Module
+from .scaled_dot_product import ScaledDotProductAttention
+
+__all__ = ["split_heads", "combine_heads", "KVCache"]
+
+_NO_BACKWARD = object()   # forward cache marker of an inference-only (kv_cache) forward
+
+
+# --------------------------------------------------------------------------- heads
+def split_heads(x, num_heads):
+    """Split the last axis into heads: ``[B, L, h*d_k] -> [B, h, L, d_k]``.
+
+    Parameters
+    ----------
+    x : array ``[B, L, h*d_k]``
+    num_heads : int
+        ``h``; must divide ``x.shape[-1]``.
+
+    Returns
+    -------
+    ndarray ``[B, h, L, d_k]``
+        A view of ``x`` (transposed, not copied) when ``x`` is an ndarray.
+
+    Examples
+    --------
+    >>> x = np.arange(2 * 3 * 8).reshape(2, 3, 8)
+    >>> split_heads(x, 4).shape
+    (2, 4, 3, 2)
+    >>> np.array_equal(combine_heads(split_heads(x, 4)), x)
+    True
+    """
+    x = np.asarray(x)
+    if x.ndim != 3:
+        raise ValueError(f"x must be 3-dimensional [B, L, h*d_k], got shape {tuple(x.shape)}")
+    h = check_positive_int(num_heads, "num_heads")
+    B, L, D = x.shape
+    if D % h:
+        raise ValueError(f"num_heads must divide x.shape[-1]: got num_heads={h}, "
+                         f"x.shape[-1]={D}")
+    return x.reshape(B, L, h, D // h).transpose(0, 2, 1, 3)       # (B, h, L, d_k)
+
+
+def combine_heads(x):
+    """Concatenate heads: ``[B, h, L, d_k] -> [B, L, h*d_k]`` (inverse of :func:`split_heads`).
+
+    Parameters
+    ----------
+    x : array ``[B, h, L, d_k]``
+
+    Returns
+    -------
+    ndarray ``[B, L, h*d_k]`` (C-contiguous)
+    """
+    x = np.asarray(x)
+    if x.ndim != 4:
+        raise ValueError(f"x must be 4-dimensional [B, h, L, d_k], got shape {tuple(x.shape)}")
+    B, h, L, d_k = x.shape
+    return np.ascontiguousarray(x.transpose(0, 2, 1, 3)).reshape(B, L, h * d_k)
+
+
+# ------------------------------------------------------------------------ KV cache
+class KVCache:
+    """Preallocated key/value cache for incremental decoding.
+
+    Made by ``module.new_kv_cache(batch_size, max_len)``.  Holds ``keys`` and
+    ``values`` buffers of shape ``[B, g, max_len, d_k]`` (``g`` = the module's K/V
+    heads); a forward with ``kv_cache=`` writes the new positions by slice at
+    ``length`` and advances ``length``.
+
+    Attributes
+    ----------
+    length : int
+        Positions filled so far.
+    max_len : int
+        Capacity; appending past it raises ``RuntimeError``.
+    nbytes : int
+        Bytes of the preallocated K and V buffers
+        (``= module.get_kv_cache_size(batch_size, max_len)``).
+    """
+
+    def __init__(self, batch_size, max_len, num_kv_heads, head_dim, dtype):
+        self.batch_size = check_positive_int(batch_size, "batch_size")
+        self.max_len = check_positive_int(max_len, "max_len")
+        self.num_kv_heads = int(num_kv_heads)
+        self.head_dim = int(head_dim)
+        self.dtype = np.dtype(dtype)
+        shape = (self.batch_size, self.num_kv_heads, self.max_len, self.head_dim)
+        self._k = np.zeros(shape, dtype=self.dtype)     # (B, g, max_len, d_k)
+        self._v = np.zeros(shape, dtype=self.dtype)
+        self.length = 0
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._k.nbytes + self._v.nbytes)
+
+    @property
+    def keys(self) -> np.ndarray:
+        """Read-only view of the cached keys ``[B, g, length, d_k]``."""
+        v = self._k[:, :, : self.length]
+        v.flags.writeable = False
+        return v
+
+    @property
+    def values(self) -> np.ndarray:
+        """Read-only view of the cached values ``[B, g, length, d_k]``."""
+        v = self._v[:, :, : self.length]
+        v.flags.writeable = False
+        return v
+
+    def reset(self) -> None:
+        """Forget every cached position (``length = 0``); the buffers are kept."""
+        self.length = 0
+
+    def _append(self, k_heads, v_heads):
+        """Write ``[B, g, n, d_k]`` new keys/values at ``length``; return the filled views."""
+        n = k_heads.shape[2]
+        if self.length + n > self.max_len:
+            raise RuntimeError(
+                f"kv_cache overflow: {self.length} cached + {n} new positions exceeds "
+                f"max_len={self.max_len}; allocate a larger cache or reset() it"
+            )
+        end = self.length + n
+        self._k[:, :, self.length:end] = k_heads
+        self._v[:, :, self.length:end] = v_heads
+        self.length = end
+        return self._k[:, :, :end], self._v[:, :, :end]
+
+    def __repr__(self) -> str:
+        return (f"KVCache(batch_size={self.batch_size}, num_kv_heads={self.num_kv_heads}, "
+                f"head_dim={self.head_dim}, length={self.length}, max_len={self.max_len}, "
+                f"dtype={self.dtype}, nbytes={self.nbytes})")
+
+
+# ---------------------------------------------------------------------------- core
+class _GQACore(Module):
+    """Projections + grouped-query attention + output projection (private).
+
+    Subclasses call :meth:`_setup` from their constructor and build their public
+    ``forward``/``backward`` on :meth:`_attn_forward` / :meth:`_attn_backward`.
+    """
+
+    def _setup(self, d_model, num_heads, num_kv_groups, bias, dropout, q_dim=None,
+               kv_dim=None):
+        d_model = check_positive_int(d_model, "d_model")
+        num_heads = check_positive_int(num_heads, "num_heads")
+        num_kv_groups = check_heads(d_model, num_heads, num_kv_groups)
+        if not isinstance(bias, (bool, np.bool_)):
+            raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
+        self.d_model = d_model
+        self.num_heads = num_heads
+        self.num_kv_groups = num_kv_groups
+        self.head_dim = d_model // num_heads
+        self.bias = bool(bias)
+        self.q_dim = d_model if q_dim is None else check_positive_int(q_dim, "q_dim")
+        self.kv_dim = d_model if kv_dim is None else check_positive_int(kv_dim, "kv_dim")
+        self.attention = ScaledDotProductAttention(check_probability(dropout, "dropout"),
+                                                   dtype=self.dtype, rng=self.rng)
+        kv_width = num_kv_groups * self.head_dim
+
+        # Xavier/Glorot uniform for the input projections, PyTorch's nn.Linear default
+        # (U(+-1/sqrt(fan_in))) for the output projection, zero biases — the same
+        # scheme as torch.nn.MultiheadAttention.  Drawn in a fixed order from self.rng.
+        def xavier(fan_in, fan_out):
+            a = np.sqrt(6.0 / (fan_in + fan_out))
+            return self.rng.uniform(-a, a, size=(fan_in, fan_out))
+
+        self.add_param("W_q", xavier(self.q_dim, d_model))
+        self.add_param("W_k", xavier(self.kv_dim, kv_width))
+        self.add_param("W_v", xavier(self.kv_dim, kv_width))
+        a = 1.0 / np.sqrt(d_model)
+        self.add_param("W_o", self.rng.uniform(-a, a, size=(d_model, d_model)))
+        if self.bias:
+            self.add_param("b_q", np.zeros(d_model))
+            self.add_param("b_k", np.zeros(kv_width))
+            self.add_param("b_v", np.zeros(kv_width))
+            self.add_param("b_o", np.zeros(d_model))
+
+    @property
+    def dropout(self) -> float:
+        return self.attention.dropout
+
+    @property
+    def num_kv_heads(self) -> int:
+        return self.num_kv_groups
+
+    # ---------------------------------------------------------- projections
+    def _weights(self, names):
+        """Concatenated weight (and bias) of the projections ``names`` (e.g. "qkv")."""
+        p = self.params
+        if len(names) == 1:
+            W = p["W_" + names]
+            b = p["b_" + names] if self.bias else None
+        else:
+            W = np.concatenate([p["W_" + n] for n in names], axis=1)
+            b = np.concatenate([p["b_" + n] for n in names]) if self.bias else None
+        return W, b
+
+    def _widths(self, names):
+        return [self.d_model if n == "q" else self.num_kv_groups * self.head_dim
+                for n in names]
+
+    def _project(self, x2, names):
+        """``x2 [n, D] @ [W_a | W_b ...] + b`` -> ``(W, Y [n, width], slices by name)``."""
+        W, b = self._weights(names)
+        y = x2 @ W
+        if b is not None:
+            y += b
+        out, off = {}, 0
+        for n, w in zip(names, self._widths(names)):
+            out[n] = y[:, off:off + w]
+            off += w
+        return W, out
+
+    def _project_backward(self, x2, W, names, grads, need_dx=True):
+        """Accumulate dW/db of a fused projection; return ``dX [n, D]`` (or None).
+
+        ``grads`` maps each name to a callable ``fill(buffer_slice)`` writing that
+        projection's output gradient ``[n, width]`` into the slice.
+        """
+        widths = self._widths(names)
+        dy = np.empty((x2.shape[0], sum(widths)), dtype=self.dtype)
+        off = 0
+        for n, w in zip(names, widths):
+            grads[n](dy[:, off:off + w])
+            off += w
+        dW = x2.T @ dy                                    # (D, width)
+        db = dy.sum(axis=0) if self.bias else None
+        off = 0
+        for n, w in zip(names, widths):
+            self.grads["W_" + n] += dW[:, off:off + w]
+            if self.bias:
+                self.grads["b_" + n] += db[off:off + w]
+            off += w
+        return dy @ W.T if need_dx else None              # (n, D)
+
+    # ------------------------------------------------------------- layouts
+    def _layout(self, L):
+        """``"fold"`` (L == 1: the r heads of a group are rows), ``"4d"`` (r == 1) or ``"5d"``."""
+        if L == 1:
+            return "fold"
+        return "4d" if self.num_heads == self.num_kv_groups else "5d"
+
+    def _q_view(self, x2, B, L, layout):
+        """A ``[N, h*d_k]`` matrix as SDPA's query-shaped view (no copy)."""
+        h, g, d_k = self.num_heads, self.num_kv_groups, self.head_dim
+        r = h // g
+        if layout == "fold":
+            return x2.reshape(B, g, r, d_k)                               # (B, g, r, d_k)
+        if layout == "4d":
+            return x2.reshape(B, L, h, d_k).transpose(0, 2, 1, 3)         # (B, h, L, d_k)
+        return x2.reshape(B, L, g, r, d_k).transpose(0, 2, 3, 1, 4)      # (B, g, r, L, d_k)
+
+    def _kv_heads(self, x2, B, S):
+        """``[N_s, g*d_k] -> [B, g, S, d_k]`` (view)."""
+        return x2.reshape(B, S, self.num_kv_groups, self.head_dim).transpose(0, 2, 1, 3)
+
+    @staticmethod
+    def _kv_sdpa(heads, layout):
+        """``[B, g, S, d_k]`` heads as SDPA's key/value view for ``layout``."""
+        return heads[:, :, None] if layout == "5d" else heads            # (B, g, 1, S, d_k)
+
+    def _mask_view(self, mask, B, L, S, layout):
+        """A mask broadcastable to ``[B, h, L, S]`` as a view matching ``layout``."""
+        if mask is None:
+            return None
+        m = np.asarray(mask)
+        h, g = self.num_heads, self.num_kv_groups
+        r = h // g
+        target = (B, h, L, S)
+        if not broadcasts_to(m.shape, target):
+            raise ValueError(
+                f"mask must broadcast to the attention score shape [B, h, L_q, L_k] = "
+                f"{target}, got shape {tuple(m.shape)}"
+            )
+        m = m.reshape((1,) * (4 - m.ndim) + m.shape)                      # (mb, mh, ml, ms)
+        mb, mh, ml, ms = m.shape
+        if layout == "fold":
+            m = m[:, :, 0]                                                # (mb, mh, ms)
+            return m.reshape(mb, g, r, ms) if mh == h else m[:, :, None]  # rows = heads
+        if layout == "4d":
+            return m
+        if mh == h:
+            return m.reshape(mb, g, r, ml, ms)                           # (mb, g, r, ml, ms)
+        return m[:, :, None]                                             # (mb, 1, 1, ml, ms)
+
+    # ----------------------------------------------------- forward/backward
+    def _check_input(self, x, name, width, B=None):
+        arr = as_float_array(x, name, self.dtype, ndim=3)
+        check_shape(arr, name, (B, None, width))
+        return arr
+
+    def _attn_forward(self, sources, mask=None, is_causal=False, kv_cache=None,
+                      fixed_kv=None, return_weights=False):
+        """Attention over projected inputs.
+
+        Parameters
+        ----------
+        sources : list of ``(x [B, n, D], names)``
+            Validated inputs and the projections (letters of ``"qkv"``) each feeds;
+            inputs feeding several projections are projected by one fused GEMM.
+        fixed_kv : tuple, optional
+            ``(k_heads, v_heads, state)`` precomputed ``[B, g, S, d_k]`` keys/values
+            (CachedCrossAttention); then no source feeds ``"k"``/``"v"``.
+
+        Returns
+        -------
+        (out [B, L, d_model], weights [B, h, L, S] or None, state)
+            ``state`` is what :meth:`_attn_backward` needs (None after a kv_cache forward).
+        """
+        dt = self.dtype
+        proj, rows = {}, []
+        for x, names in sources:
+            x2 = x.reshape(-1, x.shape[-1])
+            W, outs = self._project(x2, names)
+            proj.update(outs)
+            rows.append((x2, W, names))
+        xq = next(x for x, names in sources if "q" in names)
+        B, L = xq.shape[0], xq.shape[1]
+        layout = self._layout(L)
+
+        if fixed_kv is not None:
+            k_heads, v_heads = fixed_kv[0], fixed_kv[1]
+            S = k_heads.shape[2]
+        else:
+            xk = next(x for x, names in sources if "k" in names)
+            S = xk.shape[1]
+            k_heads = self._kv_heads(proj["k"], B, S)                     # (B, g, S, d_k)
+            v_heads = self._kv_heads(proj["v"], B, S)
+        if kv_cache is not None:
+            k_heads, v_heads = kv_cache._append(k_heads, v_heads)
+            S = k_heads.shape[2]
+            is_causal = True                     # bottom-right: new tokens over the cache
+        # a single query (bottom-right aligned) sees every key: no causal part to apply
+        causal = bool(is_causal) and layout != "fold"
+
+        q = self._q_view(proj["q"], B, L, layout)
+        k = self._kv_sdpa(k_heads, layout)
+        v = self._kv_sdpa(v_heads, layout)
+        m = self._mask_view(mask, B, L, S, layout)
+        res = self.attention.forward(q, k, v, mask=m, is_causal=causal,
+                                     return_weights=return_weights)
+        o, w = res if return_weights else (res, None)
+        N = B * L
+        if layout == "fold":
+            A = o.reshape(N, self.d_model)                               # already (B, h*d_k)
+        else:
+            A = np.empty((N, self.d_model), dtype=dt)
+            self._q_view(A, B, L, layout)[...] = o                       # combine heads
+        y = A @ self.params["W_o"]
+        if self.bias:
+            y += self.params["b_o"]
+        if w is not None:
+            w = w.reshape(B, self.num_heads, L, S)                       # (B, h, L, S)
+        if kv_cache is not None:
+            self.attention._cache = None
+            state = None
+        else:
+            state = (rows, A, B, L, S, layout, fixed_kv)
+        return y.reshape(B, L, self.d_model), w, state
+
+    def _attn_backward(self, state, grad_output, need_fixed_dx=False):
+        """Parameter gradients (accumulated) and ``dX`` per source, in source order.
+
+        When ``fixed_kv`` was used, its ``state`` is ``(x2_kv, W_kv)`` and the K/V
+        projection gradients are accumulated too; the context gradient is returned
+        as the last element.
+        """
+        rows, A, B, L, S, layout, fixed_kv = state
+        g = as_float_array(grad_output, "grad_output", self.dtype)
+        if g.shape != (B, L, self.d_model):
+            raise ValueError(
+                f"grad_output must have shape {(B, L, self.d_model)}, got {tuple(g.shape)}")
+        g2 = g.reshape(B * L, self.d_model)
+        self.grads["W_o"] += A.T @ g2
+        if self.bias:
+            self.grads["b_o"] += g2.sum(axis=0)
+        dA = g2 @ self.params["W_o"].T                                   # (N, h*d_k)
+        dq, dk, dv = self.attention.backward(self._q_view(dA, B, L, layout))
+        if layout == "5d":
+            dk, dv = dk[:, :, 0], dv[:, :, 0]                            # (B, g, S, d_k)
+
+        def fill_q(buf):
+            self._q_view(buf, B, L, layout)[...] = dq
+
+        def fill_k(buf):
+            self._kv_heads(buf, B, S)[...] = dk
+
+        def fill_v(buf):
+            self._kv_heads(buf, B, S)[...] = dv
+
+        fills = {"q": fill_q, "k": fill_k, "v": fill_v}
+        out = []
+        for x2, W, names in rows:
+            out.append(self._project_backward(x2, W, names, fills))
+        if fixed_kv is not None:
+            x2_kv, W_kv = fixed_kv[2]
+            out.append(self._project_backward(x2_kv, W_kv, "kv", fills, need_fixed_dx))
+        return out
+
+    # ------------------------------------------------------------ KV cache
+    def new_kv_cache(self, batch_size, max_len) -> KVCache:
+        """A preallocated, empty :class:`KVCache` for ``batch_size`` sequences of up to
+        ``max_len`` positions (``nbytes == get_kv_cache_size(batch_size, max_len)``)."""
+        return KVCache(batch_size, max_len, self.num_kv_groups, self.head_dim, self.dtype)
+
+    def get_kv_cache_size(self, batch_size, seq_len, num_layers=1) -> int:
+        """Bytes of the K and V cache: ``2 * num_layers * B * seq_len * g * d_k * itemsize``.
+
+        Parameters
+        ----------
+        batch_size : int (``>= 1``)
+        seq_len : int (``>= 0``) cached positions
+        num_layers : int (``>= 1``) identical layers
+        """
+        return self.get_kv_cache_stats(batch_size, seq_len, num_layers)["bytes"]
+
+    def get_kv_cache_stats(self, batch_size, seq_len, num_layers=1) -> dict:
+        """K/V cache accounting (API.md §4).
+
+        Returns
+        -------
+        dict
+            ``num_kv_heads`` (``g``), ``num_heads``, ``head_dim``, ``elements`` (K+V
+            elements), ``bytes`` (``elements * itemsize``), ``mha_bytes`` (the same
+            cache with ``num_heads`` K/V heads), ``reduction_factor``
+            (``num_heads / num_kv_heads``), and the arguments.
+        """
+        B = check_positive_int(batch_size, "batch_size")
+        T = check_positive_int(seq_len, "seq_len", minimum=0)
+        n = check_positive_int(num_layers, "num_layers")
+        item = self.dtype.itemsize
+        elements = 2 * n * B * T * self.num_kv_groups * self.head_dim
+        mha_elements = 2 * n * B * T * self.num_heads * self.head_dim
+        return {
+            "num_kv_heads": self.num_kv_groups,
+            "num_heads": self.num_heads,
+            "head_dim": self.head_dim,
+            "batch_size": B,
+            "seq_len": T,
+            "num_layers": n,
+            "dtype": str(self.dtype),
+            "elements": elements,
+            "bytes": elements * item,
+            "mha_bytes": mha_elements * item,
+            "reduction_factor": self.num_heads / self.num_kv_groups,
+        }
+
+
+class _SelfAttentionBase(_GQACore):
+    """Public forward/backward of MultiHeadAttention, MultiQueryAttention and
+    GroupedQueryAttention (see :class:`~nn_core.attention.MultiHeadAttention`)."""
+
+    def forward(self, query, key=None, value=None, mask=None, is_causal=False,
+                kv_cache=None, return_weights=False):
+        """Multi-head (grouped-query) attention.
+
+        Parameters
+        ----------
+        query : array ``[B, L, d_model]``
+        key : array ``[B, S, d_model]``, optional
+            Defaults to ``query`` (self-attention).
+        value : array ``[B, S, d_model]``, optional
+            Defaults to ``key``.
+        mask : bool or float array broadcastable to ``[B, h, L, S_total]``, optional
+            Bool ``True`` = may attend; float masks are added to the scaled scores.
+            ``S_total = S`` without a cache, ``kv_cache.length + S`` with one.
+        is_causal : bool
+            Bottom-right aligned causal mask (query ``i`` sees keys
+            ``j <= i + S - L``), combined with ``mask`` by logical AND.
+        kv_cache : KVCache, optional
+            From :meth:`new_kv_cache`.  The new keys/values are appended to the cache
+            and the queries attend over *every* cached position; attention is then
+            always causal with bottom-right alignment (``is_causal`` is implied:
+            new token ``i`` sees the ``length`` earlier positions and new tokens
+            ``<= i``).  Inference only: ``backward`` afterwards raises RuntimeError.
+        return_weights : bool
+            Also return the per-head attention weights ``[B, h, L, S_total]``.
+
+        Returns
+        -------
+        output : ndarray ``[B, L, d_model]``
+        weights : ndarray ``[B, h, L, S_total]``, only if ``return_weights``
+        """
+        d = self.d_model
+        xq = self._check_input(query, "query", d)
+        B = xq.shape[0]
+        if key is None and value is None:
+            sources, order = [(xq, "qkv")], (0, None, None)
+        else:
+            xk = xq if key is None else self._check_input(key, "key", d, B)
+            if value is None:
+                if key is None:   # pragma: no cover - handled above
+                    raise AssertionError
+                sources, order = [(xq, "q"), (xk, "kv")], (0, 1, None)
+            else:
+                xv = self._check_input(value, "value", d, B)
+                if xv.shape[1] != xk.shape[1]:
+                    raise ValueError(
+                        f"value.shape[1] must equal key.shape[1] (S): expected "
+                        f"{xk.shape[1]}, got {xv.shape[1]}")
+                if key is None:
+                    sources, order = [(xq, "qk"), (xv, "v")], (0, None, 1)
+                else:
+                    sources, order = [(xq, "q"), (xk, "k"), (xv, "v")], (0, 1, 2)
+        if kv_cache is not None:
+            self._check_cache(kv_cache, B)
+        y, w, state = self._attn_forward(sources, mask, is_causal, kv_cache=kv_cache,
+                                         return_weights=return_weights)
+        self._cache = _NO_BACKWARD if state is None else (state, order)
+        return (y, w) if return_weights else y
+
+    def backward(self, grad_output):
+        """Gradients ``(grad_query, grad_key, grad_value)``.
+
+        When ``key``/``value`` were defaulted, their contributions are summed into the
+        gradient of the array they defaulted to and their entry is ``None``.
+        """
+        if self._cache is _NO_BACKWARD:
+            self._cache = None
+            raise RuntimeError(
+                f"{type(self).__name__}.backward is not available after a forward with "
+                "kv_cache (incremental decoding is inference only)")
+        state, order = self._pop_cache()
+        dxs = self._attn_backward(state, grad_output)
+        B, L = state[2], state[3]
+        shapes = [state[0][i][0].shape for i in range(len(dxs))]
+        dxs = [dx.reshape(B, -1, s[-1]) for dx, s in zip(dxs, shapes)]
+        return tuple(None if i is None else dxs[i] for i in order)
+
+    def _check_cache(self, kv_cache, B):
+        if not isinstance(kv_cache, KVCache):
+            raise TypeError(f"kv_cache must be a KVCache (from new_kv_cache), got "
+                            f"{type(kv_cache).__name__}")
+        expected = (B, self.num_kv_groups, self.head_dim, self.dtype)
+        got = (kv_cache.batch_size, kv_cache.num_kv_heads, kv_cache.head_dim, kv_cache.dtype)
+        if got != expected:
+            raise ValueError(
+                "kv_cache does not fit this module and batch: expected (batch_size, "
+                f"num_kv_heads, head_dim, dtype) = {expected}, got {got}")
+
