@@ -56,7 +56,55 @@ from libc.string cimport memcpy, memset
 import numpy as np
 
 from _blas cimport gemm, gemv
-from _vmath cimport vsigmoid, vtanh
+from _vmath cimport vsigmoid, vtanh  # test hooks; the kernels use _rnn_gates.h
+
+
+cdef extern from "_rnn_gates.h" nogil:
+    void nn_lstm_fwd_f(float* a, const float* hr, const float* bx, const float* cp,
+                       float* cn, float* tc, float* hn, float* o, Py_ssize_t H) noexcept
+    void nn_lstm_fwd_d(double* a, const double* hr, const double* bx, const double* cp,
+                       double* cn, double* tc, double* hn, double* o, Py_ssize_t H) noexcept
+    void nn_rnn_fwd_f(float* a, const float* hr, const float* bx, float* hn, float* o,
+                      Py_ssize_t H, int relu) noexcept
+    void nn_rnn_fwd_d(double* a, const double* hr, const double* bx, double* hn, double* o,
+                      Py_ssize_t H, int relu) noexcept
+    void nn_gru_ra_fwd_f(float* a, const float* hr, const float* bx, const float* bhn,
+                         const float* hp, float* hw, float* hn, float* o,
+                         Py_ssize_t H) noexcept
+    void nn_gru_ra_fwd_d(double* a, const double* hr, const double* bx, const double* bhn,
+                         const double* hp, double* hw, double* hn, double* o,
+                         Py_ssize_t H) noexcept
+    void nn_gru_fwd1_f(float* a, const float* hr, const float* bx, const float* hp,
+                       float* rh, Py_ssize_t H) noexcept
+    void nn_gru_fwd1_d(double* a, const double* hr, const double* bx, const double* hp,
+                       double* rh, Py_ssize_t H) noexcept
+    void nn_gru_fwd2_f(float* a, const float* hr, const float* bx, const float* hp,
+                       float* hn, float* o, Py_ssize_t H) noexcept
+    void nn_gru_fwd2_d(double* a, const double* hr, const double* bx, const double* hp,
+                       double* hn, double* o, Py_ssize_t H) noexcept
+    void nn_lstm_bwd_f(const float* g, const float* tc, const float* cp, const float* dh,
+                       const float* go, float* dc, float* dgr, Py_ssize_t H) noexcept
+    void nn_lstm_bwd_d(const double* g, const double* tc, const double* cp,
+                       const double* dh, const double* go, double* dc, double* dgr,
+                       Py_ssize_t H) noexcept
+    void nn_rnn_bwd_f(const float* g, const float* dh, const float* go, float* dgr,
+                      Py_ssize_t H, int relu) noexcept
+    void nn_rnn_bwd_d(const double* g, const double* dh, const double* go, double* dgr,
+                      Py_ssize_t H, int relu) noexcept
+    void nn_gru_ra_bwd_f(const float* g, const float* hw, const float* hp, const float* dh,
+                         const float* go, float* dgx, float* dgr, float* dst,
+                         Py_ssize_t H) noexcept
+    void nn_gru_ra_bwd_d(const double* g, const double* hw, const double* hp,
+                         const double* dh, const double* go, double* dgx, double* dgr,
+                         double* dst, Py_ssize_t H) noexcept
+    void nn_gru_bwd1_f(const float* g, const float* hp, const float* dh, const float* go,
+                       float* dgr, float* dst, Py_ssize_t H) noexcept
+    void nn_gru_bwd1_d(const double* g, const double* hp, const double* dh,
+                       const double* go, double* dgr, double* dst, Py_ssize_t H) noexcept
+    void nn_gru_bwd2_f(const float* g, const float* hp, const float* drh, float* dgr,
+                       float* dst, Py_ssize_t H) noexcept
+    void nn_gru_bwd2_d(const double* g, const double* hp, const double* drh, double* dgr,
+                       double* dst, Py_ssize_t H) noexcept
 
 RNN_TANH = 0
 RNN_RELU = 1
@@ -121,18 +169,14 @@ cdef void _forward(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ssize_
                    floating* hs, floating* cs, floating* aux, floating* out,
                    floating* hh) noexcept nogil:
     cdef Py_ssize_t G = 4 if kind == K_LSTM else (3 if kind >= K_GRU else 1)
-    cdef Py_ssize_t GH = G * H, H2 = 2 * H, H3 = 3 * H
-    cdef Py_ssize_t s, b, j, L, tau
+    cdef Py_ssize_t GH = G * H, H2 = 2 * H
+    cdef Py_ssize_t s, b, L, tau
     cdef floating* a
     cdef floating* hr
     cdef const floating* hp
     cdef floating* hn
-    cdef const floating* cp
-    cdef floating* cn
-    cdef floating* tc
     cdef floating* o
     cdef floating* hn2
-    cdef floating v, r, z, n
     cdef size_t row = H * sizeof(floating)
     cdef bint dotform = B == 1
 
@@ -162,60 +206,31 @@ cdef void _forward(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ssize_
             tau = _tau(reverse, s, L)
             a = gates + (tau * B + b) * GH
             o = out + (tau * B + b) * H
+            hr = hh + b * (H2 if kind == K_GRU else GH)
             if kind == K_LSTM:
-                hr = hh + b * GH
-                for j in range(GH):
-                    a[j] = a[j] + hr[j] + bx[j]
-                vsigmoid(a, a, H2)            # i, f
-                vtanh(a + H2, a + H2, H)      # g
-                vsigmoid(a + H3, a + H3, H)   # o
-                cp = cs + (s * B + b) * H
-                cn = cs + ((s + 1) * B + b) * H
-                tc = aux + (s * B + b) * H
-                for j in range(H):
-                    cn[j] = a[H + j] * cp[j] + a[j] * a[H2 + j]
-                vtanh(tc, cn, H)
-                for j in range(H):
-                    v = a[H3 + j] * tc[j]
-                    hn[b * H + j] = v
-                    o[j] = v
-            elif kind == K_RNN_TANH or kind == K_RNN_RELU:
-                hr = hh + b * H
-                for j in range(H):
-                    a[j] = a[j] + hr[j] + bx[j]
-                if kind == K_RNN_TANH:
-                    vtanh(a, a, H)
+                if floating is float:
+                    nn_lstm_fwd_f(a, hr, bx, cs + (s * B + b) * H, cs + ((s + 1) * B + b) * H,
+                                  aux + (s * B + b) * H, hn + b * H, o, H)
                 else:
-                    for j in range(H):
-                        v = a[j]
-                        a[j] = 0 if v < 0 else v
-                memcpy(hn + b * H, a, row)
-                memcpy(o, a, row)
+                    nn_lstm_fwd_d(a, hr, bx, cs + (s * B + b) * H, cs + ((s + 1) * B + b) * H,
+                                  aux + (s * B + b) * H, hn + b * H, o, H)
+            elif kind == K_RNN_TANH or kind == K_RNN_RELU:
+                if floating is float:
+                    nn_rnn_fwd_f(a, hr, bx, hn + b * H, o, H, kind == K_RNN_RELU)
+                else:
+                    nn_rnn_fwd_d(a, hr, bx, hn + b * H, o, H, kind == K_RNN_RELU)
             elif kind == K_GRU_RA:
-                hr = hh + b * GH
-                for j in range(H2):
-                    a[j] = a[j] + hr[j] + bx[j]
-                vsigmoid(a, a, H2)            # r, z
-                tc = aux + (s * B + b) * H    # W_hn h + b_hn, kept for backward
-                for j in range(H):
-                    v = hr[H2 + j] + bhn[j]
-                    tc[j] = v
-                    a[H2 + j] = a[H2 + j] + bx[H2 + j] + a[j] * v
-                vtanh(a + H2, a + H2, H)
-                for j in range(H):
-                    z = a[H + j]
-                    n = a[H2 + j]
-                    v = n + z * (hp[b * H + j] - n)
-                    hn[b * H + j] = v
-                    o[j] = v
+                if floating is float:
+                    nn_gru_ra_fwd_f(a, hr, bx, bhn, hp + b * H, aux + (s * B + b) * H,
+                                    hn + b * H, o, H)
+                else:
+                    nn_gru_ra_fwd_d(a, hr, bx, bhn, hp + b * H, aux + (s * B + b) * H,
+                                    hn + b * H, o, H)
             else:                              # K_GRU, first pass: r, z and r*h
-                hr = hh + b * H2
-                for j in range(H2):
-                    a[j] = a[j] + hr[j] + bx[j]
-                vsigmoid(a, a, H2)
-                tc = aux + (s * B + b) * H
-                for j in range(H):
-                    tc[j] = a[j] * hp[b * H + j]
+                if floating is float:
+                    nn_gru_fwd1_f(a, hr, bx, hp + b * H, aux + (s * B + b) * H, H)
+                else:
+                    nn_gru_fwd1_d(a, hr, bx, hp + b * H, aux + (s * B + b) * H, H)
         if kind == K_GRU:
             # (r*h) @ W_hn^T, then the second pass: n and h
             hn2 = hh + B * H2
@@ -228,16 +243,10 @@ cdef void _forward(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ssize_
                 tau = _tau(reverse, s, L)
                 a = gates + (tau * B + b) * GH
                 o = out + (tau * B + b) * H
-                hr = hn2 + b * H
-                for j in range(H):
-                    a[H2 + j] = a[H2 + j] + hr[j] + bx[H2 + j]
-                vtanh(a + H2, a + H2, H)
-                for j in range(H):
-                    z = a[H + j]
-                    n = a[H2 + j]
-                    v = n + z * (hp[b * H + j] - n)
-                    hn[b * H + j] = v
-                    o[j] = v
+                if floating is float:
+                    nn_gru_fwd2_f(a, hn2 + b * H, bx, hp + b * H, hn + b * H, o, H)
+                else:
+                    nn_gru_fwd2_d(a, hn2 + b * H, bx, hp + b * H, hn + b * H, o, H)
 
 
 # -------------------------------------------------------------------- backward --
@@ -251,23 +260,19 @@ cdef void _backward(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ssize
                     floating* gb_ih, floating* gb_hh, const floating* ones,
                     const floating* zrow) noexcept nogil:
     cdef Py_ssize_t G = 4 if kind == K_LSTM else (3 if kind >= K_GRU else 1)
-    cdef Py_ssize_t GH = G * H, H2 = 2 * H, H3 = 3 * H
-    cdef Py_ssize_t s, b, j, L, tau
+    cdef Py_ssize_t GH = G * H, H2 = 2 * H
+    cdef Py_ssize_t s, b, L, tau
     cdef bint sep = dGt != dGs
     cdef const floating* g
     cdef const floating* go
-    cdef const floating* tc
-    cdef const floating* cp
     cdef const floating* hp
     cdef const floating* dhb
-    cdef floating* dcb
     cdef floating* dst
     cdef floating* dgr
     cdef floating* dgx
     cdef floating* dgs
     cdef floating* tmp
     cdef floating* dh_out = dh
-    cdef floating dhj, dcj, i_, f_, g_, o_, t_, r, z, n, dan
     cdef size_t row = H * sizeof(floating)
     cdef size_t grow = GH * sizeof(floating)
     cdef bint dotform = B == 1
@@ -293,56 +298,29 @@ cdef void _backward(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ssize
             go = gout + (tau * B + b) * H if gout != NULL else zrow
             hp = hs + (s * B + b) * H
             if kind == K_LSTM:
-                tc = aux + (s * B + b) * H
-                cp = cs + (s * B + b) * H
-                dcb = dc + b * H
-                for j in range(H):
-                    dhj = dhb[j] + go[j]
-                    i_ = g[j]
-                    f_ = g[H + j]
-                    g_ = g[H2 + j]
-                    o_ = g[H3 + j]
-                    t_ = tc[j]
-                    dcj = dcb[j] + dhj * o_ * (1 - t_ * t_)
-                    dgr[j] = dcj * g_ * i_ * (1 - i_)
-                    dgr[H + j] = dcj * cp[j] * f_ * (1 - f_)
-                    dgr[H2 + j] = dcj * i_ * (1 - g_ * g_)
-                    dgr[H3 + j] = dhj * t_ * o_ * (1 - o_)
-                    dcb[j] = dcj * f_
-                    dst[j] = 0
-            elif kind == K_RNN_TANH:
-                for j in range(H):
-                    dhj = dhb[j] + go[j]
-                    dgr[j] = dhj * (1 - g[j] * g[j])
-                    dst[j] = 0
-            elif kind == K_RNN_RELU:
-                for j in range(H):
-                    dhj = dhb[j] + go[j]
-                    dgr[j] = dhj if g[j] > 0 else 0
-                    dst[j] = 0
+                if floating is float:
+                    nn_lstm_bwd_f(g, aux + (s * B + b) * H, cs + (s * B + b) * H, dhb, go,
+                                  dc + b * H, dgr, H)
+                else:
+                    nn_lstm_bwd_d(g, aux + (s * B + b) * H, cs + (s * B + b) * H, dhb, go,
+                                  dc + b * H, dgr, H)
+                memset(dst, 0, row)
+            elif kind == K_RNN_TANH or kind == K_RNN_RELU:
+                if floating is float:
+                    nn_rnn_bwd_f(g, dhb, go, dgr, H, kind == K_RNN_RELU)
+                else:
+                    nn_rnn_bwd_d(g, dhb, go, dgr, H, kind == K_RNN_RELU)
+                memset(dst, 0, row)
             elif kind == K_GRU_RA:
-                tc = aux + (s * B + b) * H      # W_hn h + b_hn
-                for j in range(H):
-                    dhj = dhb[j] + go[j]
-                    r = g[j]
-                    z = g[H + j]
-                    n = g[H2 + j]
-                    dan = dhj * (1 - z) * (1 - n * n)
-                    dgx[H2 + j] = dan
-                    dgr[H2 + j] = dan * r
-                    dgr[j] = dan * tc[j] * r * (1 - r)
-                    dgr[H + j] = dhj * (hp[j] - n) * z * (1 - z)
-                    dgx[j] = dgr[j]
-                    dgx[H + j] = dgr[H + j]
-                    dst[j] = dhj * z
+                if floating is float:
+                    nn_gru_ra_bwd_f(g, aux + (s * B + b) * H, hp, dhb, go, dgx, dgr, dst, H)
+                else:
+                    nn_gru_ra_bwd_d(g, aux + (s * B + b) * H, hp, dhb, go, dgx, dgr, dst, H)
             else:                               # K_GRU, first pass: z and n
-                for j in range(H):
-                    dhj = dhb[j] + go[j]
-                    z = g[H + j]
-                    n = g[H2 + j]
-                    dgr[H2 + j] = dhj * (1 - z) * (1 - n * n)
-                    dgr[H + j] = dhj * (hp[j] - n) * z * (1 - z)
-                    dst[j] = dhj * z
+                if floating is float:
+                    nn_gru_bwd1_f(g, hp, dhb, go, dgr, dst, H)
+                else:
+                    nn_gru_bwd1_d(g, hp, dhb, go, dgr, dst, H)
         if kind == K_GRU:
             # d(r*h) = dn_pre @ W_hn; then r's gradient and the r*h path to h_prev
             _rec_bwd(dotform, B, H, H, dgs + H2, GH, W_hh + H2 * H, H, W_hhT + H2, GH,
@@ -356,10 +334,10 @@ cdef void _backward(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ssize
                 hp = hs + (s * B + b) * H
                 dgr = dgs + b * GH
                 dst = dh2 + b * H
-                for j in range(H):
-                    r = g[j]
-                    dgr[j] = drh[b * H + j] * hp[j] * r * (1 - r)
-                    dst[j] = dst[j] + drh[b * H + j] * r
+                if floating is float:
+                    nn_gru_bwd2_f(g, hp, drh + b * H, dgr, dst, H)
+                else:
+                    nn_gru_bwd2_d(g, hp, drh + b * H, dgr, dst, H)
             _rec_bwd(dotform, B, H, H2, dgs, GH, W_hh, H, W_hhT, GH, <floating> 1, dh2)
         else:
             _rec_bwd(dotform, B, H, GH, dgs, GH, W_hh, H, W_hhT, GH, <floating> 1, dh2)
@@ -437,7 +415,8 @@ def rnn_forward(int kind, bint reverse, const floating[:, :, ::1] x,
                 const floating[::1] bx, const floating[::1] bhn,
                 const int64_t[::1] lengths, floating[:, :, ::1] gates,
                 floating[:, :, ::1] hs, floating[:, :, ::1] cs,
-                floating[:, :, ::1] aux, floating[:, :, ::1] out):
+                floating[:, :, ::1] aux, floating[:, :, ::1] out,
+                floating[:, ::1] hh):
     """Run a whole sequence; fills ``gates``, ``hs[1:]``, ``cs[1:]``, ``aux``, ``out``.
 
     ``x [T, B, D]``; ``bx [GH]`` the additive bias of every gate pre-activation
@@ -446,8 +425,8 @@ def rnn_forward(int kind, bint reverse, const floating[:, :, ::1] x,
     initial state on entry; ``cs`` likewise for the LSTM (any ``[1, 1, 1]`` array
     otherwise); ``aux [T, B, H]``: LSTM ``tanh(c)``, GRU ``r*h``, GRU_RA
     ``W_hn h + b_hn`` (any ``[1, 1, 1]`` array for the RNN).  ``gates [T, B, GH]``
-    receives the post-activation gates, ``out [T, B, H]`` the output.
-    Releases the GIL for the whole computation.
+    receives the post-activation gates, ``out [T, B, H]`` the output; ``hh [B, GH]``
+    is scratch.  Releases the GIL for the whole computation.
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2]
     cdef Py_ssize_t H = hs.shape[2]
@@ -464,7 +443,7 @@ def rnn_forward(int kind, bint reverse, const floating[:, :, ::1] x,
         _check3(cs, "cs", T + 1, B, H)
     if kind >= K_LSTM:
         _check3(aux, "aux", T, B, H)
-    cdef floating[:, ::1] hh = np.empty((B, GH), dtype=np.asarray(hs).dtype)
+    _check2(hh, "hh", B, GH)
     with nogil:
         _forward(kind, reverse, T, B, D, H, &x[0, 0, 0], &W_ih[0, 0], &W_hh[0, 0],
                  &W_hhT[0, 0], &bx[0], &bhn[0], &lengths[0], &gates[0, 0, 0], &hs[0, 0, 0],
@@ -480,7 +459,9 @@ def rnn_backward(int kind, bint reverse, const floating[:, :, ::1] x,
                  bint has_grad_out, floating[:, ::1] dh, floating[:, ::1] dc,
                  floating[:, :, ::1] grad_x, floating[:, ::1] gW_ih,
                  floating[:, ::1] gW_hh, floating[::1] gb_ih, floating[::1] gb_hh,
-                 bint has_bias):
+                 bint has_bias, floating[:, :, ::1] dGs, floating[:, :, ::1] dGt,
+                 floating[:, ::1] dh2, floating[:, ::1] drh, const floating[::1] ones,
+                 const floating[::1] zrow):
     """BPTT through what ``rnn_forward`` stored.
 
     ``grad_out [T, B, H]`` (ignored unless ``has_grad_out``); ``dh [B, H]`` holds the
@@ -488,7 +469,9 @@ def rnn_backward(int kind, bint reverse, const floating[:, :, ::1] x,
     return (``dc`` likewise for the LSTM, any ``[1, 1]`` array otherwise).
     ``grad_x [T, B, D]`` is overwritten; ``gW_ih``, ``gW_hh`` and (when
     ``has_bias``) ``gb_ih``, ``gb_hh`` are accumulated into (``+=``).
-    Releases the GIL for the whole computation.
+    Scratch: ``dGs [T, B, GH]``; ``dGt [T, B, GH]`` (may be the same array as ``dGs``
+    unless ``reverse`` or GRU_RA); ``dh2``, ``drh`` ``[B, H]``; ``ones [T*B]`` (all 1);
+    ``zrow [H]`` (all 0).  Releases the GIL for the whole computation.
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2]
     cdef Py_ssize_t H = hs.shape[2]
@@ -511,14 +494,14 @@ def rnn_backward(int kind, bint reverse, const floating[:, :, ::1] x,
     if has_bias:
         _check1(gb_ih, "gb_ih", GH)
         _check1(gb_hh, "gb_hh", GH)
-    dt = np.asarray(hs).dtype
-    cdef floating[:, :, ::1] dGs = np.empty((T, B, GH), dtype=dt)
-    cdef floating[:, :, ::1] dGt = (np.empty((T, B, GH), dtype=dt)
-                                    if (reverse or kind == K_GRU_RA) else dGs)
-    cdef floating[:, ::1] dh2 = np.empty((B, H), dtype=dt)
-    cdef floating[:, ::1] drh = np.empty((B, H), dtype=dt)
-    cdef floating[::1] ones = np.ones(T * B, dtype=dt)
-    cdef floating[::1] zrow = np.zeros(H, dtype=dt)
+    _check3(dGs, "dGs", T, B, GH)
+    _check3(dGt, "dGt", T, B, GH)
+    if (reverse or kind == K_GRU_RA) and &dGt[0, 0, 0] == &dGs[0, 0, 0]:
+        raise ValueError("dGt must be a separate buffer for reverse or GRU_RA")
+    _check2(dh2, "dh2", B, H)
+    _check2(drh, "drh", B, H)
+    _check1(ones, "ones", T * B)
+    _check1(zrow, "zrow", H)
     with nogil:
         _backward(kind, reverse, T, B, D, H, &x[0, 0, 0], &W_ih[0, 0], &W_hh[0, 0],
                   &W_hhT[0, 0], &lengths[0], &gates[0, 0, 0], &hs[0, 0, 0], &cs[0, 0, 0],

@@ -391,3 +391,21 @@ def test_same_cell_both_directions_runs_sequentially(rng):
     x = rng.standard_normal((4, 2, 2))
     rep = gradcheck(m, (x, None, np.array([4, 2])), rng=rng)
     assert rep.ok, rep
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_concurrent_after_fork(rng):
+    """A forked child gets its own worker thread (no hang on the parent's)."""
+    import multiprocessing as mp
+    m = _wrapper("gru", 2, 3)
+    m.concurrent = True
+    x = rng.standard_normal((3, 2, 2))
+    ref, _ = m(x)                                  # creates the parent's worker
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        out = pool.apply_async(_forward_in_child, (m, x)).get(timeout=60)
+    np.testing.assert_array_equal(out, ref)
+
+
+def _forward_in_child(m, x):
+    return m(x)[0]

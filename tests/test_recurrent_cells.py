@@ -378,3 +378,60 @@ def test_misc_errors():
     out, _ = cell.forward_sequence(np.ones((2, 1, 2)))
     with pytest.raises(ValueError, match="grad_output must have shape"):
         cell.backward_sequence(np.ones((2, 1, 4)))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_recycled_buffers_do_not_leak_between_calls(kind, rng):
+    """The per-cell buffer pool: a forward-direction call followed by a reverse one
+    (and interleaved step caches) gives the numbers of fresh cells."""
+    T, B, D, H = 4, 2, 3, 3
+    used = make_cell(kind, D, H, rng=4)
+    x = rng.standard_normal((T, B, D))
+    go = rng.standard_normal((T, B, H))
+    used.forward_sequence(x)
+    used.backward_sequence(go)
+    used.zero_grad()
+    out, _ = used.forward_sequence(x, lengths=[4, 2], reverse=True)
+    gx, _ = used.backward_sequence(go)
+    fresh = make_cell(kind, D, H, rng=4)
+    out_f, _ = fresh.forward_sequence(x, lengths=[4, 2], reverse=True)
+    gx_f, _ = fresh.backward_sequence(go)
+    np.testing.assert_array_equal(out, out_f)
+    np.testing.assert_array_equal(gx, gx_f)
+    for k in fresh.grads:
+        np.testing.assert_array_equal(used.grads[k], fresh.grads[k])
+    # two pending step caches, popped in LIFO order after a sequence call in between
+    s1 = used.forward(x[0])
+    s2 = used.forward(x[1], s1)
+    used.forward_sequence(x)
+    used.backward_sequence(go)
+    g2 = used.backward(np.ones((B, H)), *(() if not is_lstm(kind) else (np.ones((B, H)),)))
+    f1 = fresh.forward(x[0])
+    fresh.forward(x[1], f1)
+    g2f = fresh.backward(np.ones((B, H)), *(() if not is_lstm(kind) else (np.ones((B, H)),)))
+    for a, b in zip(g2, g2f):
+        np.testing.assert_array_equal(a, b)
+    assert s2 is not None
+
+
+def test_non_finite_padding_is_ignored(rng):
+    cell = LSTMCell(3, 4, dtype=np.float64, rng=0)
+    x = rng.standard_normal((5, 2, 3))
+    lengths = np.array([5, 2])
+    clean = x.copy()
+    clean[2:, 1] = 0
+    dirty = x.copy()
+    dirty[2:, 1] = np.nan
+    dirty[4, 1, 0] = np.inf
+    go = rng.standard_normal((5, 2, 4))
+    out_c, _ = cell.forward_sequence(clean, lengths=lengths)
+    gx_c, _ = cell.backward_sequence(go)
+    g_c = {k: v.copy() for k, v in cell.grads.items()}
+    cell.zero_grad()
+    out_d, _ = cell.forward_sequence(dirty, lengths=lengths)
+    gx_d, _ = cell.backward_sequence(go)
+    np.testing.assert_array_equal(out_d, out_c)
+    np.testing.assert_array_equal(gx_d, gx_c)
+    for k, v in cell.grads.items():
+        np.testing.assert_array_equal(v, g_c[k])
+    assert np.isnan(dirty[3, 1, 0])              # the caller's array is untouched

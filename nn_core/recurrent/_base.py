@@ -102,8 +102,28 @@ class RecurrentCell(Module):
             self.add_param("b_ih", self.rng.uniform(-k, k, G * H))
             self.add_param("b_hh", self.rng.uniform(-k, k, G * H))
         self._steps = []
+        self._pool = {}
 
     # ------------------------------------------------------------ kernel glue
+    # Work buffers are recycled through a small per-module pool: a forward takes
+    # its gate/state buffers from it and the matching backward gives them back,
+    # together with its own scratch.  Fresh multi-megabyte arrays every call cost
+    # page faults (~15% of an S-shape LSTM step in perf); the pool holds at most
+    # one spare per shape, like a caching allocator.  ``reset()`` empties it.
+    def _take(self, name, shape, fill=None):
+        spare = self._pool.pop((name, shape), None)
+        if spare is None:
+            spare = np.empty(shape, self.dtype)
+            if fill is not None:
+                spare.fill(fill)
+        elif fill is not None and name not in ("ones", "zrow"):
+            spare.fill(fill)
+        return spare
+
+    def _give(self, name, arr):
+        if arr.ndim and arr.shape[0] > 0:
+            self._pool[(name, arr.shape)] = arr
+
     def _kind(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -184,23 +204,33 @@ class RecurrentCell(Module):
         dt = self.dtype
         if lengths is None:
             lengths = np.full(B, T, dtype=np.int64)
+        elif lengths.min() < T:
+            # Padded positions take no part in the result, but grad_W_ih = dG^T x
+            # multiplies their (zero) gate gradients with x: NaN/inf padding would
+            # leak in as 0 * inf.  Zero such padding in a private copy.
+            pad = np.arange(T)[:, None] >= lengths[None, :]
+            if not np.isfinite(x[pad]).all():
+                x = x.copy()
+                x[pad] = 0
         kind = self._kind()
         W_ih = np.ascontiguousarray(self.params["W_ih"])
         W_hh = np.ascontiguousarray(self.params["W_hh"])
         W_hhT = np.ascontiguousarray(W_hh.T)
         bx, bhn = self._kernel_bias()
-        gates = np.empty((T, B, GH), dt)
-        hs = np.empty((T + 1, B, H), dt)
+        gates = self._take("gates", (T, B, GH))
+        hs = self._take("hs", (T + 1, B, H))
         hs[0] = h0
         if self._HAS_CELL_STATE:
-            cs = np.empty((T + 1, B, H), dt)
+            cs = self._take("cs", (T + 1, B, H))
             cs[0] = c0
         else:
             cs = self._dummy()
-        aux = np.empty((T, B, H), dt) if kind >= _K.LSTM else self._dummy()
+        aux = self._take("aux", (T, B, H)) if kind >= _K.LSTM else self._dummy()
         out = np.empty((T, B, H), dt)
+        hh = self._take("hh", (B, GH))
         _K.rnn_forward(kind, bool(reverse), x, W_ih, W_hh, W_hhT, bx, bhn, lengths,
-                       gates, hs, cs, aux, out)
+                       gates, hs, cs, aux, out, hh)
+        self._give("hh", hh)
         cache = SequenceCache(x, lengths, bool(reverse), gates, hs, cs, aux, W_ih, W_hh,
                               W_hhT)
         final = (hs[T].copy(), cs[T].copy()) if self._HAS_CELL_STATE else hs[T].copy()
@@ -228,10 +258,23 @@ class RecurrentCell(Module):
             gb_ih, gb_hh = self.grads["b_ih"], self.grads["b_hh"]
         else:
             gb_ih = gb_hh = np.zeros(1, dt)
-        _K.rnn_backward(self._kind(), cache.reverse, x, cache.W_ih, cache.W_hh, cache.W_hhT,
+        kind = self._kind()
+        GH = self._GATES * H
+        dGs = self._take("dGs", (T, B, GH))
+        dGt = self._take("dGt", (T, B, GH)) if (cache.reverse or kind == _K.GRU_RA) else dGs
+        dh2, drh = self._take("dh2", (B, H)), self._take("drh", (B, H))
+        ones, zrow = self._take("ones", (T * B,), 1), self._take("zrow", (H,), 0)
+        _K.rnn_backward(kind, cache.reverse, x, cache.W_ih, cache.W_hh, cache.W_hhT,
                         cache.lengths, cache.gates, cache.hs, cache.cs, cache.aux, go,
                         has_go, dh, dc, grad_x, self.grads["W_ih"], self.grads["W_hh"],
-                        gb_ih, gb_hh, self.bias)
+                        gb_ih, gb_hh, self.bias, dGs, dGt, dh2, drh, ones, zrow)
+        given = set()
+        for name, arr in (("dGs", dGs), ("dGt", dGt), ("dh2", dh2), ("drh", drh),
+                          ("ones", ones), ("zrow", zrow), ("gates", cache.gates),
+                          ("hs", cache.hs), ("cs", cache.cs), ("aux", cache.aux)):
+            if arr.size > 1 and id(arr) not in given:   # dGt may be dGs itself
+                given.add(id(arr))
+                self._give(name, arr)
         return grad_x, dh, (dc if self._HAS_CELL_STATE else None)
 
     # -------------------------------------------------------------- one step
@@ -270,6 +313,7 @@ class RecurrentCell(Module):
         """Drop every pushed step cache (and a pending sequence cache)."""
         self._steps.clear()
         self._cache = None
+        self._pool.clear()
 
     def _grad_state_part(self, g, name, B):
         if g is None:

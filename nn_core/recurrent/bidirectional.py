@@ -29,6 +29,7 @@ import numpy as np
 
 from .._validation import (
     as_float_array,
+    check_choice,
     check_positive_int,
     check_probability,
     check_shape,
@@ -54,17 +55,21 @@ def available_cores() -> int:
 
 
 _EXECUTOR = None
+_EXECUTOR_PID = None
 _EXECUTOR_LOCK = threading.Lock()
 
 
 def _executor() -> ThreadPoolExecutor:
-    """The single worker thread that runs reverse sweeps (created on first use)."""
-    global _EXECUTOR
-    if _EXECUTOR is None:
+    """The single worker thread that runs reverse sweeps (created on first use, and
+    again in a forked child, where the parent's worker thread does not exist)."""
+    global _EXECUTOR, _EXECUTOR_PID
+    pid = os.getpid()
+    if _EXECUTOR is None or _EXECUTOR_PID != pid:
         with _EXECUTOR_LOCK:
-            if _EXECUTOR is None:
+            if _EXECUTOR is None or _EXECUTOR_PID != pid:
                 _EXECUTOR = ThreadPoolExecutor(max_workers=1,
                                                thread_name_prefix="nn_core-bidir")
+                _EXECUTOR_PID = pid
                 atexit.register(_EXECUTOR.shutdown, wait=False)
     return _EXECUTOR
 
@@ -278,8 +283,7 @@ class BidirectionalWrapper(Module):
         if not isinstance(forward_cell, RecurrentCell):
             raise TypeError("forward_cell must be an nn_core recurrent cell (RNNCell, "
                             f"LSTMCell or GRUCell), got {type(forward_cell).__name__}")
-        if merge_mode not in MERGE_MODES:
-            raise ValueError(f"merge_mode must be one of {MERGE_MODES}, got {merge_mode!r}")
+        check_choice(merge_mode, "merge_mode", MERGE_MODES)
         gen = _child_rng(forward_cell.rng) if rng is None else make_rng(rng)
         super().__init__(dtype=forward_cell.dtype, rng=gen)
         if backward_cell is None:
@@ -533,8 +537,7 @@ class StackedBidirectional(Module):
         self.input_size = check_positive_int(input_size, "input_size")
         self.hidden_size = check_positive_int(hidden_size, "hidden_size")
         self.num_layers = check_positive_int(num_layers, "num_layers")
-        if merge_mode not in MERGE_MODES:
-            raise ValueError(f"merge_mode must be one of {MERGE_MODES}, got {merge_mode!r}")
+        check_choice(merge_mode, "merge_mode", MERGE_MODES)
         self.merge_mode = merge_mode
         self.dropout = check_probability(dropout, "dropout")
         self.batch_first = bool(cell_kwargs.get("batch_first", False))

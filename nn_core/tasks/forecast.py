@@ -90,8 +90,8 @@ class Forecaster(Module):
 class ForecastTask(Task):
     name = "forecast"
     description = "GRU/LSTM forecaster on the Lorenz system (SciPy solve_ivp)"
-    defaults = dict(epochs=5, batch_size=64, lr=5e-3, hidden=64, cell="gru", window=24,
-                    horizon=5, steps=12000, dt=0.02)
+    defaults = dict(epochs=8, batch_size=64, lr=5e-3, hidden=64, cell="gru", window=32,
+                    horizon=25, steps=12000, dt=0.02)
     headline = ("val_mse", False)
 
     @classmethod

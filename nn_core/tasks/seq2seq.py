@@ -209,8 +209,8 @@ class Seq2SeqModel(Module):
 class Seq2SeqTask(Task):
     name = "seq2seq"
     description = "reverse or sort digit strings (bidirectional encoder, LSTM decoder + attention)"
-    defaults = dict(epochs=6, batch_size=64, lr=1e-2, hidden=64, embed=32, heads=4, cell="gru",
-                    mode="reverse", min_len=3, max_len=10, train_size=12800, val_size=1000)
+    defaults = dict(epochs=6, batch_size=64, lr=1e-2, hidden=96, embed=32, heads=4, cell="gru",
+                    mode="reverse", min_len=5, max_len=20, train_size=12800, val_size=1000)
     headline = ("exact_match", True)
 
     @classmethod
