@@ -5,9 +5,13 @@ Every layer follows the :class:`Module` protocol (``forward`` / hand-derived
 central finite differences.
 """
 from . import attention
+from . import recurrent
 from .gradcheck import GradcheckReport, gradcheck
 from .module import Module, ModuleList
+from . import layers, losses, optim  # noqa: E402  (training toolkit)
+from .checkpoint import load, save  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["Module", "ModuleList", "gradcheck", "GradcheckReport", "attention", "__version__"]
+__all__ = ["Module", "ModuleList", "gradcheck", "GradcheckReport", "attention", "recurrent",
+           "layers", "losses", "optim", "save", "load", "__version__"]

@@ -27,8 +27,13 @@ __all__ = [
     "check_shape",
     "check_positive_int",
     "check_probability",
+    "check_choice",
+    "check_keys",
     "require_forward",
     "check_heads",
+    "lengths_from_mask",
+    "as_index_array",
+    "require_same_dtype",
 ]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -167,6 +172,22 @@ def check_probability(value, name: str) -> float:
     return float(value)
 
 
+def check_choice(value, name: str, choices) -> None:
+    """``ValueError`` unless ``value`` is one of ``choices`` (e.g. ``merge_mode``)."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+def check_keys(given, expected, what: str) -> None:
+    """Raise ``ValueError`` naming the missing and the unexpected keys of a mapping."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"{what} keys do not match: missing keys {missing}, unexpected keys {unexpected}"
+        )
+
+
 def require_forward(cache, module) -> None:
     """Raise the documented RuntimeError when ``backward`` has nothing to consume."""
     if cache is None:
@@ -196,3 +217,51 @@ def check_heads(d_model: int, num_heads: int, num_kv_groups=None) -> int:
             f"got num_kv_groups={g}, num_heads={num_heads}"
         )
     return g
+
+
+def lengths_from_mask(mask, name: str, max_len: int, batch_size: int,
+                      batch_first: bool = False) -> np.ndarray:
+    """Lengths ``[B]`` (int64) of a boolean prefix mask ``[T, B]`` (``[B, T]`` when
+    ``batch_first``): ``mask[t, b]`` must be ``t < lengths[b]`` with
+    ``1 <= lengths[b] <= T``; anything else (holes, empty rows) is a ``ValueError``."""
+    arr = np.asarray(mask)
+    if arr.dtype != np.bool_:
+        raise TypeError(f"{name} must be a bool mask, got dtype {arr.dtype}")
+    expected = (batch_size, max_len) if batch_first else (max_len, batch_size)
+    if arr.shape != expected:
+        raise ValueError(f"{name} must have shape {expected}, got {tuple(arr.shape)}")
+    tb = arr.T if batch_first else arr
+    lengths = tb.sum(axis=0).astype(np.int64)
+    prefix = np.arange(max_len)[:, None] < lengths[None, :]
+    if not np.array_equal(prefix, tb):
+        raise ValueError(f"{name} must be a prefix mask (True for t < lengths[b], then False)")
+    if lengths.size and lengths.min() < 1:
+        raise ValueError(f"{name} must mark at least one step per sequence, got a row "
+                         f"with 0 steps")
+    return lengths
+
+
+def as_index_array(ids, name: str, upper: int, allow=None) -> np.ndarray:
+    """Integer ids with ``0 <= id < upper`` (``allow``: one extra permitted value).
+
+    Float arrays are a ``TypeError`` (ids are never rounded silently); ids out of
+    range are a ``ValueError`` naming the first offending value.
+    """
+    arr = np.asarray(ids)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be an integer array, got dtype {arr.dtype}")
+    arr = arr.astype(np.intp, copy=False)
+    bad = (arr < 0) | (arr >= upper)
+    if allow is not None:
+        bad &= arr != allow
+    if bad.any():
+        raise ValueError(
+            f"{name} must satisfy 0 <= {name} < {upper}, got {int(arr[bad].reshape(-1)[0])}"
+        )
+    return arr
+
+
+def require_same_dtype(dtype, expected, name: str) -> None:
+    """TypeError unless ``dtype == expected`` (e.g. every child of a container)."""
+    if np.dtype(dtype) != np.dtype(expected):
+        raise TypeError(f"{name} must have dtype {np.dtype(expected)}, got {np.dtype(dtype)}")

@@ -73,6 +73,15 @@ def _flatten(obj):
     return [obj]
 
 
+def _rebuild(struct, flat):
+    """Fill the array slots of ``struct`` (nested tuples) from the list ``flat``, in order."""
+    if struct is None:
+        return None
+    if isinstance(struct, (tuple, list)):
+        return type(struct)(_rebuild(s, flat) for s in struct)
+    return flat.pop(0)
+
+
 def _pairs(inputs, grads, prefix):
     """Yield ``(name, path, grad)`` for every input that has a returned gradient."""
     if not isinstance(grads, (tuple, list)):
@@ -161,14 +170,7 @@ def gradcheck(module, inputs, grad_output=None, eps=1e-6, rtol=1e-5, atol=1e-7,
     else:
         grad_flat = [np.asarray(g, dtype=np.float64) for g in _flatten(grad_output)]
 
-    def rebuild(struct, flat):
-        if struct is None:
-            return None
-        if isinstance(struct, (tuple, list)):
-            return type(struct)(rebuild(s, flat) for s in struct)
-        return flat.pop(0)
-
-    grad_struct = rebuild(out, list(grad_flat))
+    grad_struct = _rebuild(out, list(grad_flat))
 
     def loss(*args):
         o = _flatten(module.forward(*args))

@@ -39,7 +39,7 @@ import functools
 
 import numpy as np
 
-from ._validation import make_rng, require_forward, resolve_dtype
+from ._validation import check_keys, make_rng, require_forward, resolve_dtype
 
 __all__ = ["Module", "ModuleList"]
 
@@ -152,13 +152,7 @@ class Module:
             A value whose dtype is not this module's dtype.
         """
         params = self.parameters()
-        missing = sorted(set(params) - set(state_dict))
-        unexpected = sorted(set(state_dict) - set(params))
-        if missing or unexpected:
-            raise ValueError(
-                f"state_dict keys do not match {type(self).__name__}: "
-                f"missing {missing}, unexpected {unexpected}"
-            )
+        check_keys(state_dict, params, f"state_dict of {type(self).__name__}")
         for key, value in state_dict.items():
             arr = np.asarray(value)
             if arr.shape != params[key].shape:

@@ -195,4 +195,87 @@ static inline float nn_vdot_f(const float *x, const float *y, ptrdiff_t n)
 static inline double nn_vdot_d(const double *x, const double *y, ptrdiff_t n)
 { return NN_PICK(nn_vdot_d, (x, y, n)); }
 
+
+/* ------------------------------------------ sigmoid / tanh (recurrent gates) -- */
+/*
+ * Appended for the recurrent kernels (src_pyx/_recurrent.pyx).  Built on nn_expf /
+ * nn_exp with the same AVX2/baseline dispatch; no libm tanh (C tanhf ~20 ns/element).
+ *   sigmoid(x) = 1 / (1 + e)  (x >= 0),  e / (1 + e)  (x < 0),  e = exp(-|x|):
+ *                never overflows, no clipping; -inf -> 0, +inf -> 1, NaN -> NaN.
+ *   tanh(x)    = sign(x) * (1 - e) / (1 + e), e = exp(-2|x|), for |x| >= 0.625;
+ *                below 0.625 the Cephes odd polynomial (float) / rational form
+ *                (double), which avoids the cancellation in 1 - e near 0.
+ * Accuracy (tests/test_vmath_gates.py, against float64/longdouble NumPy): a few ulp.
+ *   nn_vsigmoid_S(y, x, n), nn_vtanh_S(y, x, n): element-wise, y may alias x.
+ */
+NN_INLINE float nn_sigmoidf(float x)
+{
+    float e = nn_expf(-fabsf(x));
+    float s = 1.0f / (1.0f + e);
+    return x < 0.0f ? e * s : s;
+}
+
+NN_INLINE double nn_sigmoid(double x)
+{
+    double e = nn_exp(-fabs(x));
+    double s = 1.0 / (1.0 + e);
+    return x < 0.0 ? e * s : s;
+}
+
+NN_INLINE float nn_tanhf(float x)
+{
+    float ax = fabsf(x);
+    float e = nn_expf(-2.0f * ax);
+    float big = (1.0f - e) / (1.0f + e);
+    float z = ax * ax;
+    float small = ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z
+                     - 5.37397155531e-2f) * z + 1.33314422036e-1f) * z
+                   - 3.33332819422e-1f) * z * ax + ax;
+    float r = ax < 0.625f ? small : big;
+    return copysignf(r, x);
+}
+
+NN_INLINE double nn_tanh(double x)
+{
+    double ax = fabs(x);
+    double e = nn_exp(-2.0 * ax);
+    double big = (1.0 - e) / (1.0 + e);
+    double z = ax * ax;
+    double p = (-9.64399179425052238628e-1 * z - 9.92877231001918586564e1) * z
+               - 1.61468768441708447952e3;
+    double q = ((z + 1.12811678491632931402e2) * z + 2.23548839060100448583e3) * z
+               + 4.84406305325125486048e3;
+    double small = ax + ax * z * (p / q);
+    double r = ax < 0.625 ? small : big;
+    return copysign(r, x);
+}
+
+#define NN_DEFINE_GATE_OPS(T, S, SIG, TANH, V, A)                                   \
+A static void nn_vsigmoid_##S##V(T *y, const T *x, ptrdiff_t n)                     \
+{                                                                                   \
+    for (ptrdiff_t i = 0; i < n; i++)                                               \
+        y[i] = SIG(x[i]);                                                           \
+}                                                                                   \
+A static void nn_vtanh_##S##V(T *y, const T *x, ptrdiff_t n)                        \
+{                                                                                   \
+    for (ptrdiff_t i = 0; i < n; i++)                                               \
+        y[i] = TANH(x[i]);                                                          \
+}
+
+NN_DEFINE_GATE_OPS(float, f, nn_sigmoidf, nn_tanhf, _base, )
+NN_DEFINE_GATE_OPS(double, d, nn_sigmoid, nn_tanh, _base, )
+#if NN_X86_DISPATCH
+NN_DEFINE_GATE_OPS(float, f, nn_sigmoidf, nn_tanhf, _avx2, NN_TARGET_AVX2)
+NN_DEFINE_GATE_OPS(double, d, nn_sigmoid, nn_tanh, _avx2, NN_TARGET_AVX2)
+#endif
+
+static inline void nn_vsigmoid_f(float *y, const float *x, ptrdiff_t n)
+{ NN_PICK(nn_vsigmoid_f, (y, x, n)); }
+static inline void nn_vsigmoid_d(double *y, const double *x, ptrdiff_t n)
+{ NN_PICK(nn_vsigmoid_d, (y, x, n)); }
+static inline void nn_vtanh_f(float *y, const float *x, ptrdiff_t n)
+{ NN_PICK(nn_vtanh_f, (y, x, n)); }
+static inline void nn_vtanh_d(double *y, const double *x, ptrdiff_t n)
+{ NN_PICK(nn_vtanh_d, (y, x, n)); }
+
 #endif /* NN_CORE_VMATH_H */

@@ -13,6 +13,10 @@ cdef extern from "_vmath.h" nogil:
     double nn_vmax_d(const double* x, Py_ssize_t n) noexcept
     float nn_vdot_f(const float* x, const float* y, Py_ssize_t n) noexcept
     double nn_vdot_d(const double* x, const double* y, Py_ssize_t n) noexcept
+    void nn_vsigmoid_f(float* y, const float* x, Py_ssize_t n) noexcept
+    void nn_vsigmoid_d(double* y, const double* x, Py_ssize_t n) noexcept
+    void nn_vtanh_f(float* y, const float* x, Py_ssize_t n) noexcept
+    void nn_vtanh_d(double* y, const double* x, Py_ssize_t n) noexcept
 
 
 cdef inline floating vexp_sum(floating* y, const floating* x, floating shift,
@@ -44,3 +48,20 @@ cdef inline floating vdot(const floating* x, const floating* y, Py_ssize_t n) no
         return nn_vdot_f(x, y, n)
     else:
         return nn_vdot_d(x, y, n)
+
+
+# --- appended for the recurrent kernels -------------------------------------------
+cdef inline void vsigmoid(floating* y, const floating* x, Py_ssize_t n) noexcept nogil:
+    """``y[i] = 1 / (1 + exp(-x[i]))`` (stable; ``y`` may alias ``x``)."""
+    if floating is float:
+        nn_vsigmoid_f(y, x, n)
+    else:
+        nn_vsigmoid_d(y, x, n)
+
+
+cdef inline void vtanh(floating* y, const floating* x, Py_ssize_t n) noexcept nogil:
+    """``y[i] = tanh(x[i])`` (exp-based; ``y`` may alias ``x``)."""
+    if floating is float:
+        nn_vtanh_f(y, x, n)
+    else:
+        nn_vtanh_d(y, x, n)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nn_core.gradcheck import _flatten
+from nn_core.gradcheck import _flatten, _rebuild
 
 DTYPES = (np.float32, np.float64)
 
@@ -43,14 +43,6 @@ def _read_only(a):
     a = a.copy()
     a.setflags(write=False)
     return a
-
-
-def _rebuild(struct, flat):
-    if struct is None:
-        return None
-    if isinstance(struct, (tuple, list)):
-        return type(struct)(_rebuild(s, flat) for s in struct)
-    return flat.pop(0)
 
 
 def _backward(module, out, grads):

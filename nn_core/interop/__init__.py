@@ -8,7 +8,7 @@ nn_core).  Key names equal torch's exactly; a missing, unexpected or wrong-shape
 key raises ``ValueError`` naming it.
 
 Each module family registers its converters in a private submodule
-(``_attention``, ``_recurrent``) through :func:`register`.
+(``_attention``, ``_recurrent``, ``_bidirectional``) through :func:`register`.
 """
 from __future__ import annotations
 
@@ -16,10 +16,13 @@ import importlib
 
 import numpy as np
 
-__all__ = ["load_torch_state_dict", "to_torch_state_dict", "register", "to_numpy"]
+from .._validation import check_keys  # noqa: F401  (re-exported for the providers)
+
+__all__ = ["load_torch_state_dict", "to_torch_state_dict", "register", "to_numpy", "check_keys"]
 
 _REGISTRY: list = []          # (module class, load function, export function)
-_PROVIDERS = ("nn_core.interop._attention", "nn_core.interop._recurrent")
+_PROVIDERS = ("nn_core.interop._attention", "nn_core.interop._recurrent",
+              "nn_core.interop._bidirectional")
 
 
 def register(cls, load, export):
@@ -52,17 +55,6 @@ def to_numpy(value) -> np.ndarray:
     if mod.startswith("torch"):
         return value.detach().cpu().numpy()
     return np.asarray(value)
-
-
-def check_keys(state_dict, expected, what):
-    """Raise ``ValueError`` naming missing and unexpected keys."""
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    if missing or unexpected:
-        raise ValueError(
-            f"torch state_dict does not match {what}: missing keys {missing}, "
-            f"unexpected keys {unexpected}"
-        )
 
 
 def load_torch_state_dict(module, state_dict) -> None:

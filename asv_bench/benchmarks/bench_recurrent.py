@@ -1,0 +1,114 @@
+"""asv benchmarks: recurrent cells and StackedLSTM, forward and forward+backward.
+
+Self-contained (no shared helper).  Parameters: cell x shape x dtype.  BLAS is pinned
+to one thread when threadpoolctl is installed (``bench`` extra); the setting is
+recorded in ``blas_threads`` so results from different runs can be compared.
+Imports are guarded so that commits without ``nn_core.recurrent`` still load.
+"""
+import numpy as np
+
+try:
+    from nn_core.recurrent import GRUCell, LSTMCell, RNNCell, StackedLSTM
+except ImportError:  # older commits
+    GRUCell = LSTMCell = RNNCell = StackedLSTM = None
+
+try:
+    from threadpoolctl import threadpool_limits
+except ImportError:  # pragma: no cover
+    threadpool_limits = None
+
+SHAPES = {
+    "S": (32, 16, 64, 64),
+    "M": (64, 32, 256, 256),
+    "L": (128, 64, 512, 512),
+    "latency": (100, 1, 128, 128),
+}
+BLAS_THREADS = 1
+
+
+def _make(cell, D, H, dtype):
+    if cell == "rnn":
+        return RNNCell(D, H, dtype=dtype, rng=0)
+    if cell == "gru":
+        return GRUCell(D, H, reset_after=True, dtype=dtype, rng=0)
+    if cell == "gru_paper":
+        return GRUCell(D, H, reset_after=False, dtype=dtype, rng=0)
+    if cell == "lstm":
+        return LSTMCell(D, H, dtype=dtype, rng=0)
+    return StackedLSTM(D, H, 2, dtype=dtype, rng=0)
+
+
+class RecurrentSuite:
+    params = (["rnn", "gru", "gru_paper", "lstm", "lstm2"], list(SHAPES),
+              ["float32", "float64"])
+    param_names = ["cell", "shape", "dtype"]
+    timeout = 300
+
+    def setup(self, cell, shape, dtype):
+        if RNNCell is None:
+            raise NotImplementedError("nn_core.recurrent not available")
+        self._limits = threadpool_limits(BLAS_THREADS) if threadpool_limits else None
+        T, B, D, H = SHAPES[shape]
+        dt = np.dtype(dtype)
+        rng = np.random.default_rng(0)
+        self.m = _make(cell, D, H, dt)
+        self.stacked = cell == "lstm2"
+        self.x = rng.standard_normal((T, B, D)).astype(dt)
+        self.go = rng.standard_normal((T, B, H)).astype(dt)
+        self.lengths = rng.integers(1, T + 1, B)
+        self.lengths[0] = T
+
+    def teardown(self, cell, shape, dtype):
+        if self._limits is not None:
+            self._limits.restore_original_limits()
+
+    def _fwd(self, lengths=None):
+        if self.stacked:
+            return self.m(self.x, None, lengths)
+        return self.m.forward_sequence(self.x, None, lengths)
+
+    def _bwd(self):
+        if self.stacked:
+            return self.m.backward(self.go)
+        return self.m.backward_sequence(self.go)
+
+    def time_forward(self, cell, shape, dtype):
+        self._fwd()
+
+    def time_forward_backward(self, cell, shape, dtype):
+        self._fwd()
+        self._bwd()
+
+    def time_forward_backward_lengths(self, cell, shape, dtype):
+        self._fwd(self.lengths)
+        self._bwd()
+
+    def peakmem_forward_backward(self, cell, shape, dtype):
+        self._fwd()
+        self._bwd()
+
+    def track_blas_threads(self, cell, shape, dtype):
+        return BLAS_THREADS
+
+
+class StepLoopSuite:
+    """The one-step API looped over time (Python per step) vs one sequence call."""
+
+    params = (["lstm", "gru"], ["S", "latency"])
+    param_names = ["cell", "shape"]
+
+    def setup(self, cell, shape):
+        if RNNCell is None:
+            raise NotImplementedError("nn_core.recurrent not available")
+        T, B, D, H = SHAPES[shape]
+        self.m = _make(cell, D, H, np.float32)
+        self.x = np.random.default_rng(0).standard_normal((T, B, D)).astype(np.float32)
+
+    def time_step_loop_forward(self, cell, shape):
+        state = None
+        for t in range(self.x.shape[0]):
+            state = self.m.forward(self.x[t], state)
+        self.m.reset()
+
+    def time_sequence_forward(self, cell, shape):
+        self.m.forward_sequence(self.x)

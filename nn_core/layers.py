@@ -1,0 +1,469 @@
+"""Basic layers for building models: Linear, Embedding, LayerNorm, Dropout, Sequential.
+
+Every layer follows the :class:`~nn_core.Module` protocol: ``forward`` keeps what
+``backward`` needs, ``backward(grad_output)`` returns the gradient of the forward's
+array input and **adds** the parameter gradients into ``grads``.
+
+Shape legend
+------------
+``...``  any number of leading dims (batch, time);
+``D``    input features, ``F`` output features, ``V`` vocabulary size.
+
+Examples
+--------
+>>> import numpy as np
+>>> from nn_core.layers import Linear, LayerNorm, Dropout, Sequential
+>>> net = Sequential(Linear(8, 16, rng=0), LayerNorm(16), Dropout(0.1, rng=0), Linear(16, 4, rng=1))
+>>> sorted(net.parameters())
+['0.W', '0.b', '1.beta', '1.gamma', '3.W', '3.b']
+>>> y = net(np.ones((2, 5, 8), np.float32))
+>>> y.shape
+(2, 5, 4)
+>>> gx = net.backward(np.ones_like(y))
+>>> gx.shape
+(2, 5, 8)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._validation import (
+    as_float_array,
+    as_index_array,
+    check_positive_int,
+    check_probability,
+    require_same_dtype,
+)
+from .module import Module, ModuleList
+
+__all__ = ["Linear", "Embedding", "LayerNorm", "Dropout", "ReLU", "Tanh", "GELU", "Sequential"]
+
+
+def _check_last_dim(x, name, expected, what):
+    if x.ndim < 1 or x.shape[-1] != expected:
+        got = x.shape[-1] if x.ndim else "a scalar"
+        raise ValueError(
+            f"{name}.shape[-1] must equal {what}: expected {expected}, got {got} "
+            f"(shape {tuple(x.shape)})"
+        )
+
+
+class Linear(Module):
+    r"""Affine map ``y = x W + b`` over the last dimension.
+
+    Parameters
+    ----------
+    in_features : int
+        ``D``, size of the last input dimension.
+    out_features : int
+        ``F``, size of the last output dimension.
+    bias : bool
+        Learn the additive bias ``b [F]``.
+    dtype : {np.float32, np.float64}, keyword-only
+    rng : None, int or Generator, keyword-only
+
+    Attributes
+    ----------
+    params["W"] : ndarray ``[D, F]``
+        Used as ``x @ W`` (the attention layers' convention; ``torch.nn.Linear.weight``
+        is its transpose).  Initialised ``U(-1/sqrt(D), 1/sqrt(D))`` like PyTorch.
+    params["b"] : ndarray ``[F]``
+        Same initial distribution; present only when ``bias``.
+
+    Notes
+    -----
+    Forward, with ``x [..., D]`` flattened to ``X [N, D]``::
+
+        Y = X W + b                                   [N, F]
+
+    Backward, given ``dY``::
+
+        dX = dY W^T ;  dW += X^T dY ;  db += sum_n dY[n]
+
+    Examples
+    --------
+    >>> lin = Linear(3, 2, rng=0)
+    >>> lin(np.ones((4, 3), np.float32)).shape
+    (4, 2)
+    """
+
+    def __init__(self, in_features, out_features, bias=True, *, dtype=np.float32, rng=None):
+        super().__init__(dtype=dtype, rng=rng)
+        self.in_features = check_positive_int(in_features, "in_features")
+        self.out_features = check_positive_int(out_features, "out_features")
+        bound = 1.0 / np.sqrt(self.in_features)
+        self.add_param("W", self.rng.uniform(-bound, bound, (self.in_features, self.out_features)))
+        self.use_bias = bool(bias)
+        if self.use_bias:
+            self.add_param("b", self.rng.uniform(-bound, bound, self.out_features))
+
+    def forward(self, x):
+        """Apply the layer.
+
+        Parameters
+        ----------
+        x : array_like ``[..., D]``
+
+        Returns
+        -------
+        ndarray ``[..., F]``
+        """
+        x = as_float_array(x, "x", self.dtype, min_ndim=1)
+        _check_last_dim(x, "x", self.in_features, "in_features")
+        x2 = x.reshape(-1, self.in_features)
+        y = x2 @ self.params["W"]
+        if self.use_bias:
+            y += self.params["b"]
+        self._cache = (x2, x.shape)
+        return y.reshape(x.shape[:-1] + (self.out_features,))
+
+    def backward(self, grad_output):
+        """Return ``grad_x [..., D]``; accumulate ``dW`` and ``db``."""
+        x2, shape = self._pop_cache()
+        g = as_float_array(grad_output, "grad_output", self.dtype)
+        if g.shape != shape[:-1] + (self.out_features,):
+            raise ValueError(
+                f"grad_output must have the output's shape {shape[:-1] + (self.out_features,)}, "
+                f"got {tuple(g.shape)}"
+            )
+        g2 = g.reshape(-1, self.out_features)
+        self.grads["W"] += x2.T @ g2
+        if self.use_bias:
+            self.grads["b"] += g2.sum(axis=0)
+        return (g2 @ self.params["W"].T).reshape(shape)
+
+
+class Embedding(Module):
+    r"""Lookup table: integer ids ``[...]`` -> vectors ``[..., E]``.
+
+    Parameters
+    ----------
+    num_embeddings : int
+        ``V``, number of rows (valid ids are ``0 <= id < V``).
+    embedding_dim : int
+        ``E``, size of each vector.
+    padding_idx : int, optional
+        Row that receives no gradient (as in ``torch.nn.Embedding``); it is
+        initialised to zeros.
+    dtype : {np.float32, np.float64}, keyword-only
+    rng : None, int or Generator, keyword-only
+
+    Attributes
+    ----------
+    params["W"] : ndarray ``[V, E]``
+        Initialised ``N(0, 1)`` like PyTorch.
+
+    Notes
+    -----
+    Forward: ``Y[...] = W[ids[...]]``.  Backward: the gradient is sparse, row
+    ``v`` receives the sum of ``dY`` over every position where ``ids == v``
+    (repeated ids accumulate, computed with ``np.add.at``); ``backward`` returns
+    ``None`` for the (integer, non-differentiable) ids.
+
+    Examples
+    --------
+    >>> emb = Embedding(10, 4, rng=0)
+    >>> emb(np.array([[1, 2, 2]])).shape
+    (1, 3, 4)
+    """
+
+    def __init__(self, num_embeddings, embedding_dim, padding_idx=None, *, dtype=np.float32,
+                 rng=None):
+        super().__init__(dtype=dtype, rng=rng)
+        self.num_embeddings = check_positive_int(num_embeddings, "num_embeddings")
+        self.embedding_dim = check_positive_int(embedding_dim, "embedding_dim")
+        if padding_idx is not None:
+            padding_idx = int(padding_idx)
+            if padding_idx < 0:
+                padding_idx += self.num_embeddings
+            if not 0 <= padding_idx < self.num_embeddings:
+                raise ValueError(
+                    f"padding_idx must be in [0, {self.num_embeddings}), got {padding_idx}"
+                )
+        self.padding_idx = padding_idx
+        W = self.rng.standard_normal((self.num_embeddings, self.embedding_dim))
+        if padding_idx is not None:
+            W[padding_idx] = 0.0
+        self.add_param("W", W)
+
+    def forward(self, ids):
+        """Look up ``ids`` (integer array ``[...]``); returns ``[..., E]``."""
+        ids = as_index_array(ids, "ids", self.num_embeddings)
+        self._cache = ids
+        return self.params["W"][ids]
+
+    def backward(self, grad_output):
+        """Accumulate the sparse gradient of ``W``; returns ``None`` (ids have no gradient)."""
+        ids = self._pop_cache()
+        g = as_float_array(grad_output, "grad_output", self.dtype)
+        expected = ids.shape + (self.embedding_dim,)
+        if g.shape != expected:
+            raise ValueError(f"grad_output must have shape {expected}, got {tuple(g.shape)}")
+        flat_ids = ids.reshape(-1)
+        g2 = g.reshape(-1, self.embedding_dim)
+        if self.padding_idx is not None:
+            keep = flat_ids != self.padding_idx
+            flat_ids, g2 = flat_ids[keep], g2[keep]
+        np.add.at(self.grads["W"], flat_ids, g2)
+        return None
+
+
+class LayerNorm(Module):
+    r"""Layer normalisation over the last dimension (Ba, Kiros & Hinton, 2016).
+
+    Parameters
+    ----------
+    normalized_shape : int
+        ``D``, size of the last dimension.
+    eps : float
+        Added to the variance.
+    elementwise_affine : bool
+        Learn ``gamma [D]`` (init 1) and ``beta [D]`` (init 0).
+    dtype : {np.float32, np.float64}, keyword-only
+    rng : None, int or Generator, keyword-only
+
+    Notes
+    -----
+    Forward, per row ``x [D]`` (biased variance, as PyTorch)::
+
+        mu = mean(x) ;  r = 1 / sqrt(var(x) + eps) ;  xh = (x - mu) r
+        y  = gamma * xh + beta
+
+    Backward, given ``dy``, with ``g = dy * gamma``::
+
+        dx = r * (g - mean(g) - xh * mean(g * xh))
+        dgamma += sum_rows dy * xh ;  dbeta += sum_rows dy
+
+    Examples
+    --------
+    >>> ln = LayerNorm(4)
+    >>> y = ln(np.arange(8.0).reshape(2, 4))
+    >>> np.allclose(y.mean(-1), 0, atol=1e-6)
+    True
+    """
+
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, *,
+                 dtype=np.float32, rng=None):
+        super().__init__(dtype=dtype, rng=rng)
+        self.normalized_shape = check_positive_int(normalized_shape, "normalized_shape")
+        eps = float(eps)
+        if not eps > 0:
+            raise ValueError(f"eps must be > 0, got {eps}")
+        self.eps = eps
+        self.elementwise_affine = bool(elementwise_affine)
+        if self.elementwise_affine:
+            self.add_param("gamma", np.ones(self.normalized_shape))
+            self.add_param("beta", np.zeros(self.normalized_shape))
+
+    def forward(self, x):
+        """Normalise ``x [..., D]``; returns ``[..., D]``."""
+        x = as_float_array(x, "x", self.dtype, min_ndim=1)
+        _check_last_dim(x, "x", self.normalized_shape, "normalized_shape")
+        mu = x.mean(axis=-1, keepdims=True)
+        xc = x - mu
+        var = np.mean(xc * xc, axis=-1, keepdims=True)
+        r = 1.0 / np.sqrt(var + self.dtype.type(self.eps))
+        xh = xc * r
+        self._cache = (xh, r)
+        if self.elementwise_affine:
+            return xh * self.params["gamma"] + self.params["beta"]
+        return xh
+
+    def backward(self, grad_output):
+        """Return ``grad_x [..., D]``; accumulate ``dgamma``, ``dbeta``."""
+        xh, r = self._pop_cache()
+        g = as_float_array(grad_output, "grad_output", self.dtype)
+        if g.shape != xh.shape:
+            raise ValueError(f"grad_output must have shape {xh.shape}, got {tuple(g.shape)}")
+        if self.elementwise_affine:
+            D = self.normalized_shape
+            self.grads["gamma"] += (g * xh).reshape(-1, D).sum(axis=0)
+            self.grads["beta"] += g.reshape(-1, D).sum(axis=0)
+            g = g * self.params["gamma"]
+        return r * (g - g.mean(axis=-1, keepdims=True)
+                    - xh * np.mean(g * xh, axis=-1, keepdims=True))
+
+
+class Dropout(Module):
+    r"""Inverted dropout (Srivastava et al., 2014): identity in ``eval()``.
+
+    Parameters
+    ----------
+    p : float in [0, 1)
+        Probability of zeroing an element during training.
+    dtype : {np.float32, np.float64}, keyword-only
+    rng : None, int or Generator, keyword-only
+        Draws the masks.
+
+    Notes
+    -----
+    Training: ``y = x * z / (1 - p)`` with ``z ~ Bernoulli(1 - p)`` drawn per element;
+    backward ``dx = dy * z / (1 - p)``.  Evaluation (or ``p == 0``): ``y = x``, ``dx = dy``.
+
+    Examples
+    --------
+    >>> d = Dropout(0.5, rng=0).eval()
+    >>> d(np.ones(3)).tolist()
+    [1.0, 1.0, 1.0]
+    """
+
+    def __init__(self, p=0.5, *, dtype=np.float32, rng=None):
+        super().__init__(dtype=dtype, rng=rng)
+        self.p = check_probability(p, "p")
+
+    def forward(self, x):
+        """Apply dropout to ``x [...]``; returns the same shape."""
+        x = as_float_array(x, "x", self.dtype)
+        if self.training and self.p > 0:
+            scale = self.dtype.type(1.0 / (1.0 - self.p))
+            mask = (self.rng.random(x.shape) >= self.p).astype(self.dtype) * scale
+            self._cache = (mask, x.shape)
+            return x * mask
+        self._cache = (None, x.shape)
+        return x.copy()
+
+    def backward(self, grad_output):
+        """Return ``grad_x`` (the same mask applied to ``grad_output``)."""
+        mask, shape = self._pop_cache()
+        g = as_float_array(grad_output, "grad_output", self.dtype)
+        if g.shape != shape:
+            raise ValueError(f"grad_output must have shape {shape}, got {tuple(g.shape)}")
+        return g * mask if mask is not None else g.copy()
+
+
+class _Activation(Module):
+    """Element-wise activation: subclasses define ``_fwd(x) -> (y, saved)`` and
+    ``_bwd(saved, grad_y) -> grad_x``."""
+
+    def forward(self, x):
+        """Apply the activation to ``x [...]``; returns the same shape."""
+        x = as_float_array(x, "x", self.dtype)
+        y, saved = self._fwd(x)
+        self._cache = (saved, x.shape)
+        return y
+
+    def backward(self, grad_output):
+        """Return ``grad_x`` of the same shape."""
+        saved, shape = self._pop_cache()
+        g = as_float_array(grad_output, "grad_output", self.dtype)
+        if g.shape != shape:
+            raise ValueError(f"grad_output must have shape {shape}, got {tuple(g.shape)}")
+        return self._bwd(saved, g)
+
+
+class ReLU(_Activation):
+    """``y = max(x, 0)``; backward ``dx = dy * [x > 0]``."""
+
+    def __init__(self, *, dtype=np.float32, rng=None):
+        super().__init__(dtype=dtype, rng=rng)
+
+    def _fwd(self, x):
+        pos = x > 0
+        return np.where(pos, x, self.dtype.type(0)), pos
+
+    def _bwd(self, pos, g):
+        return np.where(pos, g, self.dtype.type(0))
+
+
+class Tanh(_Activation):
+    """``y = tanh(x)``; backward ``dx = dy * (1 - y^2)``."""
+
+    def __init__(self, *, dtype=np.float32, rng=None):
+        super().__init__(dtype=dtype, rng=rng)
+
+    def _fwd(self, x):
+        y = np.tanh(x)
+        return y, y
+
+    def _bwd(self, y, g):
+        return g * (self.dtype.type(1) - y * y)
+
+
+class GELU(_Activation):
+    r"""Gaussian error linear unit (Hendrycks & Gimpel, 2016).
+
+    Parameters
+    ----------
+    approximate : {"none", "tanh"}
+        As ``torch.nn.GELU``: ``"none"`` is exact, ``y = x Phi(x)``; ``"tanh"`` is
+        ``y = x (1 + tanh(u)) / 2`` with ``u = sqrt(2/pi) (x + 0.044715 x^3)``.
+
+    Notes
+    -----
+    Backward (exact): ``dx = dy (Phi(x) + x phi(x))``; (tanh):
+    ``dx = dy ((1 + t)/2 + x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2) / 2)``.
+    """
+
+    def __init__(self, approximate="none", *, dtype=np.float32, rng=None):
+        super().__init__(dtype=dtype, rng=rng)
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+
+    def _fwd(self, x):
+        T = self.dtype.type
+        if self.approximate == "tanh":
+            t = np.tanh(T(np.sqrt(2 / np.pi)) * (x + T(0.044715) * x * x * x))
+            return T(0.5) * x * (T(1) + t), (x, t)
+        from scipy.special import erf
+
+        cdf = T(0.5) * (T(1) + erf(x * T(1 / np.sqrt(2))))
+        return x * cdf, (x, cdf)
+
+    def _bwd(self, saved, g):
+        T = self.dtype.type
+        x, aux = saved
+        if self.approximate == "tanh":
+            t = aux
+            du = T(np.sqrt(2 / np.pi)) * (T(1) + T(3 * 0.044715) * x * x)
+            return g * (T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * du)
+        pdf = T(1 / np.sqrt(2 * np.pi)) * np.exp(T(-0.5) * x * x)
+        return g * (aux + x * pdf)
+
+
+class Sequential(ModuleList):
+    """Chain of single-input, single-output modules; ``backward`` runs in reverse.
+
+    Parameters
+    ----------
+    *modules : Module
+        Applied in order; their parameters are named ``"0.W"``, ``"1.gamma"``, ...
+        All must share one dtype.
+    dtype : {np.float32, np.float64} or None, keyword-only
+        Defaults to the first module's dtype (float32 for an empty chain).
+    rng : None, int or Generator, keyword-only
+        Unused (the children own their randomness); accepted for uniformity.
+
+    Notes
+    -----
+    Forward ``y = f_n(... f_1(x))``; backward ``dx = f_1'(... f_n'(dy))``, each
+    child accumulating its own parameter gradients.
+
+    Examples
+    --------
+    >>> net = Sequential(Linear(2, 3, rng=0), Linear(3, 1, rng=0))
+    >>> net(np.ones((5, 2), np.float32)).shape
+    (5, 1)
+    """
+
+    def __init__(self, *modules, dtype=None, rng=None):
+        if dtype is None:
+            dtype = modules[0].dtype if modules and isinstance(modules[0], Module) else np.float32
+        super().__init__(modules, dtype=dtype, rng=rng)
+        for i, m in enumerate(self._items):
+            require_same_dtype(m.dtype, self.dtype, f"modules[{i}]")
+
+    def forward(self, x):
+        """Run ``x`` through every module in order."""
+        self._cache = True
+        for m in self._items:
+            x = m(x)
+        return x
+
+    def backward(self, grad_output):
+        """Backpropagate through the modules in reverse order; returns ``grad_x``."""
+        self._pop_cache()
+        g = grad_output
+        for m in reversed(self._items):
+            g = m.backward(g)
+        return g

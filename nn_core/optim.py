@@ -1,0 +1,330 @@
+"""Optimizers, gradient clipping and a learning-rate schedule.
+
+Optimizers update a module's live ``parameters()`` in place from its
+``gradients()`` (same keys), with PyTorch's update rules so that the same
+hyper-parameters give the same trajectories as ``torch.optim``.
+
+Examples
+--------
+>>> import numpy as np
+>>> from nn_core.layers import Linear
+>>> from nn_core.losses import MSELoss
+>>> model, loss_fn = Linear(3, 1, rng=0), MSELoss()
+>>> opt = AdamW(model, lr=1e-2, weight_decay=0.01)
+>>> sched = WarmupCosine(opt, warmup_steps=10, total_steps=100)
+>>> x, y = np.ones((8, 3), np.float32), np.zeros((8, 1), np.float32)
+>>> for step in range(100):
+...     opt.zero_grad()
+...     loss = loss_fn(model(x), y)
+...     _ = model.backward(loss_fn.backward()[0])
+...     norm = clip_grad_norm(model, 1.0)
+...     opt.step()
+...     _ = sched.step()
+>>> float(loss) < 0.01
+True
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from .module import Module
+
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "clip_grad_norm", "warmup_cosine",
+           "WarmupCosine"]
+
+
+def _nonneg(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if not (value >= 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return float(value)
+
+
+def _beta(value, name):
+    value = _nonneg(value, name)
+    if not value < 1:
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
+    return value
+
+
+def _params_and_grads(target):
+    """``(params, grads)`` dicts from a Module or a ``(params, grads)`` pair."""
+    if isinstance(target, Module):
+        return target.parameters(), target.gradients()
+    if isinstance(target, tuple) and len(target) == 2 and all(isinstance(d, dict) for d in target):
+        params, grads = target
+    else:
+        raise TypeError(
+            "optimizer target must be a Module or a (params, grads) pair of dicts, "
+            f"got {type(target).__name__}"
+        )
+    if set(params) != set(grads):
+        raise ValueError(
+            f"params and grads must have the same keys: only in params "
+            f"{sorted(set(params) - set(grads))}, only in grads {sorted(set(grads) - set(params))}"
+        )
+    for k in params:
+        if np.shape(params[k]) != np.shape(grads[k]):
+            raise ValueError(f"grads[{k!r}] must have shape {np.shape(params[k])}, "
+                             f"got {np.shape(grads[k])}")
+    return params, grads
+
+
+class Optimizer:
+    """Base class: holds the live parameter/gradient dicts, ``lr`` and per-parameter state.
+
+    Parameters
+    ----------
+    target : Module or (dict, dict)
+        A module (its ``parameters()``/``gradients()`` are used) or a pair of
+        dicts ``(params, grads)`` with the same keys and shapes.
+    lr : float
+        Learning rate; may be changed between steps (see :class:`WarmupCosine`).
+    """
+
+    def __init__(self, target, lr):
+        self.params, self.grads = _params_and_grads(target)
+        self.lr = _nonneg(lr, "lr")
+        self.state: dict[str, dict] = {k: {} for k in self.params}
+        self.step_count = 0
+
+    def zero_grad(self) -> None:
+        """Set every gradient to 0 in place."""
+        for g in self.grads.values():
+            g[...] = 0
+
+    def step(self) -> None:
+        """Apply one update to every parameter (in place)."""
+        self.step_count += 1
+        for k, p in self.params.items():
+            self._update(p, self.grads[k], self.state[k], p.dtype.type)
+
+    def _update(self, p, g, state, T):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """Copies of the per-parameter buffers plus ``lr`` and ``step_count``."""
+        return {"lr": self.lr, "step_count": self.step_count,
+                "state": {k: {n: v.copy() for n, v in s.items()} for k, s in self.state.items()}}
+
+    def load_state_dict(self, d) -> None:
+        """Restore what :meth:`state_dict` returned (keys must match the parameters)."""
+        if set(d["state"]) != set(self.params):
+            raise ValueError("optimizer state keys do not match the parameters: missing "
+                             f"{sorted(set(self.params) - set(d['state']))}, unexpected "
+                             f"{sorted(set(d['state']) - set(self.params))}")
+        self.lr = float(d["lr"])
+        self.step_count = int(d["step_count"])
+        self.state = {k: {n: np.array(v, dtype=self.params[k].dtype) for n, v in s.items()}
+                      for k, s in d["state"].items()}
+
+
+class SGD(Optimizer):
+    r"""Stochastic gradient descent with momentum, Nesterov and L2 weight decay.
+
+    Parameters
+    ----------
+    target : Module or (dict, dict)
+    lr : float
+    momentum : float
+        ``mu``; 0 disables the velocity buffer.
+    dampening : float
+    weight_decay : float
+        ``lambda``, added to the gradient (L2 penalty).
+    nesterov : bool
+        Needs ``momentum > 0`` and ``dampening == 0``.
+
+    Notes
+    -----
+    PyTorch's rule (Sutskever et al., 2013 for the Nesterov form)::
+
+        g = grad + lambda p
+        b = g (first step) | mu b + (1 - dampening) g
+        g = g + mu b (nesterov) | b
+        p = p - lr g
+    """
+
+    def __init__(self, target, lr=1e-2, momentum=0.0, dampening=0.0, weight_decay=0.0,
+                 nesterov=False):
+        super().__init__(target, lr)
+        self.momentum = _nonneg(momentum, "momentum")
+        self.dampening = _nonneg(dampening, "dampening")
+        self.weight_decay = _nonneg(weight_decay, "weight_decay")
+        self.nesterov = bool(nesterov)
+        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
+            raise ValueError("nesterov=True requires momentum > 0 and dampening == 0, got "
+                             f"momentum={self.momentum}, dampening={self.dampening}")
+
+    def _update(self, p, g, state, T):
+        if self.weight_decay:
+            g = g + T(self.weight_decay) * p
+        if self.momentum:
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = np.array(g, dtype=p.dtype, copy=True)
+            else:
+                buf *= T(self.momentum)
+                buf += T(1 - self.dampening) * g
+            g = g + T(self.momentum) * buf if self.nesterov else buf
+        p -= T(self.lr) * g
+
+
+class Adam(Optimizer):
+    r"""Adam (Kingma & Ba, 2015) with optional L2 weight decay (added to the gradient).
+
+    Parameters
+    ----------
+    target : Module or (dict, dict)
+    lr : float
+    betas : (float, float)
+    eps : float
+    weight_decay : float
+        L2 penalty added to the gradient (use :class:`AdamW` for decoupled decay).
+
+    Notes
+    -----
+    At step ``t`` (PyTorch's arithmetic)::
+
+        g = grad + lambda p                        (Adam only)
+        m = b1 m + (1 - b1) g ;  v = b2 v + (1 - b2) g^2
+        p = p - (lr / (1 - b1^t)) m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+    """
+
+    decoupled = False
+
+    def __init__(self, target, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        super().__init__(target, lr)
+        if len(betas) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        self.betas = (_beta(betas[0], "betas[0]"), _beta(betas[1], "betas[1]"))
+        self.eps = _nonneg(eps, "eps")
+        self.weight_decay = _nonneg(weight_decay, "weight_decay")
+
+    def _update(self, p, g, state, T):
+        b1, b2 = self.betas
+        if self.weight_decay:
+            if self.decoupled:
+                p *= T(1 - self.lr * self.weight_decay)
+            else:
+                g = g + T(self.weight_decay) * p
+        if not state:
+            state["exp_avg"] = np.zeros_like(p)
+            state["exp_avg_sq"] = np.zeros_like(p)
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m *= T(b1)
+        m += T(1 - b1) * g
+        v *= T(b2)
+        v += T(1 - b2) * (g * g)
+        t = self.step_count
+        bc1 = 1 - b1 ** t
+        bc2 = 1 - b2 ** t
+        denom = np.sqrt(v) / T(math.sqrt(bc2))
+        denom += T(self.eps)
+        p -= T(self.lr / bc1) * (m / denom)
+
+
+class AdamW(Adam):
+    r"""Adam with decoupled weight decay (Loshchilov & Hutter, 2019).
+
+    Same arguments as :class:`Adam` (default ``weight_decay=0.01``, as PyTorch);
+    before the Adam update, ``p = p (1 - lr * lambda)``.
+    """
+
+    decoupled = True
+
+    def __init__(self, target, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+        super().__init__(target, lr, betas, eps, weight_decay)
+
+
+def clip_grad_norm(target, max_norm, eps=1e-6) -> float:
+    r"""Scale gradients in place so that their global L2 norm is at most ``max_norm``.
+
+    Parameters
+    ----------
+    target : Module, dict of arrays or iterable of arrays
+        A module (its ``gradients()``) or the gradient arrays themselves.
+    max_norm : float
+    eps : float
+        As PyTorch: the scale is ``max_norm / (norm + eps)``, applied only when < 1.
+
+    Returns
+    -------
+    float
+        The total norm **before** clipping (``inf``/``nan`` are returned as is and
+        the gradients are then left unchanged).
+    """
+    if isinstance(target, Module):
+        grads = list(target.gradients().values())
+    elif isinstance(target, dict):
+        grads = list(target.values())
+    else:
+        grads = list(target)
+    max_norm = _nonneg(max_norm, "max_norm")
+    total = math.sqrt(sum(float(np.dot(g.reshape(-1), g.reshape(-1))) for g in grads))
+    if not math.isfinite(total):
+        return total
+    coef = max_norm / (total + eps)
+    if coef < 1:
+        for g in grads:
+            g *= g.dtype.type(coef)
+    return total
+
+
+def warmup_cosine(step, base_lr, warmup_steps, total_steps, min_lr=0.0) -> float:
+    r"""Learning rate at 0-based ``step``: linear warmup then cosine decay.
+
+    Notes
+    -----
+    ::
+
+        lr(s) = base_lr (s + 1) / warmup                          s < warmup
+        lr(s) = min_lr + (base_lr - min_lr) (1 + cos(pi q)) / 2    otherwise,
+                q = min(1, (s - warmup) / max(1, total - warmup))
+
+    (Loshchilov & Hutter, 2017, SGDR, without restarts; warmup as Goyal et al., 2017.)
+    """
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    q = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * q))
+
+
+class WarmupCosine:
+    """Sets ``optimizer.lr`` from :func:`warmup_cosine`; call :meth:`step` after each update.
+
+    Parameters
+    ----------
+    optimizer : Optimizer
+    warmup_steps, total_steps : int
+    min_lr : float
+    base_lr : float, optional
+        Peak learning rate; defaults to the optimizer's ``lr`` at construction.
+
+    The constructor sets the rate for step 0; ``step()`` advances to the next one.
+    """
+
+    def __init__(self, optimizer, warmup_steps, total_steps, min_lr=0.0, base_lr=None):
+        if int(warmup_steps) < 0 or int(total_steps) < 1:
+            raise ValueError("warmup_steps must be >= 0 and total_steps >= 1, got "
+                             f"{warmup_steps} and {total_steps}")
+        self.optimizer = optimizer
+        self.warmup_steps = int(warmup_steps)
+        self.total_steps = int(total_steps)
+        self.min_lr = _nonneg(min_lr, "min_lr")
+        self.base_lr = optimizer.lr if base_lr is None else _nonneg(base_lr, "base_lr")
+        self.last_step = 0
+        optimizer.lr = self.get_lr(0)
+
+    def get_lr(self, step) -> float:
+        return warmup_cosine(step, self.base_lr, self.warmup_steps, self.total_steps,
+                             self.min_lr)
+
+    def step(self) -> float:
+        """Advance one step; returns the new learning rate."""
+        self.last_step += 1
+        self.optimizer.lr = self.get_lr(self.last_step)
+        return self.optimizer.lr

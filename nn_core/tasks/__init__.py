@@ -1,0 +1,28 @@
+"""Training tasks for the ``nn-core`` command, on generated data (nothing is downloaded).
+
+* ``seq2seq`` — reverse/sort digit strings: bidirectional GRU/LSTM encoder, LSTM
+  decoder with cross attention, greedy decoding with the cached cross attention.
+* ``forecast`` — GRU/LSTM forecaster on the Lorenz system (SciPy ``solve_ivp``),
+  validation MSE against the persistence baseline.
+* ``lm`` — a small causal transformer (MHA or GQA) on generated arithmetic text,
+  sampled with the KV cache.
+"""
+from __future__ import annotations
+
+import importlib
+
+__all__ = ["TASKS", "get_task"]
+
+TASKS = {
+    "seq2seq": ("nn_core.tasks.seq2seq", "Seq2SeqTask"),
+    "forecast": ("nn_core.tasks.forecast", "ForecastTask"),
+    "lm": ("nn_core.tasks.lm", "LanguageModelTask"),
+}
+
+
+def get_task(name):
+    """The :class:`~nn_core.tasks._trainer.Task` subclass registered as ``name``."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)}")
+    module, cls = TASKS[name]
+    return getattr(importlib.import_module(module), cls)

@@ -1,0 +1,550 @@
+"""Sequence kernels (forward and BPTT) shared by RNNCell, LSTMCell and GRUCell.
+
+One loop design for all cells (``kind``)::
+
+    0 RNN_TANH  h = tanh(a),  a = W_ih x + b_ih + W_hh h_prev + b_hh            G = 1
+    1 RNN_RELU  h = relu(a)
+    2 LSTM      i,f,o = sigma(.), g = tanh(.); c = f*c_prev + i*g; h = o*tanh(c)  G = 4
+    3 GRU       (reset_after=False) r,z = sigma(.); n = tanh(W_in x + b_in
+                                    + W_hn (r*h_prev) + b_hn)                   G = 3
+    4 GRU_RA    (reset_after=True)  n = tanh(W_in x + b_in + r*(W_hn h_prev + b_hn))
+    both GRUs: h = (1 - z)*n + z*h_prev
+
+Layout (all C-contiguous, time-major): ``x [T, B, D]``, ``W_ih [GH, D]``,
+``W_hh [GH, H]`` (``GH = G*H``), gates ``[T, B, GH]``, states ``hs, cs [T+1, B, H]``.
+
+Forward
+-------
+1. one GEMM for the input projection of every step: ``gates = x @ W_ih^T`` (written
+   into the gates buffer, which then holds post-activation gates in place);
+2. per step ``s``: one GEMM ``hh = h_{s} @ W_hh^T`` (GRU: two, ``[r, z]`` then
+   ``(r*h) @ W_hn^T``), then one fused C pass over the step's ``[B, GH]`` block that
+   adds the biases, applies the gate nonlinearities (vectorised exp-based
+   sigmoid/tanh from ``_vmath.h``) and writes the new state to ``hs[s+1]``.
+
+Backward (BPTT, ``s = T-1 .. 0``): one fused pass computes the pre-activation gate
+gradients ``dG[s]`` from the post-activation gates (``y(1-y)``, ``1-y^2``), then one
+GEMM ``dh_{s} = dG[s] @ W_hh`` (+ the direct path ``z*dh`` of the GRU).  After the
+loop: ``grad_x = dG @ W_ih``, ``grad_W_ih += dG^T x``, ``grad_W_hh += dG^T h`` and the
+bias gradients (column sums through GEMV) as single large BLAS calls.
+
+Variable lengths and direction
+------------------------------
+``lengths [B]`` (``1 <= lengths[b] <= T``, all ``T`` when the batch is not padded).
+The recurrence runs in *step* order ``s = 0..T-1``; step ``s`` of sequence ``b`` reads
+and writes time position ``tau(s, b)``::
+
+    tau = s                    forward direction
+    tau = lengths[b] - 1 - s   reverse (starts at each sequence's last real step)
+    tau = s                    for padded steps s >= lengths[b] (either direction)
+
+Padded steps copy the state unchanged (``hs[s+1, b] = hs[s, b]``), write 0 to
+``out[s, b]`` and receive no gradient (``dG = 0``, ``dh`` passes through), so
+``hs[T]`` is every sequence's state after its last real step.  Reversal costs no
+copies: it is only an index computation per row inside the fused passes.  ``hs``,
+``cs``, ``aux`` and ``dG_step`` are indexed by step, ``gates``, ``out``, ``x``,
+``grad_x`` and ``dG_time`` by time (they coincide in the forward direction).
+
+``rnn_forward`` and ``rnn_backward`` validate everything with the GIL held and then
+run their whole loop (BLAS included) inside one ``nogil`` block, so two directions
+can run concurrently on two Python threads.
+"""
+from cython cimport floating
+from libc.stdint cimport int64_t
+from libc.string cimport memcpy, memset
+
+import numpy as np
+
+from _blas cimport gemm, gemv
+from _vmath cimport vsigmoid, vtanh  # test hooks; the kernels use _rnn_gates.h
+
+
+cdef extern from "_rnn_gates.h" nogil:
+    void nn_lstm_fwd_f(float* a, const float* hr, const float* bx, const float* cp,
+                       float* cn, float* tc, float* hn, float* o, Py_ssize_t H) noexcept
+    void nn_lstm_fwd_d(double* a, const double* hr, const double* bx, const double* cp,
+                       double* cn, double* tc, double* hn, double* o, Py_ssize_t H) noexcept
+    void nn_rnn_fwd_f(float* a, const float* hr, const float* bx, float* hn, float* o,
+                      Py_ssize_t H, int relu) noexcept
+    void nn_rnn_fwd_d(double* a, const double* hr, const double* bx, double* hn, double* o,
+                      Py_ssize_t H, int relu) noexcept
+    void nn_gru_ra_fwd_f(float* a, const float* hr, const float* bx, const float* bhn,
+                         const float* hp, float* hw, float* hn, float* o,
+                         Py_ssize_t H) noexcept
+    void nn_gru_ra_fwd_d(double* a, const double* hr, const double* bx, const double* bhn,
+                         const double* hp, double* hw, double* hn, double* o,
+                         Py_ssize_t H) noexcept
+    void nn_gru_fwd1_f(float* a, const float* hr, const float* bx, const float* hp,
+                       float* rh, Py_ssize_t H) noexcept
+    void nn_gru_fwd1_d(double* a, const double* hr, const double* bx, const double* hp,
+                       double* rh, Py_ssize_t H) noexcept
+    void nn_gru_fwd2_f(float* a, const float* hr, const float* bx, const float* hp,
+                       float* hn, float* o, Py_ssize_t H) noexcept
+    void nn_gru_fwd2_d(double* a, const double* hr, const double* bx, const double* hp,
+                       double* hn, double* o, Py_ssize_t H) noexcept
+    void nn_lstm_bwd_f(const float* g, const float* tc, const float* cp, const float* dh,
+                       const float* go, float* dc, float* dgr, Py_ssize_t H) noexcept
+    void nn_lstm_bwd_d(const double* g, const double* tc, const double* cp,
+                       const double* dh, const double* go, double* dc, double* dgr,
+                       Py_ssize_t H) noexcept
+    void nn_rnn_bwd_f(const float* g, const float* dh, const float* go, float* dgr,
+                      Py_ssize_t H, int relu) noexcept
+    void nn_rnn_bwd_d(const double* g, const double* dh, const double* go, double* dgr,
+                      Py_ssize_t H, int relu) noexcept
+    void nn_gru_ra_bwd_f(const float* g, const float* hw, const float* hp, const float* dh,
+                         const float* go, float* dgx, float* dgr, float* dst,
+                         Py_ssize_t H) noexcept
+    void nn_gru_ra_bwd_d(const double* g, const double* hw, const double* hp,
+                         const double* dh, const double* go, double* dgx, double* dgr,
+                         double* dst, Py_ssize_t H) noexcept
+    void nn_gru_bwd1_f(const float* g, const float* hp, const float* dh, const float* go,
+                       float* dgr, float* dst, Py_ssize_t H) noexcept
+    void nn_gru_bwd1_d(const double* g, const double* hp, const double* dh,
+                       const double* go, double* dgr, double* dst, Py_ssize_t H) noexcept
+    void nn_gru_bwd2_f(const float* g, const float* hp, const float* drh, float* dgr,
+                       float* dst, Py_ssize_t H) noexcept
+    void nn_gru_bwd2_d(const double* g, const double* hp, const double* drh, double* dgr,
+                       double* dst, Py_ssize_t H) noexcept
+
+RNN_TANH = 0
+RNN_RELU = 1
+LSTM = 2
+GRU = 3
+GRU_RA = 4
+GATES = (1, 1, 4, 3, 3)
+
+cdef enum:
+    K_RNN_TANH = 0
+    K_RNN_RELU = 1
+    K_LSTM = 2
+    K_GRU = 3
+    K_GRU_RA = 4
+
+
+cdef inline void _rec_fwd(bint dotform, Py_ssize_t B, Py_ssize_t N, Py_ssize_t H,
+                          const floating* h, const floating* W, Py_ssize_t ldw,
+                          const floating* WT, Py_ssize_t ldwt, floating* out,
+                          Py_ssize_t ldo) noexcept nogil:
+    """``out[B, N] = h[B, H] @ W[N, H]^T``; ``WT = W^T [H, N]`` (same numbers).
+
+    The layout is chosen by measurement (OpenBLAS 0.3.30, SkylakeX kernels, on this
+    machine): for a single row (``B == 1``) the dot-product form ``h @ W^T`` streams
+    ``W`` row by row and is ~2x faster than ``h @ WT``; for ``B > 1`` the plain NN
+    product ``h @ WT`` is up to 4.5x faster than the NT form (16x64 @ 64x256 f32:
+    4.6 us vs 20.6 us) -- OpenBLAS's small-matrix path for the transposed operand is
+    much slower on skinny shapes.  See nn_core/bench/recurrent.py.
+    """
+    if dotform:
+        gemm(False, True, <int> B, <int> N, <int> H, <floating> 1, h, <int> H,
+             W, <int> ldw, <floating> 0, out, <int> ldo)
+    else:
+        gemm(False, False, <int> B, <int> N, <int> H, <floating> 1, h, <int> H,
+             WT, <int> ldwt, <floating> 0, out, <int> ldo)
+
+
+cdef inline void _rec_bwd(bint dotform, Py_ssize_t B, Py_ssize_t H, Py_ssize_t N,
+                          const floating* dG, Py_ssize_t ldg, const floating* W,
+                          Py_ssize_t ldw, const floating* WT, Py_ssize_t ldwt,
+                          floating beta, floating* out) noexcept nogil:
+    """``out[B, H] = dG[B, N] @ W[N, H] + beta * out``; same layout rule as ``_rec_fwd``."""
+    if dotform:
+        gemm(False, True, <int> B, <int> H, <int> N, <floating> 1, dG, <int> ldg,
+             WT, <int> ldwt, beta, out, <int> H)
+    else:
+        gemm(False, False, <int> B, <int> H, <int> N, <floating> 1, dG, <int> ldg,
+             W, <int> ldw, beta, out, <int> H)
+
+
+cdef inline Py_ssize_t _tau(bint reverse, Py_ssize_t s, Py_ssize_t L) noexcept nogil:
+    if reverse and s < L:
+        return L - 1 - s
+    return s
+
+
+# --------------------------------------------------------------------- forward --
+cdef void _forward(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ssize_t D,
+                   Py_ssize_t H, const floating* x, const floating* W_ih,
+                   const floating* W_hh, const floating* W_hhT, const floating* bx,
+                   const floating* bhn, const int64_t* lengths, floating* gates,
+                   floating* hs, floating* cs, floating* aux, floating* out,
+                   floating* hh) noexcept nogil:
+    cdef Py_ssize_t G = 4 if kind == K_LSTM else (3 if kind >= K_GRU else 1)
+    cdef Py_ssize_t GH = G * H, H2 = 2 * H
+    cdef Py_ssize_t s, b, L, tau
+    cdef floating* a
+    cdef floating* hr
+    cdef const floating* hp
+    cdef floating* hn
+    cdef floating* o
+    cdef floating* hn2
+    cdef size_t row = H * sizeof(floating)
+    cdef bint dotform = B == 1
+
+    # 1. input projection of all T steps: gates[t, b] = W_ih x[t, b]
+    gemm(False, True, <int> (T * B), <int> GH, <int> D, <floating> 1, x, <int> D,
+         W_ih, <int> D, <floating> 0, gates, <int> GH)
+
+    for s in range(T):
+        hp = hs + s * B * H
+        hn = hs + (s + 1) * B * H
+        # 2. recurrence GEMM (GRU reset_after=False: the r, z blocks only)
+        if kind == K_GRU:
+            _rec_fwd(dotform, B, H2, H, hp, W_hh, H, W_hhT, GH, hh, H2)
+        else:
+            _rec_fwd(dotform, B, GH, H, hp, W_hh, H, W_hhT, GH, hh, GH)
+        # 3. fused gate pass over the step's rows
+        for b in range(B):
+            L = lengths[b]
+            if s >= L:                        # padding: carry the state, output 0
+                memcpy(hn + b * H, hp + b * H, row)
+                if kind == K_LSTM:
+                    memcpy(cs + ((s + 1) * B + b) * H, cs + (s * B + b) * H, row)
+                if kind == K_GRU:
+                    memset(aux + (s * B + b) * H, 0, row)
+                memset(out + (s * B + b) * H, 0, row)
+                continue
+            tau = _tau(reverse, s, L)
+            a = gates + (tau * B + b) * GH
+            o = out + (tau * B + b) * H
+            hr = hh + b * (H2 if kind == K_GRU else GH)
+            if kind == K_LSTM:
+                if floating is float:
+                    nn_lstm_fwd_f(a, hr, bx, cs + (s * B + b) * H, cs + ((s + 1) * B + b) * H,
+                                  aux + (s * B + b) * H, hn + b * H, o, H)
+                else:
+                    nn_lstm_fwd_d(a, hr, bx, cs + (s * B + b) * H, cs + ((s + 1) * B + b) * H,
+                                  aux + (s * B + b) * H, hn + b * H, o, H)
+            elif kind == K_RNN_TANH or kind == K_RNN_RELU:
+                if floating is float:
+                    nn_rnn_fwd_f(a, hr, bx, hn + b * H, o, H, kind == K_RNN_RELU)
+                else:
+                    nn_rnn_fwd_d(a, hr, bx, hn + b * H, o, H, kind == K_RNN_RELU)
+            elif kind == K_GRU_RA:
+                if floating is float:
+                    nn_gru_ra_fwd_f(a, hr, bx, bhn, hp + b * H, aux + (s * B + b) * H,
+                                    hn + b * H, o, H)
+                else:
+                    nn_gru_ra_fwd_d(a, hr, bx, bhn, hp + b * H, aux + (s * B + b) * H,
+                                    hn + b * H, o, H)
+            else:                              # K_GRU, first pass: r, z and r*h
+                if floating is float:
+                    nn_gru_fwd1_f(a, hr, bx, hp + b * H, aux + (s * B + b) * H, H)
+                else:
+                    nn_gru_fwd1_d(a, hr, bx, hp + b * H, aux + (s * B + b) * H, H)
+        if kind == K_GRU:
+            # (r*h) @ W_hn^T, then the second pass: n and h
+            hn2 = hh + B * H2
+            _rec_fwd(dotform, B, H, H, aux + s * B * H, W_hh + H2 * H, H, W_hhT + H2,
+                     GH, hn2, H)
+            for b in range(B):
+                L = lengths[b]
+                if s >= L:
+                    continue
+                tau = _tau(reverse, s, L)
+                a = gates + (tau * B + b) * GH
+                o = out + (tau * B + b) * H
+                if floating is float:
+                    nn_gru_fwd2_f(a, hn2 + b * H, bx, hp + b * H, hn + b * H, o, H)
+                else:
+                    nn_gru_fwd2_d(a, hn2 + b * H, bx, hp + b * H, hn + b * H, o, H)
+
+
+# -------------------------------------------------------------------- backward --
+cdef void _backward(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ssize_t D,
+                    Py_ssize_t H, const floating* x, const floating* W_ih,
+                    const floating* W_hh, const floating* W_hhT, const int64_t* lengths,
+                    const floating* gates, const floating* hs, const floating* cs,
+                    const floating* aux, const floating* gout, floating* dh,
+                    floating* dc, floating* dh2, floating* drh, floating* dGs,
+                    floating* dGt, floating* grad_x, floating* gW_ih, floating* gW_hh,
+                    floating* gb_ih, floating* gb_hh, const floating* ones,
+                    const floating* zrow) noexcept nogil:
+    cdef Py_ssize_t G = 4 if kind == K_LSTM else (3 if kind >= K_GRU else 1)
+    cdef Py_ssize_t GH = G * H, H2 = 2 * H
+    cdef Py_ssize_t s, b, L, tau
+    cdef bint sep = dGt != dGs
+    cdef const floating* g
+    cdef const floating* go
+    cdef const floating* hp
+    cdef const floating* dhb
+    cdef floating* dst
+    cdef floating* dgr
+    cdef floating* dgx
+    cdef floating* dgs
+    cdef floating* tmp
+    cdef floating* dh_out = dh
+    cdef size_t row = H * sizeof(floating)
+    cdef size_t grow = GH * sizeof(floating)
+    cdef bint dotform = B == 1
+
+    for s in range(T - 1, -1, -1):
+        dgs = dGs + s * B * GH
+        for b in range(B):
+            L = lengths[b]
+            dst = dh2 + b * H
+            dhb = dh + b * H
+            dgr = dgs + b * GH
+            if s >= L:                     # padding: no gradient, dh passes through
+                memset(dgr, 0, grow)
+                if sep:
+                    memset(dGt + (s * B + b) * GH, 0, grow)
+                memcpy(dst, dhb, row)
+                if kind == K_GRU:
+                    memset(drh + b * H, 0, row)
+                continue
+            tau = _tau(reverse, s, L)
+            g = gates + (tau * B + b) * GH
+            dgx = dGt + (tau * B + b) * GH
+            go = gout + (tau * B + b) * H if gout != NULL else zrow
+            hp = hs + (s * B + b) * H
+            if kind == K_LSTM:
+                if floating is float:
+                    nn_lstm_bwd_f(g, aux + (s * B + b) * H, cs + (s * B + b) * H, dhb, go,
+                                  dc + b * H, dgr, H)
+                else:
+                    nn_lstm_bwd_d(g, aux + (s * B + b) * H, cs + (s * B + b) * H, dhb, go,
+                                  dc + b * H, dgr, H)
+                memset(dst, 0, row)
+            elif kind == K_RNN_TANH or kind == K_RNN_RELU:
+                if floating is float:
+                    nn_rnn_bwd_f(g, dhb, go, dgr, H, kind == K_RNN_RELU)
+                else:
+                    nn_rnn_bwd_d(g, dhb, go, dgr, H, kind == K_RNN_RELU)
+                memset(dst, 0, row)
+            elif kind == K_GRU_RA:
+                if floating is float:
+                    nn_gru_ra_bwd_f(g, aux + (s * B + b) * H, hp, dhb, go, dgx, dgr, dst, H)
+                else:
+                    nn_gru_ra_bwd_d(g, aux + (s * B + b) * H, hp, dhb, go, dgx, dgr, dst, H)
+            else:                               # K_GRU, first pass: z and n
+                if floating is float:
+                    nn_gru_bwd1_f(g, hp, dhb, go, dgr, dst, H)
+                else:
+                    nn_gru_bwd1_d(g, hp, dhb, go, dgr, dst, H)
+        if kind == K_GRU:
+            # d(r*h) = dn_pre @ W_hn; then r's gradient and the r*h path to h_prev
+            _rec_bwd(dotform, B, H, H, dgs + H2, GH, W_hh + H2 * H, H, W_hhT + H2, GH,
+                     <floating> 0, drh)
+            for b in range(B):
+                L = lengths[b]
+                if s >= L:
+                    continue
+                tau = _tau(reverse, s, L)
+                g = gates + (tau * B + b) * GH
+                hp = hs + (s * B + b) * H
+                dgr = dgs + b * GH
+                dst = dh2 + b * H
+                if floating is float:
+                    nn_gru_bwd2_f(g, hp, drh + b * H, dgr, dst, H)
+                else:
+                    nn_gru_bwd2_d(g, hp, drh + b * H, dgr, dst, H)
+            _rec_bwd(dotform, B, H, H2, dgs, GH, W_hh, H, W_hhT, GH, <floating> 1, dh2)
+        else:
+            _rec_bwd(dotform, B, H, GH, dgs, GH, W_hh, H, W_hhT, GH, <floating> 1, dh2)
+        if sep and kind != K_GRU_RA:
+            for b in range(B):
+                L = lengths[b]
+                if s < L:
+                    tau = _tau(reverse, s, L)
+                    memcpy(dGt + (tau * B + b) * GH, dgs + b * GH, grow)
+        tmp = dh
+        dh = dh2
+        dh2 = tmp
+    if dh != dh_out:
+        memcpy(dh_out, dh, B * row)
+
+    # weight, bias and input gradients: one BLAS call each over all T*B rows
+    cdef int TB = <int> (T * B)
+    gemm(False, False, TB, <int> D, <int> GH, <floating> 1, dGt, <int> GH, W_ih, <int> D,
+         <floating> 0, grad_x, <int> D)
+    gemm(True, False, <int> GH, <int> D, TB, <floating> 1, dGt, <int> GH, x, <int> D,
+         <floating> 1, gW_ih, <int> D)
+    if kind == K_GRU:
+        gemm(True, False, <int> H2, <int> H, TB, <floating> 1, dGs, <int> GH, hs, <int> H,
+             <floating> 1, gW_hh, <int> H)
+        gemm(True, False, <int> H, <int> H, TB, <floating> 1, dGs + H2, <int> GH, aux,
+             <int> H, <floating> 1, gW_hh + H2 * H, <int> H)
+    else:
+        gemm(True, False, <int> GH, <int> H, TB, <floating> 1, dGs, <int> GH, hs, <int> H,
+             <floating> 1, gW_hh, <int> H)
+    if gb_ih != NULL:
+        gemv(True, TB, <int> GH, <floating> 1, dGt, <int> GH, ones, <floating> 1, gb_ih)
+        gemv(True, TB, <int> GH, <floating> 1, dGs, <int> GH, ones, <floating> 1, gb_hh)
+
+
+# ---------------------------------------------------------------- entry points --
+cdef int _check3(object a, str name, Py_ssize_t d0, Py_ssize_t d1, Py_ssize_t d2) except -1:
+    if a.shape[0] != d0 or a.shape[1] != d1 or a.shape[2] != d2:
+        raise ValueError(f"{name} must have shape {(d0, d1, d2)}, got "
+                         f"{tuple(a.shape[:3])}")
+    return 0
+
+
+cdef int _check2(object a, str name, Py_ssize_t d0, Py_ssize_t d1) except -1:
+    if a.shape[0] != d0 or a.shape[1] != d1:
+        raise ValueError(f"{name} must have shape {(d0, d1)}, got {tuple(a.shape[:2])}")
+    return 0
+
+
+cdef int _check1(object a, str name, Py_ssize_t d0) except -1:
+    if a.shape[0] != d0:
+        raise ValueError(f"{name} must have shape ({d0},), got ({a.shape[0]},)")
+    return 0
+
+
+cdef int _check_common(int kind, Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H,
+                       object W_ih, object W_hh, const int64_t[::1] lengths) except -1:
+    cdef Py_ssize_t b
+    if kind < 0 or kind > 4:
+        raise ValueError(f"kind must be in 0..4, got {kind}")
+    if T < 1 or B < 1 or D < 1 or H < 1:
+        raise ValueError(f"empty dimensions are not supported: T={T}, B={B}, D={D}, H={H}")
+    _check2(W_ih, "W_ih", GATES[kind] * H, D)
+    _check2(W_hh, "W_hh", GATES[kind] * H, H)
+    _check1(lengths, "lengths", B)
+    for b in range(B):
+        if lengths[b] < 1 or lengths[b] > T:
+            raise ValueError(f"lengths must satisfy 1 <= lengths[b] <= {T}, "
+                             f"got {lengths[b]}")
+    return 0
+
+
+def rnn_forward(int kind, bint reverse, const floating[:, :, ::1] x,
+                const floating[:, ::1] W_ih, const floating[:, ::1] W_hh,
+                const floating[:, ::1] W_hhT,
+                const floating[::1] bx, const floating[::1] bhn,
+                const int64_t[::1] lengths, floating[:, :, ::1] gates,
+                floating[:, :, ::1] hs, floating[:, :, ::1] cs,
+                floating[:, :, ::1] aux, floating[:, :, ::1] out,
+                floating[:, ::1] hh):
+    """Run a whole sequence; fills ``gates``, ``hs[1:]``, ``cs[1:]``, ``aux``, ``out``.
+
+    ``x [T, B, D]``; ``bx [GH]`` the additive bias of every gate pre-activation
+    (``b_ih + b_hh``; GRU_RA: ``b_in`` alone in the ``n`` block); ``bhn [H]`` is
+    ``b_hn`` for GRU_RA (ignored otherwise).  ``hs [T+1, B, H]`` with ``hs[0]`` the
+    initial state on entry; ``cs`` likewise for the LSTM (any ``[1, 1, 1]`` array
+    otherwise); ``aux [T, B, H]``: LSTM ``tanh(c)``, GRU ``r*h``, GRU_RA
+    ``W_hn h + b_hn`` (any ``[1, 1, 1]`` array for the RNN).  ``gates [T, B, GH]``
+    receives the post-activation gates, ``out [T, B, H]`` the output; ``hh [B, GH]``
+    is scratch.  Releases the GIL for the whole computation.
+    """
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2]
+    cdef Py_ssize_t H = hs.shape[2]
+    _check_common(kind, T, B, D, H, W_ih, W_hh, lengths)
+    cdef Py_ssize_t GH = GATES[kind] * H
+    _check2(W_hhT, "W_hhT", H, GH)
+    _check1(bx, "bx", GH)
+    if kind == K_GRU_RA:
+        _check1(bhn, "bhn", H)
+    _check3(gates, "gates", T, B, GH)
+    _check3(hs, "hs", T + 1, B, H)
+    _check3(out, "out", T, B, H)
+    if kind == K_LSTM:
+        _check3(cs, "cs", T + 1, B, H)
+    if kind >= K_LSTM:
+        _check3(aux, "aux", T, B, H)
+    _check2(hh, "hh", B, GH)
+    with nogil:
+        _forward(kind, reverse, T, B, D, H, &x[0, 0, 0], &W_ih[0, 0], &W_hh[0, 0],
+                 &W_hhT[0, 0], &bx[0], &bhn[0], &lengths[0], &gates[0, 0, 0], &hs[0, 0, 0],
+                 &cs[0, 0, 0], &aux[0, 0, 0], &out[0, 0, 0], &hh[0, 0])
+
+
+def rnn_backward(int kind, bint reverse, const floating[:, :, ::1] x,
+                 const floating[:, ::1] W_ih, const floating[:, ::1] W_hh,
+                 const floating[:, ::1] W_hhT,
+                 const int64_t[::1] lengths, const floating[:, :, ::1] gates,
+                 const floating[:, :, ::1] hs, const floating[:, :, ::1] cs,
+                 const floating[:, :, ::1] aux, const floating[:, :, ::1] grad_out,
+                 bint has_grad_out, floating[:, ::1] dh, floating[:, ::1] dc,
+                 floating[:, :, ::1] grad_x, floating[:, ::1] gW_ih,
+                 floating[:, ::1] gW_hh, floating[::1] gb_ih, floating[::1] gb_hh,
+                 bint has_bias, floating[:, :, ::1] dGs, floating[:, :, ::1] dGt,
+                 floating[:, ::1] dh2, floating[:, ::1] drh, const floating[::1] ones,
+                 const floating[::1] zrow):
+    """BPTT through what ``rnn_forward`` stored.
+
+    ``grad_out [T, B, H]`` (ignored unless ``has_grad_out``); ``dh [B, H]`` holds the
+    gradient of the final state on entry and the gradient of the initial state on
+    return (``dc`` likewise for the LSTM, any ``[1, 1]`` array otherwise).
+    ``grad_x [T, B, D]`` is overwritten; ``gW_ih``, ``gW_hh`` and (when
+    ``has_bias``) ``gb_ih``, ``gb_hh`` are accumulated into (``+=``).
+    Scratch: ``dGs [T, B, GH]``; ``dGt [T, B, GH]`` (may be the same array as ``dGs``
+    unless ``reverse`` or GRU_RA); ``dh2``, ``drh`` ``[B, H]``; ``ones [T*B]`` (all 1);
+    ``zrow [H]`` (all 0).  Releases the GIL for the whole computation.
+    """
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2]
+    cdef Py_ssize_t H = hs.shape[2]
+    _check_common(kind, T, B, D, H, W_ih, W_hh, lengths)
+    cdef Py_ssize_t GH = GATES[kind] * H
+    _check2(W_hhT, "W_hhT", H, GH)
+    _check3(gates, "gates", T, B, GH)
+    _check3(hs, "hs", T + 1, B, H)
+    if has_grad_out:
+        _check3(grad_out, "grad_out", T, B, H)
+    _check2(dh, "dh", B, H)
+    if kind == K_LSTM:
+        _check3(cs, "cs", T + 1, B, H)
+        _check2(dc, "dc", B, H)
+    if kind >= K_LSTM:
+        _check3(aux, "aux", T, B, H)
+    _check3(grad_x, "grad_x", T, B, D)
+    _check2(gW_ih, "gW_ih", GH, D)
+    _check2(gW_hh, "gW_hh", GH, H)
+    if has_bias:
+        _check1(gb_ih, "gb_ih", GH)
+        _check1(gb_hh, "gb_hh", GH)
+    _check3(dGs, "dGs", T, B, GH)
+    _check3(dGt, "dGt", T, B, GH)
+    if (reverse or kind == K_GRU_RA) and &dGt[0, 0, 0] == &dGs[0, 0, 0]:
+        raise ValueError("dGt must be a separate buffer for reverse or GRU_RA")
+    _check2(dh2, "dh2", B, H)
+    _check2(drh, "drh", B, H)
+    _check1(ones, "ones", T * B)
+    _check1(zrow, "zrow", H)
+    with nogil:
+        _backward(kind, reverse, T, B, D, H, &x[0, 0, 0], &W_ih[0, 0], &W_hh[0, 0],
+                  &W_hhT[0, 0], &lengths[0], &gates[0, 0, 0], &hs[0, 0, 0], &cs[0, 0, 0],
+                  &aux[0, 0, 0], &grad_out[0, 0, 0] if has_grad_out else NULL,
+                  &dh[0, 0], &dc[0, 0], &dh2[0, 0], &drh[0, 0], &dGs[0, 0, 0],
+                  &dGt[0, 0, 0], &grad_x[0, 0, 0], &gW_ih[0, 0], &gW_hh[0, 0],
+                  &gb_ih[0] if has_bias else NULL, &gb_hh[0] if has_bias else NULL,
+                  &ones[0], &zrow[0])
+
+
+def vsigmoid_memview(const floating[::1] x, floating[::1] y):
+    """``y = sigmoid(x)`` with the vectorised ``_vmath.h`` helper (test hook)."""
+    if x.shape[0] != y.shape[0]:
+        raise ValueError("x and y must have the same length")
+    if x.shape[0] == 0:
+        return
+    with nogil:
+        vsigmoid(&y[0], &x[0], x.shape[0])
+
+
+def vtanh_memview(const floating[::1] x, floating[::1] y):
+    """``y = tanh(x)`` with the vectorised ``_vmath.h`` helper (test hook)."""
+    if x.shape[0] != y.shape[0]:
+        raise ValueError("x and y must have the same length")
+    if x.shape[0] == 0:
+        return
+    with nogil:
+        vtanh(&y[0], &x[0], x.shape[0])
+
+
+def gemm_repeat(bint trans_a, bint trans_b, const floating[:, ::1] a,
+                const floating[:, ::1] b, floating[:, ::1] c, int repeat):
+    """``c = op(a) @ op(b)`` ``repeat`` times through ``_blas.gemm`` in one ``nogil``
+    block (benchmark hook: measures the GEMM rate the kernels get, without the
+    Python call overhead)."""
+    cdef int m = c.shape[0], n = c.shape[1]
+    cdef int k = a.shape[0] if trans_a else a.shape[1]
+    cdef int i
+    if ((a.shape[1] if trans_a else a.shape[0]) != m
+            or (b.shape[0] if trans_b else b.shape[1]) != n
+            or (b.shape[1] if trans_b else b.shape[0]) != k):
+        raise ValueError("gemm_repeat: inconsistent shapes")
+    with nogil:
+        for i in range(repeat):
+            gemm(trans_a, trans_b, m, n, k, <floating> 1, &a[0, 0], <int> a.shape[1],
+                 &b[0, 0], <int> b.shape[1], <floating> 0, &c[0, 0], n)

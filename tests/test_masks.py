@@ -1,0 +1,114 @@
+"""Mask creators against explicit double loops, plus hypothesis properties."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from nn_core.attention import (
+    apply_causal_mask,
+    create_causal_mask,
+    create_causal_padding_mask,
+    create_local_attention_mask,
+    create_padding_mask,
+    create_sliding_window_mask,
+)
+
+
+def loops(L, rule):
+    m = np.zeros((L, L), dtype=bool)
+    for i in range(L):
+        for j in range(L):
+            m[i, j] = rule(i, j)
+    return m
+
+
+@pytest.mark.parametrize("L", [1, 2, 7])
+def test_causal(L):
+    m = create_causal_mask(L)
+    assert m.dtype == np.bool_ and m.shape == (L, L)
+    np.testing.assert_array_equal(m, loops(L, lambda i, j: j <= i))
+
+
+@pytest.mark.parametrize("L,w", [(6, 1), (6, 3), (9, 4), (5, 10)])
+def test_sliding_window(L, w):
+    np.testing.assert_array_equal(create_sliding_window_mask(L, w),
+                                  loops(L, lambda i, j: 0 <= i - j < w))
+    np.testing.assert_array_equal(create_sliding_window_mask(L, w, causal=False),
+                                  loops(L, lambda i, j: abs(i - j) <= w // 2))
+
+
+def test_local_attention_with_globals():
+    L, w, g = 8, 3, (0, 5)
+    expected = loops(L, lambda i, j: abs(i - j) <= w // 2 or i in g or j in g)
+    np.testing.assert_array_equal(create_local_attention_mask(L, w, g), expected)
+
+
+def test_padding_masks(rng):
+    lengths = rng.integers(0, 7, size=4)
+    L = 6
+    pm = create_padding_mask(lengths, L)
+    assert pm.shape == (4, 1, 1, L)
+    for b in range(4):
+        for j in range(L):
+            assert pm[b, 0, 0, j] == (j < lengths[b])
+    cpm = create_causal_padding_mask(lengths, L)
+    assert cpm.shape == (4, 1, L, L)
+    np.testing.assert_array_equal(cpm, create_causal_mask(L) & pm)
+    assert create_padding_mask([2, 3]).shape == (2, 1, 1, 3)       # max_len defaults to max
+
+
+@pytest.mark.parametrize("fdtype", [np.float32, np.float64])
+def test_float_form(fdtype):
+    m = create_sliding_window_mask(5, 2, dtype=fdtype)
+    b = create_sliding_window_mask(5, 2)
+    assert m.dtype == fdtype
+    np.testing.assert_array_equal(m[b], 0)
+    assert np.all(np.isneginf(m[~b]))
+    f = create_padding_mask([1, 3], 3, dtype=fdtype)
+    assert np.isneginf(f[0, 0, 0, 1]) and f[1, 0, 0, 2] == 0
+
+
+def test_apply_causal_mask(rng):
+    s = rng.standard_normal((2, 3, 5))
+    out = apply_causal_mask(s)
+    keep = np.tri(3, 5, k=2, dtype=bool)                # bottom-right aligned
+    np.testing.assert_array_equal(out[:, keep], s[:, keep])
+    assert np.all(np.isneginf(out[:, ~keep]))
+    custom = rng.random((3, 5)) > 0.5
+    out = apply_causal_mask(s, custom, fill_value=-1e9)
+    np.testing.assert_array_equal(out, np.where(custom, s, -1e9))
+    assert s.dtype == np.float64 and not np.any(np.isneginf(s))   # input untouched
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="seq_len must be >= 0, got -1"):
+        create_causal_mask(-1)
+    with pytest.raises(ValueError, match="window_size must be >= 1, got 0"):
+        create_sliding_window_mask(4, 0)
+    with pytest.raises(ValueError, match=r"lengths must satisfy 0 <= lengths\[b\] <= max_len=3, got 5"):
+        create_padding_mask([1, 5], 3)
+    with pytest.raises(ValueError, match=r"global_tokens must be indices in \[0, 4\), got 4"):
+        create_local_attention_mask(4, 2, [4])
+    with pytest.raises(TypeError, match="lengths must be an integer array"):
+        create_padding_mask([1.5, 2.0])
+    with pytest.raises(ValueError, match="mask must broadcast"):
+        apply_causal_mask(np.ones((3, 3)), np.ones((4, 3), bool))
+    with pytest.raises(TypeError, match="dtype must be bool or a float dtype"):
+        create_causal_mask(3, dtype=np.int32)
+
+
+@settings(max_examples=50, deadline=None)
+@given(L=st.integers(0, 30), extra=st.integers(0, 10))
+def test_window_at_least_length_is_causal(L, extra):
+    np.testing.assert_array_equal(create_sliding_window_mask(L, max(L, 1) + extra),
+                                  create_causal_mask(L))
+
+
+@settings(max_examples=50, deadline=None)
+@given(L=st.integers(1, 25), w=st.integers(1, 30))
+def test_window_properties(L, w):
+    causal = create_sliding_window_mask(L, w)
+    sym = create_sliding_window_mask(L, w, causal=False)
+    np.testing.assert_array_equal(sym, sym.T)
+    assert np.all(np.diag(causal)) and np.all(np.diag(sym))
+    assert np.all(causal.sum(1) == np.minimum(np.arange(L) + 1, w))
+    np.testing.assert_array_equal(causal & ~create_causal_mask(L), False)

@@ -1,0 +1,139 @@
+"""The Module protocol (API.md §1) on small hand-written modules."""
+import numpy as np
+import pytest
+
+from nn_core import Module, ModuleList
+
+
+class Affine(Module):
+    """y = x @ W + b; backward accumulates into grads."""
+
+    def __init__(self, n_in, n_out, *, dtype=np.float32, rng=None):
+        super().__init__(dtype=dtype, rng=rng)
+        self.add_param("W", self.rng.standard_normal((n_in, n_out)))
+        self.add_param("b", self.rng.standard_normal(n_out))
+
+    def forward(self, x):
+        self._cache = x
+        return x @ self.params["W"] + self.params["b"]
+
+    def backward(self, grad_output):
+        x = self._pop_cache()
+        self.grads["W"] += x.T @ grad_output
+        self.grads["b"] += grad_output.sum(0)
+        return grad_output @ self.params["W"].T
+
+
+class Net(Module):
+    def __init__(self, *, dtype=np.float32, rng=None):
+        super().__init__(dtype=dtype, rng=rng)
+        self.first = Affine(3, 4, dtype=dtype, rng=self.rng)
+        self.layers = ModuleList([Affine(4, 4, dtype=dtype, rng=self.rng) for _ in range(2)],
+                                 dtype=dtype)
+
+    def forward(self, x):
+        x = self.first(x)
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def backward(self, g):
+        for layer in reversed(list(self.layers)):
+            g = layer.backward(g)
+        return self.first.backward(g)
+
+
+def test_dotted_names_and_live_arrays():
+    net = Net(rng=0)
+    names = list(net.parameters())
+    assert names == ["first.W", "first.b", "layers.0.W", "layers.0.b", "layers.1.W", "layers.1.b"]
+    assert list(net.gradients()) == names
+    assert net.parameters()["layers.1.W"] is net.layers[1].params["W"]
+    assert net.gradients()["first.b"] is net.first.grads["b"]
+    assert net.num_parameters() == 3 * 4 + 4 + 2 * (16 + 4)
+
+
+def test_same_seed_same_weights_and_dtype():
+    a, b = Net(rng=7), Net(rng=7)
+    for k in a.parameters():
+        np.testing.assert_array_equal(a.parameters()[k], b.parameters()[k])
+    assert all(p.dtype == np.float32 for p in a.parameters().values())
+    assert all(p.dtype == np.float64 for p in Net(dtype=np.float64).parameters().values())
+    c = Net(rng=8)
+    assert not np.array_equal(a.parameters()["first.W"], c.parameters()["first.W"])
+
+
+def test_gradients_accumulate_and_zero_grad(rng):
+    net = Net(dtype=np.float64, rng=1)
+    x = rng.standard_normal((5, 3))
+    g = rng.standard_normal((5, 4))
+    net(x)
+    net.backward(g)
+    first = {k: v.copy() for k, v in net.gradients().items()}
+    assert all(np.any(v != 0) for v in first.values())
+    net(x)
+    net.backward(g)
+    for k, v in net.gradients().items():
+        np.testing.assert_allclose(v, 2 * first[k])
+    net.zero_grad()
+    assert all(np.all(v == 0) for v in net.gradients().values())
+
+
+def test_backward_without_forward_raises(rng):
+    m = Affine(2, 2)
+    with pytest.raises(RuntimeError, match="without a matching forward"):
+        m.backward(np.ones((1, 2)))
+    m(rng.standard_normal((1, 2)))
+    m.backward(np.ones((1, 2)))
+    with pytest.raises(RuntimeError, match="without a matching forward"):
+        m.backward(np.ones((1, 2)))
+
+
+def test_state_dict_round_trip_and_checks():
+    a, b = Net(rng=1), Net(rng=2)
+    sd = a.state_dict()
+    sd["first.W"][...] = 123.0                      # a copy: the module is untouched
+    assert not np.any(a.params.get("W", np.zeros(1)) == 123.0)
+    assert not np.any(a.first.params["W"] == 123.0)
+    b.load_state_dict(a.state_dict())
+    for k in a.parameters():
+        np.testing.assert_array_equal(a.parameters()[k], b.parameters()[k])
+    live = b.first.params["W"]
+    b.load_state_dict(Net(rng=3).state_dict())
+    assert b.first.params["W"] is live               # loaded in place
+
+    bad = a.state_dict()
+    del bad["layers.0.b"]
+    bad["extra"] = np.zeros(1)
+    with pytest.raises(ValueError, match=r"missing keys \[.layers.0.b.\], unexpected keys \[.extra.\]"):
+        b.load_state_dict(bad)
+    bad = a.state_dict()
+    bad["first.W"] = np.zeros((4, 3), np.float32)
+    with pytest.raises(ValueError, match=r"state_dict\['first.W'\] must have shape \(3, 4\), got \(4, 3\)"):
+        b.load_state_dict(bad)
+    bad = a.state_dict()
+    bad["first.b"] = bad["first.b"].astype(np.float64)
+    with pytest.raises(TypeError, match=r"state_dict\['first.b'\] must have dtype float32, got float64"):
+        b.load_state_dict(bad)
+
+
+def test_train_eval_propagate_and_call():
+    net = Net()
+    assert net.training and net.layers[0].training
+    assert net.eval() is net
+    assert not any(m.training for m in net.modules())
+    net.train()
+    assert all(m.training for m in net.modules())
+    x = np.ones((2, 3), np.float32)
+    np.testing.assert_array_equal(net(x), net.forward(x))
+
+
+@pytest.mark.parametrize("bad", [np.float16, np.int32, "float32x", np.complex64])
+def test_bad_dtype_raises_type_error(bad):
+    with pytest.raises(TypeError, match="dtype must be np.float32 or np.float64"):
+        Module(dtype=bad)
+
+
+def test_bad_rng_raises_type_error():
+    with pytest.raises(TypeError, match="rng must be None, an int seed or a numpy.random.Generator"):
+        Module(rng="seed")

@@ -1,0 +1,97 @@
+"""Masked softmax (Python function and the Cython kernel behind it)."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from nn_core.attention import softmax
+from reference import masked_softmax
+
+
+def _tol(dtype):
+    return dict(rtol=2e-6, atol=1e-7) if dtype == np.float32 else dict(rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 5), (2, 3, 17), (2, 1, 4, 33)])
+def test_matches_reference(dtype, shape, rng):
+    x = (rng.standard_normal(shape) * 5).astype(dtype)
+    y = softmax(x)
+    assert y.dtype == dtype and y.shape == shape
+    np.testing.assert_allclose(y, masked_softmax(x), **_tol(dtype))
+
+
+@pytest.mark.parametrize("axis", [0, 1, -2])
+def test_other_axes(dtype, axis, rng):
+    x = rng.standard_normal((4, 5, 6)).astype(dtype)
+    m = rng.random((4, 5, 6)) > 0.3
+    y = softmax(x, axis=axis, mask=m)
+    ref = np.moveaxis(masked_softmax(np.moveaxis(x, axis, -1), np.moveaxis(m, axis, -1)), -1, axis)
+    np.testing.assert_allclose(y, ref, **_tol(dtype))
+
+
+def test_bool_mask_broadcast_and_fully_masked_rows(dtype, rng):
+    x = rng.standard_normal((2, 3, 4, 6)).astype(dtype)
+    m = rng.random((2, 1, 4, 6)) > 0.5
+    m[0, 0, 1] = False                                      # a fully masked row
+    y = softmax(x, mask=m)
+    assert np.all(np.isfinite(y))
+    np.testing.assert_array_equal(y[0, :, 1], 0)
+    np.testing.assert_array_equal(y[np.broadcast_to(~m, y.shape)], 0)
+    np.testing.assert_allclose(y, masked_softmax(x, m), **_tol(dtype))
+
+
+def test_float_mask_is_additive(dtype, rng):
+    x = rng.standard_normal((3, 5)).astype(dtype)
+    fm = rng.standard_normal((3, 5)).astype(dtype)
+    fm[0, 2] = -np.inf
+    fm[2, :] = -np.inf                                      # all -inf: fully masked
+    y = softmax(x, mask=fm)
+    ref = masked_softmax(x.astype(np.float64) + fm)
+    np.testing.assert_allclose(y, ref, **_tol(dtype))
+    np.testing.assert_array_equal(y[2], 0)
+    assert y[0, 2] == 0
+
+
+def test_large_values_are_stable(dtype):
+    x = np.array([[1e4, 1e4 - 1, -1e4], [-np.inf, 3.0, -np.inf]], dtype=dtype)
+    y = softmax(x)
+    np.testing.assert_allclose(y, masked_softmax(x), **_tol(dtype))
+    assert np.all(np.isfinite(y))
+
+
+def test_other_input_dtypes_are_cast():
+    assert softmax(np.arange(4, dtype=np.int32)).dtype == np.float64
+    y16 = softmax(np.arange(4, dtype=np.float16))
+    np.testing.assert_allclose(y16, masked_softmax(np.arange(4.0)), rtol=1e-12)
+    assert softmax(np.arange(4.0).astype(">f8")).dtype == np.float64
+
+
+def test_input_not_modified(rng):
+    x = rng.standard_normal((3, 4))
+    x0 = x.copy()
+    softmax(x, mask=rng.random((3, 4)) > 0.5)
+    np.testing.assert_array_equal(x, x0)
+
+
+def test_errors():
+    with pytest.raises(TypeError, match="x must be a real-valued"):
+        softmax(np.ones(3, dtype=complex))
+    with pytest.raises(TypeError, match="mask must be a bool or real-valued"):
+        softmax(np.ones(3), mask=np.array(["a", "b", "c"]))
+    with pytest.raises(ValueError, match=r"mask must broadcast to x's shape \(2, 3\), got \(4,\)"):
+        softmax(np.ones((2, 3)), mask=np.ones(4, bool))
+    with pytest.raises(ValueError, match="axis must be in"):
+        softmax(np.ones((2, 3)), axis=2)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 5), cols=st.integers(1, 40), seed=st.integers(0, 2**32 - 1))
+def test_rows_sum_to_one_or_zero(rows, cols, seed):
+    r = np.random.default_rng(seed)
+    x = r.standard_normal((rows, cols)) * r.uniform(0.1, 50)
+    m = r.random((rows, cols)) > r.uniform(0, 1)
+    y = softmax(x, mask=m)
+    sums = y.sum(-1)
+    has_any = m.any(-1)
+    np.testing.assert_allclose(sums[has_any], 1.0, rtol=1e-12)
+    np.testing.assert_array_equal(sums[~has_any], 0.0)
+    assert np.all(y >= 0)
