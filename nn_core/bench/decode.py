@@ -1,7 +1,8 @@
 """Incremental decoding with a KV cache: MHA vs GQA vs MQA.
 
 ``python -m nn_core.bench decode [--threads N] [--dtype f32|f64] [--d-model 512]
-[--heads 8] [--groups 2] [--batch 1 4 8] [--context 128 512 2048] [--repeat R]``
+[--heads 8] [--groups 2] [--batch 1 4 8] [--context 128 512 2048] [--repeat R]
+[--clock wall|cpu]``
 
 For each batch size ``B`` and context length ``T`` the cache is filled with ``T``
 positions (random keys/values), then one generated token (``x [B, 1, d_model]``)
@@ -18,7 +19,7 @@ import argparse
 
 import numpy as np
 
-from ._common import interleaved, threads
+from ._common import interleaved, machine_report, thread_report, threads
 
 
 def _variants(d_model, heads, groups, dtype):
@@ -64,21 +65,27 @@ def main(argv=None):
     ap.add_argument("--context", type=int, nargs="*", default=[128, 512, 2048])
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--min-time", type=float, default=0.05)
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="cpu = process CPU time (robust on a busy machine; 1 thread only)")
     args = ap.parse_args(argv)
+    if args.clock == "cpu" and args.threads > 1:
+        ap.error("--clock cpu sums the time of all threads: use it with --threads 1")
     dtype = np.float32 if args.dtype == "f32" else np.float64
     mods = _variants(args.d_model, args.heads, args.groups, dtype)
     names = list(mods)
     rng = np.random.default_rng(0)
     print(f"decoding one token, d_model={args.d_model}, h={args.heads}, {args.dtype}, "
-          f"threads={args.threads}; ms/token (whole batch), KV cache of one layer at T, "
-          "time relative to MHA")
+          f"threads={args.threads}, {args.clock} clock; ms/token (whole batch), KV cache of "
+          f"one layer at T, time relative to MHA; {machine_report()}")
     head = f"{'B':>3} {'T':>5} " + " ".join(f"{n + ' ms':>12} {'cache':>10}" for n in names)
-    print(head + "  " + " ".join(f"{n + '/MHA':>12}" for n in names[1:]))
     with threads(args.threads):
+        print(f"# {thread_report()}")
+        print(head + "  " + " ".join(f"{n + '/MHA':>12}" for n in names[1:]))
         for B in args.batch:
             for T in args.context:
                 fns = {n: _step_fn(m, B, T, dtype, rng) for n, m in mods.items()}
-                t = interleaved(fns, repeat=args.repeat, min_time=args.min_time)
+                t = interleaved(fns, repeat=args.repeat, min_time=args.min_time,
+                              clock=args.clock)
                 cells = " ".join(
                     f"{t[n] * 1e3:12.3f} {_fmt_bytes(mods[n].get_kv_cache_size(B, T)):>10}"
                     for n in names)

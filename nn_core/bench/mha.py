@@ -1,7 +1,7 @@
 """MultiHeadAttention self-attention forward+backward: nn_core vs torch.nn.MultiheadAttention.
 
 ``python -m nn_core.bench mha [--threads N] [--dtype f32|f64|both] [--repeat R]
-[--shapes B,L,d,h ...] [--forward-only]``
+[--shapes B,L,d,h ...] [--forward-only] [--clock wall|cpu]``
 
 Both sides run the same computation: ``y = MHA(x, x, x)`` then the backward of
 ``<y, g>`` with gradients for the input and every parameter, in the same process,
@@ -16,7 +16,7 @@ import argparse
 
 import numpy as np
 
-from ._common import fmt_ms, interleaved, threads, torch_or_none
+from ._common import fmt_ms, interleaved, machine_report, thread_report, threads, torch_or_none
 
 DEFAULT_SHAPES = ((8, 128, 256, 8), (4, 512, 512, 8), (1, 1024, 512, 8))
 
@@ -80,22 +80,28 @@ def main(argv=None):
     ap.add_argument("--min-time", type=float, default=0.2)
     ap.add_argument("--shapes", type=_parse_shape, nargs="*", default=DEFAULT_SHAPES)
     ap.add_argument("--forward-only", action="store_true")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="cpu = process CPU time (robust on a busy machine; 1 thread only)")
     args = ap.parse_args(argv)
+    if args.clock == "cpu" and args.threads > 1:
+        ap.error("--clock cpu sums the time of all threads: use it with --threads 1")
     dtypes = {"f32": [np.float32], "f64": [np.float64],
               "both": [np.float32, np.float64]}[args.dtype]
     what = "forward" if args.forward_only else "forward+backward"
-    print(f"MHA self-attention {what}, threads={args.threads}, median of {args.repeat} "
-          "interleaved rounds (ms)")
-    print(f"{'dtype':>5} {'B':>3} {'L':>5} {'d':>4} {'h':>3} {'nn_core':>9} "
-          f"{'torch':>9} {'torch_w':>9} {'ratio':>6}")
+    print(f"MHA self-attention {what}, threads={args.threads}, {args.clock} clock, median "
+          f"of {args.repeat} interleaved rounds (ms); {machine_report()}")
     with threads(args.threads):
+        print(f"# {thread_report()}")
+        print(f"{'dtype':>5} {'B':>3} {'L':>5} {'d':>4} {'h':>3} {'nn_core':>9} "
+              f"{'torch':>9} {'torch_w':>9} {'ratio':>6}")
         for dtype in dtypes:
             for shape in args.shapes:
                 cases = make_cases(shape, dtype, args.forward_only)
-                t = interleaved(cases, repeat=args.repeat, min_time=args.min_time)
+                t = interleaved(cases, repeat=args.repeat, min_time=args.min_time,
+                                clock=args.clock)
                 best = min(v for k, v in t.items() if k != "nn_core") if len(t) > 1 else None
                 ratio = f"{t['nn_core'] / best:6.2f}" if best else "   n/a"
-                print(f"{np.dtype(dtype).name[5:] and 'f' + np.dtype(dtype).name[5:]:>5} "
+                print(f"{'f' + np.dtype(dtype).name[5:]:>5} "
                       f"{shape[0]:>3} {shape[1]:>5} {shape[2]:>4} {shape[3]:>3} "
                       f"{fmt_ms(t['nn_core'])} "
                       f"{fmt_ms(t['torch']) if 'torch' in t else '      n/a'} "
