@@ -264,13 +264,21 @@ class RecurrentCell(Module):
         dGt = self._take("dGt", (T, B, GH)) if (cache.reverse or kind == _K.GRU_RA) else dGs
         dh2, drh = self._take("dh2", (B, H)), self._take("drh", (B, H))
         ones, zrow = self._take("ones", (T * B,), 1), self._take("zrow", (H,), 0)
+        fuse = not cache.reverse and kind <= _K.LSTM
+        D = x.shape[2]
+        if fuse:
+            xh, gw = self._take("xh", (T * B, D + H)), self._take("gw", (GH, D + H))
+        else:
+            xh = gw = np.zeros((1, 1), dt)
         _K.rnn_backward(kind, cache.reverse, x, cache.W_ih, cache.W_hh, cache.W_hhT,
                         cache.lengths, cache.gates, cache.hs, cache.cs, cache.aux, go,
                         has_go, dh, dc, grad_x, self.grads["W_ih"], self.grads["W_hh"],
-                        gb_ih, gb_hh, self.bias, dGs, dGt, dh2, drh, ones, zrow)
+                        gb_ih, gb_hh, self.bias, dGs, dGt, dh2, drh, ones, zrow, xh, gw,
+                        fuse)
         given = set()
         for name, arr in (("dGs", dGs), ("dGt", dGt), ("dh2", dh2), ("drh", drh),
-                          ("ones", ones), ("zrow", zrow), ("gates", cache.gates),
+                          ("ones", ones), ("zrow", zrow), ("xh", xh), ("gw", gw),
+                          ("gates", cache.gates),
                           ("hs", cache.hs), ("cs", cache.cs), ("aux", cache.aux)):
             if arr.size > 1 and id(arr) not in given:   # dGt may be dGs itself
                 given.add(id(arr))
