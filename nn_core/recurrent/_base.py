@@ -11,9 +11,11 @@
 A step is the sequence kernel with ``T = 1``, so both levels compute the same numbers
 by construction.  The low-level pair :meth:`RecurrentCell.run_sequence` /
 :meth:`RecurrentCell.run_sequence_backward` works on time-major contiguous arrays, keeps
-no state on the module and accepts ``reverse=True`` (each sequence starts at its own
-last real step): the bidirectional layers build on it; the kernels release the GIL for
-their whole loop, so two directions can run on two Python threads.
+no cache on the module (it returns it) and accepts ``reverse=True`` (each sequence starts
+at its own last real step): the bidirectional layers build on it; the kernels release
+the GIL for their whole loop, so two directions (two cells) can run on two Python
+threads.  A cell recycles its work buffers through a private pool, so one cell must not
+run two sequences concurrently.
 """
 from __future__ import annotations
 
