@@ -10,7 +10,8 @@ For every (threads, dtype, shape, cell) both implementations run the same sequen
 
 * ``ratio`` = nn_core time / torch time;
 * ``gemm`` = the GEMM-bound time: the same GEMM calls the kernel makes (input
-  projection, T recurrence GEMMs forward and backward, grad_x, grad_W_ih, grad_W_hh),
+  projection, T recurrence GEMMs forward and backward, grad_x, and grad_W_ih /
+  grad_W_hh -- one fused GEMM for RNN and LSTM, two for the GRU),
   each timed alone through the same BLAS (``scipy.linalg.cython_blas``) in a
   ``nogil`` loop, and summed; ``/gemm`` = nn_core time / that bound;
 * ``GF/s`` = FLOPs / nn_core time, FLOPs = ``6 T B G H (D + H)`` per layer.
@@ -80,9 +81,15 @@ def _gemm_time(ta, tb, m, n, k, dtype, rng):
     return best
 
 
-def gemm_bound(T, B, D, H, G, dtype, layers=1, rng=None):
-    """Seconds the kernel's GEMMs take alone (same shapes, layouts and BLAS)."""
+def gemm_bound(T, B, D, H, G, dtype, layers=1, rng=None, fused_wgrad=None):
+    """Seconds the kernel's GEMMs take alone (same shapes, layouts and BLAS).
+
+    ``fused_wgrad`` (default: RNN and LSTM, ``G in (1, 4)``): the kernel forms
+    ``[grad_W_ih | grad_W_hh]`` in one GEMM over ``[x | h]``.
+    """
     rng = rng or np.random.default_rng(0)
+    if fused_wgrad is None:
+        fused_wgrad = G in (1, 4)
     GH, TB = G * H, T * B
     dot = B == 1
     total = 0.0
@@ -92,8 +99,11 @@ def gemm_bound(T, B, D, H, G, dtype, layers=1, rng=None):
         total += T * _gemm_time(False, dot, B, GH, H, dtype, rng)         # h W_hh^T
         total += T * _gemm_time(False, dot, B, H, GH, dtype, rng)         # dG W_hh
         total += _gemm_time(False, False, TB, d, GH, dtype, rng)          # grad_x
-        total += _gemm_time(True, False, GH, d, TB, dtype, rng)           # grad_W_ih
-        total += _gemm_time(True, False, GH, H, TB, dtype, rng)           # grad_W_hh
+        if fused_wgrad:
+            total += _gemm_time(True, False, GH, d + H, TB, dtype, rng)   # grad_W_ih|hh
+        else:
+            total += _gemm_time(True, False, GH, d, TB, dtype, rng)       # grad_W_ih
+            total += _gemm_time(True, False, GH, H, TB, dtype, rng)       # grad_W_hh
     return total
 
 
