@@ -212,6 +212,30 @@ def test_concurrent_uses_worker_thread_and_restores_blas(monkeypatch, rng):
     assert all(n == threading.current_thread().name for _, n in names)
 
 
+def test_blas_limit_without_threadpoolctl(monkeypatch):
+    """Without threadpoolctl the loaded OpenBLAS builds are driven directly."""
+    import builtins
+    real_import = builtins.__import__
+
+    def no_threadpoolctl(name, *args, **kwargs):
+        if name == "threadpoolctl":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_threadpoolctl)
+    limiter = bidir_mod._SingleThreadBlas()
+    libs = limiter._controllers()
+    if not libs:
+        pytest.skip("no OpenBLAS loaded in this process")
+    assert all(isinstance(lc, bidir_mod._OpenBLAS) for lc in libs)
+    before = [lc.get_num_threads() for lc in libs]
+    with limiter:
+        with limiter:                                   # re-entrant
+            assert all(lc.get_num_threads() == 1 for lc in libs)
+        assert all(lc.get_num_threads() == 1 for lc in libs)
+    assert [lc.get_num_threads() for lc in libs] == before
+
+
 def test_worker_exception_propagates(rng):
     m = _wrapper("gru", 2, 3)
     m.concurrent = True
