@@ -74,13 +74,54 @@ def _executor() -> ThreadPoolExecutor:
     return _EXECUTOR
 
 
+class _OpenBLAS:
+    """Minimal stand-in for a threadpoolctl controller of one loaded OpenBLAS."""
+
+    def __init__(self, get, set_):
+        self._get, self._set = get, set_
+
+    def get_num_threads(self):
+        return int(self._get())
+
+    def set_num_threads(self, n):
+        self._set(int(n))
+
+
+def _openblas_controllers():
+    """Controllers for the OpenBLAS libraries already loaded (Linux; else ``[]``)."""
+    import ctypes
+    try:
+        with open("/proc/self/maps") as fh:
+            paths = sorted({line.split()[-1] for line in fh
+                            if "openblas" in line.lower() and "/" in line})
+    except OSError:
+        return []
+    out = []
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0))
+        except OSError:
+            continue
+        for prefix, suffix in (("scipy_", "64_"), ("scipy_", ""), ("", "64_"), ("", "")):
+            get = getattr(lib, f"{prefix}openblas_get_num_threads{suffix}", None)
+            set_ = getattr(lib, f"{prefix}openblas_set_num_threads{suffix}", None)
+            if get is not None and set_ is not None:
+                get.restype, set_.argtypes = ctypes.c_int, [ctypes.c_int]
+                out.append(_OpenBLAS(get, set_))
+                break
+    return out
+
+
 class _SingleThreadBlas:
     """Context manager: every loaded BLAS library runs one thread inside the block.
 
     Re-entrant across threads (a counter; the first entry saves and lowers the
     thread counts, the last exit restores them).  Uses ``threadpoolctl`` when it is
-    installed; without it the block is a no-op (the sweeps still run concurrently,
-    and OpenBLAS serialises competing multithreaded calls by itself).
+    installed; without it, OpenBLAS builds loaded in the process (found in
+    ``/proc/self/maps``) are driven directly through their ``*set_num_threads``
+    entry points; where neither works the block is a no-op.  The limit is
+    process-wide while the block runs (other threads' BLAS calls run single-threaded
+    for that time, as under ``threadpoolctl.threadpool_limits``).
     """
 
     def __init__(self):
@@ -96,12 +137,12 @@ class _SingleThreadBlas:
                 self._libs = [lc for lc in ThreadpoolController().lib_controllers
                               if lc.user_api == "blas"]
             except Exception:  # threadpoolctl missing or unable to inspect
-                self._libs = []
+                self._libs = _openblas_controllers()
         return self._libs
 
     @property
     def active(self) -> bool:
-        """True when BLAS thread counts can be controlled (threadpoolctl found)."""
+        """True when BLAS thread counts can be controlled."""
         return bool(self._controllers())
 
     def __enter__(self):
