@@ -178,9 +178,10 @@ class ForecastTask(Task):
         pred = model(self.val_x[idx])
         model._cache = None
         to_raw = lambda z: z * self.std + self.mean  # noqa: E731
-        out(f"{'window end (x, y, z)':>28} | {'true':>24} | {'predicted':>24} | persistence err")
+        out(f"{'last observed (x, y, z)':>28} | {'true':>24} | {'predicted':>24} | "
+            "max |error|: persistence vs model")
         for k, i in enumerate(idx):
             last, true, p = to_raw(self.val_x[i, -1]), to_raw(self.val_y[i]), to_raw(pred[k])
             fmt = lambda v: " ".join(f"{a:7.2f}" for a in v)  # noqa: E731
             out(f"{fmt(last):>28} | {fmt(true):>24} | {fmt(p):>24} | "
-                f"{np.abs(true - last).max():6.2f} vs model {np.abs(true - p).max():6.2f}")
+                f"{np.abs(true - last).max():6.2f} vs {np.abs(true - p).max():6.2f}")

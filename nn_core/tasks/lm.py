@@ -191,7 +191,7 @@ class LanguageModelTask(Task):
     name = "lm"
     description = "small causal transformer (MHA or GQA) on generated arithmetic text"
     defaults = dict(epochs=4, batch_size=32, lr=3e-3, hidden=64, heads=4, layers=2,
-                    kv_groups=None, digits=2, block=48, train_exprs=20000, val_exprs=2000)
+                    kv_groups=None, digits=1, block=48, train_exprs=20000, val_exprs=2000)
     headline = ("sampled_acc", True)
 
     @classmethod
