@@ -14,7 +14,7 @@ from nn_core.checkpoint import load, save
 from nn_core.cli import main
 from nn_core.layers import Linear
 from nn_core.losses import MSELoss
-from nn_core.tasks import TASKS, get_task
+from nn_core.tasks import TASKS
 from nn_core.tasks._progress import ProgressBar
 from nn_core.tasks._trainer import Task, train
 

@@ -97,12 +97,16 @@ class ForecastTask(Task):
     @classmethod
     def add_arguments(cls, p):
         d = cls.defaults
-        p.add_argument("--cell", choices=["gru", "lstm"], default=d["cell"])
-        p.add_argument("--window", type=int, default=d["window"], help="input steps")
+        p.add_argument("--cell", choices=["gru", "lstm"], default=d["cell"],
+                       help="default: %(default)s")
+        p.add_argument("--window", type=int, default=d["window"],
+                       help="input steps (default: %(default)s)")
         p.add_argument("--horizon", type=int, default=d["horizon"],
-                       help="predict this many steps after the window")
-        p.add_argument("--steps", type=int, default=d["steps"], help="length of the series")
-        p.add_argument("--dt", type=float, default=d["dt"], help="sampling interval")
+                       help="predict this many steps after the window (default: %(default)s)")
+        p.add_argument("--steps", type=int, default=d["steps"],
+                       help="length of the series (default: %(default)s)")
+        p.add_argument("--dt", type=float, default=d["dt"],
+                       help="sampling interval (default: %(default)s)")
 
     @classmethod
     def config_from_args(cls, a):
