@@ -142,7 +142,8 @@ def train(task, *, epochs, batch_size, lr, dtype=np.float32, seed=0, out_dir="ru
     ckpt = os.path.join(out_dir, "model.npz")
     log(f"nn-core train {task.name}: {type(model).__name__} with {model.num_parameters():,} "
         f"parameters ({np.dtype(dtype).name}), {epochs} epochs x {per_epoch} batches of "
-        f"{batch_size}, AdamW lr {lr:g}")
+        f"{batch_size}, AdamW lr {lr:g}"
+        + (f", stopping after {total} steps" if total < epochs * per_epoch else ""))
     history = {"task": task.name, "step_loss": [], "epochs": []}
     step = 0
     t_start = time.perf_counter()
