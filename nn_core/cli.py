@@ -106,22 +106,28 @@ def _train_parser(task_cls):
     d = task_cls.defaults
     p = argparse.ArgumentParser(
         prog="nn-core train",
-        description=f"Train the {task_cls.name!r} task: {task_cls.description}.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description=f"Train the {task_cls.name!r} task: {task_cls.description}. "
+                    "Defaults are this task's; `nn-core train TASK --help` shows another's.")
     p.add_argument("task", nargs="?", default="seq2seq", choices=sorted(TASKS),
-                   help="what to train")
-    p.add_argument("--epochs", type=int, default=d["epochs"])
-    p.add_argument("--batch-size", type=int, default=d["batch_size"])
-    p.add_argument("--lr", type=float, default=d["lr"], help="peak AdamW learning rate")
-    p.add_argument("--hidden", type=int, default=d["hidden"], help="hidden size")
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    p.add_argument("--seed", type=int, default=0, help="seeds data, weights and batch order")
+                   help="what to train (default: seq2seq)")
+    p.add_argument("--epochs", type=int, default=d["epochs"], help="default: %(default)s")
+    p.add_argument("--batch-size", type=int, default=d["batch_size"],
+                   help="default: %(default)s")
+    p.add_argument("--lr", type=float, default=d["lr"],
+                   help="peak AdamW learning rate, warmup then cosine (default: %(default)s)")
+    p.add_argument("--hidden", type=int, default=d["hidden"],
+                   help="hidden size (default: %(default)s)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                   help="default: %(default)s")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds data, weights and batch order (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1,
-                   help="BLAS threads; these models' matrices are small, and more threads "
-                        "than 1 mostly add synchronisation (17x slower on a busy 2-core box)")
-    p.add_argument("--out", default=None, help="output directory (default runs/TASK)")
+                   help="BLAS threads (default: %(default)s; these models' matrices are small "
+                        "and more threads mostly add synchronisation)")
+    p.add_argument("--out", default=None,
+                   help="output directory (default: runs/TASK)")
     p.add_argument("--max-steps", type=int, default=None,
-                   help="stop after this many optimizer steps (quick checks)")
+                   help="stop after this many optimizer steps in total (quick checks)")
     g = p.add_argument_group(f"{task_cls.name} options")
     task_cls.add_arguments(g)
     return p

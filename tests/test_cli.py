@@ -14,7 +14,7 @@ from nn_core.checkpoint import load, save
 from nn_core.cli import main
 from nn_core.layers import Linear
 from nn_core.losses import MSELoss
-from nn_core.tasks import TASKS, get_task
+from nn_core.tasks import TASKS
 from nn_core.tasks._progress import ProgressBar
 from nn_core.tasks._trainer import Task, train
 
@@ -268,3 +268,15 @@ def test_bidirectional_encoder_fallback_matches_wrapper(rng):
         np.testing.assert_allclose(gx1, gx2, rtol=1e-10, atol=1e-12)
         for k in gr1:
             np.testing.assert_allclose(gr1[k], gr2[k], rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+def test_loss_curve_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    from nn_core.tasks._trainer import plot_history
+
+    hist = {"step_loss": list(np.linspace(2.0, 0.1, 20)),
+            "epochs": [{"step": 10, "train_loss": 1.5, "val_loss": 1.2},
+                       {"step": 20, "train_loss": 0.4, "val_loss": 0.3}]}
+    path = plot_history(hist, str(tmp_path / "curve.png"), "toy")
+    with open(path, "rb") as fh:
+        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"

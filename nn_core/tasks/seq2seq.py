@@ -217,15 +217,18 @@ class Seq2SeqTask(Task):
     def add_arguments(cls, p):
         d = cls.defaults
         p.add_argument("--mode", choices=["reverse", "sort"], default=d["mode"],
-                       help="target = the digits reversed or sorted (default %(default)s)")
+                       help="target = the digits reversed or sorted (default: %(default)s)")
         p.add_argument("--cell", choices=["gru", "lstm"], default=d["cell"],
-                       help="encoder cell (default %(default)s)")
-        p.add_argument("--embed", type=int, default=d["embed"], help="embedding size")
-        p.add_argument("--heads", type=int, default=d["heads"], help="cross-attention heads")
-        p.add_argument("--min-len", type=int, default=d["min_len"])
-        p.add_argument("--max-len", type=int, default=d["max_len"])
-        p.add_argument("--train-size", type=int, default=d["train_size"])
-        p.add_argument("--val-size", type=int, default=d["val_size"])
+                       help="encoder cell (default: %(default)s)")
+        p.add_argument("--embed", type=int, default=d["embed"],
+                       help="embedding size (default: %(default)s)")
+        p.add_argument("--heads", type=int, default=d["heads"],
+                       help="cross-attention heads (default: %(default)s)")
+        p.add_argument("--min-len", type=int, default=d["min_len"], help="default: %(default)s")
+        p.add_argument("--max-len", type=int, default=d["max_len"], help="default: %(default)s")
+        p.add_argument("--train-size", type=int, default=d["train_size"],
+                       help="default: %(default)s")
+        p.add_argument("--val-size", type=int, default=d["val_size"], help="default: %(default)s")
 
     @classmethod
     def config_from_args(cls, a):
