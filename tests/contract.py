@@ -50,6 +50,21 @@ def _backward(module, out, grads):
     return module.backward(*g) if isinstance(out, tuple) else module.backward(g)
 
 
+def _returned_pairs(inputs, returned):
+    """``(gradient, input)`` pairs for the floating inputs that got a gradient back."""
+    if not isinstance(returned, (tuple, list)):
+        returned = (returned,)
+    pairs = []
+    for inp, got in zip(inputs, returned):
+        if got is None:
+            continue
+        if isinstance(inp, (tuple, list)):
+            pairs.extend(_returned_pairs(inp, got))
+        elif isinstance(inp, np.ndarray) and inp.dtype.kind == "f":
+            pairs.append((got, inp))
+    return pairs
+
+
 def _tol(dtype):
     return dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-11)
 
@@ -77,9 +92,9 @@ def check_contract(factory, make_inputs, bad=(), forward=None, seed=None):
         assert np.dtype(m.dtype) == np.dtype(dtype)
 
         # backward before forward
+        probe = fwd(factory(dtype), *inputs)
+        fresh = factory(dtype)
         with pytest.raises(RuntimeError):
-            probe = fwd(factory(dtype), *inputs)
-            fresh = factory(dtype)
             _backward(fresh, probe, [np.ones_like(o) for o in _flatten(probe)])
 
         out = fwd(m, *inputs)
@@ -89,9 +104,10 @@ def check_contract(factory, make_inputs, bad=(), forward=None, seed=None):
         grads = [rng.standard_normal(o.shape).astype(dtype) for o in outs]
         m.zero_grad()
         returned = _backward(m, out, grads)
-        for got, inp in zip(_flatten(returned), [a for a in _flatten(inputs)]):
-            if isinstance(inp, np.ndarray) and inp.dtype.kind == "f":
-                assert got.dtype == dtype
+        for got, inp in _returned_pairs(inputs, returned):
+            assert got.dtype == dtype, f"input gradient dtype {got.dtype} != {dtype}"
+            assert got.shape == inp.shape, f"input gradient shape {got.shape} != {inp.shape}"
+        returned_first = [g.copy() for g, _ in _returned_pairs(inputs, returned)]
         first = {k: v.copy() for k, v in m.gradients().items()}
 
         # inputs untouched
@@ -109,11 +125,18 @@ def check_contract(factory, make_inputs, bad=(), forward=None, seed=None):
         for k, g in m.gradients().items():
             np.testing.assert_allclose(g, 2 * first[k], **_tol(dtype), err_msg=k)
 
-        # non-contiguous and read-only inputs give the same numbers
+        # non-contiguous and read-only inputs give the same numbers, forward and backward
         for transform in (_non_contiguous, _read_only):
-            other = fwd(factory(dtype), *_map_arrays(inputs, transform))
+            other_module = factory(dtype)
+            other_inputs = _map_arrays(inputs, transform)
+            other = fwd(other_module, *other_inputs)
             for a, b in zip(_flatten(other), outs):
                 np.testing.assert_allclose(a, b, **_tol(dtype))
+            other_returned = _backward(other_module, other, grads)
+            for (a, _), b in zip(_returned_pairs(other_inputs, other_returned), returned_first):
+                np.testing.assert_allclose(a, b, **_tol(dtype))
+            for k, g in other_module.gradients().items():
+                np.testing.assert_allclose(g, first[k], **_tol(dtype), err_msg=k)
 
     for args, exc, match in bad:
         with pytest.raises(exc, match=match):

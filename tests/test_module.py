@@ -137,3 +137,39 @@ def test_bad_dtype_raises_type_error(bad):
 def test_bad_rng_raises_type_error():
     with pytest.raises(TypeError, match="rng must be None, an int seed or a numpy.random.Generator"):
         Module(rng="seed")
+
+
+def _public_module_classes():
+    import inspect
+
+    import nn_core
+    from nn_core import attention, layers, recurrent
+
+    seen = {}
+    for ns in (attention, recurrent, layers, nn_core):
+        for name, obj in vars(ns).items():
+            if inspect.isclass(obj) and issubclass(obj, Module) and obj not in (Module, ModuleList):
+                seen[obj.__name__] = obj
+    return seen
+
+
+_EXAMPLE_ARGS = {
+    "ScaledDotProductAttention": (), "MultiHeadAttention": (8, 2), "MultiQueryAttention": (8, 2),
+    "GroupedQueryAttention": (8, 4, 2), "CrossAttention": (8, 2), "CachedCrossAttention": (8, 2),
+    "MultimodalCrossAttention": (8, 2, 6), "RNNCell": (3, 4), "LSTMCell": (3, 4), "GRUCell": (3, 4),
+    "StackedLSTM": (3, 4, 2), "BidirectionalRNNCell": (3, 4), "BidirectionalGRU": (3, 4),
+    "StackedBidirectional": ("gru", 3, 4, 2), "Linear": (3, 4), "Embedding": (5, 3),
+    "LayerNorm": (4,), "Dropout": (0.1,), "ReLU": (), "Tanh": (), "GELU": (),
+}
+
+
+def test_every_public_module_starts_in_training_mode():
+    classes = _public_module_classes()
+    checked = 0
+    for name, cls in classes.items():
+        if name not in _EXAMPLE_ARGS:
+            continue
+        m = cls(*_EXAMPLE_ARGS[name])
+        assert all(sub.training for sub in m.modules()), name
+        checked += 1
+    assert checked >= 15, sorted(classes)
