@@ -27,6 +27,7 @@ __all__ = [
     "check_shape",
     "check_positive_int",
     "check_probability",
+    "check_choice",
     "check_keys",
     "require_forward",
     "check_heads",
@@ -169,6 +170,12 @@ def check_probability(value, name: str) -> float:
     if not 0.0 <= float(value) < 1.0:
         raise ValueError(f"{name} must be in [0, 1), got {value}")
     return float(value)
+
+
+def check_choice(value, name: str, choices) -> None:
+    """``ValueError`` unless ``value`` is one of ``choices`` (e.g. ``merge_mode``)."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
 
 
 def check_keys(given, expected, what: str) -> None:

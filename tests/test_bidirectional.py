@@ -153,11 +153,18 @@ def test_padding_values_are_ignored(rng):
 
 
 # ---------------------------------------------- concurrent == sequential, bitwise
+@pytest.mark.parametrize("size", ["small", "blas_threaded"])
 @pytest.mark.parametrize("kind", list(CELLS))
-def test_concurrent_equals_sequential_bitwise(kind, dtype, rng):
-    T, B, D, H = 9, 5, 6, 16
+def test_concurrent_equals_sequential_bitwise(kind, size, dtype, rng):
+    """Sequential sweeps may use multithreaded BLAS (GEMMs big enough for OpenBLAS to
+    split), concurrent ones run single-threaded BLAS: the bits must not change."""
+    if size != "small" and (kind, np.dtype(dtype)) not in (("lstm", np.float32),
+                                                            ("gru_ra", np.float64)):
+        pytest.skip("one big case per dtype keeps the suite fast")
+    T, B, D, H = (9, 5, 6, 16) if size == "small" else (2, 64, 96, 128)
     x = rng.standard_normal((T, B, D)).astype(dtype)
-    lengths = np.array([9, 3, 1, 7, 9])
+    lengths = rng.integers(1, T + 1, B)
+    lengths[0] = T
     g = rng.standard_normal((T, B, 2 * H)).astype(dtype)
     results = []
     for concurrent in (True, False):
@@ -203,6 +210,30 @@ def test_concurrent_uses_worker_thread_and_restores_blas(monkeypatch, rng):
     monkeypatch.setattr(bidir_mod, "available_cores", lambda: 1)
     m(x)
     assert all(n == threading.current_thread().name for _, n in names)
+
+
+def test_blas_limit_without_threadpoolctl(monkeypatch):
+    """Without threadpoolctl the loaded OpenBLAS builds are driven directly."""
+    import builtins
+    real_import = builtins.__import__
+
+    def no_threadpoolctl(name, *args, **kwargs):
+        if name == "threadpoolctl":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_threadpoolctl)
+    limiter = bidir_mod._SingleThreadBlas()
+    libs = limiter._controllers()
+    if not libs:
+        pytest.skip("no OpenBLAS loaded in this process")
+    assert all(isinstance(lc, bidir_mod._OpenBLAS) for lc in libs)
+    before = [lc.get_num_threads() for lc in libs]
+    with limiter:
+        with limiter:                                   # re-entrant
+            assert all(lc.get_num_threads() == 1 for lc in libs)
+        assert all(lc.get_num_threads() == 1 for lc in libs)
+    assert [lc.get_num_threads() for lc in libs] == before
 
 
 def test_worker_exception_propagates(rng):
@@ -391,3 +422,21 @@ def test_same_cell_both_directions_runs_sequentially(rng):
     x = rng.standard_normal((4, 2, 2))
     rep = gradcheck(m, (x, None, np.array([4, 2])), rng=rng)
     assert rep.ok, rep
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_concurrent_after_fork(rng):
+    """A forked child gets its own worker thread (no hang on the parent's)."""
+    import multiprocessing as mp
+    m = _wrapper("gru", 2, 3)
+    m.concurrent = True
+    x = rng.standard_normal((3, 2, 2))
+    ref, _ = m(x)                                  # creates the parent's worker
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        out = pool.apply_async(_forward_in_child, (m, x)).get(timeout=60)
+    np.testing.assert_array_equal(out, ref)
+
+
+def _forward_in_child(m, x):
+    return m(x)[0]

@@ -20,9 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import check_keys, register
-
-_NAMES = (("W_ih", "weight_ih"), ("W_hh", "weight_hh"), ("b_ih", "bias_ih"),
-          ("b_hh", "bias_hh"))
+from ._recurrent import cell_keys      # one source of truth for torch's key names
 
 
 def _check_cell(cell, where):
@@ -45,9 +43,8 @@ def _pairs(module):
             where = f"layer {k} {part} cell" if len(layers) > 1 else f"the {part} cell"
             _check_cell(cell, where)
             kinds.add(type(cell))
-            for ours, theirs in _NAMES:
-                if ours in cell.params:
-                    out.append((f"{theirs}_l{k}{suffix}", cell, ours))
+            for ours, key in cell_keys(cell, k, suffix).items():
+                out.append((key, cell, ours))
     if len(kinds) > 1:
         raise TypeError("both directions must use the same cell class to match a torch "
                         f"module, got {sorted(c.__name__ for c in kinds)}")

@@ -29,6 +29,7 @@ import numpy as np
 
 from .._validation import (
     as_float_array,
+    check_choice,
     check_positive_int,
     check_probability,
     check_shape,
@@ -54,19 +55,61 @@ def available_cores() -> int:
 
 
 _EXECUTOR = None
+_EXECUTOR_PID = None
 _EXECUTOR_LOCK = threading.Lock()
 
 
 def _executor() -> ThreadPoolExecutor:
-    """The single worker thread that runs reverse sweeps (created on first use)."""
-    global _EXECUTOR
-    if _EXECUTOR is None:
+    """The single worker thread that runs reverse sweeps (created on first use, and
+    again in a forked child, where the parent's worker thread does not exist)."""
+    global _EXECUTOR, _EXECUTOR_PID
+    pid = os.getpid()
+    if _EXECUTOR is None or _EXECUTOR_PID != pid:
         with _EXECUTOR_LOCK:
-            if _EXECUTOR is None:
+            if _EXECUTOR is None or _EXECUTOR_PID != pid:
                 _EXECUTOR = ThreadPoolExecutor(max_workers=1,
                                                thread_name_prefix="nn_core-bidir")
+                _EXECUTOR_PID = pid
                 atexit.register(_EXECUTOR.shutdown, wait=False)
     return _EXECUTOR
+
+
+class _OpenBLAS:
+    """Minimal stand-in for a threadpoolctl controller of one loaded OpenBLAS."""
+
+    def __init__(self, get, set_):
+        self._get, self._set = get, set_
+
+    def get_num_threads(self):
+        return int(self._get())
+
+    def set_num_threads(self, n):
+        self._set(int(n))
+
+
+def _openblas_controllers():
+    """Controllers for the OpenBLAS libraries already loaded (Linux; else ``[]``)."""
+    import ctypes
+    try:
+        with open("/proc/self/maps") as fh:
+            paths = sorted({line.split()[-1] for line in fh
+                            if "openblas" in line.lower() and "/" in line})
+    except OSError:
+        return []
+    out = []
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0))
+        except OSError:
+            continue
+        for prefix, suffix in (("scipy_", "64_"), ("scipy_", ""), ("", "64_"), ("", "")):
+            get = getattr(lib, f"{prefix}openblas_get_num_threads{suffix}", None)
+            set_ = getattr(lib, f"{prefix}openblas_set_num_threads{suffix}", None)
+            if get is not None and set_ is not None:
+                get.restype, set_.argtypes = ctypes.c_int, [ctypes.c_int]
+                out.append(_OpenBLAS(get, set_))
+                break
+    return out
 
 
 class _SingleThreadBlas:
@@ -74,8 +117,11 @@ class _SingleThreadBlas:
 
     Re-entrant across threads (a counter; the first entry saves and lowers the
     thread counts, the last exit restores them).  Uses ``threadpoolctl`` when it is
-    installed; without it the block is a no-op (the sweeps still run concurrently,
-    and OpenBLAS serialises competing multithreaded calls by itself).
+    installed; without it, OpenBLAS builds loaded in the process (found in
+    ``/proc/self/maps``) are driven directly through their ``*set_num_threads``
+    entry points; where neither works the block is a no-op.  The limit is
+    process-wide while the block runs (other threads' BLAS calls run single-threaded
+    for that time, as under ``threadpoolctl.threadpool_limits``).
     """
 
     def __init__(self):
@@ -91,12 +137,12 @@ class _SingleThreadBlas:
                 self._libs = [lc for lc in ThreadpoolController().lib_controllers
                               if lc.user_api == "blas"]
             except Exception:  # threadpoolctl missing or unable to inspect
-                self._libs = []
+                self._libs = _openblas_controllers()
         return self._libs
 
     @property
     def active(self) -> bool:
-        """True when BLAS thread counts can be controlled (threadpoolctl found)."""
+        """True when BLAS thread counts can be controlled."""
         return bool(self._controllers())
 
     def __enter__(self):
@@ -278,8 +324,7 @@ class BidirectionalWrapper(Module):
         if not isinstance(forward_cell, RecurrentCell):
             raise TypeError("forward_cell must be an nn_core recurrent cell (RNNCell, "
                             f"LSTMCell or GRUCell), got {type(forward_cell).__name__}")
-        if merge_mode not in MERGE_MODES:
-            raise ValueError(f"merge_mode must be one of {MERGE_MODES}, got {merge_mode!r}")
+        check_choice(merge_mode, "merge_mode", MERGE_MODES)
         gen = _child_rng(forward_cell.rng) if rng is None else make_rng(rng)
         super().__init__(dtype=forward_cell.dtype, rng=gen)
         if backward_cell is None:
@@ -533,8 +578,7 @@ class StackedBidirectional(Module):
         self.input_size = check_positive_int(input_size, "input_size")
         self.hidden_size = check_positive_int(hidden_size, "hidden_size")
         self.num_layers = check_positive_int(num_layers, "num_layers")
-        if merge_mode not in MERGE_MODES:
-            raise ValueError(f"merge_mode must be one of {MERGE_MODES}, got {merge_mode!r}")
+        check_choice(merge_mode, "merge_mode", MERGE_MODES)
         self.merge_mode = merge_mode
         self.dropout = check_probability(dropout, "dropout")
         self.batch_first = bool(cell_kwargs.get("batch_first", False))
