@@ -127,12 +127,13 @@ cdef inline void _rec_fwd(bint dotform, Py_ssize_t B, Py_ssize_t N, Py_ssize_t H
                           Py_ssize_t ldo) noexcept nogil:
     """``out[B, N] = h[B, H] @ W[N, H]^T``; ``WT = W^T [H, N]`` (same numbers).
 
-    The layout is chosen by measurement (OpenBLAS 0.3.30, SkylakeX kernels, on this
-    machine): for a single row (``B == 1``) the dot-product form ``h @ W^T`` streams
-    ``W`` row by row and is ~2x faster than ``h @ WT``; for ``B > 1`` the plain NN
-    product ``h @ WT`` is up to 4.5x faster than the NT form (16x64 @ 64x256 f32:
-    4.6 us vs 20.6 us) -- OpenBLAS's small-matrix path for the transposed operand is
-    much slower on skinny shapes.  See nn_core/bench/recurrent.py.
+    The layout is chosen by measurement (SciPy's OpenBLAS 0.3.30, SkylakeX kernels, on
+    this machine): for a single row (``B == 1``) the dot-product form ``h @ W^T``
+    streams ``W`` row by row and is ~2x faster than ``h @ WT``; for ``B > 1`` the plain
+    NN product ``h @ WT`` is ~2.5x faster than the NT form (16x64 @ 64x256: 4.7 us vs
+    11.5 us in float32, 9.5 vs 16.3 us in float64) -- OpenBLAS's small-matrix path for
+    a transposed operand is much slower on skinny shapes.  The full table is in
+    nn_core/bench/recurrent.py.
     """
     if dotform:
         gemm(False, True, <int> B, <int> N, <int> H, <floating> 1, h, <int> H,

@@ -20,18 +20,29 @@ Shapes: S (T=32, B=16, D=H=64), M (T=64, B=32, D=H=256), L (T=128, B=64, D=H=512
 latency (T=100, B=1, D=H=128).  ``lstm2`` is a 2-layer StackedLSTM vs
 ``nn.LSTM(num_layers=2)``; ``gru`` is ``GRUCell(reset_after=True)`` (torch's form).
 
-BLAS finding (OpenBLAS 0.3.30 in SciPy, 0.3.31 in NumPy, both with SkylakeX
-kernels on this AVX-512 EPYC): for the skinny per-step product
-``h [16, 64] @ W_hh^T [64, 256]`` the *layout* decides the speed, not the library:
-the NT form (``W_hh`` as stored, transposed operand) runs at ~25-30 GFLOP/s in
-either build (NumPy's ``h @ W.T`` hits the same path, plus ~1.3 us of call
-overhead), while the NN form with a pre-transposed ``W_hh^T [64, 256]`` runs at
-~110 GFLOP/s (4.6 us vs 20.6 us).  For ``B == 1`` it is the other way round (the
-NT form is a dot-product GEMV, ~2x faster).  The 2-thread threshold
-(OpenBLAS splits ``m*n*k >= 65536*4``) puts 16x64x256 exactly on the edge, which is
-why it looked like a threading difference.  The kernel keeps ``W_hh`` and
-``W_hh^T`` and picks the layout by ``B`` (``_rec_fwd`` / ``_rec_bwd`` in
-``src_pyx/_recurrent.pyx``).
+BLAS finding (OpenBLAS 0.3.30 in SciPy, 0.3.31 in NumPy, both DYNAMIC_ARCH with the
+SkylakeX kernels on this AVX-512 EPYC).  The per-step product ``h [16, 64] @ W_hh^T``
+(``W_hh [256, 64]``), CPU time per call, 1 thread (2 threads: the same numbers):
+
+    ==============================  ============  ============
+    call                             float32       float64
+    ==============================  ============  ============
+    numpy   h @ W.T   (NT)           16.2 us  32   19.0 us  28 GFLOP/s
+    numpy   h @ WT    (NN, WT=W.T    6.1 us  85   11.5 us  46
+            stored contiguous)
+    cython_blas gemm NT              11.5 us  46   16.3 us  32
+    cython_blas gemm NN               4.7 us 112    9.5 us  55
+    ==============================  ============  ============
+
+So the "31 vs 55 GFLOP/s" gap is not the library build, its version or the threading
+threshold (OpenBLAS splits a GEMM over threads only from ``m*n*k >= 4*65536``; one or
+two threads time the same here): it is the operand layout.  With ``W_hh`` used as
+stored (a transposed operand) OpenBLAS takes a much slower small-matrix path than
+with a pre-transposed, contiguous ``W_hh^T`` (plain NN); NumPy adds ~1.5 us of call
+overhead on top.  For ``B == 1`` it is the other way round (the NT form is a
+dot-product GEMV, ~2x faster).  The kernel therefore keeps ``W_hh`` and ``W_hh^T``
+and picks the layout by ``B`` (``_rec_fwd`` / ``_rec_bwd`` in
+``src_pyx/_recurrent.pyx``), and calls SciPy's BLAS from Cython (no call overhead).
 """
 from __future__ import annotations
 
