@@ -25,17 +25,53 @@ _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                 "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
 
 
-def _limit_threads(n, argv):
+_SETTERS = ("openblas_set_num_threads", "openblas_set_num_threads64_",
+            "scipy_openblas_set_num_threads", "scipy_openblas_set_num_threads64_")
+
+
+def _set_openblas_threads(n) -> int:
+    """Call ``*openblas_set_num_threads`` in every OpenBLAS loaded in this process
+    (NumPy's and SciPy's, which the Cython kernels use); returns how many were set.
+    Linux only (reads ``/proc/self/maps``); 0 elsewhere."""
+    import ctypes
+
+    import scipy.linalg.cython_blas  # noqa: F401  (make sure SciPy's BLAS is loaded)
+
+    try:
+        with open("/proc/self/maps") as fh:
+            paths = {line.split()[-1] for line in fh if ".so" in line and "/" in line}
+    except OSError:
+        return 0
+    done = 0
+    for path in sorted(paths):
+        if "openblas" not in os.path.basename(path).lower():
+            continue
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in _SETTERS:
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn(ctypes.c_int(n))
+                done += 1
+                break
+    return done
+
+
+def _limit_threads(n, argv, may_exec=False):
     """Limit BLAS/OpenMP threads to ``n``.
 
-    Uses threadpoolctl when installed; otherwise the BLAS libraries are already
-    loaded with their thread count fixed, so the command re-executes itself once
-    with the ``*_NUM_THREADS`` variables set.
+    threadpoolctl when installed, else the OpenBLAS setters through ctypes; if neither
+    applies and this is the top-level command (``may_exec``), re-execute once with the
+    ``*_NUM_THREADS`` variables set (the BLAS libraries read them only when loaded).
     """
     if n is None:
         return
     if n < 1:
         raise SystemExit(f"nn-core: --threads must be >= 1, got {n}")
+    for v in _THREAD_VARS:                       # for any child process
+        os.environ[v] = str(n)
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
@@ -43,14 +79,14 @@ def _limit_threads(n, argv):
     if threadpool_limits is not None:
         threadpool_limits(n)
         return
-    if all(os.environ.get(v) == str(n) for v in _THREAD_VARS[:3]):
+    if _set_openblas_threads(n):
         return
-    if os.environ.get("NN_CORE_REEXEC"):
-        return
-    env = dict(os.environ, NN_CORE_REEXEC="1", **{v: str(n) for v in _THREAD_VARS})
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "nn_core", *argv], env)
+    if may_exec and not os.environ.get("NN_CORE_REEXEC"):
+        env = dict(os.environ, NN_CORE_REEXEC="1")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, [sys.executable, "-m", "nn_core", *argv], env)
+    print(f"nn-core: could not limit BLAS threads to {n} in this process", file=sys.stderr)
 
 
 def _task_name(argv):
@@ -70,21 +106,28 @@ def _train_parser(task_cls):
     d = task_cls.defaults
     p = argparse.ArgumentParser(
         prog="nn-core train",
-        description=f"Train the {task_cls.name!r} task: {task_cls.description}.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description=f"Train the {task_cls.name!r} task: {task_cls.description}. "
+                    "Defaults are this task's; `nn-core train TASK --help` shows another's.")
     p.add_argument("task", nargs="?", default="seq2seq", choices=sorted(TASKS),
-                   help="what to train")
-    p.add_argument("--epochs", type=int, default=d["epochs"])
-    p.add_argument("--batch-size", type=int, default=d["batch_size"])
-    p.add_argument("--lr", type=float, default=d["lr"], help="peak AdamW learning rate")
-    p.add_argument("--hidden", type=int, default=d["hidden"], help="hidden size")
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    p.add_argument("--seed", type=int, default=0, help="seeds data, weights and batch order")
-    p.add_argument("--threads", type=int, default=None,
-                   help="BLAS threads (default: the library's default)")
-    p.add_argument("--out", default=None, help="output directory (default runs/TASK)")
+                   help="what to train (default: seq2seq)")
+    p.add_argument("--epochs", type=int, default=d["epochs"], help="default: %(default)s")
+    p.add_argument("--batch-size", type=int, default=d["batch_size"],
+                   help="default: %(default)s")
+    p.add_argument("--lr", type=float, default=d["lr"],
+                   help="peak AdamW learning rate, warmup then cosine (default: %(default)s)")
+    p.add_argument("--hidden", type=int, default=d["hidden"],
+                   help="hidden size (default: %(default)s)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                   help="default: %(default)s")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds data, weights and batch order (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="BLAS threads (default: %(default)s; these models' matrices are small "
+                        "and more threads mostly add synchronisation)")
+    p.add_argument("--out", default=None,
+                   help="output directory (default: runs/TASK)")
     p.add_argument("--max-steps", type=int, default=None,
-                   help="stop after this many optimizer steps (quick checks)")
+                   help="stop after this many optimizer steps in total (quick checks)")
     g = p.add_argument_group(f"{task_cls.name} options")
     task_cls.add_arguments(g)
     return p
@@ -96,7 +139,7 @@ def cmd_train(argv):
 
     task_cls = get_task(_task_name(argv))
     args = _train_parser(task_cls).parse_args(argv[1:])
-    _limit_threads(args.threads, argv)
+    _limit_threads(args.threads, argv, _TOP_LEVEL[0])
     for name in ("epochs", "batch_size", "hidden"):
         if getattr(args, name) < 1:
             raise SystemExit(f"nn-core train: --{name.replace('_', '-')} must be >= 1")
@@ -138,9 +181,9 @@ def cmd_eval(argv):
     p = argparse.ArgumentParser(prog="nn-core eval",
                                 description="Reload a checkpoint and report validation metrics.")
     p.add_argument("checkpoint")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int, default=1, help="BLAS threads")
     args = p.parse_args(argv[1:])
-    _limit_threads(args.threads, argv)
+    _limit_threads(args.threads, argv, _TOP_LEVEL[0])
     model, task, extra = _load(args.checkpoint)
     t0 = time.perf_counter()
     metrics = task.evaluate(model)
@@ -168,9 +211,9 @@ def cmd_generate(argv):
     p.add_argument("--temperature", type=float, default=0.0,
                    help="lm: 0 = greedy, else softmax temperature")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int, default=1, help="BLAS threads")
     args = p.parse_args(argv[1:])
-    _limit_threads(args.threads, argv)
+    _limit_threads(args.threads, argv, _TOP_LEVEL[0])
     model, task, _ = _load(args.checkpoint)
     try:
         task.generate(model, args)
@@ -182,8 +225,16 @@ def cmd_generate(argv):
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate}
 
 
+_TOP_LEVEL = [False]
+
+
 def main(argv=None):
-    """Entry point of the ``nn-core`` console script; returns the exit status."""
+    """Entry point of the ``nn-core`` console script; returns the exit status.
+
+    ``argv=None`` means the command line of this process (which may then re-execute
+    itself to apply ``--threads``); a list is parsed in-process only.
+    """
+    _TOP_LEVEL[0] = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         from .tasks import TASKS

@@ -14,7 +14,7 @@ from nn_core.checkpoint import load, save
 from nn_core.cli import main
 from nn_core.layers import Linear
 from nn_core.losses import MSELoss
-from nn_core.tasks import TASKS, get_task
+from nn_core.tasks import TASKS
 from nn_core.tasks._progress import ProgressBar
 from nn_core.tasks._trainer import Task, train
 
@@ -228,12 +228,55 @@ def test_transformer_lm_gradcheck_and_kv_cache(rng, kv_groups):
     _needs(attention=["MultiHeadAttention", "GroupedQueryAttention"])
     from nn_core.tasks.lm import TransformerLM
 
-    lm = TransformerLM(13, 8, 2, 2, kv_groups, max_len=10, dtype=np.float64,
+    lm = TransformerLM(13, 8, 2, 1, kv_groups, max_len=8, dtype=np.float64,
                        rng=int(rng.integers(1000)))
-    ids = rng.integers(0, 13, (2, 5))
+    ids = rng.integers(0, 13, (2, 4))
     assert gradcheck(lm, (ids,)).ok
-    lm.eval()
-    toks, _ = lm.generate(ids, 4)
+    lm2 = TransformerLM(13, 8, 4, 2, kv_groups, max_len=10, dtype=np.float64,
+                        rng=int(rng.integers(1000))).eval()
+    ids = rng.integers(0, 13, (3, 5))
+    toks, _ = lm2.generate(ids, 5)             # prefill + 4 cached steps
     full = np.concatenate([ids, toks], 1)
-    logits = lm(full[:, :-1])
+    logits = lm2(full[:, :-1])                 # one full causal forward
     np.testing.assert_array_equal(logits[:, 4:].argmax(-1), toks)
+
+
+def test_bidirectional_encoder_fallback_matches_wrapper(rng):
+    _needs(recurrent=["GRUCell", "LSTMCell", "BidirectionalWrapper"])
+    from nn_core.tasks._components import BidirectionalEncoder, state_grad
+
+    for cell in ("gru", "lstm"):
+        enc = BidirectionalEncoder(cell, 3, 4, dtype=np.float64, rng=int(rng.integers(1000)))
+        assert enc.uses_wrapper
+        fallback = BidirectionalEncoder(cell, 3, 4, dtype=np.float64, rng=0)
+        object.__setattr__(fallback, "_wrapper", None)
+        fallback.load_state_dict(enc.state_dict())
+        x = rng.standard_normal((5, 3, 3))
+        lengths = np.array([5, 1, 3])
+        g = rng.standard_normal((5, 3, 8))
+        gs = (state_grad(cell, rng.standard_normal((3, 4))),
+              state_grad(cell, rng.standard_normal((3, 4))))
+        results = []
+        for m in (enc, fallback):
+            out, (ff, fb) = m(x, lengths)
+            gx, _ = m.backward(g, gs)
+            results.append((out, ff, fb, gx, m.gradients()))
+        (o1, f1, b1, gx1, gr1), (o2, f2, b2, gx2, gr2) = results
+        np.testing.assert_allclose(o1, o2, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(f1), np.asarray(f2), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(b1), np.asarray(b2), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(gx1, gx2, rtol=1e-10, atol=1e-12)
+        for k in gr1:
+            np.testing.assert_allclose(gr1[k], gr2[k], rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+def test_loss_curve_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    from nn_core.tasks._trainer import plot_history
+
+    hist = {"step_loss": list(np.linspace(2.0, 0.1, 20)),
+            "epochs": [{"step": 10, "train_loss": 1.5, "val_loss": 1.2},
+                       {"step": 20, "train_loss": 0.4, "val_loss": 0.3}]}
+    path = plot_history(hist, str(tmp_path / "curve.png"), "toy")
+    with open(path, "rb") as fh:
+        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -113,3 +113,18 @@ def test_backward_after_cached_forward_raises(rng):
         m.backward(np.ones_like(y))
     x = rng.standard_normal((1, 2, 16))            # a normal forward works again afterwards
     m.backward(np.ones_like(m(x)))
+
+
+@pytest.mark.parametrize("kind", list(MODULES))
+def test_decode_step_per_head_float_mask(rng, kind):
+    """Per-head additive masks [B, h, 1, T] in the single-token decode path."""
+    m = randomize(MODULES[kind](np.float64, 0), rng)
+    B, T = 2, 5
+    x = rng.standard_normal((B, T, 16))
+    fmask = np.where(rng.random((B, 4, T, T)) < 0.7, 0.0, -np.inf) + rng.standard_normal((B, 4, T, T))
+    fmask[..., 0] = 0.0
+    full = m(x, mask=fmask, is_causal=True)
+    cache = m.new_kv_cache(B, T)
+    steps = [m(x[:, t:t + 1], mask=fmask[:, :, t:t + 1, :t + 1], kv_cache=cache)
+             for t in range(T)]
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, rtol=1e-10, atol=1e-11)

@@ -218,6 +218,8 @@ def test_contract_self_attention():
             ((np.zeros((B, L, d)), None, None, np.ones((3, 3), bool)), ValueError,
              "mask must broadcast"),
             ((np.zeros((B, L, d)), None, None, np.ones((4, 4), complex)), TypeError, "mask"),
+            ((np.zeros((B, 0, d)),), ValueError, "at least one batch entry and one position"),
+            ((np.zeros((B, L, d)), np.zeros((B, 0, d))), ValueError, "key must have at least"),
         ],
     )
 
@@ -243,3 +245,32 @@ def test_backward_errors(rng):
     m(rng.standard_normal((1, 2, 8)))
     with pytest.raises(ValueError, match="grad_output must have shape"):
         m.backward(np.ones((1, 3, 8)))
+
+
+@pytest.mark.parametrize("inputs", ["self", "key", "value_only"])
+def test_fused_and_separate_projections_agree(rng, inputs):
+    """>= _FUSE_MIN_ROWS rows take the fused-GEMM path, fewer rows one GEMM per
+    projection: both must give the same outputs and gradients."""
+    B, L, d = 2, 20, 8                               # 40 rows: fused by default
+    x = rng.standard_normal((B, L, d))
+    other = rng.standard_normal((B, L, d))
+    args = {"self": (x,), "key": (x, other), "value_only": (x, None, other)}[inputs]
+    g = rng.standard_normal((B, L, d))
+    results = []
+    for min_rows in (1, 10 ** 9):
+        m = make(d, 2, np.float64, np.random.default_rng(7))
+        m._FUSE_MIN_ROWS = min_rows
+        y = m(*args)
+        grads = m.backward(g)
+        results.append((y, grads, {k: v.copy() for k, v in m.gradients().items()}))
+    (y0, g0, p0), (y1, g1, p1) = results
+    np.testing.assert_allclose(y0, y1, rtol=1e-12, atol=1e-12)
+    for a, b in zip(g0, g1):
+        assert (a is None) == (b is None)
+        if a is not None:
+            np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-12)
+    for k in p0:
+        np.testing.assert_allclose(p0[k], p1[k], rtol=1e-11, atol=1e-12, err_msg=k)
+    ref = ref_attention(m.params, x, args[1] if inputs == "key" else x,
+                        other if inputs != "self" else x, 2, 2)[0]
+    np.testing.assert_allclose(y0, ref, rtol=1e-10, atol=1e-12)

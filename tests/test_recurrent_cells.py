@@ -412,3 +412,26 @@ def test_recycled_buffers_do_not_leak_between_calls(kind, rng):
     for a, b in zip(g2, g2f):
         np.testing.assert_array_equal(a, b)
     assert s2 is not None
+
+
+def test_non_finite_padding_is_ignored(rng):
+    cell = LSTMCell(3, 4, dtype=np.float64, rng=0)
+    x = rng.standard_normal((5, 2, 3))
+    lengths = np.array([5, 2])
+    clean = x.copy()
+    clean[2:, 1] = 0
+    dirty = x.copy()
+    dirty[2:, 1] = np.nan
+    dirty[4, 1, 0] = np.inf
+    go = rng.standard_normal((5, 2, 4))
+    out_c, _ = cell.forward_sequence(clean, lengths=lengths)
+    gx_c, _ = cell.backward_sequence(go)
+    g_c = {k: v.copy() for k, v in cell.grads.items()}
+    cell.zero_grad()
+    out_d, _ = cell.forward_sequence(dirty, lengths=lengths)
+    gx_d, _ = cell.backward_sequence(go)
+    np.testing.assert_array_equal(out_d, out_c)
+    np.testing.assert_array_equal(gx_d, gx_c)
+    for k, v in cell.grads.items():
+        np.testing.assert_array_equal(v, g_c[k])
+    assert np.isnan(dirty[3, 1, 0])              # the caller's array is untouched

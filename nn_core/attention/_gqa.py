@@ -59,7 +59,7 @@ from .._validation import (
     check_shape,
 )
 from ..module import Module
-from .scaled_dot_product import ScaledDotProductAttention
+from .scaled_dot_product import ScaledDotProductAttention, softmax
 
 __all__ = ["split_heads", "combine_heads", "KVCache"]
 
@@ -244,27 +244,36 @@ class _GQACore(Module):
         return self.num_kv_groups
 
     # ---------------------------------------------------------- projections
-    def _weights(self, names):
-        """Concatenated weight (and bias) of the projections ``names`` (e.g. "qkv")."""
-        p = self.params
-        if len(names) == 1:
-            W = p["W_" + names]
-            b = p["b_" + names] if self.bias else None
-        else:
-            W = np.concatenate([p["W_" + n] for n in names], axis=1)
-            b = np.concatenate([p["b_" + n] for n in names]) if self.bias else None
-        return W, b
+    # Fusing projections means concatenating their weights (one copy of D x width
+    # elements per call); worth it once the GEMM has enough rows to amortise it.
+    _FUSE_MIN_ROWS = 32
 
     def _widths(self, names):
         return [self.d_model if n == "q" else self.num_kv_groups * self.head_dim
                 for n in names]
 
     def _project(self, x2, names):
-        """``x2 [n, D] @ [W_a | W_b ...] + b`` -> ``(W, Y [n, width], slices by name)``."""
-        W, b = self._weights(names)
+        """Project ``x2 [n, D]`` for every projection in ``names`` (e.g. ``"qkv"``).
+
+        Returns ``(W, outputs by name)``: with several names and enough rows, one
+        GEMM ``x2 [W_a | W_b ...] + [b_a | b_b ...]`` whose output columns are sliced
+        per name, and ``W`` the concatenated weight (kept for the backward);
+        otherwise one GEMM per name and ``W = None``.
+        """
+        p = self.params
+        fuse = len(names) > 1 and x2.shape[0] >= self._FUSE_MIN_ROWS
+        if not fuse:
+            out = {}
+            for n in names:
+                y = x2 @ p["W_" + n]
+                if self.bias:
+                    y += p["b_" + n]
+                out[n] = y
+            return None, out
+        W = np.concatenate([p["W_" + n] for n in names], axis=1)        # (D, width)
         y = x2 @ W
-        if b is not None:
-            y += b
+        if self.bias:
+            y += np.concatenate([p["b_" + n] for n in names])
         out, off = {}, 0
         for n, w in zip(names, self._widths(names)):
             out[n] = y[:, off:off + w]
@@ -272,26 +281,35 @@ class _GQACore(Module):
         return W, out
 
     def _project_backward(self, x2, W, names, grads, need_dx=True):
-        """Accumulate dW/db of a fused projection; return ``dX [n, D]`` (or None).
+        """Accumulate dW/db of the projections ``names`` of ``x2``; return ``dX [n, D]``.
 
         ``grads`` maps each name to a callable ``fill(buffer_slice)`` writing that
-        projection's output gradient ``[n, width]`` into the slice.
+        projection's output gradient ``[n, width]`` into the slice; ``W`` is what
+        :meth:`_project` returned (fused weight or None).
         """
         widths = self._widths(names)
-        dy = np.empty((x2.shape[0], sum(widths)), dtype=self.dtype)
-        off = 0
-        for n, w in zip(names, widths):
-            grads[n](dy[:, off:off + w])
-            off += w
-        dW = x2.T @ dy                                    # (D, width)
+        dy = np.empty((x2.shape[0], sum(widths)), dtype=self.dtype)   # [dQ | dK | dV]
+        offs = np.cumsum([0] + widths)
+        for n, a, b in zip(names, offs[:-1], offs[1:]):
+            grads[n](dy[:, a:b])
+        if W is not None:                                  # fused: one GEMM each
+            dW = x2.T @ dy                                 # (D, width)
+            dx = dy @ W.T if need_dx else None             # (n, D)
+        else:
+            dW = None
+            dx = None
         db = dy.sum(axis=0) if self.bias else None
-        off = 0
-        for n, w in zip(names, widths):
-            self.grads["W_" + n] += dW[:, off:off + w]
+        for n, a, b in zip(names, offs[:-1], offs[1:]):
+            if dW is not None:
+                self.grads["W_" + n] += dW[:, a:b]
+            else:
+                self.grads["W_" + n] += x2.T @ dy[:, a:b]
+                if need_dx:
+                    part = dy[:, a:b] @ self.params["W_" + n].T
+                    dx = part if dx is None else dx + part
             if self.bias:
-                self.grads["b_" + n] += db[off:off + w]
-            off += w
-        return dy @ W.T if need_dx else None              # (n, D)
+                self.grads["b_" + n] += db[a:b]
+        return dx
 
     # ------------------------------------------------------------- layouts
     def _layout(self, L):
@@ -347,6 +365,9 @@ class _GQACore(Module):
     def _check_input(self, x, name, width, B=None):
         arr = as_float_array(x, name, self.dtype, ndim=3)
         check_shape(arr, name, (B, None, width))
+        if arr.shape[0] < 1 or arr.shape[1] < 1:
+            raise ValueError(f"{name} must have at least one batch entry and one position, "
+                             f"got shape {tuple(arr.shape)}")
         return arr
 
     def _attn_forward(self, sources, mask=None, is_causal=False, kv_cache=None,
@@ -397,9 +418,13 @@ class _GQACore(Module):
         k = self._kv_sdpa(k_heads, layout)
         v = self._kv_sdpa(v_heads, layout)
         m = self._mask_view(mask, B, L, S, layout)
-        res = self.attention.forward(q, k, v, mask=m, is_causal=causal,
-                                     return_weights=return_weights)
-        o, w = res if return_weights else (res, None)
+        if kv_cache is not None and layout == "fold" and not (
+                self.training and self.dropout > 0.0):
+            o, w = self._decode_step(q, k, v, m)
+        else:
+            res = self.attention.forward(q, k, v, mask=m, is_causal=causal,
+                                         return_weights=return_weights)
+            o, w = res if return_weights else (res, None)
         N = B * L
         if layout == "fold":
             A = o.reshape(N, self.d_model)                               # already (B, h*d_k)
@@ -417,6 +442,24 @@ class _GQACore(Module):
         else:
             state = (rows, A, B, L, S, layout, fixed_kv)
         return y.reshape(B, L, self.d_model), w, state
+
+    def _decode_step(self, q, k, v, mask):
+        """One decoding step over the cache, inference only (no backward state).
+
+        ``q [B, g, r, d_k]`` (the ``r`` query heads of a group are rows), ``k, v``
+        ``[B, g, T, d_k]`` strided views of the cache (read in place, never copied),
+        ``mask`` broadcastable to ``[B, g, r, T]``.  Same numbers as the SDPA path:
+        ``softmax(scale q K^T + mask) V`` with fully-masked rows 0.
+        """
+        scale = self.dtype.type(1.0 / np.sqrt(self.head_dim))
+        # (K q^T)^T: OpenBLAS runs [T, d_k] @ [d_k, r] several times faster than
+        # [r, d_k] @ [d_k, T] (transposed B) for a few rows r; the transpose back
+        # copies only B*g*r*T scores.
+        qs = q * scale
+        s = np.matmul(k, qs.swapaxes(-1, -2))                            # (B, g, T, r)
+        s = np.ascontiguousarray(s.swapaxes(-1, -2))                     # (B, g, r, T)
+        p = softmax(s, axis=-1, mask=mask)
+        return np.matmul(p, v), p                                        # (B, g, r, d_k)
 
     def _attn_backward(self, state, grad_output, need_fixed_dx=False):
         """Parameter gradients (accumulated) and ``dX`` per source, in source order.

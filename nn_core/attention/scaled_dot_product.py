@@ -32,6 +32,10 @@ cache); with ``L_q > L_k`` the first ``L_q - L_k`` queries see nothing and outpu
 """
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from .._kernels import _attention as _kattn
@@ -113,6 +117,7 @@ def _softmax_backward(probs, grad_probs, scale):
 _BLOCK_Q = None             # None: chosen by _blocks(); an int forces it (tuning)
 _BLOCK_K = None
 _FUSED_ENABLED = True        # tests flip this to compare with the generic path
+_WORKSPACE_MAX_BYTES = 128 << 20   # a module keeps its probabilities buffer up to this
 
 
 def _blocks(L_q, L_k, d_k, d_v):
@@ -120,10 +125,20 @@ def _blocks(L_q, L_k, d_k, d_v):
 
     OpenBLAS multiplies matrices with ``m * n * k <= 1e6`` by unpacked "small
     matrix" kernels, much faster here than its packed path (whose packing costs
-    ~30 % at these sizes).  Blocks of 16-32 rows keep every GEMM of a slab under that
-    bound for ``L * d <= 4e4`` and make the causal staircase fine-grained."""
+    ~30 % at these sizes).  The blocks are the largest of 32, 24, 16, 8, 4 rows that
+    keep every GEMM of a slab (``block x L x d``) under that bound; they also make the
+    causal staircase fine-grained.  Beyond (``L * d > 2.5e5``) 4-row blocks stop
+    paying and 64-row blocks on the packed path are used.  Measured (1 thread, CPU
+    time, fwd+bwd, f32): 1x8x1024x64 non-causal 83 ms with 8 rows vs 166 with 16 and
+    116 with 64; 1x4x2048x64 232 ms with 4 rows vs 239 with 64 (causal 116 vs 136).
+    """
     b = 1_000_000 // (max(L_q, L_k) * max(d_k, d_v))
-    b = min(32, max(16, b - b % 8))
+    if b >= 16:
+        b = min(32, b - b % 8)
+    elif b >= 4:
+        b = 8 if b >= 8 else 4
+    else:
+        b = 64
     return (_BLOCK_Q or b), (_BLOCK_K or b)
 
 
@@ -131,19 +146,38 @@ def _use_fused(module, lead, L_q, L_k, d_k, d_v):
     """The fused kernel handles everything except dropout and empty dims."""
     if not _FUSED_ENABLED or (module.training and module.dropout > 0.0):
         return False
-    if min(L_q, L_k, d_k, d_v) < 1 or 0 in lead:
+    if min(L_q, L_k, d_k, d_v) < 1 or 0 in lead or len(lead) > 4:
         return False
     return max(L_q, L_k) * max(L_q, L_k, d_k, d_v) < 2 ** 31
 
 
-def _slab_offsets(arr, lead):
-    """Element offset of each of the ``prod(lead)`` slabs in C-contiguous ``arr``
-    ``[..., L, d]`` (repeated where ``arr`` broadcasts), and whether it broadcasts."""
-    own = arr.shape[:-2]
-    n = int(np.prod(own, dtype=np.int64))
-    idx = np.arange(n, dtype=np.intp).reshape((1,) * (len(lead) - len(own)) + own)
-    off = np.broadcast_to(idx, lead).reshape(-1) * (arr.shape[-2] * arr.shape[-1])
-    return np.ascontiguousarray(off, dtype=np.intp), n < int(np.prod(lead, dtype=np.int64))
+# Copy inputs whose rows are not contiguous (e.g. heads split from a [B, L, h*d_k]
+# projection by a transpose) into compact slabs first.  The kernel can read them in
+# place (row stride as the GEMM's leading dimension), but measured on this machine
+# (1 thread, 4x8x512x64, fwd+bwd) the compact copy is 3-4 % faster overall: the
+# unpacked small-matrix GEMMs stream rows far better when they are adjacent.
+_COPY_STRIDED_ROWS = True
+
+
+def _kernel_view(a):
+    """``a [..., L, d]`` as the kernel's 6-D view ``[1.., lead.., L, d]``.
+
+    No copy when its rows are contiguous and its lead strides non-negative multiples
+    of the item size (any lead layout, zero strides of broadcast views included);
+    otherwise a C-contiguous copy in its own shape (never expanded to the broadcast
+    shape)."""
+    isz = a.itemsize
+    row_ok = a.shape[-2] <= 1 or (a.strides[-2] == a.shape[-1] * isz if _COPY_STRIDED_ROWS
+                                  else a.strides[-2] >= a.shape[-1] * isz)
+    ok = (row_ok and (a.shape[-1] <= 1 or a.strides[-1] == isz)
+          and all(st >= 0 and st % isz == 0 for st in a.strides))
+    if not ok:
+        a = np.ascontiguousarray(a)
+    return a.reshape((1,) * (6 - a.ndim) + a.shape)
+
+
+def _broadcasts(shape6, lead4):
+    return any(n == 1 and m > 1 for n, m in zip(shape6[:4], lead4))
 
 
 def _split(P, parts):
@@ -153,26 +187,68 @@ def _split(P, parts):
     return list(zip(edges[:-1], edges[1:]))
 
 
-def _n_workers(P):
-    """Threads to split the slabs over (1 = run in the calling thread)."""
-    return 1
+# Slabs are split over up to this many Python threads, each running the nogil
+# kernel with single-threaded BLAS.  None: as many as the OpenBLAS threads (so
+# threadpoolctl / OPENBLAS_NUM_THREADS govern nn_core like the rest of NumPy).
+_MAX_WORKERS = None
+_MIN_WORK_PER_THREAD = 2_000_000      # multiply-adds; below this a thread costs more
+_POOL = None
+_POOL_LOCK = threading.Lock()
+
+
+def _n_workers(P, work=None):
+    """Threads to split ``P`` slabs over (1 = run in the calling thread only)."""
+    n = _MAX_WORKERS if _MAX_WORKERS is not None else _kattn.blas_threads()
+    if work is not None:
+        n = min(n, work // _MIN_WORK_PER_THREAD)
+    return int(max(1, min(n, P)))
+
+
+def _pool(n):
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL._max_workers < n:
+            _POOL = ThreadPoolExecutor(max_workers=n, thread_name_prefix="nn_core_sdpa")
+        return _POOL
+
+
+def _forget_pool_after_fork():
+    # a forked child has none of the parent's threads: start a fresh pool there
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
 def _run_tasks(work, n):
-    """``work(t)`` for ``t < n``; ``t = 0`` in this thread, the rest in the pool."""
+    """``work(t)`` for ``t < n``: ``t = 0`` in this thread, the others in the pool.
+
+    With ``n > 1`` the OpenBLAS that the kernels call is set to one thread for the
+    duration (it is process-wide state: restored afterwards) -- the parallelism
+    comes from the slabs, as in PyTorch's CPU attention."""
     if n == 1:
         work(0)
         return
-    futures = [_pool(n - 1).submit(work, t) for t in range(1, n)]
+    blas_n = _kattn.blas_threads()
+    pinned = blas_n > 1 and _kattn.set_blas_threads(1)
     try:
-        work(0)
+        futures = [_pool(n - 1).submit(work, t) for t in range(1, n)]
+        try:
+            work(0)
+        finally:
+            errors = [f.exception() for f in futures]
+        for e in errors:
+            if e is not None:
+                raise e
     finally:
-        for f in futures:
-            f.result()
+        if pinned:
+            _kattn.set_blas_threads(blas_n)
 
 
-def _run(fn, P):
-    ranges = _split(P, _n_workers(P))
+def _run(fn, P, work=None):
+    ranges = _split(P, _n_workers(P, work))
     _run_tasks(lambda t: fn(*ranges[t]), len(ranges))
 
 
@@ -185,68 +261,63 @@ def _fused_forward(q, k, v, lead, kind, m, causal_offset, scale, return_weights,
     dt = q.dtype
     L_q, d_k, L_k, d_v = q.shape[-2], q.shape[-1], k.shape[-2], v.shape[-1]
     P = int(np.prod(lead, dtype=np.int64))
-    qc, kc, vc = (np.ascontiguousarray(a) for a in (q, k, v))   # own shapes, no expansion
-    qoff, acc_q = _slab_offsets(qc, lead)
-    koff, acc_k = _slab_offsets(kc, lead)
-    voff, acc_v = _slab_offsets(vc, lead)
+    lead4 = (1,) * (4 - len(lead)) + tuple(lead)
+    q6, k6, v6 = (_kernel_view(a) for a in (q, k, v))       # own shapes, no expansion
     out = np.empty(lead + (L_q, d_v), dtype=dt)                 # (..., L_q, d_v)
     probs = workspace(lead + (L_q, L_k))                        # (..., L_q, L_k)
     mkind, bmask, fmask, moff, mrs, mcs = _mask_layout(kind, m, lead + (L_q, L_k), dt)
     causal = causal_offset is not None
     coff = int(causal_offset) if causal else 0
-    args = (qc.reshape(-1), kc.reshape(-1), vc.reshape(-1), out.reshape(-1),
-            probs.reshape(-1), qoff, koff, voff, P)
-    tail = (L_q, L_k, d_k, d_v, scale, mkind, bmask, fmask, moff, mrs, mcs, causal, coff)
     bq, _ = _blocks(L_q, L_k, d_k, d_v)
-    _run(lambda p0, p1: _kattn.sdpa_forward(*args, p0, p1, *tail,
-                                            np.empty(d_k * L_k, dtype=dt), bq), P)
-    cache = ("fused", qc, kc, vc, probs, (qoff, koff, voff), (acc_q, acc_k, acc_v),
-             scale, causal, coff, q.shape, k.shape, v.shape, return_weights)
+
+    def work(p0, p1):
+        _kattn.sdpa_forward(q6, k6, v6, out.reshape(-1), probs.reshape(-1), lead4, p0, p1,
+                            scale, mkind, bmask, fmask, moff, mrs, mcs, causal, coff,
+                            np.empty(d_k * L_k, dtype=dt), bq)
+
+    _run(work, P, P * L_q * L_k * (d_k + d_v))
+    cache = ("fused", q6, k6, v6, probs, lead4, scale, causal, coff,
+             q.shape, k.shape, v.shape, return_weights)
     return out, probs, cache
 
 
 def _fused_backward(cache, grad_output, dt):
-    (_, qc, kc, vc, probs, (qoff, koff, voff), (acc_q, acc_k, acc_v), scale, causal,
-     coff, q_shape, k_shape, v_shape, weights_returned) = cache
-    L_q, d_k, L_k, d_v = qc.shape[-2], qc.shape[-1], kc.shape[-2], vc.shape[-1]
+    (_, q6, k6, v6, probs, lead4, scale, causal, coff, q_shape, k_shape, v_shape,
+     weights_returned) = cache
+    L_q, d_k, L_k, d_v = q6.shape[-2], q6.shape[-1], k6.shape[-2], v6.shape[-1]
     out_shape = probs.shape[:-1] + (d_v,)
     g = as_float_array(grad_output, "grad_output", dt)
     if g.shape != out_shape:
         raise ValueError(f"grad_output must have shape {out_shape}, got {g.shape}")
-    g = np.ascontiguousarray(g)
-    P = len(qoff)
-    ranges = _split(P, _n_workers(P))
+    g6 = _kernel_view(g)
+    P = int(np.prod(lead4))
+    ranges = _split(P, _n_workers(P, 2 * P * L_q * L_k * (d_k + d_v)))
     # dS overwrites P in place (the cache is consumed) unless the caller holds P
     overwrite = not weights_returned
     bq, bk = _blocks(L_q, L_k, d_k, d_v)
     scratch_n = (d_v + bq) * L_k + (0 if overwrite else L_q * L_k)
-
-    def grads_for(t):
-        # worker t > 0 accumulates broadcast inputs into its own zeroed buffer
-        out = []
-        for arr, acc, shared in ((qc, acc_q, gq), (kc, acc_k, gk), (vc, acc_v, gv)):
-            out.append(shared if (t == 0 or not acc) else np.zeros_like(arr))
-        return out
-
-    gq = np.zeros_like(qc) if acc_q else np.empty_like(qc)
-    gk = np.zeros_like(kc) if acc_k else np.empty_like(kc)
-    gv = np.zeros_like(vc) if acc_v else np.empty_like(vc)
-    bufs = [grads_for(t) for t in range(len(ranges))]
+    # gradients are C-contiguous in the inputs' own (6-D padded) shapes; one that
+    # broadcasts is accumulated into (zeroed), worker t > 0 into its own buffer
+    acc = [_broadcasts(a.shape, lead4) for a in (q6, k6, v6)]
+    shared = [np.zeros(a.shape, dt) if b else np.empty(a.shape, dt)
+              for a, b in zip((q6, k6, v6), acc)]
+    bufs = [shared] + [[np.zeros(a.shape, dt) if b else s
+                        for a, b, s in zip((q6, k6, v6), acc, shared)]
+                       for _ in range(1, len(ranges))]
 
     def work(t):
         p0, p1 = ranges[t]
-        tq, tk, tv = bufs[t]
-        _kattn.sdpa_backward(
-            qc.reshape(-1), kc.reshape(-1), vc.reshape(-1), probs.reshape(-1),
-            g.reshape(-1), tq.reshape(-1), tk.reshape(-1), tv.reshape(-1),
-            qoff, koff, voff, acc_q, acc_k, acc_v, P, p0, p1, L_q, L_k, d_k, d_v,
-            scale, causal, coff, overwrite, np.empty(scratch_n, dtype=dt), bq, bk)
+        gq, gk, gv = bufs[t]
+        _kattn.sdpa_backward(q6, k6, v6, probs.reshape(-1), g6, gq, gk, gv, lead4, p0, p1,
+                             scale, causal, coff, overwrite, np.empty(scratch_n, dtype=dt),
+                             bq, bk)
 
     _run_tasks(work, len(ranges))
     for t in range(1, len(ranges)):
-        for shared, private in zip((gq, gk, gv), bufs[t]):
-            if private is not shared:
-                shared += private
+        for i in range(3):
+            if acc[i]:
+                shared[i] += bufs[t][i]
+    gq, gk, gv = shared
     return gq.reshape(q_shape), gk.reshape(k_shape), gv.reshape(v_shape)
 
 
@@ -329,10 +400,26 @@ class ScaledDotProductAttention(Module):
 
     Notes
     -----
-    See the module docstring for the forward and backward equations.  The softmax
-    runs in the Cython kernel ``nn_core._kernels._softmax`` with the scale and the
-    mask fused in (the mask is never expanded to the score shape, and with
-    ``is_causal`` the keys above the diagonal are never exponentiated).
+    See the module docstring for the forward and backward equations.
+
+    Without dropout (always in ``eval()``) forward and backward run in the fused
+    Cython kernel ``nn_core._kernels._attention``: each (batch, head) slab is
+    processed in blocks of query rows (score GEMM, masked softmax, ``P V`` GEMM)
+    and, with ``is_causal``, blocks entirely above the diagonal are skipped in the
+    forward and in all four backward GEMMs -- about half the work of the full
+    product for ``L_q = L_k``.  Inputs that broadcast (e.g. grouped-query K/V
+    ``[B, g, 1, S, d]`` against queries ``[B, g, r, L, d]``) are read in place, never
+    repeated, and their gradients are accumulated into their own shape.  Masks are
+    read through their own (broadcast) strides, never expanded.  The slabs are split
+    over as many threads as scipy's OpenBLAS may use (``threadpoolctl`` or
+    ``OPENBLAS_NUM_THREADS`` control it), with BLAS itself single-threaded meanwhile.
+    With dropout in training the same equations run as NumPy matmuls around the
+    masked-softmax kernel ``nn_core._kernels._softmax``.
+
+    Memory: the probabilities ``[..., L_q, L_k]`` are kept for the backward (in a
+    buffer reused across calls, and overwritten by the backward, unless
+    ``return_weights`` handed them to the caller).
+
     ``return_weights=True`` returns the weights actually applied to ``V`` (after
     dropout), as ``torch.nn.MultiheadAttention`` does.
 
@@ -421,7 +508,10 @@ class ScaledDotProductAttention(Module):
         ``[..., L_q, L_k]`` allocation on every call."""
         ws = getattr(self, "_ws", None)
         if ws is None or ws.shape != shape or ws.dtype != self.dtype:
-            ws = self._ws = np.empty(shape, dtype=self.dtype)
+            self._ws = None
+            ws = np.empty(shape, dtype=self.dtype)
+            if ws.nbytes <= _WORKSPACE_MAX_BYTES:      # don't pin huge buffers
+                self._ws = ws
         return ws
 
     def _generic_forward(self, q, k, v, lead, kind, m, causal_offset, scale):

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import platform
 import statistics
 import time
 
@@ -15,17 +17,30 @@ def torch_or_none():
     return torch
 
 
+def _threadpoolctl():
+    try:
+        import threadpoolctl
+    except ImportError:
+        return None
+    return threadpoolctl
+
+
 @contextlib.contextmanager
 def threads(n: int):
-    """Limit BLAS (numpy/scipy OpenBLAS, via threadpoolctl when present) and torch to
-    ``n`` threads inside the block."""
+    """Limit BLAS (numpy's and scipy's OpenBLAS, via threadpoolctl when present) and
+    torch to ``n`` threads inside the block.
+
+    nn_core's attention kernel splits its slabs over as many threads as scipy's
+    OpenBLAS is allowed, so this one setting governs both libraries alike.  Without
+    threadpoolctl (the ``bench`` extra) BLAS keeps its default and a warning says so.
+    """
     torch = torch_or_none()
     old_torch = torch.get_num_threads() if torch else None
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        threadpool_limits = None
-    ctx = threadpool_limits(limits=n) if threadpool_limits else contextlib.nullcontext()
+    tpc = _threadpoolctl()
+    if tpc is None:
+        print("warning: threadpoolctl is not installed (pip install threadpoolctl): "
+              "BLAS thread count not pinned")
+    ctx = tpc.threadpool_limits(limits=n) if tpc else contextlib.nullcontext()
     with ctx:
         if torch:
             torch.set_num_threads(n)
@@ -36,36 +51,74 @@ def threads(n: int):
                 torch.set_num_threads(old_torch)
 
 
+def thread_report() -> str:
+    """One line describing the BLAS / torch thread settings in effect (for the log)."""
+    parts = []
+    tpc = _threadpoolctl()
+    if tpc is not None:
+        for info in tpc.threadpool_info():
+            lib = os.path.basename(info.get("filepath", "?"))
+            parts.append(f"{info.get('internal_api')}[{lib}]={info.get('num_threads')}")
+    else:
+        parts.append("BLAS threads unknown (no threadpoolctl)")
+    torch = torch_or_none()
+    if torch:
+        parts.append(f"torch={torch.get_num_threads()}")
+    return ", ".join(parts)
+
+
+def machine_report() -> str:
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, " \
+           f"Python {platform.python_version()}"
+
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def _calibrate(fn, min_time: float, clock=time.perf_counter) -> int:
+    """Calls per sample so that one sample lasts >= ``min_time`` seconds."""
+    number = 1
+    while True:
+        t0 = clock()
+        for _ in range(number):
+            fn()
+        dt = clock() - t0
+        if dt >= min_time or number >= 1 << 16:
+            return number
+        number *= 2 if dt <= 0 else max(2, min(16, int(1.2 * min_time / dt) + 1))
+
+
+def _sample(fn, number: int, clock=time.perf_counter) -> float:
+    t0 = clock()
+    for _ in range(number):
+        fn()
+    return (clock() - t0) / number
+
+
 def measure(fn, repeat: int = 7, min_time: float = 0.05) -> float:
     """Median seconds per call of ``fn`` (calls are batched to last >= ``min_time``)."""
     fn()  # warm-up
-    number = 1
-    while True:
-        t0 = time.perf_counter()
-        for _ in range(number):
-            fn()
-        dt = time.perf_counter() - t0
-        if dt >= min_time or number >= 1 << 16:
-            break
-        number *= 2
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        for _ in range(number):
-            fn()
-        times.append((time.perf_counter() - t0) / number)
-    return statistics.median(times)
+    number = _calibrate(fn, min_time)
+    return statistics.median(_sample(fn, number) for _ in range(repeat))
 
 
-def interleaved(fns: dict, repeat: int = 7, min_time: float = 0.05) -> dict:
+def interleaved(fns: dict, repeat: int = 7, min_time: float = 0.05, clock="wall") -> dict:
     """Median seconds per call of each function, measured alternately in one run so
-    that machine noise hits every contender alike."""
-    samples = {k: [] for k in fns}
+    that machine noise hits every contender alike (one warm-up and one calibration
+    per function, then ``repeat`` rounds of one sample each).
+
+    ``clock="cpu"`` measures process CPU time instead of wall time: on a shared,
+    overloaded machine it is insensitive to time slicing -- meaningful for one
+    thread only (with several it sums the threads' time)."""
+    clock = CLOCKS[clock] if isinstance(clock, str) else clock
+    numbers = {}
     for k, fn in fns.items():
         fn()
+        numbers[k] = _calibrate(fn, min_time, clock)
+    samples = {k: [] for k in fns}
     for _ in range(repeat):
         for k, fn in fns.items():
-            samples[k].append(measure(fn, repeat=1, min_time=min_time))
+            samples[k].append(_sample(fn, numbers[k], clock))
     return {k: statistics.median(v) for k, v in samples.items()}
 
 

@@ -10,7 +10,8 @@ For every (threads, dtype, shape, cell) both implementations run the same sequen
 
 * ``ratio`` = nn_core time / torch time;
 * ``gemm`` = the GEMM-bound time: the same GEMM calls the kernel makes (input
-  projection, T recurrence GEMMs forward and backward, grad_x, grad_W_ih, grad_W_hh),
+  projection, T recurrence GEMMs forward and backward, grad_x, and grad_W_ih /
+  grad_W_hh -- one fused GEMM for RNN and LSTM, two for the GRU),
   each timed alone through the same BLAS (``scipy.linalg.cython_blas``) in a
   ``nogil`` loop, and summed; ``/gemm`` = nn_core time / that bound;
 * ``GF/s`` = FLOPs / nn_core time, FLOPs = ``6 T B G H (D + H)`` per layer.
@@ -19,18 +20,29 @@ Shapes: S (T=32, B=16, D=H=64), M (T=64, B=32, D=H=256), L (T=128, B=64, D=H=512
 latency (T=100, B=1, D=H=128).  ``lstm2`` is a 2-layer StackedLSTM vs
 ``nn.LSTM(num_layers=2)``; ``gru`` is ``GRUCell(reset_after=True)`` (torch's form).
 
-BLAS finding (OpenBLAS 0.3.30 in SciPy, 0.3.31 in NumPy, both with SkylakeX
-kernels on this AVX-512 EPYC): for the skinny per-step product
-``h [16, 64] @ W_hh^T [64, 256]`` the *layout* decides the speed, not the library:
-the NT form (``W_hh`` as stored, transposed operand) runs at ~25-30 GFLOP/s in
-either build (NumPy's ``h @ W.T`` hits the same path, plus ~1.3 us of call
-overhead), while the NN form with a pre-transposed ``W_hh^T [64, 256]`` runs at
-~110 GFLOP/s (4.6 us vs 20.6 us).  For ``B == 1`` it is the other way round (the
-NT form is a dot-product GEMV, ~2x faster).  The 2-thread threshold
-(OpenBLAS splits ``m*n*k >= 65536*4``) puts 16x64x256 exactly on the edge, which is
-why it looked like a threading difference.  The kernel keeps ``W_hh`` and
-``W_hh^T`` and picks the layout by ``B`` (``_rec_fwd`` / ``_rec_bwd`` in
-``src_pyx/_recurrent.pyx``).
+BLAS finding (OpenBLAS 0.3.30 in SciPy, 0.3.31 in NumPy, both DYNAMIC_ARCH with the
+SkylakeX kernels on this AVX-512 EPYC).  The per-step product ``h [16, 64] @ W_hh^T``
+(``W_hh [256, 64]``), CPU time per call, 1 thread (2 threads: the same numbers):
+
+    ==============================  ============  ============
+    call                             float32       float64
+    ==============================  ============  ============
+    numpy   h @ W.T   (NT)           16.2 us  32   19.0 us  28 GFLOP/s
+    numpy   h @ WT    (NN, WT=W.T    6.1 us  85   11.5 us  46
+            stored contiguous)
+    cython_blas gemm NT              11.5 us  46   16.3 us  32
+    cython_blas gemm NN               4.7 us 112    9.5 us  55
+    ==============================  ============  ============
+
+So the "31 vs 55 GFLOP/s" gap is not the library build, its version or the threading
+threshold (OpenBLAS splits a GEMM over threads only from ``m*n*k >= 4*65536``; one or
+two threads time the same here): it is the operand layout.  With ``W_hh`` used as
+stored (a transposed operand) OpenBLAS takes a much slower small-matrix path than
+with a pre-transposed, contiguous ``W_hh^T`` (plain NN); NumPy adds ~1.5 us of call
+overhead on top.  For ``B == 1`` it is the other way round (the NT form is a
+dot-product GEMV, ~2x faster).  The kernel therefore keeps ``W_hh`` and ``W_hh^T``
+and picks the layout by ``B`` (``_rec_fwd`` / ``_rec_bwd`` in
+``src_pyx/_recurrent.pyx``), and calls SciPy's BLAS from Cython (no call overhead).
 """
 from __future__ import annotations
 
@@ -80,9 +92,15 @@ def _gemm_time(ta, tb, m, n, k, dtype, rng):
     return best
 
 
-def gemm_bound(T, B, D, H, G, dtype, layers=1, rng=None):
-    """Seconds the kernel's GEMMs take alone (same shapes, layouts and BLAS)."""
+def gemm_bound(T, B, D, H, G, dtype, layers=1, rng=None, fused_wgrad=None):
+    """Seconds the kernel's GEMMs take alone (same shapes, layouts and BLAS).
+
+    ``fused_wgrad`` (default: RNN and LSTM, ``G in (1, 4)``): the kernel forms
+    ``[grad_W_ih | grad_W_hh]`` in one GEMM over ``[x | h]``.
+    """
     rng = rng or np.random.default_rng(0)
+    if fused_wgrad is None:
+        fused_wgrad = G in (1, 4)
     GH, TB = G * H, T * B
     dot = B == 1
     total = 0.0
@@ -92,8 +110,11 @@ def gemm_bound(T, B, D, H, G, dtype, layers=1, rng=None):
         total += T * _gemm_time(False, dot, B, GH, H, dtype, rng)         # h W_hh^T
         total += T * _gemm_time(False, dot, B, H, GH, dtype, rng)         # dG W_hh
         total += _gemm_time(False, False, TB, d, GH, dtype, rng)          # grad_x
-        total += _gemm_time(True, False, GH, d, TB, dtype, rng)           # grad_W_ih
-        total += _gemm_time(True, False, GH, H, TB, dtype, rng)           # grad_W_hh
+        if fused_wgrad:
+            total += _gemm_time(True, False, GH, d + H, TB, dtype, rng)   # grad_W_ih|hh
+        else:
+            total += _gemm_time(True, False, GH, d, TB, dtype, rng)       # grad_W_ih
+            total += _gemm_time(True, False, GH, H, TB, dtype, rng)       # grad_W_hh
     return total
 
 

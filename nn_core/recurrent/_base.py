@@ -11,9 +11,11 @@
 A step is the sequence kernel with ``T = 1``, so both levels compute the same numbers
 by construction.  The low-level pair :meth:`RecurrentCell.run_sequence` /
 :meth:`RecurrentCell.run_sequence_backward` works on time-major contiguous arrays, keeps
-no state on the module and accepts ``reverse=True`` (each sequence starts at its own
-last real step): the bidirectional layers build on it; the kernels release the GIL for
-their whole loop, so two directions can run on two Python threads.
+no cache on the module (it returns it) and accepts ``reverse=True`` (each sequence starts
+at its own last real step): the bidirectional layers build on it; the kernels release
+the GIL for their whole loop, so two directions (two cells) can run on two Python
+threads.  A cell recycles its work buffers through a private pool, so one cell must not
+run two sequences concurrently.
 """
 from __future__ import annotations
 
@@ -204,6 +206,14 @@ class RecurrentCell(Module):
         dt = self.dtype
         if lengths is None:
             lengths = np.full(B, T, dtype=np.int64)
+        elif lengths.min() < T:
+            # Padded positions take no part in the result, but grad_W_ih = dG^T x
+            # multiplies their (zero) gate gradients with x: NaN/inf padding would
+            # leak in as 0 * inf.  Zero such padding in a private copy.
+            pad = np.arange(T)[:, None] >= lengths[None, :]
+            if not np.isfinite(x[pad]).all():
+                x = x.copy()
+                x[pad] = 0
         kind = self._kind()
         W_ih = np.ascontiguousarray(self.params["W_ih"])
         W_hh = np.ascontiguousarray(self.params["W_hh"])
@@ -256,13 +266,21 @@ class RecurrentCell(Module):
         dGt = self._take("dGt", (T, B, GH)) if (cache.reverse or kind == _K.GRU_RA) else dGs
         dh2, drh = self._take("dh2", (B, H)), self._take("drh", (B, H))
         ones, zrow = self._take("ones", (T * B,), 1), self._take("zrow", (H,), 0)
+        fuse = not cache.reverse and kind <= _K.LSTM
+        D = x.shape[2]
+        if fuse:
+            xh, gw = self._take("xh", (T * B, D + H)), self._take("gw", (GH, D + H))
+        else:
+            xh = gw = np.zeros((1, 1), dt)
         _K.rnn_backward(kind, cache.reverse, x, cache.W_ih, cache.W_hh, cache.W_hhT,
                         cache.lengths, cache.gates, cache.hs, cache.cs, cache.aux, go,
                         has_go, dh, dc, grad_x, self.grads["W_ih"], self.grads["W_hh"],
-                        gb_ih, gb_hh, self.bias, dGs, dGt, dh2, drh, ones, zrow)
+                        gb_ih, gb_hh, self.bias, dGs, dGt, dh2, drh, ones, zrow, xh, gw,
+                        fuse)
         given = set()
         for name, arr in (("dGs", dGs), ("dGt", dGt), ("dh2", dh2), ("drh", drh),
-                          ("ones", ones), ("zrow", zrow), ("gates", cache.gates),
+                          ("ones", ones), ("zrow", zrow), ("xh", xh), ("gw", gw),
+                          ("gates", cache.gates),
                           ("hs", cache.hs), ("cs", cache.cs), ("aux", cache.aux)):
             if arr.size > 1 and id(arr) not in given:   # dGt may be dGs itself
                 given.add(id(arr))

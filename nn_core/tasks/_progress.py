@@ -20,7 +20,8 @@ def format_rate(n_per_s: float) -> str:
 
 
 class ProgressBar:
-    """``bar = ProgressBar(total, "epoch 1/5")``; ``bar.update(samples=64, loss=...)``; ``bar.close()``.
+    """One line of progress: ``bar = ProgressBar(total, "epoch 1/5")``,
+    ``bar.update(samples=64, loss=...)`` per batch, ``bar.close()`` at the end.
 
     Parameters
     ----------

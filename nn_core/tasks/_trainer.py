@@ -89,10 +89,12 @@ def plot_history(history, path, title=""):
     ax.plot(np.arange(1, len(steps) + 1), steps, lw=0.8, alpha=0.6, label="train loss (step)")
     per_epoch = history["epochs"]
     if per_epoch:
-        x = [e["step"] for e in per_epoch]
-        ax.plot(x, [e["train_loss"] for e in per_epoch], "o-", label="train loss (epoch mean)")
+        ends = [e["step"] for e in per_epoch]
+        mids = [(a + b) / 2 for a, b in zip([0] + ends[:-1], ends)]
+        ax.plot(mids, [e["train_loss"] for e in per_epoch], "o-", label="train loss (epoch mean)")
         if "val_loss" in per_epoch[0]:
-            ax.plot(x, [e["val_loss"] for e in per_epoch], "s-", label="validation loss")
+            ax.plot(ends, [e["val_loss"] for e in per_epoch], "s-",
+                    label="validation loss (end of epoch)")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     if min(steps, default=1.0) > 0:
@@ -140,7 +142,8 @@ def train(task, *, epochs, batch_size, lr, dtype=np.float32, seed=0, out_dir="ru
     ckpt = os.path.join(out_dir, "model.npz")
     log(f"nn-core train {task.name}: {type(model).__name__} with {model.num_parameters():,} "
         f"parameters ({np.dtype(dtype).name}), {epochs} epochs x {per_epoch} batches of "
-        f"{batch_size}, AdamW lr {lr:g}")
+        f"{batch_size}, AdamW lr {lr:g}"
+        + (f", stopping after {total} steps" if total < epochs * per_epoch else ""))
     history = {"task": task.name, "step_loss": [], "epochs": []}
     step = 0
     t_start = time.perf_counter()

@@ -90,19 +90,23 @@ class Forecaster(Module):
 class ForecastTask(Task):
     name = "forecast"
     description = "GRU/LSTM forecaster on the Lorenz system (SciPy solve_ivp)"
-    defaults = dict(epochs=5, batch_size=64, lr=5e-3, hidden=64, cell="gru", window=24,
-                    horizon=5, steps=12000, dt=0.02)
+    defaults = dict(epochs=8, batch_size=64, lr=5e-3, hidden=64, cell="gru", window=32,
+                    horizon=25, steps=12000, dt=0.02)
     headline = ("val_mse", False)
 
     @classmethod
     def add_arguments(cls, p):
         d = cls.defaults
-        p.add_argument("--cell", choices=["gru", "lstm"], default=d["cell"])
-        p.add_argument("--window", type=int, default=d["window"], help="input steps")
+        p.add_argument("--cell", choices=["gru", "lstm"], default=d["cell"],
+                       help="default: %(default)s")
+        p.add_argument("--window", type=int, default=d["window"],
+                       help="input steps (default: %(default)s)")
         p.add_argument("--horizon", type=int, default=d["horizon"],
-                       help="predict this many steps after the window")
-        p.add_argument("--steps", type=int, default=d["steps"], help="length of the series")
-        p.add_argument("--dt", type=float, default=d["dt"], help="sampling interval")
+                       help="predict this many steps after the window (default: %(default)s)")
+        p.add_argument("--steps", type=int, default=d["steps"],
+                       help="length of the series (default: %(default)s)")
+        p.add_argument("--dt", type=float, default=d["dt"],
+                       help="sampling interval (default: %(default)s)")
 
     @classmethod
     def config_from_args(cls, a):
@@ -178,9 +182,10 @@ class ForecastTask(Task):
         pred = model(self.val_x[idx])
         model._cache = None
         to_raw = lambda z: z * self.std + self.mean  # noqa: E731
-        out(f"{'window end (x, y, z)':>28} | {'true':>24} | {'predicted':>24} | persistence err")
+        out(f"{'last observed (x, y, z)':>28} | {'true':>24} | {'predicted':>24} | "
+            "max |error|: persistence vs model")
         for k, i in enumerate(idx):
             last, true, p = to_raw(self.val_x[i, -1]), to_raw(self.val_y[i]), to_raw(pred[k])
             fmt = lambda v: " ".join(f"{a:7.2f}" for a in v)  # noqa: E731
             out(f"{fmt(last):>28} | {fmt(true):>24} | {fmt(p):>24} | "
-                f"{np.abs(true - last).max():6.2f} vs model {np.abs(true - p).max():6.2f}")
+                f"{np.abs(true - last).max():6.2f} vs {np.abs(true - p).max():6.2f}")

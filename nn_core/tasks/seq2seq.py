@@ -209,23 +209,26 @@ class Seq2SeqModel(Module):
 class Seq2SeqTask(Task):
     name = "seq2seq"
     description = "reverse or sort digit strings (bidirectional encoder, LSTM decoder + attention)"
-    defaults = dict(epochs=6, batch_size=64, lr=1e-2, hidden=64, embed=32, heads=4, cell="gru",
-                    mode="reverse", min_len=3, max_len=10, train_size=12800, val_size=1000)
+    defaults = dict(epochs=6, batch_size=64, lr=1e-2, hidden=96, embed=32, heads=4, cell="gru",
+                    mode="reverse", min_len=5, max_len=20, train_size=12800, val_size=1000)
     headline = ("exact_match", True)
 
     @classmethod
     def add_arguments(cls, p):
         d = cls.defaults
         p.add_argument("--mode", choices=["reverse", "sort"], default=d["mode"],
-                       help="target = the digits reversed or sorted (default %(default)s)")
+                       help="target = the digits reversed or sorted (default: %(default)s)")
         p.add_argument("--cell", choices=["gru", "lstm"], default=d["cell"],
-                       help="encoder cell (default %(default)s)")
-        p.add_argument("--embed", type=int, default=d["embed"], help="embedding size")
-        p.add_argument("--heads", type=int, default=d["heads"], help="cross-attention heads")
-        p.add_argument("--min-len", type=int, default=d["min_len"])
-        p.add_argument("--max-len", type=int, default=d["max_len"])
-        p.add_argument("--train-size", type=int, default=d["train_size"])
-        p.add_argument("--val-size", type=int, default=d["val_size"])
+                       help="encoder cell (default: %(default)s)")
+        p.add_argument("--embed", type=int, default=d["embed"],
+                       help="embedding size (default: %(default)s)")
+        p.add_argument("--heads", type=int, default=d["heads"],
+                       help="cross-attention heads (default: %(default)s)")
+        p.add_argument("--min-len", type=int, default=d["min_len"], help="default: %(default)s")
+        p.add_argument("--max-len", type=int, default=d["max_len"], help="default: %(default)s")
+        p.add_argument("--train-size", type=int, default=d["train_size"],
+                       help="default: %(default)s")
+        p.add_argument("--val-size", type=int, default=d["val_size"], help="default: %(default)s")
 
     @classmethod
     def config_from_args(cls, a):
