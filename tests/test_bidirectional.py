@@ -7,6 +7,7 @@ import pytest
 
 from contract import check_contract
 from nn_core import gradcheck
+from nn_core.gradcheck import _flatten
 from nn_core.recurrent import (
     BidirectionalGRU,
     BidirectionalRNNCell,
@@ -153,15 +154,20 @@ def test_padding_values_are_ignored(rng):
 
 
 # ---------------------------------------------- concurrent == sequential, bitwise
-@pytest.mark.parametrize("size", ["small", "blas_threaded"])
 @pytest.mark.parametrize("kind", list(CELLS))
-def test_concurrent_equals_sequential_bitwise(kind, size, dtype, rng):
+def test_concurrent_equals_sequential_bitwise(kind, dtype, rng):
+    _check_bitwise(kind, dtype, (9, 5, 6, 16), rng)
+
+
+@pytest.mark.parametrize("kind, dtype", [("lstm", np.float32), ("gru_ra", np.float64)])
+def test_concurrent_equals_sequential_bitwise_blas_threaded(kind, dtype, rng):
     """Sequential sweeps may use multithreaded BLAS (GEMMs big enough for OpenBLAS to
-    split), concurrent ones run single-threaded BLAS: the bits must not change."""
-    if size != "small" and (kind, np.dtype(dtype)) not in (("lstm", np.float32),
-                                                            ("gru_ra", np.float64)):
-        pytest.skip("one big case per dtype keeps the suite fast")
-    T, B, D, H = (9, 5, 6, 16) if size == "small" else (2, 64, 96, 128)
+    split them), concurrent ones single-threaded BLAS: the bits must not change."""
+    _check_bitwise(kind, dtype, (2, 64, 96, 128), rng)
+
+
+def _check_bitwise(kind, dtype, shape, rng):
+    T, B, D, H = shape
     x = rng.standard_normal((T, B, D)).astype(dtype)
     lengths = rng.integers(1, T + 1, B)
     lengths[0] = T
@@ -176,9 +182,7 @@ def test_concurrent_equals_sequential_bitwise(kind, size, dtype, rng):
     (o1, f1, gx1, g01, p1), (o2, f2, gx2, g02, p2) = results
     np.testing.assert_array_equal(o1, o2)
     np.testing.assert_array_equal(gx1, gx2)
-    for a, b in zip(np.ravel(np.array(f1, dtype=object)), np.ravel(np.array(f2, dtype=object))):
-        np.testing.assert_array_equal(a, b)
-    for a, b in zip(np.ravel(np.array(g01, dtype=object)), np.ravel(np.array(g02, dtype=object))):
+    for a, b in zip(_flatten((f1, g01)), _flatten((f2, g02))):
         np.testing.assert_array_equal(a, b)
     for k in p1:
         np.testing.assert_array_equal(p1[k], p2[k], err_msg=k)
