@@ -7,7 +7,10 @@ Layout: scores ``x [P, R, N]`` (C-contiguous; ``P`` = product of the leading dim
     allowed_j = bmask_j and j <= i + causal_offset   (each part optional)
     y_j = exp(z_j - max_allowed z) / sum_allowed exp(...)   for allowed j, else 0
 
-A row with no allowed finite entry is written as zeros (never NaN).
+A row with no allowed entry (every ``z_j`` masked or ``-inf``) is written as zeros
+(never NaN).  A NaN in an allowed ``z_j`` makes the whole row NaN, as in PyTorch;
+a NaN score at a bool-masked or causally excluded position is ignored (it never
+enters the row), whereas an additive mask cannot hide it (``NaN + -inf = NaN``).
 
 The mask is never expanded to the score shape: the caller passes the mask's own
 (contiguous, un-broadcast) buffer, one element offset per slab ``p`` (``moff``),
@@ -84,9 +87,10 @@ cdef void _softmax_rows(const floating* x, floating* y, Py_ssize_t P, Py_ssize_t
                     yr[j] = scale * xr[j]
             for j in range(n_row, N):
                 yr[j] = 0
-            mx = vmax(yr, n_row)
-            if not (mx > neg_inf):
-                # no allowed finite entry in this row (or n_row == 0): all zeros
+            mx = vmax(yr, n_row)        # NaN if any allowed z is NaN
+            if mx == neg_inf:
+                # no allowed entry in this row (all masked / -inf, or n_row == 0):
+                # all zeros.  A NaN max is not caught here: it makes the row NaN.
                 for j in range(n_row):
                     yr[j] = 0
                 continue

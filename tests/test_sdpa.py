@@ -182,3 +182,24 @@ def test_special_inputs(rng):
     np.testing.assert_allclose(out, ref_sdpa(np.broadcast_to(q[:1], q.shape), k, v)[0], rtol=1e-5, atol=1e-6)
     ints = attn(np.arange(8).reshape(2, 4), np.ones((3, 4), int), np.ones((3, 2), int))
     np.testing.assert_allclose(ints, 1.0)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("causal", [False, True])
+def test_nan_key_at_masked_position_leaves_forward_finite(dtype, fused, causal, rng, monkeypatch):
+    """A NaN score at a bool-masked (or causally excluded) key never enters the softmax
+    (the forward is finite and equals the result with that key replaced).  Only the
+    forward is guaranteed: gradients pass through GEMMs where 0 * NaN = NaN."""
+    from nn_core.attention import scaled_dot_product as sdp
+    monkeypatch.setattr(sdp, "_FUSED_ENABLED", fused)
+    q, k, v = (rng.standard_normal(s).astype(dtype) for s in ((2, 6, 4), (2, 6, 4), (2, 6, 3)))
+    mask = rng.random((6, 6)) > 0.3
+    mask[:, 5] = False
+    mask[:, 0] = True
+    k_nan = k.copy()
+    k_nan[:, 5, 1] = np.nan
+    attn = ScaledDotProductAttention(dtype=dtype)
+    out = attn(q, k_nan, v, mask=mask, is_causal=causal)
+    ref = attn(q, k, v, mask=mask, is_causal=causal)
+    assert not np.isnan(out).any()
+    np.testing.assert_array_equal(out, ref)

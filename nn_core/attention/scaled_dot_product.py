@@ -23,7 +23,11 @@ Backward, given ``dO``::
 
 Each gradient is summed over the dims its input was broadcast along, so it has
 the shape of its own input.  A fully masked row has ``P = 0``, hence output 0 and
-gradient 0 — never NaN (PyTorch's ``_safe_softmax`` behaviour).
+gradient 0 — never NaN (PyTorch's ``_safe_softmax`` behaviour).  NaN scores
+propagate as in PyTorch: a NaN among a row's allowed scores makes that row NaN.  A
+NaN at a bool-masked or causally excluded key never enters the softmax, so the
+forward stays finite there (PyTorch's math path gives NaN); gradients still pass
+through GEMMs where ``0 * NaN = NaN``.
 
 Mask convention: bool ``True`` = this query may attend to this key; float masks are
 additive (0 keep, ``-inf`` drop).  ``is_causal`` aligns the diagonal bottom-right:
@@ -338,7 +342,9 @@ def softmax(x, axis=-1, mask=None):
     -------
     ndarray
         Same shape as ``x``; masked entries are exactly 0 and a slice whose entries
-        are all masked (or all ``-inf``) is all 0 instead of NaN.
+        are all masked (or all ``-inf``) is all 0 instead of NaN.  A NaN among a
+        slice's unmasked entries makes that slice NaN (as in PyTorch); a NaN at a
+        bool-masked entry is ignored.
 
     Examples
     --------
