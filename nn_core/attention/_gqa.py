@@ -52,6 +52,7 @@ import numpy as np
 
 from .._validation import (
     as_float_array,
+    as_mask,
     broadcasts_to,
     check_heads,
     check_positive_int,
@@ -171,14 +172,18 @@ class KVCache:
         """Forget every cached position (``length = 0``); the buffers are kept."""
         self.length = 0
 
-    def _append(self, k_heads, v_heads):
-        """Write ``[B, g, n, d_k]`` new keys/values at ``length``; return the filled views."""
-        n = k_heads.shape[2]
+    def _check_room(self, n):
+        """RuntimeError unless ``n`` more positions fit."""
         if self.length + n > self.max_len:
             raise RuntimeError(
                 f"kv_cache overflow: {self.length} cached + {n} new positions exceeds "
                 f"max_len={self.max_len}; allocate a larger cache or reset() it"
             )
+
+    def _append(self, k_heads, v_heads):
+        """Write ``[B, g, n, d_k]`` new keys/values at ``length``; return the filled views."""
+        n = k_heads.shape[2]
+        self._check_room(n)
         end = self.length + n
         self._k[:, :, self.length:end] = k_heads
         self._v[:, :, self.length:end] = v_heads
@@ -408,16 +413,22 @@ class _GQACore(Module):
             k_heads = self._kv_heads(proj["k"], B, S)                     # (B, g, S, d_k)
             v_heads = self._kv_heads(proj["v"], B, S)
         if kv_cache is not None:
+            # validate everything (room, mask against the total length) *before*
+            # writing into the cache: a failed call must leave it untouched
+            kv_cache._check_room(S)
+            S = kv_cache.length + S
+            as_mask(mask, "mask", dt)            # dtype check (TypeError) only
+            m = self._mask_view(mask, B, L, S, layout)
             k_heads, v_heads = kv_cache._append(k_heads, v_heads)
-            S = k_heads.shape[2]
             is_causal = True                     # bottom-right: new tokens over the cache
+        else:
+            m = self._mask_view(mask, B, L, S, layout)
         # a single query (bottom-right aligned) sees every key: no causal part to apply
         causal = bool(is_causal) and layout != "fold"
 
         q = self._q_view(proj["q"], B, L, layout)
         k = self._kv_sdpa(k_heads, layout)
         v = self._kv_sdpa(v_heads, layout)
-        m = self._mask_view(mask, B, L, S, layout)
         if kv_cache is not None and layout == "fold" and not (
                 self.training and self.dropout > 0.0):
             o, w = self._decode_step(q, k, v, m)
