@@ -164,3 +164,21 @@ def test_failed_cached_forward_review_repro():
     with pytest.raises(ValueError, match="mask"):
         m(x, kv_cache=kv, mask=np.ones((7, 7), bool))
     assert kv.length == 0
+
+
+@pytest.mark.parametrize("kind", list(MODULES))
+def test_backward_bad_grad_output_keeps_cache_for_retry(rng, kind):
+    """(Not kv_cache specific: the multi-head backward validates grad_output before
+    consuming the forward cache, so a corrected retry works.)"""
+    m = randomize(MODULES[kind](np.float64, 0), rng)
+    x = rng.standard_normal((2, 3, 16))
+    y = m(x)
+    g = rng.standard_normal(y.shape)
+    with pytest.raises(ValueError, match="grad_output"):
+        m.backward(g[:, :2])
+    with pytest.raises(TypeError, match="grad_output"):
+        m.backward(g.astype(complex))
+    gx = m.backward(g)[0]
+    assert gx.shape == x.shape
+    with pytest.raises(RuntimeError):
+        m.backward(g)

@@ -203,3 +203,25 @@ def test_nan_key_at_masked_position_leaves_forward_finite(dtype, fused, causal, 
     ref = attn(q, k, v, mask=mask, is_causal=causal)
     assert not np.isnan(out).any()
     np.testing.assert_array_equal(out, ref)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_backward_bad_grad_output_keeps_cache_for_retry(dtype, fused, rng, monkeypatch):
+    """grad_output is validated before the forward cache is consumed."""
+    from nn_core.attention import scaled_dot_product as sdp
+    monkeypatch.setattr(sdp, "_FUSED_ENABLED", fused)
+    q, k, v = (rng.standard_normal(s).astype(dtype) for s in ((2, 4, 3), (2, 5, 3), (2, 5, 2)))
+    attn = ScaledDotProductAttention(dtype=dtype)
+    out = attn(q, k, v)
+    g = rng.standard_normal(out.shape).astype(dtype)
+    with pytest.raises(ValueError, match="grad_output"):
+        attn.backward(g[:, :3])
+    with pytest.raises(TypeError, match="grad_output"):
+        attn.backward(g.astype(complex))
+    grads = attn.backward(g)                       # the corrected retry works
+    ref = ScaledDotProductAttention(dtype=dtype)
+    ref(q, k, v)
+    for a, b in zip(grads, ref.backward(g)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(RuntimeError, match="without a matching forward"):
+        attn.backward(g)

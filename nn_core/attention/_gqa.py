@@ -58,6 +58,7 @@ from .._validation import (
     check_positive_int,
     check_probability,
     check_shape,
+    require_forward,
 )
 from ..module import Module
 from .scaled_dot_product import ScaledDotProductAttention, softmax
@@ -472,6 +473,15 @@ class _GQACore(Module):
         p = softmax(s, axis=-1, mask=mask)
         return np.matmul(p, v), p                                        # (B, g, r, d_k)
 
+    def _check_grad_output(self, state, grad_output):
+        """``grad_output`` as a ``[B, L, d_model]`` array of the layer dtype, or an error."""
+        B, L = state[2], state[3]
+        g = as_float_array(grad_output, "grad_output", self.dtype)
+        if g.shape != (B, L, self.d_model):
+            raise ValueError(
+                f"grad_output must have shape {(B, L, self.d_model)}, got {tuple(g.shape)}")
+        return g
+
     def _attn_backward(self, state, grad_output, need_fixed_dx=False):
         """Parameter gradients (accumulated) and ``dX`` per source, in source order.
 
@@ -480,10 +490,7 @@ class _GQACore(Module):
         as the last element.
         """
         rows, A, B, L, S, layout, fixed_kv = state
-        g = as_float_array(grad_output, "grad_output", self.dtype)
-        if g.shape != (B, L, self.d_model):
-            raise ValueError(
-                f"grad_output must have shape {(B, L, self.d_model)}, got {tuple(g.shape)}")
+        g = self._check_grad_output(state, grad_output)
         g2 = g.reshape(B * L, self.d_model)
         self.grads["W_o"] += A.T @ g2
         if self.bias:
@@ -634,8 +641,11 @@ class _SelfAttentionBase(_GQACore):
             raise RuntimeError(
                 f"{type(self).__name__}.backward is not available after a forward with "
                 "kv_cache (incremental decoding is inference only)")
-        state, order = self._pop_cache()
-        dxs = self._attn_backward(state, grad_output)
+        require_forward(self._cache, self)
+        state, order = self._cache
+        g = self._check_grad_output(state, grad_output)     # before consuming the cache
+        self._cache = None
+        dxs = self._attn_backward(state, g)
         B, L = state[2], state[3]
         shapes = [state[0][i][0].shape for i in range(len(dxs))]
         dxs = [dx.reshape(B, -1, s[-1]) for dx, s in zip(dxs, shapes)]

@@ -44,7 +44,8 @@ import numpy as np
 
 from .._kernels import _attention as _kattn
 from .._kernels import _softmax as _ksoftmax
-from .._validation import as_float_array, as_mask, broadcasts_to, check_probability
+from .._validation import (as_float_array, as_mask, broadcasts_to, check_probability,
+                           require_forward)
 from ..module import Module
 
 __all__ = ["softmax", "ScaledDotProductAttention", "scaled_dot_product_attention"]
@@ -538,15 +539,21 @@ class ScaledDotProductAttention(Module):
         return out, applied, ("generic", q, k, v, probs, applied, keep, scale)
 
     def backward(self, grad_output):
-        """Gradients ``(grad_query, grad_key, grad_value)``, each shaped like its input."""
-        cache = self._pop_cache()
-        if cache[0] == "fused":
-            return _fused_backward(cache, grad_output, self.dtype)
-        _, q, k, v, probs, applied, keep, scale = cache
-        out_shape = probs.shape[:-1] + (v.shape[-1],)
+        """Gradients ``(grad_query, grad_key, grad_value)``, each shaped like its input.
+
+        ``grad_output`` is validated before the forward cache is consumed, so a
+        corrected retry after a ValueError / TypeError still works."""
+        cache = self._cache
+        require_forward(cache, self)
+        # both caches hold (kind, q, k, v, probs [..., L_q, L_k], ...)
+        out_shape = cache[4].shape[:-1] + (cache[3].shape[-1],)
         g = as_float_array(grad_output, "grad_output", self.dtype)
         if g.shape != out_shape:
             raise ValueError(f"grad_output must have shape {out_shape}, got {g.shape}")
+        self._cache = None
+        if cache[0] == "fused":
+            return _fused_backward(cache, g, self.dtype)
+        _, q, k, v, probs, applied, keep, scale = cache
         grad_v = np.matmul(np.swapaxes(applied, -1, -2), g)     # (..., L_k, d_v)
         grad_p = np.matmul(g, np.swapaxes(v, -1, -2))           # (..., L_q, L_k)
         if keep is not None:
