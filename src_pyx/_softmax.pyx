@@ -137,6 +137,8 @@ def softmax_forward(const floating[:, :, ::1] x, floating[:, :, ::1] out,
                          f"{(out.shape[0], out.shape[1], out.shape[2])}")
     if mask_kind not in (0, 1, 2):
         raise ValueError(f"mask_kind must be 0, 1 or 2, got {mask_kind}")
+    if P == 0 or R == 0 or N == 0:
+        return                  # nothing to compute (nor to read from a maybe-empty mask)
     if mask_kind != 0:
         if moff.shape[0] != P:
             raise ValueError(f"moff must have {P} entries, got {moff.shape[0]}")
@@ -147,8 +149,6 @@ def softmax_forward(const floating[:, :, ::1] x, floating[:, :, ::1] out,
         for p in range(P):
             if moff[p] < 0 or moff[p] + need >= size:
                 raise ValueError("mask offsets/strides reach outside the mask buffer")
-    if P == 0 or R == 0 or N == 0:
-        return
     with nogil:
         _softmax_rows(&x[0, 0, 0], &out[0, 0, 0], P, R, N, scale, mask_kind,
                       &bmask[0], &fmask[0], &moff[0] if mask_kind != 0 else NULL,

@@ -225,3 +225,34 @@ def test_backward_bad_grad_output_keeps_cache_for_retry(dtype, fused, rng, monke
         np.testing.assert_array_equal(a, b)
     with pytest.raises(RuntimeError, match="without a matching forward"):
         attn.backward(g)
+
+
+@pytest.mark.parametrize("empty", ["L_q", "L_k", "batch"])
+@pytest.mark.parametrize("masking", ["none", "bool", "float"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_zero_length_axes(dtype, empty, masking, causal, rng):
+    """L_q = 0 -> empty output and grads; L_k = 0 -> every row fully masked: zero
+    output and zero grads (they used to crash in a NumPy reshape)."""
+    B, L_q, L_k, d_k, d_v = 2, 3, 4, 5, 2
+    if empty == "L_q":
+        L_q = 0
+    elif empty == "L_k":
+        L_k = 0
+    else:
+        B = 0
+    q, k, v = (rng.standard_normal(s).astype(dtype)
+               for s in ((B, L_q, d_k), (B, L_k, d_k), (B, L_k, d_v)))
+    mask = None
+    if masking == "bool":
+        mask = np.ones((L_q, L_k), bool)
+    elif masking == "float":
+        mask = np.zeros((1, L_q, L_k), dtype)
+    attn = ScaledDotProductAttention(dtype=dtype)
+    out, w = attn(q, k, v, mask=mask, is_causal=causal, return_weights=True)
+    assert out.shape == (B, L_q, d_v) and out.dtype == dtype
+    assert w.shape == (B, L_q, L_k)
+    assert (out == 0).all()
+    grads = attn.backward(rng.standard_normal(out.shape).astype(dtype))
+    for gr, a in zip(grads, (q, k, v)):
+        assert gr.shape == a.shape and gr.dtype == dtype
+        assert (gr == 0).all()

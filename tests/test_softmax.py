@@ -128,3 +128,14 @@ def test_nan_at_masked_position_is_ignored(dtype, rng):
     fm[0] = 0
     fm[0, 4] = -np.inf
     assert np.isnan(softmax(x, mask=fm)[0]).all()
+
+
+@pytest.mark.parametrize("shape, axis", [((3, 0), -1), ((0,), 0), ((0, 4), -1), ((3, 0), 0),
+                                         ((2, 0, 5), 1)])
+def test_empty_axes(dtype, shape, axis):
+    """An empty array (or an empty softmax axis) gives an empty result, not a crash."""
+    x = np.zeros(shape, dtype)
+    y = softmax(x, axis=axis)
+    assert y.shape == shape and y.dtype == dtype
+    assert softmax(x, axis=axis, mask=np.ones(shape, bool)).shape == shape
+    assert softmax(x, axis=axis, mask=np.zeros(shape)).shape == shape

@@ -29,6 +29,10 @@ NaN at a bool-masked or causally excluded key never enters the softmax, so the
 forward stays finite there (PyTorch's math path gives NaN); gradients still pass
 through GEMMs where ``0 * NaN = NaN``.
 
+Empty axes work: ``L_q = 0`` (or an empty batch) gives empty outputs and
+gradients; ``L_k = 0`` leaves every query without keys, i.e. fully masked: output 0
+and gradients 0.  ``softmax`` of an empty array or axis is an empty array.
+
 Mask convention: bool ``True`` = this query may attend to this key; float masks are
 additive (0 keep, ``-inf`` drop).  ``is_causal`` aligns the diagonal bottom-right:
 query ``i`` of ``L_q`` sees keys ``j <= i + L_k - L_q`` (as when decoding with a
@@ -96,7 +100,7 @@ def _masked_softmax(scores, scale, mask_kind, mask, causal_offset=None):
     """
     shape = scores.shape
     R, N = shape[-2], shape[-1]
-    x3 = scores.reshape(-1, R, N)
+    x3 = scores.reshape(int(np.prod(shape[:-2], dtype=np.int64)), R, N)   # (no -1: may be empty)
     out = np.empty_like(x3)
     kind, bmask, fmask, moff, mrs, mcs = _mask_layout(mask_kind, mask, shape, scores.dtype)
     _ksoftmax.softmax_forward(x3, out, scores.dtype.type(scale), kind, bmask, fmask,
@@ -108,10 +112,11 @@ def _masked_softmax(scores, scale, mask_kind, mask, causal_offset=None):
 def _softmax_backward(probs, grad_probs, scale):
     """``scale * P * (dP - rowsum(dP * P))`` for C-contiguous ``[..., N]`` arrays."""
     N = probs.shape[-1]
+    rows = int(np.prod(probs.shape[:-1], dtype=np.int64))      # (no -1: may be empty)
     gp = np.ascontiguousarray(grad_probs, dtype=probs.dtype)
     out = np.empty_like(probs)
-    _ksoftmax.softmax_backward(probs.reshape(-1, N), gp.reshape(-1, N), out.reshape(-1, N),
-                               probs.dtype.type(scale))
+    _ksoftmax.softmax_backward(probs.reshape(rows, N), gp.reshape(rows, N),
+                               out.reshape(rows, N), probs.dtype.type(scale))
     return out
 
 
