@@ -139,3 +139,26 @@ def test_empty_axes(dtype, shape, axis):
     assert y.shape == shape and y.dtype == dtype
     assert softmax(x, axis=axis, mask=np.ones(shape, bool)).shape == shape
     assert softmax(x, axis=axis, mask=np.zeros(shape)).shape == shape
+
+
+@pytest.mark.parametrize("n", [1, 8, 9, 17, 64])
+def test_nan_detection_all_payloads_and_positions(dtype, n, rng):
+    """vmax's NaN check reads bit patterns: every NaN (sign, quiet or signalling,
+    smallest payload) at every position is caught, and +-inf are not NaN."""
+    itype = np.int32 if dtype == np.float32 else np.int64
+    nans = [np.nan, -np.nan]
+    for bits in ((0x7f800001, 0x7fc00000, -0x007fffff) if dtype == np.float32 else
+                 (0x7ff0000000000001, 0x7ff8000000000000, -0x000fffffffffffff)):
+        nans.append(np.array(bits, itype).view(dtype)[()])
+    for val in nans:
+        assert np.isnan(val)
+        for pos in {0, n - 1, int(rng.integers(n))}:
+            x = rng.standard_normal((2, n)).astype(dtype)
+            x[0, pos] = val
+            if n > 2:
+                x[:, (pos + 1) % n] = -np.inf
+            y = softmax(x)
+            assert np.isnan(y[0]).all(), (val, pos)
+            assert not np.isnan(y[1]).any()
+    x = np.full((1, n), -np.inf, dtype)             # -inf is not NaN: a fully masked row
+    assert (softmax(x) == 0).all()
