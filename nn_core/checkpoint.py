@@ -17,8 +17,15 @@ modules (rebuilt recursively, e.g. the children of :class:`~nn_core.layers.Seque
 Writes are atomic: the archive is written to a temporary file in the target
 directory, flushed and fsync'ed, then moved over ``path`` with ``os.replace``; a
 crash mid-save leaves the previous checkpoint untouched.  Arrays are read with
-``allow_pickle=False``; loading does import the module named in the file, so
-load checkpoints from sources you trust, as with any code.
+``allow_pickle=False``.  Loading only rebuilds classes of the ``nn_core`` package:
+the class recorded in the file (and of every nested module argument) must live in
+``nn_core`` or one of its submodules, which is checked *before* anything is
+imported -- a file naming any other module raises :class:`CheckpointError` and
+imports nothing.  Modules of your own (subclasses defined outside ``nn_core``) can
+be saved, but to restore them build the module yourself and call
+``load_state_dict`` with the arrays (``np.load(path)["param/<name>"]``).
+Constructor arguments are still taken from the file, so load checkpoints from
+sources you trust.
 
 Examples
 --------
@@ -109,7 +116,17 @@ def _describe(module: Module) -> dict:
     }
 
 
+_PACKAGE = "nn_core"
+
+
 def _import_class(path):
+    """The Module subclass named ``"nn_core.sub.module:QualName"``; anything outside
+    the ``nn_core`` package is refused before it is imported."""
+    mod_name = path.split(":")[0] if isinstance(path, str) else ""
+    if not (mod_name == _PACKAGE or mod_name.startswith(_PACKAGE + ".")):
+        raise CheckpointError(
+            f"checkpoint class {path!r} is not an nn_core Module: only classes of the "
+            f"{_PACKAGE!r} package are loaded (module {mod_name!r} was not imported)")
     try:
         mod_name, qual = path.split(":")
         obj = importlib.import_module(mod_name)
@@ -118,7 +135,8 @@ def _import_class(path):
     except (ValueError, ImportError, AttributeError) as exc:
         raise CheckpointError(f"checkpoint names class {path!r}, which cannot be imported: "
                               f"{exc}") from exc
-    if not (isinstance(obj, type) and issubclass(obj, Module)):
+    if not (isinstance(obj, type) and issubclass(obj, Module)
+            and (obj.__module__ == _PACKAGE or obj.__module__.startswith(_PACKAGE + "."))):
         raise CheckpointError(f"checkpoint class {path!r} is not an nn_core Module")
     return obj
 

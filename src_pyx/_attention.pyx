@@ -32,7 +32,8 @@ inside a computed block but above the diagonal are exact zeros, so the GEMMs tha
 read them are exact.
 
 A row with no allowed key (fully masked, or ``n(i) <= 0``) gets ``P = 0``, hence
-``O = 0`` and zero gradients, never NaN.
+``O = 0`` and zero gradients, never NaN.  A NaN among a row's allowed scores makes
+that row of ``P`` (and its output and gradients) NaN, as in PyTorch.
 
 Gradients of broadcast inputs are accumulated (``beta = 1`` into a zeroed buffer);
 the others are written (``beta = 0``), including explicit zeros for skipped blocks.
@@ -128,9 +129,9 @@ cdef void _softmax_row(floating* zr, Py_ssize_t n, Py_ssize_t N, int mask_kind,
         else:
             for j in range(n):
                 zr[j] = zr[j] + fr[j * mcs]
-    mx = vmax(zr, n)
-    if not (mx > neg_inf):
-        _zero(zr, N)            # nothing allowed (or n == 0): an all-zero row
+    mx = vmax(zr, n)            # NaN if any allowed score is NaN: the row becomes NaN
+    if mx == neg_inf:
+        _zero(zr, N)            # nothing allowed (all masked / -inf, or n == 0): zeros
         return
     s = _exp_sum(zr, zr, mx, n)
     inv = 1 / s

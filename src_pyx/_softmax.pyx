@@ -7,7 +7,10 @@ Layout: scores ``x [P, R, N]`` (C-contiguous; ``P`` = product of the leading dim
     allowed_j = bmask_j and j <= i + causal_offset   (each part optional)
     y_j = exp(z_j - max_allowed z) / sum_allowed exp(...)   for allowed j, else 0
 
-A row with no allowed finite entry is written as zeros (never NaN).
+A row with no allowed entry (every ``z_j`` masked or ``-inf``) is written as zeros
+(never NaN).  A NaN in an allowed ``z_j`` makes the whole row NaN, as in PyTorch;
+a NaN score at a bool-masked or causally excluded position is ignored (it never
+enters the row), whereas an additive mask cannot hide it (``NaN + -inf = NaN``).
 
 The mask is never expanded to the score shape: the caller passes the mask's own
 (contiguous, un-broadcast) buffer, one element offset per slab ``p`` (``moff``),
@@ -84,9 +87,10 @@ cdef void _softmax_rows(const floating* x, floating* y, Py_ssize_t P, Py_ssize_t
                     yr[j] = scale * xr[j]
             for j in range(n_row, N):
                 yr[j] = 0
-            mx = vmax(yr, n_row)
-            if not (mx > neg_inf):
-                # no allowed finite entry in this row (or n_row == 0): all zeros
+            mx = vmax(yr, n_row)        # NaN if any allowed z is NaN
+            if mx == neg_inf:
+                # no allowed entry in this row (all masked / -inf, or n_row == 0):
+                # all zeros.  A NaN max is not caught here: it makes the row NaN.
                 for j in range(n_row):
                     yr[j] = 0
                 continue
@@ -133,6 +137,8 @@ def softmax_forward(const floating[:, :, ::1] x, floating[:, :, ::1] out,
                          f"{(out.shape[0], out.shape[1], out.shape[2])}")
     if mask_kind not in (0, 1, 2):
         raise ValueError(f"mask_kind must be 0, 1 or 2, got {mask_kind}")
+    if P == 0 or R == 0 or N == 0:
+        return                  # nothing to compute (nor to read from a maybe-empty mask)
     if mask_kind != 0:
         if moff.shape[0] != P:
             raise ValueError(f"moff must have {P} entries, got {moff.shape[0]}")
@@ -143,8 +149,6 @@ def softmax_forward(const floating[:, :, ::1] x, floating[:, :, ::1] out,
         for p in range(P):
             if moff[p] < 0 or moff[p] + need >= size:
                 raise ValueError("mask offsets/strides reach outside the mask buffer")
-    if P == 0 or R == 0 or N == 0:
-        return
     with nogil:
         _softmax_rows(&x[0, 0, 0], &out[0, 0, 0], P, R, N, scale, mask_kind,
                       &bmask[0], &fmask[0], &moff[0] if mask_kind != 0 else NULL,

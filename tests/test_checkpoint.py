@@ -195,3 +195,40 @@ def test_save_overwrites_atomically(tmp_path):
 def test_top_level_reexports():
     assert nn_core.save is save and nn_core.load is load
     assert nn_core.layers.Linear is Linear
+
+
+def test_only_nn_core_classes_are_loaded_and_nothing_else_is_imported(tmp_path):
+    """The class named in the file must live in the nn_core package; this is checked
+    before importing, so a crafted file cannot import (run) an arbitrary module."""
+    path = tmp_path / "m.npz"
+    save(Linear(3, 2, rng=0), path)
+    sentinel = tmp_path / "imported.txt"
+    (tmp_path / "evil_ckpt_mod.py").write_text(
+        f"open({str(sentinel)!r}, 'w').write('x')\n"
+        "from nn_core.layers import Linear as Evil\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        for cls in ("evil_ckpt_mod:Evil", "nn_core_evil:Linear", "nn_coreX.layers:Linear",
+                    "os:getcwd"):
+            def edit(meta, arrays, cls=cls):
+                meta["module"]["class"] = cls
+            _rewrite_meta(path, tmp_path / "x.npz", edit)
+            with pytest.raises(CheckpointError, match=f"{cls!r} is not an nn_core Module"):
+                load(tmp_path / "x.npz")
+        assert not sentinel.exists()
+        assert "evil_ckpt_mod" not in sys.modules
+        # nested module arguments are checked the same way
+        save(Sequential(Linear(3, 2, rng=0)), path)
+
+        def nested(meta, arrays):
+            meta["module"]["args"][0]["__module__"]["class"] = "evil_ckpt_mod:Evil"
+        _rewrite_meta(path, tmp_path / "y.npz", nested)
+        with pytest.raises(CheckpointError, match="evil_ckpt_mod"):
+            load(tmp_path / "y.npz")
+        assert not sentinel.exists()
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("evil_ckpt_mod", None)
+    # a Module subclass defined outside nn_core is refused too (imported or not)
+    with pytest.raises(CheckpointError, match="not an nn_core Module"):
+        checkpoint._import_class(f"{_Opaque.__module__}:_Opaque")

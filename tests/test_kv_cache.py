@@ -128,3 +128,57 @@ def test_decode_step_per_head_float_mask(rng, kind):
     steps = [m(x[:, t:t + 1], mask=fmask[:, :, t:t + 1, :t + 1], kv_cache=cache)
              for t in range(T)]
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, rtol=1e-10, atol=1e-11)
+
+
+@pytest.mark.parametrize("kind", list(MODULES))
+def test_failed_cached_forward_leaves_cache_untouched(rng, kind):
+    """Every check runs before the append: a rejected call writes nothing."""
+    m = randomize(MODULES[kind](np.float64, 0), rng).eval()
+    x = rng.standard_normal((2, 5, 16))
+    cache = m.new_kv_cache(2, 10)
+    m(x[:, :2], kv_cache=cache)
+    keys = cache.keys.copy()
+    bad = [
+        (ValueError, dict(mask=np.ones((3, 3), bool))),        # must be [.., 3, 2 + 3]
+        (ValueError, dict(mask=np.zeros((7, 7)))),
+        (TypeError, dict(mask=np.ones((3, 5), complex))),
+    ]
+    for exc, kw in bad:
+        with pytest.raises(exc, match="mask"):
+            m(x[:, 2:5], kv_cache=cache, **kw)
+        assert cache.length == 2
+        np.testing.assert_array_equal(cache.keys, keys)
+    with pytest.raises(ValueError):
+        m(x[:1, 2:5], kv_cache=cache)                            # wrong batch
+    assert cache.length == 2
+    # the corrected retry continues exactly as if nothing had happened
+    y = m(x[:, 2:5], kv_cache=cache, mask=np.ones((3, 5), bool))
+    assert cache.length == 5
+    np.testing.assert_allclose(y, m(x, is_causal=True)[:, 2:5], rtol=1e-10, atol=1e-11)
+
+
+def test_failed_cached_forward_review_repro():
+    m = MultiHeadAttention(8, 2).eval()
+    x = np.random.default_rng(0).standard_normal((1, 3, 8))
+    kv = m.new_kv_cache(1, 10)
+    with pytest.raises(ValueError, match="mask"):
+        m(x, kv_cache=kv, mask=np.ones((7, 7), bool))
+    assert kv.length == 0
+
+
+@pytest.mark.parametrize("kind", list(MODULES))
+def test_backward_bad_grad_output_keeps_cache_for_retry(rng, kind):
+    """(Not kv_cache specific: the multi-head backward validates grad_output before
+    consuming the forward cache, so a corrected retry works.)"""
+    m = randomize(MODULES[kind](np.float64, 0), rng)
+    x = rng.standard_normal((2, 3, 16))
+    y = m(x)
+    g = rng.standard_normal(y.shape)
+    with pytest.raises(ValueError, match="grad_output"):
+        m.backward(g[:, :2])
+    with pytest.raises(TypeError, match="grad_output"):
+        m.backward(g.astype(complex))
+    gx = m.backward(g)[0]
+    assert gx.shape == x.shape
+    with pytest.raises(RuntimeError):
+        m.backward(g)

@@ -112,3 +112,41 @@ def test_window_properties(L, w):
     assert np.all(np.diag(causal)) and np.all(np.diag(sym))
     assert np.all(causal.sum(1) == np.minimum(np.arange(L) + 1, w))
     np.testing.assert_array_equal(causal & ~create_causal_mask(L), False)
+
+
+def test_padding_masks_of_an_empty_batch():
+    """An empty lengths list is B = 0 (it used to raise a TypeError about float64)."""
+    assert create_padding_mask([]).shape == (0, 1, 1, 0)
+    assert create_padding_mask([], 4).shape == (0, 1, 1, 4)
+    assert create_padding_mask((), 3, dtype=np.float32).shape == (0, 1, 1, 3)
+    assert create_causal_padding_mask([]).shape == (0, 1, 0, 0)
+    assert create_causal_padding_mask([], 2).shape == (0, 1, 2, 2)
+    with pytest.raises(TypeError, match="integer"):
+        create_padding_mask([1.0, 2.0])
+
+
+def test_huge_unsigned_lengths_are_reported_as_given():
+    big = np.array([2, 2**64 - 1], dtype=np.uint64)
+    with pytest.raises(ValueError, match=str(2**64 - 1)):
+        create_padding_mask(big, 5)
+    with pytest.raises(ValueError, match=str(2**63 + 1)):
+        create_causal_padding_mask(np.array([2**63 + 1], dtype=np.uint64), 5)
+    np.testing.assert_array_equal(create_padding_mask(np.array([1, 3], np.uint64), 3),
+                                  create_padding_mask([1, 3], 3))
+
+
+@pytest.mark.parametrize("tokens", [(1.0,), (True,), [0, False], np.array([True]),
+                                    np.array([1.5]), np.array([2.0])])
+def test_global_tokens_must_be_integers(tokens):
+    with pytest.raises(TypeError, match="global_tokens must be integer"):
+        create_local_attention_mask(5, 3, global_tokens=tokens)
+
+
+def test_global_tokens_integer_forms():
+    ref = create_local_attention_mask(6, 1, global_tokens=[1, 4])
+    for g in ((1, 4), np.array([1, 4], np.uint8), np.array([4, 1], np.int32), [np.int64(1), 4]):
+        np.testing.assert_array_equal(create_local_attention_mask(6, 1, global_tokens=g), ref)
+    np.testing.assert_array_equal(create_local_attention_mask(6, 1, global_tokens=[]),
+                                  create_local_attention_mask(6, 1))
+    with pytest.raises(ValueError, match=str(2**64 - 1)):
+        create_local_attention_mask(6, 1, global_tokens=np.array([2**64 - 1], np.uint64))

@@ -435,3 +435,19 @@ def test_non_finite_padding_is_ignored(rng):
     for k, v in cell.grads.items():
         np.testing.assert_array_equal(v, g_c[k])
     assert np.isnan(dirty[3, 1, 0])              # the caller's array is untouched
+
+
+def test_stacked_lstm_backward_bad_grad_keeps_cache_for_retry(rng):
+    """StackedLSTM.backward validates its arguments before consuming the cache."""
+    m = StackedLSTM(3, 4, 2, dtype=np.float64, rng=0)
+    x = rng.standard_normal((5, 2, 3))
+    out, _ = m(x)
+    go = rng.standard_normal(out.shape)
+    with pytest.raises(ValueError, match="grad_output"):
+        m.backward(go[:, :1])
+    with pytest.raises(ValueError, match="grad_state"):
+        m.backward(go, (np.ones((2, 2, 4)), np.ones((1, 2, 4))))
+    gx, _ = m.backward(go)                      # the corrected retry works
+    assert gx.shape == x.shape
+    with pytest.raises(RuntimeError):
+        m.backward(go)

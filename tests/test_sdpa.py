@@ -182,3 +182,77 @@ def test_special_inputs(rng):
     np.testing.assert_allclose(out, ref_sdpa(np.broadcast_to(q[:1], q.shape), k, v)[0], rtol=1e-5, atol=1e-6)
     ints = attn(np.arange(8).reshape(2, 4), np.ones((3, 4), int), np.ones((3, 2), int))
     np.testing.assert_allclose(ints, 1.0)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("causal", [False, True])
+def test_nan_key_at_masked_position_leaves_forward_finite(dtype, fused, causal, rng, monkeypatch):
+    """A NaN score at a bool-masked (or causally excluded) key never enters the softmax
+    (the forward is finite and equals the result with that key replaced).  Only the
+    forward is guaranteed: gradients pass through GEMMs where 0 * NaN = NaN."""
+    from nn_core.attention import scaled_dot_product as sdp
+    monkeypatch.setattr(sdp, "_FUSED_ENABLED", fused)
+    q, k, v = (rng.standard_normal(s).astype(dtype) for s in ((2, 6, 4), (2, 6, 4), (2, 6, 3)))
+    mask = rng.random((6, 6)) > 0.3
+    mask[:, 5] = False
+    mask[:, 0] = True
+    k_nan = k.copy()
+    k_nan[:, 5, 1] = np.nan
+    attn = ScaledDotProductAttention(dtype=dtype)
+    out = attn(q, k_nan, v, mask=mask, is_causal=causal)
+    ref = attn(q, k, v, mask=mask, is_causal=causal)
+    assert not np.isnan(out).any()
+    np.testing.assert_array_equal(out, ref)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_backward_bad_grad_output_keeps_cache_for_retry(dtype, fused, rng, monkeypatch):
+    """grad_output is validated before the forward cache is consumed."""
+    from nn_core.attention import scaled_dot_product as sdp
+    monkeypatch.setattr(sdp, "_FUSED_ENABLED", fused)
+    q, k, v = (rng.standard_normal(s).astype(dtype) for s in ((2, 4, 3), (2, 5, 3), (2, 5, 2)))
+    attn = ScaledDotProductAttention(dtype=dtype)
+    out = attn(q, k, v)
+    g = rng.standard_normal(out.shape).astype(dtype)
+    with pytest.raises(ValueError, match="grad_output"):
+        attn.backward(g[:, :3])
+    with pytest.raises(TypeError, match="grad_output"):
+        attn.backward(g.astype(complex))
+    grads = attn.backward(g)                       # the corrected retry works
+    ref = ScaledDotProductAttention(dtype=dtype)
+    ref(q, k, v)
+    for a, b in zip(grads, ref.backward(g)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(RuntimeError, match="without a matching forward"):
+        attn.backward(g)
+
+
+@pytest.mark.parametrize("empty", ["L_q", "L_k", "batch"])
+@pytest.mark.parametrize("masking", ["none", "bool", "float"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_zero_length_axes(dtype, empty, masking, causal, rng):
+    """L_q = 0 -> empty output and grads; L_k = 0 -> every row fully masked: zero
+    output and zero grads (they used to crash in a NumPy reshape)."""
+    B, L_q, L_k, d_k, d_v = 2, 3, 4, 5, 2
+    if empty == "L_q":
+        L_q = 0
+    elif empty == "L_k":
+        L_k = 0
+    else:
+        B = 0
+    q, k, v = (rng.standard_normal(s).astype(dtype)
+               for s in ((B, L_q, d_k), (B, L_k, d_k), (B, L_k, d_v)))
+    mask = None
+    if masking == "bool":
+        mask = np.ones((L_q, L_k), bool)
+    elif masking == "float":
+        mask = np.zeros((1, L_q, L_k), dtype)
+    attn = ScaledDotProductAttention(dtype=dtype)
+    out, w = attn(q, k, v, mask=mask, is_causal=causal, return_weights=True)
+    assert out.shape == (B, L_q, d_v) and out.dtype == dtype
+    assert w.shape == (B, L_q, L_k)
+    assert (out == 0).all()
+    grads = attn.backward(rng.standard_normal(out.shape).astype(dtype))
+    for gr, a in zip(grads, (q, k, v)):
+        assert gr.shape == a.shape and gr.dtype == dtype
+        assert (gr == 0).all()

@@ -87,3 +87,31 @@ def test_parity_scale_and_lq_less_than_lk(rng):
 def test_softmax_matches_torch(dtype, rng):
     x = rng.standard_normal((3, 4, 10)).astype(dtype) * 4
     np.testing.assert_allclose(softmax(x), torch.softmax(torch.tensor(x), -1).numpy(), **_tol(dtype))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_parity_nan_rows(dtype, fused, rng, monkeypatch):
+    """NaN scores propagate as in torch (an all-NaN row used to give 0)."""
+    from nn_core.attention import scaled_dot_product as sdp
+    monkeypatch.setattr(sdp, "_FUSED_ENABLED", fused)
+    q, k, v = rng.standard_normal((2, 2, 5, 4)), rng.standard_normal((2, 2, 6, 4)), rng.standard_normal((2, 2, 6, 3))
+    q[0, 1, 1, 0] = np.nan          # a whole score row NaN
+    q[1, 0, 3, :] = np.nan
+    out, grads, tout, tgrads = run_both(q, k, v, dtype, rng=rng)
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(tout))
+    assert np.isnan(out[0, 1, 1]).all() and np.isnan(out[1, 0, 3]).all()
+    ok = ~np.isnan(tout)
+    np.testing.assert_allclose(out[ok], tout[ok], **_tol(dtype))
+    for a, b in zip(grads, tgrads):
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+        np.testing.assert_allclose(a[~np.isnan(b)], b[~np.isnan(b)], **_tol(dtype))
+
+
+def test_nan_repro_from_review():
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((1, 1, 3, 4))
+    q[0, 0, 1, 0] = np.nan
+    out = ScaledDotProductAttention(dtype=np.float64)(q, np.ones((1, 1, 5, 4)), np.ones((1, 1, 5, 2)))
+    assert np.isnan(out[0, 0, 1]).all() and not np.isnan(out[0, 0, [0, 2]]).any()
+    assert np.isnan(softmax(np.array([np.nan, np.nan]))).all()
+    assert np.isnan(torch.softmax(torch.tensor([np.nan, np.nan]), -1).numpy()).all()

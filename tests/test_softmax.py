@@ -95,3 +95,70 @@ def test_rows_sum_to_one_or_zero(rows, cols, seed):
     np.testing.assert_allclose(sums[has_any], 1.0, rtol=1e-12)
     np.testing.assert_array_equal(sums[~has_any], 0.0)
     assert np.all(y >= 0)
+
+
+# ------------------------------------------------ NaN propagation (as torch) --
+@pytest.mark.parametrize("n", [1, 2, 7, 8, 9, 33])
+def test_nan_row_is_nan(dtype, n, rng):
+    """A NaN among a row's allowed entries makes the row NaN (it used to be skipped
+    by the max, and an all-NaN row came out as zeros)."""
+    x = rng.standard_normal((4, n)).astype(dtype)
+    x[0] = np.nan                                 # all NaN
+    x[1, rng.integers(n)] = np.nan                # one NaN anywhere in the row
+    y = softmax(x)
+    assert np.isnan(y[:2]).all()
+    np.testing.assert_allclose(y[2:], masked_softmax(x[2:]), **_tol(dtype))
+    x[3] = -np.inf                                # still fully "masked": zeros
+    assert (softmax(x)[3] == 0).all()
+
+
+def test_nan_at_masked_position_is_ignored(dtype, rng):
+    """A bool-masked entry never enters the row, so a NaN there is harmless."""
+    x = rng.standard_normal((3, 9)).astype(dtype)
+    m = rng.random((3, 9)) > 0.3
+    m[:, 4] = False
+    x[:, 4] = np.nan
+    y = softmax(x, mask=m)
+    assert not np.isnan(y).any()
+    np.testing.assert_allclose(y, masked_softmax(np.where(m, x, 0), m), **_tol(dtype))
+    m[1] = False
+    assert (softmax(x, mask=m)[1] == 0).all()     # fully masked row with a NaN: 0
+    # an additive -inf cannot hide it: NaN + -inf = NaN (torch does the same)
+    fm = np.where(m, 0.0, -np.inf)
+    fm[0] = 0
+    fm[0, 4] = -np.inf
+    assert np.isnan(softmax(x, mask=fm)[0]).all()
+
+
+@pytest.mark.parametrize("shape, axis", [((3, 0), -1), ((0,), 0), ((0, 4), -1), ((3, 0), 0),
+                                         ((2, 0, 5), 1)])
+def test_empty_axes(dtype, shape, axis):
+    """An empty array (or an empty softmax axis) gives an empty result, not a crash."""
+    x = np.zeros(shape, dtype)
+    y = softmax(x, axis=axis)
+    assert y.shape == shape and y.dtype == dtype
+    assert softmax(x, axis=axis, mask=np.ones(shape, bool)).shape == shape
+    assert softmax(x, axis=axis, mask=np.zeros(shape)).shape == shape
+
+
+@pytest.mark.parametrize("n", [1, 8, 9, 17, 64])
+def test_nan_detection_all_payloads_and_positions(dtype, n, rng):
+    """vmax's NaN check reads bit patterns: every NaN (sign, quiet or signalling,
+    smallest payload) at every position is caught, and +-inf are not NaN."""
+    itype = np.int32 if dtype == np.float32 else np.int64
+    nans = [np.nan, -np.nan]
+    for bits in ((0x7f800001, 0x7fc00000, -0x007fffff) if dtype == np.float32 else
+                 (0x7ff0000000000001, 0x7ff8000000000000, -0x000fffffffffffff)):
+        nans.append(np.array(bits, itype).view(dtype)[()])
+    for val in nans:
+        assert np.isnan(val)
+        for pos in {0, n - 1, int(rng.integers(n))}:
+            x = rng.standard_normal((2, n)).astype(dtype)
+            x[0, pos] = val
+            if n > 2:
+                x[:, (pos + 1) % n] = -np.inf
+            y = softmax(x)
+            assert np.isnan(y[0]).all(), (val, pos)
+            assert not np.isnan(y[1]).any()
+    x = np.full((1, n), -np.inf, dtype)             # -inf is not NaN: a fully masked row
+    assert (softmax(x) == 0).all()

@@ -52,11 +52,13 @@ import numpy as np
 
 from .._validation import (
     as_float_array,
+    as_mask,
     broadcasts_to,
     check_heads,
     check_positive_int,
     check_probability,
     check_shape,
+    require_forward,
 )
 from ..module import Module
 from .scaled_dot_product import ScaledDotProductAttention, softmax
@@ -171,14 +173,18 @@ class KVCache:
         """Forget every cached position (``length = 0``); the buffers are kept."""
         self.length = 0
 
-    def _append(self, k_heads, v_heads):
-        """Write ``[B, g, n, d_k]`` new keys/values at ``length``; return the filled views."""
-        n = k_heads.shape[2]
+    def _check_room(self, n):
+        """RuntimeError unless ``n`` more positions fit."""
         if self.length + n > self.max_len:
             raise RuntimeError(
                 f"kv_cache overflow: {self.length} cached + {n} new positions exceeds "
                 f"max_len={self.max_len}; allocate a larger cache or reset() it"
             )
+
+    def _append(self, k_heads, v_heads):
+        """Write ``[B, g, n, d_k]`` new keys/values at ``length``; return the filled views."""
+        n = k_heads.shape[2]
+        self._check_room(n)
         end = self.length + n
         self._k[:, :, self.length:end] = k_heads
         self._v[:, :, self.length:end] = v_heads
@@ -408,16 +414,22 @@ class _GQACore(Module):
             k_heads = self._kv_heads(proj["k"], B, S)                     # (B, g, S, d_k)
             v_heads = self._kv_heads(proj["v"], B, S)
         if kv_cache is not None:
+            # validate everything (room, mask against the total length) *before*
+            # writing into the cache: a failed call must leave it untouched
+            kv_cache._check_room(S)
+            S = kv_cache.length + S
+            as_mask(mask, "mask", dt)            # dtype check (TypeError) only
+            m = self._mask_view(mask, B, L, S, layout)
             k_heads, v_heads = kv_cache._append(k_heads, v_heads)
-            S = k_heads.shape[2]
             is_causal = True                     # bottom-right: new tokens over the cache
+        else:
+            m = self._mask_view(mask, B, L, S, layout)
         # a single query (bottom-right aligned) sees every key: no causal part to apply
         causal = bool(is_causal) and layout != "fold"
 
         q = self._q_view(proj["q"], B, L, layout)
         k = self._kv_sdpa(k_heads, layout)
         v = self._kv_sdpa(v_heads, layout)
-        m = self._mask_view(mask, B, L, S, layout)
         if kv_cache is not None and layout == "fold" and not (
                 self.training and self.dropout > 0.0):
             o, w = self._decode_step(q, k, v, m)
@@ -461,6 +473,15 @@ class _GQACore(Module):
         p = softmax(s, axis=-1, mask=mask)
         return np.matmul(p, v), p                                        # (B, g, r, d_k)
 
+    def _check_grad_output(self, state, grad_output):
+        """``grad_output`` as a ``[B, L, d_model]`` array of the layer dtype, or an error."""
+        B, L = state[2], state[3]
+        g = as_float_array(grad_output, "grad_output", self.dtype)
+        if g.shape != (B, L, self.d_model):
+            raise ValueError(
+                f"grad_output must have shape {(B, L, self.d_model)}, got {tuple(g.shape)}")
+        return g
+
     def _attn_backward(self, state, grad_output, need_fixed_dx=False):
         """Parameter gradients (accumulated) and ``dX`` per source, in source order.
 
@@ -469,10 +490,7 @@ class _GQACore(Module):
         as the last element.
         """
         rows, A, B, L, S, layout, fixed_kv = state
-        g = as_float_array(grad_output, "grad_output", self.dtype)
-        if g.shape != (B, L, self.d_model):
-            raise ValueError(
-                f"grad_output must have shape {(B, L, self.d_model)}, got {tuple(g.shape)}")
+        g = self._check_grad_output(state, grad_output)
         g2 = g.reshape(B * L, self.d_model)
         self.grads["W_o"] += A.T @ g2
         if self.bias:
@@ -623,8 +641,11 @@ class _SelfAttentionBase(_GQACore):
             raise RuntimeError(
                 f"{type(self).__name__}.backward is not available after a forward with "
                 "kv_cache (incremental decoding is inference only)")
-        state, order = self._pop_cache()
-        dxs = self._attn_backward(state, grad_output)
+        require_forward(self._cache, self)
+        state, order = self._cache
+        g = self._check_grad_output(state, grad_output)     # before consuming the cache
+        self._cache = None
+        dxs = self._attn_backward(state, g)
         B, L = state[2], state[3]
         shapes = [state[0][i][0].shape for i in range(len(dxs))]
         dxs = [dx.reshape(B, -1, s[-1]) for dx, s in zip(dxs, shapes)]

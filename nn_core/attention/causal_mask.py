@@ -70,19 +70,45 @@ def _finish(allowed, dtype):
 
 
 def _lengths(lengths, max_len):
+    """``lengths`` as int64 ``[B]`` and the resolved ``max_len``.
+
+    An empty sequence is ``B = 0`` (``np.asarray([])`` is float64, accepted since it
+    holds no value).  Range checks run in the input's own dtype, so a huge ``uint64``
+    is reported as itself, not as the negative number a cast to int64 would give.
+    """
     arr = np.asarray(lengths)
     if arr.ndim != 1:
         raise ValueError(f"lengths must be 1-dimensional [B], got shape {arr.shape}")
-    if arr.dtype.kind not in "iu":
+    if arr.size == 0:
+        arr = np.zeros(0, dtype=np.int64)
+    elif arr.dtype.kind not in "iu":
         raise TypeError(f"lengths must be an integer array, got dtype {arr.dtype}")
-    arr = arr.astype(np.int64)
     if max_len is None:
         max_len = int(arr.max()) if arr.size else 0
     max_len = _length(max_len, "max_len")
-    if arr.size and (arr.min() < 0 or arr.max() > max_len):
-        bad = arr[(arr < 0) | (arr > max_len)][0]
-        raise ValueError(f"lengths must satisfy 0 <= lengths[b] <= max_len={max_len}, got {bad}")
-    return arr, max_len
+    if arr.size:
+        out = (arr < 0) | (arr > max_len)
+        if out.any():
+            raise ValueError(f"lengths must satisfy 0 <= lengths[b] <= max_len={max_len}, "
+                             f"got {int(arr[out][0])}")
+    return arr.astype(np.int64), max_len
+
+
+def _indices(tokens, L):
+    """Global token indices as int64 ``[n]``: integers in ``[0, L)``, else an error."""
+    items = tokens if isinstance(tokens, (list, tuple)) else ()
+    if any(isinstance(t, (bool, np.bool_)) for t in items):
+        raise TypeError("global_tokens must be integer indices, got a bool")
+    g = np.asarray(tokens)
+    if g.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if g.dtype.kind not in "iu":
+        raise TypeError(f"global_tokens must be integer indices, got dtype {g.dtype}")
+    g = g.reshape(-1)
+    out = (g < 0) | (g >= L)
+    if out.any():
+        raise ValueError(f"global_tokens must be indices in [0, {L}), got {int(g[out][0])}")
+    return g.astype(np.int64)
 
 
 def create_causal_mask(seq_len, dtype=bool):
@@ -132,14 +158,12 @@ def create_local_attention_mask(seq_len, window_size, global_tokens=(), dtype=bo
     """Longformer-style ``[L, L]`` mask: the band ``|i - j| <= window_size // 2`` plus
     global positions that attend to, and are attended by, every position.
 
-    ``global_tokens``: indices in ``[0, L)`` (negative indices are not accepted).
+    ``global_tokens``: integer indices in ``[0, L)`` (negative indices are not
+    accepted; floats and bools raise ``TypeError``).
     """
     L = _length(seq_len, "seq_len")
     w = _window(window_size)
-    g = np.asarray(global_tokens, dtype=np.int64).reshape(-1)
-    if g.size and (g.min() < 0 or g.max() >= L):
-        bad = g[(g < 0) | (g >= L)][0]
-        raise ValueError(f"global_tokens must be indices in [0, {L}), got {bad}")
+    g = _indices(global_tokens, L)
     d = np.arange(L)[:, None] - np.arange(L)[None, :]
     allowed = np.abs(d) <= w // 2
     allowed[g, :] = True

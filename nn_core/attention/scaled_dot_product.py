@@ -23,7 +23,15 @@ Backward, given ``dO``::
 
 Each gradient is summed over the dims its input was broadcast along, so it has
 the shape of its own input.  A fully masked row has ``P = 0``, hence output 0 and
-gradient 0 — never NaN (PyTorch's ``_safe_softmax`` behaviour).
+gradient 0 — never NaN (PyTorch's ``_safe_softmax`` behaviour).  NaN scores
+propagate as in PyTorch: a NaN among a row's allowed scores makes that row NaN.  A
+NaN at a bool-masked or causally excluded key never enters the softmax, so the
+forward stays finite there (PyTorch's math path gives NaN); gradients still pass
+through GEMMs where ``0 * NaN = NaN``.
+
+Empty axes work: ``L_q = 0`` (or an empty batch) gives empty outputs and
+gradients; ``L_k = 0`` leaves every query without keys, i.e. fully masked: output 0
+and gradients 0.  ``softmax`` of an empty array or axis is an empty array.
 
 Mask convention: bool ``True`` = this query may attend to this key; float masks are
 additive (0 keep, ``-inf`` drop).  ``is_causal`` aligns the diagonal bottom-right:
@@ -40,7 +48,8 @@ import numpy as np
 
 from .._kernels import _attention as _kattn
 from .._kernels import _softmax as _ksoftmax
-from .._validation import as_float_array, as_mask, broadcasts_to, check_probability
+from .._validation import (as_float_array, as_mask, broadcasts_to, check_probability,
+                           require_forward)
 from ..module import Module
 
 __all__ = ["softmax", "ScaledDotProductAttention", "scaled_dot_product_attention"]
@@ -91,7 +100,7 @@ def _masked_softmax(scores, scale, mask_kind, mask, causal_offset=None):
     """
     shape = scores.shape
     R, N = shape[-2], shape[-1]
-    x3 = scores.reshape(-1, R, N)
+    x3 = scores.reshape(int(np.prod(shape[:-2], dtype=np.int64)), R, N)   # (no -1: may be empty)
     out = np.empty_like(x3)
     kind, bmask, fmask, moff, mrs, mcs = _mask_layout(mask_kind, mask, shape, scores.dtype)
     _ksoftmax.softmax_forward(x3, out, scores.dtype.type(scale), kind, bmask, fmask,
@@ -103,10 +112,11 @@ def _masked_softmax(scores, scale, mask_kind, mask, causal_offset=None):
 def _softmax_backward(probs, grad_probs, scale):
     """``scale * P * (dP - rowsum(dP * P))`` for C-contiguous ``[..., N]`` arrays."""
     N = probs.shape[-1]
+    rows = int(np.prod(probs.shape[:-1], dtype=np.int64))      # (no -1: may be empty)
     gp = np.ascontiguousarray(grad_probs, dtype=probs.dtype)
     out = np.empty_like(probs)
-    _ksoftmax.softmax_backward(probs.reshape(-1, N), gp.reshape(-1, N), out.reshape(-1, N),
-                               probs.dtype.type(scale))
+    _ksoftmax.softmax_backward(probs.reshape(rows, N), gp.reshape(rows, N),
+                               out.reshape(rows, N), probs.dtype.type(scale))
     return out
 
 
@@ -338,7 +348,9 @@ def softmax(x, axis=-1, mask=None):
     -------
     ndarray
         Same shape as ``x``; masked entries are exactly 0 and a slice whose entries
-        are all masked (or all ``-inf``) is all 0 instead of NaN.
+        are all masked (or all ``-inf``) is all 0 instead of NaN.  A NaN among a
+        slice's unmasked entries makes that slice NaN (as in PyTorch); a NaN at a
+        bool-masked entry is ignored.
 
     Examples
     --------
@@ -532,15 +544,21 @@ class ScaledDotProductAttention(Module):
         return out, applied, ("generic", q, k, v, probs, applied, keep, scale)
 
     def backward(self, grad_output):
-        """Gradients ``(grad_query, grad_key, grad_value)``, each shaped like its input."""
-        cache = self._pop_cache()
-        if cache[0] == "fused":
-            return _fused_backward(cache, grad_output, self.dtype)
-        _, q, k, v, probs, applied, keep, scale = cache
-        out_shape = probs.shape[:-1] + (v.shape[-1],)
+        """Gradients ``(grad_query, grad_key, grad_value)``, each shaped like its input.
+
+        ``grad_output`` is validated before the forward cache is consumed, so a
+        corrected retry after a ValueError / TypeError still works."""
+        cache = self._cache
+        require_forward(cache, self)
+        # both caches hold (kind, q, k, v, probs [..., L_q, L_k], ...)
+        out_shape = cache[4].shape[:-1] + (cache[3].shape[-1],)
         g = as_float_array(grad_output, "grad_output", self.dtype)
         if g.shape != out_shape:
             raise ValueError(f"grad_output must have shape {out_shape}, got {g.shape}")
+        self._cache = None
+        if cache[0] == "fused":
+            return _fused_backward(cache, g, self.dtype)
+        _, q, k, v, probs, applied, keep, scale = cache
         grad_v = np.matmul(np.swapaxes(applied, -1, -2), g)     # (..., L_k, d_v)
         grad_p = np.matmul(g, np.swapaxes(v, -1, -2))           # (..., L_q, L_k)
         if keep is not None:

@@ -172,7 +172,9 @@ class StackedLSTM(Module):
         return out, (np.stack(hn), np.stack(cn))
 
     def backward(self, grad_output, grad_state=None):
-        caches, masks, B, T = self._pop_cache()
+        if self._cache is None:
+            self._pop_cache()                  # the documented RuntimeError
+        caches, masks, B, T = self._cache      # consumed only once the inputs are valid
         L, H = self.num_layers, self.hidden_size
         g = None
         if grad_output is not None:
@@ -190,6 +192,7 @@ class StackedLSTM(Module):
             if gc is not None:
                 gc = as_float_array(gc, "grad_state c_n", self.dtype)
                 check_shape(gc, "grad_state c_n", (L, B, H))
+        self._pop_cache()
         gh0 = np.empty((L, B, H), self.dtype)
         gc0 = np.empty((L, B, H), self.dtype)
         for k in range(L - 1, -1, -1):
