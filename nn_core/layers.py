@@ -119,13 +119,14 @@ class Linear(Module):
 
     def backward(self, grad_output):
         """Return ``grad_x [..., D]``; accumulate ``dW`` and ``db``."""
-        x2, shape = self._pop_cache()
+        x2, shape = self._peek_cache()
         g = as_float_array(grad_output, "grad_output", self.dtype)
         if g.shape != shape[:-1] + (self.out_features,):
             raise ValueError(
                 f"grad_output must have the output's shape {shape[:-1] + (self.out_features,)}, "
                 f"got {tuple(g.shape)}"
             )
+        self._cache = None
         g2 = g.reshape(-1, self.out_features)
         self.grads["W"] += x2.T @ g2
         if self.use_bias:
@@ -194,11 +195,12 @@ class Embedding(Module):
 
     def backward(self, grad_output):
         """Accumulate the sparse gradient of ``W``; returns ``None`` (ids have no gradient)."""
-        ids = self._pop_cache()
+        ids = self._peek_cache()
         g = as_float_array(grad_output, "grad_output", self.dtype)
         expected = ids.shape + (self.embedding_dim,)
         if g.shape != expected:
             raise ValueError(f"grad_output must have shape {expected}, got {tuple(g.shape)}")
+        self._cache = None
         flat_ids = ids.reshape(-1)
         g2 = g.reshape(-1, self.embedding_dim)
         if self.padding_idx is not None:
@@ -271,10 +273,11 @@ class LayerNorm(Module):
 
     def backward(self, grad_output):
         """Return ``grad_x [..., D]``; accumulate ``dgamma``, ``dbeta``."""
-        xh, r = self._pop_cache()
+        xh, r = self._peek_cache()
         g = as_float_array(grad_output, "grad_output", self.dtype)
         if g.shape != xh.shape:
             raise ValueError(f"grad_output must have shape {xh.shape}, got {tuple(g.shape)}")
+        self._cache = None
         if self.elementwise_affine:
             D = self.normalized_shape
             self.grads["gamma"] += (g * xh).reshape(-1, D).sum(axis=0)
@@ -324,10 +327,11 @@ class Dropout(Module):
 
     def backward(self, grad_output):
         """Return ``grad_x`` (the same mask applied to ``grad_output``)."""
-        mask, shape = self._pop_cache()
+        mask, shape = self._peek_cache()
         g = as_float_array(grad_output, "grad_output", self.dtype)
         if g.shape != shape:
             raise ValueError(f"grad_output must have shape {shape}, got {tuple(g.shape)}")
+        self._cache = None
         return g * mask if mask is not None else g.copy()
 
 
@@ -344,10 +348,11 @@ class _Activation(Module):
 
     def backward(self, grad_output):
         """Return ``grad_x`` of the same shape."""
-        saved, shape = self._pop_cache()
+        saved, shape = self._peek_cache()
         g = as_float_array(grad_output, "grad_output", self.dtype)
         if g.shape != shape:
             raise ValueError(f"grad_output must have shape {shape}, got {tuple(g.shape)}")
+        self._cache = None
         return self._bwd(saved, g)
 
 

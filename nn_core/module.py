@@ -187,6 +187,15 @@ class Module:
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
 
+    def _peek_cache(self):
+        """Return the forward cache without consuming it (RuntimeError when there is none).
+
+        Backward passes peek, validate ``grad_output``, then set ``self._cache = None``,
+        so a rejected ``grad_output`` leaves the forward usable for a corrected retry.
+        """
+        require_forward(self._cache, self)
+        return self._cache
+
     def _pop_cache(self):
         """Return the forward cache and clear it (RuntimeError when there is none)."""
         cache = self._cache

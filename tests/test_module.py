@@ -173,3 +173,27 @@ def test_every_public_module_starts_in_training_mode():
         assert all(sub.training for sub in m.modules()), name
         checked += 1
     assert checked >= 15, sorted(classes)
+
+
+def test_rejected_grad_output_keeps_the_forward_for_a_retry(rng):
+    """A bad grad_output raises ValueError and leaves the forward usable (every layer)."""
+    from nn_core.attention import CachedCrossAttention, CrossAttention, MultimodalCrossAttention
+    from nn_core.layers import GELU, Dropout, Embedding, LayerNorm, Linear
+
+    x = rng.standard_normal((2, 3, 8))
+    ctx = rng.standard_normal((2, 4, 6))
+    cached = CachedCrossAttention(8, 2, kv_dim=6)
+    cached.set_context(ctx)
+    cases = [
+        (Linear(8, 5), (x,)), (LayerNorm(8), (x,)), (Dropout(0.2), (x,)), (GELU(), (x,)),
+        (Embedding(10, 8), (rng.integers(0, 10, (2, 3)),)),
+        (CrossAttention(8, 2, kv_dim=6), (x, ctx)), (cached, (x,)),
+        (MultimodalCrossAttention(8, 2, 6), (x, ctx)),
+    ]
+    for module, inputs in cases:
+        out = module(*inputs)
+        with pytest.raises(ValueError, match="grad_output must have"):
+            module.backward(np.ones(out.shape[:-1] + (out.shape[-1] + 1,)))
+        module.backward(np.ones_like(out))                       # the retry works
+        with pytest.raises(RuntimeError, match="without a matching forward"):
+            module.backward(np.ones_like(out))

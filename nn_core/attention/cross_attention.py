@@ -95,7 +95,9 @@ class CrossAttention(_GQACore):
 
     def backward(self, grad_output):
         """Gradients ``(grad_query [B, T, d_model], grad_context [B, S, kv_dim])``."""
-        state, qs, cs = self._pop_cache()
+        state, qs, cs = self._peek_cache()
+        self._check_grad_output(state, grad_output)       # before consuming the cache
+        self._cache = None
         dq, dc = self._attn_backward(state, grad_output)
         return dq.reshape(qs), dc.reshape(cs)
 
@@ -177,7 +179,9 @@ class CachedCrossAttention(_GQACore):
 
     def backward(self, grad_output):
         """``grad_query [B, T, d_model]``; all parameter gradients accumulate."""
-        state, qs = self._pop_cache()
+        state, qs = self._peek_cache()
+        self._check_grad_output(state, grad_output)       # before consuming the cache
+        self._cache = None
         dq = self._attn_backward(state, grad_output)[0]
         return dq.reshape(qs)
 
@@ -269,8 +273,9 @@ class MultimodalCrossAttention(_GQACore):
 
     def backward(self, grad_output):
         """Gradients ``(grad_text [B, T, d_model], grad_image [B, P, vision_dim])``."""
-        state, z, t, ts, is_ = self._pop_cache()
-        g = self._checked_grad(grad_output, ts)
+        state, z, t, ts, is_ = self._peek_cache()
+        g = self._checked_grad(grad_output, ts)           # before consuming the cache
+        self._cache = None
         if self.gated:
             self.grads["alpha"] += (1 - t * t) * np.vdot(g, z)
             gz = t * g
