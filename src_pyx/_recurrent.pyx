@@ -51,6 +51,7 @@ can run concurrently on two Python threads.
 """
 from cython cimport floating
 from libc.stdint cimport int64_t
+from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 
 import numpy as np
@@ -60,6 +61,10 @@ from _vmath cimport vsigmoid, vtanh  # test hooks; the kernels use _rnn_gates.h
 
 
 cdef extern from "_rnn_gates.h" nogil:
+    void nn_transpose_f(const float* src, Py_ssize_t R, Py_ssize_t C, float* dst,
+                        Py_ssize_t ldd, int add) noexcept
+    void nn_transpose_d(const double* src, Py_ssize_t R, Py_ssize_t C, double* dst,
+                        Py_ssize_t ldd, int add) noexcept
     void nn_lstm_fwd_f(float* a, const float* hr, const float* bx, const float* cp,
                        float* cn, float* tc, float* hn, float* o, Py_ssize_t H) noexcept
     void nn_lstm_fwd_d(double* a, const double* hr, const double* bx, const double* cp,
@@ -121,36 +126,74 @@ cdef enum:
     K_GRU_RA = 4
 
 
-cdef inline void _rec_fwd(bint dotform, Py_ssize_t B, Py_ssize_t N, Py_ssize_t H,
+cdef enum:
+    REC_NN = 0      # h @ W^T as h @ WT (NN)
+    REC_DOT = 1     # h @ W^T with W as stored (NT): the dot-product form
+    REC_TR = 2      # the transposed product W h^T into scratch, transposed back
+
+
+cdef inline int _rec_mode(Py_ssize_t B, Py_ssize_t H, bint single) noexcept nogil:
+    """Per-step GEMM layout (measured, see ``_rec_fwd``): ``REC_DOT`` for ``B == 1``,
+    ``REC_TR`` for float32 batches with ``H >= 256`` (measured faster at the M and L
+    shapes, H = 256 and 512; slower at S, H = 64), ``REC_NN`` otherwise (float64
+    keeps its previous layout)."""
+    if B == 1:
+        return REC_DOT
+    return REC_TR if single and H >= 256 else REC_NN
+
+
+cdef inline void _transpose(const floating* src, Py_ssize_t R, Py_ssize_t C,
+                            floating* dst, Py_ssize_t ldd, bint add) noexcept nogil:
+    """``dst[c, r] (+)= src[r, c]`` for ``src [R, C]`` contiguous (AVX 8x8 tiles)."""
+    if floating is float:
+        nn_transpose_f(src, R, C, dst, ldd, add)
+    else:
+        nn_transpose_d(src, R, C, dst, ldd, add)
+
+
+cdef inline void _rec_fwd(int mode, Py_ssize_t B, Py_ssize_t N, Py_ssize_t H,
                           const floating* h, const floating* W, Py_ssize_t ldw,
                           const floating* WT, Py_ssize_t ldwt, floating* out,
-                          Py_ssize_t ldo) noexcept nogil:
-    """``out[B, N] = h[B, H] @ W[N, H]^T``; ``WT = W^T [H, N]`` (same numbers).
+                          Py_ssize_t ldo, floating* tmp) noexcept nogil:
+    """``out[B, N] = h[B, H] @ W[N, H]^T``; ``WT = W^T [H, N]`` (same numbers);
+    ``tmp [N*B]`` scratch for ``REC_TR``.
 
     The layout is chosen by measurement (SciPy's OpenBLAS 0.3.30, SkylakeX kernels, on
     this machine): for a single row (``B == 1``) the dot-product form ``h @ W^T``
-    streams ``W`` row by row and is ~2x faster than ``h @ WT``; for ``B > 1`` the plain
-    NN product ``h @ WT`` is ~2.5x faster than the NT form (16x64 @ 64x256: 4.7 us vs
-    11.5 us in float32, 9.5 vs 16.3 us in float64) -- OpenBLAS's small-matrix path for
-    a transposed operand is much slower on skinny shapes.  The full table is in
-    nn_core/bench/recurrent.py.
+    streams ``W`` row by row and is ~2x faster than ``h @ WT``.  For ``B > 1`` the
+    NN form ``h @ WT`` is ~2.5x faster than ``h @ W^T`` (NT) on skinny shapes (table
+    in nn_core/bench/recurrent.py), and in float32 the transposed product
+    ``out^T [N, B] = W @ h^T`` is faster still: OpenBLAS then packs the weight as its
+    outer operand (``oncopy``) instead of re-packing it with the slower ``itcopy``
+    every step (CPU time, 1 thread: [32,256]@[256,1024] 183 vs 243 us,
+    [64,512]@[512,2048] 1398 vs 1590 us); the small ``[N, B]`` result is transposed
+    back with AVX 8x8 tiles.
     """
-    if dotform:
+    if mode == REC_DOT:
         gemm(False, True, <int> B, <int> N, <int> H, <floating> 1, h, <int> H,
              W, <int> ldw, <floating> 0, out, <int> ldo)
+    elif mode == REC_TR:
+        gemm(False, True, <int> N, <int> B, <int> H, <floating> 1, W, <int> ldw,
+             h, <int> H, <floating> 0, tmp, <int> B)
+        _transpose(tmp, N, B, out, ldo, False)
     else:
         gemm(False, False, <int> B, <int> N, <int> H, <floating> 1, h, <int> H,
              WT, <int> ldwt, <floating> 0, out, <int> ldo)
 
 
-cdef inline void _rec_bwd(bint dotform, Py_ssize_t B, Py_ssize_t H, Py_ssize_t N,
+cdef inline void _rec_bwd(int mode, Py_ssize_t B, Py_ssize_t H, Py_ssize_t N,
                           const floating* dG, Py_ssize_t ldg, const floating* W,
                           Py_ssize_t ldw, const floating* WT, Py_ssize_t ldwt,
-                          floating beta, floating* out) noexcept nogil:
-    """``out[B, H] = dG[B, N] @ W[N, H] + beta * out``; same layout rule as ``_rec_fwd``."""
-    if dotform:
+                          floating beta, floating* out, floating* tmp) noexcept nogil:
+    """``out[B, H] = dG[B, N] @ W[N, H] + beta * out`` (``beta`` 0 or 1); same layout
+    rule as ``_rec_fwd`` (``REC_TR``: ``out^T = WT @ dG^T`` into ``tmp [H*B]``)."""
+    if mode == REC_DOT:
         gemm(False, True, <int> B, <int> H, <int> N, <floating> 1, dG, <int> ldg,
              WT, <int> ldwt, beta, out, <int> H)
+    elif mode == REC_TR:
+        gemm(False, True, <int> H, <int> B, <int> N, <floating> 1, WT, <int> ldwt,
+             dG, <int> ldg, <floating> 0, tmp, <int> B)
+        _transpose(tmp, H, B, out, H, beta != 0)
     else:
         gemm(False, False, <int> B, <int> H, <int> N, <floating> 1, dG, <int> ldg,
              W, <int> ldw, beta, out, <int> H)
@@ -168,7 +211,7 @@ cdef void _forward(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ssize_
                    const floating* W_hh, const floating* W_hhT, const floating* bx,
                    const floating* bhn, const int64_t* lengths, floating* gates,
                    floating* hs, floating* cs, floating* aux, floating* out,
-                   floating* hh) noexcept nogil:
+                   floating* hh, floating* tmp) noexcept nogil:
     cdef Py_ssize_t G = 4 if kind == K_LSTM else (3 if kind >= K_GRU else 1)
     cdef Py_ssize_t GH = G * H, H2 = 2 * H
     cdef Py_ssize_t s, b, L, tau
@@ -179,7 +222,7 @@ cdef void _forward(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ssize_
     cdef floating* o
     cdef floating* hn2
     cdef size_t row = H * sizeof(floating)
-    cdef bint dotform = B == 1
+    cdef int mode = _rec_mode(B, H, floating is float)
 
     # 1. input projection of all T steps: gates[t, b] = W_ih x[t, b]
     gemm(False, True, <int> (T * B), <int> GH, <int> D, <floating> 1, x, <int> D,
@@ -190,9 +233,9 @@ cdef void _forward(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ssize_
         hn = hs + (s + 1) * B * H
         # 2. recurrence GEMM (GRU reset_after=False: the r, z blocks only)
         if kind == K_GRU:
-            _rec_fwd(dotform, B, H2, H, hp, W_hh, H, W_hhT, GH, hh, H2)
+            _rec_fwd(mode, B, H2, H, hp, W_hh, H, W_hhT, GH, hh, H2, tmp)
         else:
-            _rec_fwd(dotform, B, GH, H, hp, W_hh, H, W_hhT, GH, hh, GH)
+            _rec_fwd(mode, B, GH, H, hp, W_hh, H, W_hhT, GH, hh, GH, tmp)
         # 3. fused gate pass over the step's rows
         for b in range(B):
             L = lengths[b]
@@ -235,8 +278,8 @@ cdef void _forward(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ssize_
         if kind == K_GRU:
             # (r*h) @ W_hn^T, then the second pass: n and h
             hn2 = hh + B * H2
-            _rec_fwd(dotform, B, H, H, aux + s * B * H, W_hh + H2 * H, H, W_hhT + H2,
-                     GH, hn2, H)
+            _rec_fwd(mode, B, H, H, aux + s * B * H, W_hh + H2 * H, H, W_hhT + H2,
+                     GH, hn2, H, tmp)
             for b in range(B):
                 L = lengths[b]
                 if s >= L:
@@ -259,7 +302,8 @@ cdef void _backward(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ssize
                     floating* dc, floating* dh2, floating* drh, floating* dGs,
                     floating* dGt, floating* grad_x, floating* gW_ih, floating* gW_hh,
                     floating* gb_ih, floating* gb_hh, const floating* ones,
-                    const floating* zrow, floating* xh, floating* gw) noexcept nogil:
+                    const floating* zrow, floating* xh, floating* gw,
+                    floating* scr) noexcept nogil:
     cdef Py_ssize_t G = 4 if kind == K_LSTM else (3 if kind >= K_GRU else 1)
     cdef Py_ssize_t GH = G * H, H2 = 2 * H
     cdef Py_ssize_t s, b, L, tau
@@ -276,7 +320,7 @@ cdef void _backward(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ssize
     cdef floating* dh_out = dh
     cdef size_t row = H * sizeof(floating)
     cdef size_t grow = GH * sizeof(floating)
-    cdef bint dotform = B == 1
+    cdef int mode = _rec_mode(B, H, floating is float)
 
     for s in range(T - 1, -1, -1):
         dgs = dGs + s * B * GH
@@ -324,8 +368,8 @@ cdef void _backward(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ssize
                     nn_gru_bwd1_d(g, hp, dhb, go, dgr, dst, H)
         if kind == K_GRU:
             # d(r*h) = dn_pre @ W_hn; then r's gradient and the r*h path to h_prev
-            _rec_bwd(dotform, B, H, H, dgs + H2, GH, W_hh + H2 * H, H, W_hhT + H2, GH,
-                     <floating> 0, drh)
+            _rec_bwd(mode, B, H, H, dgs + H2, GH, W_hh + H2 * H, H, W_hhT + H2, GH,
+                     <floating> 0, drh, scr)
             for b in range(B):
                 L = lengths[b]
                 if s >= L:
@@ -339,9 +383,9 @@ cdef void _backward(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ssize
                     nn_gru_bwd2_f(g, hp, drh + b * H, dgr, dst, H)
                 else:
                     nn_gru_bwd2_d(g, hp, drh + b * H, dgr, dst, H)
-            _rec_bwd(dotform, B, H, H2, dgs, GH, W_hh, H, W_hhT, GH, <floating> 1, dh2)
+            _rec_bwd(mode, B, H, H2, dgs, GH, W_hh, H, W_hhT, GH, <floating> 1, dh2, scr)
         else:
-            _rec_bwd(dotform, B, H, GH, dgs, GH, W_hh, H, W_hhT, GH, <floating> 1, dh2)
+            _rec_bwd(mode, B, H, GH, dgs, GH, W_hh, H, W_hhT, GH, <floating> 1, dh2, scr)
         if sep and kind != K_GRU_RA:
             for b in range(B):
                 L = lengths[b]
@@ -462,10 +506,17 @@ def rnn_forward(int kind, bint reverse, const floating[:, :, ::1] x,
     if kind >= K_LSTM:
         _check3(aux, "aux", T, B, H)
     _check2(hh, "hh", B, GH)
-    with nogil:
-        _forward(kind, reverse, T, B, D, H, &x[0, 0, 0], &W_ih[0, 0], &W_hh[0, 0],
-                 &W_hhT[0, 0], &bx[0], &bhn[0], &lengths[0], &gates[0, 0, 0], &hs[0, 0, 0],
-                 &cs[0, 0, 0], &aux[0, 0, 0], &out[0, 0, 0], &hh[0, 0])
+    cdef floating* tmp = <floating*> malloc(B * GH * sizeof(floating))
+    if tmp == NULL:
+        raise MemoryError("rnn_forward: cannot allocate the per-step scratch")
+    try:
+        with nogil:
+            _forward(kind, reverse, T, B, D, H, &x[0, 0, 0], &W_ih[0, 0], &W_hh[0, 0],
+                     &W_hhT[0, 0], &bx[0], &bhn[0], &lengths[0], &gates[0, 0, 0],
+                     &hs[0, 0, 0], &cs[0, 0, 0], &aux[0, 0, 0], &out[0, 0, 0], &hh[0, 0],
+                     tmp)
+    finally:
+        free(tmp)
 
 
 def rnn_backward(int kind, bint reverse, const floating[:, :, ::1] x,
@@ -528,15 +579,21 @@ def rnn_backward(int kind, bint reverse, const floating[:, :, ::1] x,
             raise ValueError("fuse_wgrad needs the forward direction and an RNN/LSTM kind")
         _check2(xh, "xh", T * B, D + H)
         _check2(gw, "gw", GH, D + H)
-    with nogil:
-        _backward(kind, reverse, T, B, D, H, &x[0, 0, 0], &W_ih[0, 0], &W_hh[0, 0],
-                  &W_hhT[0, 0], &lengths[0], &gates[0, 0, 0], &hs[0, 0, 0], &cs[0, 0, 0],
-                  &aux[0, 0, 0], &grad_out[0, 0, 0] if has_grad_out else NULL,
-                  &dh[0, 0], &dc[0, 0], &dh2[0, 0], &drh[0, 0], &dGs[0, 0, 0],
-                  &dGt[0, 0, 0], &grad_x[0, 0, 0], &gW_ih[0, 0], &gW_hh[0, 0],
-                  &gb_ih[0] if has_bias else NULL, &gb_hh[0] if has_bias else NULL,
-                  &ones[0], &zrow[0], &xh[0, 0] if fuse_wgrad else NULL,
-                  &gw[0, 0] if fuse_wgrad else NULL)
+    cdef floating* tmp = <floating*> malloc(B * H * sizeof(floating))
+    if tmp == NULL:
+        raise MemoryError("rnn_backward: cannot allocate the per-step scratch")
+    try:
+        with nogil:
+            _backward(kind, reverse, T, B, D, H, &x[0, 0, 0], &W_ih[0, 0], &W_hh[0, 0],
+                      &W_hhT[0, 0], &lengths[0], &gates[0, 0, 0], &hs[0, 0, 0], &cs[0, 0, 0],
+                      &aux[0, 0, 0], &grad_out[0, 0, 0] if has_grad_out else NULL,
+                      &dh[0, 0], &dc[0, 0], &dh2[0, 0], &drh[0, 0], &dGs[0, 0, 0],
+                      &dGt[0, 0, 0], &grad_x[0, 0, 0], &gW_ih[0, 0], &gW_hh[0, 0],
+                      &gb_ih[0] if has_bias else NULL, &gb_hh[0] if has_bias else NULL,
+                      &ones[0], &zrow[0], &xh[0, 0] if fuse_wgrad else NULL,
+                      &gw[0, 0] if fuse_wgrad else NULL, tmp)
+    finally:
+        free(tmp)
 
 
 def vsigmoid_memview(const floating[::1] x, floating[::1] y):
