@@ -184,3 +184,26 @@ def test_interop_round_trip_and_errors():
     load_torch_state_dict(net, t3.state_dict())
     for k, v in to_torch_state_dict(net).items():
         np.testing.assert_allclose(v, t3.state_dict()[k].numpy(), rtol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["rnn_tanh", "lstm", "gru"])
+def test_parity_float32_wide_hidden(kind, rng):
+    """H >= 256 in float32 takes the transposed per-step GEMM layout (W_hh h^T)."""
+    T, B, D, H = 4, 6, 8, 256
+    dtype = np.float32
+    ours, theirs = build(kind, D, H, dtype)
+    x = rng.standard_normal((T, B, D)).astype(dtype)
+    nstate = 2 if kind == "lstm" else 1
+    state = tuple(rng.standard_normal((1, B, H)).astype(dtype) for _ in range(nstate))
+    lengths = np.array([4, 1, 3, 4, 2, 4])
+    go = rng.standard_normal((T, B, H)).astype(dtype)
+    go[np.arange(T)[:, None] >= lengths[None, :]] = 0
+    gstate = tuple(rng.standard_normal((1, B, H)).astype(dtype) for _ in range(nstate))
+    out, final, gx, ginit = run_ours(ours, kind, x, state, lengths, go, gstate)
+    t_out, t_final, t_gx, t_ginit = run_torch(theirs, kind, x, state, lengths, go, gstate)
+    for a, b in [(out, t_out), (gx, t_gx), *zip(final, t_final), *zip(ginit, t_ginit)]:
+        np.testing.assert_allclose(a, b, **tol(dtype))
+    ours_grads = to_torch_state_dict_grads(ours)
+    for name, p in theirs.named_parameters():
+        np.testing.assert_allclose(ours_grads[name], p.grad.numpy(), rtol=1e-4, atol=1e-5,
+                                   err_msg=name)
