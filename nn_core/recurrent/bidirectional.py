@@ -217,6 +217,16 @@ def _pack_state(cell, h, c):
     return (h, c) if cell._HAS_CELL_STATE else h
 
 
+def _time_major_grad(layer, grad_output, T, B):
+    """``grad_output`` checked against the layer's output shape, as ``[T, B, F]`` (or None)."""
+    if grad_output is None:
+        return None
+    go = as_float_array(grad_output, "grad_output", layer.dtype, ndim=3)
+    F = layer.output_size
+    check_shape(go, "grad_output", (B, T, F) if layer.batch_first else (T, B, F))
+    return go.transpose(1, 0, 2) if layer.batch_first else go
+
+
 @dataclass
 class _Cache:
     cache_fw: object
@@ -392,13 +402,7 @@ class BidirectionalWrapper(Module):
         cache = self._cache
         require_forward(cache, self)
         T, B = cache.T, cache.B
-        go = None
-        if grad_output is not None:
-            go = as_float_array(grad_output, "grad_output", self.dtype, ndim=3)
-            exp = (B, T, self.output_size) if self.batch_first else (T, B, self.output_size)
-            check_shape(go, "grad_output", exp)
-            if self.batch_first:
-                go = go.transpose(1, 0, 2)
+        go = _time_major_grad(self, grad_output, T, B)
         gs = self._check_grad_state(grad_state, B, "grad_state")
         gx, gstate = self._backward_tm(go, gs)
         if self.batch_first:
@@ -681,13 +685,7 @@ class StackedBidirectional(Module):
         cache = self._cache
         require_forward(cache, self)
         T, B, masks = cache
-        go = None
-        if grad_output is not None:
-            go = as_float_array(grad_output, "grad_output", self.dtype, ndim=3)
-            exp = (B, T, self.output_size) if self.batch_first else (T, B, self.output_size)
-            check_shape(go, "grad_output", exp)
-            if self.batch_first:
-                go = go.transpose(1, 0, 2)
+        go = _time_major_grad(self, grad_output, T, B)
         gstates = self._state_parts(grad_state, B, "grad_state")
         checked = []
         for k, layer in enumerate(self.layers):
