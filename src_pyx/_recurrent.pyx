@@ -127,6 +127,16 @@ cdef enum:
 
 
 cdef enum:
+    PH_ALL = 0      # the whole forward / backward
+    PH_PROJ = 1     # forward: input projection for gate columns [r0, r1) of G*H
+    PH_STEPS = 2    # forward / backward: the step loop for batch rows [r0, r1) of B
+    PH_GRAD_X = 3   # backward: grad_x (and the x|h copy) for rows [r0, r1) of T*B
+    PH_WGRAD = 4    # backward: weight and bias gradients for gate columns [r0, r1)
+
+PHASE_ALL, PHASE_PROJ, PHASE_STEPS, PHASE_GRAD_X, PHASE_WGRAD = 0, 1, 2, 3, 4
+
+
+cdef enum:
     REC_NN = 0      # h @ W^T as h @ WT (NN)
     REC_DOT = 1     # h @ W^T with W as stored (NT): the dot-product form
     REC_TR = 2      # the transposed product W h^T into scratch, transposed back
@@ -211,10 +221,18 @@ cdef void _forward(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ssize_
                    const floating* W_hh, const floating* W_hhT, const floating* bx,
                    const floating* bhn, const int64_t* lengths, floating* gates,
                    floating* hs, floating* cs, floating* aux, floating* out,
-                   floating* hh, floating* tmp) noexcept nogil:
+                   floating* hh, floating* tmp, int phase, Py_ssize_t r0,
+                   Py_ssize_t r1) noexcept nogil:
+    """``phase`` (``PH_*``): ``PH_PROJ`` the input projection for gate columns
+    ``[r0, r1)``; ``PH_STEPS`` the recurrence for batch rows ``[r0, r1)`` only (rows
+    never interact, so two row ranges can run concurrently; every array keeps its
+    full-batch layout); ``PH_ALL`` both over everything."""
     cdef Py_ssize_t G = 4 if kind == K_LSTM else (3 if kind >= K_GRU else 1)
     cdef Py_ssize_t GH = G * H, H2 = 2 * H
     cdef Py_ssize_t s, b, L, tau
+    cdef Py_ssize_t b0 = r0 if phase == PH_STEPS else 0
+    cdef Py_ssize_t b1 = r1 if phase == PH_STEPS else B
+    cdef Py_ssize_t nb = b1 - b0
     cdef floating* a
     cdef floating* hr
     cdef const floating* hp
@@ -222,22 +240,32 @@ cdef void _forward(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ssize_
     cdef floating* o
     cdef floating* hn2
     cdef size_t row = H * sizeof(floating)
-    cdef int mode = _rec_mode(B, H, floating is float)
+    cdef int mode = _rec_mode(nb, H, floating is float)
 
     # 1. input projection of all T steps: gates[t, b] = W_ih x[t, b]
-    gemm(False, True, <int> (T * B), <int> GH, <int> D, <floating> 1, x, <int> D,
-         W_ih, <int> D, <floating> 0, gates, <int> GH)
+    if phase == PH_ALL:
+        gemm(False, True, <int> (T * B), <int> GH, <int> D, <floating> 1, x, <int> D,
+             W_ih, <int> D, <floating> 0, gates, <int> GH)
+    elif phase == PH_PROJ:
+        if r1 > r0:
+            gemm(False, True, <int> (T * B), <int> (r1 - r0), <int> D, <floating> 1, x,
+                 <int> D, W_ih + r0 * D, <int> D, <floating> 0, gates + r0, <int> GH)
+        return
+    if nb < 1:
+        return
 
     for s in range(T):
         hp = hs + s * B * H
         hn = hs + (s + 1) * B * H
-        # 2. recurrence GEMM (GRU reset_after=False: the r, z blocks only)
+        # 2. recurrence GEMM on rows b0..b1 (GRU reset_after=False: the r, z blocks)
         if kind == K_GRU:
-            _rec_fwd(mode, B, H2, H, hp, W_hh, H, W_hhT, GH, hh, H2, tmp)
+            _rec_fwd(mode, nb, H2, H, hp + b0 * H, W_hh, H, W_hhT, GH, hh + b0 * H2, H2,
+                     tmp)
         else:
-            _rec_fwd(mode, B, GH, H, hp, W_hh, H, W_hhT, GH, hh, GH, tmp)
+            _rec_fwd(mode, nb, GH, H, hp + b0 * H, W_hh, H, W_hhT, GH, hh + b0 * GH, GH,
+                     tmp)
         # 3. fused gate pass over the step's rows
-        for b in range(B):
+        for b in range(b0, b1):
             L = lengths[b]
             if s >= L:                        # padding: carry the state, output 0
                 memcpy(hn + b * H, hp + b * H, row)
@@ -278,9 +306,9 @@ cdef void _forward(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ssize_
         if kind == K_GRU:
             # (r*h) @ W_hn^T, then the second pass: n and h
             hn2 = hh + B * H2
-            _rec_fwd(mode, B, H, H, aux + s * B * H, W_hh + H2 * H, H, W_hhT + H2,
-                     GH, hn2, H, tmp)
-            for b in range(B):
+            _rec_fwd(mode, nb, H, H, aux + (s * B + b0) * H, W_hh + H2 * H, H, W_hhT + H2,
+                     GH, hn2 + b0 * H, H, tmp)
+            for b in range(b0, b1):
                 L = lengths[b]
                 if s >= L:
                     continue
@@ -303,10 +331,43 @@ cdef void _backward(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ssize
                     floating* dGt, floating* grad_x, floating* gW_ih, floating* gW_hh,
                     floating* gb_ih, floating* gb_hh, const floating* ones,
                     const floating* zrow, floating* xh, floating* gw,
-                    floating* scr) noexcept nogil:
+                    floating* scr, int phase, Py_ssize_t r0,
+                    Py_ssize_t r1) noexcept nogil:
+    """``phase`` (``PH_*``): ``PH_STEPS`` BPTT for batch rows ``[r0, r1)`` (independent
+    of the other rows, like the forward); ``PH_GRAD_X`` ``grad_x`` for rows ``[r0, r1)``
+    of ``T*B``; ``PH_WGRAD`` the weight and bias gradients for gate columns
+    ``[r0, r1)`` -- the last two need every row's gate gradients, so they run after
+    all ``PH_STEPS`` ranges; ``PH_ALL`` everything in that order."""
+    cdef Py_ssize_t GH = (4 if kind == K_LSTM else (3 if kind >= K_GRU else 1)) * H
+    if phase == PH_ALL or phase == PH_STEPS:
+        if phase == PH_ALL:
+            r0, r1 = 0, B
+        if r1 > r0:
+            _bptt(kind, reverse, T, B, H, W_hh, W_hhT, lengths, gates, hs, cs, aux, gout,
+                  dh, dc, dh2, drh, dGs, dGt, zrow, scr, r0, r1)
+    if phase == PH_ALL or phase == PH_GRAD_X:
+        if phase == PH_ALL:
+            r0, r1 = 0, T * B
+        if r1 > r0:
+            _input_grads(T, B, D, H, GH, x, W_ih, hs, dGt, grad_x, xh, r0, r1)
+    if phase == PH_ALL or phase == PH_WGRAD:
+        if phase == PH_ALL:
+            r0, r1 = 0, GH
+        if r1 > r0:
+            _weight_grads(kind, T, B, D, H, x, hs, aux, dGs, dGt, gW_ih, gW_hh, gb_ih,
+                          gb_hh, ones, xh, gw, r0, r1)
+
+
+cdef void _bptt(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
+                const floating* W_hh, const floating* W_hhT, const int64_t* lengths,
+                const floating* gates, const floating* hs, const floating* cs,
+                const floating* aux, const floating* gout, floating* dh, floating* dc,
+                floating* dh2, floating* drh, floating* dGs, floating* dGt,
+                const floating* zrow, floating* scr, Py_ssize_t b0,
+                Py_ssize_t b1) noexcept nogil:
     cdef Py_ssize_t G = 4 if kind == K_LSTM else (3 if kind >= K_GRU else 1)
     cdef Py_ssize_t GH = G * H, H2 = 2 * H
-    cdef Py_ssize_t s, b, L, tau
+    cdef Py_ssize_t s, b, L, tau, nb = b1 - b0
     cdef bint sep = dGt != dGs
     cdef const floating* g
     cdef const floating* go
@@ -320,11 +381,11 @@ cdef void _backward(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ssize
     cdef floating* dh_out = dh
     cdef size_t row = H * sizeof(floating)
     cdef size_t grow = GH * sizeof(floating)
-    cdef int mode = _rec_mode(B, H, floating is float)
+    cdef int mode = _rec_mode(nb, H, floating is float)
 
     for s in range(T - 1, -1, -1):
         dgs = dGs + s * B * GH
-        for b in range(B):
+        for b in range(b0, b1):
             L = lengths[b]
             dst = dh2 + b * H
             dhb = dh + b * H
@@ -368,9 +429,9 @@ cdef void _backward(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ssize
                     nn_gru_bwd1_d(g, hp, dhb, go, dgr, dst, H)
         if kind == K_GRU:
             # d(r*h) = dn_pre @ W_hn; then r's gradient and the r*h path to h_prev
-            _rec_bwd(mode, B, H, H, dgs + H2, GH, W_hh + H2 * H, H, W_hhT + H2, GH,
-                     <floating> 0, drh, scr)
-            for b in range(B):
+            _rec_bwd(mode, nb, H, H, dgs + b0 * GH + H2, GH, W_hh + H2 * H, H, W_hhT + H2,
+                     GH, <floating> 0, drh + b0 * H, scr)
+            for b in range(b0, b1):
                 L = lengths[b]
                 if s >= L:
                     continue
@@ -383,11 +444,13 @@ cdef void _backward(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ssize
                     nn_gru_bwd2_f(g, hp, drh + b * H, dgr, dst, H)
                 else:
                     nn_gru_bwd2_d(g, hp, drh + b * H, dgr, dst, H)
-            _rec_bwd(mode, B, H, H2, dgs, GH, W_hh, H, W_hhT, GH, <floating> 1, dh2, scr)
+            _rec_bwd(mode, nb, H, H2, dgs + b0 * GH, GH, W_hh, H, W_hhT, GH, <floating> 1,
+                     dh2 + b0 * H, scr)
         else:
-            _rec_bwd(mode, B, H, GH, dgs, GH, W_hh, H, W_hhT, GH, <floating> 1, dh2, scr)
+            _rec_bwd(mode, nb, H, GH, dgs + b0 * GH, GH, W_hh, H, W_hhT, GH, <floating> 1,
+                     dh2 + b0 * H, scr)
         if sep and kind != K_GRU_RA:
-            for b in range(B):
+            for b in range(b0, b1):
                 L = lengths[b]
                 if s < L:
                     tau = _tau(reverse, s, L)
@@ -396,42 +459,83 @@ cdef void _backward(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ssize
         dh = dh2
         dh2 = tmp
     if dh != dh_out:
-        memcpy(dh_out, dh, B * row)
+        memcpy(dh_out + b0 * H, dh + b0 * H, nb * row)
 
-    # weight, bias and input gradients: one BLAS call each over all T*B rows
+
+cdef void _input_grads(Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H,
+                       Py_ssize_t GH, const floating* x, const floating* W_ih,
+                       const floating* hs, const floating* dGt, floating* grad_x,
+                       floating* xh, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    """``grad_x = dG_time @ W_ih`` for rows ``[r0, r1)`` of ``T*B``, and (when ``xh`` is
+    given) the copy of those rows of ``[x | h_prev]`` for the fused weight GEMM."""
+    cdef Py_ssize_t DH = D + H, r
+    gemm(False, False, <int> (r1 - r0), <int> D, <int> GH, <floating> 1, dGt + r0 * GH,
+         <int> GH, W_ih, <int> D, <floating> 0, grad_x + r0 * D, <int> D)
+    if xh != NULL:
+        for r in range(r0, r1):
+            memcpy(xh + r * DH, x + r * D, D * sizeof(floating))
+            memcpy(xh + r * DH + D, hs + r * H, H * sizeof(floating))
+
+
+cdef void _weight_grads(int kind, Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H,
+                        const floating* x, const floating* hs, const floating* aux,
+                        const floating* dGs, const floating* dGt, floating* gW_ih,
+                        floating* gW_hh, floating* gb_ih, floating* gb_hh,
+                        const floating* ones, floating* xh, floating* gw,
+                        Py_ssize_t g0, Py_ssize_t g1) noexcept nogil:
+    """Weight and bias gradients for gate rows ``[g0, g1)`` of ``G*H``: one BLAS call
+    each over all ``T*B`` rows (accumulated into, ``+=``)."""
+    cdef Py_ssize_t G = 4 if kind == K_LSTM else (3 if kind >= K_GRU else 1)
+    cdef Py_ssize_t GH = G * H, H2 = 2 * H, ng = g1 - g0
     cdef int TB = <int> (T * B)
-    cdef Py_ssize_t DH = D + H, r, i, j
-    gemm(False, False, TB, <int> D, <int> GH, <floating> 1, dGt, <int> GH, W_ih, <int> D,
-         <floating> 0, grad_x, <int> D)
+    cdef Py_ssize_t DH = D + H, i, j, lo, hi
     if xh != NULL:
         # one GEMM for both weight gradients: [gW_ih | gW_hh] = dG^T [x | h_prev]
         # (same A operand, packed once; ~12% faster than two GEMMs at the M shape
-        # even with the copy into xh).  Forward direction, RNN/LSTM only (there
-        # dG_time is dG_step).
-        for r in range(TB):
-            memcpy(xh + r * DH, x + r * D, D * sizeof(floating))
-            memcpy(xh + r * DH + D, hs + r * H, row)
-        gemm(True, False, <int> GH, <int> DH, TB, <floating> 1, dGs, <int> GH, xh, <int> DH,
-             <floating> 0, gw, <int> DH)
-        for i in range(GH):
+        # even with the copy into xh, made by _input_grads).  Forward direction,
+        # RNN/LSTM only (there dG_time is dG_step).
+        gemm(True, False, <int> ng, <int> DH, TB, <floating> 1, dGs + g0, <int> GH, xh,
+             <int> DH, <floating> 0, gw + g0 * DH, <int> DH)
+        for i in range(g0, g1):
             for j in range(D):
                 gW_ih[i * D + j] += gw[i * DH + j]
             for j in range(H):
                 gW_hh[i * H + j] += gw[i * DH + D + j]
     else:
-        gemm(True, False, <int> GH, <int> D, TB, <floating> 1, dGt, <int> GH, x, <int> D,
-             <floating> 1, gW_ih, <int> D)
+        gemm(True, False, <int> ng, <int> D, TB, <floating> 1, dGt + g0, <int> GH, x,
+             <int> D, <floating> 1, gW_ih + g0 * D, <int> D)
         if kind == K_GRU:
-            gemm(True, False, <int> H2, <int> H, TB, <floating> 1, dGs, <int> GH, hs,
-                 <int> H, <floating> 1, gW_hh, <int> H)
-            gemm(True, False, <int> H, <int> H, TB, <floating> 1, dGs + H2, <int> GH, aux,
-                 <int> H, <floating> 1, gW_hh + H2 * H, <int> H)
+            # rows [0, 2H) (r, z) multiply h_prev, rows [2H, 3H) (n) multiply r*h_prev
+            lo, hi = g0, (g1 if g1 < H2 else H2)
+            if hi > lo:
+                gemm(True, False, <int> (hi - lo), <int> H, TB, <floating> 1, dGs + lo,
+                     <int> GH, hs, <int> H, <floating> 1, gW_hh + lo * H, <int> H)
+            lo, hi = (g0 if g0 > H2 else H2), g1
+            if hi > lo:
+                gemm(True, False, <int> (hi - lo), <int> H, TB, <floating> 1, dGs + lo,
+                     <int> GH, aux, <int> H, <floating> 1, gW_hh + lo * H, <int> H)
         else:
-            gemm(True, False, <int> GH, <int> H, TB, <floating> 1, dGs, <int> GH, hs,
-                 <int> H, <floating> 1, gW_hh, <int> H)
-    if gb_ih != NULL:
-        gemv(True, TB, <int> GH, <floating> 1, dGt, <int> GH, ones, <floating> 1, gb_ih)
-        gemv(True, TB, <int> GH, <floating> 1, dGs, <int> GH, ones, <floating> 1, gb_hh)
+            gemm(True, False, <int> ng, <int> H, TB, <floating> 1, dGs + g0, <int> GH, hs,
+                 <int> H, <floating> 1, gW_hh + g0 * H, <int> H)
+    if gb_ih == NULL:
+        return
+    cdef floating* v = NULL
+    if kind != K_GRU_RA:
+        # b_ih and b_hh enter every pre-activation the same way, so their gradients
+        # are the same column sums of dG (dG_time is a row permutation of dG_step):
+        # one pass over dG instead of two.
+        v = <floating*> malloc(ng * sizeof(floating))
+    if v != NULL:
+        gemv(True, TB, <int> ng, <floating> 1, dGs + g0, <int> GH, ones, <floating> 0, v)
+        for i in range(ng):
+            gb_ih[g0 + i] += v[i]
+            gb_hh[g0 + i] += v[i]
+        free(v)
+    else:
+        gemv(True, TB, <int> ng, <floating> 1, dGt + g0, <int> GH, ones, <floating> 1,
+             gb_ih + g0)
+        gemv(True, TB, <int> ng, <floating> 1, dGs + g0, <int> GH, ones, <floating> 1,
+             gb_hh + g0)
 
 
 # ---------------------------------------------------------------- entry points --
@@ -452,6 +556,17 @@ cdef int _check1(object a, str name, Py_ssize_t d0) except -1:
     if a.shape[0] != d0:
         raise ValueError(f"{name} must have shape ({d0},), got ({a.shape[0]},)")
     return 0
+
+
+cdef Py_ssize_t _check_range(int phase, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n,
+                             str what) except -1:
+    """The range ``[r0, r1)`` of a phase (``r1 == -1``: ``n``), checked against ``n``."""
+    if r1 == -1:
+        r1 = n
+    if r0 < 0 or r1 < r0 or r1 > n:
+        raise ValueError(f"phase {phase}: the range must satisfy 0 <= r0 <= r1 <= {n} "
+                         f"({what}), got r0={r0}, r1={r1}")
+    return r1
 
 
 cdef int _check_common(int kind, Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H,
@@ -478,7 +593,8 @@ def rnn_forward(int kind, bint reverse, const floating[:, :, ::1] x,
                 const int64_t[::1] lengths, floating[:, :, ::1] gates,
                 floating[:, :, ::1] hs, floating[:, :, ::1] cs,
                 floating[:, :, ::1] aux, floating[:, :, ::1] out,
-                floating[:, ::1] hh):
+                floating[:, ::1] hh, int phase=PH_ALL, Py_ssize_t r0=0,
+                Py_ssize_t r1=-1):
     """Run a whole sequence; fills ``gates``, ``hs[1:]``, ``cs[1:]``, ``aux``, ``out``.
 
     ``x [T, B, D]``; ``bx [GH]`` the additive bias of every gate pre-activation
@@ -489,11 +605,23 @@ def rnn_forward(int kind, bint reverse, const floating[:, :, ::1] x,
     ``W_hn h + b_hn`` (any ``[1, 1, 1]`` array for the RNN).  ``gates [T, B, GH]``
     receives the post-activation gates, ``out [T, B, H]`` the output; ``hh [B, GH]``
     is scratch.  Releases the GIL for the whole computation.
+
+    ``phase`` splits the work for two threads (``r1 = -1``: the end): ``PHASE_PROJ``
+    computes the input projection for gate columns ``[r0, r1)`` of ``G*H``;
+    ``PHASE_STEPS`` runs the recurrence for batch rows ``[r0, r1)`` only, reading their
+    projection from ``gates`` (so after every ``PHASE_PROJ`` range).  Disjoint ranges
+    of one phase may run concurrently; ``PHASE_ALL`` (default) does everything.
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2]
     cdef Py_ssize_t H = hs.shape[2]
     _check_common(kind, T, B, D, H, W_ih, W_hh, lengths)
     cdef Py_ssize_t GH = GATES[kind] * H
+    if phase == PH_PROJ:
+        r1 = _check_range(phase, r0, r1, GH, "gate columns")
+    elif phase == PH_STEPS:
+        r1 = _check_range(phase, r0, r1, B, "batch rows")
+    elif phase != PH_ALL:
+        raise ValueError(f"phase must be PHASE_ALL, PHASE_PROJ or PHASE_STEPS, got {phase}")
     _check2(W_hhT, "W_hhT", H, GH)
     _check1(bx, "bx", GH)
     if kind == K_GRU_RA:
@@ -514,7 +642,7 @@ def rnn_forward(int kind, bint reverse, const floating[:, :, ::1] x,
             _forward(kind, reverse, T, B, D, H, &x[0, 0, 0], &W_ih[0, 0], &W_hh[0, 0],
                      &W_hhT[0, 0], &bx[0], &bhn[0], &lengths[0], &gates[0, 0, 0],
                      &hs[0, 0, 0], &cs[0, 0, 0], &aux[0, 0, 0], &out[0, 0, 0], &hh[0, 0],
-                     tmp)
+                     tmp, phase, r0, r1)
     finally:
         free(tmp)
 
@@ -531,7 +659,7 @@ def rnn_backward(int kind, bint reverse, const floating[:, :, ::1] x,
                  bint has_bias, floating[:, :, ::1] dGs, floating[:, :, ::1] dGt,
                  floating[:, ::1] dh2, floating[:, ::1] drh, const floating[::1] ones,
                  const floating[::1] zrow, floating[:, ::1] xh, floating[:, ::1] gw,
-                 bint fuse_wgrad):
+                 bint fuse_wgrad, int phase=PH_ALL, Py_ssize_t r0=0, Py_ssize_t r1=-1):
     """BPTT through what ``rnn_forward`` stored.
 
     ``grad_out [T, B, H]`` (ignored unless ``has_grad_out``); ``dh [B, H]`` holds the
@@ -544,11 +672,27 @@ def rnn_backward(int kind, bint reverse, const floating[:, :, ::1] x,
     ``zrow [H]`` (all 0).  ``fuse_wgrad`` (forward direction, RNN/LSTM only): form
     both weight gradients in one GEMM through the scratch ``xh [T*B, D+H]`` and
     ``gw [GH, D+H]`` (any ``[1, 1]`` arrays otherwise).  Releases the GIL for the whole computation.
+
+    ``phase`` splits the work for two threads (``r1 = -1``: the end), in this order:
+    ``PHASE_STEPS`` BPTT for batch rows ``[r0, r1)`` (``dh``, ``dc`` rows outside the
+    range are left alone); ``PHASE_GRAD_X`` ``grad_x`` (and the ``xh`` copy) for rows
+    ``[r0, r1)`` of ``T*B``; ``PHASE_WGRAD`` the weight and bias gradients for gate
+    columns ``[r0, r1)`` of ``G*H``.  Disjoint ranges of one phase may run
+    concurrently; ``PHASE_ALL`` (default) does everything.
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2]
     cdef Py_ssize_t H = hs.shape[2]
     _check_common(kind, T, B, D, H, W_ih, W_hh, lengths)
     cdef Py_ssize_t GH = GATES[kind] * H
+    if phase == PH_STEPS:
+        r1 = _check_range(phase, r0, r1, B, "batch rows")
+    elif phase == PH_GRAD_X:
+        r1 = _check_range(phase, r0, r1, T * B, "rows of T*B")
+    elif phase == PH_WGRAD:
+        r1 = _check_range(phase, r0, r1, GH, "gate columns")
+    elif phase != PH_ALL:
+        raise ValueError(f"phase must be PHASE_ALL, PHASE_STEPS, PHASE_GRAD_X or "
+                         f"PHASE_WGRAD, got {phase}")
     _check2(W_hhT, "W_hhT", H, GH)
     _check3(gates, "gates", T, B, GH)
     _check3(hs, "hs", T + 1, B, H)
@@ -591,7 +735,7 @@ def rnn_backward(int kind, bint reverse, const floating[:, :, ::1] x,
                       &dGt[0, 0, 0], &grad_x[0, 0, 0], &gW_ih[0, 0], &gW_hh[0, 0],
                       &gb_ih[0] if has_bias else NULL, &gb_hh[0] if has_bias else NULL,
                       &ones[0], &zrow[0], &xh[0, 0] if fuse_wgrad else NULL,
-                      &gw[0, 0] if fuse_wgrad else NULL, tmp)
+                      &gw[0, 0] if fuse_wgrad else NULL, tmp, phase, r0, r1)
     finally:
         free(tmp)
 

@@ -209,7 +209,7 @@ def test_concurrent_uses_worker_thread_and_restores_blas(monkeypatch, rng):
     assert [lc.get_num_threads() for lc in bidir_mod.single_thread_blas._controllers()] \
         == before
     rev = [n for r, n in names if r]
-    assert rev and rev[0].startswith("nn_core-bidir")
+    assert rev and rev[0].startswith("nn_core-worker")
     names.clear()
     monkeypatch.setattr(bidir_mod, "available_cores", lambda: 1)
     m(x)

@@ -33,6 +33,7 @@ from .._validation import (
     require_forward,
 )
 from ..module import Module
+from . import _threads
 
 __all__ = ["RecurrentCell", "SequenceCache", "resolve_lengths"]
 
@@ -230,8 +231,18 @@ class RecurrentCell(Module):
         aux = self._take("aux", (T, B, H)) if kind >= _K.LSTM else self._dummy()
         out = np.empty((T, B, H), dt)
         hh = self._take("hh", (B, GH))
-        _K.rnn_forward(kind, bool(reverse), x, W_ih, W_hh, W_hhT, bx, bhn, lengths,
-                       gates, hs, cs, aux, out, hh)
+        args = (kind, bool(reverse), x, W_ih, W_hh, W_hhT, bx, bhn, lengths, gates, hs, cs,
+                aux, out, hh)
+        halves = _threads.row_halves(B)
+        if halves is None:
+            _K.rnn_forward(*args)
+        else:
+            # two threads, BLAS on one thread each: the input projection split by
+            # gate columns, then the step loops of the two half batches
+            _threads.run_rows(lambda a, b: _K.rnn_forward(*args, _K.PHASE_PROJ, a, b),
+                              _threads.halves(GH, align=16))
+            _threads.run_rows(lambda a, b: _K.rnn_forward(*args, _K.PHASE_STEPS, a, b),
+                              halves)
         self._give("hh", hh)
         cache = SequenceCache(x, lengths, bool(reverse), gates, hs, cs, aux, W_ih, W_hh,
                               W_hhT)
@@ -272,11 +283,22 @@ class RecurrentCell(Module):
             xh, gw = self._take("xh", (T * B, D + H)), self._take("gw", (GH, D + H))
         else:
             xh = gw = np.zeros((1, 1), dt)
-        _K.rnn_backward(kind, cache.reverse, x, cache.W_ih, cache.W_hh, cache.W_hhT,
-                        cache.lengths, cache.gates, cache.hs, cache.cs, cache.aux, go,
-                        has_go, dh, dc, grad_x, self.grads["W_ih"], self.grads["W_hh"],
-                        gb_ih, gb_hh, self.bias, dGs, dGt, dh2, drh, ones, zrow, xh, gw,
-                        fuse)
+        args = (kind, cache.reverse, x, cache.W_ih, cache.W_hh, cache.W_hhT,
+                cache.lengths, cache.gates, cache.hs, cache.cs, cache.aux, go, has_go, dh,
+                dc, grad_x, self.grads["W_ih"], self.grads["W_hh"], gb_ih, gb_hh,
+                self.bias, dGs, dGt, dh2, drh, ones, zrow, xh, gw, fuse)
+        halves = _threads.row_halves(B)
+        if halves is None:
+            _K.rnn_backward(*args)
+        else:
+            # two threads, BLAS on one thread each: BPTT of the two half batches, then
+            # grad_x split by rows of T*B, then the parameter gradients by gate rows
+            run = _K.rnn_backward
+            _threads.run_rows(lambda a, b: run(*args, _K.PHASE_STEPS, a, b), halves)
+            _threads.run_rows(lambda a, b: run(*args, _K.PHASE_GRAD_X, a, b),
+                              _threads.halves(T * B))
+            _threads.run_rows(lambda a, b: run(*args, _K.PHASE_WGRAD, a, b),
+                              _threads.halves(GH, align=16))
         given = set()
         for name, arr in (("dGs", dGs), ("dGt", dGt), ("dh2", dh2), ("drh", drh),
                           ("ones", ones), ("zrow", zrow), ("xh", xh), ("gw", gw),

@@ -19,10 +19,6 @@ computes alone: concurrent and sequential runs give the same numbers bit for bit
 """
 from __future__ import annotations
 
-import atexit
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,143 +41,13 @@ __all__ = ["BidirectionalWrapper", "StackedBidirectional", "MERGE_MODES",
 MERGE_MODES = ("concat", "sum", "mean", "mul")
 
 
-# --------------------------------------------------------------------- threads
-def available_cores() -> int:
-    """Cores this process may run on (``sched_getaffinity``, else ``os.cpu_count``)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover - non-Linux
-        return os.cpu_count() or 1
-
-
-_EXECUTOR = None
-_EXECUTOR_PID = None
-_EXECUTOR_LOCK = threading.Lock()
-
-
-def _executor() -> ThreadPoolExecutor:
-    """The single worker thread that runs reverse sweeps (created on first use, and
-    again in a forked child, where the parent's worker thread does not exist)."""
-    global _EXECUTOR, _EXECUTOR_PID
-    pid = os.getpid()
-    if _EXECUTOR is None or _EXECUTOR_PID != pid:
-        with _EXECUTOR_LOCK:
-            if _EXECUTOR is None or _EXECUTOR_PID != pid:
-                _EXECUTOR = ThreadPoolExecutor(max_workers=1,
-                                               thread_name_prefix="nn_core-bidir")
-                _EXECUTOR_PID = pid
-                atexit.register(_EXECUTOR.shutdown, wait=False)
-    return _EXECUTOR
-
-
-class _OpenBLAS:
-    """Minimal stand-in for a threadpoolctl controller of one loaded OpenBLAS."""
-
-    def __init__(self, get, set_):
-        self._get, self._set = get, set_
-
-    def get_num_threads(self):
-        return int(self._get())
-
-    def set_num_threads(self, n):
-        self._set(int(n))
-
-
-def _openblas_controllers():
-    """Controllers for the OpenBLAS libraries already loaded (Linux; else ``[]``)."""
-    import ctypes
-    try:
-        with open("/proc/self/maps") as fh:
-            paths = sorted({line.split()[-1] for line in fh
-                            if "openblas" in line.lower() and "/" in line})
-    except OSError:
-        return []
-    out = []
-    for path in paths:
-        try:
-            lib = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0))
-        except OSError:
-            continue
-        for prefix, suffix in (("scipy_", "64_"), ("scipy_", ""), ("", "64_"), ("", "")):
-            get = getattr(lib, f"{prefix}openblas_get_num_threads{suffix}", None)
-            set_ = getattr(lib, f"{prefix}openblas_set_num_threads{suffix}", None)
-            if get is not None and set_ is not None:
-                get.restype, set_.argtypes = ctypes.c_int, [ctypes.c_int]
-                out.append(_OpenBLAS(get, set_))
-                break
-    return out
-
-
-class _SingleThreadBlas:
-    """Context manager: every loaded BLAS library runs one thread inside the block.
-
-    Re-entrant across threads (a counter; the first entry saves and lowers the
-    thread counts, the last exit restores them).  Uses ``threadpoolctl`` when it is
-    installed; without it, OpenBLAS builds loaded in the process (found in
-    ``/proc/self/maps``) are driven directly through their ``*set_num_threads``
-    entry points; where neither works the block is a no-op.  The limit is
-    process-wide while the block runs (other threads' BLAS calls run single-threaded
-    for that time, as under ``threadpoolctl.threadpool_limits``).
-    """
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._depth = 0
-        self._libs = None
-        self._saved = ()
-
-    def _controllers(self):
-        if self._libs is None:
-            try:
-                from threadpoolctl import ThreadpoolController
-                self._libs = [lc for lc in ThreadpoolController().lib_controllers
-                              if lc.user_api == "blas"]
-            except Exception:  # threadpoolctl missing or unable to inspect
-                self._libs = _openblas_controllers()
-        return self._libs
-
-    @property
-    def active(self) -> bool:
-        """True when BLAS thread counts can be controlled."""
-        return bool(self._controllers())
-
-    def __enter__(self):
-        with self._lock:
-            if self._depth == 0:
-                saved = []
-                for lc in self._controllers():
-                    n = lc.get_num_threads()
-                    if n is not None and n != 1:
-                        lc.set_num_threads(1)
-                        saved.append((lc, n))
-                self._saved = saved
-            self._depth += 1
-        return self
-
-    def __exit__(self, *exc):
-        with self._lock:
-            self._depth -= 1
-            if self._depth == 0:
-                for lc, n in self._saved:
-                    lc.set_num_threads(n)
-                self._saved = ()
-        return False
-
-
-single_thread_blas = _SingleThreadBlas()
-
-
-def _run_pair(job_fw, job_bw, concurrent):
-    """``(job_fw(), job_bw())``, the second on the worker thread when ``concurrent``."""
-    if not concurrent:
-        return job_fw(), job_bw()
-    with single_thread_blas:
-        future = _executor().submit(job_bw)
-        try:
-            res_fw = job_fw()
-        finally:
-            res_bw = future.result()  # always wait: the worker writes shared buffers
-    return res_fw, res_bw
+from ._threads import (  # noqa: E402,F401  (re-exported: tests and benches use them)
+    _OpenBLAS,
+    _SingleThreadBlas,
+    available_cores,
+    run_pair as _run_pair,
+    single_thread_blas,
+)
 
 
 # ---------------------------------------------------------------- helpers
