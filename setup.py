@@ -6,8 +6,9 @@ No ``-ffast-math``: the kernels rely on IEEE ``-inf`` masking and NaN propagatio
 ``-fno-trapping-math`` only tells GCC that floating-point operations raise no traps
 (nothing here installs FP trap handlers); it keeps IEEE results, infinities and NaNs
 exactly, and lets GCC if-convert the selects in the vectorised math so it can vectorise.
-No ``-march=native``: the few vectorised math helpers in ``src_pyx/_vmath.h`` carry
-their own AVX2/FMA clones selected at load time (GCC ``target_clones``).
+No ``-march=native``: the vectorised helpers in ``src_pyx/_vmath.h`` (and the gate passes
+in ``_rnn_gates.h``) are compiled twice, for AVX2+FMA (``__attribute__((target))``) and
+for baseline x86-64, and the copy is chosen at run time with ``__builtin_cpu_supports``.
 """
 import os
 from glob import glob

@@ -102,14 +102,23 @@ def measure(fn, repeat: int = 7, min_time: float = 0.05) -> float:
     return statistics.median(_sample(fn, number) for _ in range(repeat))
 
 
-def interleaved(fns: dict, repeat: int = 7, min_time: float = 0.05, clock="wall") -> dict:
+def interleaved(fns: dict, repeat: int = 7, min_time: float = 0.05, clock="wall",
+                settle: float = 0.0) -> dict:
     """Median seconds per call of each function, measured alternately in one run so
     that machine noise hits every contender alike (one warm-up and one calibration
     per function, then ``repeat`` rounds of one sample each).
 
     ``clock="cpu"`` measures process CPU time instead of wall time: on a shared,
     overloaded machine it is insensitive to time slicing -- meaningful for one
-    thread only (with several it sums the threads' time)."""
+    thread only (with several it sums the threads' time).
+
+    ``settle`` (seconds; use it with several threads): before each sample, sleep
+    that long and make one untimed call.  Thread pools keep spinning after a call --
+    OpenBLAS's workers for up to ~2^28 cycles (~0.1 s), OpenMP's for a while too --
+    and with contenders alternating call by call, one library's spinning workers
+    take a core from the other's threads (measured here: torch's 2-thread LSTM ran
+    slower than its 1-thread one right after nn_core's calls).  With ``settle`` each
+    sample sees only its own library's threads."""
     clock = CLOCKS[clock] if isinstance(clock, str) else clock
     numbers = {}
     for k, fn in fns.items():
@@ -118,6 +127,9 @@ def interleaved(fns: dict, repeat: int = 7, min_time: float = 0.05, clock="wall"
     samples = {k: [] for k in fns}
     for _ in range(repeat):
         for k, fn in fns.items():
+            if settle > 0:
+                time.sleep(settle)
+                fn()
             samples[k].append(_sample(fn, numbers[k], clock))
     return {k: statistics.median(v) for k, v in samples.items()}
 

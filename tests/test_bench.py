@@ -1,0 +1,65 @@
+"""Smoke tests of the comparison scripts (``python -m nn_core.bench ...``): their
+helpers, and one tiny end-to-end run each where torch is installed.  Speed itself is
+never asserted here."""
+import numpy as np
+import pytest
+
+from nn_core.bench import _common
+from nn_core.bench import recurrent as R
+
+
+def test_target_ratio_takes_the_stricter_float64_target():
+    assert R.target_ratio("lstm", "M", np.float32) == 1.0
+    assert R.target_ratio("lstm", "S", np.float32) == 0.6
+    assert R.target_ratio("gru", "L", np.float32) == 0.7
+    assert R.target_ratio("rnn", "latency", np.float32) == 0.3
+    assert R.target_ratio("lstm", "M", np.float64) == 0.7
+    assert R.target_ratio("gru", "S", np.float64) == 0.3
+
+
+def test_flops_count_every_layer():
+    assert R.flops(2, 3, 4, 5, 4) == 6.0 * 2 * 3 * 4 * 5 * (4 + 5)
+    assert R.flops(2, 3, 4, 5, 4, layers=2) == (6.0 * 2 * 3 * 4 * 5 * (4 + 5)
+                                                + 6.0 * 2 * 3 * 4 * 5 * (5 + 5))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("B, H", [(1, 8), (4, 8), (4, 256)])
+def test_gemm_bound_and_peak_are_positive_times(dtype, B, H):
+    assert 0 < R.gemm_bound(2, B, 3, H, 4, dtype) < 10
+    assert R.peak_rate(dtype, n=64) > 1e6
+
+
+def test_interleaved_settle_samples_every_contender():
+    calls = {"a": 0, "b": 0}
+
+    def bump(k):
+        def f():
+            calls[k] += 1
+        return f
+
+    res = _common.interleaved({"a": bump("a"), "b": bump("b")}, repeat=3, min_time=0.0,
+                              settle=0.001)
+    assert set(res) == {"a", "b"} and all(v >= 0 for v in res.values())
+    # warm-up + calibration + per round: one untimed settle call and >= 1 timed call
+    assert calls["a"] >= 1 + 1 + 3 * 2 and calls["b"] >= 1 + 1 + 3 * 2
+
+
+def test_recurrent_script_runs(capsys):
+    pytest.importorskip("torch")
+    assert R.main(["--shapes", "S", "--cells", "rnn,lstm", "--dtypes", "f64",
+                   "--threads", "1", "--repeat", "1", "--clock", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "# peak (1 thread(s), f64" in out
+    rows = [ln for ln in out.splitlines() if ln.startswith(("rnn ", "lstm "))]
+    assert len(rows) == 2 and all("%" in ln for ln in rows)
+
+
+def test_bidirectional_script_runs_with_short_dtype_names(capsys):
+    pytest.importorskip("torch")
+    from nn_core.bench import bidirectional as Bi
+    assert Bi.main(["--shapes", "S", "--cells", "gru", "--dtypes", "f64",
+                    "--threads", "1", "--repeat", "1", "--min-time", "0"]) == 0
+    out = capsys.readouterr().out
+    rows = [ln for ln in out.splitlines() if ln.startswith("gru ")]
+    assert len(rows) == 1 and "float64" in rows[0] and "%" in rows[0]
