@@ -128,7 +128,7 @@ cdef enum:
 
 cdef enum:
     PH_ALL = 0      # the whole forward / backward
-    PH_PROJ = 1     # forward: input projection for gate columns [r0, r1) of G*H
+    PH_PROJ = 1     # forward: input projection for rows [r0, r1) of T*B
     PH_STEPS = 2    # forward / backward: the step loop for batch rows [r0, r1) of B
     PH_GRAD_X = 3   # backward: grad_x (and the x|h copy) for rows [r0, r1) of T*B
     PH_WGRAD = 4    # backward: weight and bias gradients for gate columns [r0, r1)
@@ -223,8 +223,8 @@ cdef void _forward(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ssize_
                    floating* hs, floating* cs, floating* aux, floating* out,
                    floating* hh, floating* tmp, int phase, Py_ssize_t r0,
                    Py_ssize_t r1) noexcept nogil:
-    """``phase`` (``PH_*``): ``PH_PROJ`` the input projection for gate columns
-    ``[r0, r1)``; ``PH_STEPS`` the recurrence for batch rows ``[r0, r1)`` only (rows
+    """``phase`` (``PH_*``): ``PH_PROJ`` the input projection for rows ``[r0, r1)`` of
+    ``T*B``; ``PH_STEPS`` the recurrence for batch rows ``[r0, r1)`` only (rows
     never interact, so two row ranges can run concurrently; every array keeps its
     full-batch layout); ``PH_ALL`` both over everything."""
     cdef Py_ssize_t G = 4 if kind == K_LSTM else (3 if kind >= K_GRU else 1)
@@ -248,8 +248,8 @@ cdef void _forward(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ssize_
              W_ih, <int> D, <floating> 0, gates, <int> GH)
     elif phase == PH_PROJ:
         if r1 > r0:
-            gemm(False, True, <int> (T * B), <int> (r1 - r0), <int> D, <floating> 1, x,
-                 <int> D, W_ih + r0 * D, <int> D, <floating> 0, gates + r0, <int> GH)
+            gemm(False, True, <int> (r1 - r0), <int> GH, <int> D, <floating> 1, x + r0 * D,
+                 <int> D, W_ih, <int> D, <floating> 0, gates + r0 * GH, <int> GH)
         return
     if nb < 1:
         return
@@ -569,6 +569,13 @@ cdef Py_ssize_t _check_range(int phase, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t
     return r1
 
 
+cdef int _check_all(Py_ssize_t r0, Py_ssize_t r1) except -1:
+    if r0 != 0 or r1 != -1:
+        raise ValueError(f"PHASE_ALL covers everything: r0 must be 0 and r1 -1, got "
+                         f"r0={r0}, r1={r1}")
+    return 0
+
+
 cdef int _check_common(int kind, Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H,
                        object W_ih, object W_hh, const int64_t[::1] lengths) except -1:
     cdef Py_ssize_t b
@@ -607,7 +614,7 @@ def rnn_forward(int kind, bint reverse, const floating[:, :, ::1] x,
     is scratch.  Releases the GIL for the whole computation.
 
     ``phase`` splits the work for two threads (``r1 = -1``: the end): ``PHASE_PROJ``
-    computes the input projection for gate columns ``[r0, r1)`` of ``G*H``;
+    computes the input projection for rows ``[r0, r1)`` of ``T*B``;
     ``PHASE_STEPS`` runs the recurrence for batch rows ``[r0, r1)`` only, reading their
     projection from ``gates`` (so after every ``PHASE_PROJ`` range).  Disjoint ranges
     of one phase may run concurrently; ``PHASE_ALL`` (default) does everything.
@@ -617,10 +624,12 @@ def rnn_forward(int kind, bint reverse, const floating[:, :, ::1] x,
     _check_common(kind, T, B, D, H, W_ih, W_hh, lengths)
     cdef Py_ssize_t GH = GATES[kind] * H
     if phase == PH_PROJ:
-        r1 = _check_range(phase, r0, r1, GH, "gate columns")
+        r1 = _check_range(phase, r0, r1, T * B, "rows of T*B")
     elif phase == PH_STEPS:
         r1 = _check_range(phase, r0, r1, B, "batch rows")
-    elif phase != PH_ALL:
+    elif phase == PH_ALL:
+        _check_all(r0, r1)
+    else:
         raise ValueError(f"phase must be PHASE_ALL, PHASE_PROJ or PHASE_STEPS, got {phase}")
     _check2(W_hhT, "W_hhT", H, GH)
     _check1(bx, "bx", GH)
@@ -690,7 +699,9 @@ def rnn_backward(int kind, bint reverse, const floating[:, :, ::1] x,
         r1 = _check_range(phase, r0, r1, T * B, "rows of T*B")
     elif phase == PH_WGRAD:
         r1 = _check_range(phase, r0, r1, GH, "gate columns")
-    elif phase != PH_ALL:
+    elif phase == PH_ALL:
+        _check_all(r0, r1)
+    else:
         raise ValueError(f"phase must be PHASE_ALL, PHASE_STEPS, PHASE_GRAD_X or "
                          f"PHASE_WGRAD, got {phase}")
     _check2(W_hhT, "W_hhT", H, GH)

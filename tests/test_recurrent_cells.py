@@ -48,13 +48,13 @@ def rand_state(rng, kind, B, H):
 
 # ------------------------------------------------------------------ gradcheck --
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("variant", ["plain", "lengths", "reverse"])
+@pytest.mark.parametrize("variant", ["plain", "lengths", "reverse", "no_bias"])
 def test_gradcheck_sequence(kind, variant, rng):
     T, B, D, H = 4, 3, 2, 3
-    cell = make_cell(kind, D, H, rng=rng, bias=(variant != "reverse"))
+    cell = make_cell(kind, D, H, rng=rng, bias=(variant != "no_bias"))
     x = rng.standard_normal((T, B, D))
     state = rand_state(rng, kind, B, H)
-    lengths = None if variant == "plain" else np.array([4, 1, 3])
+    lengths = None if variant in ("plain", "no_bias") else np.array([4, 1, 3])
     m = Seq(cell, reverse=(variant == "reverse"))
     report = gradcheck(m, (x, state, lengths), rng=rng)
     assert report.ok, str(report)

@@ -154,42 +154,157 @@ def test_halves(n, align, expect):
 
 
 # ------------------------------------------------------------ kernel phases --
-def _kernel_arrays(rng, T=3, B=4, D=2, H=3, G=4):
-    f = np.float64
+# The kernels' own phase API, called directly: ranges of every phase, one-row and
+# unequal ranges, weight-gradient cuts inside and across the GRU's [r, z] | n blocks.
+_KIND = {"rnn_tanh": (K.RNN_TANH, 1), "rnn_relu": (K.RNN_RELU, 1), "lstm": (K.LSTM, 4),
+         "gru": (K.GRU, 3), "gru_ra": (K.GRU_RA, 3)}
+
+
+def _forward_args(rng, kind, T, B, D, H, lengths, reverse, dtype=np.float64):
+    k, G = _KIND[kind]
     GH = G * H
-    W_hh = rng.standard_normal((GH, H))
-    fwd = dict(x=rng.standard_normal((T, B, D)), W_ih=rng.standard_normal((GH, D)),
-               W_hh=W_hh, W_hhT=np.ascontiguousarray(W_hh.T), bx=rng.standard_normal(GH),
-               bhn=np.zeros(H), lengths=np.full(B, T, np.int64),
-               gates=np.empty((T, B, GH)), hs=np.zeros((T + 1, B, H)),
-               cs=np.zeros((T + 1, B, H)), aux=np.empty((T, B, H)), out=np.empty((T, B, H)),
-               hh=np.empty((B, GH)))
-    assert all(a.dtype == f for k, a in fwd.items() if k != "lengths")
-    return fwd
+    W_hh = rng.standard_normal((GH, H)).astype(dtype) * 0.5
+    big = (T + 1, B, H)
+    hs = np.zeros(big, dtype)
+    hs[0] = rng.standard_normal((B, H))
+    cs = np.zeros(big if k == K.LSTM else (1, 1, 1), dtype)
+    if k == K.LSTM:
+        cs[0] = rng.standard_normal((B, H))
+    aux = np.empty((T, B, H) if k >= K.LSTM else (1, 1, 1), dtype)
+    return [k, reverse, rng.standard_normal((T, B, D)).astype(dtype),
+            rng.standard_normal((GH, D)).astype(dtype), W_hh, np.ascontiguousarray(W_hh.T),
+            rng.standard_normal(GH).astype(dtype), rng.standard_normal(H).astype(dtype),
+            lengths, np.empty((T, B, GH), dtype), hs, cs, aux, np.empty((T, B, H), dtype),
+            np.empty((B, GH), dtype)]
+
+
+def _backward_args(rng, fw):
+    k, reverse, x, W_ih, W_hh, W_hhT, _, _, lengths, gates, hs, cs, aux, _, _ = fw
+    T, B, D = x.shape
+    H, GH, dt = hs.shape[2], gates.shape[2], x.dtype
+    nan = lambda *shape: np.full(shape, np.nan, dt)          # noqa: E731  scratch
+    dGs = nan(T, B, GH)
+    dGt = nan(T, B, GH) if (reverse or k == K.GRU_RA) else dGs
+    fuse = not reverse and k <= K.LSTM
+    return [k, reverse, x, W_ih, W_hh, W_hhT, lengths, gates, hs, cs, aux,
+            rng.standard_normal((T, B, H)).astype(dt), True,
+            rng.standard_normal((B, H)).astype(dt),
+            rng.standard_normal((B, H) if k == K.LSTM else (1, 1)).astype(dt),
+            nan(T, B, D), rng.standard_normal((GH, D)).astype(dt),
+            rng.standard_normal((GH, H)).astype(dt), rng.standard_normal(GH).astype(dt),
+            rng.standard_normal(GH).astype(dt), True, dGs, dGt, nan(B, H), nan(B, H),
+            np.ones(T * B, dt), np.zeros(H, dt), nan(T * B, D + H) if fuse else nan(1, 1),
+            nan(GH, D + H) if fuse else nan(1, 1), fuse]
+
+
+def _copy(args):
+    """Copy the arrays of an argument list, keeping arrays that were shared shared."""
+    memo = {}
+    return [memo.setdefault(id(a), a.copy()) if isinstance(a, np.ndarray) else a
+            for a in args]
+
+
+# outputs of rnn_forward / rnn_backward (argument positions)
+_FW_OUT = {"gates": 9, "hs": 10, "cs": 11, "aux": 12, "out": 13}
+_BW_OUT = {"dh": 13, "dc": 14, "grad_x": 15, "gW_ih": 16, "gW_hh": 17, "gb_ih": 18,
+           "gb_hh": 19}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_kernel_phases_compose_to_the_whole_sweep(kind, reverse, rng):
+    T, B, D, H = 4, 5, 3, 4
+    lengths = rng.integers(1, T + 1, B).astype(np.int64)
+    lengths[0] = T
+    a = _forward_args(rng, kind, T, B, D, H, lengths, reverse)
+    b = _copy(a)
+    K.rnn_forward(*a)
+    for r in ((0, 7), (7, T * B)):
+        K.rnn_forward(*b, K.PHASE_PROJ, *r)
+    for r in ((0, 1), (1, 4), (4, B)):
+        K.rnn_forward(*b, K.PHASE_STEPS, *r)
+    for name, i in _FW_OUT.items():
+        np.testing.assert_allclose(b[i], a[i], rtol=1e-13, atol=1e-13, err_msg=name)
+
+    ga = _backward_args(rng, a)
+    gb = _copy(ga)
+    K.rnn_backward(*ga)
+    GH = a[9].shape[2]
+    for r in ((0, 1), (1, B - 1), (B - 1, B)):
+        K.rnn_backward(*gb, K.PHASE_STEPS, *r)
+    for r in ((0, 1), (1, T * B)):
+        K.rnn_backward(*gb, K.PHASE_GRAD_X, *r)
+    cuts = sorted({0, 1, 2 * H - 1, 2 * H + 1, GH - 1, GH} & set(range(GH + 1)))
+    for r in zip(cuts[:-1], cuts[1:]):
+        K.rnn_backward(*gb, K.PHASE_WGRAD, *r)
+    for name, i in _BW_OUT.items():
+        if ga[i].size > 1:
+            assert np.isfinite(ga[i]).all(), name
+            np.testing.assert_allclose(gb[i], ga[i], rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+def test_kernel_phases_transposed_layout_f32(rng):
+    """float32, H >= 256: the per-step ``W h^T`` layout on 1- and 2-row ranges."""
+    T, B, D, H = 3, 3, 4, 256
+    a = _forward_args(rng, "lstm", T, B, D, H, np.full(B, T, np.int64), False, np.float32)
+    b = _copy(a)
+    K.rnn_forward(*a)
+    K.rnn_forward(*b, K.PHASE_PROJ, 0, T * B)
+    for r in ((0, 1), (1, B)):
+        K.rnn_forward(*b, K.PHASE_STEPS, *r)
+    _assert_same([b[13]], [a[13]], np.float32)    # another GEMM form: equal to rounding
 
 
 @pytest.mark.parametrize("phase, r0, r1, match", [
-    (K.PHASE_PROJ, 0, 13, r"0 <= r0 <= r1 <= 12 \(gate columns\), got r0=0, r1=13"),
+    (K.PHASE_PROJ, 0, 13, r"0 <= r0 <= r1 <= 12 \(rows of T\*B\), got r0=0, r1=13"),
     (K.PHASE_STEPS, 3, 2, r"0 <= r0 <= r1 <= 4 \(batch rows\), got r0=3, r1=2"),
     (K.PHASE_STEPS, -1, 2, r"got r0=-1"),
+    (K.PHASE_ALL, 1, -1, r"PHASE_ALL covers everything: r0 must be 0 and r1 -1, got r0=1"),
     (K.PHASE_GRAD_X, 0, 2, r"phase must be PHASE_ALL, PHASE_PROJ or PHASE_STEPS, got 3"),
 ])
 def test_forward_phase_range_errors(phase, r0, r1, match, rng):
-    a = _kernel_arrays(rng)
+    a = _forward_args(rng, "lstm", 3, 4, 2, 3, np.full(4, 3, np.int64), False)
     with pytest.raises(ValueError, match=match):
-        K.rnn_forward(K.LSTM, False, *a.values(), phase, r0, r1)
+        K.rnn_forward(*a, phase, r0, r1)
 
 
-def test_forward_phases_compose_to_the_whole_forward(rng):
-    """PROJ over column ranges then STEPS over row ranges == PHASE_ALL."""
-    a = _kernel_arrays(rng)
-    a["hs"][0] = rng.standard_normal(a["hs"][0].shape)
-    a["cs"][0] = rng.standard_normal(a["cs"][0].shape)
-    b = {k: v.copy() for k, v in a.items()}
-    K.rnn_forward(K.LSTM, False, *a.values())
-    for r0, r1 in ((0, 5), (5, 12)):
-        K.rnn_forward(K.LSTM, False, *b.values(), K.PHASE_PROJ, r0, r1)
-    for r0, r1 in ((0, 1), (1, 4)):
-        K.rnn_forward(K.LSTM, False, *b.values(), K.PHASE_STEPS, r0, r1)
-    for k in ("gates", "hs", "cs", "aux", "out"):
-        np.testing.assert_allclose(a[k], b[k], rtol=1e-13, atol=1e-14)
+@pytest.mark.parametrize("phase, r0, r1, match", [
+    (K.PHASE_STEPS, 0, 5, r"0 <= r0 <= r1 <= 4 \(batch rows\), got r0=0, r1=5"),
+    (K.PHASE_GRAD_X, 2, 13, r"0 <= r0 <= r1 <= 12 \(rows of T\*B\)"),
+    (K.PHASE_WGRAD, 0, 13, r"0 <= r0 <= r1 <= 12 \(gate columns\)"),
+    (K.PHASE_ALL, 0, 5, r"PHASE_ALL covers everything"),
+    (K.PHASE_PROJ, 0, 2, r"phase must be PHASE_ALL, PHASE_STEPS, PHASE_GRAD_X or "
+                         r"PHASE_WGRAD, got 1"),
+])
+def test_backward_phase_range_errors(phase, r0, r1, match, rng):
+    a = _forward_args(rng, "lstm", 3, 4, 2, 3, np.full(4, 3, np.int64), False)
+    K.rnn_forward(*a)
+    g = _backward_args(rng, a)
+    before = [x.copy() for x in g if isinstance(x, np.ndarray)]
+    with pytest.raises(ValueError, match=match):
+        K.rnn_backward(*g, phase, r0, r1)
+    after = [x for x in g if isinstance(x, np.ndarray)]
+    for u, v in zip(before, after):                 # nothing was written
+        np.testing.assert_array_equal(u, v)
+
+
+def test_worker_thread_never_splits(force_split):
+    """A job on the one worker thread must not queue another job for itself."""
+    fut = _threads._executor().submit(_threads.row_halves, 64)
+    assert fut.result() is None
+    assert _threads.row_halves(64) == ((0, 32), (32, 64))
+
+
+def test_run_rows_raises_the_calling_threads_error_after_the_worker_finished():
+    done = []
+
+    def job(a, b):
+        if a == 0:
+            raise KeyError("caller")
+        done.append((a, b))
+        raise ValueError("worker")
+
+    with pytest.raises(KeyError, match="caller"):
+        _threads.run_rows(job, ((0, 1), (1, 2)))
+    assert done == [(1, 2)]
+    assert not _threads.single_thread_blas.engaged

@@ -15,7 +15,7 @@ hits every contender alike), prints the median time per forward+backward of
 
 and ``ratio = nn_core / torch`` with the target: 0.6 with 2 threads; with 1 thread the
 unidirectional targets of the recurrent issue (LSTM 1.0 at M/L and 0.6 at S/latency,
-GRU 0.7 at M/L and 0.3 at S/latency, float64 0.7).  ``need`` is the FLOP rate the
+GRU 0.7 at M/L and 0.3 at S/latency, float64 at most 0.7).  ``need`` is the FLOP rate the
 target asks for (both directions' ``6 T B G H (D + H)`` FLOPs over ``target * torch
 time``) as a percentage of the machine's peak GEMM rate with as many threads (see
 ``python -m nn_core.bench recurrent``); ``x`` marks a missed target that needs more
@@ -34,7 +34,7 @@ import argparse
 import numpy as np
 
 from ._common import fmt_ms, interleaved, threads, torch_or_none
-from .recurrent import flops, peak_rate
+from .recurrent import flops, peak_rate, target_ratio
 
 SHAPES = {"S": (32, 16, 64), "M": (64, 32, 256), "L": (128, 64, 512),
           "latency": (100, 1, 128)}
@@ -42,14 +42,11 @@ _DTYPE_ALIASES = {"f32": "float32", "f64": "float64"}
 
 
 def _target(cell, shape, dtype, n_threads):
+    """0.6 with two threads or more; with one the recurrent issue's unidirectional
+    targets (``recurrent.target_ratio``: the stricter float64 rule included)."""
     if n_threads >= 2:
         return 0.6
-    if dtype == "float64":
-        return 0.7
-    big = shape in ("M", "L")
-    if cell == "lstm":
-        return 1.0 if big else 0.6
-    return 0.7 if big else 0.3
+    return target_ratio(cell, shape, np.dtype(dtype).type)
 
 
 def _build(cell, H, dtype, torch):

@@ -238,9 +238,9 @@ class RecurrentCell(Module):
             _K.rnn_forward(*args)
         else:
             # two threads, BLAS on one thread each: the input projection split by
-            # gate columns, then the step loops of the two half batches
+            # rows of T*B, then the step loops of the two half batches
             _threads.run_rows(lambda a, b: _K.rnn_forward(*args, _K.PHASE_PROJ, a, b),
-                              _threads.halves(GH, align=16))
+                              _threads.halves(T * B))
             _threads.run_rows(lambda a, b: _K.rnn_forward(*args, _K.PHASE_STEPS, a, b),
                               halves)
         self._give("hh", hh)

@@ -31,6 +31,7 @@ def available_cores() -> int:
 
 
 _EXECUTOR = None
+_WORKER_PREFIX = "nn_core-worker"
 _EXECUTOR_PID = None
 _EXECUTOR_LOCK = threading.Lock()
 
@@ -45,7 +46,7 @@ def _executor() -> ThreadPoolExecutor:
         with _EXECUTOR_LOCK:
             if _EXECUTOR is None or _EXECUTOR_PID != pid:
                 _EXECUTOR = ThreadPoolExecutor(max_workers=1,
-                                               thread_name_prefix="nn_core-worker")
+                                               thread_name_prefix=_WORKER_PREFIX)
                 _EXECUTOR_PID = pid
                 atexit.register(_EXECUTOR.shutdown, wait=False)
     return _EXECUTOR
@@ -159,11 +160,7 @@ def run_pair(job_fw, job_bw, concurrent):
         return job_fw(), job_bw()
     with single_thread_blas:
         future = _executor().submit(job_bw)
-        try:
-            res_fw = job_fw()
-        finally:
-            res_bw = future.result()  # always wait: the worker writes shared buffers
-    return res_fw, res_bw
+        return _join(job_fw, (), future)
 
 
 def blas_threads() -> int:
@@ -173,12 +170,12 @@ def blas_threads() -> int:
 
 
 # Batch-row split of one sweep.  Measured with two threads against the same sweep with
-# two BLAS threads (``python -m nn_core.bench recurrent --threads 2`` shapes, one run,
-# split time / BLAS-2 time): at B = 64 (L: T=128, D=H=512) LSTM 0.97, GRU 0.88,
-# RNN 0.95 in float32; at B = 32 (M) a wash (0.90-1.11, noise ~5%); at B <= 16 worse
-# (1.2-2.2: two thread hand-offs per phase cost more than a short step loop, and
-# half-batch GEMMs of <= 8 rows run far below the GEMM rate).  So each half keeps at
-# least 32 rows.
+# two BLAS threads (split time / BLAS-2 time, forward+backward, one interleaved run):
+# at B = 64, T=128, D=H=512: LSTM 0.98, GRU 0.97, RNN 0.94 (float32), 0.95 / 0.98 / 1.00
+# (float64); at B = 64, T=64, D=H=256: 0.88-0.96; at B = 32 (T=64, D=H=256) a wash
+# (0.90-1.11, noise ~5%); at B <= 16 worse (1.2-2.2: the thread hand-offs, ~70 us
+# each, cost more than a short step loop, and GEMMs of <= 8 rows run far below the
+# GEMM rate).  So each half keeps at least 32 rows.
 ROW_SPLIT = True          # module switch (tests compare split and unsplit runs)
 MIN_SPLIT_ROWS = 64
 
@@ -190,9 +187,16 @@ def row_halves(B: int):
     ``OPENBLAS_NUM_THREADS=1`` keep nn_core on one thread), ``B >= MIN_SPLIT_ROWS``,
     and not inside another two-thread region (a bidirectional layer's sweeps)."""
     if (not ROW_SPLIT or B < MIN_SPLIT_ROWS or single_thread_blas.engaged
-            or available_cores() < 2 or blas_threads() < 2):
+            or available_cores() < 2 or blas_threads() < 2 or _on_worker()):
         return None
     return halves(B)
+
+
+def _on_worker() -> bool:
+    """True on the one worker thread: a job there must never queue another job for
+    the worker and wait for it (``engaged`` already guards this, unless an interrupt
+    left a ``with single_thread_blas`` block while a job was still running)."""
+    return threading.current_thread().name.startswith(_WORKER_PREFIX)
 
 
 def halves(n: int, align: int = 1):
@@ -211,8 +215,19 @@ def run_rows(job, ranges) -> None:
     (a0, a1), (b0, b1) = ranges
     with single_thread_blas:
         future = _executor().submit(job, b0, b1)
+        _join(job, (a0, a1), future)
+
+
+def _join(job, args, future):
+    """``job(*args)`` here, then wait for ``future``; always wait (the worker writes
+    shared buffers), and if both fail raise this thread's exception."""
+    try:
+        result = job(*args)
+    except BaseException:
         try:
-            job(a0, a1)
-        finally:
-            future.result()   # always wait: the worker writes shared buffers
+            future.result()
+        except BaseException:
+            pass
+        raise
+    return result, future.result()
 
