@@ -112,3 +112,41 @@ class StepLoopSuite:
 
     def time_sequence_forward(self, cell, shape):
         self.m.forward_sequence(self.x)
+
+
+try:
+    from nn_core.recurrent import _threads
+except ImportError:  # older commits
+    _threads = None
+
+
+class TwoThreadSweepSuite:
+    """One LSTM/GRU sweep over B = 64 rows (T=64, D=H=256) with two threads: the
+    batch-row split (two half batches, BLAS on one thread each; ``split``) against one
+    step loop whose GEMMs use two BLAS threads (``blas2``).  On a one-core machine
+    both modes run the same single-thread code."""
+
+    params = (["gru", "lstm"], ["float32", "float64"], ["split", "blas2"])
+    param_names = ["cell", "dtype", "mode"]
+    timeout = 300
+
+    def setup(self, cell, dtype, mode):
+        if _threads is None:
+            raise NotImplementedError("nn_core.recurrent._threads not available")
+        self._limits = threadpool_limits(2) if threadpool_limits else None
+        self._saved = _threads.ROW_SPLIT
+        _threads.ROW_SPLIT = mode == "split"
+        dt = np.dtype(dtype)
+        rng = np.random.default_rng(0)
+        self.m = _make(cell, 256, 256, dt)
+        self.x = rng.standard_normal((64, 64, 256)).astype(dt)
+        self.go = rng.standard_normal((64, 64, 256)).astype(dt)
+
+    def teardown(self, cell, dtype, mode):
+        _threads.ROW_SPLIT = self._saved
+        if self._limits is not None:
+            self._limits.restore_original_limits()
+
+    def time_forward_backward(self, cell, dtype, mode):
+        self.m.forward_sequence(self.x)
+        self.m.backward_sequence(self.go)
