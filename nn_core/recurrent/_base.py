@@ -16,6 +16,14 @@ at its own last real step): the bidirectional layers build on it; the kernels re
 the GIL for their whole loop, so two directions (two cells) can run on two Python
 threads.  A cell recycles its work buffers through a private pool, so one cell must not
 run two sequences concurrently.
+
+With more than one core (and BLAS allowed more than one thread) a sweep over
+``B >= _threads.MIN_SPLIT_ROWS`` rows runs on two threads itself: batch rows never
+interact, so the kernels' phases (input projection by rows of ``T*B``, step loops by
+batch rows, ``grad_x`` by rows, weight gradients by gate rows) each run as two halves,
+one on the calling thread and one on the worker thread of :mod:`._threads`, with BLAS
+on one thread each.  The numbers equal the one-thread sweep's up to the summation
+order BLAS picks for a half-sized operand.
 """
 from __future__ import annotations
 
