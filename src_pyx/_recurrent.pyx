@@ -47,7 +47,9 @@ copies: it is only an index computation per row inside the fused passes.  ``hs``
 
 ``rnn_forward`` and ``rnn_backward`` validate everything with the GIL held and then
 run their whole loop (BLAS included) inside one ``nogil`` block, so two directions
-can run concurrently on two Python threads.
+can run concurrently on two Python threads.  Their ``phase`` argument splits one sweep
+for two threads: the input projection and ``grad_x`` by rows of ``T*B``, the step
+loops by batch rows (rows never interact), the weight gradients by gate rows.
 """
 from cython cimport floating
 from libc.stdint cimport int64_t
