@@ -37,9 +37,9 @@ _EXECUTOR_LOCK = threading.Lock()
 
 
 def _executor() -> ThreadPoolExecutor:
-    """The single worker thread (reverse sweeps, the second half of a batch; created
-    on first use, and
-    again in a forked child, where the parent's worker thread does not exist)."""
+    """The single worker thread: reverse sweeps and second halves of a batch.  Created
+    on first use, and again in a forked child, where the parent's worker thread does
+    not exist."""
     global _EXECUTOR, _EXECUTOR_PID
     pid = os.getpid()
     if _EXECUTOR is None or _EXECUTOR_PID != pid:
