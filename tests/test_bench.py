@@ -25,9 +25,19 @@ def test_flops_count_every_layer():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("B, H", [(1, 8), (4, 8), (4, 256)])
-def test_gemm_bound_and_peak_are_positive_times(dtype, B, H):
-    assert 0 < R.gemm_bound(2, B, 3, H, 4, dtype) < 10
+def test_gemm_bound_grows_with_the_steps_and_peak_is_a_rate(dtype, B, H):
+    short = R.gemm_bound(1, B, 3, H, 4, dtype)
+    long = R.gemm_bound(64, B, 3, H, 4, dtype)   # 64x the per-step GEMMs
+    assert 0 < short < long < 10
     assert R.peak_rate(dtype, n=64) > 1e6
+
+
+def test_interleaved_cpu_clock_ignores_sleep():
+    import time
+    wall = _common.interleaved({"s": lambda: time.sleep(0.02)}, repeat=1, min_time=0.0)
+    cpu = _common.interleaved({"s": lambda: time.sleep(0.02)}, repeat=1, min_time=0.0,
+                              clock="cpu")
+    assert wall["s"] >= 0.015 and cpu["s"] < 0.01
 
 
 def test_interleaved_settle_samples_every_contender():
@@ -45,14 +55,29 @@ def test_interleaved_settle_samples_every_contender():
     assert calls["a"] >= 1 + 1 + 3 * 2 and calls["b"] >= 1 + 1 + 3 * 2
 
 
-def test_recurrent_script_runs(capsys):
+def test_recurrent_script_runs_on_the_clock_it_is_given(capsys, monkeypatch):
     pytest.importorskip("torch")
+    clocks = []
+    real = R.interleaved
+
+    def spy(*args, **kwargs):
+        clocks.append(kwargs.get("clock"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(R, "interleaved", spy)
     assert R.main(["--shapes", "S", "--cells", "rnn,lstm", "--dtypes", "f64",
                    "--threads", "1", "--repeat", "1", "--clock", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert "# peak (1 thread(s), f64" in out
+    assert "# peak (1 thread(s), f64" in out and "cpu clock" in out
     rows = [ln for ln in out.splitlines() if ln.startswith(("rnn ", "lstm "))]
     assert len(rows) == 2 and all("%" in ln for ln in rows)
+    assert clocks == ["cpu", "cpu"]
+    assert R._clock is __import__("time").perf_counter      # restored
+
+
+def test_recurrent_script_refuses_cpu_clock_with_threads():
+    with pytest.raises(SystemExit):
+        R.main(["--clock", "cpu", "--threads", "1,2"])
 
 
 def test_bidirectional_script_runs_with_short_dtype_names(capsys):

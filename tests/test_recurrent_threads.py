@@ -1,9 +1,9 @@
 """Two-thread sweeps: the batch-row split of one sweep (``_threads.row_halves``) and
 the phase API of the sequence kernels it runs on.
 
-A split sweep runs the input projection by gate columns, the step loops by batch rows,
-``grad_x`` by rows of ``T*B`` and the weight gradients by gate rows, each phase on two
-threads.  Every number must equal the unsplit sweep's (no torch needed)."""
+A split sweep runs the input projection by rows of ``T*B``, the step loops by batch
+rows, ``grad_x`` by rows of ``T*B`` and the weight gradients by gate rows, each phase on
+two threads.  Every number must equal the unsplit sweep's (no torch needed)."""
 import threading
 
 import numpy as np
@@ -115,8 +115,10 @@ def test_no_split_when_blas_is_limited_to_one_thread(monkeypatch, rng):
     assert _threads.row_halves(64) is None
 
 
-def test_no_split_inside_a_bidirectional_sweep(force_split, rng):
+def test_no_split_inside_a_bidirectional_sweep(force_split, monkeypatch, rng):
     """The concurrent bidirectional sweeps already use both threads: no nested split."""
+    import nn_core.recurrent.bidirectional as bidir_mod
+    monkeypatch.setattr(bidir_mod, "available_cores", lambda: 2)   # also on 1 core
     m = BidirectionalWrapper(make_cell("gru_ra", 3, 4, rng=rng), concurrent=True, rng=rng)
     x = rng.standard_normal((4, 6, 3))
     m(x)

@@ -9,8 +9,10 @@ hits every contender alike), prints the median time per forward+backward of
 * ``nn_core``: :class:`BidirectionalWrapper` with its default scheduling -- with one
   thread the two sweeps run one after the other, with two threads they run
   concurrently, each on one core with single-threaded BLAS;
-* ``nn seq``: (2 threads only) the two sweeps one after the other, BLAS on 2 threads
-  -- what the concurrent design is measured against;
+* ``nn seq``: (2 threads only) the two sweeps one after the other, each with two
+  threads the way a unidirectional sweep gets them (BLAS on 2 threads, or from B = 64
+  the batch-row split of ``nn_core/recurrent/_threads.py``) -- what the concurrent
+  design is measured against;
 * ``torch``: the torch module with ``torch.set_num_threads(n)``;
 
 and ``ratio = nn_core / torch`` with the target: 0.6 with 2 threads; with 1 thread the

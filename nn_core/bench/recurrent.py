@@ -1,7 +1,7 @@
 """Forward+backward of the recurrent cells vs torch.nn.RNN / LSTM / GRU.
 
 ``python -m nn_core.bench recurrent [--shapes S,M,L,latency] [--cells rnn,gru,lstm,lstm2]
-[--dtypes f32,f64] [--threads 1,2] [--repeat 5]``
+[--dtypes f32,f64] [--threads 1,2] [--repeat 5] [--clock wall|cpu]``
 
 For every (threads, dtype, shape, cell) both implementations run the same sequence
 (same weights, loaded through ``nn_core.interop``), forward then backward of
@@ -48,8 +48,10 @@ stored (a transposed operand) OpenBLAS takes a much slower small-matrix path tha
 with a pre-transposed, contiguous ``W_hh^T`` (plain NN); NumPy adds ~1.5 us of call
 overhead on top.  For ``B == 1`` it is the other way round (the NT form is a
 dot-product GEMV, ~2x faster).  The kernel therefore keeps ``W_hh`` and ``W_hh^T``
-and picks the layout by ``B`` (``_rec_fwd`` / ``_rec_bwd`` in
-``src_pyx/_recurrent.pyx``), and calls SciPy's BLAS from Cython (no call overhead).
+and picks the layout by ``B`` -- and in float32 with ``B > 1`` and ``H >= 256`` the
+transposed product ``W h^T``, which OpenBLAS packs more cheaply (``_rec_mode`` /
+``_rec_fwd`` / ``_rec_bwd`` in ``src_pyx/_recurrent.pyx``) -- and calls SciPy's BLAS
+from Cython (no call overhead).
 """
 from __future__ import annotations
 
@@ -58,14 +60,8 @@ import time
 
 import numpy as np
 
-from . import _common
 from ._common import interleaved, threads, torch_or_none
 
-
-class _CpuTime:
-    """Stand-in for the ``time`` module inside ``_common`` (``--clock cpu``)."""
-
-    perf_counter = staticmethod(time.process_time)
 
 SHAPES = {
     "S": (32, 16, 64, 64),
@@ -168,7 +164,7 @@ def _build(cell, D, H, dtype, torch):
     return ours, theirs
 
 
-def run_case(cell, shape, dtype, nthreads, repeat, torch):
+def run_case(cell, shape, dtype, nthreads, repeat, torch, clock="wall"):
     T, B, D, H = SHAPES[shape]
     rng = np.random.default_rng(0)
     ours, theirs = _build(cell, D, H, dtype, torch)
@@ -194,7 +190,7 @@ def run_case(cell, shape, dtype, nthreads, repeat, torch):
     min_time = 0.02 if shape in ("S", "latency") else 0.0
     with threads(nthreads):
         t = interleaved({"ours": f_ours, "torch": f_torch}, repeat=repeat, min_time=min_time,
-                        settle=0.2 if nthreads > 1 else 0.0)
+                        clock=clock, settle=0.2 if nthreads > 1 else 0.0)
         bound = gemm_bound(T, B, D, H, GATES[cell], dtype, layers)
     return t["ours"], t["torch"], bound, flops(T, B, D, H, GATES[cell], layers)
 
@@ -211,11 +207,10 @@ def main(argv=None):
                    help="wall: elapsed time (default); cpu: process CPU time, robust on a "
                         "shared, oversubscribed machine (meaningful with 1 thread only)")
     args = p.parse_args(argv)
+    if args.clock == "cpu" and any(int(v) > 1 for v in args.threads.split(",")):
+        p.error("--clock cpu sums the time of all threads: use it with --threads 1")
     global _clock
     _clock = _CLOCK[args.clock]
-    _common_time = _common.time
-    if args.clock == "cpu":
-        _common.time = _CpuTime()
     torch = torch_or_none()
     if torch is None:
         print("torch is not installed: nothing to compare against")
@@ -237,7 +232,8 @@ def main(argv=None):
             for shape in args.shapes.split(","):
                 for cell in args.cells.split(","):
                     rep = args.repeat if shape != "L" else max(2, args.repeat // 2)
-                    ours, theirs, bound, fl = run_case(cell, shape, dtype, nthreads, rep, torch)
+                    ours, theirs, bound, fl = run_case(cell, shape, dtype, nthreads, rep, torch,
+                                                       args.clock)
                     target = target_ratio(cell, shape, dtype)
                     need = fl / (target * theirs) / peak
                     flag = "" if ours / theirs <= target else "  *"
@@ -249,5 +245,5 @@ def main(argv=None):
                           f"{need * 100:4.0f}%{flag}", flush=True)
     print("* = above the issue's target ratio; x = the target needs more than 90% of "
           "the peak GEMM rate (over 100%: unreachable on this machine)")
-    _common.time = _common_time
+    _clock = time.perf_counter
     return 0

@@ -182,10 +182,11 @@ MIN_SPLIT_ROWS = 64
 
 def row_halves(B: int):
     """``((0, h), (h, B))`` when a sweep over ``B`` rows should run as two half
-    batches on two threads, else ``None``: only with more than one core, a BLAS
-    allowed more than one thread (so ``threadpoolctl.threadpool_limits(1)`` or
-    ``OPENBLAS_NUM_THREADS=1`` keep nn_core on one thread), ``B >= MIN_SPLIT_ROWS``,
-    and not inside another two-thread region (a bidirectional layer's sweeps)."""
+    batches on two threads, else ``None``: only when ``ROW_SPLIT`` is on, with more
+    than one core, a BLAS allowed more than one thread (so
+    ``threadpoolctl.threadpool_limits(1)`` or ``OPENBLAS_NUM_THREADS=1`` keep the sweep
+    on one thread), ``B >= MIN_SPLIT_ROWS``, not inside another two-thread region (a
+    bidirectional layer's concurrent sweeps) and not on the worker thread itself."""
     if (not ROW_SPLIT or B < MIN_SPLIT_ROWS or single_thread_blas.engaged
             or available_cores() < 2 or blas_threads() < 2 or _on_worker()):
         return None

@@ -34,20 +34,18 @@ from .._validation import (
 )
 from ..module import Module, ModuleList
 from ._base import RecurrentCell, resolve_lengths
-
-__all__ = ["BidirectionalWrapper", "StackedBidirectional", "MERGE_MODES",
-           "available_cores"]
-
-MERGE_MODES = ("concat", "sum", "mean", "mul")
-
-
-from ._threads import (  # noqa: E402,F401  (re-exported: tests and benches use them)
+from ._threads import (  # noqa: F401  (_OpenBLAS, _SingleThreadBlas: tests use them here)
     _OpenBLAS,
     _SingleThreadBlas,
     available_cores,
     run_pair as _run_pair,
     single_thread_blas,
 )
+
+__all__ = ["BidirectionalWrapper", "StackedBidirectional", "MERGE_MODES",
+           "available_cores"]
+
+MERGE_MODES = ("concat", "sum", "mean", "mul")
 
 
 # ---------------------------------------------------------------- helpers
