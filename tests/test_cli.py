@@ -197,7 +197,7 @@ def test_lm_smoke_gqa(tmp_path, capsys):
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_seq2seq_model_gradcheck_and_greedy_consistency(rng, cell):
     _needs(attention=["CrossAttention", "CachedCrossAttention"], recurrent=["GRUCell", "LSTMCell"])
-    from nn_core.tasks.seq2seq import BOS, EOS, PAD, Seq2SeqModel, make_examples, pad_batch
+    from nn_core.tasks.seq2seq import BOS, EOS, Seq2SeqModel, make_examples, pad_batch
 
     m = Seq2SeqModel(13, 3, 4, 2, cell, dtype=np.float64, rng=int(rng.integers(1000)))
     src, tgt = make_examples(3, 1, 4, "reverse", int(rng.integers(1000)))

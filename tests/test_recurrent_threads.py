@@ -12,7 +12,7 @@ import pytest
 from nn_core._kernels import _recurrent as K
 from nn_core.recurrent import BidirectionalWrapper, StackedLSTM, _threads
 
-from test_recurrent_cells import KINDS, is_lstm, make_cell, rand_state
+from test_recurrent_cells import KINDS, make_cell, rand_state
 
 
 @pytest.fixture

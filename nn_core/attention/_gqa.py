@@ -646,7 +646,7 @@ class _SelfAttentionBase(_GQACore):
         g = self._check_grad_output(state, grad_output)     # before consuming the cache
         self._cache = None
         dxs = self._attn_backward(state, g)
-        B, L = state[2], state[3]
+        B = state[2]
         shapes = [state[0][i][0].shape for i in range(len(dxs))]
         dxs = [dx.reshape(B, -1, s[-1]) for dx, s in zip(dxs, shapes)]
         return tuple(None if i is None else dxs[i] for i in order)

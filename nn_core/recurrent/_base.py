@@ -43,7 +43,7 @@ from .._validation import (
 from ..module import Module
 from . import _threads
 
-__all__ = ["RecurrentCell", "SequenceCache", "resolve_lengths"]
+__all__ = ["RecurrentCell", "SequenceCache", "resolve_lengths", "time_major_grad"]
 
 _RECURRENT_INITS = ("uniform", "orthogonal")
 
@@ -72,6 +72,16 @@ def resolve_lengths(lengths, T, B, batch_first=False):
     if np.asarray(lengths).dtype == np.bool_:
         return lengths_from_mask(lengths, "lengths", T, B, batch_first)
     return np.ascontiguousarray(as_lengths(lengths, "lengths", B, T))
+
+
+def time_major_grad(grad_output, dtype, batch_first, T, B, F):
+    """``grad_output`` checked against the output shape ``[T, B, F]`` (``[B, T, F]``
+    when ``batch_first``) and returned time-major (a view; ``None`` stays ``None``)."""
+    if grad_output is None:
+        return None
+    go = as_float_array(grad_output, "grad_output", dtype, ndim=3)
+    check_shape(go, "grad_output", (B, T, F) if batch_first else (T, B, F))
+    return go.transpose(1, 0, 2) if batch_first else go
 
 
 def _orthogonal(rng, n, dtype):
@@ -337,7 +347,7 @@ class RecurrentCell(Module):
         if not self._steps:
             require_forward(None, self)
         cache = self._steps[-1]
-        B, H = cache.x.shape[1], self.hidden_size
+        B = cache.x.shape[1]
         gh = self._grad_state_part(grad_h, "grad_h", B)
         gc = self._grad_state_part(grad_c, "grad_c", B) if self._HAS_CELL_STATE else None
         if not self._HAS_CELL_STATE and grad_c is not None:
@@ -384,11 +394,9 @@ class RecurrentCell(Module):
         require_forward(cache, self)
         T, B, _ = cache.x.shape
         H = self.hidden_size
-        go = None
-        if grad_output is not None:
-            go = as_float_array(grad_output, "grad_output", self.dtype, ndim=3)
-            check_shape(go, "grad_output", (B, T, H) if self.batch_first else (T, B, H))
-            go = np.ascontiguousarray(go.transpose(1, 0, 2) if self.batch_first else go)
+        go = time_major_grad(grad_output, self.dtype, self.batch_first, T, B, H)
+        if go is not None:
+            go = np.ascontiguousarray(go)
         gh = gc = None
         if grad_final_state is not None:
             if self._HAS_CELL_STATE:

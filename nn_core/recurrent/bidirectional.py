@@ -33,7 +33,7 @@ from .._validation import (
     require_forward,
 )
 from ..module import Module, ModuleList
-from ._base import RecurrentCell, resolve_lengths
+from ._base import RecurrentCell, resolve_lengths, time_major_grad
 from ._threads import (  # noqa: F401  (_OpenBLAS, _SingleThreadBlas: tests use them here)
     _OpenBLAS,
     _SingleThreadBlas,
@@ -83,12 +83,8 @@ def _pack_state(cell, h, c):
 
 def _time_major_grad(layer, grad_output, T, B):
     """``grad_output`` checked against the layer's output shape, as ``[T, B, F]`` (or None)."""
-    if grad_output is None:
-        return None
-    go = as_float_array(grad_output, "grad_output", layer.dtype, ndim=3)
-    F = layer.output_size
-    check_shape(go, "grad_output", (B, T, F) if layer.batch_first else (T, B, F))
-    return go.transpose(1, 0, 2) if layer.batch_first else go
+    return time_major_grad(grad_output, layer.dtype, layer.batch_first, T, B,
+                           layer.output_size)
 
 
 @dataclass

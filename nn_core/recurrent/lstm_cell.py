@@ -6,7 +6,7 @@ import numpy as np
 from .._kernels import _recurrent as _K
 from .._validation import as_float_array, check_positive_int, check_probability, check_shape
 from ..module import Module, ModuleList
-from ._base import RecurrentCell, resolve_lengths
+from ._base import RecurrentCell, resolve_lengths, time_major_grad
 from .rnn_cell import _SHARED_DOC
 
 __all__ = ["LSTMCell", "StackedLSTM"]
@@ -176,11 +176,9 @@ class StackedLSTM(Module):
             self._pop_cache()                  # the documented RuntimeError
         caches, masks, B, T = self._cache      # consumed only once the inputs are valid
         L, H = self.num_layers, self.hidden_size
-        g = None
-        if grad_output is not None:
-            g = as_float_array(grad_output, "grad_output", self.dtype, ndim=3)
-            check_shape(g, "grad_output", (B, T, H) if self.batch_first else (T, B, H))
-            g = np.ascontiguousarray(g.transpose(1, 0, 2) if self.batch_first else g)
+        g = time_major_grad(grad_output, self.dtype, self.batch_first, T, B, H)
+        if g is not None:
+            g = np.ascontiguousarray(g)
         gh = gc = None
         if grad_state is not None:
             if not isinstance(grad_state, (tuple, list)) or len(grad_state) != 2:
