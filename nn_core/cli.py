@@ -21,72 +21,19 @@ import numpy as np
 
 __all__ = ["main"]
 
-_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
-
-
-_SETTERS = ("openblas_set_num_threads", "openblas_set_num_threads64_",
-            "scipy_openblas_set_num_threads", "scipy_openblas_set_num_threads64_")
-
-
-def _set_openblas_threads(n) -> int:
-    """Call ``*openblas_set_num_threads`` in every OpenBLAS loaded in this process
-    (NumPy's and SciPy's, which the Cython kernels use); returns how many were set.
-    Linux only (reads ``/proc/self/maps``); 0 elsewhere."""
-    import ctypes
-
-    import scipy.linalg.cython_blas  # noqa: F401  (make sure SciPy's BLAS is loaded)
-
-    try:
-        with open("/proc/self/maps") as fh:
-            paths = {line.split()[-1] for line in fh if ".so" in line and "/" in line}
-    except OSError:
-        return 0
-    done = 0
-    for path in sorted(paths):
-        if "openblas" not in os.path.basename(path).lower():
-            continue
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for name in _SETTERS:
-            fn = getattr(lib, name, None)
-            if fn is not None:
-                fn(ctypes.c_int(n))
-                done += 1
-                break
-    return done
-
-
-def _limit_threads(n, argv, may_exec=False):
-    """Limit BLAS/OpenMP threads to ``n``.
-
-    threadpoolctl when installed, else the OpenBLAS setters through ctypes; if neither
-    applies and this is the top-level command (``may_exec``), re-execute once with the
-    ``*_NUM_THREADS`` variables set (the BLAS libraries read them only when loaded).
-    """
+def _limit_threads(n, argv=None, may_exec=False):
+    """Give this process a thread budget of ``n`` (every BLAS library, and child
+    processes through the ``*_NUM_THREADS`` variables; see :mod:`nn_core._parallel`)."""
     if n is None:
         return
     if n < 1:
         raise SystemExit(f"nn-core: --threads must be >= 1, got {n}")
-    for v in _THREAD_VARS:                       # for any child process
-        os.environ[v] = str(n)
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        threadpool_limits = None
-    if threadpool_limits is not None:
-        threadpool_limits(n)
-        return
-    if _set_openblas_threads(n):
-        return
-    if may_exec and not os.environ.get("NN_CORE_REEXEC"):
-        env = dict(os.environ, NN_CORE_REEXEC="1")
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.execve(sys.executable, [sys.executable, "-m", "nn_core", *argv], env)
-    print(f"nn-core: could not limit BLAS threads to {n} in this process", file=sys.stderr)
+    from . import _parallel
+
+    _parallel.limit_threads(n)
+    if not _parallel.controllable():
+        print(f"nn-core: could not limit BLAS threads to {n} in this process",
+              file=sys.stderr)
 
 
 def _task_name(argv):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from contract import check_contract
-from nn_core import gradcheck
+from nn_core import _parallel, gradcheck
 from nn_core.gradcheck import _flatten
 from nn_core.recurrent import (
     BidirectionalGRU,
@@ -213,15 +213,20 @@ def test_concurrent_uses_worker_thread_and_restores_blas(monkeypatch, rng):
     monkeypatch.setattr(RNNCell, "run_sequence", spy)
     m = _wrapper("rnn", 2, 3)
     x = rng.standard_normal((3, 2, 2))
-    before = [lc.get_num_threads() for lc in bidir_mod.single_thread_blas._controllers()]
-    monkeypatch.setattr(bidir_mod, "available_cores", lambda: 2)
+    before = [lc.get_num_threads() for lc in _parallel._BLAS.libs()]
+    monkeypatch.setattr(_parallel, "available_cores", lambda: 2)
+    monkeypatch.setattr(_parallel, "blas_threads", lambda: 2)
     m(x)
-    assert [lc.get_num_threads() for lc in bidir_mod.single_thread_blas._controllers()] \
-        == before
+    assert [lc.get_num_threads() for lc in _parallel._BLAS.libs()] == before
     rev = [n for r, n in names if r]
     assert rev and rev[0].startswith("nn_core-worker")
     names.clear()
-    monkeypatch.setattr(bidir_mod, "available_cores", lambda: 1)
+    monkeypatch.setattr(_parallel, "available_cores", lambda: 1)
+    m(x)
+    assert all(n == threading.current_thread().name for _, n in names)
+    names.clear()
+    monkeypatch.setattr(_parallel, "available_cores", lambda: 2)
+    monkeypatch.setattr(_parallel, "blas_threads", lambda: 1)       # --threads 1
     m(x)
     assert all(n == threading.current_thread().name for _, n in names)
 
@@ -237,11 +242,12 @@ def test_blas_limit_without_threadpoolctl(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_threadpoolctl)
-    limiter = bidir_mod._SingleThreadBlas()
-    libs = limiter._controllers()
+    monkeypatch.setattr(_parallel, "_BLAS", _parallel._Blas())
+    limiter = _parallel._SingleThreadBlas()
+    libs = _parallel._BLAS.libs()
     if not libs:
         pytest.skip("no OpenBLAS loaded in this process")
-    assert all(isinstance(lc, bidir_mod._OpenBLAS) for lc in libs)
+    assert all(isinstance(lc, _parallel._OpenBLAS) for lc in libs)
     before = [lc.get_num_threads() for lc in libs]
     with limiter:
         with limiter:                                   # re-entrant

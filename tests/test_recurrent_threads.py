@@ -1,4 +1,4 @@
-"""Two-thread sweeps: the batch-row split of one sweep (``_threads.row_halves``) and
+"""Two-thread sweeps: the batch-row split of one sweep (``_base.row_halves``) and
 the phase API of the sequence kernels it runs on.
 
 A split sweep runs the input projection by rows of ``T*B``, the step loops by batch
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from nn_core._kernels import _recurrent as K
-from nn_core.recurrent import BidirectionalWrapper, StackedLSTM, _threads
+from nn_core import _parallel
+from nn_core.recurrent import BidirectionalWrapper, StackedLSTM, _base
 
 from test_recurrent_cells import KINDS, make_cell, rand_state
 
@@ -18,28 +19,28 @@ from test_recurrent_cells import KINDS, make_cell, rand_state
 @pytest.fixture
 def force_split(monkeypatch):
     """Make ``row_halves`` split any batch of >= 2 rows and count the split phases."""
-    monkeypatch.setattr(_threads, "MIN_SPLIT_ROWS", 2)
-    monkeypatch.setattr(_threads, "available_cores", lambda: 2)
-    monkeypatch.setattr(_threads, "blas_threads", lambda: 2)
+    monkeypatch.setattr(_base, "MIN_SPLIT_ROWS", 2)
+    monkeypatch.setattr(_parallel, "available_cores", lambda: 2)
+    monkeypatch.setattr(_parallel, "blas_threads", lambda: 2)
     calls = []
-    real = _threads.run_rows
+    real = _parallel.run_rows
 
     def counting(job, ranges):
         calls.append(ranges)
         return real(job, ranges)
 
-    monkeypatch.setattr(_threads, "run_rows", counting)
+    monkeypatch.setattr(_parallel, "run_rows", counting)
     return calls
 
 
 def _run(cell, x, state, lengths, go, gfinal, reverse, split):
-    _threads.ROW_SPLIT = split
+    _base.ROW_SPLIT = split
     try:
         cell.zero_grad()
         out, final = cell.forward_sequence(x, state, lengths, reverse=reverse)
         gx, gstate = cell.backward_sequence(go, gfinal)
     finally:
-        _threads.ROW_SPLIT = True
+        _base.ROW_SPLIT = True
     flat = lambda s: list(s) if isinstance(s, tuple) else [s]   # noqa: E731
     return ([out] + flat(final) + [gx] + flat(gstate)
             + [cell.grads[k].copy() for k in sorted(cell.grads)])
@@ -104,21 +105,19 @@ def test_split_runs_on_two_threads(force_split, monkeypatch, rng):
 
 def test_no_split_when_blas_is_limited_to_one_thread(monkeypatch, rng):
     """``threadpool_limits(1)`` / ``OPENBLAS_NUM_THREADS=1`` keep a sweep on one thread."""
-    monkeypatch.setattr(_threads, "MIN_SPLIT_ROWS", 2)
-    monkeypatch.setattr(_threads, "available_cores", lambda: 2)
-    monkeypatch.setattr(_threads, "blas_threads", lambda: 1)
-    assert _threads.row_halves(64) is None
-    monkeypatch.setattr(_threads, "blas_threads", lambda: 2)
-    assert _threads.row_halves(64) == ((0, 32), (32, 64))
-    assert _threads.row_halves(1) is None
-    monkeypatch.setattr(_threads, "available_cores", lambda: 1)
-    assert _threads.row_halves(64) is None
+    monkeypatch.setattr(_base, "MIN_SPLIT_ROWS", 2)
+    monkeypatch.setattr(_parallel, "available_cores", lambda: 2)
+    monkeypatch.setattr(_parallel, "blas_threads", lambda: 1)
+    assert _base.row_halves(64) is None
+    monkeypatch.setattr(_parallel, "blas_threads", lambda: 2)
+    assert _base.row_halves(64) == ((0, 32), (32, 64))
+    assert _base.row_halves(1) is None
+    monkeypatch.setattr(_parallel, "available_cores", lambda: 1)
+    assert _base.row_halves(64) is None
 
 
 def test_no_split_inside_a_bidirectional_sweep(force_split, monkeypatch, rng):
     """The concurrent bidirectional sweeps already use both threads: no nested split."""
-    import nn_core.recurrent.bidirectional as bidir_mod
-    monkeypatch.setattr(bidir_mod, "available_cores", lambda: 2)   # also on 1 core
     m = BidirectionalWrapper(make_cell("gru_ra", 3, 4, rng=rng), concurrent=True, rng=rng)
     x = rng.standard_normal((4, 6, 3))
     m(x)
@@ -135,13 +134,13 @@ def test_split_stacked_lstm_equals_unsplit(force_split, rng):
     go = rng.standard_normal((5, 6, 4))
     res = []
     for split in (False, True):
-        _threads.ROW_SPLIT = split
+        _base.ROW_SPLIT = split
         try:
             net.zero_grad()
             out, _ = net(x)
             gx = net.backward(go)[0]
         finally:
-            _threads.ROW_SPLIT = True
+            _base.ROW_SPLIT = True
         res.append([out, gx] + [net.grads[k].copy() for k in sorted(net.grads)])
     _assert_same(res[0], res[1], np.float64)
     assert force_split
@@ -152,7 +151,7 @@ def test_split_stacked_lstm_equals_unsplit(force_split, rng):
     (17, 16, ((0, 16), (16, 17))), (8, 16, ((0, 4), (4, 8))), (1, 1, ((0, 0), (0, 1))),
 ])
 def test_halves(n, align, expect):
-    assert _threads.halves(n, align) == expect
+    assert _parallel.halves(n, align) == expect
 
 
 # ------------------------------------------------------------ kernel phases --
@@ -291,10 +290,10 @@ def test_backward_phase_range_errors(phase, r0, r1, match, rng):
 
 
 def test_worker_thread_never_splits(force_split):
-    """A job on the one worker thread must not queue another job for itself."""
-    fut = _threads._executor().submit(_threads.row_halves, 64)
+    """A job on a worker thread must not queue another job for the pool."""
+    fut = _parallel._pool().submit(_base.row_halves, 64)
     assert fut.result() is None
-    assert _threads.row_halves(64) == ((0, 32), (32, 64))
+    assert _base.row_halves(64) == ((0, 32), (32, 64))
 
 
 def test_run_rows_raises_the_calling_threads_error_after_the_worker_finished():
@@ -307,6 +306,6 @@ def test_run_rows_raises_the_calling_threads_error_after_the_worker_finished():
         raise ValueError("worker")
 
     with pytest.raises(KeyError, match="caller"):
-        _threads.run_rows(job, ((0, 1), (1, 2)))
+        _parallel.run_rows(job, ((0, 1), (1, 2)))
     assert done == [(1, 2)]
-    assert not _threads.single_thread_blas.engaged
+    assert not _parallel.single_thread_blas.engaged

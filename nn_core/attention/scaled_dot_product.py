@@ -40,14 +40,11 @@ cache); with ``L_q > L_k`` the first ``L_q - L_k`` queries see nothing and outpu
 """
 from __future__ import annotations
 
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
 from .._kernels import _attention as _kattn
 from .._kernels import _softmax as _ksoftmax
+from .. import _parallel
 from .._validation import (as_float_array, as_mask, broadcasts_to, check_probability,
                            require_forward)
 from ..module import Module
@@ -192,69 +189,28 @@ def _broadcasts(shape6, lead4):
 
 def _split(P, parts):
     """``parts`` contiguous slab ranges covering ``[0, P)``."""
-    parts = max(1, min(parts, P))
-    edges = [P * t // parts for t in range(parts + 1)]
-    return list(zip(edges[:-1], edges[1:]))
+    return _parallel.split(P, parts)
 
 
-# Slabs are split over up to this many Python threads, each running the nogil
-# kernel with single-threaded BLAS.  None: as many as the OpenBLAS threads (so
-# threadpoolctl / OPENBLAS_NUM_THREADS govern nn_core like the rest of NumPy).
+# Slabs are split over up to this many threads of nn_core's pool, each running the
+# nogil kernel with single-threaded BLAS.  None: the thread budget
+# (:func:`nn_core._parallel.blas_threads`).
 _MAX_WORKERS = None
 _MIN_WORK_PER_THREAD = 2_000_000      # multiply-adds; below this a thread costs more
-_POOL = None
-_POOL_LOCK = threading.Lock()
 
 
 def _n_workers(P, work=None):
     """Threads to split ``P`` slabs over (1 = run in the calling thread only)."""
-    n = _MAX_WORKERS if _MAX_WORKERS is not None else _kattn.blas_threads()
+    n = _MAX_WORKERS if _MAX_WORKERS is not None else _parallel.blas_threads()
     if work is not None:
         n = min(n, work // _MIN_WORK_PER_THREAD)
     return int(max(1, min(n, P)))
 
 
-def _pool(n):
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None or _POOL._max_workers < n:
-            _POOL = ThreadPoolExecutor(max_workers=n, thread_name_prefix="nn_core_sdpa")
-        return _POOL
-
-
-def _forget_pool_after_fork():
-    # a forked child has none of the parent's threads: start a fresh pool there
-    global _POOL, _POOL_LOCK
-    _POOL, _POOL_LOCK = None, threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool_after_fork)
-
-
 def _run_tasks(work, n):
-    """``work(t)`` for ``t < n``: ``t = 0`` in this thread, the others in the pool.
-
-    With ``n > 1`` the OpenBLAS that the kernels call is set to one thread for the
-    duration (it is process-wide state: restored afterwards) -- the parallelism
-    comes from the slabs, as in PyTorch's CPU attention."""
-    if n == 1:
-        work(0)
-        return
-    blas_n = _kattn.blas_threads()
-    pinned = blas_n > 1 and _kattn.set_blas_threads(1)
-    try:
-        futures = [_pool(n - 1).submit(work, t) for t in range(1, n)]
-        try:
-            work(0)
-        finally:
-            errors = [f.exception() for f in futures]
-        for e in errors:
-            if e is not None:
-                raise e
-    finally:
-        if pinned:
-            _kattn.set_blas_threads(blas_n)
+    """``work(t)`` for ``t < n`` on nn_core's threads, BLAS on one thread each (the
+    parallelism comes from the slabs, as in PyTorch's CPU attention)."""
+    _parallel.run_tasks(work, n)
 
 
 def _run(fn, P, work=None):
@@ -423,8 +379,8 @@ class ScaledDotProductAttention(Module):
     ``[B, g, 1, S, d]`` against queries ``[B, g, r, L, d]``) are read in place, never
     repeated, and their gradients are accumulated into their own shape.  Masks are
     read through their own (broadcast) strides, never expanded.  The slabs are split
-    over as many threads as scipy's OpenBLAS may use (``threadpoolctl`` or
-    ``OPENBLAS_NUM_THREADS`` control it), with BLAS itself single-threaded meanwhile.
+    over as many threads as the thread budget allows (the BLAS thread count, see
+    :mod:`nn_core._parallel`), with BLAS itself single-threaded meanwhile.
     With dropout in training the same equations run as NumPy matmuls around the
     masked-softmax kernel ``nn_core._kernels._softmax``.
 

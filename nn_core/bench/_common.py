@@ -17,31 +17,17 @@ def torch_or_none():
     return torch
 
 
-def _threadpoolctl():
-    try:
-        import threadpoolctl
-    except ImportError:
-        return None
-    return threadpoolctl
-
-
 @contextlib.contextmanager
 def threads(n: int):
-    """Limit BLAS (numpy's and scipy's OpenBLAS, via threadpoolctl when present) and
-    torch to ``n`` threads inside the block.
+    """Give nn_core (its thread budget: every loaded BLAS, see :mod:`nn_core._parallel`)
+    and torch ``n`` threads inside the block."""
+    from .. import _parallel
 
-    nn_core's attention kernel splits its slabs over as many threads as scipy's
-    OpenBLAS is allowed, so this one setting governs both libraries alike.  Without
-    threadpoolctl (the ``bench`` extra) BLAS keeps its default and a warning says so.
-    """
     torch = torch_or_none()
     old_torch = torch.get_num_threads() if torch else None
-    tpc = _threadpoolctl()
-    if tpc is None:
-        print("warning: threadpoolctl is not installed (pip install threadpoolctl): "
-              "BLAS thread count not pinned")
-    ctx = tpc.threadpool_limits(limits=n) if tpc else contextlib.nullcontext()
-    with ctx:
+    if not _parallel.controllable():
+        print("warning: BLAS thread counts cannot be controlled in this process")
+    with _parallel.limit_threads(n):
         if torch:
             torch.set_num_threads(n)
         try:
@@ -53,14 +39,11 @@ def threads(n: int):
 
 def thread_report() -> str:
     """One line describing the BLAS / torch thread settings in effect (for the log)."""
-    parts = []
-    tpc = _threadpoolctl()
-    if tpc is not None:
-        for info in tpc.threadpool_info():
-            lib = os.path.basename(info.get("filepath", "?"))
-            parts.append(f"{info.get('internal_api')}[{lib}]={info.get('num_threads')}")
-    else:
-        parts.append("BLAS threads unknown (no threadpoolctl)")
+    from .. import _parallel
+
+    parts = [f"{os.path.basename(getattr(lc, 'filepath', '?'))}={lc.get_num_threads()}"
+             for lc in _parallel._BLAS.libs()] or ["BLAS threads unknown"]
+    parts.append(f"nn_core budget={_parallel.blas_threads()}")
     torch = torch_or_none()
     if torch:
         parts.append(f"torch={torch.get_num_threads()}")

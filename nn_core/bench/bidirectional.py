@@ -11,7 +11,7 @@ hits every contender alike), prints the median time per forward+backward of
   concurrently, each on one core with single-threaded BLAS;
 * ``nn seq``: (2 threads only) the two sweeps one after the other, each with two
   threads the way a unidirectional sweep gets them (BLAS on 2 threads, or from B = 64
-  the batch-row split of ``nn_core/recurrent/_threads.py``) -- what the concurrent
+  the batch-row split of ``nn_core/recurrent/_base.py``) -- what the concurrent
   design is measured against;
 * ``torch``: the torch module with ``torch.set_num_threads(n)``;
 
@@ -108,10 +108,10 @@ def main(argv=None):
     if torch is None:
         print("torch is not installed: nothing to compare against")
         return 1
-    from ..recurrent.bidirectional import available_cores, single_thread_blas
+    from .. import _parallel
 
-    print(f"cores available: {available_cores()}; BLAS thread control "
-          f"(threadpoolctl): {'yes' if single_thread_blas.active else 'no'}; "
+    print(f"cores available: {_parallel.available_cores()}; BLAS thread control: "
+          f"{'yes' if _parallel.controllable() else 'no'}; "
           f"torch {torch.__version__}")
     print("times: ms per forward+backward (median of interleaved runs)")
     hdr = (f"{'cell':<5} {'shape':<8} {'dtype':<8} {'thr':>3} {'nn_core':>9} {'nn seq':>9} "

@@ -17,12 +17,12 @@ the GIL for their whole loop, so two directions (two cells) can run on two Pytho
 threads.  A cell recycles its work buffers through a private pool, so one cell must not
 run two sequences concurrently.
 
-With more than one core (and BLAS allowed more than one thread) a sweep over
-``B >= _threads.MIN_SPLIT_ROWS`` rows runs on two threads itself: batch rows never
+With more than one core and a thread budget of at least two (:mod:`nn_core._parallel`)
+a sweep over ``B >= MIN_SPLIT_ROWS`` rows runs on two threads itself: batch rows never
 interact, so the kernels' phases (input projection by rows of ``T*B``, step loops by
 batch rows, ``grad_x`` by rows, weight gradients by gate rows) each run as two halves,
-one on the calling thread and one on the worker thread of :mod:`._threads`, with BLAS
-on one thread each.  The numbers equal the one-thread sweep's up to the summation
+one on the calling thread and one on nn_core's worker pool, with BLAS on one thread
+each.  The numbers equal the one-thread sweep's up to the summation
 order BLAS picks for a half-sized operand.
 """
 from __future__ import annotations
@@ -40,10 +40,27 @@ from .._validation import (
     lengths_from_mask,
     require_forward,
 )
+from .. import _parallel
 from ..module import Module
-from . import _threads
 
-__all__ = ["RecurrentCell", "SequenceCache", "resolve_lengths", "time_major_grad"]
+__all__ = ["RecurrentCell", "SequenceCache", "resolve_lengths", "time_major_grad",
+           "row_halves"]
+
+# Batch-row split of one sweep: each half keeps at least 32 rows (smaller halves lose
+# more to the thread hand-off than they gain; docs/performance.md).
+ROW_SPLIT = True          # module switch (tests compare split and unsplit runs)
+MIN_SPLIT_ROWS = 64
+
+
+def row_halves(B: int):
+    """``((0, h), (h, B))`` when a sweep over ``B`` rows should run as two half batches
+    on two threads, else ``None``: only with ``ROW_SPLIT`` on, ``B >= MIN_SPLIT_ROWS``,
+    two cores and a thread budget of two, and not inside another parallel region (a
+    bidirectional layer's concurrent sweeps, or a worker thread)."""
+    if (not ROW_SPLIT or B < MIN_SPLIT_ROWS or _parallel.in_parallel_region()
+            or _parallel.available_cores() < 2 or _parallel.blas_threads() < 2):
+        return None
+    return _parallel.halves(B)
 
 _RECURRENT_INITS = ("uniform", "orthogonal")
 
@@ -251,15 +268,15 @@ class RecurrentCell(Module):
         hh = self._take("hh", (B, GH))
         args = (kind, bool(reverse), x, W_ih, W_hh, W_hhT, bx, bhn, lengths, gates, hs, cs,
                 aux, out, hh)
-        halves = _threads.row_halves(B)
+        halves = row_halves(B)
         if halves is None:
             _K.rnn_forward(*args)
         else:
             # two threads, BLAS on one thread each: the input projection split by
             # rows of T*B, then the step loops of the two half batches
-            _threads.run_rows(lambda a, b: _K.rnn_forward(*args, _K.PHASE_PROJ, a, b),
-                              _threads.halves(T * B))
-            _threads.run_rows(lambda a, b: _K.rnn_forward(*args, _K.PHASE_STEPS, a, b),
+            _parallel.run_rows(lambda a, b: _K.rnn_forward(*args, _K.PHASE_PROJ, a, b),
+                              _parallel.halves(T * B))
+            _parallel.run_rows(lambda a, b: _K.rnn_forward(*args, _K.PHASE_STEPS, a, b),
                               halves)
         self._give("hh", hh)
         cache = SequenceCache(x, lengths, bool(reverse), gates, hs, cs, aux, W_ih, W_hh,
@@ -305,18 +322,18 @@ class RecurrentCell(Module):
                 cache.lengths, cache.gates, cache.hs, cache.cs, cache.aux, go, has_go, dh,
                 dc, grad_x, self.grads["W_ih"], self.grads["W_hh"], gb_ih, gb_hh,
                 self.bias, dGs, dGt, dh2, drh, ones, zrow, xh, gw, fuse)
-        halves = _threads.row_halves(B)
+        halves = row_halves(B)
         if halves is None:
             _K.rnn_backward(*args)
         else:
             # two threads, BLAS on one thread each: BPTT of the two half batches, then
             # grad_x split by rows of T*B, then the parameter gradients by gate rows
             run = _K.rnn_backward
-            _threads.run_rows(lambda a, b: run(*args, _K.PHASE_STEPS, a, b), halves)
-            _threads.run_rows(lambda a, b: run(*args, _K.PHASE_GRAD_X, a, b),
-                              _threads.halves(T * B))
-            _threads.run_rows(lambda a, b: run(*args, _K.PHASE_WGRAD, a, b),
-                              _threads.halves(GH, align=16))
+            _parallel.run_rows(lambda a, b: run(*args, _K.PHASE_STEPS, a, b), halves)
+            _parallel.run_rows(lambda a, b: run(*args, _K.PHASE_GRAD_X, a, b),
+                              _parallel.halves(T * B))
+            _parallel.run_rows(lambda a, b: run(*args, _K.PHASE_WGRAD, a, b),
+                              _parallel.halves(GH, align=16))
         given = set()
         for name, arr in (("dGs", dGs), ("dGt", dGt), ("dh2", dh2), ("drh", drh),
                           ("ones", ones), ("zrow", zrow), ("xh", xh), ("gw", gw),

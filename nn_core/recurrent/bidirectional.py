@@ -10,12 +10,13 @@ at its *own* last real step (``tau = lengths[b] - 1 - s``) -- reversal is an ind
 computation inside the kernel, with no copy of the input and no Python loop over the
 batch.
 
-The two sweeps are independent, so on a machine with more than one usable core they run
-concurrently: the forward sweep on the calling thread, the reverse sweep on a worker
-thread, both inside kernels that release the GIL for their whole loop.  While they run,
-BLAS is held to one thread per sweep (through ``threadpoolctl`` when it is installed), so
-the two sweeps do not fight over the BLAS thread pool and each computes exactly what it
-computes alone: concurrent and sequential runs give the same numbers bit for bit.
+The two sweeps are independent, so with two cores and a thread budget of two
+(:mod:`nn_core._parallel`) they run concurrently: the forward sweep on the calling
+thread, the reverse sweep on nn_core's worker pool, both inside kernels that release the
+GIL for their whole loop.  While they run, BLAS is held to one thread per sweep, so the
+two sweeps do not fight over the BLAS thread pool.  Concurrent and sequential runs give
+the same numbers bit for bit when BLAS computes the same with one thread as with
+several (OpenBLAS does not promise that: builds differ in the last place).
 """
 from __future__ import annotations
 
@@ -32,18 +33,11 @@ from .._validation import (
     make_rng,
     require_forward,
 )
+from .. import _parallel
 from ..module import Module, ModuleList
 from ._base import RecurrentCell, resolve_lengths, time_major_grad
-from ._threads import (  # noqa: F401  (_OpenBLAS, _SingleThreadBlas: tests use them here)
-    _OpenBLAS,
-    _SingleThreadBlas,
-    available_cores,
-    run_pair as _run_pair,
-    single_thread_blas,
-)
 
-__all__ = ["BidirectionalWrapper", "StackedBidirectional", "MERGE_MODES",
-           "available_cores"]
+__all__ = ["BidirectionalWrapper", "StackedBidirectional", "MERGE_MODES"]
 
 MERGE_MODES = ("concat", "sum", "mean", "mul")
 
@@ -114,9 +108,10 @@ class BidirectionalWrapper(Module):
         (``2H`` features), ``y_fw + y_bw``, ``(y_fw + y_bw) / 2`` or ``y_fw * y_bw``
         (``H`` features; both cells must then have the same ``hidden_size``).
     concurrent : bool or None, keyword-only, default None
-        Run the two sweeps on two threads.  ``None``: when more than one core is
-        available (:func:`available_cores`).  ``False``: one after the other on the
-        calling thread.  The numbers are identical either way.
+        Run the two sweeps on two threads.  ``None`` or ``True``: when two cores are
+        available and the thread budget is at least two (:mod:`nn_core._parallel`;
+        ``threadpool_limits(1)`` or ``nn-core --threads 1`` keep one thread).
+        ``False``: one after the other on the calling thread.
     rng : None, int or numpy.random.Generator, keyword-only
         Source of the default backward cell's weights; default: a generator spawned
         from ``forward_cell.rng`` (so a seeded forward cell gives reproducible,
@@ -237,11 +232,9 @@ class BidirectionalWrapper(Module):
         return self.fw.batch_first
 
     def _use_threads(self) -> bool:
-        if self.fw is self.bw:      # one cell used twice: its gradients would race
+        if self.fw is self.bw or self.concurrent is False:   # one cell twice would race
             return False
-        if self.concurrent is None:
-            return available_cores() > 1
-        return bool(self.concurrent)
+        return _parallel.available_cores() > 1 and _parallel.blas_threads() > 1
 
     # ---------------------------------------------------------- public API
     def forward(self, x, state=None, lengths=None):
@@ -283,7 +276,7 @@ class BidirectionalWrapper(Module):
         T, B, _ = x.shape
         (h0f, c0f), (h0b, c0b) = self._initial_state(state, B, name)
         fw, bw = self.fw, self.bw
-        (out_f, fin_f, cache_f), (out_b, fin_b, cache_b) = _run_pair(
+        (out_f, fin_f, cache_f), (out_b, fin_b, cache_b) = _parallel.run_pair(
             lambda: fw.run_sequence(x, h0f, c0f, lens, False),
             lambda: bw.run_sequence(x, h0b, c0b, lens, True),
             self._use_threads())
@@ -345,7 +338,7 @@ class BidirectionalWrapper(Module):
             go_b = np.multiply(go, cache.out_fw, dtype=dt, order="C")
         (gh_f, gc_f), (gh_b, gc_b) = gs
         fw, bw = self.fw, self.bw
-        (gx_f, gh0f, gc0f), (gx_b, gh0b, gc0b) = _run_pair(
+        (gx_f, gh0f, gc0f), (gx_b, gh0b, gc0b) = _parallel.run_pair(
             lambda: fw.run_sequence_backward(cache.cache_fw, go_f, gh_f, gc_f),
             lambda: bw.run_sequence_backward(cache.cache_bw, go_b, gh_b, gc_b),
             self._use_threads())
