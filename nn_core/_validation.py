@@ -34,6 +34,7 @@ __all__ = [
     "lengths_from_mask",
     "as_index_array",
     "require_same_dtype",
+    "check_grad_output",
 ]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -265,3 +266,12 @@ def require_same_dtype(dtype, expected, name: str) -> None:
     """TypeError unless ``dtype == expected`` (e.g. every child of a container)."""
     if np.dtype(dtype) != np.dtype(expected):
         raise TypeError(f"{name} must have dtype {np.dtype(expected)}, got {np.dtype(dtype)}")
+
+
+def check_grad_output(grad_output, expected_shape, dtype, name="grad_output") -> np.ndarray:
+    """``grad_output`` as an array of ``dtype`` with exactly the output's shape."""
+    g = as_float_array(grad_output, name, dtype)
+    if g.shape != tuple(expected_shape):
+        raise ValueError(f"{name} must have shape {tuple(expected_shape)} (the output's), "
+                         f"got {tuple(g.shape)}")
+    return g

@@ -8,10 +8,12 @@ A module owns
   whose parameters appear in :meth:`Module.parameters` under dotted names such as
   ``"layers.0.W_ih"``.
 
-``forward`` computes the output and keeps exactly what ``backward`` needs in
-``self._cache``; ``backward(grad_output)`` consumes that cache (one forward allows
-one backward), accumulates parameter gradients and returns the gradients of the
-forward's array inputs in the forward's argument order.
+``forward`` computes the output and keeps exactly what ``backward`` needs with
+``self._save_cache(cache)`` (a small dataclass); ``backward(grad_output)`` reads it
+with ``self._peek_cache()``, validates ``grad_output`` once, consumes the cache with
+``self._pop_cache()`` (one forward allows one backward), accumulates parameter
+gradients and returns the gradients of the forward's array inputs in the forward's
+argument order.
 
 Example
 -------
@@ -21,7 +23,7 @@ Example
 ...         super().__init__(dtype=dtype, rng=rng)
 ...         self.add_param("w", self.rng.standard_normal(n))
 ...     def forward(self, x):
-...         self._cache = x
+...         self._save_cache(x)
 ...         return x * self.params["w"]
 ...     def backward(self, grad_output):
 ...         x = self._pop_cache()
@@ -41,7 +43,16 @@ import numpy as np
 
 from ._validation import check_keys, make_rng, require_forward, resolve_dtype
 
-__all__ = ["Module", "ModuleList"]
+__all__ = ["Module", "ModuleList", "NoBackward"]
+
+
+class NoBackward:
+    """Cache marker of a forward that allows no backward (e.g. incremental decoding)."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str):
+        self.reason = reason
 
 
 class Module:
@@ -187,21 +198,40 @@ class Module:
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
 
-    def _peek_cache(self):
-        """Return the forward cache without consuming it (RuntimeError when there is none).
+    # ------------------------------------------------------- backward caches
+    # forward keeps what backward needs with _save_cache (a small dataclass, never a
+    # positional tuple); backward reads it with _peek_cache, validates grad_output,
+    # then consumes it with _pop_cache, so a rejected grad_output leaves the forward
+    # usable for a corrected retry.
+    def _save_cache(self, cache) -> None:
+        """Keep ``cache`` for the next ``backward``."""
+        self._cache = cache
 
-        Backward passes peek, validate ``grad_output``, then set ``self._cache = None``,
-        so a rejected ``grad_output`` leaves the forward usable for a corrected retry.
-        """
-        require_forward(self._cache, self)
-        return self._cache
+    def _save_no_backward(self, reason: str) -> None:
+        """Record a forward that allows no backward; ``backward`` then raises
+        ``RuntimeError(reason)``."""
+        self._cache = NoBackward(reason)
+
+    def _peek_cache(self):
+        """The forward cache, not consumed (RuntimeError when there is none)."""
+        cache = self._cache
+        if isinstance(cache, NoBackward):
+            self._cache = None
+            raise RuntimeError(f"{type(self).__name__}.backward is not available: "
+                               f"{cache.reason}")
+        require_forward(cache, self)
+        return cache
 
     def _pop_cache(self):
-        """Return the forward cache and clear it (RuntimeError when there is none)."""
-        cache = self._cache
-        require_forward(cache, self)
+        """The forward cache, consumed (RuntimeError when there is none)."""
+        cache = self._peek_cache()
         self._cache = None
         return cache
+
+    def _drop_caches(self) -> None:
+        """Forget the pending backward caches of this module and its children."""
+        for m in self.modules():
+            m._cache = None
 
     def __repr__(self) -> str:
         args, kwargs = getattr(self, "_init_args", ((), {}))
