@@ -209,7 +209,7 @@ def gradcheck(module, inputs, grad_output=None, eps=1e-6, rtol=1e-5, atol=1e-7,
             num[k] = (fp - fm) / (2 * eps)
         report.entries[name] = _compare(name, param_grads[name], numeric, rtol, atol)
 
-    module._cache = None
+    module._drop_caches()
     if hasattr(module, "reset"):
         module.reset()
     if raise_on_fail and not report.ok:

@@ -25,11 +25,14 @@ Examples
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ._validation import (
     as_float_array,
     as_index_array,
+    check_grad_output,
     check_positive_int,
     check_probability,
     require_same_dtype,
@@ -37,6 +40,14 @@ from ._validation import (
 from .module import Module, ModuleList
 
 __all__ = ["Linear", "Embedding", "LayerNorm", "Dropout", "ReLU", "Tanh", "GELU", "Sequential"]
+
+
+@dataclass
+class _SavedInput:
+    """A layer's saved tensor and the shape of its output (all the caches here)."""
+
+    saved: object
+    out_shape: tuple
 
 
 def _check_last_dim(x, name, expected, what):
@@ -114,19 +125,16 @@ class Linear(Module):
         y = x2 @ self.params["W"]
         if self.use_bias:
             y += self.params["b"]
-        self._cache = (x2, x.shape)
-        return y.reshape(x.shape[:-1] + (self.out_features,))
+        out_shape = x.shape[:-1] + (self.out_features,)
+        self._save_cache(_SavedInput(x2, out_shape))
+        return y.reshape(out_shape)
 
     def backward(self, grad_output):
         """Return ``grad_x [..., D]``; accumulate ``dW`` and ``db``."""
-        x2, shape = self._peek_cache()
-        g = as_float_array(grad_output, "grad_output", self.dtype)
-        if g.shape != shape[:-1] + (self.out_features,):
-            raise ValueError(
-                f"grad_output must have the output's shape {shape[:-1] + (self.out_features,)}, "
-                f"got {tuple(g.shape)}"
-            )
-        self._cache = None
+        cache = self._peek_cache()
+        g = check_grad_output(grad_output, cache.out_shape, self.dtype)
+        self._pop_cache()
+        x2, shape = cache.saved, cache.out_shape[:-1] + (self.in_features,)
         g2 = g.reshape(-1, self.out_features)
         self.grads["W"] += x2.T @ g2
         if self.use_bias:
@@ -190,17 +198,15 @@ class Embedding(Module):
     def forward(self, ids):
         """Look up ``ids`` (integer array ``[...]``); returns ``[..., E]``."""
         ids = as_index_array(ids, "ids", self.num_embeddings)
-        self._cache = ids
+        self._save_cache(_SavedInput(ids, ids.shape + (self.embedding_dim,)))
         return self.params["W"][ids]
 
     def backward(self, grad_output):
         """Accumulate the sparse gradient of ``W``; returns ``None`` (ids have no gradient)."""
-        ids = self._peek_cache()
-        g = as_float_array(grad_output, "grad_output", self.dtype)
-        expected = ids.shape + (self.embedding_dim,)
-        if g.shape != expected:
-            raise ValueError(f"grad_output must have shape {expected}, got {tuple(g.shape)}")
-        self._cache = None
+        cache = self._peek_cache()
+        g = check_grad_output(grad_output, cache.out_shape, self.dtype)
+        self._pop_cache()
+        ids = cache.saved
         flat_ids = ids.reshape(-1)
         g2 = g.reshape(-1, self.embedding_dim)
         if self.padding_idx is not None:
@@ -266,18 +272,17 @@ class LayerNorm(Module):
         var = np.mean(xc * xc, axis=-1, keepdims=True)
         r = 1.0 / np.sqrt(var + self.dtype.type(self.eps))
         xh = xc * r
-        self._cache = (xh, r)
+        self._save_cache(_SavedInput((xh, r), xh.shape))
         if self.elementwise_affine:
             return xh * self.params["gamma"] + self.params["beta"]
         return xh
 
     def backward(self, grad_output):
         """Return ``grad_x [..., D]``; accumulate ``dgamma``, ``dbeta``."""
-        xh, r = self._peek_cache()
-        g = as_float_array(grad_output, "grad_output", self.dtype)
-        if g.shape != xh.shape:
-            raise ValueError(f"grad_output must have shape {xh.shape}, got {tuple(g.shape)}")
-        self._cache = None
+        cache = self._peek_cache()
+        g = check_grad_output(grad_output, cache.out_shape, self.dtype)
+        self._pop_cache()
+        xh, r = cache.saved
         if self.elementwise_affine:
             D = self.normalized_shape
             self.grads["gamma"] += (g * xh).reshape(-1, D).sum(axis=0)
@@ -320,19 +325,17 @@ class Dropout(Module):
         if self.training and self.p > 0:
             scale = self.dtype.type(1.0 / (1.0 - self.p))
             mask = (self.rng.random(x.shape) >= self.p).astype(self.dtype) * scale
-            self._cache = (mask, x.shape)
+            self._save_cache(_SavedInput(mask, x.shape))
             return x * mask
-        self._cache = (None, x.shape)
+        self._save_cache(_SavedInput(None, x.shape))
         return x.copy()
 
     def backward(self, grad_output):
         """Return ``grad_x`` (the same mask applied to ``grad_output``)."""
-        mask, shape = self._peek_cache()
-        g = as_float_array(grad_output, "grad_output", self.dtype)
-        if g.shape != shape:
-            raise ValueError(f"grad_output must have shape {shape}, got {tuple(g.shape)}")
-        self._cache = None
-        return g * mask if mask is not None else g.copy()
+        cache = self._peek_cache()
+        g = check_grad_output(grad_output, cache.out_shape, self.dtype)
+        self._pop_cache()
+        return g * cache.saved if cache.saved is not None else g.copy()
 
 
 class _Activation(Module):
@@ -343,17 +346,15 @@ class _Activation(Module):
         """Apply the activation to ``x [...]``; returns the same shape."""
         x = as_float_array(x, "x", self.dtype)
         y, saved = self._fwd(x)
-        self._cache = (saved, x.shape)
+        self._save_cache(_SavedInput(saved, x.shape))
         return y
 
     def backward(self, grad_output):
         """Return ``grad_x`` of the same shape."""
-        saved, shape = self._peek_cache()
-        g = as_float_array(grad_output, "grad_output", self.dtype)
-        if g.shape != shape:
-            raise ValueError(f"grad_output must have shape {shape}, got {tuple(g.shape)}")
-        self._cache = None
-        return self._bwd(saved, g)
+        cache = self._peek_cache()
+        g = check_grad_output(grad_output, cache.out_shape, self.dtype)
+        self._pop_cache()
+        return self._bwd(cache.saved, g)
 
 
 class ReLU(_Activation):
@@ -460,7 +461,7 @@ class Sequential(ModuleList):
 
     def forward(self, x):
         """Run ``x`` through every module in order."""
-        self._cache = True
+        self._save_cache(True)
         for m in self._items:
             x = m(x)
         return x

@@ -19,6 +19,8 @@ Examples
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ._validation import as_float_array
@@ -27,6 +29,14 @@ from .module import Module
 __all__ = ["CrossEntropyLoss", "MSELoss", "cross_entropy", "mse_loss"]
 
 _REDUCTIONS = ("mean", "sum", "none")
+
+
+@dataclass
+class _CECache:
+    probs: np.ndarray       # softmax(logits) [..., C]
+    targets: np.ndarray     # targets with ignored entries set to 0 [...]
+    keep: np.ndarray        # bool [...]: target not ignored
+    count: int              # number of kept targets
 
 
 def _check_reduction(reduction):
@@ -109,7 +119,7 @@ class CrossEntropyLoss(Module):
         picked = np.take_along_axis(z, tt[..., None], axis=-1)[..., 0]
         per = np.where(keep, lse - picked, self.dtype.type(0))
         count = int(keep.sum())
-        self._cache = (e / s, tt, keep, count)
+        self._save_cache(_CECache(e / s, tt, keep, count))
         if self.reduction == "none":
             return per
         total = per.sum(dtype=self.dtype)
@@ -119,8 +129,10 @@ class CrossEntropyLoss(Module):
 
     def backward(self, grad_output=None):
         """Return ``(grad_logits [..., C], None)``; ``grad_output`` defaults to 1."""
-        p, tt, keep, count = self._pop_cache()
-        g = _grad_scale(grad_output, self.reduction, keep.shape, self.dtype)
+        c = self._peek_cache()
+        g = _grad_scale(grad_output, self.reduction, c.keep.shape, self.dtype)
+        self._pop_cache()
+        p, tt, keep, count = c.probs, c.targets, c.keep, c.count
         grad = p.copy()
         np.put_along_axis(grad, tt[..., None],
                           np.take_along_axis(grad, tt[..., None], axis=-1) - 1, axis=-1)
@@ -160,7 +172,7 @@ class MSELoss(Module):
                 f"target must have the prediction's shape {y.shape}, got {t.shape}"
             )
         d = y - t
-        self._cache = d
+        self._save_cache(d)                     # prediction - target
         per = d * d
         if self.reduction == "none":
             return per
@@ -171,8 +183,9 @@ class MSELoss(Module):
 
     def backward(self, grad_output=None):
         """Return ``(grad_prediction, grad_target)``; ``grad_output`` defaults to 1."""
-        d = self._pop_cache()
+        d = self._peek_cache()
         g = _grad_scale(grad_output, self.reduction, d.shape, self.dtype)
+        self._pop_cache()
         grad = self.dtype.type(2) * d * g
         if self.reduction == "mean":
             grad /= self.dtype.type(max(d.size, 1))

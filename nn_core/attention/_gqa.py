@@ -48,153 +48,44 @@ Implementation notes
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .._validation import (
     as_float_array,
     as_mask,
     broadcasts_to,
+    check_grad_output,
     check_heads,
     check_positive_int,
     check_probability,
     check_shape,
-    require_forward,
 )
 from ..module import Module
+from .kv_cache import KVCache
 from .scaled_dot_product import ScaledDotProductAttention, softmax
 
-__all__ = ["split_heads", "combine_heads", "KVCache"]
-
-_NO_BACKWARD = object()   # forward cache marker of an inference-only (kv_cache) forward
+__all__ = ["AttentionState"]
 
 
-# --------------------------------------------------------------------------- heads
-def split_heads(x, num_heads):
-    """Split the last axis into heads: ``[B, L, h*d_k] -> [B, h, L, d_k]``.
+@dataclass
+class AttentionState:
+    """What :meth:`_GQACore._attn_backward` needs from one forward."""
 
-    Parameters
-    ----------
-    x : array ``[B, L, h*d_k]``
-    num_heads : int
-        ``h``; must divide ``x.shape[-1]``.
-
-    Returns
-    -------
-    ndarray ``[B, h, L, d_k]``
-        A view of ``x`` (transposed, not copied) when ``x`` is an ndarray.
-
-    Examples
-    --------
-    >>> x = np.arange(2 * 3 * 8).reshape(2, 3, 8)
-    >>> split_heads(x, 4).shape
-    (2, 4, 3, 2)
-    >>> np.array_equal(combine_heads(split_heads(x, 4)), x)
-    True
-    """
-    x = np.asarray(x)
-    if x.ndim != 3:
-        raise ValueError(f"x must be 3-dimensional [B, L, h*d_k], got shape {tuple(x.shape)}")
-    h = check_positive_int(num_heads, "num_heads")
-    B, L, D = x.shape
-    if D % h:
-        raise ValueError(f"num_heads must divide x.shape[-1]: got num_heads={h}, "
-                         f"x.shape[-1]={D}")
-    return x.reshape(B, L, h, D // h).transpose(0, 2, 1, 3)       # (B, h, L, d_k)
+    rows: list              # [(x2 [n, D], fused weight or None, projection names)]
+    A: np.ndarray           # [B*L, h*d_k] concatenated head outputs
+    B: int
+    L: int
+    S: int
+    layout: str             # "fold", "4d" or "5d" (see _GQACore._layout)
+    fixed_kv: tuple | None  # CachedCrossAttention's (k_heads, v_heads, (x2, W))
 
 
-def combine_heads(x):
-    """Concatenate heads: ``[B, h, L, d_k] -> [B, L, h*d_k]`` (inverse of :func:`split_heads`).
-
-    Parameters
-    ----------
-    x : array ``[B, h, L, d_k]``
-
-    Returns
-    -------
-    ndarray ``[B, L, h*d_k]`` (C-contiguous)
-    """
-    x = np.asarray(x)
-    if x.ndim != 4:
-        raise ValueError(f"x must be 4-dimensional [B, h, L, d_k], got shape {tuple(x.shape)}")
-    B, h, L, d_k = x.shape
-    return np.ascontiguousarray(x.transpose(0, 2, 1, 3)).reshape(B, L, h * d_k)
-
-
-# ------------------------------------------------------------------------ KV cache
-class KVCache:
-    """Preallocated key/value cache for incremental decoding.
-
-    Made by ``module.new_kv_cache(batch_size, max_len)``.  Holds ``keys`` and
-    ``values`` buffers of shape ``[B, g, max_len, d_k]`` (``g`` = the module's K/V
-    heads); a forward with ``kv_cache=`` writes the new positions by slice at
-    ``length`` and advances ``length``.
-
-    Attributes
-    ----------
-    length : int
-        Positions filled so far.
-    max_len : int
-        Capacity; appending past it raises ``RuntimeError``.
-    nbytes : int
-        Bytes of the preallocated K and V buffers
-        (``= module.get_kv_cache_size(batch_size, max_len)``).
-    """
-
-    def __init__(self, batch_size, max_len, num_kv_heads, head_dim, dtype):
-        self.batch_size = check_positive_int(batch_size, "batch_size")
-        self.max_len = check_positive_int(max_len, "max_len")
-        self.num_kv_heads = int(num_kv_heads)
-        self.head_dim = int(head_dim)
-        self.dtype = np.dtype(dtype)
-        shape = (self.batch_size, self.num_kv_heads, self.max_len, self.head_dim)
-        self._k = np.zeros(shape, dtype=self.dtype)     # (B, g, max_len, d_k)
-        self._v = np.zeros(shape, dtype=self.dtype)
-        self.length = 0
-
-    @property
-    def nbytes(self) -> int:
-        return int(self._k.nbytes + self._v.nbytes)
-
-    @property
-    def keys(self) -> np.ndarray:
-        """Read-only view of the cached keys ``[B, g, length, d_k]``."""
-        v = self._k[:, :, : self.length]
-        v.flags.writeable = False
-        return v
-
-    @property
-    def values(self) -> np.ndarray:
-        """Read-only view of the cached values ``[B, g, length, d_k]``."""
-        v = self._v[:, :, : self.length]
-        v.flags.writeable = False
-        return v
-
-    def reset(self) -> None:
-        """Forget every cached position (``length = 0``); the buffers are kept."""
-        self.length = 0
-
-    def _check_room(self, n):
-        """RuntimeError unless ``n`` more positions fit."""
-        if self.length + n > self.max_len:
-            raise RuntimeError(
-                f"kv_cache overflow: {self.length} cached + {n} new positions exceeds "
-                f"max_len={self.max_len}; allocate a larger cache or reset() it"
-            )
-
-    def _append(self, k_heads, v_heads):
-        """Write ``[B, g, n, d_k]`` new keys/values at ``length``; return the filled views."""
-        n = k_heads.shape[2]
-        self._check_room(n)
-        end = self.length + n
-        self._k[:, :, self.length:end] = k_heads
-        self._v[:, :, self.length:end] = v_heads
-        self.length = end
-        return self._k[:, :, :end], self._v[:, :, :end]
-
-    def __repr__(self) -> str:
-        return (f"KVCache(batch_size={self.batch_size}, num_kv_heads={self.num_kv_heads}, "
-                f"head_dim={self.head_dim}, length={self.length}, max_len={self.max_len}, "
-                f"dtype={self.dtype}, nbytes={self.nbytes})")
+@dataclass
+class _SelfCache:
+    state: AttentionState
+    order: tuple            # where each of (query, key, value) came from in rows
 
 
 # ---------------------------------------------------------------------------- core
@@ -449,10 +340,10 @@ class _GQACore(Module):
         if w is not None:
             w = w.reshape(B, self.num_heads, L, S)                       # (B, h, L, S)
         if kv_cache is not None:
-            self.attention._cache = None
+            self.attention._drop_caches()
             state = None
         else:
-            state = (rows, A, B, L, S, layout, fixed_kv)
+            state = AttentionState(rows, A, B, L, S, layout, fixed_kv)
         return y.reshape(B, L, self.d_model), w, state
 
     def _decode_step(self, q, k, v, mask):
@@ -475,28 +366,24 @@ class _GQACore(Module):
 
     def _check_grad_output(self, state, grad_output):
         """``grad_output`` as a ``[B, L, d_model]`` array of the layer dtype, or an error."""
-        B, L = state[2], state[3]
-        g = as_float_array(grad_output, "grad_output", self.dtype)
-        if g.shape != (B, L, self.d_model):
-            raise ValueError(
-                f"grad_output must have shape {(B, L, self.d_model)}, got {tuple(g.shape)}")
-        return g
+        return check_grad_output(grad_output, (state.B, state.L, self.d_model), self.dtype)
 
-    def _attn_backward(self, state, grad_output, need_fixed_dx=False):
-        """Parameter gradients (accumulated) and ``dX`` per source, in source order.
+    def _attn_backward(self, state, g, need_fixed_dx=False):
+        """Parameter gradients (accumulated) and ``dX`` per source, in source order,
+        from a checked ``g [B, L, d_model]`` (:meth:`_check_grad_output`).
 
-        When ``fixed_kv`` was used, its ``state`` is ``(x2_kv, W_kv)`` and the K/V
+        When ``fixed_kv`` was used, its third entry is ``(x2_kv, W_kv)`` and the K/V
         projection gradients are accumulated too; the context gradient is returned
         as the last element.
         """
-        rows, A, B, L, S, layout, fixed_kv = state
-        g = self._check_grad_output(state, grad_output)
+        rows, A, B, L, S = state.rows, state.A, state.B, state.L, state.S
+        layout, fixed_kv = state.layout, state.fixed_kv
         g2 = g.reshape(B * L, self.d_model)
         self.grads["W_o"] += A.T @ g2
         if self.bias:
             self.grads["b_o"] += g2.sum(axis=0)
         dA = g2 @ self.params["W_o"].T                                   # (N, h*d_k)
-        dq, dk, dv = self.attention.backward(self._q_view(dA, B, L, layout))
+        dq, dk, dv = self.attention._backward(self._q_view(dA, B, L, layout))
         if layout == "5d":
             dk, dv = dk[:, :, 0], dv[:, :, 0]                            # (B, g, S, d_k)
 
@@ -627,7 +514,11 @@ class _SelfAttentionBase(_GQACore):
             self._check_cache(kv_cache, B)
         y, w, state = self._attn_forward(sources, mask, is_causal, kv_cache=kv_cache,
                                          return_weights=return_weights)
-        self._cache = _NO_BACKWARD if state is None else (state, order)
+        if state is None:
+            self._save_no_backward("the forward used a kv_cache (incremental decoding is "
+                                   "inference only)")
+        else:
+            self._save_cache(_SelfCache(state, order))
         return (y, w) if return_weights else y
 
     def backward(self, grad_output):
@@ -636,20 +527,13 @@ class _SelfAttentionBase(_GQACore):
         When ``key``/``value`` were defaulted, their contributions are summed into the
         gradient of the array they defaulted to and their entry is ``None``.
         """
-        if self._cache is _NO_BACKWARD:
-            self._cache = None
-            raise RuntimeError(
-                f"{type(self).__name__}.backward is not available after a forward with "
-                "kv_cache (incremental decoding is inference only)")
-        require_forward(self._cache, self)
-        state, order = self._cache
-        g = self._check_grad_output(state, grad_output)     # before consuming the cache
-        self._cache = None
+        cache = self._peek_cache()
+        g = self._check_grad_output(cache.state, grad_output)   # before consuming it
+        self._pop_cache()
+        state = cache.state
         dxs = self._attn_backward(state, g)
-        B = state[2]
-        shapes = [state[0][i][0].shape for i in range(len(dxs))]
-        dxs = [dx.reshape(B, -1, s[-1]) for dx, s in zip(dxs, shapes)]
-        return tuple(None if i is None else dxs[i] for i in order)
+        dxs = [dx.reshape(state.B, -1, x2.shape[-1]) for dx, (x2, _, _) in zip(dxs, state.rows)]
+        return tuple(None if i is None else dxs[i] for i in cache.order)
 
     def _check_cache(self, kv_cache, B):
         if not isinstance(kv_cache, KVCache):

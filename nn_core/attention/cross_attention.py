@@ -12,11 +12,30 @@ context's feature width.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from ._gqa import _GQACore
+from .._validation import check_grad_output
+from ._gqa import AttentionState, _GQACore
 
 __all__ = ["CrossAttention", "CachedCrossAttention", "MultimodalCrossAttention"]
+
+
+@dataclass
+class _CrossCache:
+    state: AttentionState
+    query_shape: tuple
+    context_shape: tuple | None = None      # None for CachedCrossAttention
+
+
+@dataclass
+class _GatedCache:
+    state: AttentionState
+    z: np.ndarray           # attn(text, image) [B, T, d_model]
+    t: float | None         # tanh(alpha), None when not gated
+    text_shape: tuple
+    image_shape: tuple
 
 _NOTES = """
     Notes
@@ -90,16 +109,16 @@ class CrossAttention(_GQACore):
         xc = self._check_input(context, "context", self.kv_dim, xq.shape[0])
         y, w, state = self._attn_forward([(xq, "q"), (xc, "kv")], mask,
                                          return_weights=return_weights)
-        self._cache = (state, xq.shape, xc.shape)
+        self._save_cache(_CrossCache(state, xq.shape, xc.shape))
         return (y, w) if return_weights else y
 
     def backward(self, grad_output):
         """Gradients ``(grad_query [B, T, d_model], grad_context [B, S, kv_dim])``."""
-        state, qs, cs = self._peek_cache()
-        self._check_grad_output(state, grad_output)       # before consuming the cache
-        self._cache = None
-        dq, dc = self._attn_backward(state, grad_output)
-        return dq.reshape(qs), dc.reshape(cs)
+        cache = self._peek_cache()
+        g = self._check_grad_output(cache.state, grad_output)   # before consuming it
+        self._pop_cache()
+        dq, dc = self._attn_backward(cache.state, g)
+        return dq.reshape(cache.query_shape), dc.reshape(cache.context_shape)
 
 
 class CachedCrossAttention(_GQACore):
@@ -152,7 +171,7 @@ class CachedCrossAttention(_GQACore):
     def clear_cache(self) -> None:
         """Forget the context K/V (a later ``forward`` raises RuntimeError)."""
         self._context = None
-        self._cache = None
+        self._drop_caches()
 
     def forward(self, query, mask=None, return_weights=False):
         """Attend ``query [B, T, d_model]`` to the context given to :meth:`set_context`.
@@ -174,16 +193,15 @@ class CachedCrossAttention(_GQACore):
         xq = self._check_input(query, "query", self.d_model, B)
         y, w, state = self._attn_forward([(xq, "q")], mask, fixed_kv=self._context,
                                          return_weights=return_weights)
-        self._cache = (state, xq.shape)
+        self._save_cache(_CrossCache(state, xq.shape))
         return (y, w) if return_weights else y
 
     def backward(self, grad_output):
         """``grad_query [B, T, d_model]``; all parameter gradients accumulate."""
-        state, qs = self._peek_cache()
-        self._check_grad_output(state, grad_output)       # before consuming the cache
-        self._cache = None
-        dq = self._attn_backward(state, grad_output)[0]
-        return dq.reshape(qs)
+        cache = self._peek_cache()
+        g = self._check_grad_output(cache.state, grad_output)   # before consuming it
+        self._pop_cache()
+        return self._attn_backward(cache.state, g)[0].reshape(cache.query_shape)
 
 
 class MultimodalCrossAttention(_GQACore):
@@ -268,25 +286,18 @@ class MultimodalCrossAttention(_GQACore):
         else:
             t = None
             y = xt + z
-        self._cache = (state, z, t, xt.shape, xi.shape)
+        self._save_cache(_GatedCache(state, z, t, xt.shape, xi.shape))
         return (y, w) if return_weights else y
 
     def backward(self, grad_output):
         """Gradients ``(grad_text [B, T, d_model], grad_image [B, P, vision_dim])``."""
-        state, z, t, ts, is_ = self._peek_cache()
-        g = self._checked_grad(grad_output, ts)           # before consuming the cache
-        self._cache = None
+        c = self._peek_cache()
+        g = check_grad_output(grad_output, c.text_shape, self.dtype)   # before consuming
+        self._pop_cache()
         if self.gated:
-            self.grads["alpha"] += (1 - t * t) * np.vdot(g, z)
-            gz = t * g
+            self.grads["alpha"] += (1 - c.t * c.t) * np.vdot(g, c.z)
+            gz = c.t * g
         else:
             gz = g
-        dt_, di = self._attn_backward(state, gz)
-        return g + dt_.reshape(ts), di.reshape(is_)
-
-    def _checked_grad(self, grad_output, shape):
-        from .._validation import as_float_array
-        g = as_float_array(grad_output, "grad_output", self.dtype)
-        if g.shape != tuple(shape):
-            raise ValueError(f"grad_output must have shape {tuple(shape)}, got {g.shape}")
-        return g
+        dt_, di = self._attn_backward(c.state, gz)
+        return g + dt_.reshape(c.text_shape), di.reshape(c.image_shape)

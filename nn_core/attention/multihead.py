@@ -10,9 +10,62 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._gqa import KVCache, _SelfAttentionBase, combine_heads, split_heads
+from .._validation import check_positive_int
+from ._gqa import _SelfAttentionBase
+from .kv_cache import KVCache
 
 __all__ = ["MultiHeadAttention", "KVCache", "split_heads", "combine_heads"]
+
+
+def split_heads(x, num_heads):
+    """Split the last axis into heads: ``[B, L, h*d_k] -> [B, h, L, d_k]``.
+
+    Parameters
+    ----------
+    x : array ``[B, L, h*d_k]``
+    num_heads : int
+        ``h``; must divide ``x.shape[-1]``.
+
+    Returns
+    -------
+    ndarray ``[B, h, L, d_k]``
+        A view of ``x`` (transposed, not copied) when ``x`` is an ndarray.
+
+    Examples
+    --------
+    >>> x = np.arange(2 * 3 * 8).reshape(2, 3, 8)
+    >>> split_heads(x, 4).shape
+    (2, 4, 3, 2)
+    >>> np.array_equal(combine_heads(split_heads(x, 4)), x)
+    True
+    """
+    x = np.asarray(x)
+    if x.ndim != 3:
+        raise ValueError(f"x must be 3-dimensional [B, L, h*d_k], got shape {tuple(x.shape)}")
+    h = check_positive_int(num_heads, "num_heads")
+    B, L, D = x.shape
+    if D % h:
+        raise ValueError(f"num_heads must divide x.shape[-1]: got num_heads={h}, "
+                         f"x.shape[-1]={D}")
+    return x.reshape(B, L, h, D // h).transpose(0, 2, 1, 3)       # (B, h, L, d_k)
+
+
+def combine_heads(x):
+    """Concatenate heads: ``[B, h, L, d_k] -> [B, L, h*d_k]`` (inverse of :func:`split_heads`).
+
+    Parameters
+    ----------
+    x : array ``[B, h, L, d_k]``
+
+    Returns
+    -------
+    ndarray ``[B, L, h*d_k]`` (C-contiguous)
+    """
+    x = np.asarray(x)
+    if x.ndim != 4:
+        raise ValueError(f"x must be 4-dimensional [B, h, L, d_k], got shape {tuple(x.shape)}")
+    B, h, L, d_k = x.shape
+    return np.ascontiguousarray(x.transpose(0, 2, 1, 3)).reshape(B, L, h * d_k)
 
 
 class MultiHeadAttention(_SelfAttentionBase):

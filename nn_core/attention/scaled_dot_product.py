@@ -40,13 +40,15 @@ cache); with ``L_q > L_k`` the first ``L_q - L_k`` queries see nothing and outpu
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from .. import _parallel
 from .._kernels import _attention as _kattn
 from .._kernels import _softmax as _ksoftmax
-from .. import _parallel
-from .._validation import (as_float_array, as_mask, broadcasts_to, check_probability,
-                           require_forward)
+from .._validation import (as_float_array, as_mask, broadcasts_to, check_grad_output,
+                           check_probability)
 from ..module import Module
 
 __all__ = ["softmax", "ScaledDotProductAttention", "scaled_dot_product_attention"]
@@ -131,13 +133,11 @@ def _blocks(L_q, L_k, d_k, d_v):
     """Query / key block sizes.
 
     OpenBLAS multiplies matrices with ``m * n * k <= 1e6`` by unpacked "small
-    matrix" kernels, much faster here than its packed path (whose packing costs
-    ~30 % at these sizes).  The blocks are the largest of 32, 24, 16, 8, 4 rows that
-    keep every GEMM of a slab (``block x L x d``) under that bound; they also make the
-    causal staircase fine-grained.  Beyond (``L * d > 2.5e5``) 4-row blocks stop
-    paying and 64-row blocks on the packed path are used.  Measured (1 thread, CPU
-    time, fwd+bwd, f32): 1x8x1024x64 non-causal 83 ms with 8 rows vs 166 with 16 and
-    116 with 64; 1x4x2048x64 232 ms with 4 rows vs 239 with 64 (causal 116 vs 136).
+    matrix" kernels, faster than its packed path at these sizes.  The blocks are the
+    largest of 32, 24, 16, 8, 4 rows that keep every GEMM of a slab (``block x L x d``)
+    under that bound; they also make the causal staircase fine-grained.  Beyond
+    (``L * d > 2.5e5``) 64-row blocks on the packed path are used
+    (docs/performance.md has the measurements).
     """
     b = 1_000_000 // (max(L_q, L_k) * max(d_k, d_v))
     if b >= 16:
@@ -159,10 +159,8 @@ def _use_fused(module, lead, L_q, L_k, d_k, d_v):
 
 
 # Copy inputs whose rows are not contiguous (e.g. heads split from a [B, L, h*d_k]
-# projection by a transpose) into compact slabs first.  The kernel can read them in
-# place (row stride as the GEMM's leading dimension), but measured on this machine
-# (1 thread, 4x8x512x64, fwd+bwd) the compact copy is 3-4 % faster overall: the
-# unpacked small-matrix GEMMs stream rows far better when they are adjacent.
+# projection by a transpose) into compact slabs first: the kernel could read them in
+# place, but the small-matrix GEMMs stream adjacent rows faster (docs/performance.md).
 _COPY_STRIDED_ROWS = True
 
 
@@ -285,6 +283,24 @@ def _fused_backward(cache, grad_output, dt):
                 shared[i] += bufs[t][i]
     gq, gk, gv = shared
     return gq.reshape(q_shape), gk.reshape(k_shape), gv.reshape(v_shape)
+
+
+@dataclass
+class _GenericCache:
+    q: np.ndarray
+    k: np.ndarray
+    v: np.ndarray
+    probs: np.ndarray       # [..., L_q, L_k] before dropout
+    applied: np.ndarray     # the weights applied to V (after dropout)
+    keep: np.ndarray | None  # dropout mask
+    scale: float
+
+
+@dataclass
+class _SDPACache:
+    out_shape: tuple
+    fused: tuple | None = None              # _fused_forward's cache
+    generic: _GenericCache | None = None
 
 
 def softmax(x, axis=-1, mask=None):
@@ -455,12 +471,14 @@ class ScaledDotProductAttention(Module):
         kind, m = as_mask(mask, "mask", dt)
         causal_offset = (L_k - L_q) if is_causal else None
         if _use_fused(self, lead, L_q, L_k, d_k, v.shape[-1]):
-            out, weights, self._cache = _fused_forward(
+            out, weights, fused = _fused_forward(
                 q, k, v, lead, kind, m, causal_offset, dt.type(scale), return_weights,
                 self._fresh_probs if return_weights else self._probs_workspace)
+            self._save_cache(_SDPACache(out.shape, fused=fused))
         else:
-            out, weights, self._cache = self._generic_forward(
+            out, weights, generic = self._generic_forward(
                 q, k, v, lead, kind, m, causal_offset, dt.type(scale))
+            self._save_cache(_SDPACache(out.shape, generic=generic))
         if return_weights:
             return out, weights
         return out
@@ -497,24 +515,24 @@ class ScaledDotProductAttention(Module):
             keep = self.rng.random(probs.shape) >= self.dropout
             applied = probs * keep * dt.type(1.0 / (1.0 - self.dropout))
         out = np.matmul(applied, v)                              # (..., L_q, d_v)
-        return out, applied, ("generic", q, k, v, probs, applied, keep, scale)
+        return out, applied, _GenericCache(q, k, v, probs, applied, keep, scale)
 
     def backward(self, grad_output):
         """Gradients ``(grad_query, grad_key, grad_value)``, each shaped like its input.
 
         ``grad_output`` is validated before the forward cache is consumed, so a
         corrected retry after a ValueError / TypeError still works."""
-        cache = self._cache
-        require_forward(cache, self)
-        # both caches hold (kind, q, k, v, probs [..., L_q, L_k], ...)
-        out_shape = cache[4].shape[:-1] + (cache[3].shape[-1],)
-        g = as_float_array(grad_output, "grad_output", self.dtype)
-        if g.shape != out_shape:
-            raise ValueError(f"grad_output must have shape {out_shape}, got {g.shape}")
-        self._cache = None
-        if cache[0] == "fused":
-            return _fused_backward(cache, g, self.dtype)
-        _, q, k, v, probs, applied, keep, scale = cache
+        cache = self._peek_cache()
+        return self._backward(check_grad_output(grad_output, cache.out_shape, self.dtype))
+
+    def _backward(self, g):
+        """Backward from a checked ``g`` of the output's shape (consumes the cache)."""
+        cache = self._pop_cache()
+        if cache.fused is not None:
+            return _fused_backward(cache.fused, g, self.dtype)
+        c = cache.generic
+        q, k, v, probs, applied, keep, scale = (c.q, c.k, c.v, c.probs, c.applied, c.keep,
+                                                c.scale)
         grad_v = np.matmul(np.swapaxes(applied, -1, -2), g)     # (..., L_k, d_v)
         grad_p = np.matmul(g, np.swapaxes(v, -1, -2))           # (..., L_q, L_k)
         if keep is not None:

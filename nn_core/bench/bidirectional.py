@@ -16,7 +16,7 @@ hits every contender alike), prints the median time per forward+backward of
 * ``torch``: the torch module with ``torch.set_num_threads(n)``;
 
 and ``ratio = nn_core / torch`` with the target: 0.6 with 2 threads; with 1 thread the
-unidirectional targets of the recurrent issue (LSTM 1.0 at M/L and 0.6 at S/latency,
+unidirectional targets of the recurrent benchmark (LSTM 1.0 at M/L and 0.6 at S/latency,
 GRU 0.7 at M/L and 0.3 at S/latency, float64 at most 0.7).  ``need`` is the FLOP rate the
 target asks for (both directions' ``6 T B G H (D + H)`` FLOPs over ``target * torch
 time``) as a percentage of the machine's peak GEMM rate with as many threads (see
@@ -44,7 +44,7 @@ _DTYPE_ALIASES = {"f32": "float32", "f64": "float64"}
 
 
 def _target(cell, shape, dtype, n_threads):
-    """0.6 with two threads or more; with one the recurrent issue's unidirectional
+    """0.6 with two threads or more; with one the recurrent benchmark's unidirectional
     targets (``recurrent.target_ratio``: the stricter float64 rule included)."""
     if n_threads >= 2:
         return 0.6

@@ -15,7 +15,7 @@ For every (threads, dtype, shape, cell) both implementations run the same sequen
   each timed alone through the same BLAS (``scipy.linalg.cython_blas``) in a
   ``nogil`` loop, and summed; ``/gemm`` = nn_core time / that bound;
 * ``GF/s`` = FLOPs / nn_core time, FLOPs = ``6 T B G H (D + H)`` per layer;
-* ``need`` = the FLOP rate the issue's target asks for (``FLOPs / (target * torch
+* ``need`` = the FLOP rate the target asks for (``FLOPs / (target * torch
   time)``) as a percentage of ``peak``, the rate of a large square GEMM
   (1024^3, same BLAS, same threads, measured once per dtype in the same run).  Above
   100% a target cannot be met on this machine by any implementation that does the
@@ -27,31 +27,7 @@ Shapes: S (T=32, B=16, D=H=64), M (T=64, B=32, D=H=256), L (T=128, B=64, D=H=512
 latency (T=100, B=1, D=H=128).  ``lstm2`` is a 2-layer StackedLSTM vs
 ``nn.LSTM(num_layers=2)``; ``gru`` is ``GRUCell(reset_after=True)`` (torch's form).
 
-BLAS finding (OpenBLAS 0.3.30 in SciPy, 0.3.31 in NumPy, both DYNAMIC_ARCH with the
-SkylakeX kernels on this AVX-512 EPYC).  The per-step product ``h [16, 64] @ W_hh^T``
-(``W_hh [256, 64]``), CPU time per call, 1 thread (2 threads: the same numbers):
-
-    ==============================  ============  ============
-    call                             float32       float64
-    ==============================  ============  ============
-    numpy   h @ W.T   (NT)           16.2 us  32   19.0 us  28 GFLOP/s
-    numpy   h @ WT    (NN, WT=W.T    6.1 us  85   11.5 us  46
-            stored contiguous)
-    cython_blas gemm NT              11.5 us  46   16.3 us  32
-    cython_blas gemm NN               4.7 us 112    9.5 us  55
-    ==============================  ============  ============
-
-So the "31 vs 55 GFLOP/s" gap is not the library build, its version or the threading
-threshold (OpenBLAS splits a GEMM over threads only from ``m*n*k >= 4*65536``; one or
-two threads time the same here): it is the operand layout.  With ``W_hh`` used as
-stored (a transposed operand) OpenBLAS takes a much slower small-matrix path than
-with a pre-transposed, contiguous ``W_hh^T`` (plain NN); NumPy adds ~1.5 us of call
-overhead on top.  For ``B == 1`` it is the other way round (the NT form is a
-dot-product GEMV, ~2x faster).  The kernel therefore keeps ``W_hh`` and ``W_hh^T``
-and picks the layout by ``B`` -- and in float32 with ``B > 1`` and ``H >= 256`` the
-transposed product ``W h^T``, which OpenBLAS packs more cheaply (``_rec_mode`` /
-``_rec_fwd`` / ``_rec_bwd`` in ``src_pyx/_recurrent.pyx``) -- and calls SciPy's BLAS
-from Cython (no call overhead).
+The operand layouts the kernel picks per shape, and why, are in docs/performance.md.
 """
 from __future__ import annotations
 
@@ -71,7 +47,7 @@ SHAPES = {
 }
 GATES = {"rnn": 1, "gru": 3, "lstm": 4, "lstm2": 4}
 DTYPES = {"f32": np.float32, "f64": np.float64}
-# targets from the issue: (M/L, S/latency) ratio vs torch, float32; float64 <= 0.7
+# speed targets: (M/L, S/latency) ratio vs torch, float32; float64 <= 0.7
 TARGETS = {"lstm": (1.0, 0.6), "lstm2": (1.0, 0.6), "gru": (0.7, 0.3), "rnn": (0.7, 0.3)}
 
 
@@ -136,7 +112,7 @@ def peak_rate(dtype, n=1024, rng=None):
 
 
 def target_ratio(cell, shape, dtype):
-    """The issue's target: LSTM <= 1.0 (M, L) / 0.6 (S, latency); GRU and RNN
+    """The speed target: LSTM <= 1.0 (M, L) / 0.6 (S, latency); GRU and RNN
     <= 0.7 / 0.3; float64 <= 0.7 on top (the stricter of the two applies)."""
     big, small = TARGETS[cell]
     t = big if shape in ("M", "L") else small
@@ -243,7 +219,7 @@ def main(argv=None):
                           f"{theirs * 1e3:10.3f} {ours / theirs:6.2f} {target:6.2f} "
                           f"{bound * 1e3:10.3f} {ours / bound:6.2f} {fl / ours / 1e9:6.1f} "
                           f"{need * 100:4.0f}%{flag}", flush=True)
-    print("* = above the issue's target ratio; x = the target needs more than 90% of "
+    print("* = above the target ratio; x = the target needs more than 90% of "
           "the peak GEMM rate (over 100%: unreachable on this machine)")
     _clock = time.perf_counter
     return 0
