@@ -1,10 +1,9 @@
 """``forecast``: predict the Lorenz system ``horizon`` steps ahead with a GRU/LSTM.
 
-Data: the Lorenz (1963) system ``x' = s(y - x), y' = x(r - z) - y, z' = xy - bz``
-(``s=10, r=28, b=8/3``) integrated with :func:`scipy.integrate.solve_ivp` (DOP853,
-tight tolerances) after a burn-in onto the attractor, sampled every ``dt``, and
-standardised with the training statistics.  The first 80 % of the series trains,
-the last 20 % validates (no overlap in time).
+Data: :func:`~nn_core.datasets.lorenz.lorenz_series` (the Lorenz (1963) system,
+integrated with SciPy's ``solve_ivp``) sampled every ``dt`` and standardised with the
+training statistics.  The first 80 % of the series trains, the last 20 % validates (no
+overlap in time), cut with :func:`~nn_core.datasets.lorenz.sliding_windows`.
 
 Model: the cell runs over a window ``[W, B, 3]`` (one ``forward_sequence`` call);
 the prediction is the last observation plus a linear read-out of the final hidden
@@ -17,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..datasets.lorenz import lorenz_series, sliding_windows
 from ..layers import Linear
 from ..losses import MSELoss
 from ..module import Module
@@ -24,24 +24,6 @@ from ._components import cell_class, final_h, state_grad
 from ._trainer import Task
 
 __all__ = ["lorenz_series", "Forecaster", "ForecastTask"]
-
-
-def lorenz_series(n, dt=0.02, burn_in=20.0, seed=0, sigma=10.0, rho=28.0, beta=8.0 / 3.0):
-    """``[n, 3]`` samples of the Lorenz system every ``dt`` time units (SciPy ``solve_ivp``)."""
-    from scipy.integrate import solve_ivp
-
-    def f(_t, s):
-        x, y, z = s
-        return [sigma * (y - x), x * (rho - z) - y, x * y - beta * z]
-
-    rng = np.random.default_rng(seed)
-    x0 = np.array([1.0, 1.0, 20.0]) + rng.standard_normal(3)
-    t_eval = burn_in + dt * np.arange(n)
-    sol = solve_ivp(f, (0.0, t_eval[-1]), x0, method="DOP853", t_eval=t_eval,
-                    rtol=1e-8, atol=1e-8)
-    if not sol.success:  # pragma: no cover - DOP853 on Lorenz does not fail
-        raise RuntimeError(f"solve_ivp failed: {sol.message}")
-    return sol.y.T.copy()
 
 
 class Forecaster(Module):
@@ -126,14 +108,9 @@ class ForecastTask(Task):
         self.mean = series[:split].mean(0)
         self.std = series[:split].std(0)
         z = (series - self.mean) / self.std
-        self.train_x, self.train_y = self._windows(z[:split])
-        self.val_x, self.val_y = self._windows(z[split:])
-
-    def _windows(self, z):
-        W, h = self.config["window"], self.config["horizon"]
-        n = len(z) - W - h + 1
-        idx = np.arange(n)[:, None] + np.arange(W)[None, :]
-        return z[idx], z[np.arange(n) + W - 1 + h]
+        W, h = c["window"], c["horizon"]
+        self.train_x, self.train_y = sliding_windows(z[:split], W, h)
+        self.val_x, self.val_y = sliding_windows(z[split:], W, h)
 
     def build_model(self, dtype, rng):
         c = self.config

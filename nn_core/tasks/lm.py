@@ -1,8 +1,9 @@
 """``lm``: a small causal transformer on generated arithmetic text, sampled with the KV cache.
 
-Text: a stream of additions ``"a+b=c;"`` with ``0 <= a, b < 10^digits`` at the character
-level (vocabulary ``0-9 + = ;``).  The operands are random, so the loss has a floor;
-the learnable part is the answer, measured as
+Text: :mod:`nn_core.datasets.arithmetic`, a stream of additions ``"a+b=c;"`` with
+``0 <= a, b < 10^digits`` at the character level (vocabulary ``0-9 + = ;``).  The
+operands are random, so the loss has a floor; the learnable part is the answer,
+measured as
 
 * ``answer_acc``: teacher-forced accuracy on the characters after ``=`` (and the ``;``),
 * ``sampled_acc``: exact match of the sums the model writes itself (greedy) after the
@@ -20,36 +21,21 @@ import time
 
 import numpy as np
 
+from ..datasets.arithmetic import (  # noqa: F401  (re-exported)
+    CHARS,
+    SEP,
+    STOI,
+    answer_mask,
+    decode_text,
+    encode_text,
+    make_text,
+)
 from ..layers import GELU, Embedding, LayerNorm, Linear, Sequential
 from ..losses import CrossEntropyLoss
 from ..module import Module, ModuleList
 from ._trainer import Task
 
 __all__ = ["TransformerLM", "TransformerBlock", "LanguageModelTask", "CHARS"]
-
-CHARS = "0123456789+=;"
-STOI = {c: i for i, c in enumerate(CHARS)}
-SEP = STOI[";"]
-
-
-def encode_text(s: str) -> np.ndarray:
-    bad = sorted(set(s) - set(CHARS))
-    if bad:
-        raise ValueError(f"text may only contain {CHARS!r}, got {''.join(bad)!r}")
-    return np.array([STOI[c] for c in s], dtype=np.int64)
-
-
-def decode_text(ids) -> str:
-    return "".join(CHARS[int(i)] for i in ids)
-
-
-def make_text(n_exprs, digits, seed):
-    rng = np.random.default_rng(seed)
-    hi = 10 ** digits
-    a = rng.integers(0, hi, n_exprs)
-    b = rng.integers(0, hi, n_exprs)
-    return "".join(f"{x}+{y}={x + y};" for x, y in zip(a, b))
-
 
 def _attention(d_model, num_heads, kv_groups, dtype, rng):
     from ..attention import GroupedQueryAttention, MultiHeadAttention
@@ -251,28 +237,13 @@ class LanguageModelTask(Task):
             start = rng.integers(0, len(self.train_ids) - Bl - 1, size=batch_size)
             yield self.train_ids[start[:, None] + np.arange(Bl + 1)[None, :]]
 
-    @staticmethod
-    def _answer_mask(targets_with_context):
-        """True at target positions that are part of an answer (after '=', incl. ';')."""
-        ids = targets_with_context
-        eq = ids == STOI["="]
-        sep = ids == SEP
-        # inside an answer: last marker seen (strictly before the position) is '='
-        B, L = ids.shape
-        state = np.zeros((B, L), dtype=bool)
-        cur = np.zeros(B, dtype=bool)
-        for t in range(L):
-            state[:, t] = cur
-            cur = np.where(eq[:, t], True, np.where(sep[:, t], False, cur))
-        return state
-
     def train_step(self, model, batch):
         x, y = batch[:, :-1], batch[:, 1:]
         loss_fn = CrossEntropyLoss(dtype=model.dtype)
         logits = model(x)
         loss = loss_fn(logits, y)
         model.backward(loss_fn.backward()[0])
-        ans = self._answer_mask(batch)[:, 1:]
+        ans = answer_mask(batch)[:, 1:]
         correct = int(((logits.argmax(-1) == y) & ans).sum())
         return {"loss": float(loss), "correct": correct, "count": int(ans.sum()),
                 "samples": len(x)}
@@ -306,7 +277,7 @@ class LanguageModelTask(Task):
                 m._cache = None
             tot += float(loss_fn(logits, blk[:, 1:]))
             n_tok += blk[:, 1:].size
-            ans = self._answer_mask(blk)[:, 1:]
+            ans = answer_mask(blk)[:, 1:]
             correct += int(((logits.argmax(-1) == blk[:, 1:]) & ans).sum())
             count += int(ans.sum())
         seed = 50_000 + int(self.config.get("data_seed", 0))

@@ -16,13 +16,26 @@ Greedy decoding runs the decoder one step at a time (``LSTMCell.forward``) and
 attends with :class:`~nn_core.attention.CachedCrossAttention`, whose keys/values
 are projected once per source batch.
 
-Vocabulary: ``0`` PAD, ``1`` BOS, ``2`` EOS, ``3..12`` the digits 0-9.
+Data: :mod:`nn_core.datasets.digit_strings` (vocabulary ``0`` PAD, ``1`` BOS, ``2`` EOS,
+``3..12`` the digits 0-9).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..attention import create_padding_mask
+from ..datasets.digit_strings import (  # noqa: F401  (re-exported)
+    BOS,
+    EOS,
+    OFFSET,
+    PAD,
+    VOCAB,
+    decode_tokens,
+    encode,
+    make_examples,
+    pad_batch,
+    transform,
+)
 from ..layers import Embedding, Linear, Tanh
 from ..losses import CrossEntropyLoss
 from ..module import Module
@@ -30,61 +43,6 @@ from ._components import BidirectionalEncoder, final_h, state_grad
 from ._trainer import Task
 
 __all__ = ["Seq2SeqModel", "Seq2SeqTask", "make_examples", "encode", "decode_tokens"]
-
-PAD, BOS, EOS, OFFSET = 0, 1, 2, 3
-VOCAB = 13
-
-
-def encode(digits: str) -> np.ndarray:
-    if not digits or not digits.isdigit():
-        raise ValueError(f"input must be a non-empty string of digits, got {digits!r}")
-    return np.array([OFFSET + int(c) for c in digits], dtype=np.int64)
-
-
-def decode_tokens(tokens) -> str:
-    out = []
-    for t in tokens:
-        t = int(t)
-        if t == EOS:
-            break
-        out.append(str(t - OFFSET) if t >= OFFSET else "?")
-    return "".join(out)
-
-
-def transform(mode, seq):
-    return seq[::-1] if mode == "reverse" else np.sort(seq)
-
-
-def make_examples(n, min_len, max_len, mode, seed):
-    """``n`` random digit sequences (tokens) and their targets, lengths uniform."""
-    rng = np.random.default_rng(seed)
-    lens = rng.integers(min_len, max_len + 1, size=n)
-    src = [rng.integers(OFFSET, OFFSET + 10, size=L) for L in lens]
-    return src, [transform(mode, s) for s in src]
-
-
-def pad_batch(src, tgt=None):
-    """Pad a list of sequences: ``src [B, S]``, lengths; with targets also the decoder
-    input ``[BOS, y]`` and output ``[y, EOS]`` ``[B, T]`` and their lengths."""
-    B = len(src)
-    src_len = np.array([len(s) for s in src])
-    S = int(src_len.max())
-    src_arr = np.full((B, S), PAD, dtype=np.int64)
-    for b, s in enumerate(src):
-        src_arr[b, :len(s)] = s
-    if tgt is None:
-        return src_arr, src_len
-    tgt_len = np.array([len(t) + 1 for t in tgt])
-    T = int(tgt_len.max())
-    tin = np.full((B, T), PAD, dtype=np.int64)
-    tout = np.full((B, T), PAD, dtype=np.int64)
-    for b, t in enumerate(tgt):
-        tin[b, 0] = BOS
-        tin[b, 1:len(t) + 1] = t
-        tout[b, :len(t)] = t
-        tout[b, len(t)] = EOS
-    return src_arr, src_len, tin, tout, tgt_len
-
 
 class Seq2SeqModel(Module):
     r"""Attentional encoder-decoder over token ids (see the module docstring).
