@@ -21,7 +21,7 @@ TASKS = {
 
 
 def get_task(name):
-    """The :class:`~nn_core.tasks._trainer.Task` subclass registered as ``name``."""
+    """The :class:`~nn_core.training.Task` subclass registered as ``name``."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)}")
     module, cls = TASKS[name]

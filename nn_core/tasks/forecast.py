@@ -21,7 +21,7 @@ from ..layers import Linear
 from ..losses import MSELoss
 from ..module import Module
 from ._components import cell_class, final_h, state_grad
-from ._trainer import Task
+from ..training import Task
 
 __all__ = ["lorenz_series", "Forecaster", "ForecastTask"]
 

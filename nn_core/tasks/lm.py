@@ -33,7 +33,7 @@ from ..datasets.arithmetic import (  # noqa: F401  (re-exported)
 from ..layers import GELU, Embedding, LayerNorm, Linear, Sequential
 from ..losses import CrossEntropyLoss
 from ..module import Module, ModuleList
-from ._trainer import Task
+from ..training import Task
 
 __all__ = ["TransformerLM", "TransformerBlock", "LanguageModelTask", "CHARS"]
 

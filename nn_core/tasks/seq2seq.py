@@ -40,7 +40,7 @@ from ..layers import Embedding, Linear, Tanh
 from ..losses import CrossEntropyLoss
 from ..module import Module
 from ._components import BidirectionalEncoder, final_h, state_grad
-from ._trainer import Task
+from ..training import Task
 
 __all__ = ["Seq2SeqModel", "Seq2SeqTask", "make_examples", "encode", "decode_tokens"]
 
