@@ -1,8 +1,5 @@
-"""Look-ups of the attention/recurrent building blocks the task models use.
-
-The tasks program against the public API (API.md §2, §3) and import lazily, so
-``nn-core --help`` works even in a partial build.
-"""
+"""Helpers the recurrent models share: cell look-up, final-state plumbing, and the
+bidirectional encoder."""
 from __future__ import annotations
 
 import numpy as np
