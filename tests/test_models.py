@@ -12,7 +12,7 @@ from nn_core.datasets.digit_strings import BOS, EOS, PAD, make_examples, pad_bat
 from nn_core.layers import Embedding, Linear
 from nn_core.models import Forecaster, Seq2SeqModel, TransformerBlock, TransformerLM
 from nn_core.models import forecaster, seq2seq, transformer_lm
-from nn_core.recurrent import GRUCell, LSTMCell
+from nn_core.recurrent import BidirectionalWrapper, GRUCell, LSTMCell
 
 _META_KEY = "__nn_core_checkpoint__"
 
@@ -53,39 +53,54 @@ def test_seq2seq_model_gradcheck_and_greedy_consistency(rng, cell):
     np.testing.assert_array_equal(logits.argmax(-1)[live], pred[live])
 
 
-def test_bidirectional_encoder_fallback_matches_wrapper(rng):
-    from nn_core.models._common import BidirectionalEncoder, state_grad
+def _reverse_index(lengths, T):
+    """Time index ``[T, B]`` reversing each sequence within its length (padding fixed)."""
+    t = np.arange(T)[:, None]
+    L = np.asarray(lengths)[None, :]
+    return np.where(t < L, L - 1 - t, t)
 
-    for cell in ("gru", "lstm"):
-        enc = BidirectionalEncoder(cell, 3, 4, dtype=np.float64, rng=int(rng.integers(1000)))
-        assert enc.uses_wrapper
-        fallback = BidirectionalEncoder(cell, 3, 4, dtype=np.float64, rng=0)
-        object.__setattr__(fallback, "_wrapper", None)
-        fallback.load_state_dict(enc.state_dict())
-        x = rng.standard_normal((5, 3, 3))
-        lengths = np.array([5, 1, 3])
-        g = rng.standard_normal((5, 3, 8))
-        gs = (state_grad(cell, rng.standard_normal((3, 4))),
-              state_grad(cell, rng.standard_normal((3, 4))))
-        results = []
-        for m in (enc, fallback):
-            out, (ff, fb) = m(x, lengths)
-            gx, _ = m.backward(g, gs)
-            results.append((out, ff, fb, gx, m.gradients()))
-        (o1, f1, b1, gx1, gr1), (o2, f2, b2, gx2, gr2) = results
-        np.testing.assert_allclose(o1, o2, rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(np.asarray(f1), np.asarray(f2), rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(np.asarray(b1), np.asarray(b2), rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(gx1, gx2, rtol=1e-10, atol=1e-12)
-        for k in gr1:
-            np.testing.assert_allclose(gr1[k], gr2[k], rtol=1e-10, atol=1e-12, err_msg=k)
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_seq2seq_encoder_is_a_bidirectional_wrapper_over_two_cells(rng, cell):
+    """The encoder computes what the two cells compute directly: ``fw`` left to right,
+    ``bw`` over each sequence reversed within its own length (the pre-wrapper code)."""
+    seed = int(rng.integers(1000))
+    m = Seq2SeqModel(13, 3, 4, 2, cell, dtype=np.float64, rng=seed)
+    ref = Seq2SeqModel(13, 3, 4, 2, cell, dtype=np.float64, rng=seed)
+    assert isinstance(m.encoder, BidirectionalWrapper) and m.encoder.merge_mode == "concat"
+    names = {k for k in m.parameters() if k.startswith("encoder.")}
+    assert names == {f"encoder.{d}.{p}" for d in ("fw", "bw")
+                     for p in ("W_ih", "W_hh", "b_ih", "b_hh")}
+    x = rng.standard_normal((5, 3, 3))
+    lengths = np.array([5, 1, 3])
+    g = rng.standard_normal((5, 3, 8))
+    gh = rng.standard_normal((2, 3, 4))
+    gs = [(h, np.zeros_like(h)) if cell == "lstm" else h for h in gh]
+
+    out, (fin_f, fin_b) = m.encoder(x, lengths=lengths)
+    gx, _ = m.encoder.backward(g, tuple(gs))
+
+    idx, cols = _reverse_index(lengths, 5), np.arange(3)[None, :]
+    fw, bw = ref.encoder.fw, ref.encoder.bw
+    out_f, ref_fin_f = fw.forward_sequence(x, lengths=lengths)
+    out_b_rev, ref_fin_b = bw.forward_sequence(x[idx, cols], lengths=lengths)
+    np.testing.assert_allclose(out, np.concatenate([out_f, out_b_rev[idx, cols]], -1),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(fin_f), np.asarray(ref_fin_f), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(fin_b), np.asarray(ref_fin_b), rtol=1e-12, atol=1e-12)
+    gx_f, _ = fw.backward_sequence(np.ascontiguousarray(g[..., :4]), gs[0])
+    gx_b_rev, _ = bw.backward_sequence(np.ascontiguousarray(g[..., 4:][idx, cols]), gs[1])
+    np.testing.assert_allclose(gx, gx_f + gx_b_rev[idx, cols], rtol=1e-10, atol=1e-12)
+    for k, v in m.encoder.gradients().items():
+        np.testing.assert_allclose(v, ref.encoder.gradients()[k], rtol=1e-10, atol=1e-12,
+                                   err_msg=k)
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_seq2seq_weights_drawn_in_the_documented_order(cell, dtype):
-    """Same seed, same weights: every sub-module draws from the model's generator in
-    this order."""
+    """Same seed, same weights as before the encoder became a BidirectionalWrapper:
+    every sub-module draws from the model's generator in this order."""
     V, E, H, heads, seed = 13, 5, 8, 2, 11
     rng = np.random.default_rng(seed)
     kw = dict(dtype=dtype, rng=rng)

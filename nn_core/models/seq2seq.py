@@ -14,8 +14,8 @@ from ..attention import CachedCrossAttention, CrossAttention, create_padding_mas
 from ..datasets.digit_strings import BOS, EOS, PAD, VOCAB
 from ..layers import Embedding, Linear, Tanh
 from ..module import Module
-from ..recurrent import LSTMCell
-from ._common import BidirectionalEncoder, final_h, state_grad
+from ..recurrent import BidirectionalWrapper, LSTMCell
+from ._common import cell_class, final_h, state_grad
 
 __all__ = ["Seq2SeqModel"]
 
@@ -53,7 +53,8 @@ class Seq2SeqModel(Module):
     * ``greedy_decode(src [B, S], src_len [B], max_len) -> tokens [B, <= max_len]``.
 
     Parameters of the module: ``src_embed.W``, ``tgt_embed.W``,
-    ``encoder.fw.*`` and ``encoder.bw.*``, ``bridge.W, bridge.b``,
+    ``encoder.fw.*`` and ``encoder.bw.*`` (a
+    :class:`~nn_core.recurrent.BidirectionalWrapper`), ``bridge.W, bridge.b``,
     ``decoder.W_ih, decoder.W_hh, decoder.b_ih, decoder.b_hh``, ``attention.W_q ..
     attention.b_o`` (``W_k, W_v`` are ``[2H, H]``), ``out.W, out.b``.
 
@@ -124,7 +125,9 @@ class Seq2SeqModel(Module):
         kw = dict(dtype=dtype, rng=self.rng)
         self.src_embed = Embedding(V, E, padding_idx=PAD, **kw)
         self.tgt_embed = Embedding(V, E, padding_idx=PAD, **kw)
-        self.encoder = BidirectionalEncoder(cell, E, H, **kw)
+        cls = cell_class(cell)
+        self.encoder = BidirectionalWrapper(cls(E, H, **kw), cls(E, H, **kw),
+                                            merge_mode="concat")
         self.bridge = Linear(2 * H, H, **kw)
         self.bridge_act = Tanh(dtype=dtype)
         self.decoder = LSTMCell(E, H, **kw)
@@ -134,7 +137,8 @@ class Seq2SeqModel(Module):
     # ------------------------------------------------------------ encoder
     def _encode(self, src, src_len):
         xs = self.src_embed(src)                                    # (B, S, E)
-        enc, (sf, sb) = self.encoder(np.ascontiguousarray(xs.transpose(1, 0, 2)), src_len)
+        enc, (sf, sb) = self.encoder(np.ascontiguousarray(xs.transpose(1, 0, 2)),
+                                     lengths=src_len)               # (S, B, 2H)
         h0 = self.bridge_act(self.bridge(np.concatenate([final_h(sf), final_h(sb)], -1)))
         ctx = np.ascontiguousarray(enc.transpose(1, 0, 2))          # (B, S, 2H)
         mask = create_padding_mask(src_len, src.shape[1])           # (B, 1, 1, S)
