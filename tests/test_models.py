@@ -152,6 +152,16 @@ def test_transformer_lm_gradcheck_and_kv_cache(rng, kv_groups):
     np.testing.assert_array_equal(logits[:, 4:].argmax(-1), toks)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transformer_lm_samples_with_temperature(dtype):
+    lm = TransformerLM(13, 16, 4, 1, max_len=24, dtype=dtype, rng=0).eval()
+    ids = np.arange(12).reshape(2, 6) % 13
+    toks, _ = lm.generate(ids, 16, temperature=0.8, rng=3)
+    again, _ = lm.generate(ids, 16, temperature=0.8, rng=3)
+    assert toks.shape == (2, 16) and ((toks >= 0) & (toks < 13)).all()
+    np.testing.assert_array_equal(toks, again)
+
+
 def test_transformer_block_gradcheck(rng):
     blk = TransformerBlock(8, 2, kv_groups=1, dtype=np.float64, rng=int(rng.integers(1000)))
     assert gradcheck(blk, (rng.standard_normal((2, 3, 8)),)).ok

@@ -25,6 +25,13 @@ def _attention(d_model, num_heads, kv_groups, dtype, rng):
     return GroupedQueryAttention(d_model, num_heads, kv_groups, dtype=dtype, rng=rng)
 
 
+def _as_probabilities(row):
+    """``row`` renormalised in float64: ``Generator.choice`` wants a sum within about
+    1e-8 of 1, which a float32 row normalised in float32 often misses."""
+    q = row.astype(np.float64)
+    return q / q.sum()
+
+
 class TransformerBlock(Module):
     r"""Pre-LN causal transformer block: ``x + attn(LN1 x)``, then ``+ MLP(LN2 .)``.
 
@@ -239,8 +246,7 @@ class TransformerLM(Module):
                 z = logits / temperature
                 p = np.exp(z - z.max(-1, keepdims=True))
                 p /= p.sum(-1, keepdims=True)
-                tok = np.array([rng.choice(len(row), p=row.astype(np.float64) / row.sum())
-                                for row in p])
+                tok = np.array([rng.choice(len(row), p=_as_probabilities(row)) for row in p])
             else:
                 tok = logits.argmax(-1)
             out.append(tok)
