@@ -82,7 +82,7 @@ def _train_parser(task_cls):
 
 def cmd_train(argv):
     from .tasks import get_task
-    from .tasks._trainer import train
+    from .training import train
 
     task_cls = get_task(_task_name(argv))
     args = _train_parser(task_cls).parse_args(argv[1:])

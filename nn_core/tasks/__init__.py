@@ -1,5 +1,9 @@
 """Training tasks for the ``nn-core`` command, on generated data (nothing is downloaded).
 
+Each task binds a model of :mod:`nn_core.models` to a data set of
+:mod:`nn_core.datasets` for the loop in :mod:`nn_core.training`: its configuration and
+command-line options, the training step, the metrics and what it prints.
+
 * ``seq2seq`` — reverse/sort digit strings: bidirectional GRU/LSTM encoder, LSTM
   decoder with cross attention, greedy decoding with the cached cross attention.
 * ``forecast`` — GRU/LSTM forecaster on the Lorenz system (SciPy ``solve_ivp``),
@@ -21,7 +25,7 @@ TASKS = {
 
 
 def get_task(name):
-    """The :class:`~nn_core.tasks._trainer.Task` subclass registered as ``name``."""
+    """The :class:`~nn_core.training.Task` subclass registered as ``name``."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)}")
     module, cls = TASKS[name]

@@ -1,93 +1,33 @@
 """``forecast``: predict the Lorenz system ``horizon`` steps ahead with a GRU/LSTM.
 
-Data: the Lorenz (1963) system ``x' = s(y - x), y' = x(r - z) - y, z' = xy - bz``
-(``s=10, r=28, b=8/3``) integrated with :func:`scipy.integrate.solve_ivp` (DOP853,
-tight tolerances) after a burn-in onto the attractor, sampled every ``dt``, and
-standardised with the training statistics.  The first 80 % of the series trains,
-the last 20 % validates (no overlap in time).
-
-Model: the cell runs over a window ``[W, B, 3]`` (one ``forward_sequence`` call);
-the prediction is the last observation plus a linear read-out of the final hidden
-state, ``y = x_{W-1} + h_W A + a`` (a residual over persistence).
+Data: :func:`~nn_core.datasets.lorenz.lorenz_series` sampled every ``dt`` and
+standardised with the training statistics; the first 80 % of the series trains, the
+last 20 % validates (no overlap in time), cut into windows with
+:func:`~nn_core.datasets.lorenz.sliding_windows`.  Model:
+:class:`~nn_core.models.Forecaster`, trained on the mean squared error.
 
 The metric is the validation MSE (standardised units) next to the persistence
 baseline ``y = x_{W-1}``.
+
+``Forecaster`` and ``lorenz_series`` are also importable from here, as in earlier
+versions (checkpoints name ``nn_core.tasks.forecast:Forecaster``).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..layers import Linear
+from ..datasets.lorenz import lorenz_series, sliding_windows
 from ..losses import MSELoss
-from ..module import Module
-from ._components import cell_class, final_h, state_grad
-from ._trainer import Task
+from ..models.forecaster import Forecaster
+from ..training import Task
 
 __all__ = ["lorenz_series", "Forecaster", "ForecastTask"]
 
 
-def lorenz_series(n, dt=0.02, burn_in=20.0, seed=0, sigma=10.0, rho=28.0, beta=8.0 / 3.0):
-    """``[n, 3]`` samples of the Lorenz system every ``dt`` time units (SciPy ``solve_ivp``)."""
-    from scipy.integrate import solve_ivp
-
-    def f(_t, s):
-        x, y, z = s
-        return [sigma * (y - x), x * (rho - z) - y, x * y - beta * z]
-
-    rng = np.random.default_rng(seed)
-    x0 = np.array([1.0, 1.0, 20.0]) + rng.standard_normal(3)
-    t_eval = burn_in + dt * np.arange(n)
-    sol = solve_ivp(f, (0.0, t_eval[-1]), x0, method="DOP853", t_eval=t_eval,
-                    rtol=1e-8, atol=1e-8)
-    if not sol.success:  # pragma: no cover - DOP853 on Lorenz does not fail
-        raise RuntimeError(f"solve_ivp failed: {sol.message}")
-    return sol.y.T.copy()
-
-
-class Forecaster(Module):
-    r"""Recurrent forecaster: window ``x [B, W, D]`` -> prediction ``[B, D]``.
-
-    Parameters
-    ----------
-    input_size : int
-        ``D`` (3 for Lorenz).
-    hidden_size : int
-        ``H``.
-    cell : {"gru", "lstm"}
-    dtype, rng : keyword-only
-
-    Notes
-    -----
-    Forward: ``(_, s_W) = cell.forward_sequence(x^T)``, ``y = x[:, -1] + h_W A + a``.
-    Backward: ``dh_W = dy A^T``; ``dx = cell.backward_sequence(None, dh_W)`` plus
-    ``dy`` at the last step (the residual path).
-    """
-
-    def __init__(self, input_size=3, hidden_size=64, cell="gru", *, dtype=np.float32, rng=None):
-        super().__init__(dtype=dtype, rng=rng)
-        self.cell_type = cell
-        self.rnn = cell_class(cell)(input_size, hidden_size, dtype=dtype, rng=self.rng)
-        self.head = Linear(hidden_size, input_size, dtype=dtype, rng=self.rng)
-        self.head.params["W"] *= 0.1        # start close to persistence
-
-    def forward(self, x):
-        x = np.asarray(x, dtype=self.dtype)
-        _, state = self.rnn.forward_sequence(np.ascontiguousarray(x.transpose(1, 0, 2)))
-        self._cache = x.shape
-        return x[:, -1] + self.head(final_h(state))
-
-    def backward(self, grad_output):
-        shape = self._pop_cache()
-        g = np.asarray(grad_output, dtype=self.dtype)
-        gh = self.head.backward(g)
-        gx, _ = self.rnn.backward_sequence(None, state_grad(self.cell_type, gh))
-        gx = np.ascontiguousarray(gx.transpose(1, 0, 2))
-        gx[:, -1] += g
-        assert gx.shape == shape
-        return gx
-
-
 class ForecastTask(Task):
+    """The ``forecast`` task (see the module docstring); ``config`` as built by
+    :meth:`config_from_args`."""
+
     name = "forecast"
     description = "GRU/LSTM forecaster on the Lorenz system (SciPy solve_ivp)"
     defaults = dict(epochs=8, batch_size=64, lr=5e-3, hidden=64, cell="gru", window=32,
@@ -126,14 +66,9 @@ class ForecastTask(Task):
         self.mean = series[:split].mean(0)
         self.std = series[:split].std(0)
         z = (series - self.mean) / self.std
-        self.train_x, self.train_y = self._windows(z[:split])
-        self.val_x, self.val_y = self._windows(z[split:])
-
-    def _windows(self, z):
-        W, h = self.config["window"], self.config["horizon"]
-        n = len(z) - W - h + 1
-        idx = np.arange(n)[:, None] + np.arange(W)[None, :]
-        return z[idx], z[np.arange(n) + W - 1 + h]
+        W, h = c["window"], c["horizon"]
+        self.train_x, self.train_y = sliding_windows(z[:split], W, h)
+        self.val_x, self.val_y = sliding_windows(z[split:], W, h)
 
     def build_model(self, dtype, rng):
         c = self.config

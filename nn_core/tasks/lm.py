@@ -1,193 +1,43 @@
 """``lm``: a small causal transformer on generated arithmetic text, sampled with the KV cache.
 
-Text: a stream of additions ``"a+b=c;"`` with ``0 <= a, b < 10^digits`` at the character
-level (vocabulary ``0-9 + = ;``).  The operands are random, so the loss has a floor;
-the learnable part is the answer, measured as
+Data: :mod:`nn_core.datasets.arithmetic`, a stream of additions ``"a+b=c;"`` with
+``0 <= a, b < 10^digits`` at the character level; training batches are random windows
+of ``block + 1`` characters, validation uses consecutive non-overlapping blocks.
+Model: :class:`~nn_core.models.TransformerLM` with causal multi-head attention or, with
+``--kv-groups g``, grouped-query attention.  The operands are random, so the loss has a
+floor; the learnable part is the answer, measured as
 
 * ``answer_acc``: teacher-forced accuracy on the characters after ``=`` (and the ``;``),
 * ``sampled_acc``: exact match of the sums the model writes itself (greedy) after the
   prompt ``"a+b="``, decoded with the KV cache, with the decoding speed in tokens/s.
 
-Model: GPT-style pre-LayerNorm blocks (Radford et al., 2019): token + learned position
-embeddings; per block ``x += attn(LN(x))`` with causal
-:class:`~nn_core.attention.MultiHeadAttention` or, with ``--kv-groups g``,
-:class:`~nn_core.attention.GroupedQueryAttention` (Ainslie et al., 2023), then
-``x += W2 GELU(W1 LN(x))``; a final LayerNorm and a linear head.
+``TransformerLM``, ``TransformerBlock`` and the text functions are also importable from
+here, as in earlier versions (checkpoints name ``nn_core.tasks.lm:TransformerLM``).
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
-from ..layers import GELU, Embedding, LayerNorm, Linear, Sequential
+from ..datasets.arithmetic import (  # noqa: F401  (re-exported)
+    CHARS,
+    SEP,
+    STOI,
+    answer_mask,
+    decode_text,
+    encode_text,
+    make_text,
+)
 from ..losses import CrossEntropyLoss
-from ..module import Module, ModuleList
-from ._trainer import Task
+from ..models.transformer_lm import TransformerBlock, TransformerLM
+from ..training import Task
 
 __all__ = ["TransformerLM", "TransformerBlock", "LanguageModelTask", "CHARS"]
 
-CHARS = "0123456789+=;"
-STOI = {c: i for i, c in enumerate(CHARS)}
-SEP = STOI[";"]
-
-
-def encode_text(s: str) -> np.ndarray:
-    bad = sorted(set(s) - set(CHARS))
-    if bad:
-        raise ValueError(f"text may only contain {CHARS!r}, got {''.join(bad)!r}")
-    return np.array([STOI[c] for c in s], dtype=np.int64)
-
-
-def decode_text(ids) -> str:
-    return "".join(CHARS[int(i)] for i in ids)
-
-
-def make_text(n_exprs, digits, seed):
-    rng = np.random.default_rng(seed)
-    hi = 10 ** digits
-    a = rng.integers(0, hi, n_exprs)
-    b = rng.integers(0, hi, n_exprs)
-    return "".join(f"{x}+{y}={x + y};" for x, y in zip(a, b))
-
-
-def _attention(d_model, num_heads, kv_groups, dtype, rng):
-    from ..attention import GroupedQueryAttention, MultiHeadAttention
-
-    if kv_groups is None or kv_groups == num_heads:
-        return MultiHeadAttention(d_model, num_heads, dtype=dtype, rng=rng)
-    return GroupedQueryAttention(d_model, num_heads, kv_groups, dtype=dtype, rng=rng)
-
-
-class TransformerBlock(Module):
-    r"""Pre-LN transformer block: ``x + attn(LN1 x)``, then ``+ MLP(LN2 .)``.
-
-    Parameters: ``ln1.*``, ``attn.W_q ...``, ``ln2.*``, ``mlp.0.W ... mlp.2.b``.
-    Backward follows the two residual branches in reverse:
-    ``g += LN2'(MLP'(g))``, then ``g += LN1'(attn'(g))``.
-    """
-
-    def __init__(self, d_model, num_heads, kv_groups=None, mlp_ratio=4, *, dtype=np.float32,
-                 rng=None):
-        super().__init__(dtype=dtype, rng=rng)
-        kw = dict(dtype=dtype, rng=self.rng)
-        self.ln1 = LayerNorm(d_model, dtype=dtype)
-        self.attn = _attention(d_model, num_heads, kv_groups, dtype, self.rng)
-        self.ln2 = LayerNorm(d_model, dtype=dtype)
-        self.mlp = Sequential(Linear(d_model, mlp_ratio * d_model, **kw),
-                              GELU("tanh", dtype=dtype),
-                              Linear(mlp_ratio * d_model, d_model, **kw))
-
-    def forward(self, x, kv_cache=None):
-        """``x [B, L, d]`` -> ``[B, L, d]``; with ``kv_cache``: incremental decoding."""
-        x = x + self.attn(self.ln1(x), is_causal=True, kv_cache=kv_cache)
-        x = x + self.mlp(self.ln2(x))
-        self._cache = True if kv_cache is None else None   # no backward after decoding
-        return x
-
-    def backward(self, grad_output):
-        self._pop_cache()
-        g = grad_output + self.ln2.backward(self.mlp.backward(grad_output))
-        gq = self.attn.backward(g)[0]
-        return g + self.ln1.backward(gq)
-
-
-class TransformerLM(Module):
-    r"""Causal character language model.
-
-    Parameters
-    ----------
-    vocab_size : int
-    d_model : int
-    num_heads : int
-    num_layers : int
-    kv_groups : int or None
-        ``None`` (or ``num_heads``): multi-head attention; otherwise grouped-query
-        attention with this many K/V heads (1 = multi-query).
-    max_len : int
-        Longest context (learned position embeddings).
-    dtype, rng : keyword-only
-
-    Shapes: ``ids [B, L]`` ints -> ``logits [B, L, V]``.
-    """
-
-    def __init__(self, vocab_size=len(CHARS), d_model=64, num_heads=4, num_layers=2,
-                 kv_groups=None, max_len=64, *, dtype=np.float32, rng=None):
-        super().__init__(dtype=dtype, rng=rng)
-        self.max_len = max_len
-        self.d_model = d_model
-        kw = dict(dtype=dtype, rng=self.rng)
-        self.tok_embed = Embedding(vocab_size, d_model, **kw)
-        self.pos_embed = Embedding(max_len, d_model, **kw)
-        self.tok_embed.params["W"] *= 0.1
-        self.pos_embed.params["W"] *= 0.1
-        self.blocks = ModuleList([TransformerBlock(d_model, num_heads, kv_groups, **kw)
-                                  for _ in range(num_layers)], dtype=dtype)
-        self.ln_f = LayerNorm(d_model, dtype=dtype)
-        self.head = Linear(d_model, vocab_size, **kw)
-
-    def forward(self, ids, kv_caches=None, start=0):
-        ids = np.asarray(ids)
-        L = ids.shape[1]
-        if start + L > self.max_len:
-            raise ValueError(f"sequence length {start + L} exceeds max_len {self.max_len}")
-        x = self.tok_embed(ids) + self.pos_embed(np.arange(start, start + L))
-        for i, blk in enumerate(self.blocks):
-            x = blk(x, None if kv_caches is None else kv_caches[i])
-        self._cache = True if kv_caches is None else None
-        return self.head(self.ln_f(x))
-
-    def backward(self, grad_logits):
-        self._pop_cache()
-        g = self.ln_f.backward(self.head.backward(grad_logits))
-        for blk in reversed(list(self.blocks)):
-            g = blk.backward(g)
-        self.tok_embed.backward(g)
-        self.pos_embed.backward(g.sum(axis=0))
-        return None
-
-    def new_kv_caches(self, batch_size):
-        return [blk.attn.new_kv_cache(batch_size, self.max_len) for blk in self.blocks]
-
-    def generate(self, prompt_ids, max_new_tokens, temperature=0.0, rng=None, stop=None):
-        """Continue ``prompt_ids [B, P]`` by ``max_new_tokens`` tokens with the KV cache.
-
-        The prompt is processed in one forward (prefill); each new token then costs one
-        forward of length 1 attending to everything cached.  Returns
-        ``(tokens [B, <= max_new_tokens], seconds)``.
-        """
-        rng = np.random.default_rng(rng)
-        prompt_ids = np.asarray(prompt_ids)
-        B, P = prompt_ids.shape
-        steps = min(max_new_tokens, self.max_len - P)
-        caches = self.new_kv_caches(B)
-        out = []
-        done = np.zeros(B, dtype=bool)
-        t0 = time.perf_counter()
-        logits = self.forward(prompt_ids, kv_caches=caches)[:, -1]
-        for k in range(steps):
-            if temperature > 0:
-                z = logits / temperature
-                p = np.exp(z - z.max(-1, keepdims=True))
-                p /= p.sum(-1, keepdims=True)
-                tok = np.array([rng.choice(len(row), p=row.astype(np.float64) / row.sum())
-                                for row in p])
-            else:
-                tok = logits.argmax(-1)
-            out.append(tok)
-            if stop is not None:
-                done |= tok == stop
-                if done.all():
-                    break
-            if k + 1 < steps:
-                logits = self.forward(tok[:, None], kv_caches=caches, start=P + k)[:, -1]
-        seconds = time.perf_counter() - t0
-        for m in self.modules():
-            m._cache = None
-        return np.stack(out, axis=1), seconds
-
 
 class LanguageModelTask(Task):
+    """The ``lm`` task (see the module docstring); ``config`` as built by
+    :meth:`config_from_args`."""
+
     name = "lm"
     description = "small causal transformer (MHA or GQA) on generated arithmetic text"
     defaults = dict(epochs=8, batch_size=32, lr=3e-3, hidden=64, heads=4, layers=2,
@@ -251,28 +101,13 @@ class LanguageModelTask(Task):
             start = rng.integers(0, len(self.train_ids) - Bl - 1, size=batch_size)
             yield self.train_ids[start[:, None] + np.arange(Bl + 1)[None, :]]
 
-    @staticmethod
-    def _answer_mask(targets_with_context):
-        """True at target positions that are part of an answer (after '=', incl. ';')."""
-        ids = targets_with_context
-        eq = ids == STOI["="]
-        sep = ids == SEP
-        # inside an answer: last marker seen (strictly before the position) is '='
-        B, L = ids.shape
-        state = np.zeros((B, L), dtype=bool)
-        cur = np.zeros(B, dtype=bool)
-        for t in range(L):
-            state[:, t] = cur
-            cur = np.where(eq[:, t], True, np.where(sep[:, t], False, cur))
-        return state
-
     def train_step(self, model, batch):
         x, y = batch[:, :-1], batch[:, 1:]
         loss_fn = CrossEntropyLoss(dtype=model.dtype)
         logits = model(x)
         loss = loss_fn(logits, y)
         model.backward(loss_fn.backward()[0])
-        ans = self._answer_mask(batch)[:, 1:]
+        ans = answer_mask(batch)[:, 1:]
         correct = int(((logits.argmax(-1) == y) & ans).sum())
         return {"loss": float(loss), "correct": correct, "count": int(ans.sum()),
                 "samples": len(x)}
@@ -306,7 +141,7 @@ class LanguageModelTask(Task):
                 m._cache = None
             tot += float(loss_fn(logits, blk[:, 1:]))
             n_tok += blk[:, 1:].size
-            ans = self._answer_mask(blk)[:, 1:]
+            ans = answer_mask(blk)[:, 1:]
             correct += int(((logits.argmax(-1) == blk[:, 1:]) & ans).sum())
             count += int(ans.sum())
         seed = 50_000 + int(self.config.get("data_seed", 0))

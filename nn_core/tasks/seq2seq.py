@@ -1,212 +1,42 @@
-"""``seq2seq``: reverse (or sort) variable-length digit strings with an attentional encoder-decoder.
+"""``seq2seq``: reverse (or sort) variable-length digit strings with an attentional
+encoder-decoder.
 
-Model (Bahdanau et al., 2015; Luong et al., 2015 "attention on top"):
+Data: :mod:`nn_core.datasets.digit_strings` (train and validation sets drawn from
+seeds ``10000 + seed`` and ``20000 + seed``).  Model: :class:`~nn_core.models.Seq2SeqModel`,
+trained with teacher forcing and cross-entropy over the target tokens (padding
+ignored).  Metrics: validation loss and token accuracy (teacher forced), and the exact
+match of greedy decoding.
 
-* encoder: token embedding, bidirectional GRU (or LSTM) over the source with its
-  lengths -> ``enc [S, B, 2H]``;
-* bridge: ``h0 = tanh([h_fw; h_bw] W_b + b_b)`` initialises the decoder;
-* decoder: :class:`~nn_core.recurrent.LSTMCell` over the shifted target (teacher
-  forcing, one ``forward_sequence`` call) -> ``dec [B, T, H]``;
-* :class:`~nn_core.attention.CrossAttention`: ``a = attn(dec, enc)`` with a padding
-  mask on the source;
-* output: ``logits = [dec; a] W_o + b_o`` over the vocabulary, cross-entropy with
-  the padding ignored.
-
-Greedy decoding runs the decoder one step at a time (``LSTMCell.forward``) and
-attends with :class:`~nn_core.attention.CachedCrossAttention`, whose keys/values
-are projected once per source batch.
-
-Vocabulary: ``0`` PAD, ``1`` BOS, ``2`` EOS, ``3..12`` the digits 0-9.
+``Seq2SeqModel`` and the data functions are also importable from here, as in earlier
+versions (checkpoints name ``nn_core.tasks.seq2seq:Seq2SeqModel``).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..attention import create_padding_mask
-from ..layers import Embedding, Linear, Tanh
+from ..datasets.digit_strings import (  # noqa: F401  (re-exported)
+    BOS,
+    EOS,
+    OFFSET,
+    PAD,
+    VOCAB,
+    decode_tokens,
+    encode,
+    make_examples,
+    pad_batch,
+    transform,
+)
 from ..losses import CrossEntropyLoss
-from ..module import Module
-from ._components import BidirectionalEncoder, final_h, state_grad
-from ._trainer import Task
+from ..models.seq2seq import Seq2SeqModel
+from ..training import Task
 
 __all__ = ["Seq2SeqModel", "Seq2SeqTask", "make_examples", "encode", "decode_tokens"]
 
-PAD, BOS, EOS, OFFSET = 0, 1, 2, 3
-VOCAB = 13
-
-
-def encode(digits: str) -> np.ndarray:
-    if not digits or not digits.isdigit():
-        raise ValueError(f"input must be a non-empty string of digits, got {digits!r}")
-    return np.array([OFFSET + int(c) for c in digits], dtype=np.int64)
-
-
-def decode_tokens(tokens) -> str:
-    out = []
-    for t in tokens:
-        t = int(t)
-        if t == EOS:
-            break
-        out.append(str(t - OFFSET) if t >= OFFSET else "?")
-    return "".join(out)
-
-
-def transform(mode, seq):
-    return seq[::-1] if mode == "reverse" else np.sort(seq)
-
-
-def make_examples(n, min_len, max_len, mode, seed):
-    """``n`` random digit sequences (tokens) and their targets, lengths uniform."""
-    rng = np.random.default_rng(seed)
-    lens = rng.integers(min_len, max_len + 1, size=n)
-    src = [rng.integers(OFFSET, OFFSET + 10, size=L) for L in lens]
-    return src, [transform(mode, s) for s in src]
-
-
-def pad_batch(src, tgt=None):
-    """Pad a list of sequences: ``src [B, S]``, lengths; with targets also the decoder
-    input ``[BOS, y]`` and output ``[y, EOS]`` ``[B, T]`` and their lengths."""
-    B = len(src)
-    src_len = np.array([len(s) for s in src])
-    S = int(src_len.max())
-    src_arr = np.full((B, S), PAD, dtype=np.int64)
-    for b, s in enumerate(src):
-        src_arr[b, :len(s)] = s
-    if tgt is None:
-        return src_arr, src_len
-    tgt_len = np.array([len(t) + 1 for t in tgt])
-    T = int(tgt_len.max())
-    tin = np.full((B, T), PAD, dtype=np.int64)
-    tout = np.full((B, T), PAD, dtype=np.int64)
-    for b, t in enumerate(tgt):
-        tin[b, 0] = BOS
-        tin[b, 1:len(t) + 1] = t
-        tout[b, :len(t)] = t
-        tout[b, len(t)] = EOS
-    return src_arr, src_len, tin, tout, tgt_len
-
-
-class Seq2SeqModel(Module):
-    r"""Attentional encoder-decoder over token ids (see the module docstring).
-
-    Parameters
-    ----------
-    vocab_size : int
-        ``V`` (shared by source and target).
-    embed_dim : int
-        ``E``.
-    hidden_size : int
-        ``H``: each encoder direction, the decoder, and the attention ``d_model``.
-    num_heads : int
-        Heads of the cross attention (must divide ``H``).
-    cell : {"gru", "lstm"}
-        Encoder cell.
-    dtype, rng : keyword-only
-
-    Shapes: ``src [B, S]``, ``src_len [B]``, ``tgt_in [B, T]``, ``tgt_len [B]`` (ints),
-    ``logits [B, T, V]``.
-    """
-
-    def __init__(self, vocab_size=VOCAB, embed_dim=32, hidden_size=64, num_heads=4, cell="gru",
-                 *, dtype=np.float32, rng=None):
-        super().__init__(dtype=dtype, rng=rng)
-        from ..attention import CrossAttention
-        from ..recurrent import LSTMCell
-
-        V, E, H = vocab_size, embed_dim, hidden_size
-        if H % num_heads:
-            raise ValueError(f"num_heads must divide hidden_size: got {num_heads} and {H}")
-        self.config = dict(vocab_size=V, embed_dim=E, hidden_size=H, num_heads=num_heads,
-                           cell=cell)
-        kw = dict(dtype=dtype, rng=self.rng)
-        self.src_embed = Embedding(V, E, padding_idx=PAD, **kw)
-        self.tgt_embed = Embedding(V, E, padding_idx=PAD, **kw)
-        self.encoder = BidirectionalEncoder(cell, E, H, **kw)
-        self.bridge = Linear(2 * H, H, **kw)
-        self.bridge_act = Tanh(dtype=dtype)
-        self.decoder = LSTMCell(E, H, **kw)
-        self.attention = CrossAttention(H, num_heads, kv_dim=2 * H, **kw)
-        self.out = Linear(2 * H, V, **kw)
-
-    # ------------------------------------------------------------ encoder
-    def _encode(self, src, src_len):
-        xs = self.src_embed(src)                                    # (B, S, E)
-        enc, (sf, sb) = self.encoder(np.ascontiguousarray(xs.transpose(1, 0, 2)), src_len)
-        h0 = self.bridge_act(self.bridge(np.concatenate([final_h(sf), final_h(sb)], -1)))
-        ctx = np.ascontiguousarray(enc.transpose(1, 0, 2))          # (B, S, 2H)
-        mask = create_padding_mask(src_len, src.shape[1])           # (B, 1, 1, S)
-        return ctx, h0, mask
-
-    def forward(self, src, src_len, tgt_in, tgt_len):
-        """Teacher-forced logits ``[B, T, V]``."""
-        src, tgt_in = np.asarray(src), np.asarray(tgt_in)
-        ctx, h0, mask = self._encode(src, src_len)
-        xt = self.tgt_embed(tgt_in).transpose(1, 0, 2)              # (T, B, E)
-        c0 = np.zeros_like(h0)
-        dec, _ = self.decoder.forward_sequence(np.ascontiguousarray(xt), (h0, c0),
-                                               lengths=tgt_len)
-        q = np.ascontiguousarray(dec.transpose(1, 0, 2))            # (B, T, H)
-        a = self.attention(q, ctx, mask=mask)                       # (B, T, H)
-        self._cache = True
-        return self.out(np.concatenate([q, a], -1))                 # (B, T, V)
-
-    def backward(self, grad_logits):
-        """Accumulate every parameter gradient; the (integer) inputs get ``None``."""
-        self._pop_cache()
-        H = self.config["hidden_size"]
-        g_cat = self.out.backward(grad_logits)                      # (B, T, 2H)
-        g_q2, g_ctx = self.attention.backward(np.ascontiguousarray(g_cat[..., H:]))
-        g_dec = (g_cat[..., :H] + g_q2).transpose(1, 0, 2)          # (T, B, H)
-        g_xt, (g_h0, _g_c0) = self.decoder.backward_sequence(np.ascontiguousarray(g_dec))
-        self.tgt_embed.backward(g_xt.transpose(1, 0, 2))
-        g_fin = self.bridge.backward(self.bridge_act.backward(g_h0))  # (B, 2H)
-        cell = self.config["cell"]
-        g_state = (state_grad(cell, np.ascontiguousarray(g_fin[:, :H])),
-                   state_grad(cell, np.ascontiguousarray(g_fin[:, H:])))
-        g_xs, _ = self.encoder.backward(g_ctx.transpose(1, 0, 2), g_state)
-        self.src_embed.backward(g_xs.transpose(1, 0, 2))
-        return None, None, None, None
-
-    # ------------------------------------------------------------ decoding
-    def greedy_decode(self, src, src_len, max_len):
-        """Greedy decoding with the LSTM step API and :class:`CachedCrossAttention`.
-
-        Returns int tokens ``[B, <= max_len]`` (EOS included where produced).
-        """
-        from ..attention import CachedCrossAttention
-
-        H = self.config["hidden_size"]
-        ctx, h0, mask = self._encode(np.asarray(src), src_len)
-        cross = CachedCrossAttention(H, self.config["num_heads"], kv_dim=2 * H,
-                                     dtype=self.dtype)
-        cross.load_state_dict(self.attention.state_dict())
-        cross.eval()
-        cross.set_context(ctx)                                      # K, V projected once
-        B = ctx.shape[0]
-        state = (h0, np.zeros_like(h0))
-        tok = np.full(B, BOS, dtype=np.int64)
-        done = np.zeros(B, dtype=bool)
-        out = []
-        try:
-            for _ in range(max_len):
-                h, c = self.decoder.forward(self.tgt_embed(tok), state)   # (B, H)
-                a = cross.forward(h[:, None, :], mask=mask)[:, 0]           # (B, H)
-                logits = self.out(np.concatenate([h, a], -1))
-                tok = np.where(done, PAD, logits.argmax(-1))
-                out.append(tok)
-                done |= tok == EOS
-                state = (h, c)
-                if done.all():
-                    break
-        finally:
-            self.decoder.reset()
-            cross.clear_cache()
-            for m in self.modules():
-                m._cache = None
-        return np.stack(out, axis=1)
-
 
 class Seq2SeqTask(Task):
+    """The ``seq2seq`` task (see the module docstring); ``config`` as built by
+    :meth:`config_from_args`."""
+
     name = "seq2seq"
     description = "reverse or sort digit strings (bidirectional encoder, LSTM decoder + attention)"
     defaults = dict(epochs=6, batch_size=64, lr=1e-2, hidden=96, embed=32, heads=4, cell="gru",
