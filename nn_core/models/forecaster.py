@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._validation import check_grad_output
 from ..layers import Linear
 from ..module import Module
 from ._common import cell_class, final_h, state_grad
@@ -74,15 +75,15 @@ class Forecaster(Module):
     def forward(self, x):
         x = np.asarray(x, dtype=self.dtype)
         _, state = self.rnn.forward_sequence(np.ascontiguousarray(x.transpose(1, 0, 2)))
-        self._cache = x.shape
+        self._save_cache(x.shape)
         return x[:, -1] + self.head(final_h(state))
 
     def backward(self, grad_output):
-        shape = self._pop_cache()
-        g = np.asarray(grad_output, dtype=self.dtype)
+        shape = self._peek_cache()
+        g = check_grad_output(grad_output, (shape[0], shape[2]), self.dtype)
+        self._pop_cache()
         gh = self.head.backward(g)
         gx, _ = self.rnn.backward_sequence(None, state_grad(self.cell_type, gh))
         gx = np.ascontiguousarray(gx.transpose(1, 0, 2))
         gx[:, -1] += g
-        assert gx.shape == shape
         return gx

@@ -154,7 +154,7 @@ class Seq2SeqModel(Module):
                                                lengths=tgt_len)
         q = np.ascontiguousarray(dec.transpose(1, 0, 2))            # (B, T, H)
         a = self.attention(q, ctx, mask=mask)                       # (B, T, H)
-        self._cache = True
+        self._save_cache(True)
         return self.out(np.concatenate([q, a], -1))                 # (B, T, V)
 
     def backward(self, grad_logits):
@@ -206,6 +206,5 @@ class Seq2SeqModel(Module):
         finally:
             self.decoder.reset()
             cross.clear_cache()
-            for m in self.modules():
-                m._cache = None
+            self._drop_caches()
         return np.stack(out, axis=1)

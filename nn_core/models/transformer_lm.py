@@ -98,7 +98,10 @@ class TransformerBlock(Module):
         """``x [B, L, d]`` -> ``[B, L, d]``; with ``kv_cache``: incremental decoding."""
         x = x + self.attn(self.ln1(x), is_causal=True, kv_cache=kv_cache)
         x = x + self.mlp(self.ln2(x))
-        self._cache = True if kv_cache is None else None   # no backward after decoding
+        if kv_cache is None:
+            self._save_cache(True)
+        else:
+            self._save_no_backward("the forward used a kv_cache (decoding is inference only)")
         return x
 
     def backward(self, grad_output):
@@ -209,7 +212,10 @@ class TransformerLM(Module):
         x = self.tok_embed(ids) + self.pos_embed(np.arange(start, start + L))
         for i, blk in enumerate(self.blocks):
             x = blk(x, None if kv_caches is None else kv_caches[i])
-        self._cache = True if kv_caches is None else None
+        if kv_caches is None:
+            self._save_cache(True)
+        else:
+            self._save_no_backward("the forward used kv_caches (decoding is inference only)")
         return self.head(self.ln_f(x))
 
     def backward(self, grad_logits):
@@ -257,6 +263,5 @@ class TransformerLM(Module):
             if k + 1 < steps:
                 logits = self.forward(tok[:, None], kv_caches=caches, start=P + k)[:, -1]
         seconds = time.perf_counter() - t0
-        for m in self.modules():
-            m._cache = None
+        self._drop_caches()
         return np.stack(out, axis=1), seconds

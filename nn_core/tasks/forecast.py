@@ -94,9 +94,7 @@ class ForecastTask(Task):
         se = 0.0
         for i in range(0, len(self.val_x), batch_size):
             pred = model(self.val_x[i:i + batch_size])
-            model._cache = None
-            model.rnn._cache = None
-            model.head._cache = None
+            model._drop_caches()
             se += float(((pred - self.val_y[i:i + batch_size]) ** 2).sum())
         mse = se / self.val_y.size
         persist = float(((self.val_x[:, -1] - self.val_y) ** 2).mean())
@@ -115,7 +113,7 @@ class ForecastTask(Task):
         idx = np.sort(rng.choice(len(self.val_x), size=min(args.num, len(self.val_x)),
                                  replace=False))
         pred = model(self.val_x[idx])
-        model._cache = None
+        model._drop_caches()
         to_raw = lambda z: z * self.std + self.mean  # noqa: E731
         out(f"{'last observed (x, y, z)':>28} | {'true':>24} | {'predicted':>24} | "
             "max |error|: persistence vs model")

@@ -137,8 +137,7 @@ class LanguageModelTask(Task):
         for i in range(0, len(self.val_blocks), batch_size):
             blk = self.val_blocks[i:i + batch_size]
             logits = model(blk[:, :-1])
-            for m in model.modules():
-                m._cache = None
+            model._drop_caches()
             tot += float(loss_fn(logits, blk[:, 1:]))
             n_tok += blk[:, 1:].size
             ans = answer_mask(blk)[:, 1:]
