@@ -13,6 +13,7 @@ for baseline x86-64, and the copy is chosen at run time with ``__builtin_cpu_sup
 import os
 from glob import glob
 
+import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
@@ -32,7 +33,7 @@ extensions = [
     Extension(
         "nn_core._kernels." + os.path.splitext(os.path.basename(path))[0],
         [path],
-        include_dirs=["src_pyx"],
+        include_dirs=["src_pyx", numpy.get_include()],
         extra_compile_args=CFLAGS,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )
