@@ -451,3 +451,85 @@ def test_stacked_lstm_backward_bad_grad_keeps_cache_for_retry(rng):
     assert gx.shape == x.shape
     with pytest.raises(RuntimeError):
         m.backward(go)
+
+
+# ------------------------------------------------------- layer-building API --
+def test_cell_class_registry():
+    from nn_core.recurrent._base import cell_class
+    assert cell_class("rnn") is RNNCell and cell_class("LSTM") is LSTMCell
+    assert cell_class("gru") is GRUCell and cell_class(GRUCell) is GRUCell
+    with pytest.raises(ValueError, match="cell_type"):
+        cell_class("transformer")
+    with pytest.raises(TypeError, match="cell_type"):
+        cell_class(dict)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_layer_api_equals_sequence_api(kind, rng):
+    """check_sequence + state_arrays + run_sequence / check_grad_state +
+    run_sequence_backward compute what forward_sequence / backward_sequence do."""
+    T, B, D, H = 5, 3, 4, 3
+    x = rng.standard_normal((B, T, D))                      # batch-first input
+    lengths = np.array([5, 2, 4])
+    state, gfin = rand_state(rng, kind, B, H), rand_state(rng, kind, B, H)
+    go = rng.standard_normal((B, T, H))
+    ref = make_cell(kind, D, H, batch_first=True)
+    out_r, fin_r = ref.forward_sequence(x, state, lengths)
+    gx_r, g0_r = ref.backward_sequence(go, gfin)
+
+    cell = make_cell(kind, D, H)                            # time-major cell
+    assert cell.has_cell_state == is_lstm(kind)
+    xt, lens = cell.check_sequence(x, lengths, batch_first=True)
+    assert xt.shape == (T, B, D) and xt.flags.c_contiguous and lens.dtype == np.int64
+    h0, c0 = cell.state_arrays(state, B)
+    assert (c0 is not None) == is_lstm(kind)
+    out, fin, cache = cell.run_sequence(xt, h0, c0, lens)
+    gh, gc = cell.check_grad_state(gfin, B)
+    gx, gh0, gc0 = cell.run_sequence_backward(
+        cache, np.ascontiguousarray(go.transpose(1, 0, 2)), gh, gc)
+    np.testing.assert_array_equal(out.transpose(1, 0, 2), out_r)
+    np.testing.assert_array_equal(gx.transpose(1, 0, 2), gx_r)
+    if is_lstm(kind):
+        for a, b in zip((*fin, gh0, gc0), (*fin_r, *g0_r)):
+            np.testing.assert_array_equal(a, b)
+    else:
+        np.testing.assert_array_equal(fin, fin_r)
+        np.testing.assert_array_equal(gh0, g0_r)
+        assert gc0 is None
+    for k in ref.grads:
+        np.testing.assert_array_equal(cell.grads[k], ref.grads[k])
+
+
+def test_layer_api_errors():
+    lstm, gru = LSTMCell(2, 3), GRUCell(2, 3)
+    with pytest.raises(ValueError, match="input_size: expected 2, got 4"):
+        lstm.check_sequence(np.ones((3, 1, 4)))
+    with pytest.raises(ValueError, match="prefix mask"):
+        lstm.check_sequence(np.ones((1, 3, 2)), np.array([[True, False, True]]),
+                            batch_first=True)
+    with pytest.raises(ValueError, match=r"state\[0\] must be a tuple \(h, c\)"):
+        lstm.state_arrays(np.ones((1, 3)), 1, "state[0]")
+    with pytest.raises(ValueError, match="must be one"):
+        gru.state_arrays((np.ones((1, 3)),) * 2, 1)
+    with pytest.raises(ValueError, match=r"grad_state c must have shape \(1, 3\)"):
+        lstm.check_grad_state((None, np.ones((2, 3))), 1)
+    with pytest.raises(ValueError, match=r"must be a tuple \(grad_h, grad_c\)"):
+        lstm.check_grad_state(np.ones((1, 3)), 1)
+    gru.forward_sequence(np.ones((2, 1, 2)))
+    with pytest.raises(ValueError, match="grad_final_state must be one"):
+        gru.backward_sequence(None, (np.ones((1, 3)), np.ones((1, 3))))
+    assert lstm.check_grad_state(None, 1) == (None, None)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_backward_sequence_bad_grad_keeps_cache_for_retry(kind, rng):
+    cell = make_cell(kind, 3, 4)
+    out, fin = cell.forward_sequence(rng.standard_normal((5, 2, 3)))
+    with pytest.raises(ValueError, match="grad_output"):
+        cell.backward_sequence(np.ones((5, 2, 3)))
+    with pytest.raises(ValueError, match="grad_final_state"):
+        cell.backward_sequence(np.ones_like(out), rand_state(rng, kind, 3, 4))
+    gx, _ = cell.backward_sequence(np.ones_like(out))
+    assert gx.shape == (5, 2, 3)
+    with pytest.raises(RuntimeError, match="without a matching forward"):
+        cell.backward_sequence(np.ones_like(out))

@@ -1,19 +1,20 @@
 """Recurrent cells and layers (API.md §3) over compiled BPTT kernels.
 
-``RNNCell``, ``LSTMCell``, ``GRUCell`` (one-step and whole-sequence APIs) and
-``StackedLSTM``; the kernels are ``nn_core._kernels._recurrent``.
+Cells: ``RNNCell``, ``LSTMCell``, ``GRUCell`` (one-step and whole-sequence APIs; the
+kernels are ``nn_core._kernels._recurrent``).  Layers, composed from the cells' public
+sequence API: ``StackedLSTM``, ``BidirectionalWrapper``, ``BidirectionalRNNCell``,
+``BidirectionalGRU``, ``StackedBidirectional``.
+
+Import graph (no cycles): ``_base`` <- ``stacked`` <- ``bidirectional`` <- the cell
+modules (``rnn_cell``, ``gru_cell`` define the bidirectional convenience classes,
+``lstm_cell`` the stacked LSTM).
 """
 from ._base import RecurrentCell
-from .gru_cell import GRUCell
+from .bidirectional import BidirectionalWrapper, StackedBidirectional
+from .gru_cell import BidirectionalGRU, GRUCell
 from .lstm_cell import LSTMCell, StackedLSTM
-from .rnn_cell import RNNCell
+from .rnn_cell import BidirectionalRNNCell, RNNCell
 
-__all__ = ["RecurrentCell", "RNNCell", "LSTMCell", "GRUCell", "StackedLSTM"]
-
-# Bidirectional layers (issue 5)
-from .bidirectional import BidirectionalWrapper, StackedBidirectional  # noqa: E402
-from .gru_cell import BidirectionalGRU  # noqa: E402
-from .rnn_cell import BidirectionalRNNCell  # noqa: E402
-
-__all__ += ["BidirectionalWrapper", "BidirectionalRNNCell", "BidirectionalGRU",
-            "StackedBidirectional"]
+__all__ = ["RecurrentCell", "RNNCell", "LSTMCell", "GRUCell", "StackedLSTM",
+           "BidirectionalWrapper", "BidirectionalRNNCell", "BidirectionalGRU",
+           "StackedBidirectional"]

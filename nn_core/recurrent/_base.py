@@ -9,13 +9,14 @@
   sequence in one call of the compiled kernel ``nn_core._kernels._recurrent``.
 
 A step is the sequence kernel with ``T = 1``, so both levels compute the same numbers
-by construction.  The low-level pair :meth:`RecurrentCell.run_sequence` /
-:meth:`RecurrentCell.run_sequence_backward` works on time-major contiguous arrays, keeps
-no cache on the module (it returns it) and accepts ``reverse=True`` (each sequence starts
-at its own last real step): the bidirectional layers build on it; the kernels release
-the GIL for their whole loop, so two directions (two cells) can run on two Python
-threads.  A cell recycles its work buffers through a private pool, so one cell must not
-run two sequences concurrently.
+by construction.
+
+Layers built on cells (:class:`~nn_core.recurrent.BidirectionalWrapper`, the stacks)
+use only the cells' public layer-building API (see :class:`RecurrentCell`).  Its
+low-level pair :meth:`RecurrentCell.run_sequence` / :meth:`~RecurrentCell.run_sequence_backward`
+keeps no cache on the module (it returns it) and releases the GIL for the whole kernel
+loop, so two cells can run on two Python threads.  A cell recycles its work buffers
+through a private pool, so one cell must not run two sequences concurrently.
 
 With more than one core and a thread budget of at least two (:mod:`nn_core._parallel`)
 a sweep over ``B >= MIN_SPLIT_ROWS`` rows runs on two threads itself: batch rows never
@@ -43,8 +44,8 @@ from .._validation import (
 from .. import _parallel
 from ..module import Module
 
-__all__ = ["RecurrentCell", "SequenceCache", "resolve_lengths", "time_major_grad",
-           "row_halves"]
+__all__ = ["RecurrentCell", "SequenceCache", "cell_class", "resolve_lengths",
+           "time_major_grad", "user_layout", "spawn_rng", "row_halves"]
 
 # Batch-row split of one sweep: each half keeps at least 32 rows (smaller halves lose
 # more to the thread hand-off than they gain; docs/performance.md).
@@ -101,6 +102,50 @@ def time_major_grad(grad_output, dtype, batch_first, T, B, F):
     return go.transpose(1, 0, 2) if batch_first else go
 
 
+def user_layout(a, batch_first):
+    """A time-major ``[T, B, F]`` result in the user's layout: a contiguous
+    ``[B, T, F]`` copy when ``batch_first``, else ``a`` itself."""
+    return np.ascontiguousarray(a.transpose(1, 0, 2)) if batch_first else a
+
+
+def spawn_rng(rng: np.random.Generator) -> np.random.Generator:
+    """An independent generator derived from ``rng`` (deterministic for a seeded one):
+    how a layer gives each of its cells its own weight stream."""
+    try:
+        return rng.spawn(1)[0]
+    except (AttributeError, TypeError, ValueError):  # pragma: no cover - old numpy
+        return np.random.default_rng(rng.integers(2 ** 63))
+
+
+# "rnn" / "lstm" / "gru" -> cell class; each cell class registers itself when its
+# module is imported (``class LSTMCell(RecurrentCell, cell_type="lstm")``), so layers
+# look cells up by name without importing the cell modules.
+_CELL_TYPES: dict = {}
+
+
+def cell_class(cell_type):
+    """The cell class of ``cell_type``: ``"rnn"``, ``"lstm"``, ``"gru"`` (any case) or
+    a :class:`RecurrentCell` subclass (returned as is).
+
+    Raises
+    ------
+    ValueError
+        An unknown name.
+    TypeError
+        Neither a name nor a cell class.
+    """
+    if isinstance(cell_type, str):
+        cls = _CELL_TYPES.get(cell_type.lower())
+        if cls is None:
+            raise ValueError(f"cell_type must be 'rnn', 'lstm', 'gru' or a cell class, "
+                             f"got {cell_type!r}")
+        return cls
+    if isinstance(cell_type, type) and issubclass(cell_type, RecurrentCell):
+        return cell_type
+    raise TypeError(f"cell_type must be 'rnn', 'lstm', 'gru' or a cell class, got "
+                    f"{cell_type!r}")
+
+
 def _orthogonal(rng, n, dtype):
     """An ``n x n`` orthogonal matrix drawn uniformly (QR of a Gaussian, sign-fixed)."""
     q, r = np.linalg.qr(rng.standard_normal((n, n)))
@@ -110,11 +155,37 @@ def _orthogonal(rng, n, dtype):
 class RecurrentCell(Module):
     """Base class of the three cells (not used directly).
 
-    Subclasses set ``_GATES`` and implement :meth:`_kind` (the kernel's cell code).
+    Subclasses set ``_GATES`` (and ``_HAS_CELL_STATE`` for a ``(h, c)`` state),
+    implement :meth:`_kind` (the kernel's cell code) and register a name for
+    :func:`cell_class` with ``class XCell(RecurrentCell, cell_type="x")``.
+
+    Layers built on cells use the layer-building API below and nothing else:
+    :attr:`has_cell_state`, :meth:`check_sequence`, :meth:`state_arrays`,
+    :meth:`check_grad_state`, :meth:`run_sequence` and :meth:`run_sequence_backward`.
+    A layer's public ``forward`` checks its arguments once with the first four and
+    runs the kernels with the last two; its ``backward`` checks ``grad_output``
+    (:func:`time_major_grad`) and the final-state gradient before consuming its cache.
+
+    Examples
+    --------
+    A one-direction layer in a few lines (what ``forward_sequence`` does):
+
+    >>> from nn_core.recurrent import LSTMCell
+    >>> cell = LSTMCell(3, 4, dtype=np.float64, rng=0)
+    >>> x, lengths = cell.check_sequence(np.ones((5, 2, 3)), [5, 2])
+    >>> h0, c0 = cell.state_arrays(None, x.shape[1])
+    >>> out, (h, c), cache = cell.run_sequence(x, h0, c0, lengths)
+    >>> gh, gc = cell.check_grad_state((np.ones((2, 4)), None), x.shape[1])
+    >>> grad_x, grad_h0, grad_c0 = cell.run_sequence_backward(cache, None, gh, gc)
     """
 
     _GATES = 1
     _HAS_CELL_STATE = False
+
+    def __init_subclass__(cls, cell_type=None, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cell_type is not None:
+            _CELL_TYPES[cell_type] = cls
 
     def __init__(self, input_size, hidden_size, bias=True, *, batch_first=False,
                  recurrent_init="uniform", dtype=np.float32, rng=None):
@@ -145,9 +216,9 @@ class RecurrentCell(Module):
     # ------------------------------------------------------------ kernel glue
     # Work buffers are recycled through a small per-module pool: a forward takes
     # its gate/state buffers from it and the matching backward gives them back,
-    # together with its own scratch.  Fresh multi-megabyte arrays every call cost
-    # page faults (~15% of an S-shape LSTM step in perf); the pool holds at most
-    # one spare per shape, like a caching allocator.  ``reset()`` empties it.
+    # together with its own scratch, which spares the page faults of fresh large
+    # arrays.  At most one spare per shape, like a caching allocator; ``reset()``
+    # empties it.
     def _take(self, name, shape, fill=None):
         spare = self._pool.pop((name, shape), None)
         if spare is None:
@@ -181,7 +252,12 @@ class RecurrentCell(Module):
     def _dummy(self):
         return np.zeros((1, 1, 1), self.dtype)
 
-    # --------------------------------------------------------- validation glue
+    # ------------------------------------------------- layer-building API
+    @property
+    def has_cell_state(self) -> bool:
+        """``True`` when the state is ``(h, c)`` (LSTM), ``False`` when it is ``h``."""
+        return self._HAS_CELL_STATE
+
     def _check_input(self, x, name, ndim):
         x = as_float_array(x, name, self.dtype, ndim=ndim)
         if x.shape[-1] != self.input_size:
@@ -189,9 +265,64 @@ class RecurrentCell(Module):
                              f"{self.input_size}, got {x.shape[-1]}")
         return x
 
-    def _state_arrays(self, state, B, name="state"):
-        """``(h0, c0)`` as contiguous ``[B, H]`` arrays (zeros for ``None``)."""
-        H = self.hidden_size
+    def check_sequence(self, x, lengths=None, *, batch_first=None):
+        """Check a user input sequence and make it kernel-ready.
+
+        Parameters
+        ----------
+        x : array_like ``[T, B, D]`` (``[B, T, D]`` when ``batch_first``)
+            Real values of any dtype (cast to the cell's).
+        lengths : None, int array_like ``[B]`` or bool array ``[T, B]`` (``[B, T]``)
+            ``None``: every sequence has ``T`` steps.  Ints need
+            ``1 <= lengths[b] <= T``; a boolean prefix mask marks the real steps.
+        batch_first : bool, keyword-only, optional
+            Layout of ``x`` (and of a mask); default the cell's ``batch_first``.
+            A layer with a layout of its own passes it here.
+
+        Returns
+        -------
+        x : ndarray ``[T, B, D]``
+            Time-major, C-contiguous, in the cell's dtype (the caller's array is
+            never modified; it may be returned when it already fits).
+        lengths : int64 ndarray ``[B]``
+
+        Raises
+        ------
+        ValueError, TypeError
+            ``x`` not ``[*, *, input_size]`` or not real; bad lengths or mask.
+        """
+        bf = self.batch_first if batch_first is None else bool(batch_first)
+        x = self._check_input(x, "x", 3)
+        if bf:
+            x = x.transpose(1, 0, 2)
+        x = np.ascontiguousarray(x)
+        T, B, _ = x.shape
+        return x, resolve_lengths(lengths, T, B, bf)
+
+    def state_arrays(self, state, batch_size, name="state"):
+        """Kernel initial-state arrays from a user state.
+
+        Parameters
+        ----------
+        state : None, ``h [B, H]`` or, with :attr:`has_cell_state`, ``(h, c)``
+            ``None`` (or a ``None`` part) means zeros.
+        batch_size : int
+        name : str
+            How errors name the argument (e.g. ``"state[0]"``).
+
+        Returns
+        -------
+        h0 : ndarray ``[B, H]``
+            C-contiguous, cell dtype.
+        c0 : ndarray ``[B, H]`` or None
+            ``None`` without a cell state.
+
+        Raises
+        ------
+        ValueError, TypeError
+            Wrong structure (``h`` for ``(h, c)`` or the reverse) or shape; non-real.
+        """
+        B, H = batch_size, self.hidden_size
         if self._HAS_CELL_STATE:
             if state is None:
                 return np.zeros((B, H), self.dtype), np.zeros((B, H), self.dtype)
@@ -216,26 +347,77 @@ class RecurrentCell(Module):
         check_shape(arr, name, (B, H))
         return np.ascontiguousarray(arr), None
 
-    def _lengths(self, lengths, T, B):
-        return resolve_lengths(lengths, T, B, self.batch_first)
+    def _grad_part(self, g, name, B):
+        if g is None:
+            return None
+        arr = as_float_array(g, name, self.dtype)
+        check_shape(arr, name, (B, self.hidden_size))
+        return arr
 
-    # ---------------------------------------------------- low-level sequences
-    def run_sequence(self, x, h0, c0=None, lengths=None, reverse=False):
-        """Run the kernel on checked, time-major, contiguous arrays.
+    def check_grad_state(self, grad_state, batch_size, name="grad_state"):
+        """Check the gradient of a final state (the user format of the state).
 
         Parameters
         ----------
-        x : ndarray ``[T, B, D]``, C-contiguous, module dtype.
-        h0, c0 : ndarray ``[B, H]`` (``c0`` LSTM only).
-        lengths : int64 ndarray ``[B]`` or None (all ``T``).
-        reverse : bool
-            Run right to left; each sequence starts at its last real step.
+        grad_state : None, ``grad_h [B, H]`` or, with :attr:`has_cell_state`,
+            ``(grad_h, grad_c)`` (either part may be None).
+        batch_size : int
+        name : str
+            How errors name the argument.
 
         Returns
         -------
-        out : ndarray ``[T, B, H]`` (time order, 0 at padded positions)
+        grad_h, grad_c : ndarray ``[B, H]`` or None
+            In the cell's dtype (``grad_c`` is None without a cell state); ready for
+            :meth:`run_sequence_backward`.
+
+        Raises
+        ------
+        ValueError, TypeError
+            Wrong structure or shape; non-real values.
+        """
+        if grad_state is None:
+            return None, None
+        B = batch_size
+        if self._HAS_CELL_STATE:
+            if not isinstance(grad_state, (tuple, list)) or len(grad_state) != 2:
+                raise ValueError(f"{name} must be a tuple (grad_h, grad_c) of [B, H] "
+                                 f"arrays or None, got {type(grad_state).__name__}")
+            return (self._grad_part(grad_state[0], f"{name} h", B),
+                    self._grad_part(grad_state[1], f"{name} c", B))
+        if isinstance(grad_state, (tuple, list)):
+            raise ValueError(f"{name} must be one [B, H] array for "
+                             f"{type(self).__name__}, got a {type(grad_state).__name__}")
+        return self._grad_part(grad_state, name, B), None
+
+    # ---------------------------------------------------- low-level sequences
+    def run_sequence(self, x, h0, c0=None, lengths=None, reverse=False):
+        """Run the forward kernel on checked, time-major, contiguous arrays.
+
+        Nothing is validated here: pass what :meth:`check_sequence` and
+        :meth:`state_arrays` return.  No cache is kept on the module.
+
+        Parameters
+        ----------
+        x : ndarray ``[T, B, D]``
+            C-contiguous, cell dtype.
+        h0 : ndarray ``[B, H]``
+            C-contiguous initial hidden state.
+        c0 : ndarray ``[B, H]`` or None
+            Initial cell state (required with :attr:`has_cell_state`, else ignored).
+        lengths : int64 ndarray ``[B]`` or None
+            Real steps per sequence (None: all ``T``).
+        reverse : bool
+            Run right to left; each sequence starts at its own last real step.
+
+        Returns
+        -------
+        out : ndarray ``[T, B, H]``
+            Hidden states in time order, 0 at padded positions.
         final : ``h [B, H]`` or ``(h, c)``
+            State after each sequence's last real step (fresh arrays).
         cache : SequenceCache
+            Everything :meth:`run_sequence_backward` needs; consume it once.
         """
         T, B, _ = x.shape
         H, GH = self.hidden_size, self._GATES * self.hidden_size
@@ -287,9 +469,25 @@ class RecurrentCell(Module):
     def run_sequence_backward(self, cache, grad_out=None, grad_h=None, grad_c=None):
         """BPTT through ``cache``; accumulates parameter gradients into ``grads``.
 
-        ``grad_out [T, B, H]`` (time-major, contiguous, module dtype) or None;
-        ``grad_h``, ``grad_c`` ``[B, H]`` gradients of the final state or None.
-        Returns ``(grad_x [T, B, D], grad_h0 [B, H], grad_c0 [B, H] or None)``.
+        Nothing is validated here: pass a ``grad_out`` checked by
+        :func:`time_major_grad` and the parts :meth:`check_grad_state` returns.
+        ``cache`` is consumed (its buffers go back to the cell's pool).
+
+        Parameters
+        ----------
+        cache : SequenceCache
+            From :meth:`run_sequence`.
+        grad_out : ndarray ``[T, B, H]`` or None
+            Time-major, C-contiguous, cell dtype; None: the output gets no gradient.
+        grad_h, grad_c : ndarray ``[B, H]`` or None
+            Gradients of the final state (None: zero).
+
+        Returns
+        -------
+        grad_x : ndarray ``[T, B, D]``
+        grad_h0 : ndarray ``[B, H]``
+        grad_c0 : ndarray ``[B, H]`` or None
+            None without a cell state.
         """
         x = cache.x
         T, B, _ = x.shape
@@ -349,7 +547,7 @@ class RecurrentCell(Module):
         """One time step (pushes its cache; see the class docstring)."""
         x = self._check_input(x_t, "x_t", 2)
         B = x.shape[0]
-        h0, c0 = self._state_arrays(state, B)
+        h0, c0 = self.state_arrays(state, B)
         x3 = np.ascontiguousarray(x)[None]
         _, final, cache = self.run_sequence(x3, h0, c0)
         self._steps.append(cache)
@@ -365,8 +563,8 @@ class RecurrentCell(Module):
             require_forward(None, self)
         cache = self._steps[-1]
         B = cache.x.shape[1]
-        gh = self._grad_state_part(grad_h, "grad_h", B)
-        gc = self._grad_state_part(grad_c, "grad_c", B) if self._HAS_CELL_STATE else None
+        gh = self._grad_part(grad_h, "grad_h", B)
+        gc = self._grad_part(grad_c, "grad_c", B) if self._HAS_CELL_STATE else None
         if not self._HAS_CELL_STATE and grad_c is not None:
             raise ValueError(f"grad_c must be None for {type(self).__name__} "
                              f"(it has no cell state)")
@@ -379,52 +577,28 @@ class RecurrentCell(Module):
     def reset(self):
         """Drop every pushed step cache (and a pending sequence cache)."""
         self._steps.clear()
-        self._cache = None
+        self._drop_caches()
         self._pool.clear()
-
-    def _grad_state_part(self, g, name, B):
-        if g is None:
-            return None
-        arr = as_float_array(g, name, self.dtype)
-        check_shape(arr, name, (B, self.hidden_size))
-        return arr
 
     # -------------------------------------------------------- whole sequence
     def forward_sequence(self, x, state=None, lengths=None, reverse=False):
         """Whole sequence in one kernel call (see the class docstring)."""
-        x = self._check_input(x, "x", 3)
-        if self.batch_first:
-            x = x.transpose(1, 0, 2)
-        x = np.ascontiguousarray(x)
-        T, B, _ = x.shape
-        lens = self._lengths(lengths, T, B)
-        h0, c0 = self._state_arrays(state, B)
+        x, lens = self.check_sequence(x, lengths)
+        h0, c0 = self.state_arrays(state, x.shape[1])
         out, final, cache = self.run_sequence(x, h0, c0, lens, reverse)
-        self._cache = cache
-        if self.batch_first:
-            out = np.ascontiguousarray(out.transpose(1, 0, 2))
-        return out, final
+        self._save_cache(cache)
+        return user_layout(out, self.batch_first), final
 
     def backward_sequence(self, grad_output, grad_final_state=None):
         """BPTT of the last :meth:`forward_sequence` (one backward per forward)."""
-        cache = self._cache
-        require_forward(cache, self)
+        cache = self._peek_cache()
         T, B, _ = cache.x.shape
-        H = self.hidden_size
-        go = time_major_grad(grad_output, self.dtype, self.batch_first, T, B, H)
+        go = time_major_grad(grad_output, self.dtype, self.batch_first, T, B,
+                             self.hidden_size)
+        gh, gc = self.check_grad_state(grad_final_state, B, "grad_final_state")
+        self._pop_cache()
         if go is not None:
             go = np.ascontiguousarray(go)
-        gh = gc = None
-        if grad_final_state is not None:
-            if self._HAS_CELL_STATE:
-                if not isinstance(grad_final_state, (tuple, list)) or len(grad_final_state) != 2:
-                    raise ValueError("grad_final_state must be a tuple (grad_h, grad_c)")
-                gh = self._grad_state_part(grad_final_state[0], "grad_final_state h", B)
-                gc = self._grad_state_part(grad_final_state[1], "grad_final_state c", B)
-            else:
-                gh = self._grad_state_part(grad_final_state, "grad_final_state", B)
-        self._cache = None
         gx, gh0, gc0 = self.run_sequence_backward(cache, go, gh, gc)
-        if self.batch_first:
-            gx = np.ascontiguousarray(gx.transpose(1, 0, 2))
-        return gx, ((gh0, gc0) if self._HAS_CELL_STATE else gh0)
+        return user_layout(gx, self.batch_first), ((gh0, gc0) if self._HAS_CELL_STATE
+                                                   else gh0)

@@ -24,18 +24,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._validation import (
-    as_float_array,
-    check_choice,
-    check_positive_int,
-    check_probability,
-    check_shape,
-    make_rng,
-    require_forward,
-)
+from .._validation import check_choice, check_positive_int, check_probability, make_rng
 from .. import _parallel
 from ..module import Module, ModuleList
-from ._base import RecurrentCell, resolve_lengths, time_major_grad
+from ._base import RecurrentCell, cell_class, spawn_rng, time_major_grad, user_layout
+from .stacked import _Stack
 
 __all__ = ["BidirectionalWrapper", "StackedBidirectional", "MERGE_MODES"]
 
@@ -51,15 +44,7 @@ def _fresh_like(cell, rng):
     return type(cell)(*args, **kwargs)
 
 
-def _child_rng(rng: np.random.Generator) -> np.random.Generator:
-    """An independent generator derived from ``rng`` (deterministic for a seeded one)."""
-    try:
-        return rng.spawn(1)[0]
-    except (AttributeError, TypeError, ValueError):  # pragma: no cover - old numpy
-        return np.random.default_rng(rng.integers(2 ** 63))
-
-
-def _split_state(state, name):
+def _split_pair(state, name):
     """``(state_fw, state_bw)`` from a user ``state`` (``None`` -> ``(None, None)``)."""
     if state is None:
         return None, None
@@ -71,21 +56,13 @@ def _split_state(state, name):
     return state[0], state[1]
 
 
-def _pack_state(cell, h, c):
-    return (h, c) if cell._HAS_CELL_STATE else h
-
-
-def _time_major_grad(layer, grad_output, T, B):
-    """``grad_output`` checked against the layer's output shape, as ``[T, B, F]`` (or None)."""
-    return time_major_grad(grad_output, layer.dtype, layer.batch_first, T, B,
-                           layer.output_size)
-
-
 @dataclass
 class _Cache:
-    cache_fw: object
+    """What :meth:`BidirectionalWrapper.run_sequence_backward` needs (time-major)."""
+
+    cache_fw: object               # the cells' SequenceCache
     cache_bw: object
-    out_fw: np.ndarray | None      # kept for merge_mode="mul"
+    out_fw: np.ndarray | None      # [T, B, H] outputs, kept for merge_mode="mul"
     out_bw: np.ndarray | None
     T: int
     B: int
@@ -134,6 +111,12 @@ class BidirectionalWrapper(Module):
 
     Parameters of the module: ``fw.W_ih, fw.W_hh, fw.b_ih, fw.b_hh`` and the same
     under ``bw.``.
+
+    The wrapper offers the cells' layer-building API (``has_cell_state``,
+    ``check_sequence``, ``state_arrays``, ``check_grad_state``, ``run_sequence``,
+    ``run_sequence_backward``; see :class:`~nn_core.recurrent._base.RecurrentCell`)
+    with a leading direction index on every state, so stacks compose wrappers as they
+    compose cells.
 
     Notes
     -----
@@ -190,10 +173,10 @@ class BidirectionalWrapper(Module):
             raise TypeError("forward_cell must be an nn_core recurrent cell (RNNCell, "
                             f"LSTMCell or GRUCell), got {type(forward_cell).__name__}")
         check_choice(merge_mode, "merge_mode", MERGE_MODES)
-        gen = _child_rng(forward_cell.rng) if rng is None else make_rng(rng)
+        gen = spawn_rng(forward_cell.rng) if rng is None else make_rng(rng)
         super().__init__(dtype=forward_cell.dtype, rng=gen)
         if backward_cell is None:
-            backward_cell = _fresh_like(forward_cell, _child_rng(self.rng))
+            backward_cell = _fresh_like(forward_cell, spawn_rng(self.rng))
         elif not isinstance(backward_cell, RecurrentCell):
             raise TypeError("backward_cell must be an nn_core recurrent cell or None, "
                             f"got {type(backward_cell).__name__}")
@@ -231,54 +214,96 @@ class BidirectionalWrapper(Module):
     def batch_first(self) -> bool:
         return self.fw.batch_first
 
+    @property
+    def has_cell_state(self) -> bool:
+        """``True`` when the cells' states are ``(h, c)`` (LSTM cells)."""
+        return self.fw.has_cell_state or self.bw.has_cell_state
+
     def _use_threads(self) -> bool:
         if self.fw is self.bw or self.concurrent is False:   # one cell twice would race
             return False
         return _parallel.available_cores() > 1 and _parallel.blas_threads() > 1
 
+    def _per_direction(self, h, c):
+        """Low-level ``h = (h_fw, h_bw)``, ``c`` -> the user's ``(state_fw, state_bw)``."""
+        s_fw = (h[0], c[0]) if self.fw.has_cell_state else h[0]
+        s_bw = (h[1], c[1]) if self.bw.has_cell_state else h[1]
+        return s_fw, s_bw
+
     # ---------------------------------------------------------- public API
     def forward(self, x, state=None, lengths=None):
         """Both sweeps and the merge; see the class docstring for shapes."""
-        x = self.fw._check_input(x, "x", 3)
-        if self.batch_first:
-            x = x.transpose(1, 0, 2)
-        x = np.ascontiguousarray(x)                     # (T, B, D)
-        T, B, _ = x.shape
-        lens = resolve_lengths(lengths, T, B, self.batch_first)   # int64 [B]
-        out, finals = self._forward_tm(x, state, lens, "state")
-        if self.batch_first:
-            out = np.ascontiguousarray(out.transpose(1, 0, 2))
-        return out, finals
+        x, lens = self.check_sequence(x, lengths)               # (T, B, D), int64 [B]
+        h0, c0 = self.state_arrays(state, x.shape[1])
+        out, final, cache = self.run_sequence(x, h0, c0, lens)
+        self._save_cache(cache)
+        h, c = final if self.has_cell_state else (final, None)
+        return user_layout(out, self.batch_first), self._per_direction(h, c)
 
     def backward(self, grad_output, grad_state=None):
         """BPTT of both sweeps; returns ``(grad_x, (grad_state_fw, grad_state_bw))``."""
-        cache = self._cache
-        require_forward(cache, self)
-        T, B = cache.T, cache.B
-        go = _time_major_grad(self, grad_output, T, B)
-        gs = self._check_grad_state(grad_state, B, "grad_state")
-        gx, gstate = self._backward_tm(go, gs)
-        if self.batch_first:
-            gx = np.ascontiguousarray(gx.transpose(1, 0, 2))
-        return gx, gstate
+        cache = self._peek_cache()
+        go = time_major_grad(grad_output, self.dtype, self.batch_first, cache.T, cache.B,
+                             self.output_size)
+        gh, gc = self.check_grad_state(grad_state, cache.B)
+        self._pop_cache()
+        gx, gh0, gc0 = self.run_sequence_backward(cache, go, gh, gc)
+        return user_layout(gx, self.batch_first), self._per_direction(gh0, gc0)
 
-    # ------------------------------------------- time-major core (for stacks)
-    def _initial_state(self, state, B, name):
-        s_fw, s_bw = _split_state(state, name)
-        return (self.fw._state_arrays(s_fw, B, f"{name}[0]"),
-                self.bw._state_arrays(s_bw, B, f"{name}[1]"))
+    # ------------------------------------------------- layer-building API
+    # The cells' API (RecurrentCell) with a leading direction index on every state:
+    # h0 = (h0_fw, h0_bw), c0 = (c0_fw, c0_bw); a [2, B, H] array is such a pair.
+    def check_sequence(self, x, lengths=None, *, batch_first=None):
+        """``(x [T, B, D], lengths int64 [B])`` checked and kernel-ready
+        (:meth:`RecurrentCell.check_sequence`)."""
+        return self.fw.check_sequence(x, lengths, batch_first=batch_first)
 
-    def _forward_tm(self, x, state, lens, name="state"):
-        """Forward on a checked time-major contiguous ``x [T, B, D]``; int64 ``lens``.
+    def state_arrays(self, state, batch_size, name="state"):
+        """Kernel initial states ``(h0, c0)`` from a user ``(state_fw, state_bw)``.
 
-        ``state`` is a user state pair (validated here).  Keeps the cache.
+        ``h0`` is the pair ``(h0_fw, h0_bw)`` of contiguous ``[B, H]`` arrays
+        (zeros for ``None``), ``c0`` the same for the cell states or ``None``
+        without them.  Errors name ``{name}[0]`` / ``{name}[1]``.
+        """
+        s_fw, s_bw = _split_pair(state, name)
+        h0f, c0f = self.fw.state_arrays(s_fw, batch_size, f"{name}[0]")
+        h0b, c0b = self.bw.state_arrays(s_bw, batch_size, f"{name}[1]")
+        return (h0f, h0b), ((c0f, c0b) if self.has_cell_state else None)
+
+    def check_grad_state(self, grad_state, batch_size, name="grad_state"):
+        """``(grad_h, grad_c)`` pairs (entries may be None; ``grad_c`` None without cell
+        states) from a user ``(grad_final_fw, grad_final_bw)``."""
+        g_fw, g_bw = _split_pair(grad_state, name)
+        ghf, gcf = self.fw.check_grad_state(g_fw, batch_size, f"{name}[0]")
+        ghb, gcb = self.bw.check_grad_state(g_bw, batch_size, f"{name}[1]")
+        return (ghf, ghb), ((gcf, gcb) if self.has_cell_state else None)
+
+    def run_sequence(self, x, h0, c0=None, lengths=None):
+        """Both sweeps and the merge on kernel-ready arrays; keeps no cache.
+
+        Parameters
+        ----------
+        x : ndarray ``[T, B, D]``
+            C-contiguous, module dtype (from :meth:`check_sequence`).
+        h0 : pair ``(h0_fw [B, H_fw], h0_bw [B, H_bw])`` of C-contiguous arrays
+        c0 : pair of the same or None
+            Initial cell states (LSTM cells).
+        lengths : int64 ndarray ``[B]`` or None
+
+        Returns
+        -------
+        out : ndarray ``[T, B, H_out]``
+        final : ``h_n`` or ``(h_n, c_n)``
+            Each a pair ``(fw, bw)`` of ``[B, H]`` arrays.
+        cache : object
+            For :meth:`run_sequence_backward` (consume it once).
         """
         T, B, _ = x.shape
-        (h0f, c0f), (h0b, c0b) = self._initial_state(state, B, name)
         fw, bw = self.fw, self.bw
+        c0f, c0b = (None, None) if c0 is None else c0
         (out_f, fin_f, cache_f), (out_b, fin_b, cache_b) = _parallel.run_pair(
-            lambda: fw.run_sequence(x, h0f, c0f, lens, False),
-            lambda: bw.run_sequence(x, h0b, c0b, lens, True),
+            lambda: fw.run_sequence(x, h0[0], c0f, lengths, False),
+            lambda: bw.run_sequence(x, h0[1], c0b, lengths, True),
             self._use_threads())
         mode = self.merge_mode
         if mode == "concat":
@@ -291,39 +316,35 @@ class BidirectionalWrapper(Module):
         else:
             out = out_f * out_b
         keep = mode == "mul"
-        self._cache = _Cache(cache_f, cache_b, out_f if keep else None,
-                             out_b if keep else None, T, B)
-        return out, (fin_f, fin_b)
+        cache = _Cache(cache_f, cache_b, out_f if keep else None, out_b if keep else None,
+                       T, B)
+        has_f, has_b = fw.has_cell_state, bw.has_cell_state
+        h_f, c_f = fin_f if has_f else (fin_f, None)
+        h_b, c_b = fin_b if has_b else (fin_b, None)
+        final = ((h_f, h_b), (c_f, c_b)) if (has_f or has_b) else (h_f, h_b)
+        return out, final, cache
 
-    def _check_grad_state(self, grad_state, B, name):
-        g_fw, g_bw = _split_state(grad_state, name)
-        return (self._grad_parts(self.fw, g_fw, B, f"{name}[0]"),
-                self._grad_parts(self.bw, g_bw, B, f"{name}[1]"))
+    def run_sequence_backward(self, cache, grad_out=None, grad_h=None, grad_c=None):
+        """BPTT of both sweeps; accumulates both cells' parameter gradients.
 
-    @staticmethod
-    def _grad_parts(cell, g, B, name):
-        """``(grad_h, grad_c)`` (either may be None) of one direction's final state."""
-        if g is None:
-            return None, None
-        if cell._HAS_CELL_STATE:
-            if not isinstance(g, (tuple, list)) or len(g) != 2:
-                raise ValueError(f"{name} must be a tuple (grad_h, grad_c) of [B, H] "
-                                 f"arrays or None, got {type(g).__name__}")
-            return (cell._grad_state_part(g[0], f"{name} h", B),
-                    cell._grad_state_part(g[1], f"{name} c", B))
-        if isinstance(g, (tuple, list)):
-            raise ValueError(f"{name} must be one [B, H] array for "
-                             f"{type(cell).__name__}, got a {type(g).__name__}")
-        return cell._grad_state_part(g, name, B), None
+        Parameters
+        ----------
+        cache : from :meth:`run_sequence` (consumed)
+        grad_out : ndarray ``[T, B, H_out]`` or None
+            Time-major, module dtype (checked by ``time_major_grad``).
+        grad_h, grad_c : pairs ``(fw, bw)`` of ``[B, H]`` arrays (entries may be None),
+            or None: gradients of the final states.
 
-    def _backward_tm(self, go, gs):
-        """Backward from a time-major ``go [T, B, H_out]`` (or None) and checked
-        ``gs = ((gh_fw, gc_fw), (gh_bw, gc_bw))``.  Consumes the cache."""
-        cache = self._cache
-        require_forward(cache, self)
-        self._cache = None
+        Returns
+        -------
+        grad_x : ndarray ``[T, B, D]``
+        grad_h0 : pair ``(fw, bw)`` of ``[B, H]`` arrays
+        grad_c0 : pair or None
+            None without cell states.
+        """
         H_f = self.fw.hidden_size
         dt = self.dtype
+        go = grad_out
         if go is None:
             go_f = go_b = None
         elif self.merge_mode == "concat":
@@ -336,35 +357,19 @@ class BidirectionalWrapper(Module):
         else:
             go_f = np.multiply(go, cache.out_bw, dtype=dt, order="C")
             go_b = np.multiply(go, cache.out_fw, dtype=dt, order="C")
-        (gh_f, gc_f), (gh_b, gc_b) = gs
+        gh_f, gh_b = (None, None) if grad_h is None else grad_h
+        gc_f, gc_b = (None, None) if grad_c is None else grad_c
         fw, bw = self.fw, self.bw
         (gx_f, gh0f, gc0f), (gx_b, gh0b, gc0b) = _parallel.run_pair(
             lambda: fw.run_sequence_backward(cache.cache_fw, go_f, gh_f, gc_f),
             lambda: bw.run_sequence_backward(cache.cache_bw, go_b, gh_b, gc_b),
             self._use_threads())
         gx_f += gx_b
-        return gx_f, (_pack_state(fw, gh0f, gc0f), _pack_state(bw, gh0b, gc0b))
+        return gx_f, (gh0f, gh0b), ((gc0f, gc0b) if self.has_cell_state else None)
 
 
 # ------------------------------------------------------------ stacked layers
-def _resolve_cell_type(cell_type):
-    if isinstance(cell_type, str):
-        from .gru_cell import GRUCell
-        from .lstm_cell import LSTMCell
-        from .rnn_cell import RNNCell
-        table = {"rnn": RNNCell, "lstm": LSTMCell, "gru": GRUCell}
-        key = cell_type.lower()
-        if key not in table:
-            raise ValueError(f"cell_type must be 'rnn', 'lstm', 'gru' or a cell class, "
-                             f"got {cell_type!r}")
-        return table[key]
-    if isinstance(cell_type, type) and issubclass(cell_type, RecurrentCell):
-        return cell_type
-    raise TypeError(f"cell_type must be 'rnn', 'lstm', 'gru' or a cell class, got "
-                    f"{cell_type!r}")
-
-
-class StackedBidirectional(Module):
+class StackedBidirectional(_Stack):
     """``num_layers`` bidirectional layers, each consuming the previous merged output.
 
     Parameters
@@ -412,7 +417,8 @@ class StackedBidirectional(Module):
 
     Backward walks the layers from the last to the first: the gradient of ``y^k`` is
     layer ``k``'s ``grad_x``, times the same dropout mask over ``1 - p``.  Each layer is
-    a :class:`BidirectionalWrapper` (two concurrent compiled sweeps).
+    a :class:`BidirectionalWrapper` (two concurrent compiled sweeps); the loops are
+    :class:`~nn_core.recurrent.stacked._Stack`'s, shared with :class:`StackedLSTM`.
 
     Examples
     --------
@@ -424,9 +430,11 @@ class StackedBidirectional(Module):
     >>> gx, gh0 = m.backward(np.ones_like(out))
     """
 
+    _DIRECTIONS = 2
+
     def __init__(self, cell_type, input_size, hidden_size, num_layers, merge_mode="concat",
                  dropout=0.0, **cell_kwargs):
-        cls = _resolve_cell_type(cell_type)
+        cls = cell_class(cell_type)
         dtype = cell_kwargs.pop("dtype", np.float32)
         rng = cell_kwargs.pop("rng", None)
         concurrent = cell_kwargs.pop("concurrent", None)
@@ -444,13 +452,12 @@ class StackedBidirectional(Module):
         layers = []
         for k in range(self.num_layers):
             d_in = self.input_size if k == 0 else out_size
-            fw = cls(d_in, H, dtype=self.dtype, rng=_child_rng(self.rng), **cell_kwargs)
-            bw = cls(d_in, H, dtype=self.dtype, rng=_child_rng(self.rng), **cell_kwargs)
+            fw = cls(d_in, H, dtype=self.dtype, rng=spawn_rng(self.rng), **cell_kwargs)
+            bw = cls(d_in, H, dtype=self.dtype, rng=spawn_rng(self.rng), **cell_kwargs)
             layers.append(BidirectionalWrapper(fw, bw, merge_mode, concurrent=concurrent,
-                                               rng=_child_rng(self.rng)))
+                                               rng=spawn_rng(self.rng)))
         self.layers = ModuleList(layers, dtype=self.dtype)
         self.output_size = out_size
-        self._has_c = bool(cls._HAS_CELL_STATE)
 
     @property
     def concurrent(self):
@@ -460,97 +467,3 @@ class StackedBidirectional(Module):
     def concurrent(self, value):
         for layer in self.layers:
             layer.concurrent = value
-
-    # ----------------------------------------------------------------- state
-    def _state_parts(self, state, B, name):
-        """Per layer ``((h_fw, c_fw), (h_bw, c_bw))`` as a pair-of-states list."""
-        L, H = self.num_layers, self.hidden_size
-        if state is None:
-            return [None] * L
-        if self._has_c:
-            if not isinstance(state, (tuple, list)) or len(state) != 2:
-                raise ValueError(f"{name} must be a tuple (h, c) of [{L}, 2, B, H] arrays "
-                                 f"or None, got {type(state).__name__}")
-            h, c = state
-        else:
-            if isinstance(state, (tuple, list)):
-                raise ValueError(f"{name} must be one [{L}, 2, B, H] array for "
-                                 f"{self.cell_class.__name__} cells, got a "
-                                 f"{type(state).__name__}")
-            h, c = state, None
-        parts = []
-        for arr, label in ((h, "h"), (c, "c")):
-            if arr is None:
-                parts.append(None)
-                continue
-            lab = f"{name} {label}" if self._has_c else name
-            arr = as_float_array(arr, lab, self.dtype)
-            check_shape(arr, lab, (L, 2, B, H))
-            parts.append(arr)
-        h, c = parts
-        out = []
-        for k in range(L):
-            if self._has_c:
-                out.append(tuple((None if h is None else h[k, d],
-                                  None if c is None else c[k, d]) for d in (0, 1)))
-            else:
-                out.append((None if h is None else h[k, 0], None if h is None else h[k, 1]))
-        return out
-
-    def _stack(self, per_layer):
-        """``[(s_fw, s_bw)] * L`` -> ``h [L, 2, B, H]`` (or ``(h, c)``)."""
-        if self._has_c:
-            h = np.stack([np.stack((f[0], b[0])) for f, b in per_layer])
-            c = np.stack([np.stack((f[1], b[1])) for f, b in per_layer])
-            return h, c
-        return np.stack([np.stack((f, b)) for f, b in per_layer])
-
-    # ------------------------------------------------------------ forward
-    def forward(self, x, state=None, lengths=None):
-        """All layers; see the class docstring for shapes."""
-        first = self.layers[0].fw
-        x = first._check_input(x, "x", 3)
-        if self.batch_first:
-            x = x.transpose(1, 0, 2)
-        y = np.ascontiguousarray(x)                    # (T, B, D)
-        T, B, _ = y.shape
-        lens = resolve_lengths(lengths, T, B, self.batch_first)
-        states = self._state_parts(state, B, "state")
-        finals, masks = [], []
-        use_dropout = self.training and self.dropout > 0 and self.num_layers > 1
-        for k, layer in enumerate(self.layers):
-            y, fin = layer._forward_tm(y, states[k], lens, f"state[layer {k}]")
-            finals.append(fin)
-            if use_dropout and k < self.num_layers - 1:
-                keep = self.dtype.type(1.0 - self.dropout)
-                mask = (self.rng.random(y.shape) < keep).astype(self.dtype)
-                mask /= keep                            # (T, B, H_out)
-                y *= mask
-                masks.append(mask)
-            else:
-                masks.append(None)
-        self._cache = (T, B, masks)
-        out = np.ascontiguousarray(y.transpose(1, 0, 2)) if self.batch_first else y
-        return out, self._stack(finals)
-
-    def backward(self, grad_output, grad_state=None):
-        """BPTT through every layer; returns ``(grad_x, grad_initial_state)``."""
-        cache = self._cache
-        require_forward(cache, self)
-        T, B, masks = cache
-        go = _time_major_grad(self, grad_output, T, B)
-        gstates = self._state_parts(grad_state, B, "grad_state")
-        checked = []
-        for k, layer in enumerate(self.layers):
-            checked.append(layer._check_grad_state(gstates[k], B,
-                                                   f"grad_state[layer {k}]"))
-        self._cache = None
-        g = go
-        grads0 = [None] * self.num_layers
-        for k in range(self.num_layers - 1, -1, -1):
-            g, grads0[k] = self.layers[k]._backward_tm(g, checked[k])
-            if k > 0 and masks[k - 1] is not None:
-                g *= masks[k - 1]
-        if self.batch_first:
-            g = np.ascontiguousarray(g.transpose(1, 0, 2))
-        return g, self._stack(grads0)

@@ -1,16 +1,19 @@
-"""Gated recurrent unit (Cho et al., 2014), both reset placements."""
+"""Gated recurrent unit (Cho et al., 2014), both reset placements, and the
+bidirectional layer over two of them."""
 from __future__ import annotations
 
 import numpy as np
 
 from .._kernels import _recurrent as _K
-from ._base import RecurrentCell
+from .._validation import make_rng
+from ._base import RecurrentCell, spawn_rng
+from .bidirectional import BidirectionalWrapper
 from .rnn_cell import _SHARED_DOC
 
-__all__ = ["GRUCell"]
+__all__ = ["GRUCell", "BidirectionalGRU"]
 
 
-class GRUCell(RecurrentCell):
+class GRUCell(RecurrentCell, cell_type="gru"):
     __doc__ = """GRU cell, gate order ``(r, z, n)``.
 """ + _SHARED_DOC.format(G="3", step_out="h_t [B, H]", step_grad="grad_h",
                          step_ret="(grad_x, grad_h_prev)") + """
@@ -60,14 +63,6 @@ class GRUCell(RecurrentCell):
         return _K.GRU_RA if self.reset_after else _K.GRU
 
 
-# ----------------------------------------------------------------------------------
-# Bidirectional layer over two GRUCells (issue 5).  Kept at the very end of the file.
-from .bidirectional import BidirectionalWrapper, _child_rng  # noqa: E402
-from .._validation import make_rng  # noqa: E402
-
-__all__ += ["BidirectionalGRU"]
-
-
 class BidirectionalGRU(BidirectionalWrapper):
     """:class:`BidirectionalWrapper` over two independently initialised :class:`GRUCell`.
 
@@ -103,6 +98,6 @@ class BidirectionalGRU(BidirectionalWrapper):
                  concurrent=None, dtype=np.float32, rng=None):
         gen = make_rng(rng)
         cells = [GRUCell(input_size, hidden_size, bias, reset_after, batch_first=batch_first,
-                         recurrent_init=recurrent_init, dtype=dtype, rng=_child_rng(gen))
+                         recurrent_init=recurrent_init, dtype=dtype, rng=spawn_rng(gen))
                  for _ in range(2)]
         super().__init__(cells[0], cells[1], merge_mode, concurrent=concurrent, rng=gen)

@@ -4,15 +4,16 @@ from __future__ import annotations
 import numpy as np
 
 from .._kernels import _recurrent as _K
-from .._validation import as_float_array, check_positive_int, check_probability, check_shape
-from ..module import Module, ModuleList
-from ._base import RecurrentCell, resolve_lengths, time_major_grad
+from .._validation import check_positive_int, check_probability
+from ..module import ModuleList
+from ._base import RecurrentCell
 from .rnn_cell import _SHARED_DOC
+from .stacked import _Stack
 
 __all__ = ["LSTMCell", "StackedLSTM"]
 
 
-class LSTMCell(RecurrentCell):
+class LSTMCell(RecurrentCell, cell_type="lstm"):
     __doc__ = """LSTM cell, gate order ``(i, f, g, o)``; the state is ``(h, c)``.
 """ + _SHARED_DOC.format(G="4", step_out="(h_t [B, H], c_t [B, H])",
                          step_grad="grad_h, grad_c=None",
@@ -62,7 +63,7 @@ class LSTMCell(RecurrentCell):
         return _K.LSTM
 
 
-class StackedLSTM(Module):
+class StackedLSTM(_Stack):
     """``num_layers`` LSTMCells, layer ``k > 0`` reading layer ``k-1``'s output.
 
     Parameters
@@ -98,7 +99,9 @@ class StackedLSTM(Module):
     Forward: ``y^0 = x``; ``y^k, (h^k_n, c^k_n) = LSTM_k(m^{k-1} * y^{k-1}, (h^k_0, c^k_0))``
     with ``m`` a Bernoulli(1-p)/(1-p) mask (identity in eval mode and for the last
     layer).  Backward runs the layers in reverse order:
-    ``g^{k-1} = m^{k-1} * dx^k``, each layer by BPTT (see :class:`LSTMCell`).
+    ``g^{k-1} = m^{k-1} * dx^k``, each layer by BPTT (see :class:`LSTMCell`); the
+    loops are :class:`~nn_core.recurrent.stacked._Stack`'s, shared with
+    :class:`~nn_core.recurrent.StackedBidirectional`.
     Reference: Graves (2013), Zaremba et al. (2014) for dropout between layers.
 
     Examples
@@ -109,6 +112,10 @@ class StackedLSTM(Module):
     >>> h.shape, gh0.shape
     ((2, 2, 4), (2, 2, 4))
     """
+
+    cell_class = LSTMCell
+    _STATE_PARTS = ("h_0", "c_0")
+    _GRAD_PARTS = ("h_n", "c_n")
 
     def __init__(self, input_size, hidden_size, num_layers, dropout=0.0, *, bias=True,
                  forget_bias=1.0, batch_first=False, recurrent_init="uniform",
@@ -125,81 +132,4 @@ class StackedLSTM(Module):
                                         self.hidden_size, bias, forget_bias,
                                         recurrent_init=recurrent_init, dtype=dtype,
                                         rng=self.rng))
-
-    def _states(self, state, B):
-        L, H = self.num_layers, self.hidden_size
-        if state is None:
-            return [None] * L
-        if not isinstance(state, (tuple, list)) or len(state) != 2:
-            raise ValueError("state must be a tuple (h_0, c_0) of [num_layers, B, H] arrays, "
-                             f"got {type(state).__name__}")
-        parts = []
-        for arr, name in zip(state, ("state h_0", "state c_0")):
-            if arr is None:
-                parts.append([None] * L)
-                continue
-            arr = as_float_array(arr, name, self.dtype)
-            check_shape(arr, name, (L, B, H))
-            parts.append(list(arr))
-        return [(h, c) for h, c in zip(*parts)]
-
-    def forward(self, x, state=None, lengths=None):
-        x = self.layers[0]._check_input(x, "x", 3)
-        if self.batch_first:
-            x = x.transpose(1, 0, 2)
-        x = np.ascontiguousarray(x)
-        T, B, _ = x.shape
-        lens = resolve_lengths(lengths, T, B, self.batch_first)
-        states = self._states(state, B)
-        caches, masks, hn, cn = [], [], [], []
-        y = x
-        p = self.dropout
-        for k, layer in enumerate(self.layers):
-            h0, c0 = layer._state_arrays(states[k], B)
-            y, (h, c), cache = layer.run_sequence(y, h0, c0, lens)
-            caches.append(cache)
-            hn.append(h)
-            cn.append(c)
-            if k < self.num_layers - 1 and self.training and p > 0:
-                keep = self.rng.random(y.shape) >= p
-                mask = keep.astype(self.dtype) * self.dtype.type(1.0 / (1.0 - p))
-                y = y * mask
-                masks.append(mask)
-            else:
-                masks.append(None)
-        self._cache = (caches, masks, B, T)
-        out = np.ascontiguousarray(y.transpose(1, 0, 2)) if self.batch_first else y
-        return out, (np.stack(hn), np.stack(cn))
-
-    def backward(self, grad_output, grad_state=None):
-        if self._cache is None:
-            self._pop_cache()                  # the documented RuntimeError
-        caches, masks, B, T = self._cache      # consumed only once the inputs are valid
-        L, H = self.num_layers, self.hidden_size
-        g = time_major_grad(grad_output, self.dtype, self.batch_first, T, B, H)
-        if g is not None:
-            g = np.ascontiguousarray(g)
-        gh = gc = None
-        if grad_state is not None:
-            if not isinstance(grad_state, (tuple, list)) or len(grad_state) != 2:
-                raise ValueError("grad_state must be a tuple (grad_h_n, grad_c_n)")
-            gh, gc = grad_state
-            if gh is not None:
-                gh = as_float_array(gh, "grad_state h_n", self.dtype)
-                check_shape(gh, "grad_state h_n", (L, B, H))
-            if gc is not None:
-                gc = as_float_array(gc, "grad_state c_n", self.dtype)
-                check_shape(gc, "grad_state c_n", (L, B, H))
-        self._pop_cache()
-        gh0 = np.empty((L, B, H), self.dtype)
-        gc0 = np.empty((L, B, H), self.dtype)
-        for k in range(L - 1, -1, -1):
-            layer = self.layers[k]
-            gx, gh0[k], gc0[k] = layer.run_sequence_backward(
-                caches[k], g, None if gh is None else gh[k], None if gc is None else gc[k])
-            if k > 0 and masks[k - 1] is not None:
-                gx *= masks[k - 1]
-            g = gx
-        if self.batch_first:
-            g = np.ascontiguousarray(g.transpose(1, 0, 2))
-        return g, (gh0, gc0)
+        self.output_size = self.hidden_size

@@ -1,12 +1,15 @@
-"""Elman RNN cell: ``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``."""
+"""Elman RNN cell, ``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``, and the
+bidirectional layer over two of them."""
 from __future__ import annotations
 
 import numpy as np
 
 from .._kernels import _recurrent as _K
-from ._base import RecurrentCell
+from .._validation import make_rng
+from ._base import RecurrentCell, spawn_rng
+from .bidirectional import BidirectionalWrapper
 
-__all__ = ["RNNCell"]
+__all__ = ["RNNCell", "BidirectionalRNNCell"]
 
 _SHARED_DOC = """
     Parameters
@@ -60,7 +63,7 @@ _SHARED_DOC = """
 """
 
 
-class RNNCell(RecurrentCell):
+class RNNCell(RecurrentCell, cell_type="rnn"):
     __doc__ = """Elman recurrent cell with a tanh or ReLU nonlinearity.
 """ + _SHARED_DOC.format(G="1", step_out="h_t [B, H]", step_grad="grad_h",
                          step_ret="(grad_x, grad_h_prev)") + """
@@ -103,14 +106,6 @@ class RNNCell(RecurrentCell):
         return _K.RNN_TANH if self.nonlinearity == "tanh" else _K.RNN_RELU
 
 
-# ----------------------------------------------------------------------------------
-# Bidirectional layer over two RNNCells (issue 5).  Kept at the very end of the file.
-from .bidirectional import BidirectionalWrapper, _child_rng  # noqa: E402
-from .._validation import make_rng  # noqa: E402
-
-__all__ += ["BidirectionalRNNCell"]
-
-
 class BidirectionalRNNCell(BidirectionalWrapper):
     """:class:`BidirectionalWrapper` over two independently initialised :class:`RNNCell`.
 
@@ -149,6 +144,6 @@ class BidirectionalRNNCell(BidirectionalWrapper):
                  dtype=np.float32, rng=None):
         gen = make_rng(rng)
         cells = [RNNCell(input_size, hidden_size, nonlinearity, bias, batch_first=batch_first,
-                         recurrent_init=recurrent_init, dtype=dtype, rng=_child_rng(gen))
+                         recurrent_init=recurrent_init, dtype=dtype, rng=spawn_rng(gen))
                  for _ in range(2)]
         super().__init__(cells[0], cells[1], merge_mode, concurrent=concurrent, rng=gen)
