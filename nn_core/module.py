@@ -38,12 +38,72 @@ Example
 from __future__ import annotations
 
 import functools
+import threading
 
 import numpy as np
 
 from ._validation import check_keys, make_rng, require_forward, resolve_dtype
 
-__all__ = ["Module", "ModuleList", "NoBackward"]
+__all__ = ["Module", "ModuleList", "NoBackward", "inference_mode", "is_inference_mode"]
+
+_MODE = threading.local()
+
+
+def is_inference_mode() -> bool:
+    """True inside :func:`inference_mode` on this thread."""
+    return getattr(_MODE, "inference", False)
+
+
+class inference_mode:
+    """Run forwards without keeping anything for a backward.
+
+    Inside the block (or the decorated function), every module's ``forward`` keeps no
+    backward cache and no weight copies, so memory holds only the outputs; a
+    ``backward`` afterwards raises ``RuntimeError``.  The mode is per thread.  Modules
+    in ``eval()`` behave the same way outside the block.  Dropout is governed by
+    ``train()`` / ``eval()`` alone, as in PyTorch.
+
+    Examples
+    --------
+    >>> import numpy as np, nn_core
+    >>> lin = nn_core.layers.Linear(3, 2, rng=0)
+    >>> with nn_core.inference_mode():
+    ...     y = lin(np.ones((4, 3), np.float32))
+    >>> @nn_core.inference_mode()
+    ... def predict(x):
+    ...     return lin(x)
+    """
+
+    def __init__(self, mode: bool = True):
+        if callable(mode):                       # used bare: @inference_mode
+            fn, self.mode = mode, True
+            self.__wrapped__ = fn
+            functools.update_wrapper(self, fn)
+        else:
+            self.mode = bool(mode)
+        self._saved = []
+
+    def __enter__(self):
+        self._saved.append(is_inference_mode())
+        _MODE.inference = self.mode
+        return self
+
+    def __exit__(self, *exc):
+        _MODE.inference = self._saved.pop()
+        return False
+
+    def __call__(self, *args, **kwargs):
+        fn = getattr(self, "__wrapped__", None)
+        if fn is not None:                       # the bare-decorated function itself
+            with inference_mode(self.mode):
+                return fn(*args, **kwargs)
+        (fn,) = args
+
+        @functools.wraps(fn)
+        def wrapper(*a, **kw):
+            with inference_mode(self.mode):
+                return fn(*a, **kw)
+        return wrapper
 
 
 class NoBackward:
@@ -53,6 +113,10 @@ class NoBackward:
 
     def __init__(self, reason: str):
         self.reason = reason
+
+
+_INFERENCE_FORWARD = NoBackward("the forward ran in eval() or inference_mode(), which keep "
+                                "no backward cache; call train() and run forward again")
 
 
 class Module:
@@ -185,7 +249,8 @@ class Module:
         return self
 
     def eval(self):
-        """Evaluation mode (dropout off); returns ``self``."""
+        """Evaluation mode: dropout off, and forwards keep no backward cache (a backward
+        after them raises RuntimeError; see :func:`inference_mode`); returns ``self``."""
         return self.train(False)
 
     # ------------------------------------------------------- forward/backward
@@ -203,9 +268,17 @@ class Module:
     # positional tuple); backward reads it with _peek_cache, validates grad_output,
     # then consumes it with _pop_cache, so a rejected grad_output leaves the forward
     # usable for a corrected retry.
+    def keeps_cache(self) -> bool:
+        """True when a ``forward`` now keeps what ``backward`` needs: in training mode
+        and outside :func:`inference_mode`."""
+        return self.training and not is_inference_mode()
+
     def _save_cache(self, cache) -> None:
-        """Keep ``cache`` for the next ``backward``."""
-        self._cache = cache
+        """Keep ``cache`` for the next ``backward`` (nothing in eval / inference mode)."""
+        if self.keeps_cache():
+            self._cache = cache
+        else:
+            self._cache = _INFERENCE_FORWARD
 
     def _save_no_backward(self, reason: str) -> None:
         """Record a forward that allows no backward; ``backward`` then raises

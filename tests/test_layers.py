@@ -170,6 +170,10 @@ def test_dropout_train_and_eval(rng, dtype):
     np.testing.assert_allclose(d.backward(g), np.where(kept, g / 0.7, 0), rtol=1e-6)
     d.eval()
     np.testing.assert_array_equal(d(x), x.astype(dtype))
+    with pytest.raises(RuntimeError, match="eval"):        # eval forwards keep no cache
+        d.backward(g)
+    d = Dropout(0.0, dtype=dtype).train()                   # p = 0: the identity
+    np.testing.assert_array_equal(d(x), x.astype(dtype))
     np.testing.assert_array_equal(d.backward(g), g.astype(dtype))
 
 
@@ -179,12 +183,11 @@ def test_dropout_gradcheck_fixed_mask(rng):
     y = d(x)
     mask = (y != 0) / 0.5
     np.testing.assert_allclose(d.backward(np.ones_like(x)), mask)
-    d.eval()        # deterministic: gradcheck is the identity
-    assert gradcheck(d, (x,)).ok
+    assert gradcheck(Dropout(0.0, dtype=np.float64), (x,)).ok    # p = 0: the identity
 
 
 def test_dropout_contract():
-    check_contract(lambda dt: Dropout(0.25, dtype=dt, rng=3).eval(),
+    check_contract(lambda dt: Dropout(0.0, dtype=dt, rng=3),
                    lambda rng: (rng.standard_normal((2, 3)),))
     with pytest.raises(ValueError, match=r"p must be in \[0, 1\)"):
         Dropout(1.0)

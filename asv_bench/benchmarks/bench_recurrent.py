@@ -115,9 +115,13 @@ class StepLoopSuite:
 
 
 try:
-    from nn_core.recurrent import _threads
-except ImportError:  # older commits
-    _threads = None
+    from nn_core.recurrent import _base as _threads          # row-split switch
+    _threads.ROW_SPLIT
+except (ImportError, AttributeError):
+    try:
+        from nn_core.recurrent import _threads               # older commits
+    except ImportError:
+        _threads = None
 
 
 class TwoThreadSweepSuite:
@@ -132,7 +136,7 @@ class TwoThreadSweepSuite:
 
     def setup(self, cell, dtype, mode):
         if _threads is None:
-            raise NotImplementedError("nn_core.recurrent._threads not available")
+            raise NotImplementedError("the row-split switch is not available")
         self._limits = threadpool_limits(2) if threadpool_limits else None
         self._saved = _threads.ROW_SPLIT
         _threads.ROW_SPLIT = mode == "split"

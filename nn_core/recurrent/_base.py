@@ -550,7 +550,11 @@ class RecurrentCell(Module):
         h0, c0 = self.state_arrays(state, B)
         x3 = np.ascontiguousarray(x)[None]
         _, final, cache = self.run_sequence(x3, h0, c0)
-        self._steps.append(cache)
+        self._inference_steps = not self.keeps_cache()
+        if self._inference_steps:               # eval / inference_mode: nothing to keep
+            self.release(cache)
+        else:
+            self._steps.append(cache)
         return final
 
     def backward(self, grad_h, grad_c=None):
@@ -560,6 +564,9 @@ class RecurrentCell(Module):
         ``(grad_x, grad_h_prev, grad_c_prev)``.
         """
         if not self._steps:
+            if getattr(self, "_inference_steps", False):
+                raise RuntimeError(f"{type(self).__name__}.backward is not available: "
+                                   "forwards in eval() or inference_mode() keep no cache")
             require_forward(None, self)
         cache = self._steps[-1]
         B = cache.x.shape[1]
@@ -574,6 +581,14 @@ class RecurrentCell(Module):
             return gx[0], gh0, gc0
         return gx[0], gh0
 
+    def release(self, cache):
+        """Give the work buffers of a :meth:`run_sequence` cache back to this cell's pool,
+        for a cache that no backward will consume (eval / inference forwards)."""
+        for name in ("gates", "hs", "cs", "aux"):
+            arr = getattr(cache, name)
+            if arr.size > 1:
+                self._give(name, arr)
+
     def reset(self):
         """Drop every pushed step cache (and a pending sequence cache)."""
         self._steps.clear()
@@ -587,6 +602,8 @@ class RecurrentCell(Module):
         h0, c0 = self.state_arrays(state, x.shape[1])
         out, final, cache = self.run_sequence(x, h0, c0, lens, reverse)
         self._save_cache(cache)
+        if not self.keeps_cache():
+            self.release(cache)
         return user_layout(out, self.batch_first), final
 
     def backward_sequence(self, grad_output, grad_final_state=None):

@@ -224,6 +224,12 @@ class BidirectionalWrapper(Module):
             return False
         return _parallel.available_cores() > 1 and _parallel.blas_threads() > 1
 
+    def release(self, cache):
+        """Give both sweeps' work buffers back to their cells, for a
+        :meth:`run_sequence` cache that no backward will consume."""
+        self.fw.release(cache.cache_fw)
+        self.bw.release(cache.cache_bw)
+
     def _per_direction(self, h, c):
         """Low-level ``h = (h_fw, h_bw)``, ``c`` -> the user's ``(state_fw, state_bw)``."""
         s_fw = (h[0], c[0]) if self.fw.has_cell_state else h[0]
@@ -237,6 +243,8 @@ class BidirectionalWrapper(Module):
         h0, c0 = self.state_arrays(state, x.shape[1])
         out, final, cache = self.run_sequence(x, h0, c0, lens)
         self._save_cache(cache)
+        if not self.keeps_cache():
+            self.release(cache)
         h, c = final if self.has_cell_state else (final, None)
         return user_layout(out, self.batch_first), self._per_direction(h, c)
 

@@ -112,11 +112,15 @@ class _Stack(Module):
             c0 = np.zeros(shape, dt) if c0 is None else np.ascontiguousarray(c0)
         p = self.dropout
         drop = self.training and p > 0
+        keep = self.keeps_cache()
         caches, masks, h_n, c_n = [], [], [], []
         y = x                                           # (T, B, F_k)
         for k, layer in enumerate(self.layers):
             y, final, cache = layer.run_sequence(y, h0[k], c0[k] if has_c else None, lens)
-            caches.append(cache)
+            if keep:
+                caches.append(cache)
+            else:                                       # eval / inference: nothing kept
+                layer.release(cache)
             h, c = final if has_c else (final, None)
             h_n.append(h)
             c_n.append(c)
