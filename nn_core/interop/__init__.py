@@ -8,7 +8,8 @@ nn_core).  Key names equal torch's exactly; a missing, unexpected or wrong-shape
 key raises ``ValueError`` naming it.
 
 Each module family registers its converters in a private submodule
-(``_attention``, ``_recurrent``, ``_bidirectional``) through :func:`register`.
+(``_attention``, ``_recurrent``, ``_bidirectional``, ``_layers``) through
+:func:`register`.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ __all__ = ["load_torch_state_dict", "to_torch_state_dict", "register", "to_numpy
 
 _REGISTRY: list = []          # (module class, load function, export function)
 _PROVIDERS = ("nn_core.interop._attention", "nn_core.interop._recurrent",
-              "nn_core.interop._bidirectional")
+              "nn_core.interop._bidirectional", "nn_core.interop._layers")
 
 
 def register(cls, load, export):
