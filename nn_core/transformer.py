@@ -17,7 +17,7 @@ import numpy as np
 
 from ._validation import (as_float_array, check_choice, check_grad_output, check_positive_int,
                           check_probability)
-from .attention import CrossAttention, MultiHeadAttention
+from .attention import CrossAttention, GroupedQueryAttention, MultiHeadAttention
 from .layers import GELU, Dropout, LayerNorm, Linear, ReLU
 from .module import Module
 
@@ -38,7 +38,7 @@ class _Block(Module):
     """Shared construction and the feed-forward / residual helpers of both blocks."""
 
     def _setup(self, d_model, num_heads, dim_feedforward, dropout, activation,
-               layer_norm_eps, norm_first, bias, n_norms):
+               layer_norm_eps, norm_first, bias, n_norms, num_kv_groups):
         d = check_positive_int(d_model, "d_model")
         check_positive_int(num_heads, "num_heads")
         F = check_positive_int(dim_feedforward, "dim_feedforward")
@@ -47,7 +47,11 @@ class _Block(Module):
         self.d_model, self.num_heads, self.dim_feedforward = d, int(num_heads), F
         self.dropout_p, self.activation, self.norm_first = p, activation, bool(norm_first)
         kw = dict(dtype=self.dtype, rng=self.rng)
-        self.self_attn = MultiHeadAttention(d, num_heads, bias=bias, dropout=p, **kw)
+        if num_kv_groups is None or num_kv_groups == num_heads:
+            self.self_attn = MultiHeadAttention(d, num_heads, bias=bias, dropout=p, **kw)
+        else:
+            self.self_attn = GroupedQueryAttention(d, num_heads, num_kv_groups, bias=bias,
+                                                   dropout=p, **kw)
         self.linear1 = Linear(d, F, bias=bias, **kw)
         act_cls, act_kw = ACTIVATIONS[activation]
         self.act = act_cls(dtype=self.dtype, **act_kw)
@@ -112,6 +116,10 @@ _DOC_PARAMS = """
         BERT).  ``True``: pre-LN, ``x = x + sublayer(norm(x))`` (GPT-2 style).
     bias : bool, default True
         Biases of the attention projections, the linear layers (not the norms).
+    num_kv_groups : int, optional
+        K/V heads of the self-attention: ``None`` (or ``num_heads``) is
+        :class:`~nn_core.attention.MultiHeadAttention`, fewer is
+        :class:`~nn_core.attention.GroupedQueryAttention` (no torch layout then).
     dtype : {np.float32, np.float64}, keyword-only
     rng : None, int or numpy.random.Generator, keyword-only
 """
@@ -146,11 +154,11 @@ class TransformerEncoderLayer(_Block):
 """
 
     def __init__(self, d_model, num_heads, dim_feedforward=2048, dropout=0.1, activation="relu",
-                 layer_norm_eps=1e-5, norm_first=False, bias=True, *, dtype=np.float32,
-                 rng=None):
+                 layer_norm_eps=1e-5, norm_first=False, bias=True, num_kv_groups=None, *,
+                 dtype=np.float32, rng=None):
         super().__init__(dtype=dtype, rng=rng)
         self._setup(d_model, num_heads, dim_feedforward, dropout, activation, layer_norm_eps,
-                    norm_first, bias, 2)
+                    norm_first, bias, 2, num_kv_groups)
 
     def forward(self, x, mask=None, is_causal=False):
         """``x [B, L, d] -> [B, L, d]``.
@@ -215,12 +223,12 @@ class TransformerDecoderLayer(_Block):
 """
 
     def __init__(self, d_model, num_heads, dim_feedforward=2048, dropout=0.1, activation="relu",
-                 layer_norm_eps=1e-5, norm_first=False, bias=True, cross_attention=True,
-                 memory_dim=None, *, dtype=np.float32, rng=None):
+                 layer_norm_eps=1e-5, norm_first=False, bias=True, num_kv_groups=None,
+                 cross_attention=True, memory_dim=None, *, dtype=np.float32, rng=None):
         super().__init__(dtype=dtype, rng=rng)
         self.cross_attention = bool(cross_attention)
         self._setup(d_model, num_heads, dim_feedforward, dropout, activation, layer_norm_eps,
-                    norm_first, bias, 3 if self.cross_attention else 2)
+                    norm_first, bias, 3 if self.cross_attention else 2, num_kv_groups)
         if self.cross_attention:
             self.cross_attn = CrossAttention(self.d_model, num_heads, kv_dim=memory_dim,
                                              bias=bias, dropout=self.dropout_p,

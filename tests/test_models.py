@@ -259,3 +259,21 @@ def test_old_import_paths_are_the_new_objects():
     assert (_trainer.Task, _trainer.train, _trainer.plot_history) == (
         training.Task, training.train, training.plot_history)
     assert _progress.ProgressBar is nn_core._progress.ProgressBar
+
+
+def test_transformer_lm_loads_the_old_block_parameter_names(rng):
+    """Checkpoints from before the blocks were TransformerDecoderLayers name their
+    parameters ln1/attn/ln2/mlp.0/mlp.2."""
+    lm = TransformerLM(13, 16, 4, 2, kv_groups=2, max_len=12, dtype=np.float64, rng=0)
+    new_to_old = {"norm1.": "ln1.", "self_attn.": "attn.", "norm2.": "ln2.",
+                  "linear1.": "mlp.0.", "linear2.": "mlp.2."}
+    old = {}
+    for k, v in lm.state_dict().items():
+        for new, o in new_to_old.items():
+            k = k.replace(f".{new}", f".{o}") if k.startswith("blocks.") else k
+        old[k] = v
+    assert "blocks.1.mlp.2.W" in old
+    again = TransformerLM(13, 16, 4, 2, kv_groups=2, max_len=12, dtype=np.float64, rng=1)
+    again.load_state_dict(old)
+    ids = rng.integers(0, 13, (2, 6))
+    np.testing.assert_array_equal(again(ids), lm(ids))

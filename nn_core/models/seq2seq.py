@@ -13,7 +13,7 @@ import numpy as np
 from ..attention import CachedCrossAttention, CrossAttention, create_padding_mask
 from ..datasets.digit_strings import BOS, EOS, PAD, VOCAB
 from ..layers import Embedding, Linear, Tanh
-from ..module import Module
+from ..module import Module, inference_mode
 from ..recurrent import BidirectionalWrapper, LSTMCell
 from ._common import cell_class, final_h, state_grad
 
@@ -175,6 +175,7 @@ class Seq2SeqModel(Module):
         return None, None, None, None
 
     # ------------------------------------------------------------ decoding
+    @inference_mode()
     def greedy_decode(self, src, src_len, max_len):
         """Greedy decoding with the LSTM step API and :class:`CachedCrossAttention`.
 

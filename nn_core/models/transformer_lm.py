@@ -11,18 +11,12 @@ import time
 
 import numpy as np
 
-from ..attention import GroupedQueryAttention, MultiHeadAttention
 from ..datasets.arithmetic import CHARS
-from ..layers import GELU, Embedding, LayerNorm, Linear, Sequential
-from ..module import Module, ModuleList
+from ..layers import Embedding, LayerNorm, Linear
+from ..module import Module, ModuleList, inference_mode
+from ..transformer import TransformerDecoderLayer
 
 __all__ = ["TransformerBlock", "TransformerLM"]
-
-
-def _attention(d_model, num_heads, kv_groups, dtype, rng):
-    if kv_groups is None or kv_groups == num_heads:
-        return MultiHeadAttention(d_model, num_heads, dtype=dtype, rng=rng)
-    return GroupedQueryAttention(d_model, num_heads, kv_groups, dtype=dtype, rng=rng)
 
 
 def _as_probabilities(row):
@@ -32,8 +26,9 @@ def _as_probabilities(row):
     return q / q.sum()
 
 
-class TransformerBlock(Module):
-    r"""Pre-LN causal transformer block: ``x + attn(LN1 x)``, then ``+ MLP(LN2 .)``.
+class TransformerBlock(TransformerDecoderLayer):
+    r"""The ``lm`` task's block: a pre-LN decoder-only :class:`~nn_core.transformer.TransformerDecoderLayer`
+    with a tanh-GELU MLP of width ``mlp_ratio * d`` and no dropout.
 
     Parameters
     ----------
@@ -50,22 +45,20 @@ class TransformerBlock(Module):
     dtype : {np.float32, np.float64}, keyword-only
     rng : None, int or numpy.random.Generator, keyword-only
 
-    Shapes: ``B`` batch, ``L`` positions.
-
     * ``forward(x [B, L, d], kv_cache=None) -> [B, L, d]``; with a ``kv_cache`` (from
-      ``block.attn.new_kv_cache``) the positions are appended to the cache and attend
-      to everything in it (decoding; no backward afterwards);
+      ``block.self_attn.new_kv_cache``) the positions are appended to the cache and
+      attend to everything in it (decoding; no backward afterwards);
     * ``backward(grad_output [B, L, d]) -> grad_x [B, L, d]``.
 
-    Parameters of the module: ``ln1.gamma, ln1.beta``, ``attn.W_q .. attn.b_o``,
-    ``ln2.*``, ``mlp.0.W, mlp.0.b, mlp.2.W, mlp.2.b``.
+    Parameters of the module: ``norm1.*``, ``self_attn.W_q .. self_attn.b_o``,
+    ``norm2.*``, ``linear1.W, linear1.b, linear2.W, linear2.b``.
 
     Notes
     -----
     Forward::
 
         u = x + attn(LN1(x), is_causal=True)
-        y = u + W2 GELU_tanh(W1 LN2(u))             (mlp = Linear, GELU, Linear)
+        y = u + W2 GELU_tanh(W1 LN2(u))
 
     Backward follows the two residual branches in reverse, with ``g = dloss/dy``::
 
@@ -85,30 +78,32 @@ class TransformerBlock(Module):
 
     def __init__(self, d_model, num_heads, kv_groups=None, mlp_ratio=4, *, dtype=np.float32,
                  rng=None):
-        super().__init__(dtype=dtype, rng=rng)
-        kw = dict(dtype=dtype, rng=self.rng)
-        self.ln1 = LayerNorm(d_model, dtype=dtype)
-        self.attn = _attention(d_model, num_heads, kv_groups, dtype, self.rng)
-        self.ln2 = LayerNorm(d_model, dtype=dtype)
-        self.mlp = Sequential(Linear(d_model, mlp_ratio * d_model, **kw),
-                              GELU("tanh", dtype=dtype),
-                              Linear(mlp_ratio * d_model, d_model, **kw))
+        super().__init__(d_model, num_heads, mlp_ratio * d_model, dropout=0.0,
+                         activation="gelu_tanh", norm_first=True, num_kv_groups=kv_groups,
+                         cross_attention=False, dtype=dtype, rng=rng)
+
+    @property
+    def attn(self):
+        """The self-attention (alias of ``self_attn``)."""
+        return self.self_attn
 
     def forward(self, x, kv_cache=None):
         """``x [B, L, d]`` -> ``[B, L, d]``; with ``kv_cache``: incremental decoding."""
-        x = x + self.attn(self.ln1(x), is_causal=True, kv_cache=kv_cache)
-        x = x + self.mlp(self.ln2(x))
-        if kv_cache is None:
-            self._save_cache(True)
-        else:
-            self._save_no_backward("the forward used a kv_cache (decoding is inference only)")
-        return x
+        return super().forward(x, kv_cache=kv_cache)
 
-    def backward(self, grad_output):
-        self._pop_cache()
-        g = grad_output + self.ln2.backward(self.mlp.backward(grad_output))
-        gq = self.attn.backward(g)[0]
-        return g + self.ln1.backward(gq)
+
+# parameter names of the blocks before they became TransformerDecoderLayers
+_LEGACY_BLOCK_KEYS = (("ln1.", "norm1."), ("attn.", "self_attn."), ("ln2.", "norm2."),
+                      ("mlp.0.", "linear1."), ("mlp.2.", "linear2."))
+
+
+def _current_key(key):
+    parts = key.split(".", 2)                  # blocks, k, rest
+    if len(parts) == 3 and parts[0] == "blocks":
+        for old, new in _LEGACY_BLOCK_KEYS:
+            if parts[2].startswith(old):
+                return f"blocks.{parts[1]}.{new}{parts[2][len(old):]}"
+    return key
 
 
 class TransformerLM(Module):
@@ -227,16 +222,24 @@ class TransformerLM(Module):
         self.pos_embed.backward(g.sum(axis=0))
         return None
 
+    def load_state_dict(self, state_dict) -> None:
+        """As :meth:`Module.load_state_dict`; also takes the block parameter names of
+        checkpoints written before the blocks were
+        :class:`~nn_core.transformer.TransformerDecoderLayer` (``ln1``, ``attn``, ``ln2``,
+        ``mlp.0``, ``mlp.2``)."""
+        super().load_state_dict({_current_key(k): v for k, v in state_dict.items()})
+
     def new_kv_caches(self, batch_size):
         """One empty KV cache of ``max_len`` positions per block."""
         return [blk.attn.new_kv_cache(batch_size, self.max_len) for blk in self.blocks]
 
+    @inference_mode()
     def generate(self, prompt_ids, max_new_tokens, temperature=0.0, rng=None, stop=None):
         """Continue ``prompt_ids [B, P]`` by ``max_new_tokens`` tokens with the KV cache.
 
         The prompt is processed in one forward (prefill); each new token then costs one
-        forward of length 1 attending to everything cached.  Returns
-        ``(tokens [B, <= max_new_tokens], seconds)``.
+        forward of length 1 attending to everything cached.  Runs in
+        :func:`~nn_core.inference_mode`.  Returns ``(tokens [B, <= max_new_tokens], seconds)``.
         """
         rng = np.random.default_rng(rng)
         prompt_ids = np.asarray(prompt_ids)
