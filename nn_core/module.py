@@ -204,6 +204,54 @@ class Module:
         """Flat dict of live gradient arrays; same keys as :meth:`parameters`."""
         return self._named("grads")
 
+    def flat_parameters(self):
+        """``(flat_params, flat_grads)``: every parameter and gradient of this module and
+        its children in two contiguous 1-D buffers, in :meth:`parameters` order.
+
+        The first call moves the values there and makes ``params`` / ``grads`` views of
+        the buffers: arrays taken from ``params`` / ``parameters()`` before the call are
+        no longer the live ones, so call it right after building the model.  Later
+        calls return the same buffers while every parameter still lives there.
+        :func:`~nn_core.optim.clip_grad_norm` then needs one pass, and a distributed
+        all-reduce one call.
+        """
+        flat = self._flat_buffers()
+        if flat is not None:
+            return flat
+        named = self._named_param_slots()
+        total = sum(m.params[k].size for m, k in named)
+        fp, fg = np.empty(total, self.dtype), np.empty(total, self.dtype)
+        off = 0
+        for m, k in named:
+            p, g = m.params[k], m.grads[k]
+            n = p.size
+            fp[off:off + n] = p.reshape(-1)
+            fg[off:off + n] = g.reshape(-1)
+            m.params[k] = fp[off:off + n].reshape(p.shape)
+            m.grads[k] = fg[off:off + n].reshape(g.shape)
+            off += n
+        object.__setattr__(self, "_flat", (fp, fg))
+        return fp, fg
+
+    def _flat_buffers(self):
+        """The buffers of :meth:`flat_parameters` if every parameter still lives there."""
+        flat = self.__dict__.get("_flat")
+        if flat is None:
+            return None
+        named = self._named_param_slots()
+        if (sum(m.params[k].size for m, k in named) == flat[0].size
+                and all(m.params[k].base is flat[0] and m.grads[k].base is flat[1]
+                        for m, k in named)):
+            return flat
+        return None
+
+    def _named_param_slots(self):
+        """``(module, name)`` of every parameter, in :meth:`parameters` order."""
+        out = [(self, k) for k in self.params]
+        for _, child in self.children():
+            out.extend(child._named_param_slots())
+        return out
+
     def num_parameters(self) -> int:
         return int(sum(p.size for p in self.parameters().values()))
 

@@ -258,7 +258,8 @@ def clip_grad_norm(target, max_norm, eps=1e-6) -> float:
         the gradients are then left unchanged).
     """
     if isinstance(target, Module):
-        grads = list(target.gradients().values())
+        flat = target._flat_buffers()
+        grads = [flat[1]] if flat is not None else list(target.gradients().values())
     elif isinstance(target, dict):
         grads = list(target.values())
     else:

@@ -196,3 +196,27 @@ def test_rejected_grad_output_keeps_the_forward_for_a_retry(rng):
         module.backward(np.ones_like(out))                       # the retry works
         with pytest.raises(RuntimeError, match="without a matching forward"):
             module.backward(np.ones_like(out))
+
+
+def test_flat_parameters_views_and_clip(rng):
+    from nn_core.layers import LayerNorm, Linear, Sequential
+    from nn_core.optim import clip_grad_norm
+
+    net = Sequential(Linear(3, 4, dtype=np.float64, rng=0), LayerNorm(4, dtype=np.float64))
+    x = rng.standard_normal((5, 3))
+    y = net(x)
+    values = {k: v.copy() for k, v in net.parameters().items()}
+    fp, fg = net.flat_parameters()
+    assert fp.size == fg.size == net.num_parameters()
+    assert net.flat_parameters()[0] is fp                  # stable while nothing moved
+    for k, v in net.parameters().items():
+        np.testing.assert_array_equal(v, values[k])
+        assert v.base is fp and net.gradients()[k].base is fg
+    np.testing.assert_array_equal(net(x), y)
+    net.backward(rng.standard_normal(y.shape))
+    norm = np.sqrt(sum(float((g * g).sum()) for g in net.gradients().values()))
+    assert np.isclose(clip_grad_norm(net, 0.5), norm)      # one pass over fg
+    assert np.isclose(np.linalg.norm(fg), 0.5, rtol=1e-5)
+    net[0].add_param("extra", np.ones(2))                  # a new parameter: re-flattened
+    fp2, _ = net.flat_parameters()
+    assert fp2 is not fp and fp2.size == fp.size + 2
