@@ -98,15 +98,19 @@ def as_mask(mask, name: str, dtype):
 
     Returns ``(kind, array)`` with kind ``"bool"`` (``True`` = attend) or
     ``"float"`` (additive, cast to ``dtype``).  ``None`` gives ``(None, None)``.
+    Any other dtype (integer, unsigned, object) is a TypeError, as in torch.
     """
     if mask is None:
         return None, None
     arr = np.asarray(mask)
     if arr.dtype == np.bool_:
         return "bool", arr
-    if arr.dtype.kind in "fiu":
+    if arr.dtype.kind == "f":
         return "float", arr.astype(dtype, copy=False)
-    raise TypeError(f"{name} must be a bool or real-valued array, got dtype {arr.dtype}")
+    hint = (" (a 0/1 integer mask is ambiguous: use mask.astype(bool) for 'True = attend', "
+            "or a float mask for additive scores)" if arr.dtype.kind in "iu" else "")
+    raise TypeError(f"{name} must be a bool mask (True = attend) or a floating additive "
+                    f"mask (0 keep, -inf drop), got dtype {arr.dtype}{hint}")
 
 
 def as_lengths(lengths, name: str, batch_size: int, max_len: int, min_len: int = 1) -> np.ndarray:

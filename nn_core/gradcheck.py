@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .module import inference_mode
+
 __all__ = ["gradcheck", "GradcheckReport", "GradcheckEntry"]
 
 
@@ -173,7 +175,8 @@ def gradcheck(module, inputs, grad_output=None, eps=1e-6, rtol=1e-5, atol=1e-7,
     grad_struct = _rebuild(out, list(grad_flat))
 
     def loss(*args):
-        o = _flatten(module.forward(*args))
+        with inference_mode():                   # outputs only: keep no caches
+            o = _flatten(module.forward(*args))
         return sum(float(np.sum(a * g)) for a, g in zip(o, grad_flat))
 
     module.zero_grad()

@@ -115,6 +115,36 @@ class NoBackward:
         self.reason = reason
 
 
+_get_ident = threading.get_ident
+_GUARDED = ("forward", "backward", "forward_sequence", "backward_sequence")
+#: most forwards a module keeps for later backwards (beyond: RuntimeError, not a leak)
+MAX_PENDING_FORWARDS = 4096
+
+
+def _guarded(fn):
+    """``fn`` (a forward or backward) refusing to run while another thread runs one of
+    this instance's guarded methods: one instance, one thread at a time."""
+
+    @functools.wraps(fn)
+    def method(self, *args, **kwargs):
+        token = (_get_ident(),)
+        held = self.__dict__.setdefault("_owner_thread", token)   # atomic claim
+        if held is not token:
+            if held[0] != token[0]:
+                raise RuntimeError(
+                    f"{type(self).__name__} is being used from two threads at once; a "
+                    "module instance must be used by one thread at a time (give each "
+                    "thread its own instance, e.g. copy.deepcopy(module))")
+            return fn(self, *args, **kwargs)             # re-entrant on this thread
+        try:
+            return fn(self, *args, **kwargs)
+        finally:
+            del self.__dict__["_owner_thread"]
+
+    method._nn_guarded = True
+    return method
+
+
 _INFERENCE_FORWARD = NoBackward("the forward ran in eval() or inference_mode(), which keep "
                                 "no backward cache; call train() and run forward again")
 
@@ -136,16 +166,19 @@ class Module:
         # can rebuild a module without the code that constructed it.
         super().__init_subclass__(**kwargs)
         init = cls.__dict__.get("__init__")
-        if init is None:
-            return
+        if init is not None:
+            @functools.wraps(init)
+            def __init__(self, *args, **kw):
+                if "_init_args" not in self.__dict__:
+                    object.__setattr__(self, "_init_args", (args, dict(kw)))
+                init(self, *args, **kw)
 
-        @functools.wraps(init)
-        def __init__(self, *args, **kw):
-            if "_init_args" not in self.__dict__:
-                object.__setattr__(self, "_init_args", (args, dict(kw)))
-            init(self, *args, **kw)
-
-        cls.__init__ = __init__
+            cls.__init__ = __init__
+        # one thread at a time per instance (see _guarded)
+        for name in _GUARDED:
+            fn = cls.__dict__.get(name)
+            if fn is not None and not getattr(fn, "_nn_guarded", False):
+                setattr(cls, name, _guarded(fn))
 
     def __init__(self, *, dtype=np.float32, rng=None):
         object.__setattr__(self, "_children", {})
@@ -154,7 +187,7 @@ class Module:
         self.params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
         self.training = True
-        self._cache = None
+        self._stack = []                # pending forwards: (thread id, cache), newest last
 
     # ------------------------------------------------------------ registration
     def __setattr__(self, name, value):
@@ -315,44 +348,76 @@ class Module:
     # forward keeps what backward needs with _save_cache (a small dataclass, never a
     # positional tuple); backward reads it with _peek_cache, validates grad_output,
     # then consumes it with _pop_cache, so a rejected grad_output leaves the forward
-    # usable for a corrected retry.
+    # usable for a corrected retry.  Pending forwards form a stack: each backward
+    # matches the most recent unmatched forward (a module applied twice in one graph).
     def keeps_cache(self) -> bool:
         """True when a ``forward`` now keeps what ``backward`` needs: in training mode
         and outside :func:`inference_mode`."""
         return self.training and not is_inference_mode()
 
+    @property
+    def _cache(self):
+        """The newest pending forward cache (None when there is none)."""
+        stack = self.__dict__.get("_stack")
+        return stack[-1][1] if stack else None
+
+    @_cache.setter
+    def _cache(self, value):
+        # single-slot form of the protocol (modules written against it set _cache)
+        self.__dict__["_stack"] = [] if value is None else [(threading.get_ident(), value)]
+
     def _save_cache(self, cache) -> None:
-        """Keep ``cache`` for the next ``backward`` (nothing in eval / inference mode)."""
-        if self.keeps_cache():
-            self._cache = cache
-        else:
-            self._cache = _INFERENCE_FORWARD
+        """Keep ``cache`` for a later ``backward`` (nothing in eval / inference mode)."""
+        if not self.keeps_cache():
+            self._save_marker(_INFERENCE_FORWARD)
+            return
+        stack = self._stack
+        if stack and isinstance(stack[-1][1], NoBackward):
+            stack.clear()
+        if len(stack) >= MAX_PENDING_FORWARDS:
+            raise RuntimeError(
+                f"{type(self).__name__} holds {len(stack)} forwards waiting for a backward; "
+                "run forward-only code in eval() or nn_core.inference_mode(), or call "
+                "backward (or _drop_caches()) first")
+        stack.append((threading.get_ident(), cache))
 
     def _save_no_backward(self, reason: str) -> None:
         """Record a forward that allows no backward; ``backward`` then raises
         ``RuntimeError(reason)``."""
-        self._cache = NoBackward(reason)
+        self._save_marker(NoBackward(reason))
+
+    def _save_marker(self, marker):
+        # a forward without a backward replaces what was pending: the next backward
+        # must fail rather than silently consume an older forward
+        self._stack = [(threading.get_ident(), marker)]
 
     def _peek_cache(self):
-        """The forward cache, not consumed (RuntimeError when there is none)."""
-        cache = self._cache
+        """The newest pending forward cache, not consumed (RuntimeError when there is
+        none, when it allows no backward, or when another thread ran it)."""
+        stack = self._stack
+        if not stack:
+            require_forward(None, self)
+        tid, cache = stack[-1]
         if isinstance(cache, NoBackward):
-            self._cache = None
+            stack.pop()
             raise RuntimeError(f"{type(self).__name__}.backward is not available: "
                                f"{cache.reason}")
-        require_forward(cache, self)
+        if tid != threading.get_ident():
+            raise RuntimeError(
+                f"{type(self).__name__}.backward: the newest pending forward ran on another "
+                "thread; a module instance must be used by one thread at a time")
         return cache
 
     def _pop_cache(self):
-        """The forward cache, consumed (RuntimeError when there is none)."""
+        """The newest pending forward cache, consumed (RuntimeError when there is none)."""
         cache = self._peek_cache()
-        self._cache = None
+        self._stack.pop()
         return cache
 
     def _drop_caches(self) -> None:
         """Forget the pending backward caches of this module and its children."""
         for m in self.modules():
-            m._cache = None
+            m._stack = []
 
     def __repr__(self) -> str:
         args, kwargs = getattr(self, "_init_args", ((), {}))

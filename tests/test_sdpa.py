@@ -164,8 +164,10 @@ def test_bad_mask_and_grad_shape(rng):
     attn = ScaledDotProductAttention(dtype=np.float64)
     with pytest.raises(ValueError, match=r"mask must broadcast to the attention score shape \(2, 3, 5, 7\)"):
         attn(q, k, v, mask=np.ones((5, 6), bool))
-    with pytest.raises(TypeError, match="mask must be a bool or real-valued"):
+    with pytest.raises(TypeError, match="mask must be a bool mask"):
         attn(q, k, v, mask=np.ones((5, 7), complex))
+    with pytest.raises(TypeError, match="integer mask is ambiguous"):    # e.g. HF's 0/1
+        attn(q, k, v, mask=np.ones((5, 7), np.int64))
     attn(q, k, v)
     with pytest.raises(ValueError, match=r"grad_output must have shape \(2, 3, 5, 6\)"):
         attn.backward(np.ones((2, 3, 5, 5)))

@@ -75,8 +75,12 @@ def test_input_not_modified(rng):
 def test_errors():
     with pytest.raises(TypeError, match="x must be a real-valued"):
         softmax(np.ones(3, dtype=complex))
-    with pytest.raises(TypeError, match="mask must be a bool or real-valued"):
+    with pytest.raises(TypeError, match="mask must be a bool mask"):
         softmax(np.ones(3), mask=np.array(["a", "b", "c"]))
+    with pytest.raises(TypeError, match="0/1 integer mask is ambiguous"):
+        softmax(np.ones(3), mask=np.array([1, 0, 1]))
+    with pytest.raises(TypeError, match="axis must be an int, got float"):
+        softmax(np.ones((2, 3)), axis=1.0)
     with pytest.raises(ValueError, match=r"mask must broadcast to x's shape \(2, 3\), got \(4,\)"):
         softmax(np.ones((2, 3)), mask=np.ones(4, bool))
     with pytest.raises(ValueError, match="axis must be in"):
@@ -162,3 +166,11 @@ def test_nan_detection_all_payloads_and_positions(dtype, n, rng):
             assert not np.isnan(y[1]).any()
     x = np.full((1, n), -np.inf, dtype)             # -inf is not NaN: a fully masked row
     assert (softmax(x) == 0).all()
+
+
+def test_an_infinite_score_makes_the_row_nan_as_in_torch():
+    """torch.softmax([inf, 1, 2]) is [nan, nan, nan] (exp(inf - inf) is NaN and the
+    sum is NaN): the same here, and other rows are untouched."""
+    out = softmax(np.array([[np.inf, 1.0, 2.0], [0.0, 1.0, 2.0]]))
+    assert np.isnan(out[0]).all()
+    np.testing.assert_allclose(out[1].sum(), 1.0)

@@ -49,7 +49,7 @@ from .._kernels import _attention as _kattn
 from .._kernels import _softmax as _ksoftmax
 from .._validation import (as_float_array, as_mask, broadcasts_to, check_grad_output,
                            check_probability)
-from ..module import Module
+from ..module import Module, NoBackward
 
 __all__ = ["softmax", "ScaledDotProductAttention", "scaled_dot_product_attention"]
 
@@ -332,6 +332,9 @@ def softmax(x, axis=-1, mask=None):
     arr = np.asarray(x)
     dtype = np.float32 if arr.dtype == np.float32 else np.float64
     arr = as_float_array(arr, "x", dtype, min_ndim=1)
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"axis must be an int, got {type(axis).__name__} {axis!r}")
+    axis = int(axis)
     if not -arr.ndim <= axis < arr.ndim:
         raise ValueError(f"axis must be in [-{arr.ndim}, {arr.ndim}), got {axis}")
     kind, m = as_mask(mask, "mask", dtype)
@@ -489,9 +492,10 @@ class ScaledDotProductAttention(Module):
     def _probs_workspace(self, shape):
         """The probabilities buffer, reused across calls when nobody else holds it.
 
-        The fused backward overwrites it with ``dS``, and a new forward replaces
-        the cache, so reuse is safe; it saves the page faults of a fresh
-        ``[..., L_q, L_k]`` allocation on every call."""
+        The fused backward overwrites it with ``dS``; while another forward's cache is
+        pending (a module applied twice before its backwards) a fresh buffer is used."""
+        if any(not isinstance(c, NoBackward) for _, c in self._stack):
+            return np.empty(shape, dtype=self.dtype)
         ws = getattr(self, "_ws", None)
         if ws is None or ws.shape != shape or ws.dtype != self.dtype:
             self._ws = None
