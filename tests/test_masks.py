@@ -150,3 +150,16 @@ def test_global_tokens_integer_forms():
                                   create_local_attention_mask(6, 1))
     with pytest.raises(ValueError, match=str(2**64 - 1)):
         create_local_attention_mask(6, 1, global_tokens=np.array([2**64 - 1], np.uint64))
+
+
+@pytest.mark.parametrize("call", [
+    lambda: create_padding_mask([2 ** 63 - 1]),
+    lambda: create_padding_mask([3], 2 ** 63 - 1),
+    lambda: create_causal_padding_mask([2 ** 63 - 1]),
+    lambda: create_causal_mask(2 ** 63 - 1),
+    lambda: create_sliding_window_mask(2 ** 40, 3),
+    lambda: create_local_attention_mask(2 ** 40, 3),
+])
+def test_masks_too_large_to_exist_raise_instead_of_coming_back_empty(call):
+    with pytest.raises(ValueError, match="the mask would have shape"):
+        call()

@@ -533,3 +533,17 @@ def test_backward_sequence_bad_grad_keeps_cache_for_retry(kind, rng):
     assert gx.shape == (5, 2, 3)
     with pytest.raises(RuntimeError, match="without a matching forward"):
         cell.backward_sequence(np.ones_like(out))
+
+
+@pytest.mark.parametrize("kind", ["rnn", "gru"])
+def test_single_state_cells_take_a_nested_list_as_an_array(kind, rng):
+    """A list is array-like for RNN/GRU (as in NumPy); a tuple is refused (it reads as
+    the LSTM's (h, c))."""
+    cell = make_cell(kind, 2, 3, dtype=np.float64, rng=rng)
+    h0 = rng.standard_normal((2, 3))
+    x = rng.standard_normal((4, 2, 2))
+    want, _ = cell.forward_sequence(x, state=h0)
+    got, _ = cell.forward_sequence(x, state=h0.tolist())
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="must be one"):
+        cell.forward_sequence(x, state=(h0,))

@@ -69,6 +69,21 @@ def _finish(allowed, dtype):
     return out
 
 
+_MAX_ELEMENTS = 1 << 48      # far beyond any real mask; below NumPy's index overflow
+
+
+def _fits(shape):
+    """``shape``, after checking the mask can exist (NumPy would overflow silently on
+    sizes near 2**63 and return an empty array)."""
+    n = 1
+    for d in shape:
+        n *= int(d)
+    if n > _MAX_ELEMENTS:
+        raise ValueError(f"the mask would have shape {tuple(shape)} ({n} elements); "
+                         f"at most {_MAX_ELEMENTS} are supported")
+    return shape
+
+
 def _lengths(lengths, max_len):
     """``lengths`` as int64 ``[B]`` and the resolved ``max_len``.
 
@@ -120,6 +135,7 @@ def create_causal_mask(seq_len, dtype=bool):
            [1, 1, 1]])
     """
     L = _length(seq_len, "seq_len")
+    _fits((L, L))
     return _finish(np.tri(L, L, dtype=bool), dtype)
 
 
@@ -129,6 +145,7 @@ def create_padding_mask(lengths, max_len=None, dtype=bool):
     ``max_len`` defaults to ``max(lengths)``.  It broadcasts over heads and queries.
     """
     arr, L = _lengths(lengths, max_len)
+    _fits((arr.size, L))
     allowed = np.arange(L)[None, :] < arr[:, None]
     return _finish(allowed[:, None, None, :], dtype)
 
@@ -136,6 +153,7 @@ def create_padding_mask(lengths, max_len=None, dtype=bool):
 def create_causal_padding_mask(lengths, max_len=None, dtype=bool):
     """``[B, 1, L, L]``: ``create_causal_mask(L) & create_padding_mask(lengths, L)``."""
     arr, L = _lengths(lengths, max_len)
+    _fits((arr.size, L, L))
     allowed = np.tri(L, L, dtype=bool)[None, None] & (np.arange(L) < arr[:, None])[:, None, None, :]
     return _finish(allowed, dtype)
 
@@ -149,6 +167,7 @@ def create_sliding_window_mask(seq_len, window_size, causal=True, dtype=bool):
     """
     L = _length(seq_len, "seq_len")
     w = _window(window_size)
+    _fits((L, L))
     d = np.arange(L)[:, None] - np.arange(L)[None, :]        # i - j
     allowed = (d >= 0) & (d < w) if causal else np.abs(d) <= w // 2
     return _finish(allowed, dtype)
@@ -163,6 +182,7 @@ def create_local_attention_mask(seq_len, window_size, global_tokens=(), dtype=bo
     """
     L = _length(seq_len, "seq_len")
     w = _window(window_size)
+    _fits((L, L))
     g = _indices(global_tokens, L)
     d = np.arange(L)[:, None] - np.arange(L)[None, :]
     allowed = np.abs(d) <= w // 2

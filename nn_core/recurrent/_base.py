@@ -340,7 +340,7 @@ class RecurrentCell(Module):
             return out[0], out[1]
         if state is None:
             return np.zeros((B, H), self.dtype), None
-        if isinstance(state, (tuple, list)):
+        if isinstance(state, tuple):       # a list is array-like (nested rows), as in NumPy
             raise ValueError(f"{name} must be one [B, H] array h for "
                              f"{type(self).__name__}, got a {type(state).__name__}")
         arr = as_float_array(state, name, self.dtype)
@@ -385,7 +385,7 @@ class RecurrentCell(Module):
                                  f"arrays or None, got {type(grad_state).__name__}")
             return (self._grad_part(grad_state[0], f"{name} h", B),
                     self._grad_part(grad_state[1], f"{name} c", B))
-        if isinstance(grad_state, (tuple, list)):
+        if isinstance(grad_state, tuple):
             raise ValueError(f"{name} must be one [B, H] array for "
                              f"{type(self).__name__}, got a {type(grad_state).__name__}")
         return self._grad_part(grad_state, name, B), None
