@@ -9,11 +9,11 @@ from . import recurrent
 from .gradcheck import GradcheckReport, gradcheck
 from .module import Module, ModuleList
 from . import layers, losses, optim  # noqa: E402  (training toolkit)
-from .checkpoint import load, save  # noqa: E402
+from .checkpoint import CheckpointError, load, load_training_state, save  # noqa: E402
 from . import datasets, models, training  # noqa: E402  (demo models, their data, the loop)
 
 __version__ = "0.1.0"
 
 __all__ = ["Module", "ModuleList", "gradcheck", "GradcheckReport", "attention", "recurrent",
-           "layers", "losses", "optim", "save", "load", "datasets", "models", "training",
-           "__version__"]
+           "layers", "losses", "optim", "save", "load", "load_training_state",
+           "CheckpointError", "datasets", "models", "training", "__version__"]
