@@ -707,11 +707,12 @@ def train(task, *, epochs, batch_size, lr, dtype=np.float32, seed=0, out_dir="ru
                 bar.file.write("\n")
             model._drop_caches()
             checkpoint(state(before), run.metrics)
-            _plot(run, out_dir, task, signals)
+            signum, signals.requested = signals.requested or signal.SIGINT, None
+            _plot(run, out_dir, task, signals)            # a second signal skips the plot
             raise TrainingInterrupted(
                 f"interrupted at step {run.step} (epoch {run.epochs_done + 1}, batch "
                 f"{run.batch}/{per_epoch}); checkpoint saved to {ckpt}", ckpt, run.step,
-                run.epochs_done + 1, signals.requested or signal.SIGINT) from None
+                run.epochs_done + 1, signum) from None
         wall = run.wall + time.perf_counter() - t_start
         run.history["wall_time_s"] = wall
         png = _plot(run, out_dir, task, signals)

@@ -245,7 +245,9 @@ def test_signal_during_the_update_finishes_the_step(tmp_path, reference, monkeyp
     _same_run(reference, out)
 
 
-def test_signal_during_forward_abandons_the_step(tmp_path, reference):
+def test_signal_during_forward_abandons_the_step(tmp_path, reference, monkeypatch):
+    plotted = []
+    monkeypatch.setattr(training, "plot_history", lambda h, path, title: plotted.append(path))
     task = _DropoutToy({"seed": 2})
     step = task.train_step
     calls = {"n": 0}
@@ -260,6 +262,7 @@ def test_signal_during_forward_abandons_the_step(tmp_path, reference):
     with pytest.raises(TrainingInterrupted) as info:
         train(task, out_dir=out, **RUN)
     assert info.value.step == 3 and info.value.signum == signal.SIGTERM
+    assert plotted == [os.path.join(out, "loss_curve.png")]      # the curve is still drawn
     train(_DropoutToy({"seed": 2}), out_dir=out, resume=True, **RUN)
     _same_run(reference, out)
 
