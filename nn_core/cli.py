@@ -1,33 +1,64 @@
-"""The ``nn-core`` command (also ``python -m nn_core``).
+"""The ``nn-core`` command (also ``python -m nn_core``); see :data:`USAGE`.
 
-::
-
-    nn-core train [TASK] [--epochs N --batch-size N --lr X --hidden N --dtype float32|float64
-                          --seed N --threads N --out DIR] [task options]
-    nn-core eval CHECKPOINT
-    nn-core generate CHECKPOINT [--input 12345 ... | --prompt "12+7=" | --num N]
-
-``TASK`` is ``seq2seq`` (default), ``forecast`` or ``lm``; ``nn-core train TASK --help``
-lists its options and defaults.
+Exit status: 0 on success, 1 when a command fails (unreadable checkpoint, diverged
+training), 2 for a usage error (every argument is checked before any data are
+generated, and the one-line message names the flag), and 128 + the signal number when
+training is interrupted (130 for Ctrl-C) after saving a resumable checkpoint.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
 
 import numpy as np
 
-__all__ = ["main"]
+__all__ = ["main", "USAGE"]
 
-def _limit_threads(n, argv=None, may_exec=False):
+USAGE = """\
+usage: nn-core COMMAND [options]
+
+commands:
+  train [TASK] [options]   train a model on generated data and save it in a run folder
+                           (TASK: seq2seq (default), forecast or lm)
+  eval RUN                 reload a trained model and report its validation metrics
+  generate RUN [options]   run a trained model on examples
+  RUN is a run folder (such as runs/seq2seq) or the checkpoint in it (its model.npz).
+
+options:
+  -h, --help               show this help (nn-core COMMAND --help: that command's options
+                           and their defaults; nn-core train TASK --help: the task's)
+  --version                show the version
+
+examples:
+  nn-core train                                  reverse digit strings, into runs/seq2seq
+  nn-core train lm --kv-groups 2 --out runs/gqa  a small transformer with grouped-query attention
+  nn-core train --resume --out runs/seq2seq      continue an interrupted run
+  nn-core eval runs/seq2seq
+  nn-core generate runs/seq2seq --input 3141592653
+"""
+
+
+class UsageError(Exception):
+    """A bad command line (exit status 2)."""
+
+
+class CommandError(Exception):
+    """A command that cannot be carried out (exit status 1)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Errors as one line naming the flag, raised instead of printed."""
+
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _limit_threads(n):
     """Give this process a thread budget of ``n`` (every BLAS library, and child
     processes through the ``*_NUM_THREADS`` variables; see :mod:`nn_core._parallel`)."""
-    if n is None:
-        return
-    if n < 1:
-        raise SystemExit(f"nn-core: --threads must be >= 1, got {n}")
     from . import _parallel
 
     _parallel.limit_threads(n)
@@ -36,27 +67,41 @@ def _limit_threads(n, argv=None, may_exec=False):
               file=sys.stderr)
 
 
-def _task_name(argv):
-    from .tasks import TASKS
+def _explicit(parser, argv):
+    """The destinations of the options given on the command line."""
+    saved = {a.dest: a.default for a in parser._actions}
+    try:
+        for a in parser._actions:
+            # a positional's default must pass its choices unless it is not a str
+            a.default = argparse.SUPPRESS if a.option_strings else None
+        ns, _ = parser.parse_known_args(argv)
+    finally:
+        for a in parser._actions:
+            a.default = saved[a.dest]
+    return {k for k, v in vars(ns).items() if v is not None}
 
-    for tok in argv[1:]:
-        if tok in TASKS:
-            return tok
-        if not tok.startswith("-"):
-            break
-    return "seq2seq"
+
+def _positive_int(args, name, lo=1):
+    v = getattr(args, name)
+    if v is not None and v < lo:
+        raise UsageError(f"--{name.replace('_', '-')} must be >= {lo}, got {v}")
 
 
-def _train_parser(task_cls):
+# ------------------------------------------------------------------ train
+def _train_parser(task_cls, task_default="seq2seq"):
     from .tasks import TASKS
 
     d = task_cls.defaults
-    p = argparse.ArgumentParser(
-        prog="nn-core train",
-        description=f"Train the {task_cls.name!r} task: {task_cls.description}. "
-                    "Defaults are this task's; `nn-core train TASK --help` shows another's.")
-    p.add_argument("task", nargs="?", default="seq2seq", choices=sorted(TASKS),
-                   help="what to train (default: seq2seq)")
+    p = _Parser(
+        prog="nn-core train", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=f"Train the {task_cls.name} task: {task_cls.description}.\n"
+                    "The defaults shown are this task's; nn-core train TASK --help shows "
+                    "another task's.",
+        epilog="A run folder holds model.npz (the checkpoint, with the training state), "
+               "history.json,\nhistory.csv and loss_curve.png. Ctrl-C saves the run and "
+               "exits with status 130;\nnn-core train --resume --out DIR continues it.")
+    p.add_argument("task", nargs="?", default=task_default, choices=sorted(TASKS),
+                   metavar="TASK", help="seq2seq, forecast or lm (default: seq2seq)")
     p.add_argument("--epochs", type=int, default=d["epochs"], help="default: %(default)s")
     p.add_argument("--batch-size", type=int, default=d["batch_size"],
                    help="default: %(default)s")
@@ -71,70 +116,244 @@ def _train_parser(task_cls):
     p.add_argument("--threads", type=int, default=1,
                    help="BLAS threads (default: %(default)s; these models' matrices are small "
                         "and more threads mostly add synchronisation)")
-    p.add_argument("--out", default=None,
-                   help="output directory (default: runs/TASK)")
-    p.add_argument("--max-steps", type=int, default=None,
-                   help="stop after this many optimizer steps in total (quick checks)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="run folder (default: runs/TASK)")
+    p.add_argument("--max-steps", type=int, default=None, metavar="N",
+                   help="stop after this many optimizer steps in total, with a resumable "
+                        "checkpoint; the schedule still spans --epochs (default: no limit)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out with its saved settings (default: off)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in --out (default: off; a run folder is never "
+                        "replaced silently)")
     g = p.add_argument_group(f"{task_cls.name} options")
     task_cls.add_arguments(g)
     return p
 
 
-def cmd_train(argv):
-    from .tasks import get_task
-    from .training import train
+def _option_owner(flag, own):
+    """The other task that has option ``flag``, if any."""
+    from .tasks import TASKS, get_task
 
-    task_cls = get_task(_task_name(argv))
-    args = _train_parser(task_cls).parse_args(argv[1:])
-    _limit_threads(args.threads, argv, _TOP_LEVEL[0])
-    for name in ("epochs", "batch_size", "hidden"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"nn-core train: --{name.replace('_', '-')} must be >= 1")
+    for name in TASKS:
+        if name != own and flag in _train_parser(get_task(name))._option_string_actions:
+            return name
+    return None
+
+
+def _positional_task(argv):
+    """The first positional token of ``nn-core train`` (every option but the flags
+    takes one value)."""
+    flags = {"-h", "--help", "--resume", "--overwrite"}
+    skip = False
+    for tok in argv:
+        if skip:
+            skip = False
+        elif tok.startswith("-"):
+            skip = "=" not in tok and not any(f.startswith(tok) for f in flags)
+        else:
+            return tok
+    return None
+
+
+def _parse_train(argv, task_default="seq2seq"):
+    """``(task class, args, explicit destinations)`` for ``nn-core train ...``; the task
+    is the positional one, else ``task_default``."""
+    from .tasks import TASKS, get_task
+
+    task = _positional_task(argv) or task_default
+    parser = _train_parser(get_task(task if task in TASKS else task_default), task_default)
+    known = parser._option_string_actions
+    for tok in argv:
+        flag = tok.split("=")[0]
+        if flag.startswith("--") and not any(o.startswith(flag) for o in known):
+            owner = _option_owner(flag, task)
+            if owner:
+                raise UsageError(f"nn-core train: {flag} is an option of the {owner} task, "
+                                 f"not of {task} (nn-core train {task} --help lists "
+                                 "its options)")
+    args = parser.parse_args(argv)
+    return get_task(args.task), args, _explicit(parser, argv)
+
+
+def _check_train_args(args):
+    for name in ("epochs", "batch_size", "hidden", "threads", "max_steps"):
+        _positive_int(args, name)
+    _positive_int(args, "seed", 0)
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise UsageError(f"--lr must be a finite number > 0, got {args.lr}")
+    if args.resume and args.overwrite:
+        raise UsageError("--resume and --overwrite exclude each other")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out} is a file; give a folder for the run")
+
+
+def _resumed_run(argv):
+    """``(run info, out)`` when the command line asks for ``--resume``, else ``None``."""
+    from .checkpoint import CheckpointError
+    from .training import read_run
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--out", default=None)
+    pre.add_argument("--resume", action="store_true")
+    pre.add_argument("--overwrite", action="store_true")
+    ns, _ = pre.parse_known_args(argv)
+    if not ns.resume:
+        return None
+    if ns.overwrite:
+        raise UsageError("--resume and --overwrite exclude each other")
+    out = ns.out or os.path.join("runs", _positional_task(argv) or "seq2seq")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"--out {out} is a file; give a folder for the run")
     try:
-        config = task_cls.config_from_args(args)
-    except ValueError as exc:
-        raise SystemExit(f"nn-core train: {exc}")
+        return read_run(out), out
+    except FileNotFoundError:
+        raise CommandError(f"nn-core train --resume: nothing to resume in {out} (no "
+                           "model.npz)") from None
+    except (OSError, CheckpointError) as exc:
+        raise CommandError(f"nn-core train --resume: {exc}") from None
+
+
+def _resume_settings(args, explicit, info):
+    """The saved run's settings, refusing explicit options that disagree with them."""
+    keep = {"task", "out", "max_steps", "threads", "resume", "overwrite"}
+    settings, config = info["settings"], info["config"] or {}
+    for dest in sorted(explicit - keep):
+        given = getattr(args, dest)
+        saved = settings[dest] if dest in settings else config.get(dest)
+        if given != saved:
+            flag = "--" + dest.replace("_", "-")
+            raise UsageError(f"{flag} {given} differs from the run being resumed ({saved}); "
+                             "a resumed run keeps its settings (drop the option)")
+    return settings
+
+
+def cmd_train(argv):
+    from .checkpoint import CheckpointError
+    from .training import RUN_FILES, RunExistsError, TrainingInterrupted, train
+
+    resumed = _resumed_run(argv[1:])
+    task_default = resumed[0]["task"] if resumed else "seq2seq"
+    task_cls, args, explicit = _parse_train(argv[1:], task_default)
+    args.out = args.out or os.path.join("runs", task_cls.name)
+    _check_train_args(args)
+    if resumed:
+        info, _ = resumed
+        if args.task != info["task"]:
+            raise UsageError(f"--out {args.out} holds a {info['task']} run, not {args.task}")
+        settings = _resume_settings(args, explicit, info)
+        if info["finished"]:
+            print(f"nn-core train: the run in {args.out} is finished ({info['epochs_done']} "
+                  f"epochs, {info['step']} steps); nothing to resume")
+            return 0
+        if args.max_steps is not None and args.max_steps <= info["step"]:
+            raise UsageError(f"--max-steps {args.max_steps} is not past the run's step "
+                             f"{info['step']}")
+        try:
+            config = task_cls.check_config(info["config"])
+        except ValueError as exc:
+            raise CommandError(f"nn-core train --resume: the run's task configuration is "
+                               f"invalid: {exc}") from None
+    else:
+        present = [f for f in RUN_FILES if os.path.lexists(os.path.join(args.out, f))]
+        if present and not args.overwrite:
+            raise UsageError(f"--out {args.out} already holds a run ({', '.join(present)}); "
+                             "add --resume to continue it or --overwrite to replace it")
+        try:
+            config = task_cls.config_from_args(args)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        settings = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+                    "dtype": args.dtype, "seed": args.seed}
+    _limit_threads(args.threads)
     t0 = time.perf_counter()
     task = task_cls(config)
-    data_time = time.perf_counter() - t0
-    print(f"data: generated in {data_time:.1f}s", flush=True)
-    out_dir = args.out or os.path.join("runs", task_cls.name)
-    train(task, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-          dtype=np.dtype(args.dtype).type, seed=args.seed, out_dir=out_dir,
-          max_steps=args.max_steps)
-    print(f"next: nn-core eval {os.path.join(out_dir, 'model.npz')}   |   "
-          f"nn-core generate {os.path.join(out_dir, 'model.npz')}")
+    print(f"data: generated in {time.perf_counter() - t0:.1f}s", flush=True)
+    extra = {k: settings[k] for k in ("weight_decay", "clip", "warmup_frac") if k in settings}
+    resume_cmd = f"nn-core train --resume --out {args.out}"
+    try:
+        _, result = train(task, epochs=settings["epochs"], batch_size=settings["batch_size"],
+                          lr=settings["lr"], dtype=np.dtype(settings["dtype"]).type,
+                          seed=settings["seed"], out_dir=args.out, max_steps=args.max_steps,
+                          resume=bool(resumed), overwrite=args.overwrite, **extra)
+    except TrainingInterrupted as exc:
+        print(f"nn-core train: {exc}; resume with: {resume_cmd}", file=sys.stderr, flush=True)
+        return 128 + exc.signum
+    except (FloatingPointError, RunExistsError, NotADirectoryError, FileNotFoundError,
+            CheckpointError) as exc:
+        raise CommandError(f"nn-core train: {exc}") from None
+    if result["status"] == "max_steps":
+        print(f"next: {resume_cmd}   (continues to the end of the run)")
+    else:
+        print(f"next: nn-core eval {args.out}   |   nn-core generate {args.out}")
     return 0
 
 
-def _load(path):
-    from .checkpoint import CheckpointError, load
-    from .tasks import get_task
+# ------------------------------------------------------------------ eval, generate
+def _checkpoint_path(run):
+    """A run folder's checkpoint, or the file given."""
+    from .training import CHECKPOINT
+
+    if os.path.isdir(run):
+        path = os.path.join(run, CHECKPOINT)
+        if not os.path.exists(path):
+            raise CommandError(f"nn-core: {run} is a folder without a {CHECKPOINT}; give a "
+                               "run folder or a checkpoint file")
+        return path
+    return run
+
+
+def _task_of(path):
+    """``(task class, config, metadata)`` of a checkpoint written by ``nn-core train``,
+    checked without generating any data."""
+    from .checkpoint import CheckpointError, read_metadata
+    from .tasks import TASKS, get_task
 
     try:
-        model, meta = load(path, with_metadata=True)
-    except (FileNotFoundError, CheckpointError) as exc:
-        raise SystemExit(f"nn-core: {exc}")
+        meta = read_metadata(path)
+    except (OSError, CheckpointError) as exc:
+        raise CommandError(f"nn-core: {exc}") from None
     extra = meta.get("extra") or {}
-    if "task" not in extra:
-        raise SystemExit(f"nn-core: {path} is an nn_core checkpoint but was not written by "
-                         "`nn-core train` (no task recorded)")
-    task = get_task(extra["task"])(extra["config"])
-    model.eval()
-    return model, task, extra
+    if not isinstance(extra, dict) or "task" not in extra:
+        raise CommandError(f"nn-core: {path} is an nn_core checkpoint but was not written by "
+                           "`nn-core train` (no task recorded)")
+    if extra["task"] not in TASKS:
+        raise CommandError(f"nn-core: {path} records an unknown task {extra['task']!r:.40}")
+    task_cls = get_task(extra["task"])
+    try:
+        config = task_cls.check_config(extra.get("config"))
+    except ValueError as exc:
+        raise CommandError(f"nn-core: {path} records an invalid {task_cls.name} "
+                           f"configuration: {exc}") from None
+    return task_cls, config, meta
+
+
+def _load_model(path):
+    from .checkpoint import CheckpointError, load
+
+    try:
+        model = load(path)
+    except (OSError, CheckpointError) as exc:
+        raise CommandError(f"nn-core: {exc}") from None
+    return model.eval()
 
 
 def cmd_eval(argv):
-    p = argparse.ArgumentParser(prog="nn-core eval",
-                                description="Reload a checkpoint and report validation metrics.")
-    p.add_argument("checkpoint")
-    p.add_argument("--threads", type=int, default=1, help="BLAS threads")
+    p = _Parser(prog="nn-core eval",
+                description="Reload a trained model and report its validation metrics.")
+    p.add_argument("run", metavar="RUN",
+                   help="a run folder (such as runs/seq2seq) or its model.npz")
+    p.add_argument("--threads", type=int, default=1, help="BLAS threads (default: %(default)s)")
     args = p.parse_args(argv[1:])
-    _limit_threads(args.threads, argv, _TOP_LEVEL[0])
-    model, task, extra = _load(args.checkpoint)
+    _positive_int(args, "threads")
+    path = _checkpoint_path(args.run)
+    task_cls, config, meta = _task_of(path)
+    _limit_threads(args.threads)
+    model = _load_model(path)
+    task = task_cls(config)
     t0 = time.perf_counter()
     metrics = task.evaluate(model)
-    tr = extra.get("train", {})
+    tr = (meta.get("extra") or {}).get("train") or {}
     print(f"{task.name}: {type(model).__name__}, {model.num_parameters():,} parameters, "
           f"{tr.get('dtype', '?')}, trained {tr.get('epochs_done', '?')} epochs "
           f"(seed {tr.get('seed', '?')})")
@@ -144,52 +363,87 @@ def cmd_eval(argv):
 
 
 def cmd_generate(argv):
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="nn-core generate",
-        description="Reload a checkpoint and run it: seq2seq decodes digit strings, lm samples "
-                    "text with the KV cache, forecast predicts validation windows.")
-    p.add_argument("checkpoint")
-    p.add_argument("--input", nargs="*", default=None,
-                   help="seq2seq: digit strings to transform (default: random ones)")
-    p.add_argument("--prompt", nargs="*", default=None,
-                   help="lm: prompts to continue (default: random 'a+b=' prompts)")
-    p.add_argument("--num", type=int, default=8, help="number of random examples")
-    p.add_argument("--max-new-tokens", type=int, default=32, help="lm: tokens to sample")
+        description="Reload a trained model and run it: seq2seq decodes digit strings, lm "
+                    "samples text with the KV cache, forecast predicts validation windows.")
+    p.add_argument("run", metavar="RUN",
+                   help="a run folder (such as runs/seq2seq) or its model.npz")
+    p.add_argument("--input", nargs="+", default=None,
+                   help="seq2seq: digit strings to transform (default: --num random ones)")
+    p.add_argument("--prompt", nargs="+", default=None,
+                   help="lm: prompts to continue (default: --num random 'a+b=' prompts)")
+    p.add_argument("--num", type=int, default=8,
+                   help="number of random examples (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=32,
+                   help="lm: tokens to sample after a --prompt (default: %(default)s)")
     p.add_argument("--temperature", type=float, default=0.0,
-                   help="lm: 0 = greedy, else softmax temperature")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="BLAS threads")
+                   help="lm: 0 = greedy, else the softmax temperature for a --prompt "
+                        "(default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the random examples and sampling (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=1, help="BLAS threads (default: %(default)s)")
     args = p.parse_args(argv[1:])
-    _limit_threads(args.threads, argv, _TOP_LEVEL[0])
-    model, task, _ = _load(args.checkpoint)
+    explicit = _explicit(p, argv[1:])
+    for name in ("num", "max_new_tokens", "threads"):
+        _positive_int(args, name)
+    _positive_int(args, "seed", 0)
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise UsageError(f"--temperature must be a finite number >= 0, got {args.temperature}")
+    path = _checkpoint_path(args.run)
+    task_cls, config, _ = _task_of(path)
+    task_only = {"input": "seq2seq", "prompt": "lm", "max_new_tokens": "lm",
+                 "temperature": "lm"}
+    for dest, owner in task_only.items():
+        if dest in explicit and owner != task_cls.name:
+            flag = "--" + dest.replace("_", "-")
+            raise UsageError(f"{flag} is an option of {owner} models; {args.run} holds a "
+                             f"{task_cls.name} model")
     try:
-        task.generate(model, args)
+        task_cls.check_generate_args(args, config)
     except ValueError as exc:
-        raise SystemExit(f"nn-core generate: {exc}")
+        raise UsageError(f"nn-core generate: {exc}") from None
+    _limit_threads(args.threads)
+    model = _load_model(path)
+    task = task_cls(config)
+    task.generate(model, args)
     return 0
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate}
 
 
-_TOP_LEVEL = [False]
+def _version():
+    from . import __version__
+
+    return __version__
 
 
 def main(argv=None):
-    """Entry point of the ``nn-core`` console script; returns the exit status.
-
-    ``argv=None`` means the command line of this process (which may then re-execute
-    itself to apply ``--threads``); a list is parsed in-process only.
-    """
-    _TOP_LEVEL[0] = argv is None
+    """Entry point of the ``nn-core`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        from .tasks import TASKS
-
-        print(__doc__.strip())
-        print(f"\ntasks: {', '.join(TASKS)}")
-        if argv and argv[0] not in ("-h", "--help"):
-            print(f"\nnn-core: unknown command {argv[0]!r}", file=sys.stderr)
-            return 2
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, end="")
         return 0
-    return COMMANDS[argv[0]](argv)
+    if argv[0] == "--version":
+        print(f"nn-core {_version()}")
+        return 0
+    if argv[0] not in COMMANDS:
+        print(f"nn-core: unknown command {argv[0]!r}; choose train, eval or generate "
+              "(see nn-core --help)", file=sys.stderr)
+        return 2
+    try:
+        return COMMANDS[argv[0]](argv)
+    except UsageError as exc:
+        msg = str(exc)
+        print(msg if msg.startswith("nn-core") else f"nn-core {argv[0]}: {msg}",
+              file=sys.stderr)
+        return 2
+    except CommandError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"nn-core {argv[0]}: interrupted; nothing was saved", file=sys.stderr)
+        return 130
+    except SystemExit as exc:          # argparse's --help
+        return exc.code if isinstance(exc.code, int) else 0

@@ -117,7 +117,12 @@ class Optimizer:
             raise ValueError("optimizer state keys do not match the parameters: missing "
                              f"{sorted(set(self.params) - set(d['state']))}, unexpected "
                              f"{sorted(set(d['state']) - set(self.params))}")
-        self.lr = float(d["lr"])
+        for k, s in d["state"].items():
+            for n, v in s.items():
+                if np.shape(v) != self.params[k].shape:
+                    raise ValueError(f"optimizer state {k!r}/{n!r} must have shape "
+                                     f"{self.params[k].shape}, got {np.shape(v)}")
+        self.lr = _nonneg(d["lr"], "lr")
         self.step_count = int(d["step_count"])
         self.state = {k: {n: np.array(v, dtype=self.params[k].dtype) for n, v in s.items()}
                       for k, s in d["state"].items()}
@@ -329,3 +334,28 @@ class WarmupCosine:
         self.last_step += 1
         self.optimizer.lr = self.get_lr(self.last_step)
         return self.optimizer.lr
+
+    def state_dict(self) -> dict:
+        """``last_step`` and the schedule's configuration (plain numbers)."""
+        return {"last_step": self.last_step, "warmup_steps": self.warmup_steps,
+                "total_steps": self.total_steps, "min_lr": self.min_lr,
+                "base_lr": self.base_lr}
+
+    def load_state_dict(self, d) -> None:
+        """Restore what :meth:`state_dict` returned and set the optimizer's rate for
+        ``last_step`` (as if :meth:`step` had been called that many times)."""
+        keys = {"last_step", "warmup_steps", "total_steps", "min_lr", "base_lr"}
+        if not isinstance(d, dict) or set(d) != keys:
+            raise ValueError(f"schedule state must have the keys {sorted(keys)}, got "
+                             f"{sorted(d) if isinstance(d, dict) else type(d).__name__}")
+        for k in ("last_step", "warmup_steps", "total_steps"):
+            if isinstance(d[k], bool) or not isinstance(d[k], numbers.Integral) or d[k] < 0:
+                raise ValueError(f"schedule state {k!r} must be an integer >= 0, got {d[k]!r}")
+        if d["total_steps"] < 1:
+            raise ValueError(f"schedule state 'total_steps' must be >= 1, got {d['total_steps']}")
+        self.warmup_steps = int(d["warmup_steps"])
+        self.total_steps = int(d["total_steps"])
+        self.min_lr = _nonneg(d["min_lr"], "min_lr")
+        self.base_lr = _nonneg(d["base_lr"], "base_lr")
+        self.last_step = int(d["last_step"])
+        self.optimizer.lr = self.get_lr(self.last_step)

@@ -158,3 +158,30 @@ def test_warmup_cosine_matches_torch_cosine_after_warmup():
         topt.step()
         tsched.step()
         sched.step()
+
+
+def test_schedule_state_dict_resumes_the_rate():
+    model = Linear(2, 2, rng=0)
+    a = WarmupCosine(AdamW(model, lr=0.1), warmup_steps=3, total_steps=20, min_lr=0.01)
+    for _ in range(7):
+        a.step()
+    opt = AdamW(model, lr=0.1)
+    b = WarmupCosine(opt, warmup_steps=3, total_steps=20, min_lr=0.01)
+    b.load_state_dict(a.state_dict())
+    assert b.last_step == 7 and opt.lr == a.optimizer.lr
+    assert [a.step() for _ in range(5)] == [b.step() for _ in range(5)]
+    for bad in ({}, {**a.state_dict(), "last_step": -1}, {**a.state_dict(), "total_steps": 0},
+                {**a.state_dict(), "min_lr": float("nan")}, {**a.state_dict(), "x": 1}):
+        with pytest.raises(ValueError):
+            b.load_state_dict(bad)
+
+
+def test_optimizer_state_of_the_wrong_shape_is_refused(rng):
+    model = Linear(3, 2, rng=0)
+    opt = AdamW(model, lr=0.1)
+    model.grads["W"][...] = 1
+    opt.step()
+    state = opt.state_dict()
+    state["state"]["W"]["exp_avg"] = np.zeros((2, 3))
+    with pytest.raises(ValueError, match=r"'W'/'exp_avg' must have shape \(3, 2\)"):
+        AdamW(model, lr=0.1).load_state_dict(state)

@@ -1,16 +1,22 @@
-"""nn_core.training: the loop end to end on a toy task, divergence, progress bar, plot."""
+"""nn_core.training: the loop end to end on a toy task, divergence, progress bar, plot;
+runs that are never lost (existing folders, interruptions, history after every epoch) and
+resumed runs that end bit for bit where an uninterrupted one ends."""
+import copy
 import doctest
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
 
 from nn_core import training
 from nn_core._progress import ProgressBar
-from nn_core.checkpoint import load
-from nn_core.layers import Linear
+from nn_core.checkpoint import load, load_training_state
+from nn_core.layers import Dropout, Linear, ReLU, Sequential
 from nn_core.losses import MSELoss
-from nn_core.training import Task, plot_history, train
+from nn_core.training import (RunExistsError, Task, TrainingInterrupted, plot_history,
+                              read_run, rng_states, set_rng_states, train)
 
 
 def _falls(history_path, k=3):
@@ -119,3 +125,231 @@ def test_loss_curve_png(tmp_path):
     path = plot_history(hist, str(tmp_path / "curve.png"), "toy")
     with open(path, "rb") as fh:
         assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------ resumable runs
+class _DropoutToy(_Toy):
+    """The toy with a hidden layer and dropout, so the model's generator matters."""
+
+    name = "dropout-toy"
+
+    def build_model(self, dtype, rng):
+        return Sequential(Linear(4, 16, dtype=dtype, rng=rng), ReLU(dtype=dtype),
+                          Dropout(0.3, dtype=dtype, rng=rng), Linear(16, 2, dtype=dtype, rng=rng))
+
+    def train_batches(self, rng, batch_size):
+        # lazy draws, one per batch (as the lm task does), plus an eager permutation
+        order = rng.permutation(len(self.x))
+        for i in range(self.num_batches(batch_size)):
+            idx = order[i * batch_size:(i + 1) * batch_size]
+            jitter = rng.standard_normal()
+            yield self.x[idx] + 0.01 * jitter, self.y[idx]
+
+    def evaluate(self, model):
+        pred = model(self.x)
+        model._drop_caches()
+        return {"val_mse": float(((pred - self.y) ** 2).mean())}
+
+
+RUN = dict(epochs=3, batch_size=32, lr=0.05, dtype=np.float64, seed=4, log=lambda m: None)
+
+
+def _weights(out):
+    return {k: v.copy() for k, v in load(os.path.join(out, "model.npz")).parameters().items()}
+
+
+def _same_run(a, b):
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert np.array_equal(wa[k], wb[k]), k               # bit for bit
+    ha, hb = (json.load(open(os.path.join(d, "history.json"))) for d in (a, b))
+    assert ha["step_loss"] == hb["step_loss"]
+    timing = {"samples_per_s", "train_time_s", "eval_time_s"}
+    strip = [[{k: v for k, v in e.items() if k not in timing} for e in h["epochs"]]
+             for h in (ha, hb)]
+    assert strip[0] == strip[1]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("ref"))
+    model, res = train(_DropoutToy({"seed": 2}), out_dir=out, **RUN)
+    assert res["status"] == "finished" and res["steps"] == 24
+    return out
+
+
+@pytest.mark.parametrize("stop", [1, 5, 8, 13, 23])
+def test_max_steps_then_resume_equals_uninterrupted(tmp_path, reference, stop):
+    out = str(tmp_path / "run")
+    _, res = train(_DropoutToy({"seed": 2}), out_dir=out, max_steps=stop, **RUN)
+    assert res["status"] == "max_steps" and res["steps"] == stop
+    assert read_run(out)["step"] == stop and not read_run(out)["finished"]
+    _, res = train(_DropoutToy({"seed": 2}), out_dir=out, resume=True, **RUN)
+    assert res["status"] == "finished" and res["steps"] == 24
+    _same_run(reference, out)
+
+
+def _interrupting(task, where, at):
+    """``task`` raising KeyboardInterrupt (as Ctrl-C would) in ``where`` the ``at``-th time."""
+    calls = {"n": 0}
+    original = getattr(task, where)
+
+    def wrapped(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == at:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+    setattr(task, where, wrapped)
+    return task
+
+
+@pytest.mark.parametrize("where, at", [("train_step", 1), ("train_step", 6),
+                                       ("train_step", 17), ("evaluate", 1), ("evaluate", 3)])
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, reference, where, at):
+    out = str(tmp_path / "run")
+    task = _interrupting(_DropoutToy({"seed": 2}), where, at)
+    with pytest.raises(TrainingInterrupted) as info:
+        train(task, out_dir=out, **RUN)
+    exc = info.value
+    assert isinstance(exc, KeyboardInterrupt) and exc.signum == signal.SIGINT
+    assert exc.checkpoint == os.path.join(out, "model.npz") and "checkpoint saved" in str(exc)
+    state = load_training_state(exc.checkpoint)
+    assert state["step"] == exc.step == (at - 1 if where == "train_step" else 8 * at)
+    hist = json.load(open(os.path.join(out, "history.json")))
+    assert len(hist["step_loss"]) == exc.step and not hist["finished"]
+    assert sorted(os.listdir(out)) == ["history.csv", "history.json", "model.npz"]
+    _, res = train(_DropoutToy({"seed": 2}), out_dir=out, resume=True, **RUN)
+    assert res["steps"] == 24
+    _same_run(reference, out)
+
+
+def test_signal_during_the_update_finishes_the_step(tmp_path, reference, monkeypatch):
+    """SIGINT while the optimizer updates: the step completes, then the run stops."""
+    calls = {"n": 0}
+    clip = training.clip_grad_norm
+
+    def clip_and_signal(model, max_norm):
+        calls["n"] += 1
+        if calls["n"] == 10:
+            os.kill(os.getpid(), signal.SIGINT)
+        return clip(model, max_norm)
+    monkeypatch.setattr(training, "clip_grad_norm", clip_and_signal)
+    out = str(tmp_path / "run")
+    with pytest.raises(TrainingInterrupted) as info:
+        train(_DropoutToy({"seed": 2}), out_dir=out, **RUN)
+    assert info.value.step == 10
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler     # restored
+    monkeypatch.undo()
+    train(_DropoutToy({"seed": 2}), out_dir=out, resume=True, **RUN)
+    _same_run(reference, out)
+
+
+def test_signal_during_forward_abandons_the_step(tmp_path, reference, monkeypatch):
+    plotted = []
+    monkeypatch.setattr(training, "plot_history", lambda h, path, title: plotted.append(path))
+    task = _DropoutToy({"seed": 2})
+    step = task.train_step
+    calls = {"n": 0}
+
+    def step_and_signal(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            os.kill(os.getpid(), signal.SIGTERM)           # SIGTERM is handled like Ctrl-C
+        return step(model, batch)
+    task.train_step = step_and_signal
+    out = str(tmp_path / "run")
+    with pytest.raises(TrainingInterrupted) as info:
+        train(task, out_dir=out, **RUN)
+    assert info.value.step == 3 and info.value.signum == signal.SIGTERM
+    assert plotted == [os.path.join(out, "loss_curve.png")]      # the curve is still drawn
+    train(_DropoutToy({"seed": 2}), out_dir=out, resume=True, **RUN)
+    _same_run(reference, out)
+
+
+def test_an_existing_run_is_never_replaced_silently(tmp_path):
+    out = str(tmp_path / "run")
+    train(_Toy({"seed": 0}), epochs=1, batch_size=64, lr=0.1, out_dir=out, log=lambda m: None)
+    with pytest.raises(RunExistsError, match="already holds a run"):
+        train(_Toy({"seed": 0}), epochs=1, batch_size=64, lr=0.1, out_dir=out)
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    train(_Toy({"seed": 0}), epochs=2, batch_size=64, lr=0.1, out_dir=out, overwrite=True,
+          log=lambda m: None)
+    assert read_run(out)["epochs_done"] == 2
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"     # only run files go
+    with pytest.raises(ValueError, match="lr 0.2 .*the run's: 0.1"):
+        train(_Toy({"seed": 0}), epochs=2, batch_size=64, lr=0.2, out_dir=out, resume=True)
+    with pytest.raises(ValueError, match="configuration differs"):
+        train(_Toy({"seed": 1}), epochs=2, batch_size=64, lr=0.1, out_dir=out, resume=True)
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        train(_Toy({"seed": 0}), epochs=2, batch_size=64, lr=0.1, out_dir=str(tmp_path / "x"),
+              resume=True)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(NotADirectoryError):
+        train(_Toy({"seed": 0}), epochs=1, batch_size=64, lr=0.1, out_dir=str(tmp_path / "file"))
+    for bad in (dict(epochs=0), dict(lr=-1.0), dict(batch_size=0), dict(seed=-1),
+                dict(max_steps=0), dict(lr=float("nan"))):
+        kw = {**dict(epochs=1, batch_size=64, lr=0.1, out_dir=str(tmp_path / "y")), **bad}
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            train(_Toy({"seed": 0}), **kw)
+    assert not (tmp_path / "y").exists()
+
+
+def test_history_is_written_after_every_epoch(tmp_path):
+    out = str(tmp_path / "run")
+    task = _interrupting(_Toy({"seed": 0}), "train_step", 20)      # in epoch 3 of 8 steps
+    with pytest.raises(TrainingInterrupted):
+        train(task, epochs=4, batch_size=32, lr=0.1, out_dir=out, log=lambda m: None)
+    hist = json.load(open(os.path.join(out, "history.json")))
+    assert [e["epoch"] for e in hist["epochs"]] == [1, 2] and hist["step"] == 19
+    rows = open(os.path.join(out, "history.csv")).read().splitlines()
+    assert rows[0].startswith("epoch,step,train_loss") and len(rows) == 3
+    assert rows[2].split(",")[:2] == ["2", "16"]
+
+
+def test_rng_states_round_trip():
+    m = Sequential(Dropout(0.5, rng=1), Linear(2, 2, rng=2))
+    states = rng_states(m)
+    assert set(states) == {"", "0", "1"}
+    a = m[0].rng.random(3)
+    set_rng_states(m, states)
+    assert np.array_equal(m[0].rng.random(3), a)
+    with pytest.raises(ValueError, match="do not match"):
+        set_rng_states(m, {"": states[""]})
+
+
+def test_a_tampered_training_state_is_refused(tmp_path):
+    from nn_core.checkpoint import CheckpointError, read_metadata, save
+    out = str(tmp_path / "run")
+    train(_Toy({"seed": 0}), epochs=2, batch_size=32, lr=0.1, out_dir=out, max_steps=5,
+          log=lambda m: None)
+    path = os.path.join(out, "model.npz")
+    model, meta = load(path, with_metadata=True)
+    good = load_training_state(path)
+
+    def tampered(edit):
+        state = copy.deepcopy(good)
+        edit(state)
+        save(model, path, extra=meta["extra"], training_state=state)
+
+    edits = [lambda s: s.update(step=7),
+             lambda s: s.update(batch=99),
+             lambda s: s["settings"].update(epochs="2"),
+             lambda s: s["settings"].pop("lr"),
+             lambda s: s["rng"]["modules"].update({"": {"bit_generator": "MT19937"}}),
+             lambda s: s["rng"].update(order={"x": 1}),
+             lambda s: s.update(schedule={"last_step": 5}),
+             lambda s: s.update(epoch_stats={}),
+             lambda s: s.update(step_loss=np.zeros(3)),
+             lambda s: s["optimizer"]["state"]["W"].update(exp_avg=np.zeros((2, 2))),
+             lambda s: s["optimizer"]["state"]["W"].update(junk=np.zeros((4, 2))),
+             lambda s: s.pop("optimizer")]
+    for edit in edits:
+        tampered(edit)
+        with pytest.raises(CheckpointError):
+            train(_Toy({"seed": 0}), epochs=2, batch_size=32, lr=0.1, out_dir=out,
+                  resume=True, log=lambda m: None)
+    tampered(lambda s: None)                                  # the untouched state resumes
+    train(_Toy({"seed": 0}), epochs=2, batch_size=32, lr=0.1, out_dir=out, resume=True,
+          log=lambda m: None)
+    assert read_metadata(path)["training"]["finished"]

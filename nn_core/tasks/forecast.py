@@ -20,6 +20,7 @@ from ..datasets.lorenz import lorenz_series, sliding_windows
 from ..losses import MSELoss
 from ..models.forecaster import Forecaster
 from ..training import Task
+from ._config import as_choice, as_float, as_int, require_config
 
 __all__ = ["lorenz_series", "Forecaster", "ForecastTask"]
 
@@ -44,19 +45,28 @@ class ForecastTask(Task):
         p.add_argument("--horizon", type=int, default=d["horizon"],
                        help="predict this many steps after the window (default: %(default)s)")
         p.add_argument("--steps", type=int, default=d["steps"],
-                       help="length of the series (default: %(default)s)")
+                       help="length of the series, at least 5 * (window + horizon) "
+                            "(default: %(default)s)")
         p.add_argument("--dt", type=float, default=d["dt"],
-                       help="sampling interval (default: %(default)s)")
+                       help="sampling interval, in (0, 1] (default: %(default)s)")
 
     @classmethod
     def config_from_args(cls, a):
-        if a.window < 1 or a.horizon < 1:
-            raise ValueError("--window and --horizon must be >= 1")
-        if a.steps < 5 * (a.window + a.horizon):
-            raise ValueError(f"--steps must be >= 5 * (window + horizon) = "
-                             f"{5 * (a.window + a.horizon)}, got {a.steps}")
-        return dict(hidden=a.hidden, cell=a.cell, window=a.window, horizon=a.horizon,
-                    steps=a.steps, dt=a.dt, data_seed=a.seed)
+        return cls.check_config(dict(hidden=a.hidden, cell=a.cell, window=a.window,
+                                     horizon=a.horizon, steps=a.steps, dt=a.dt,
+                                     data_seed=a.seed))
+
+    @classmethod
+    def check_config(cls, config):
+        c = require_config(config, ("hidden", "cell", "window", "horizon", "steps", "dt",
+                                    "data_seed"))
+        for key in ("hidden", "window", "horizon"):
+            as_int(c, key, 1)
+        as_int(c, "steps", 5 * (c["window"] + c["horizon"]))
+        as_int(c, "data_seed", 0, flag="--seed")
+        as_float(c, "dt", 0.0, 1.0)
+        as_choice(c, "cell", ("gru", "lstm"))
+        return c
 
     def __init__(self, config):
         super().__init__(config)

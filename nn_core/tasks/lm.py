@@ -30,8 +30,12 @@ from ..datasets.arithmetic import (  # noqa: F401  (re-exported)
 from ..losses import CrossEntropyLoss
 from ..models.transformer_lm import TransformerBlock, TransformerLM
 from ..training import Task
+from ._config import as_int, require_config
 
 __all__ = ["TransformerLM", "TransformerBlock", "LanguageModelTask", "CHARS"]
+
+#: operands up to 18 digits keep the sums in int64
+MAX_DIGITS = 18
 
 
 class LanguageModelTask(Task):
@@ -52,27 +56,57 @@ class LanguageModelTask(Task):
         p.add_argument("--layers", type=int, default=d["layers"],
                        help="transformer blocks (default: %(default)s)")
         p.add_argument("--kv-groups", type=int, default=d["kv_groups"],
-                       help="K/V heads for grouped-query attention (default: MHA)")
+                       help="K/V heads for grouped-query attention (default: none, i.e. "
+                            "multi-head attention)")
         p.add_argument("--digits", type=int, default=d["digits"],
-                       help="operand digits (default: %(default)s)")
+                       help=f"operand digits, 1 to {MAX_DIGITS} (default: %(default)s)")
         p.add_argument("--block", type=int, default=d["block"],
-                       help="context length (default: %(default)s)")
+                       help="context length, at least 4 * digits + 4 (default: %(default)s)")
         p.add_argument("--train-exprs", type=int, default=d["train_exprs"],
-                       help="default: %(default)s")
+                       help="training expressions (default: %(default)s)")
         p.add_argument("--val-exprs", type=int, default=d["val_exprs"],
-                       help="default: %(default)s")
+                       help="validation expressions (default: %(default)s)")
 
     @classmethod
     def config_from_args(cls, a):
-        if a.hidden % a.heads:
-            raise ValueError(f"--heads must divide --hidden: got {a.heads} and {a.hidden}")
-        if a.kv_groups is not None and (a.kv_groups < 1 or a.heads % a.kv_groups):
-            raise ValueError(f"--kv-groups must divide --heads: got {a.kv_groups} and {a.heads}")
-        if a.block < 4 * a.digits + 4:
-            raise ValueError(f"--block must hold one expression: >= {4 * a.digits + 4}")
-        return dict(hidden=a.hidden, heads=a.heads, layers=a.layers, kv_groups=a.kv_groups,
-                    digits=a.digits, block=a.block, train_exprs=a.train_exprs,
-                    val_exprs=a.val_exprs, data_seed=a.seed)
+        return cls.check_config(dict(
+            hidden=a.hidden, heads=a.heads, layers=a.layers, kv_groups=a.kv_groups,
+            digits=a.digits, block=a.block, train_exprs=a.train_exprs,
+            val_exprs=a.val_exprs, data_seed=a.seed))
+
+    @classmethod
+    def check_config(cls, config):
+        c = require_config(config, ("hidden", "heads", "layers", "kv_groups", "digits",
+                                    "block", "train_exprs", "val_exprs", "data_seed"))
+        for key in ("hidden", "heads", "layers"):
+            as_int(c, key, 1)
+        as_int(c, "digits", 1, MAX_DIGITS)
+        as_int(c, "data_seed", 0, flag="--seed")
+        if c["hidden"] % c["heads"]:
+            raise ValueError(f"--heads must divide --hidden: got {c['heads']} and "
+                             f"{c['hidden']}")
+        if c["kv_groups"] is not None:
+            as_int(c, "kv_groups", 1)
+            if c["heads"] % c["kv_groups"]:
+                raise ValueError(f"--kv-groups must divide --heads: got {c['kv_groups']} and "
+                                 f"{c['heads']}")
+        as_int(c, "block", 4 * c["digits"] + 4)
+        # every expression has at least 6 characters ("0+0=0;"); the text must hold a
+        # block and its next character
+        need = -(-(c["block"] + 2) // 6)
+        as_int(c, "train_exprs", need)
+        as_int(c, "val_exprs", need)
+        return c
+
+    @classmethod
+    def check_generate_args(cls, args, config):
+        for p in args.prompt or ():
+            bad = sorted(set(p) - set(CHARS))
+            if bad or not p:
+                raise ValueError(f"--prompt may only use the characters {CHARS!r}, got {p!r}")
+            if len(p) >= config["block"]:
+                raise ValueError(f"--prompt {p!r} does not fit the context of "
+                                 f"{config['block']} characters")
 
     def __init__(self, config):
         super().__init__(config)

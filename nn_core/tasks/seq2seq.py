@@ -29,6 +29,7 @@ from ..datasets.digit_strings import (  # noqa: F401  (re-exported)
 from ..losses import CrossEntropyLoss
 from ..models.seq2seq import Seq2SeqModel
 from ..training import Task
+from ._config import as_choice, as_int, require_config
 
 __all__ = ["Seq2SeqModel", "Seq2SeqTask", "make_examples", "encode", "decode_tokens"]
 
@@ -62,11 +63,31 @@ class Seq2SeqTask(Task):
 
     @classmethod
     def config_from_args(cls, a):
-        if not 1 <= a.min_len <= a.max_len:
-            raise ValueError(f"need 1 <= --min-len <= --max-len, got {a.min_len}, {a.max_len}")
-        return dict(hidden=a.hidden, embed=a.embed, heads=a.heads, cell=a.cell, mode=a.mode,
-                    min_len=a.min_len, max_len=a.max_len, train_size=a.train_size,
-                    val_size=a.val_size, data_seed=a.seed)
+        return cls.check_config(dict(
+            hidden=a.hidden, embed=a.embed, heads=a.heads, cell=a.cell, mode=a.mode,
+            min_len=a.min_len, max_len=a.max_len, train_size=a.train_size,
+            val_size=a.val_size, data_seed=a.seed))
+
+    @classmethod
+    def check_config(cls, config):
+        c = require_config(config, ("hidden", "embed", "heads", "cell", "mode", "min_len",
+                                    "max_len", "train_size", "val_size", "data_seed"))
+        for key in ("hidden", "embed", "heads", "min_len", "train_size", "val_size"):
+            as_int(c, key, 1)
+        as_int(c, "max_len", c["min_len"])
+        as_int(c, "data_seed", 0, flag="--seed")
+        if c["hidden"] % c["heads"]:
+            raise ValueError(f"--heads must divide --hidden: got {c['heads']} and "
+                             f"{c['hidden']}")
+        as_choice(c, "cell", ("gru", "lstm"))
+        as_choice(c, "mode", ("reverse", "sort"))
+        return c
+
+    @classmethod
+    def check_generate_args(cls, args, config):
+        for s in args.input or ():
+            if not s.isdigit() or not s.isascii():
+                raise ValueError(f"--input takes strings of digits, got {s!r}")
 
     def __init__(self, config):
         super().__init__(config)
