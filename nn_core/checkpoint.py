@@ -139,8 +139,8 @@ def registered_classes() -> dict:
     """The classes :func:`load` may rebuild, by the class path a file names.
 
     The public :class:`~nn_core.Module` classes (``__all__``) of :mod:`nn_core.layers`,
-    :mod:`nn_core.losses`, :mod:`nn_core.attention`, :mod:`nn_core.recurrent` and
-    :mod:`nn_core.models`, and :class:`~nn_core.ModuleList`, each under the path
+    :mod:`nn_core.losses`, :mod:`nn_core.attention`, :mod:`nn_core.recurrent`,
+    :mod:`nn_core.transformer` and :mod:`nn_core.models`, and :class:`~nn_core.ModuleList`, each under the path
     :func:`save` records (``"nn_core.layers:Linear"``) and its public package path
     (``"nn_core.attention:MultiHeadAttention"``); plus the paths older checkpoints name
     for the models (``"nn_core.tasks.seq2seq:Seq2SeqModel"`` ...).
@@ -150,10 +150,10 @@ def registered_classes() -> dict:
     dict[str, type]
         A new dict on every call.
     """
-    from . import attention, layers, losses, models, recurrent
+    from . import attention, layers, losses, models, recurrent, transformer
 
     reg = {}
-    for pkg in (layers, losses, attention, recurrent, models):
+    for pkg in (layers, losses, attention, recurrent, transformer, models):
         for name in getattr(pkg, "__all__", ()):
             obj = getattr(pkg, name, None)
             if isinstance(obj, type) and issubclass(obj, Module) and obj is not Module:
