@@ -180,6 +180,24 @@ class Module:
             if fn is not None and not getattr(fn, "_nn_guarded", False):
                 setattr(cls, name, _guarded(fn))
 
+    #: attributes that are per-process working state, not part of the model: dropped by
+    #: pickling / deepcopy and restored to these defaults (subclasses extend it)
+    _TRANSIENT = {"_stack": list, "_owner_thread": None, "_flat": None}
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        for cls in type(self).__mro__:
+            for name in vars(cls).get("_TRANSIENT", ()):
+                state.pop(name, None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        for cls in type(self).__mro__:
+            for name, default in vars(cls).get("_TRANSIENT", {}).items():
+                if default is not None:
+                    self.__dict__.setdefault(name, default())
+
     def __init__(self, *, dtype=np.float32, rng=None):
         object.__setattr__(self, "_children", {})
         self.dtype = resolve_dtype(dtype)

@@ -421,6 +421,8 @@ class ScaledDotProductAttention(Module):
     >>> gq, gk, gv = sdpa.backward(np.ones((2, 4, 5, 3), np.float32))
     """
 
+    _TRANSIENT = {"_ws": None}
+
     def __init__(self, dropout=0.0, *, dtype=np.float32, rng=None):
         super().__init__(dtype=dtype, rng=rng)
         self.dropout = check_probability(dropout, "dropout")

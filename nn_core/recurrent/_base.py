@@ -179,6 +179,8 @@ class RecurrentCell(Module):
     >>> grad_x, grad_h0, grad_c0 = cell.run_sequence_backward(cache, None, gh, gc)
     """
 
+    _TRANSIENT = {"_pool": dict, "_steps": list, "_inference_steps": None}
+
     _GATES = 1
     _HAS_CELL_STATE = False
 
