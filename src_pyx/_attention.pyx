@@ -51,34 +51,9 @@ from libc.string cimport memset
 from libc.math cimport INFINITY
 
 from _blas cimport gemm
-from _vmath cimport vexp_sum, vmax, vdot
+from _vmath cimport bind_simd, transpose, vexp_sum, vmax, vdot
 
-cdef extern from "_attention_simd.h" nogil:
-    int att_has_avx512() noexcept
-    float att_exp_sum_f512(float* y, const float* x, float shift, Py_ssize_t n) noexcept
-    double att_exp_sum_d512(double* y, const double* x, double shift, Py_ssize_t n) noexcept
-
-
-cdef bint _avx512_allowed = True
-
-
-def use_avx512(bint enabled):
-    """Allow (default) or forbid the AVX-512 exp loop (test hook); returns whether
-    it is now in use, i.e. allowed and supported by this CPU."""
-    global _avx512_allowed
-    _avx512_allowed = enabled
-    return bool(enabled and att_has_avx512())
-
-
-cdef inline floating _exp_sum(floating* y, const floating* x, floating shift,
-                              Py_ssize_t n) noexcept nogil:
-    """``y = exp(x - shift)``, returns ``sum(y)``: AVX-512 when the CPU has it."""
-    if _avx512_allowed and att_has_avx512():
-        if floating is float:
-            return att_exp_sum_f512(y, x, shift, n)
-        else:
-            return att_exp_sum_d512(y, x, shift, n)
-    return vexp_sum(y, x, shift, n)
+bind_simd(__name__)
 
 
 cdef inline Py_ssize_t _clamp(Py_ssize_t x, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
@@ -88,24 +63,6 @@ cdef inline Py_ssize_t _clamp(Py_ssize_t x, Py_ssize_t lo, Py_ssize_t hi) noexce
 cdef inline void _zero(floating* x, Py_ssize_t n) noexcept nogil:
     if n > 0:
         memset(x, 0, n * sizeof(floating))
-
-
-cdef void _transpose(const floating* a, Py_ssize_t lda, floating* at, Py_ssize_t rows,
-                     Py_ssize_t cols) noexcept nogil:
-    """``at [cols, rows] = a [rows, cols]^T``, ``a`` with row stride ``lda`` (tiled, so
-    both sides stay in cache).
-
-    The score GEMMs then run as ``Q @ K^T`` with ``K^T`` stored: OpenBLAS's (N, N)
-    path is much faster than (N, T) at these sizes, and its unpacked small-matrix
-    kernels only cover it well."""
-    cdef Py_ssize_t i0, j0, i, j, i1, j1
-    for i0 in range(0, rows, 16):
-        i1 = i0 + 16 if i0 + 16 < rows else rows
-        for j0 in range(0, cols, 16):
-            j1 = j0 + 16 if j0 + 16 < cols else cols
-            for i in range(i0, i1):
-                for j in range(j0, j1):
-                    at[j * rows + i] = a[i * lda + j]
 
 
 cdef void _softmax_row(floating* zr, Py_ssize_t n, Py_ssize_t N, int mask_kind,
@@ -133,7 +90,7 @@ cdef void _softmax_row(floating* zr, Py_ssize_t n, Py_ssize_t N, int mask_kind,
     if mx == neg_inf:
         _zero(zr, N)            # nothing allowed (all masked / -inf, or n == 0): zeros
         return
-    s = _exp_sum(zr, zr, mx, n)
+    s = vexp_sum(zr, zr, mx, n)
     inv = 1 / s
     for j in range(n):
         zr[j] = zr[j] * inv
@@ -394,7 +351,7 @@ def sdpa_forward(const floating[:, :, :, :, :, :] q, const floating[:, :, :, :, 
             elif mask_kind == 2:
                 fm = &fmask[0] + moff[p]
             if ko[p] != last:            # slabs sharing a K head (GQA) share K^T
-                _transpose(&k[0, 0, 0, 0, 0, 0] + ko[p], ldk, KT, L_k, d_k)
+                transpose(&k[0, 0, 0, 0, 0, 0] + ko[p], ldk, L_k, d_k, KT, L_k, False)
                 last = ko[p]
             _forward_slab(&q[0, 0, 0, 0, 0, 0] + qo[p], ldq, KT,
                           &v[0, 0, 0, 0, 0, 0] + vo[p], ldv,
@@ -475,7 +432,7 @@ def sdpa_backward(const floating[:, :, :, :, :, :] q, const floating[:, :, :, :,
         for p in range(p0, p1):
             dS = &probs[0] + p * L_q * L_k if overwrite_probs else dP + block_q * L_k
             if vo[p] != last:            # slabs sharing a V head (GQA) share V^T
-                _transpose(&v[0, 0, 0, 0, 0, 0] + vo[p], ldv, VT, L_k, d_v)
+                transpose(&v[0, 0, 0, 0, 0, 0] + vo[p], ldv, L_k, d_v, VT, L_k, False)
                 last = vo[p]
             _backward_slab(&q[0, 0, 0, 0, 0, 0] + qo[p], ldq, &k[0, 0, 0, 0, 0, 0] + ko[p],
                            ldk, VT, &probs[0] + p * L_q * L_k,

@@ -59,14 +59,12 @@ from libc.string cimport memcpy, memset
 import numpy as np
 
 from _blas cimport gemm, gemv
-from _vmath cimport vsigmoid, vtanh  # test hooks; the kernels use _rnn_gates.h
+from _vmath cimport bind_simd, transpose, vsigmoid, vtanh
+
+bind_simd(__name__)
 
 
 cdef extern from "_rnn_gates.h" nogil:
-    void nn_transpose_f(const float* src, Py_ssize_t R, Py_ssize_t C, float* dst,
-                        Py_ssize_t ldd, int add) noexcept
-    void nn_transpose_d(const double* src, Py_ssize_t R, Py_ssize_t C, double* dst,
-                        Py_ssize_t ldd, int add) noexcept
     void nn_lstm_fwd_f(float* a, const float* hr, const float* bx, const float* cp,
                        float* cn, float* tc, float* hn, float* o, Py_ssize_t H) noexcept
     void nn_lstm_fwd_d(double* a, const double* hr, const double* bx, const double* cp,
@@ -154,15 +152,6 @@ cdef inline int _rec_mode(Py_ssize_t B, Py_ssize_t H, bint single) noexcept nogi
     return REC_TR if single and H >= 256 else REC_NN
 
 
-cdef inline void _transpose(const floating* src, Py_ssize_t R, Py_ssize_t C,
-                            floating* dst, Py_ssize_t ldd, bint add) noexcept nogil:
-    """``dst[c, r] (+)= src[r, c]`` for ``src [R, C]`` contiguous (AVX 8x8 tiles)."""
-    if floating is float:
-        nn_transpose_f(src, R, C, dst, ldd, add)
-    else:
-        nn_transpose_d(src, R, C, dst, ldd, add)
-
-
 cdef inline void _rec_fwd(int mode, Py_ssize_t B, Py_ssize_t N, Py_ssize_t H,
                           const floating* h, const floating* W, Py_ssize_t ldw,
                           const floating* WT, Py_ssize_t ldwt, floating* out,
@@ -187,7 +176,7 @@ cdef inline void _rec_fwd(int mode, Py_ssize_t B, Py_ssize_t N, Py_ssize_t H,
     elif mode == REC_TR:
         gemm(False, True, <int> N, <int> B, <int> H, <floating> 1, W, <int> ldw,
              h, <int> H, <floating> 0, tmp, <int> B)
-        _transpose(tmp, N, B, out, ldo, False)
+        transpose(tmp, B, N, B, out, ldo, False)
     else:
         gemm(False, False, <int> B, <int> N, <int> H, <floating> 1, h, <int> H,
              WT, <int> ldwt, <floating> 0, out, <int> ldo)
@@ -205,7 +194,7 @@ cdef inline void _rec_bwd(int mode, Py_ssize_t B, Py_ssize_t H, Py_ssize_t N,
     elif mode == REC_TR:
         gemm(False, True, <int> H, <int> B, <int> N, <floating> 1, WT, <int> ldwt,
              dG, <int> ldg, <floating> 0, tmp, <int> B)
-        _transpose(tmp, H, B, out, H, beta != 0)
+        transpose(tmp, B, H, B, out, H, beta != 0)
     else:
         gemm(False, False, <int> B, <int> H, <int> N, <floating> 1, dG, <int> ldg,
              W, <int> ldw, beta, out, <int> H)

@@ -26,24 +26,9 @@ from cython cimport floating
 from libc.stdint cimport uint8_t
 from libc.math cimport INFINITY
 
-from _vmath cimport vexp, vexp_sum, vmax, vdot
+from _vmath cimport bind_simd, vexp, vexp_sum, vmax, vdot
 
-cdef extern from "_attention_simd.h" nogil:
-    int att_has_avx512() noexcept
-    float att_exp_sum_f512(float* y, const float* x, float shift, Py_ssize_t n) noexcept
-    double att_exp_sum_d512(double* y, const double* x, double shift, Py_ssize_t n) noexcept
-
-
-cdef inline floating _exp_sum(floating* y, const floating* x, floating shift,
-                              Py_ssize_t n) noexcept nogil:
-    """``y = exp(x - shift)``, returns ``sum(y)``: the AVX-512 loop of
-    ``_attention_simd.h`` when the CPU has it, else ``_vmath.h``'s."""
-    if att_has_avx512():
-        if floating is float:
-            return att_exp_sum_f512(y, x, shift, n)
-        else:
-            return att_exp_sum_d512(y, x, shift, n)
-    return vexp_sum(y, x, shift, n)
+bind_simd(__name__)
 
 MASK_NONE = 0
 MASK_BOOL = 1
@@ -94,7 +79,7 @@ cdef void _softmax_rows(const floating* x, floating* y, Py_ssize_t P, Py_ssize_t
                 for j in range(n_row):
                     yr[j] = 0
                 continue
-            s = _exp_sum(yr, yr, mx, n_row)
+            s = vexp_sum(yr, yr, mx, n_row)
             inv = 1 / s
             for j in range(n_row):
                 yr[j] = yr[j] * inv

@@ -12,6 +12,7 @@ import pytest
 
 import nn_core.attention.scaled_dot_product as sdp
 from nn_core._kernels import _attention as kattn
+from nn_core._kernels import _testing
 from nn_core.attention import ScaledDotProductAttention
 
 
@@ -66,12 +67,14 @@ def _run(q, k, v, g, dtype, fused=True, **kw):
     return (out, w) + grads
 
 
-@pytest.fixture(params=[True, False], ids=["simd", "avx2"])
+@pytest.fixture(params=[2, 1, 0], ids=["avx512", "avx2", "baseline"])
 def exp_path(request):
-    """Run with the AVX-512 exp loop (when the CPU has it) and with _vmath's."""
-    kattn.use_avx512(request.param)
+    """Run at every SIMD level the CPU has (AVX-512 exp-sum, AVX2 loops, baseline)."""
+    if _testing.set_simd_level(request.param) != request.param:
+        _testing.set_simd_level(2)
+        pytest.skip(f"this CPU has no SIMD level {request.param}")
     yield request.param
-    kattn.use_avx512(True)
+    _testing.set_simd_level(2)
 
 
 @pytest.fixture
