@@ -59,7 +59,7 @@ from libc.string cimport memcpy, memset
 import numpy as np
 
 from _blas cimport gemm, gemv
-from _vmath cimport bind_simd, transpose, vsigmoid, vtanh
+from _vmath cimport bind_simd, transpose
 
 bind_simd(__name__)
 
@@ -741,40 +741,3 @@ def rnn_backward(int kind, bint reverse, const floating[:, :, ::1] x,
     finally:
         free(tmp)
 
-
-def vsigmoid_memview(const floating[::1] x, floating[::1] y):
-    """``y = sigmoid(x)`` with the vectorised ``_vmath.h`` helper (test hook)."""
-    if x.shape[0] != y.shape[0]:
-        raise ValueError("x and y must have the same length")
-    if x.shape[0] == 0:
-        return
-    with nogil:
-        vsigmoid(&y[0], &x[0], x.shape[0])
-
-
-def vtanh_memview(const floating[::1] x, floating[::1] y):
-    """``y = tanh(x)`` with the vectorised ``_vmath.h`` helper (test hook)."""
-    if x.shape[0] != y.shape[0]:
-        raise ValueError("x and y must have the same length")
-    if x.shape[0] == 0:
-        return
-    with nogil:
-        vtanh(&y[0], &x[0], x.shape[0])
-
-
-def gemm_repeat(bint trans_a, bint trans_b, const floating[:, ::1] a,
-                const floating[:, ::1] b, floating[:, ::1] c, int repeat):
-    """``c = op(a) @ op(b)`` ``repeat`` times through ``_blas.gemm`` in one ``nogil``
-    block (benchmark hook: measures the GEMM rate the kernels get, without the
-    Python call overhead)."""
-    cdef int m = c.shape[0], n = c.shape[1]
-    cdef int k = a.shape[0] if trans_a else a.shape[1]
-    cdef int i
-    if ((a.shape[1] if trans_a else a.shape[0]) != m
-            or (b.shape[0] if trans_b else b.shape[1]) != n
-            or (b.shape[1] if trans_b else b.shape[0]) != k):
-        raise ValueError("gemm_repeat: inconsistent shapes")
-    with nogil:
-        for i in range(repeat):
-            gemm(trans_a, trans_b, m, n, k, <floating> 1, &a[0, 0], <int> a.shape[1],
-                 &b[0, 0], <int> b.shape[1], <floating> 0, &c[0, 0], n)

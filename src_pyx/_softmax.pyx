@@ -26,7 +26,7 @@ from cython cimport floating
 from libc.stdint cimport uint8_t
 from libc.math cimport INFINITY
 
-from _vmath cimport bind_simd, vexp, vexp_sum, vmax, vdot
+from _vmath cimport bind_simd, vexp_sum, vmax, vdot
 
 bind_simd(__name__)
 
@@ -153,12 +153,3 @@ def softmax_backward(const floating[:, ::1] y, const floating[:, ::1] dy,
     with nogil:
         _softmax_rows_backward(&y[0, 0], &dy[0, 0], &dx[0, 0], rows, N, scale)
 
-
-def vexp_memview(const floating[::1] x, floating[::1] y):
-    """``y = exp(x)`` with the vectorised ``_vmath.h`` exp (test hook)."""
-    if x.shape[0] != y.shape[0]:
-        raise ValueError("x and y must have the same length")
-    if x.shape[0] == 0:
-        return
-    with nogil:
-        vexp(&y[0], &x[0], x.shape[0])
