@@ -48,10 +48,10 @@ import numpy as np
 from cython cimport floating
 from libc.stdint cimport uint8_t
 from libc.string cimport memset
-from libc.math cimport INFINITY
 
 from _blas cimport gemm
-from _vmath cimport bind_simd, transpose, vexp_sum, vmax, vdot
+from _softmax_row cimport softmax_row
+from _vmath cimport bind_simd, transpose, vdot
 
 bind_simd(__name__)
 
@@ -63,38 +63,6 @@ cdef inline Py_ssize_t _clamp(Py_ssize_t x, Py_ssize_t lo, Py_ssize_t hi) noexce
 cdef inline void _zero(floating* x, Py_ssize_t n) noexcept nogil:
     if n > 0:
         memset(x, 0, n * sizeof(floating))
-
-
-cdef void _softmax_row(floating* zr, Py_ssize_t n, Py_ssize_t N, int mask_kind,
-                       const uint8_t* br, const floating* fr, Py_ssize_t mcs) noexcept nogil:
-    """In place over ``zr[0:N]``: scores (already scaled) in ``zr[0:n]`` -> probabilities;
-    ``zr[n:N] = 0``.  Bool mask ``br`` (0 = drop) or additive mask ``fr``, stride ``mcs``."""
-    cdef Py_ssize_t j
-    cdef floating mx, s, inv
-    cdef floating neg_inf = -INFINITY
-    if mask_kind == 1:
-        if mcs == 1:
-            for j in range(n):
-                zr[j] = zr[j] if br[j] else neg_inf
-        else:
-            for j in range(n):
-                zr[j] = zr[j] if br[j * mcs] else neg_inf
-    elif mask_kind == 2:
-        if mcs == 1:
-            for j in range(n):
-                zr[j] = zr[j] + fr[j]
-        else:
-            for j in range(n):
-                zr[j] = zr[j] + fr[j * mcs]
-    mx = vmax(zr, n)            # NaN if any allowed score is NaN: the row becomes NaN
-    if mx == neg_inf:
-        _zero(zr, N)            # nothing allowed (all masked / -inf, or n == 0): zeros
-        return
-    s = vexp_sum(zr, zr, mx, n)
-    inv = 1 / s
-    for j in range(n):
-        zr[j] = zr[j] * inv
-    _zero(zr + n, N - n)
 
 
 cdef void _forward_slab(const floating* Q, Py_ssize_t ldq, const floating* KT,
@@ -123,7 +91,8 @@ cdef void _forward_slab(const floating* Q, Py_ssize_t ldq, const floating* KT,
                 br = bm + i * mrs
             elif mask_kind == 2:
                 fr = fm + i * mrs
-            _softmax_row(Pm + i * L_k, n, L_k, mask_kind, br, fr, mcs)
+            softmax_row(Pm + i * L_k, Pm + i * L_k, <floating> 1, n, L_k, mask_kind, br, fr,
+                        mcs)
         # O[r0:r1] = P[r0:r1, 0:e] V[0:e]   (bq, d_v)
         gemm(False, False, <int>(r1 - r0), <int>d_v, <int>e, 1, Pm + r0 * L_k, <int>L_k,
              V, <int>ldv, 0, O + r0 * d_v, <int>d_v)

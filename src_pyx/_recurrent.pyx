@@ -59,57 +59,12 @@ from libc.string cimport memcpy, memset
 import numpy as np
 
 from _blas cimport gemm, gemv
+from _rnn_gates cimport (gru_bwd1, gru_bwd2, gru_fwd1, gru_fwd2, gru_ra_bwd, gru_ra_fwd,
+                        lstm_bwd, lstm_fwd, rnn_bwd, rnn_fwd)
 from _vmath cimport bind_simd, transpose
 
 bind_simd(__name__)
 
-
-cdef extern from "_rnn_gates.h" nogil:
-    void nn_lstm_fwd_f(float* a, const float* hr, const float* bx, const float* cp,
-                       float* cn, float* tc, float* hn, float* o, Py_ssize_t H) noexcept
-    void nn_lstm_fwd_d(double* a, const double* hr, const double* bx, const double* cp,
-                       double* cn, double* tc, double* hn, double* o, Py_ssize_t H) noexcept
-    void nn_rnn_fwd_f(float* a, const float* hr, const float* bx, float* hn, float* o,
-                      Py_ssize_t H, int relu) noexcept
-    void nn_rnn_fwd_d(double* a, const double* hr, const double* bx, double* hn, double* o,
-                      Py_ssize_t H, int relu) noexcept
-    void nn_gru_ra_fwd_f(float* a, const float* hr, const float* bx, const float* bhn,
-                         const float* hp, float* hw, float* hn, float* o,
-                         Py_ssize_t H) noexcept
-    void nn_gru_ra_fwd_d(double* a, const double* hr, const double* bx, const double* bhn,
-                         const double* hp, double* hw, double* hn, double* o,
-                         Py_ssize_t H) noexcept
-    void nn_gru_fwd1_f(float* a, const float* hr, const float* bx, const float* hp,
-                       float* rh, Py_ssize_t H) noexcept
-    void nn_gru_fwd1_d(double* a, const double* hr, const double* bx, const double* hp,
-                       double* rh, Py_ssize_t H) noexcept
-    void nn_gru_fwd2_f(float* a, const float* hr, const float* bx, const float* hp,
-                       float* hn, float* o, Py_ssize_t H) noexcept
-    void nn_gru_fwd2_d(double* a, const double* hr, const double* bx, const double* hp,
-                       double* hn, double* o, Py_ssize_t H) noexcept
-    void nn_lstm_bwd_f(const float* g, const float* tc, const float* cp, const float* dh,
-                       const float* go, float* dc, float* dgr, Py_ssize_t H) noexcept
-    void nn_lstm_bwd_d(const double* g, const double* tc, const double* cp,
-                       const double* dh, const double* go, double* dc, double* dgr,
-                       Py_ssize_t H) noexcept
-    void nn_rnn_bwd_f(const float* g, const float* dh, const float* go, float* dgr,
-                      Py_ssize_t H, int relu) noexcept
-    void nn_rnn_bwd_d(const double* g, const double* dh, const double* go, double* dgr,
-                      Py_ssize_t H, int relu) noexcept
-    void nn_gru_ra_bwd_f(const float* g, const float* hw, const float* hp, const float* dh,
-                         const float* go, float* dgx, float* dgr, float* dst,
-                         Py_ssize_t H) noexcept
-    void nn_gru_ra_bwd_d(const double* g, const double* hw, const double* hp,
-                         const double* dh, const double* go, double* dgx, double* dgr,
-                         double* dst, Py_ssize_t H) noexcept
-    void nn_gru_bwd1_f(const float* g, const float* hp, const float* dh, const float* go,
-                       float* dgr, float* dst, Py_ssize_t H) noexcept
-    void nn_gru_bwd1_d(const double* g, const double* hp, const double* dh,
-                       const double* go, double* dgr, double* dst, Py_ssize_t H) noexcept
-    void nn_gru_bwd2_f(const float* g, const float* hp, const float* drh, float* dgr,
-                       float* dst, Py_ssize_t H) noexcept
-    void nn_gru_bwd2_d(const double* g, const double* hp, const double* drh, double* dgr,
-                       double* dst, Py_ssize_t H) noexcept
 
 RNN_TANH = 0
 RNN_RELU = 1
@@ -271,29 +226,15 @@ cdef void _forward(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ssize_
             o = out + (tau * B + b) * H
             hr = hh + b * (H2 if kind == K_GRU else GH)
             if kind == K_LSTM:
-                if floating is float:
-                    nn_lstm_fwd_f(a, hr, bx, cs + (s * B + b) * H, cs + ((s + 1) * B + b) * H,
-                                  aux + (s * B + b) * H, hn + b * H, o, H)
-                else:
-                    nn_lstm_fwd_d(a, hr, bx, cs + (s * B + b) * H, cs + ((s + 1) * B + b) * H,
-                                  aux + (s * B + b) * H, hn + b * H, o, H)
+                lstm_fwd(a, hr, bx, cs + (s * B + b) * H, cs + ((s + 1) * B + b) * H,
+                         aux + (s * B + b) * H, hn + b * H, o, H)
             elif kind == K_RNN_TANH or kind == K_RNN_RELU:
-                if floating is float:
-                    nn_rnn_fwd_f(a, hr, bx, hn + b * H, o, H, kind == K_RNN_RELU)
-                else:
-                    nn_rnn_fwd_d(a, hr, bx, hn + b * H, o, H, kind == K_RNN_RELU)
+                rnn_fwd(a, hr, bx, hn + b * H, o, H, kind == K_RNN_RELU)
             elif kind == K_GRU_RA:
-                if floating is float:
-                    nn_gru_ra_fwd_f(a, hr, bx, bhn, hp + b * H, aux + (s * B + b) * H,
-                                    hn + b * H, o, H)
-                else:
-                    nn_gru_ra_fwd_d(a, hr, bx, bhn, hp + b * H, aux + (s * B + b) * H,
-                                    hn + b * H, o, H)
+                gru_ra_fwd(a, hr, bx, bhn, hp + b * H, aux + (s * B + b) * H,
+                           hn + b * H, o, H)
             else:                              # K_GRU, first pass: r, z and r*h
-                if floating is float:
-                    nn_gru_fwd1_f(a, hr, bx, hp + b * H, aux + (s * B + b) * H, H)
-                else:
-                    nn_gru_fwd1_d(a, hr, bx, hp + b * H, aux + (s * B + b) * H, H)
+                gru_fwd1(a, hr, bx, hp + b * H, aux + (s * B + b) * H, H)
         if kind == K_GRU:
             # (r*h) @ W_hn^T, then the second pass: n and h
             hn2 = hh + B * H2
@@ -306,10 +247,7 @@ cdef void _forward(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ssize_
                 tau = _tau(reverse, s, L)
                 a = gates + (tau * B + b) * GH
                 o = out + (tau * B + b) * H
-                if floating is float:
-                    nn_gru_fwd2_f(a, hn2 + b * H, bx, hp + b * H, hn + b * H, o, H)
-                else:
-                    nn_gru_fwd2_d(a, hn2 + b * H, bx, hp + b * H, hn + b * H, o, H)
+                gru_fwd2(a, hn2 + b * H, bx, hp + b * H, hn + b * H, o, H)
 
 
 # -------------------------------------------------------------------- backward --
@@ -395,29 +333,16 @@ cdef void _bptt(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ssize_t H
             go = gout + (tau * B + b) * H if gout != NULL else zrow
             hp = hs + (s * B + b) * H
             if kind == K_LSTM:
-                if floating is float:
-                    nn_lstm_bwd_f(g, aux + (s * B + b) * H, cs + (s * B + b) * H, dhb, go,
-                                  dc + b * H, dgr, H)
-                else:
-                    nn_lstm_bwd_d(g, aux + (s * B + b) * H, cs + (s * B + b) * H, dhb, go,
-                                  dc + b * H, dgr, H)
+                lstm_bwd(g, aux + (s * B + b) * H, cs + (s * B + b) * H, dhb, go,
+                         dc + b * H, dgr, H)
                 memset(dst, 0, row)
             elif kind == K_RNN_TANH or kind == K_RNN_RELU:
-                if floating is float:
-                    nn_rnn_bwd_f(g, dhb, go, dgr, H, kind == K_RNN_RELU)
-                else:
-                    nn_rnn_bwd_d(g, dhb, go, dgr, H, kind == K_RNN_RELU)
+                rnn_bwd(g, dhb, go, dgr, H, kind == K_RNN_RELU)
                 memset(dst, 0, row)
             elif kind == K_GRU_RA:
-                if floating is float:
-                    nn_gru_ra_bwd_f(g, aux + (s * B + b) * H, hp, dhb, go, dgx, dgr, dst, H)
-                else:
-                    nn_gru_ra_bwd_d(g, aux + (s * B + b) * H, hp, dhb, go, dgx, dgr, dst, H)
+                gru_ra_bwd(g, aux + (s * B + b) * H, hp, dhb, go, dgx, dgr, dst, H)
             else:                               # K_GRU, first pass: z and n
-                if floating is float:
-                    nn_gru_bwd1_f(g, hp, dhb, go, dgr, dst, H)
-                else:
-                    nn_gru_bwd1_d(g, hp, dhb, go, dgr, dst, H)
+                gru_bwd1(g, hp, dhb, go, dgr, dst, H)
         if kind == K_GRU:
             # d(r*h) = dn_pre @ W_hn; then r's gradient and the r*h path to h_prev
             _rec_bwd(mode, nb, H, H, dgs + b0 * GH + H2, GH, W_hh + H2 * H, H, W_hhT + H2,
@@ -431,10 +356,7 @@ cdef void _bptt(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ssize_t H
                 hp = hs + (s * B + b) * H
                 dgr = dgs + b * GH
                 dst = dh2 + b * H
-                if floating is float:
-                    nn_gru_bwd2_f(g, hp, drh + b * H, dgr, dst, H)
-                else:
-                    nn_gru_bwd2_d(g, hp, drh + b * H, dgr, dst, H)
+                gru_bwd2(g, hp, drh + b * H, dgr, dst, H)
             _rec_bwd(mode, nb, H, H2, dgs + b0 * GH, GH, W_hh, H, W_hhT, GH, <floating> 1,
                      dh2 + b0 * H, scr)
         else:

@@ -24,33 +24,23 @@ Masked entries have ``y_j = 0`` so they receive 0; a fully-masked row gets 0.
 """
 from cython cimport floating
 from libc.stdint cimport uint8_t
-from libc.math cimport INFINITY
 
-from _vmath cimport bind_simd, vexp_sum, vmax, vdot
+from _softmax_row cimport MASK_ADD, MASK_BOOL, softmax_row
+from _vmath cimport bind_simd, vdot
 
 bind_simd(__name__)
-
-MASK_NONE = 0
-MASK_BOOL = 1
-MASK_FLOAT = 2
-
 
 cdef void _softmax_rows(const floating* x, floating* y, Py_ssize_t P, Py_ssize_t R,
                         Py_ssize_t N, floating scale, int mask_kind,
                         const uint8_t* bmask, const floating* fmask,
                         const Py_ssize_t* moff, Py_ssize_t mrs, Py_ssize_t mcs,
                         bint causal, Py_ssize_t causal_offset) noexcept nogil:
-    cdef Py_ssize_t p, i, j, n_row
-    cdef const floating* xr
-    cdef floating* yr
-    cdef const uint8_t* br
-    cdef const floating* fr
-    cdef floating mx, s, inv
-    cdef floating neg_inf = -INFINITY
+    cdef Py_ssize_t p, i, n_row, r
+    cdef const uint8_t* br = NULL
+    cdef const floating* fr = NULL
     for p in range(P):
         for i in range(R):
-            xr = x + (p * R + i) * N
-            yr = y + (p * R + i) * N
+            r = (p * R + i) * N
             n_row = N
             if causal:
                 n_row = i + causal_offset + 1
@@ -58,31 +48,11 @@ cdef void _softmax_rows(const floating* x, floating* y, Py_ssize_t P, Py_ssize_t
                     n_row = N
                 elif n_row < 0:
                     n_row = 0
-            # z = scale * x (+ mask), written into the output row as scratch
-            if mask_kind == 1:
+            if mask_kind == MASK_BOOL:
                 br = bmask + moff[p] + i * mrs
-                for j in range(n_row):
-                    yr[j] = scale * xr[j] if br[j * mcs] else neg_inf
-            elif mask_kind == 2:
+            elif mask_kind == MASK_ADD:
                 fr = fmask + moff[p] + i * mrs
-                for j in range(n_row):
-                    yr[j] = scale * xr[j] + fr[j * mcs]
-            else:
-                for j in range(n_row):
-                    yr[j] = scale * xr[j]
-            for j in range(n_row, N):
-                yr[j] = 0
-            mx = vmax(yr, n_row)        # NaN if any allowed z is NaN
-            if mx == neg_inf:
-                # no allowed entry in this row (all masked / -inf, or n_row == 0):
-                # all zeros.  A NaN max is not caught here: it makes the row NaN.
-                for j in range(n_row):
-                    yr[j] = 0
-                continue
-            s = vexp_sum(yr, yr, mx, n_row)
-            inv = 1 / s
-            for j in range(n_row):
-                yr[j] = yr[j] * inv
+            softmax_row(y + r, x + r, scale, n_row, N, mask_kind, br, fr, mcs)
 
 
 cdef void _softmax_rows_backward(const floating* y, const floating* dy, floating* dx,
