@@ -255,7 +255,7 @@ cdef class SdpaCall:
     cdef readonly Py_ssize_t slabs, L_q, L_k, d_k, d_v
     cdef readonly tuple lead, shapes
     cdef Py_ssize_t lead4[4]
-    cdef bint double, causal, keep_probs
+    cdef bint ready, double, causal, keep_probs
     cdef Slabs q, k, v
     cdef void* probs
     cdef double scale
@@ -265,6 +265,10 @@ cdef class SdpaCall:
 
     def __init__(self, q, k, v, probs, double scale, mask=None, causal_offset=None,
                  Py_ssize_t block_q=64, Py_ssize_t block_k=64, bint keep_probs=False):
+        self.ready = False
+        memset(&self.q, 0, sizeof(Slabs))
+        memset(&self.k, 0, sizeof(Slabs))
+        memset(&self.v, 0, sizeof(Slabs))
         dt = np.asarray(q).dtype
         if dt != np.float32 and dt != np.float64:
             raise TypeError(f"q must be float32 or float64, got {dt}")
@@ -279,6 +283,7 @@ cdef class SdpaCall:
         else:
             _fill_call[float](self, q, k, v, probs)
         mask_ref(mask, self.double, self.slabs, self.L_q, self.L_k, &self.mask, self.pins)
+        self.ready = True
 
 
 cdef int _fill_call(SdpaCall c, const floating[:, :, :, :, :, :] q,
@@ -312,6 +317,8 @@ cdef int _fill_call(SdpaCall c, const floating[:, :, :, :, :, :] q,
 
 
 cdef int _check_call(SdpaCall call, bint double, Py_ssize_t p0, Py_ssize_t p1) except -1:
+    if not call.ready:
+        raise ValueError("the SdpaCall was not initialised")
     if double != call.double:
         raise TypeError("the arrays must have the dtype of the call's inputs")
     if not 0 <= p0 <= p1 <= call.slabs:
@@ -350,7 +357,9 @@ def sdpa_forward(SdpaCall call not None, floating[:, :, ::1] out, Py_ssize_t p0,
                     bm = m.b + m.off[p]
                 elif m.kind == MASK_ADD:
                     fm = <const floating*> m.f + m.off[p]
-                if call.k.off[p] != last:        # slabs sharing a K head (GQA) share K^T
+                # the score GEMM runs as Q @ K^T with K^T stored (OpenBLAS's NN path
+                # and its small-matrix kernels suit these shapes); GQA slabs share it
+                if call.k.off[p] != last:
                     transpose(K + call.k.off[p], call.k.ld, L_k, d_k, KT, L_k, False)
                     last = call.k.off[p]
                 _forward_slab(Q + call.q.off[p], call.q.ld, KT, V + call.v.off[p],

@@ -64,6 +64,7 @@ phase may run concurrently.  ``PHASE_ALL`` (default) does everything.
 from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
+from libc.string cimport memset
 
 import numpy as np
 
@@ -97,7 +98,7 @@ cdef class _Sweep:
     """The validated sizes and buffers of one sweep (``RnnSweep``) and the memoryviews
     that keep those buffers alive."""
     cdef RnnSweep s
-    cdef bint double
+    cdef bint ready, double
     cdef list pins
 
     @property
@@ -196,7 +197,8 @@ cdef class ForwardSweep(_Sweep):
 
     def __init__(self, int kind, bint reverse, x, lengths, W_ih, W_hh, W_hhT, gates, hs,
                  cs, aux, bx, bhn, out, hh):
-        self.pins = []
+        self.ready, self.pins = False, []
+        memset(&self.s, 0, sizeof(RnnSweep))
         self.double = _is_double(x)
         if self.double:
             _fill_common[double](self, kind, reverse, x, lengths, W_ih, W_hh, W_hhT, gates,
@@ -206,6 +208,13 @@ cdef class ForwardSweep(_Sweep):
             _fill_common[float](self, kind, reverse, x, lengths, W_ih, W_hh, W_hhT, gates,
                                 hs, cs, aux)
             _fill_forward[float](self, gates, hs, cs, aux, bx, bhn, out, hh)
+        self.ready = True
+
+
+cdef int _check_ready(_Sweep sweep) except -1:
+    if not sweep.ready:
+        raise ValueError(f"the {type(sweep).__name__} was not initialised")
+    return 0
 
 
 cdef Py_ssize_t _check_range(int phase, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n,
@@ -236,6 +245,7 @@ def rnn_forward(ForwardSweep sweep not None, int phase=PH_ALL, Py_ssize_t r0=0,
     """
     cdef RnnSweep* s = &sweep.s
     cdef bint double = sweep.double
+    _check_ready(sweep)
     if phase == PH_PROJ:
         r1 = _check_range(phase, r0, r1, s.T * s.B, "rows of T*B")
     elif phase == PH_STEPS:
@@ -337,7 +347,8 @@ cdef class BackwardSweep(_Sweep):
     def __init__(self, int kind, bint reverse, x, lengths, W_ih, W_hh, W_hhT, gates, hs,
                  cs, aux, grad_out, dh, dc, grad_x, grad_W_ih, grad_W_hh, grad_b_ih,
                  grad_b_hh, dGs, dGt=None, xh=None, gw=None):
-        self.pins = []
+        self.ready, self.pins = False, []
+        memset(&self.s, 0, sizeof(RnnSweep))
         self.double = _is_double(x)
         if self.double:
             _fill_common[double](self, kind, reverse, x, lengths, W_ih, W_hh, W_hhT, gates,
@@ -349,6 +360,7 @@ cdef class BackwardSweep(_Sweep):
                                 hs, cs, aux)
             _fill_backward[float](self, grad_out, dh, dc, grad_x, grad_W_ih, grad_W_hh,
                                   grad_b_ih, grad_b_hh, dGs, dGt, xh, gw)
+        self.ready = True
 
 
 cdef void _fill_scratch(floating* scr, const RnnSweep* s) noexcept nogil:
@@ -372,6 +384,7 @@ def rnn_backward(BackwardSweep sweep not None, int phase=PH_ALL, Py_ssize_t r0=0
     """
     cdef RnnSweep* s = &sweep.s
     cdef bint double = sweep.double
+    _check_ready(sweep)
     if phase == PH_STEPS:
         r1 = _check_range(phase, r0, r1, s.B, "batch rows")
     elif phase == PH_GRAD_X:

@@ -77,10 +77,9 @@ cdef enum:
 
 
 cdef inline int _rec_mode(Py_ssize_t B, Py_ssize_t H, bint single) noexcept nogil:
-    """Per-step GEMM layout (measured, see ``_rec_fwd``): ``REC_DOT`` for ``B == 1``,
-    ``REC_TR`` for float32 batches with ``H >= 256`` (measured faster at the M and L
-    shapes, H = 256 and 512; slower at S, H = 64), ``REC_NN`` otherwise (float64
-    keeps its previous layout)."""
+    """Per-step GEMM layout: ``REC_DOT`` for one row, ``REC_TR`` for float32 batches
+    with ``H >= 256``, ``REC_NN`` otherwise -- the fastest form of each case with
+    OpenBLAS (see ``_rec_fwd``)."""
     if B == 1:
         return REC_DOT
     return REC_TR if single and H >= 256 else REC_NN
@@ -93,16 +92,10 @@ cdef inline void _rec_fwd(int mode, Py_ssize_t B, Py_ssize_t N, Py_ssize_t H,
     """``out[B, N] = h[B, H] @ W[N, H]^T``; ``WT = W^T [H, N]`` (same numbers);
     ``tmp [N*B]`` scratch for ``REC_TR``.
 
-    The layout is chosen by measurement (SciPy's OpenBLAS 0.3.30, SkylakeX kernels, on
-    this machine): for a single row (``B == 1``) the dot-product form ``h @ W^T``
-    streams ``W`` row by row and is ~2x faster than ``h @ WT``.  For ``B > 1`` the
-    NN form ``h @ WT`` is ~2.5x faster than ``h @ W^T`` (NT) on skinny shapes (table
-    in nn_core/bench/recurrent.py), and in float32 the transposed product
-    ``out^T [N, B] = W @ h^T`` is faster still: OpenBLAS then packs the weight as its
-    outer operand (``oncopy``) instead of re-packing it with the slower ``itcopy``
-    every step (CPU time, 1 thread: [32,256]@[256,1024] 183 vs 243 us,
-    [64,512]@[512,2048] 1398 vs 1590 us); the small ``[N, B]`` result is transposed
-    back with AVX 8x8 tiles.
+    ``REC_DOT`` (``h @ W^T``) streams ``W`` row by row, right for a single row;
+    ``REC_NN`` (``h @ WT``) suits skinny batches; ``REC_TR`` computes ``out^T = W h^T``
+    so that OpenBLAS packs the weight as its outer operand, then transposes the
+    small ``[N, B]`` result back.
     """
     if mode == REC_DOT:
         gemm(False, True, <int> B, <int> N, <int> H, <floating> 1, h, <int> H,
@@ -359,8 +352,7 @@ cdef inline void _weight_grads(int kind, Py_ssize_t T, Py_ssize_t B, Py_ssize_t 
     cdef Py_ssize_t DH = D + H, i, j, lo, hi
     if xh != NULL:
         # one GEMM for both weight gradients: [gW_ih | gW_hh] = dG^T [x | h_prev]
-        # (same A operand, packed once; ~12% faster than two GEMMs at the M shape
-        # even with the copy into xh, made by _input_grads).  Forward direction,
+        # (dG packed once; xh is filled by _input_grads).  Forward direction,
         # RNN/LSTM only (there dG_time is dG_step).
         gemm(True, False, <int> ng, <int> DH, TB, <floating> 1, dGs + g0, <int> GH, xh,
              <int> DH, <floating> 0, gw + g0 * DH, <int> DH)

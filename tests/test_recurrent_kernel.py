@@ -89,3 +89,18 @@ def test_a_sweep_keeps_its_buffers_alive(rng):
     gc.collect()
     K.rnn_forward(sweep)
     np.testing.assert_allclose(hs, want["hs"], rtol=1e-13)
+
+
+def test_an_uninitialised_sweep_raises():
+    with pytest.raises(ValueError, match="not initialised"):
+        K.rnn_forward(K.ForwardSweep.__new__(K.ForwardSweep))
+    with pytest.raises(ValueError, match="not initialised"):
+        K.rnn_backward(K.BackwardSweep.__new__(K.BackwardSweep))
+
+
+def test_a_failed_reinit_leaves_the_sweep_unusable(fw):
+    sweep = K.ForwardSweep(**fw)
+    with pytest.raises(ValueError):
+        sweep.__init__(**dict(fw, out=np.zeros((1, 1, 1))))
+    with pytest.raises(ValueError, match="not initialised"):
+        K.rnn_forward(sweep)

@@ -272,6 +272,8 @@ def test_kernel_entry_validates_before_nogil():
         kattn.sdpa_forward(call, out.astype(np.float32), 0, 2)
     with pytest.raises(TypeError):
         kattn.sdpa_forward(None, out, 0, 2)
+    with pytest.raises(ValueError, match="not initialised"):
+        kattn.sdpa_forward(kattn.SdpaCall.__new__(kattn.SdpaCall), out, 0, 0)
 
 
 def test_kernel_backward_entry_validates_before_nogil():
