@@ -81,6 +81,8 @@ PHASE_ALL, PHASE_PROJ, PHASE_STEPS, PHASE_GRAD_X, PHASE_WGRAD = 0, 1, 2, 3, 4
 
 # ------------------------------------------------------------------ validation --
 cdef int _shape(object a, str name, tuple shape) except -1:
+    if a is None:
+        raise ValueError(f"{name} is required, got None")
     got = tuple(a.shape[:len(shape)])
     if got != shape:
         raise ValueError(f"{name} must have shape {shape}, got {got}")
@@ -121,7 +123,7 @@ cdef int _fill_common(_Sweep sw, int kind, bint reverse, const floating[:, :, ::
     if kind < 0 or kind > 4:
         raise ValueError(f"kind must be in 0..4, got {kind}")
     if x is None or hs is None:
-        raise ValueError("x and hs are required")
+        raise ValueError(f"{'x' if x is None else 'hs'} is required, got None")
     T, B, D, H = x.shape[0], x.shape[1], x.shape[2], hs.shape[2]
     if T < 1 or B < 1 or D < 1 or H < 1:
         raise ValueError(f"empty dimensions are not supported: T={T}, B={B}, D={D}, H={H}")

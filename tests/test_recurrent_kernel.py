@@ -104,3 +104,9 @@ def test_a_failed_reinit_leaves_the_sweep_unusable(fw):
         sweep.__init__(**dict(fw, out=np.zeros((1, 1, 1))))
     with pytest.raises(ValueError, match="not initialised"):
         K.rnn_forward(sweep)
+
+
+@pytest.mark.parametrize("name", ["lengths", "W_ih", "hs", "gates", "bx", "out", "hh"])
+def test_a_missing_buffer_raises(fw, name):
+    with pytest.raises(ValueError, match=f"{name} is required"):
+        K.ForwardSweep(**dict(fw, **{name: None}))
