@@ -30,6 +30,7 @@ from _vmath cimport bind_simd, vdot
 
 bind_simd(__name__)
 
+
 cdef void _softmax_rows(const floating* x, floating* y, Py_ssize_t P, Py_ssize_t R,
                         Py_ssize_t N, floating scale, const MaskRef* m, bint causal,
                         Py_ssize_t causal_offset) noexcept nogil:
