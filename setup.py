@@ -6,9 +6,9 @@ No ``-ffast-math``: the kernels rely on IEEE ``-inf`` masking and NaN propagatio
 ``-fno-trapping-math`` only tells GCC that floating-point operations raise no traps
 (nothing here installs FP trap handlers); it keeps IEEE results, infinities and NaNs
 exactly, and lets GCC if-convert the selects in the vectorised math so it can vectorise.
-No ``-march=native``: the vectorised helpers in ``src_pyx/_vmath.h`` (and the gate passes
-in ``_rnn_gates.h``) are compiled twice, for AVX2+FMA (``__attribute__((target))``) and
-for baseline x86-64, and the copy is chosen at run time with ``__builtin_cpu_supports``.
+No ``-march=native``: the vectorised loops (``src_pyx/_vmath.h``, ``_rnn_gates.h``) are
+compiled for baseline x86-64 and again for AVX2+FMA / AVX-512F
+(``__attribute__((target))``); ``src_pyx/_simd.h`` picks one at run time.
 """
 import os
 from glob import glob

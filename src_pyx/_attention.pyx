@@ -47,38 +47,14 @@ import numpy as np
 
 from cython cimport floating
 from libc.stdint cimport uint8_t
+from libc.stdlib cimport free, malloc
 from libc.string cimport memset
-from libc.math cimport INFINITY
 
 from _blas cimport gemm
-from _vmath cimport vexp_sum, vmax, vdot
+from _softmax_row cimport MASK_ADD, MASK_BOOL, MaskRef, mask_ref, softmax_row
+from _vmath cimport bind_simd, transpose, vdot
 
-cdef extern from "_attention_simd.h" nogil:
-    int att_has_avx512() noexcept
-    float att_exp_sum_f512(float* y, const float* x, float shift, Py_ssize_t n) noexcept
-    double att_exp_sum_d512(double* y, const double* x, double shift, Py_ssize_t n) noexcept
-
-
-cdef bint _avx512_allowed = True
-
-
-def use_avx512(bint enabled):
-    """Allow (default) or forbid the AVX-512 exp loop (test hook); returns whether
-    it is now in use, i.e. allowed and supported by this CPU."""
-    global _avx512_allowed
-    _avx512_allowed = enabled
-    return bool(enabled and att_has_avx512())
-
-
-cdef inline floating _exp_sum(floating* y, const floating* x, floating shift,
-                              Py_ssize_t n) noexcept nogil:
-    """``y = exp(x - shift)``, returns ``sum(y)``: AVX-512 when the CPU has it."""
-    if _avx512_allowed and att_has_avx512():
-        if floating is float:
-            return att_exp_sum_f512(y, x, shift, n)
-        else:
-            return att_exp_sum_d512(y, x, shift, n)
-    return vexp_sum(y, x, shift, n)
+bind_simd(__name__)
 
 
 cdef inline Py_ssize_t _clamp(Py_ssize_t x, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
@@ -88,56 +64,6 @@ cdef inline Py_ssize_t _clamp(Py_ssize_t x, Py_ssize_t lo, Py_ssize_t hi) noexce
 cdef inline void _zero(floating* x, Py_ssize_t n) noexcept nogil:
     if n > 0:
         memset(x, 0, n * sizeof(floating))
-
-
-cdef void _transpose(const floating* a, Py_ssize_t lda, floating* at, Py_ssize_t rows,
-                     Py_ssize_t cols) noexcept nogil:
-    """``at [cols, rows] = a [rows, cols]^T``, ``a`` with row stride ``lda`` (tiled, so
-    both sides stay in cache).
-
-    The score GEMMs then run as ``Q @ K^T`` with ``K^T`` stored: OpenBLAS's (N, N)
-    path is much faster than (N, T) at these sizes, and its unpacked small-matrix
-    kernels only cover it well."""
-    cdef Py_ssize_t i0, j0, i, j, i1, j1
-    for i0 in range(0, rows, 16):
-        i1 = i0 + 16 if i0 + 16 < rows else rows
-        for j0 in range(0, cols, 16):
-            j1 = j0 + 16 if j0 + 16 < cols else cols
-            for i in range(i0, i1):
-                for j in range(j0, j1):
-                    at[j * rows + i] = a[i * lda + j]
-
-
-cdef void _softmax_row(floating* zr, Py_ssize_t n, Py_ssize_t N, int mask_kind,
-                       const uint8_t* br, const floating* fr, Py_ssize_t mcs) noexcept nogil:
-    """In place over ``zr[0:N]``: scores (already scaled) in ``zr[0:n]`` -> probabilities;
-    ``zr[n:N] = 0``.  Bool mask ``br`` (0 = drop) or additive mask ``fr``, stride ``mcs``."""
-    cdef Py_ssize_t j
-    cdef floating mx, s, inv
-    cdef floating neg_inf = -INFINITY
-    if mask_kind == 1:
-        if mcs == 1:
-            for j in range(n):
-                zr[j] = zr[j] if br[j] else neg_inf
-        else:
-            for j in range(n):
-                zr[j] = zr[j] if br[j * mcs] else neg_inf
-    elif mask_kind == 2:
-        if mcs == 1:
-            for j in range(n):
-                zr[j] = zr[j] + fr[j]
-        else:
-            for j in range(n):
-                zr[j] = zr[j] + fr[j * mcs]
-    mx = vmax(zr, n)            # NaN if any allowed score is NaN: the row becomes NaN
-    if mx == neg_inf:
-        _zero(zr, N)            # nothing allowed (all masked / -inf, or n == 0): zeros
-        return
-    s = _exp_sum(zr, zr, mx, n)
-    inv = 1 / s
-    for j in range(n):
-        zr[j] = zr[j] * inv
-    _zero(zr + n, N - n)
 
 
 cdef void _forward_slab(const floating* Q, Py_ssize_t ldq, const floating* KT,
@@ -166,7 +92,8 @@ cdef void _forward_slab(const floating* Q, Py_ssize_t ldq, const floating* KT,
                 br = bm + i * mrs
             elif mask_kind == 2:
                 fr = fm + i * mrs
-            _softmax_row(Pm + i * L_k, n, L_k, mask_kind, br, fr, mcs)
+            softmax_row(Pm + i * L_k, Pm + i * L_k, <floating> 1, n, L_k, mask_kind, br, fr,
+                        mcs)
         # O[r0:r1] = P[r0:r1, 0:e] V[0:e]   (bq, d_v)
         gemm(False, False, <int>(r1 - r0), <int>d_v, <int>e, 1, Pm + r0 * L_k, <int>L_k,
              V, <int>ldv, 0, O + r0 * d_v, <int>d_v)
@@ -249,48 +176,24 @@ cdef void _backward_slab(const floating* Q, Py_ssize_t ldq, const floating* K,
              beta_k, dK + c0 * d_k, <int>d_k)
 
 
-cdef _check_offsets(const Py_ssize_t[::1] off, Py_ssize_t p0, Py_ssize_t p1,
-                    Py_ssize_t span, Py_ssize_t size, str name):
-    cdef Py_ssize_t p
-    if off.shape[0] < p1:
-        raise ValueError(f"{name} offsets: expected at least {p1} entries, got {off.shape[0]}")
-    for p in range(p0, p1):
-        if off[p] < 0 or off[p] + span > size:
-            raise ValueError(f"{name} slab {p} (offset {off[p]}, {span} elements) lies "
-                             f"outside its buffer of {size} elements")
+# ----------------------------------------------------------------- validation --
+cdef tuple _shape6(const Py_ssize_t* sh):
+    return sh[0], sh[1], sh[2], sh[3], sh[4], sh[5]
 
 
-cdef _check_common(Py_ssize_t P, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t L_q,
-                   Py_ssize_t L_k, Py_ssize_t d_k, Py_ssize_t d_v, Py_ssize_t bq,
-                   Py_ssize_t bk):
-    if not 0 <= p0 <= p1 <= P:
-        raise ValueError(f"slab range must satisfy 0 <= p0 <= p1 <= {P}, got [{p0}, {p1})")
-    if L_q < 0 or L_k < 0 or d_k < 0 or d_v < 0:
-        raise ValueError("sizes must be non-negative")
-    if bq < 1 or bk < 1:
-        raise ValueError(f"block sizes must be >= 1, got {bq}, {bk}")
-    if max(L_q * L_k, L_q * d_k, L_k * d_k, L_q * d_v, L_k * d_v) >= 2 ** 31:
-        raise ValueError("a (batch, head) slab is too large for 32-bit BLAS")
+cdef struct Slabs:
+    # The P slabs [L, d] of one input: slab p starts at element off[p] of base,
+    # rows ld elements apart; bcast: some lead dim is broadcast (size 1).
+    const void* base
+    const Py_ssize_t* off
+    Py_ssize_t ld
+    bint bcast
 
 
-cdef _check_mask(int mask_kind, Py_ssize_t msize, const Py_ssize_t[::1] moff,
-                 Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t L_q, Py_ssize_t L_k,
-                 Py_ssize_t mrs, Py_ssize_t mcs):
-    cdef Py_ssize_t p, need
-    if mask_kind not in (0, 1, 2):
-        raise ValueError(f"mask_kind must be 0, 1 or 2, got {mask_kind}")
-    if mask_kind == 0 or L_q == 0 or L_k == 0:
-        return
-    if mrs < 0 or mcs < 0:
-        raise ValueError("mask strides must be non-negative")
-    need = (L_q - 1) * mrs + (L_k - 1) * mcs + 1
-    _check_offsets(moff, p0, p1, need, msize, "mask")
-
-
-cdef tuple _slab_layout(const floating[:, :, :, :, :, :] a, const Py_ssize_t* lead,
-                        Py_ssize_t L, Py_ssize_t d, str name):
-    """``(offsets [P], row stride, broadcast?)`` of the ``P`` slabs of a 6-D view
-    ``[l0, l1, l2, l3, L, d]`` whose lead dims are ``lead`` or 1 (broadcast).
+cdef int _slabs(Slabs* out, list pins, const floating[:, :, :, :, :, :] a,
+                const Py_ssize_t* lead, Py_ssize_t L, Py_ssize_t d, str name) except -1:
+    """Describe the ``P`` slabs of a 6-D view ``[l0, l1, l2, l3, L, d]`` whose lead
+    dims are ``lead`` or 1 (broadcast).
 
     Offsets are computed here from the view's own shape and strides, so every
     element the kernels address (``off[p] + i * ld + j``, ``i < L``, ``j < d``) is an
@@ -321,8 +224,7 @@ cdef tuple _slab_layout(const floating[:, :, :, :, :, :] a, const Py_ssize_t* le
             raise ValueError(f"{name}: row stride must be a multiple of the item size "
                              f"and >= {d} elements, got {a.strides[4]} bytes")
         ld = a.strides[4] // isz
-    offs = np.empty(P, dtype=np.intp)
-    cdef Py_ssize_t[::1] o = offs
+    cdef Py_ssize_t[::1] o = np.empty(P, dtype=np.intp)
     for p in range(P):
         rem = p
         off = 0
@@ -330,230 +232,207 @@ cdef tuple _slab_layout(const floating[:, :, :, :, :, :] a, const Py_ssize_t* le
             off += (rem % lead[dim]) * st[dim]
             rem = rem // lead[dim]
         o[p] = off
-    return offs, ld, bcast
+    out.base, out.off, out.ld, out.bcast = &a[0, 0, 0, 0, 0, 0], &o[0], ld, bcast
+    pins += [a, o]
+    return 0
 
 
-cdef _lead4(tuple lead, Py_ssize_t* out):
-    if len(lead) != 4 or min(lead) < 1:
-        raise ValueError(f"lead must be 4 dims >= 1, got {lead}")
-    for i in range(4):
-        out[i] = lead[i]
-    return out[0] * out[1] * out[2] * out[3]
+cdef class SdpaCall:
+    """One attention call, checked once: ``sdpa_forward`` / ``sdpa_backward`` run
+    ranges of its slabs (on any threads) and check only what they are given.
 
-
-def sdpa_forward(const floating[:, :, :, :, :, :] q, const floating[:, :, :, :, :, :] k,
-                 const floating[:, :, :, :, :, :] v, floating[::1] out,
-                 floating[::1] probs, tuple lead, Py_ssize_t p0, Py_ssize_t p1,
-                 floating scale, int mask_kind, const uint8_t[::1] bmask,
-                 const floating[::1] fmask, const Py_ssize_t[::1] moff,
-                 Py_ssize_t mrs, Py_ssize_t mcs, bint causal, Py_ssize_t causal_offset,
-                 floating[::1] scratch, Py_ssize_t block_q=64):
-    """Forward over slabs ``p0 <= p < p1``; see the module docstring.
-
-    ``q``/``k``/``v``: 6-D views ``[l0, l1, l2, l3, L, d]`` in their own shapes, each
-    lead dim equal to ``lead``'s or 1 (broadcast); the last dim contiguous, any
-    non-negative row / lead strides (a transposed ``[B, L, h, d_k]`` projection is
-    used as it is).  ``out`` ``[P, L_q, d_v]`` and ``probs`` ``[P, L_q, L_k]``: flat,
-    C-contiguous.  ``mask_kind`` 0 none, 1 bool (``bmask`` as uint8), 2 additive
-    (``fmask``), addressed like ``_softmax.softmax_forward``.  ``scratch`` holds
-    ``d_k * L_k`` elements (``K^T``).  Everything is validated here, before the GIL
-    is released.
+    ``q``, ``k``, ``v``: 6-D views ``[l0, l1, l2, l3, L, d]`` in their own shapes
+    (``q [.., L_q, d_k]``, ``k [.., L_k, d_k]``, ``v [.., L_k, d_v]``), each lead dim
+    1 (broadcast) or the broadcast size; the last dim contiguous, any non-negative
+    row / lead strides (a transposed ``[B, L, h, d_k]`` projection is used as it
+    is).  ``probs [P, L_q, L_k]`` (C-contiguous, ``P`` the product of the lead dims)
+    receives the probabilities, which the backward reads (and, unless
+    ``keep_probs``, overwrites with ``dS``).  ``mask``: None or ``(buf, off, rs,
+    cs)`` as in ``_softmax.softmax_forward``.  ``causal_offset``: None, or query
+    ``i`` sees keys ``j <= i + causal_offset``.  ``block_q``, ``block_k``: query /
+    key block sizes.  All float32 or all float64.
     """
+    cdef readonly Py_ssize_t slabs, L_q, L_k, d_k, d_v
+    cdef readonly tuple lead, shapes
     cdef Py_ssize_t lead4[4]
-    cdef Py_ssize_t P = _lead4(lead, lead4)
+    cdef bint ready, double, causal, keep_probs
+    cdef Slabs q, k, v
+    cdef void* probs
+    cdef double scale
+    cdef Py_ssize_t causal_offset, block_q, block_k
+    cdef MaskRef mask
+    cdef list pins
+
+    def __init__(self, q, k, v, probs, double scale, mask=None, causal_offset=None,
+                 Py_ssize_t block_q=64, Py_ssize_t block_k=64, bint keep_probs=False):
+        self.ready = False
+        memset(&self.q, 0, sizeof(Slabs))
+        memset(&self.k, 0, sizeof(Slabs))
+        memset(&self.v, 0, sizeof(Slabs))
+        dt = np.asarray(q).dtype
+        if dt != np.float32 and dt != np.float64:
+            raise TypeError(f"q must be float32 or float64, got {dt}")
+        if block_q < 1 or block_k < 1:
+            raise ValueError(f"block sizes must be >= 1, got {block_q}, {block_k}")
+        self.double, self.pins, self.scale = dt == np.float64, [], scale
+        self.causal = causal_offset is not None
+        self.causal_offset = causal_offset if self.causal else 0
+        self.block_q, self.block_k, self.keep_probs = block_q, block_k, keep_probs
+        if self.double:
+            _fill_call[double](self, q, k, v, probs)
+        else:
+            _fill_call[float](self, q, k, v, probs)
+        mask_ref(mask, self.double, self.slabs, self.L_q, self.L_k, &self.mask, self.pins)
+        self.ready = True
+
+
+cdef int _fill_call(SdpaCall c, const floating[:, :, :, :, :, :] q,
+                    const floating[:, :, :, :, :, :] k, const floating[:, :, :, :, :, :] v,
+                    floating[:, :, ::1] probs) except -1:
     cdef Py_ssize_t L_q = q.shape[4], d_k = q.shape[5], L_k = k.shape[4], d_v = v.shape[5]
-    cdef Py_ssize_t p, last = -1, ldq, ldk, ldv
-    cdef const Py_ssize_t[::1] qo
-    cdef const Py_ssize_t[::1] ko
-    cdef const Py_ssize_t[::1] vo
-    cdef floating* KT
-    cdef const uint8_t* bm = NULL
-    cdef const floating* fm = NULL
-    _check_common(P, p0, p1, L_q, L_k, d_k, d_v, block_q, 1)
+    cdef Py_ssize_t dim, n
+    for dim in range(4):
+        n = c.lead4[dim] = max(q.shape[dim], k.shape[dim], v.shape[dim])
+        if q.shape[dim] not in (1, n) or k.shape[dim] not in (1, n) or v.shape[dim] not in (1, n):
+            raise ValueError(f"the lead dims of query, key and value must broadcast, got "
+                             f"{_shape6(q.shape)[:4]}, {_shape6(k.shape)[:4]}, "
+                             f"{_shape6(v.shape)[:4]}")
+    c.lead = (c.lead4[0], c.lead4[1], c.lead4[2], c.lead4[3])
+    c.slabs = c.lead4[0] * c.lead4[1] * c.lead4[2] * c.lead4[3]
     if min(L_q, L_k, d_k, d_v) < 1:
         raise ValueError("L_q, L_k, d_k, d_v must be >= 1 for the fused kernel")
-    if out.shape[0] != P * L_q * d_v:
-        raise ValueError(f"out must hold {P * L_q * d_v} elements, got {out.shape[0]}")
-    if probs.shape[0] != P * L_q * L_k:
-        raise ValueError(f"probs must hold {P * L_q * L_k} elements, got {probs.shape[0]}")
-    qoff, ldq, _ = _slab_layout(q, lead4, L_q, d_k, "query")
-    koff, ldk, _ = _slab_layout(k, lead4, L_k, d_k, "key")
-    voff, ldv, _ = _slab_layout(v, lead4, L_k, d_v, "value")
-    qo, ko, vo = qoff, koff, voff
-    _check_mask(mask_kind, bmask.shape[0] if mask_kind == 1 else fmask.shape[0], moff,
-                p0, p1, L_q, L_k, mrs, mcs)
-    if scratch.shape[0] < d_k * L_k:
-        raise ValueError(f"scratch must hold {d_k * L_k} elements, got {scratch.shape[0]}")
+    if max(L_q * L_k, L_q * d_k, L_k * d_k, L_q * d_v, L_k * d_v) >= 2 ** 31:
+        raise ValueError("a (batch, head) slab is too large for 32-bit BLAS")
+    c.L_q, c.L_k, c.d_k, c.d_v = L_q, L_k, d_k, d_v
+    _slabs(&c.q, c.pins, q, c.lead4, L_q, d_k, "query")
+    _slabs(&c.k, c.pins, k, c.lead4, L_k, d_k, "key")
+    _slabs(&c.v, c.pins, v, c.lead4, L_k, d_v, "value")
+    if probs.shape[0] != c.slabs or probs.shape[1] != L_q or probs.shape[2] != L_k:
+        raise ValueError(f"probs must have shape {(c.slabs, L_q, L_k)}, got "
+                         f"{(probs.shape[0], probs.shape[1], probs.shape[2])}")
+    c.probs = &probs[0, 0, 0]
+    c.pins.append(probs)
+    c.shapes = (_shape6(q.shape), _shape6(k.shape), _shape6(v.shape))
+    return 0
+
+
+cdef int _check_call(SdpaCall call, bint double, Py_ssize_t p0, Py_ssize_t p1) except -1:
+    if not call.ready:
+        raise ValueError("the SdpaCall was not initialised")
+    if double != call.double:
+        raise TypeError("the arrays must have the dtype of the call's inputs")
+    if not 0 <= p0 <= p1 <= call.slabs:
+        raise ValueError(f"slab range must satisfy 0 <= p0 <= p1 <= {call.slabs}, "
+                         f"got [{p0}, {p1})")
+    return 0
+
+
+# --------------------------------------------------------------- entry points --
+def sdpa_forward(SdpaCall call not None, floating[:, :, ::1] out, Py_ssize_t p0,
+                 Py_ssize_t p1):
+    """Forward over slabs ``p0 <= p < p1`` of ``call`` (see the module docstring);
+    ``out [P, L_q, d_v]`` C-contiguous."""
+    cdef Py_ssize_t L_q = call.L_q, L_k = call.L_k, d_k = call.d_k, d_v = call.d_v, p
+    cdef Py_ssize_t last = -1
+    cdef const floating* Q = <const floating*> call.q.base
+    cdef const floating* K = <const floating*> call.k.base
+    cdef const floating* V = <const floating*> call.v.base
+    cdef floating* Pm = <floating*> call.probs
+    cdef const MaskRef* m = &call.mask
+    cdef const uint8_t* bm = NULL
+    cdef const floating* fm = NULL
+    _check_call(call, floating is double, p0, p1)
+    if out.shape[0] != call.slabs or out.shape[1] != L_q or out.shape[2] != d_v:
+        raise ValueError(f"out must have shape {(call.slabs, L_q, d_v)}, got "
+                         f"{(out.shape[0], out.shape[1], out.shape[2])}")
     if p0 == p1:
         return
-    KT = &scratch[0]
-    with nogil:
-        for p in range(p0, p1):
-            if mask_kind == 1:
-                bm = &bmask[0] + moff[p]
-            elif mask_kind == 2:
-                fm = &fmask[0] + moff[p]
-            if ko[p] != last:            # slabs sharing a K head (GQA) share K^T
-                _transpose(&k[0, 0, 0, 0, 0, 0] + ko[p], ldk, KT, L_k, d_k)
-                last = ko[p]
-            _forward_slab(&q[0, 0, 0, 0, 0, 0] + qo[p], ldq, KT,
-                          &v[0, 0, 0, 0, 0, 0] + vo[p], ldv,
-                          &out[0] + p * L_q * d_v, &probs[0] + p * L_q * L_k,
-                          L_q, L_k, d_k, d_v, scale, mask_kind, bm, fm, mrs, mcs,
-                          causal, causal_offset, block_q)
+    cdef floating* KT = <floating*> malloc(d_k * L_k * sizeof(floating))
+    if KT == NULL:
+        raise MemoryError("sdpa_forward: cannot allocate K^T")
+    try:
+        with nogil:
+            for p in range(p0, p1):
+                if m.kind == MASK_BOOL:
+                    bm = m.b + m.off[p]
+                elif m.kind == MASK_ADD:
+                    fm = <const floating*> m.f + m.off[p]
+                # the score GEMM runs as Q @ K^T with K^T stored (OpenBLAS's NN path
+                # and its small-matrix kernels suit these shapes); GQA slabs share it
+                if call.k.off[p] != last:
+                    transpose(K + call.k.off[p], call.k.ld, L_k, d_k, KT, L_k, False)
+                    last = call.k.off[p]
+                _forward_slab(Q + call.q.off[p], call.q.ld, KT, V + call.v.off[p],
+                              call.v.ld, &out[p, 0, 0], Pm + p * L_q * L_k, L_q, L_k, d_k,
+                              d_v, <floating> call.scale, m.kind, bm, fm, m.rs, m.cs,
+                              call.causal, call.causal_offset, call.block_q)
+    finally:
+        free(KT)
 
 
-def sdpa_backward(const floating[:, :, :, :, :, :] q, const floating[:, :, :, :, :, :] k,
-                  const floating[:, :, :, :, :, :] v, floating[::1] probs,
-                  const floating[:, :, :, :, :, :] grad_out,
+cdef int _check_grad(Slabs* g, list pins, floating[:, :, :, :, :, :] a, tuple shape,
+                     const Py_ssize_t* lead, Py_ssize_t L, Py_ssize_t d, str name) except -1:
+    """A gradient buffer: C-contiguous rows in the shape of its input."""
+    if _shape6(a.shape) != shape:
+        raise ValueError(f"{name} must have the shape of its input {shape}, "
+                         f"got {_shape6(a.shape)}")
+    _slabs(g, pins, a, lead, L, d, name)
+    if g.ld != d and L > 1:
+        raise ValueError(f"{name} rows must be contiguous (row stride = width)")
+    return 0
+
+
+def sdpa_backward(SdpaCall call not None, const floating[:, :, :, :, :, :] grad_out,
                   floating[:, :, :, :, :, :] grad_q, floating[:, :, :, :, :, :] grad_k,
-                  floating[:, :, :, :, :, :] grad_v, tuple lead,
-                  Py_ssize_t p0, Py_ssize_t p1, floating scale, bint causal,
-                  Py_ssize_t causal_offset, bint overwrite_probs, floating[::1] scratch,
-                  Py_ssize_t block_q=64, Py_ssize_t block_k=64):
-    """Backward over slabs ``p0 <= p < p1``; see the module docstring.
+                  floating[:, :, :, :, :, :] grad_v, Py_ssize_t p0, Py_ssize_t p1):
+    """Backward over slabs ``p0 <= p < p1`` of ``call`` (see the module docstring).
 
-    ``q``/``k``/``v``/``grad_out``: 6-D views as in :func:`sdpa_forward`
-    (``grad_out`` with the full lead shape).  ``grad_q``/``grad_k``/``grad_v``:
-    C-contiguous 6-D arrays in the (padded) shapes of ``q``/``k``/``v``; one that
-    broadcasts over a lead dim is accumulated into (the caller zeroes it), the
-    others are overwritten.  ``overwrite_probs``: reuse ``probs`` for ``dS``
-    (destroys it); otherwise ``scratch`` also holds an ``[L_q, L_k]`` dS buffer.
-    ``scratch`` holds ``(d_v + block_q) * L_k`` (+ ``L_q * L_k``) elements (``V^T``,
-    a ``dP`` row block, ``dS``).
+    ``grad_out``: a 6-D view with the full lead shape, as the inputs of
+    :class:`SdpaCall`.  ``grad_q``/``grad_k``/``grad_v``: C-contiguous 6-D arrays in
+    the (padded) shapes of ``q``/``k``/``v``; one that broadcasts over a lead dim is
+    accumulated into (the caller zeroes it), the others are overwritten.
     """
-    cdef Py_ssize_t lead4[4]
-    cdef Py_ssize_t P = _lead4(lead, lead4)
-    cdef Py_ssize_t L_q = q.shape[4], d_k = q.shape[5], L_k = k.shape[4], d_v = v.shape[5]
-    cdef Py_ssize_t p, need, last = -1, ldq, ldk, ldv, ldg, x
-    cdef bint acc_q, acc_k, acc_v
-    cdef const Py_ssize_t[::1] qo
-    cdef const Py_ssize_t[::1] ko
-    cdef const Py_ssize_t[::1] vo
-    cdef const Py_ssize_t[::1] go
-    cdef const Py_ssize_t[::1] gqo
-    cdef const Py_ssize_t[::1] gko
-    cdef const Py_ssize_t[::1] gvo
+    cdef Py_ssize_t L_q = call.L_q, L_k = call.L_k, d_k = call.d_k, d_v = call.d_v, p
+    cdef Py_ssize_t last = -1, dim, need
+    cdef Slabs go, gq, gk, gv
+    cdef list pins = []
+    cdef bint overwrite = not call.keep_probs
+    cdef const floating* Q = <const floating*> call.q.base
+    cdef const floating* K = <const floating*> call.k.base
+    cdef const floating* V = <const floating*> call.v.base
+    cdef floating* Pm = <floating*> call.probs
     cdef floating* dS
     cdef floating* dP
     cdef floating* VT
-    _check_common(P, p0, p1, L_q, L_k, d_k, d_v, block_q, block_k)
-    if min(L_q, L_k, d_k, d_v) < 1:
-        raise ValueError("L_q, L_k, d_k, d_v must be >= 1 for the fused kernel")
-    if probs.shape[0] != P * L_q * L_k:
-        raise ValueError(f"probs must hold {P * L_q * L_k} elements, got {probs.shape[0]}")
-    qoff, ldq, _ = _slab_layout(q, lead4, L_q, d_k, "query")
-    koff, ldk, _ = _slab_layout(k, lead4, L_k, d_k, "key")
-    voff, ldv, _ = _slab_layout(v, lead4, L_k, d_v, "value")
-    goff, ldg, _ = _slab_layout(grad_out, lead4, L_q, d_v, "grad_out")
-    for x in range(6):
-        if grad_q.shape[x] != q.shape[x] or grad_k.shape[x] != k.shape[x] or \
-                grad_v.shape[x] != v.shape[x]:
-            raise ValueError("grad_q, grad_k, grad_v must have the shapes of q, k, v")
-    for x in range(4):
-        if grad_out.shape[x] != lead4[x]:
-            raise ValueError(f"grad_out must have the full lead shape {lead}")
-    # the gradient buffers are C-contiguous in their own shapes: row stride = width
-    gqoff, x, acc_q = _slab_layout(grad_q, lead4, L_q, d_k, "grad_q")
-    if x != d_k and L_q > 1:
-        raise ValueError("grad_q rows must be contiguous (row stride = width)")
-    gkoff, x, acc_k = _slab_layout(grad_k, lead4, L_k, d_k, "grad_k")
-    if x != d_k and L_k > 1:
-        raise ValueError("grad_k rows must be contiguous (row stride = width)")
-    gvoff, x, acc_v = _slab_layout(grad_v, lead4, L_k, d_v, "grad_v")
-    if x != d_v and L_k > 1:
-        raise ValueError("grad_v rows must be contiguous (row stride = width)")
-    qo, ko, vo, go, gqo, gko, gvo = qoff, koff, voff, goff, gqoff, gkoff, gvoff
-    need = (d_v + block_q) * L_k + (0 if overwrite_probs else L_q * L_k)
-    if scratch.shape[0] < need:
-        raise ValueError(f"scratch must hold {need} elements, got {scratch.shape[0]}")
+    _check_call(call, floating is double, p0, p1)
+    for dim in range(4):
+        if grad_out.shape[dim] != call.lead4[dim]:
+            raise ValueError(f"grad_out must have the full lead shape {call.lead}")
+    _slabs(&go, pins, grad_out, call.lead4, L_q, d_v, "grad_out")
+    _check_grad(&gq, pins, grad_q, call.shapes[0], call.lead4, L_q, d_k, "grad_q")
+    _check_grad(&gk, pins, grad_k, call.shapes[1], call.lead4, L_k, d_k, "grad_k")
+    _check_grad(&gv, pins, grad_v, call.shapes[2], call.lead4, L_k, d_v, "grad_v")
     if p0 == p1:
         return
-    VT = &scratch[0]
+    need = (d_v + call.block_q) * L_k + (0 if overwrite else L_q * L_k)
+    VT = <floating*> malloc(need * sizeof(floating))
+    if VT == NULL:
+        raise MemoryError("sdpa_backward: cannot allocate the scratch")
     dP = VT + d_v * L_k
-    with nogil:
-        for p in range(p0, p1):
-            dS = &probs[0] + p * L_q * L_k if overwrite_probs else dP + block_q * L_k
-            if vo[p] != last:            # slabs sharing a V head (GQA) share V^T
-                _transpose(&v[0, 0, 0, 0, 0, 0] + vo[p], ldv, VT, L_k, d_v)
-                last = vo[p]
-            _backward_slab(&q[0, 0, 0, 0, 0, 0] + qo[p], ldq, &k[0, 0, 0, 0, 0, 0] + ko[p],
-                           ldk, VT, &probs[0] + p * L_q * L_k,
-                           &grad_out[0, 0, 0, 0, 0, 0] + go[p], ldg, dS, dP,
-                           &grad_q[0, 0, 0, 0, 0, 0] + gqo[p],
-                           &grad_k[0, 0, 0, 0, 0, 0] + gko[p],
-                           &grad_v[0, 0, 0, 0, 0, 0] + gvo[p], acc_q, acc_k, acc_v,
-                           L_q, L_k, d_k, d_v, scale, causal, causal_offset,
-                           block_q, block_k)
-
-
-# ------------------------------------------------------------ BLAS threads --
-# The Python driver may split the slabs over several threads, each running the
-# nogil kernels above; OpenBLAS must then run single-threaded inside them or the
-# cores are oversubscribed (and OpenBLAS serialises concurrent threaded calls).
-# These helpers find the OpenBLAS that scipy.linalg.cython_blas (hence _blas.pxd)
-# calls, through the address of its sgemm, and read / set its thread count.
-
-cdef extern from "dlfcn.h" nogil:
-    ctypedef struct Dl_info:
-        const char* dli_fname
-        void* dli_fbase
-        const char* dli_sname
-        void* dli_saddr
-    int dladdr(const void* addr, Dl_info* info)
-    void* dlopen(const char* filename, int flag)
-    void* dlsym(void* handle, const char* symbol)
-    int RTLD_NOW
-    int RTLD_NOLOAD
-
-from scipy.linalg.cython_blas cimport sgemm as _sgemm_for_address
-
-ctypedef int (*_get_threads_t)() noexcept nogil
-ctypedef void (*_set_threads_t)(int) noexcept nogil
-
-cdef _get_threads_t _blas_get = NULL
-cdef _set_threads_t _blas_set = NULL
-cdef bint _blas_probed = False
-
-
-cdef void _probe_blas() noexcept:
-    global _blas_get, _blas_set, _blas_probed
-    cdef Dl_info info
-    cdef void* handle
-    cdef void* g
-    cdef void* s
-    _blas_probed = True
-    if not dladdr(<const void*> _sgemm_for_address, &info) or info.dli_fname == NULL:
-        return
-    handle = dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD)
-    if handle == NULL:
-        return
-    for get_name, set_name in ((b"scipy_openblas_get_num_threads", b"scipy_openblas_set_num_threads"),
-                               (b"openblas_get_num_threads", b"openblas_set_num_threads"),
-                               (b"scipy_openblas_get_num_threads64_", b"scipy_openblas_set_num_threads64_"),
-                               (b"openblas_get_num_threads64_", b"openblas_set_num_threads64_")):
-        g = dlsym(handle, <const char*> get_name)
-        s = dlsym(handle, <const char*> set_name)
-        if g != NULL and s != NULL:
-            _blas_get = <_get_threads_t> g
-            _blas_set = <_set_threads_t> s
-            return
-
-
-def blas_threads():
-    """Threads of the OpenBLAS behind ``scipy.linalg.cython_blas``; 0 if unknown."""
-    if not _blas_probed:
-        _probe_blas()
-    return _blas_get() if _blas_get != NULL else 0
-
-
-def set_blas_threads(int n):
-    """Set that OpenBLAS's thread count (process-wide); returns False if unknown."""
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    if not _blas_probed:
-        _probe_blas()
-    if _blas_set == NULL:
-        return False
-    _blas_set(n)
-    return True
+    try:
+        with nogil:
+            for p in range(p0, p1):
+                dS = Pm + p * L_q * L_k if overwrite else dP + call.block_q * L_k
+                if call.v.off[p] != last:        # slabs sharing a V head (GQA) share V^T
+                    transpose(V + call.v.off[p], call.v.ld, L_k, d_v, VT, L_k, False)
+                    last = call.v.off[p]
+                _backward_slab(Q + call.q.off[p], call.q.ld, K + call.k.off[p], call.k.ld,
+                               VT, Pm + p * L_q * L_k,
+                               <const floating*> go.base + go.off[p], go.ld, dS, dP,
+                               <floating*> gq.base + gq.off[p],
+                               <floating*> gk.base + gk.off[p],
+                               <floating*> gv.base + gv.off[p], gq.bcast, gk.bcast,
+                               gv.bcast, L_q, L_k, d_k, d_v, <floating> call.scale,
+                               call.causal, call.causal_offset, call.block_q, call.block_k)
+    finally:
+        free(VT)

@@ -45,518 +45,177 @@ copies: it is only an index computation per row inside the fused passes.  ``hs``
 ``cs``, ``aux`` and ``dG_step`` are indexed by step, ``gates``, ``out``, ``x``,
 ``grad_x`` and ``dG_time`` by time (they coincide in the forward direction).
 
-``rnn_forward`` and ``rnn_backward`` validate everything with the GIL held and then
-run their whole loop (BLAS included) inside one ``nogil`` block, so two directions
-can run concurrently on two Python threads.  Their ``phase`` argument splits one sweep
-for two threads: the input projection and ``grad_x`` by rows of ``T*B``, the step
-loops by batch rows (rows never interact), the weight gradients by gate rows.
+Files: this module validates (the sweep objects) and runs (the entry points);
+the ``nogil`` loops are in ``_rnn_loops.pxd``, the per-row gate passes in
+``_rnn_gates.h`` (fused wrappers: ``_rnn_gates.pxd``).
+
+Kernel API
+----------
+A :class:`ForwardSweep` / :class:`BackwardSweep` is built once per sweep: its
+constructor checks every buffer (dtype, C-contiguity, shape, writability, lengths
+in range) with the GIL held and keeps them alive.  ``rnn_forward(sweep, phase, r0,
+r1)`` / ``rnn_backward(sweep, phase, r0, r1)`` check only the range and then run
+the whole loop (BLAS included) in one ``nogil`` block, so two directions can run
+concurrently on two Python threads.  ``phase`` splits one sweep for two threads: the
+input projection and ``grad_x`` by rows of ``T*B``, the step loops by batch rows
+(rows never interact), the weight gradients by gate rows; disjoint ranges of one
+phase may run concurrently.  ``PHASE_ALL`` (default) does everything.
 """
 from cython cimport floating
 from libc.stdint cimport int64_t
-from libc.stdlib cimport malloc, free
-from libc.string cimport memcpy, memset
+from libc.stdlib cimport free, malloc
+from libc.string cimport memset
 
 import numpy as np
 
-from _blas cimport gemm, gemv
-from _vmath cimport vsigmoid, vtanh  # test hooks; the kernels use _rnn_gates.h
+from _rnn_loops cimport (K_GRU, K_GRU_RA, K_LSTM, PH_ALL, PH_GRAD_X, PH_PROJ, PH_STEPS,
+                         PH_WGRAD, RnnSweep, backward_sweep, forward_sweep, scratch_size)
+from _vmath cimport bind_simd
 
+bind_simd(__name__)
 
-cdef extern from "_rnn_gates.h" nogil:
-    void nn_transpose_f(const float* src, Py_ssize_t R, Py_ssize_t C, float* dst,
-                        Py_ssize_t ldd, int add) noexcept
-    void nn_transpose_d(const double* src, Py_ssize_t R, Py_ssize_t C, double* dst,
-                        Py_ssize_t ldd, int add) noexcept
-    void nn_lstm_fwd_f(float* a, const float* hr, const float* bx, const float* cp,
-                       float* cn, float* tc, float* hn, float* o, Py_ssize_t H) noexcept
-    void nn_lstm_fwd_d(double* a, const double* hr, const double* bx, const double* cp,
-                       double* cn, double* tc, double* hn, double* o, Py_ssize_t H) noexcept
-    void nn_rnn_fwd_f(float* a, const float* hr, const float* bx, float* hn, float* o,
-                      Py_ssize_t H, int relu) noexcept
-    void nn_rnn_fwd_d(double* a, const double* hr, const double* bx, double* hn, double* o,
-                      Py_ssize_t H, int relu) noexcept
-    void nn_gru_ra_fwd_f(float* a, const float* hr, const float* bx, const float* bhn,
-                         const float* hp, float* hw, float* hn, float* o,
-                         Py_ssize_t H) noexcept
-    void nn_gru_ra_fwd_d(double* a, const double* hr, const double* bx, const double* bhn,
-                         const double* hp, double* hw, double* hn, double* o,
-                         Py_ssize_t H) noexcept
-    void nn_gru_fwd1_f(float* a, const float* hr, const float* bx, const float* hp,
-                       float* rh, Py_ssize_t H) noexcept
-    void nn_gru_fwd1_d(double* a, const double* hr, const double* bx, const double* hp,
-                       double* rh, Py_ssize_t H) noexcept
-    void nn_gru_fwd2_f(float* a, const float* hr, const float* bx, const float* hp,
-                       float* hn, float* o, Py_ssize_t H) noexcept
-    void nn_gru_fwd2_d(double* a, const double* hr, const double* bx, const double* hp,
-                       double* hn, double* o, Py_ssize_t H) noexcept
-    void nn_lstm_bwd_f(const float* g, const float* tc, const float* cp, const float* dh,
-                       const float* go, float* dc, float* dgr, Py_ssize_t H) noexcept
-    void nn_lstm_bwd_d(const double* g, const double* tc, const double* cp,
-                       const double* dh, const double* go, double* dc, double* dgr,
-                       Py_ssize_t H) noexcept
-    void nn_rnn_bwd_f(const float* g, const float* dh, const float* go, float* dgr,
-                      Py_ssize_t H, int relu) noexcept
-    void nn_rnn_bwd_d(const double* g, const double* dh, const double* go, double* dgr,
-                      Py_ssize_t H, int relu) noexcept
-    void nn_gru_ra_bwd_f(const float* g, const float* hw, const float* hp, const float* dh,
-                         const float* go, float* dgx, float* dgr, float* dst,
-                         Py_ssize_t H) noexcept
-    void nn_gru_ra_bwd_d(const double* g, const double* hw, const double* hp,
-                         const double* dh, const double* go, double* dgx, double* dgr,
-                         double* dst, Py_ssize_t H) noexcept
-    void nn_gru_bwd1_f(const float* g, const float* hp, const float* dh, const float* go,
-                       float* dgr, float* dst, Py_ssize_t H) noexcept
-    void nn_gru_bwd1_d(const double* g, const double* hp, const double* dh,
-                       const double* go, double* dgr, double* dst, Py_ssize_t H) noexcept
-    void nn_gru_bwd2_f(const float* g, const float* hp, const float* drh, float* dgr,
-                       float* dst, Py_ssize_t H) noexcept
-    void nn_gru_bwd2_d(const double* g, const double* hp, const double* drh, double* dgr,
-                       double* dst, Py_ssize_t H) noexcept
-
-RNN_TANH = 0
-RNN_RELU = 1
-LSTM = 2
-GRU = 3
-GRU_RA = 4
+RNN_TANH, RNN_RELU, LSTM, GRU, GRU_RA = 0, 1, 2, 3, 4
 GATES = (1, 1, 4, 3, 3)
-
-cdef enum:
-    K_RNN_TANH = 0
-    K_RNN_RELU = 1
-    K_LSTM = 2
-    K_GRU = 3
-    K_GRU_RA = 4
-
-
-cdef enum:
-    PH_ALL = 0      # the whole forward / backward
-    PH_PROJ = 1     # forward: input projection for rows [r0, r1) of T*B
-    PH_STEPS = 2    # forward / backward: the step loop for batch rows [r0, r1) of B
-    PH_GRAD_X = 3   # backward: grad_x (and the x|h copy) for rows [r0, r1) of T*B
-    PH_WGRAD = 4    # backward: weight and bias gradients for gate columns [r0, r1)
-
 PHASE_ALL, PHASE_PROJ, PHASE_STEPS, PHASE_GRAD_X, PHASE_WGRAD = 0, 1, 2, 3, 4
 
 
-cdef enum:
-    REC_NN = 0      # h @ W^T as h @ WT (NN)
-    REC_DOT = 1     # h @ W^T with W as stored (NT): the dot-product form
-    REC_TR = 2      # the transposed product W h^T into scratch, transposed back
+# ------------------------------------------------------------------ validation --
+cdef int _shape(object a, str name, tuple shape) except -1:
+    if a is None:
+        raise ValueError(f"{name} is required, got None")
+    got = tuple(a.shape[:len(shape)])
+    if got != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {got}")
+    return 0
 
 
-cdef inline int _rec_mode(Py_ssize_t B, Py_ssize_t H, bint single) noexcept nogil:
-    """Per-step GEMM layout (measured, see ``_rec_fwd``): ``REC_DOT`` for ``B == 1``,
-    ``REC_TR`` for float32 batches with ``H >= 256`` (measured faster at the M and L
-    shapes, H = 256 and 512; slower at S, H = 64), ``REC_NN`` otherwise (float64
-    keeps its previous layout)."""
-    if B == 1:
-        return REC_DOT
-    return REC_TR if single and H >= 256 else REC_NN
+cdef bint _is_double(object x) except -1:
+    dt = np.asarray(x).dtype
+    if dt != np.float32 and dt != np.float64:
+        raise TypeError(f"x must be float32 or float64, got {dt}")
+    return dt == np.float64
 
 
-cdef inline void _transpose(const floating* src, Py_ssize_t R, Py_ssize_t C,
-                            floating* dst, Py_ssize_t ldd, bint add) noexcept nogil:
-    """``dst[c, r] (+)= src[r, c]`` for ``src [R, C]`` contiguous (AVX 8x8 tiles)."""
-    if floating is float:
-        nn_transpose_f(src, R, C, dst, ldd, add)
-    else:
-        nn_transpose_d(src, R, C, dst, ldd, add)
+cdef class _Sweep:
+    """The validated sizes and buffers of one sweep (``RnnSweep``) and the memoryviews
+    that keep those buffers alive."""
+    cdef RnnSweep s
+    cdef bint ready, double
+    cdef list pins
+
+    @property
+    def shape(self):
+        """``(T, B, D, H)``."""
+        return self.s.T, self.s.B, self.s.D, self.s.H
 
 
-cdef inline void _rec_fwd(int mode, Py_ssize_t B, Py_ssize_t N, Py_ssize_t H,
-                          const floating* h, const floating* W, Py_ssize_t ldw,
-                          const floating* WT, Py_ssize_t ldwt, floating* out,
-                          Py_ssize_t ldo, floating* tmp) noexcept nogil:
-    """``out[B, N] = h[B, H] @ W[N, H]^T``; ``WT = W^T [H, N]`` (same numbers);
-    ``tmp [N*B]`` scratch for ``REC_TR``.
+cdef int _fill_common(_Sweep sw, int kind, bint reverse, const floating[:, :, ::1] x,
+                      const int64_t[::1] lengths, const floating[:, ::1] W_ih,
+                      const floating[:, ::1] W_hh, const floating[:, ::1] W_hhT,
+                      const floating[:, :, ::1] gates, const floating[:, :, ::1] hs,
+                      object cs, object aux) except -1:
+    """What forward and backward share: sizes, lengths, weights and the stored
+    gates and states (``cs`` LSTM only, ``aux`` not for the RNN: else ignored)."""
+    cdef RnnSweep* s = &sw.s
+    cdef Py_ssize_t T, B, D, H, GH, b
+    cdef const floating[:, :, ::1] cs_v
+    cdef const floating[:, :, ::1] aux_v
+    if kind < 0 or kind > 4:
+        raise ValueError(f"kind must be in 0..4, got {kind}")
+    if x is None or hs is None:
+        raise ValueError(f"{'x' if x is None else 'hs'} is required, got None")
+    T, B, D, H = x.shape[0], x.shape[1], x.shape[2], hs.shape[2]
+    if T < 1 or B < 1 or D < 1 or H < 1:
+        raise ValueError(f"empty dimensions are not supported: T={T}, B={B}, D={D}, H={H}")
+    GH = GATES[kind] * H
+    _shape(W_ih, "W_ih", (GH, D))
+    _shape(W_hh, "W_hh", (GH, H))
+    _shape(W_hhT, "W_hhT", (H, GH))
+    _shape(lengths, "lengths", (B,))
+    for b in range(B):
+        if lengths[b] < 1 or lengths[b] > T:
+            raise ValueError(f"lengths must satisfy 1 <= lengths[b] <= {T}, "
+                             f"got {lengths[b]}")
+    _shape(gates, "gates", (T, B, GH))
+    _shape(hs, "hs", (T + 1, B, H))
+    s.kind, s.reverse, s.T, s.B, s.D, s.H, s.GH = kind, reverse, T, B, D, H, GH
+    s.lengths, s.x = &lengths[0], &x[0, 0, 0]
+    s.W_ih, s.W_hh, s.W_hhT = &W_ih[0, 0], &W_hh[0, 0], &W_hhT[0, 0]
+    s.gates, s.hs = <void*> &gates[0, 0, 0], <void*> &hs[0, 0, 0]
+    sw.pins += [x, lengths, W_ih, W_hh, W_hhT, gates, hs]
+    if kind == K_LSTM:
+        cs_v = cs
+        _shape(cs_v, "cs", (T + 1, B, H))
+        s.cs = <void*> &cs_v[0, 0, 0]
+        sw.pins.append(cs_v)
+    if kind >= K_LSTM:
+        aux_v = aux
+        _shape(aux_v, "aux", (T, B, H))
+        s.aux = <void*> &aux_v[0, 0, 0]
+        sw.pins.append(aux_v)
+    return 0
 
-    The layout is chosen by measurement (SciPy's OpenBLAS 0.3.30, SkylakeX kernels, on
-    this machine): for a single row (``B == 1``) the dot-product form ``h @ W^T``
-    streams ``W`` row by row and is ~2x faster than ``h @ WT``.  For ``B > 1`` the
-    NN form ``h @ WT`` is ~2.5x faster than ``h @ W^T`` (NT) on skinny shapes (table
-    in nn_core/bench/recurrent.py), and in float32 the transposed product
-    ``out^T [N, B] = W @ h^T`` is faster still: OpenBLAS then packs the weight as its
-    outer operand (``oncopy``) instead of re-packing it with the slower ``itcopy``
-    every step (CPU time, 1 thread: [32,256]@[256,1024] 183 vs 243 us,
-    [64,512]@[512,2048] 1398 vs 1590 us); the small ``[N, B]`` result is transposed
-    back with AVX 8x8 tiles.
+
+# ---------------------------------------------------------------------- forward --
+cdef int _fill_forward(_Sweep sw, floating[:, :, ::1] gates, floating[:, :, ::1] hs,
+                       object cs, object aux, const floating[::1] bx, object bhn,
+                       floating[:, :, ::1] out, floating[:, ::1] hh) except -1:
+    cdef RnnSweep* s = &sw.s
+    cdef Py_ssize_t T = s.T, B = s.B, H = s.H, GH = s.GH
+    cdef floating[:, :, ::1] cs_v
+    cdef floating[:, :, ::1] aux_v
+    cdef const floating[::1] bhn_v
+    if s.kind == K_LSTM:
+        cs_v = cs                                  # writable
+    if s.kind >= K_LSTM:
+        aux_v = aux
+    _shape(bx, "bx", (GH,))
+    _shape(out, "out", (T, B, H))
+    _shape(hh, "hh", (B, GH))
+    s.bx, s.out, s.hh = &bx[0], <void*> &out[0, 0, 0], <void*> &hh[0, 0]
+    sw.pins += [bx, out, hh]
+    if s.kind == K_GRU_RA:
+        bhn_v = bhn
+        _shape(bhn_v, "bhn", (H,))
+        s.bhn = &bhn_v[0]
+        sw.pins.append(bhn_v)
+    return 0
+
+
+cdef class ForwardSweep(_Sweep):
+    """One forward sweep: fills ``gates``, ``hs[1:]``, ``cs[1:]``, ``aux``, ``out``.
+
+    ``kind`` (``RNN_TANH`` .. ``GRU_RA``), ``reverse`` (each sequence starts at its
+    last real step).  ``x [T, B, D]``; ``lengths`` int64 ``[B]``; ``W_ih [GH, D]``,
+    ``W_hh [GH, H]``, ``W_hhT = W_hh^T [H, GH]``.  ``hs [T+1, B, H]`` with ``hs[0]``
+    the initial state; ``cs`` likewise for the LSTM (ignored otherwise); ``aux
+    [T, B, H]``: LSTM ``tanh(c)``, GRU ``r*h``, GRU_RA ``W_hn h + b_hn`` (ignored
+    for the RNN).  ``gates [T, B, GH]`` receives the post-activation gates, ``out
+    [T, B, H]`` the output.  ``bx [GH]`` is the additive bias of every gate
+    pre-activation (``b_ih + b_hh``; GRU_RA: ``b_in`` alone in the ``n`` block);
+    ``bhn [H]`` is ``b_hn`` for GRU_RA (ignored otherwise).  ``hh [B, GH]`` scratch.
+    All float32 or all float64, C-contiguous.
     """
-    if mode == REC_DOT:
-        gemm(False, True, <int> B, <int> N, <int> H, <floating> 1, h, <int> H,
-             W, <int> ldw, <floating> 0, out, <int> ldo)
-    elif mode == REC_TR:
-        gemm(False, True, <int> N, <int> B, <int> H, <floating> 1, W, <int> ldw,
-             h, <int> H, <floating> 0, tmp, <int> B)
-        _transpose(tmp, N, B, out, ldo, False)
-    else:
-        gemm(False, False, <int> B, <int> N, <int> H, <floating> 1, h, <int> H,
-             WT, <int> ldwt, <floating> 0, out, <int> ldo)
 
-
-cdef inline void _rec_bwd(int mode, Py_ssize_t B, Py_ssize_t H, Py_ssize_t N,
-                          const floating* dG, Py_ssize_t ldg, const floating* W,
-                          Py_ssize_t ldw, const floating* WT, Py_ssize_t ldwt,
-                          floating beta, floating* out, floating* tmp) noexcept nogil:
-    """``out[B, H] = dG[B, N] @ W[N, H] + beta * out`` (``beta`` 0 or 1); same layout
-    rule as ``_rec_fwd`` (``REC_TR``: ``out^T = WT @ dG^T`` into ``tmp [H*B]``)."""
-    if mode == REC_DOT:
-        gemm(False, True, <int> B, <int> H, <int> N, <floating> 1, dG, <int> ldg,
-             WT, <int> ldwt, beta, out, <int> H)
-    elif mode == REC_TR:
-        gemm(False, True, <int> H, <int> B, <int> N, <floating> 1, WT, <int> ldwt,
-             dG, <int> ldg, <floating> 0, tmp, <int> B)
-        _transpose(tmp, H, B, out, H, beta != 0)
-    else:
-        gemm(False, False, <int> B, <int> H, <int> N, <floating> 1, dG, <int> ldg,
-             W, <int> ldw, beta, out, <int> H)
-
-
-cdef inline Py_ssize_t _tau(bint reverse, Py_ssize_t s, Py_ssize_t L) noexcept nogil:
-    if reverse and s < L:
-        return L - 1 - s
-    return s
-
-
-# --------------------------------------------------------------------- forward --
-cdef void _forward(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ssize_t D,
-                   Py_ssize_t H, const floating* x, const floating* W_ih,
-                   const floating* W_hh, const floating* W_hhT, const floating* bx,
-                   const floating* bhn, const int64_t* lengths, floating* gates,
-                   floating* hs, floating* cs, floating* aux, floating* out,
-                   floating* hh, floating* tmp, int phase, Py_ssize_t r0,
-                   Py_ssize_t r1) noexcept nogil:
-    """``phase`` (``PH_*``): ``PH_PROJ`` the input projection for rows ``[r0, r1)`` of
-    ``T*B``; ``PH_STEPS`` the recurrence for batch rows ``[r0, r1)`` only (rows
-    never interact, so two row ranges can run concurrently; every array keeps its
-    full-batch layout); ``PH_ALL`` both over everything."""
-    cdef Py_ssize_t G = 4 if kind == K_LSTM else (3 if kind >= K_GRU else 1)
-    cdef Py_ssize_t GH = G * H, H2 = 2 * H
-    cdef Py_ssize_t s, b, L, tau
-    cdef Py_ssize_t b0 = r0 if phase == PH_STEPS else 0
-    cdef Py_ssize_t b1 = r1 if phase == PH_STEPS else B
-    cdef Py_ssize_t nb = b1 - b0
-    cdef floating* a
-    cdef floating* hr
-    cdef const floating* hp
-    cdef floating* hn
-    cdef floating* o
-    cdef floating* hn2
-    cdef size_t row = H * sizeof(floating)
-    cdef int mode = _rec_mode(nb, H, floating is float)
-
-    # 1. input projection of all T steps: gates[t, b] = W_ih x[t, b]
-    if phase == PH_ALL:
-        gemm(False, True, <int> (T * B), <int> GH, <int> D, <floating> 1, x, <int> D,
-             W_ih, <int> D, <floating> 0, gates, <int> GH)
-    elif phase == PH_PROJ:
-        if r1 > r0:
-            gemm(False, True, <int> (r1 - r0), <int> GH, <int> D, <floating> 1, x + r0 * D,
-                 <int> D, W_ih, <int> D, <floating> 0, gates + r0 * GH, <int> GH)
-        return
-    if nb < 1:
-        return
-
-    for s in range(T):
-        hp = hs + s * B * H
-        hn = hs + (s + 1) * B * H
-        # 2. recurrence GEMM on rows b0..b1 (GRU reset_after=False: the r, z blocks)
-        if kind == K_GRU:
-            _rec_fwd(mode, nb, H2, H, hp + b0 * H, W_hh, H, W_hhT, GH, hh + b0 * H2, H2,
-                     tmp)
+    def __init__(self, int kind, bint reverse, x, lengths, W_ih, W_hh, W_hhT, gates, hs,
+                 cs, aux, bx, bhn, out, hh):
+        self.ready, self.pins = False, []
+        memset(&self.s, 0, sizeof(RnnSweep))
+        self.double = _is_double(x)
+        if self.double:
+            _fill_common[double](self, kind, reverse, x, lengths, W_ih, W_hh, W_hhT, gates,
+                                 hs, cs, aux)
+            _fill_forward[double](self, gates, hs, cs, aux, bx, bhn, out, hh)
         else:
-            _rec_fwd(mode, nb, GH, H, hp + b0 * H, W_hh, H, W_hhT, GH, hh + b0 * GH, GH,
-                     tmp)
-        # 3. fused gate pass over the step's rows
-        for b in range(b0, b1):
-            L = lengths[b]
-            if s >= L:                        # padding: carry the state, output 0
-                memcpy(hn + b * H, hp + b * H, row)
-                if kind == K_LSTM:
-                    memcpy(cs + ((s + 1) * B + b) * H, cs + (s * B + b) * H, row)
-                if kind == K_GRU:
-                    memset(aux + (s * B + b) * H, 0, row)
-                memset(out + (s * B + b) * H, 0, row)
-                continue
-            tau = _tau(reverse, s, L)
-            a = gates + (tau * B + b) * GH
-            o = out + (tau * B + b) * H
-            hr = hh + b * (H2 if kind == K_GRU else GH)
-            if kind == K_LSTM:
-                if floating is float:
-                    nn_lstm_fwd_f(a, hr, bx, cs + (s * B + b) * H, cs + ((s + 1) * B + b) * H,
-                                  aux + (s * B + b) * H, hn + b * H, o, H)
-                else:
-                    nn_lstm_fwd_d(a, hr, bx, cs + (s * B + b) * H, cs + ((s + 1) * B + b) * H,
-                                  aux + (s * B + b) * H, hn + b * H, o, H)
-            elif kind == K_RNN_TANH or kind == K_RNN_RELU:
-                if floating is float:
-                    nn_rnn_fwd_f(a, hr, bx, hn + b * H, o, H, kind == K_RNN_RELU)
-                else:
-                    nn_rnn_fwd_d(a, hr, bx, hn + b * H, o, H, kind == K_RNN_RELU)
-            elif kind == K_GRU_RA:
-                if floating is float:
-                    nn_gru_ra_fwd_f(a, hr, bx, bhn, hp + b * H, aux + (s * B + b) * H,
-                                    hn + b * H, o, H)
-                else:
-                    nn_gru_ra_fwd_d(a, hr, bx, bhn, hp + b * H, aux + (s * B + b) * H,
-                                    hn + b * H, o, H)
-            else:                              # K_GRU, first pass: r, z and r*h
-                if floating is float:
-                    nn_gru_fwd1_f(a, hr, bx, hp + b * H, aux + (s * B + b) * H, H)
-                else:
-                    nn_gru_fwd1_d(a, hr, bx, hp + b * H, aux + (s * B + b) * H, H)
-        if kind == K_GRU:
-            # (r*h) @ W_hn^T, then the second pass: n and h
-            hn2 = hh + B * H2
-            _rec_fwd(mode, nb, H, H, aux + (s * B + b0) * H, W_hh + H2 * H, H, W_hhT + H2,
-                     GH, hn2 + b0 * H, H, tmp)
-            for b in range(b0, b1):
-                L = lengths[b]
-                if s >= L:
-                    continue
-                tau = _tau(reverse, s, L)
-                a = gates + (tau * B + b) * GH
-                o = out + (tau * B + b) * H
-                if floating is float:
-                    nn_gru_fwd2_f(a, hn2 + b * H, bx, hp + b * H, hn + b * H, o, H)
-                else:
-                    nn_gru_fwd2_d(a, hn2 + b * H, bx, hp + b * H, hn + b * H, o, H)
+            _fill_common[float](self, kind, reverse, x, lengths, W_ih, W_hh, W_hhT, gates,
+                                hs, cs, aux)
+            _fill_forward[float](self, gates, hs, cs, aux, bx, bhn, out, hh)
+        self.ready = True
 
 
-# -------------------------------------------------------------------- backward --
-cdef void _backward(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ssize_t D,
-                    Py_ssize_t H, const floating* x, const floating* W_ih,
-                    const floating* W_hh, const floating* W_hhT, const int64_t* lengths,
-                    const floating* gates, const floating* hs, const floating* cs,
-                    const floating* aux, const floating* gout, floating* dh,
-                    floating* dc, floating* dh2, floating* drh, floating* dGs,
-                    floating* dGt, floating* grad_x, floating* gW_ih, floating* gW_hh,
-                    floating* gb_ih, floating* gb_hh, const floating* ones,
-                    const floating* zrow, floating* xh, floating* gw,
-                    floating* scr, int phase, Py_ssize_t r0,
-                    Py_ssize_t r1) noexcept nogil:
-    """``phase`` (``PH_*``): ``PH_STEPS`` BPTT for batch rows ``[r0, r1)`` (independent
-    of the other rows, like the forward); ``PH_GRAD_X`` ``grad_x`` for rows ``[r0, r1)``
-    of ``T*B``; ``PH_WGRAD`` the weight and bias gradients for gate columns
-    ``[r0, r1)`` -- the last two need every row's gate gradients, so they run after
-    all ``PH_STEPS`` ranges; ``PH_ALL`` everything in that order."""
-    cdef Py_ssize_t GH = (4 if kind == K_LSTM else (3 if kind >= K_GRU else 1)) * H
-    if phase == PH_ALL or phase == PH_STEPS:
-        if phase == PH_ALL:
-            r0, r1 = 0, B
-        if r1 > r0:
-            _bptt(kind, reverse, T, B, H, W_hh, W_hhT, lengths, gates, hs, cs, aux, gout,
-                  dh, dc, dh2, drh, dGs, dGt, zrow, scr, r0, r1)
-    if phase == PH_ALL or phase == PH_GRAD_X:
-        if phase == PH_ALL:
-            r0, r1 = 0, T * B
-        if r1 > r0:
-            _input_grads(T, B, D, H, GH, x, W_ih, hs, dGt, grad_x, xh, r0, r1)
-    if phase == PH_ALL or phase == PH_WGRAD:
-        if phase == PH_ALL:
-            r0, r1 = 0, GH
-        if r1 > r0:
-            _weight_grads(kind, T, B, D, H, x, hs, aux, dGs, dGt, gW_ih, gW_hh, gb_ih,
-                          gb_hh, ones, xh, gw, r0, r1)
-
-
-cdef void _bptt(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
-                const floating* W_hh, const floating* W_hhT, const int64_t* lengths,
-                const floating* gates, const floating* hs, const floating* cs,
-                const floating* aux, const floating* gout, floating* dh, floating* dc,
-                floating* dh2, floating* drh, floating* dGs, floating* dGt,
-                const floating* zrow, floating* scr, Py_ssize_t b0,
-                Py_ssize_t b1) noexcept nogil:
-    cdef Py_ssize_t G = 4 if kind == K_LSTM else (3 if kind >= K_GRU else 1)
-    cdef Py_ssize_t GH = G * H, H2 = 2 * H
-    cdef Py_ssize_t s, b, L, tau, nb = b1 - b0
-    cdef bint sep = dGt != dGs
-    cdef const floating* g
-    cdef const floating* go
-    cdef const floating* hp
-    cdef const floating* dhb
-    cdef floating* dst
-    cdef floating* dgr
-    cdef floating* dgx
-    cdef floating* dgs
-    cdef floating* tmp
-    cdef floating* dh_out = dh
-    cdef size_t row = H * sizeof(floating)
-    cdef size_t grow = GH * sizeof(floating)
-    cdef int mode = _rec_mode(nb, H, floating is float)
-
-    for s in range(T - 1, -1, -1):
-        dgs = dGs + s * B * GH
-        for b in range(b0, b1):
-            L = lengths[b]
-            dst = dh2 + b * H
-            dhb = dh + b * H
-            dgr = dgs + b * GH
-            if s >= L:                     # padding: no gradient, dh passes through
-                memset(dgr, 0, grow)
-                if sep:
-                    memset(dGt + (s * B + b) * GH, 0, grow)
-                memcpy(dst, dhb, row)
-                if kind == K_GRU:
-                    memset(drh + b * H, 0, row)
-                continue
-            tau = _tau(reverse, s, L)
-            g = gates + (tau * B + b) * GH
-            dgx = dGt + (tau * B + b) * GH
-            go = gout + (tau * B + b) * H if gout != NULL else zrow
-            hp = hs + (s * B + b) * H
-            if kind == K_LSTM:
-                if floating is float:
-                    nn_lstm_bwd_f(g, aux + (s * B + b) * H, cs + (s * B + b) * H, dhb, go,
-                                  dc + b * H, dgr, H)
-                else:
-                    nn_lstm_bwd_d(g, aux + (s * B + b) * H, cs + (s * B + b) * H, dhb, go,
-                                  dc + b * H, dgr, H)
-                memset(dst, 0, row)
-            elif kind == K_RNN_TANH or kind == K_RNN_RELU:
-                if floating is float:
-                    nn_rnn_bwd_f(g, dhb, go, dgr, H, kind == K_RNN_RELU)
-                else:
-                    nn_rnn_bwd_d(g, dhb, go, dgr, H, kind == K_RNN_RELU)
-                memset(dst, 0, row)
-            elif kind == K_GRU_RA:
-                if floating is float:
-                    nn_gru_ra_bwd_f(g, aux + (s * B + b) * H, hp, dhb, go, dgx, dgr, dst, H)
-                else:
-                    nn_gru_ra_bwd_d(g, aux + (s * B + b) * H, hp, dhb, go, dgx, dgr, dst, H)
-            else:                               # K_GRU, first pass: z and n
-                if floating is float:
-                    nn_gru_bwd1_f(g, hp, dhb, go, dgr, dst, H)
-                else:
-                    nn_gru_bwd1_d(g, hp, dhb, go, dgr, dst, H)
-        if kind == K_GRU:
-            # d(r*h) = dn_pre @ W_hn; then r's gradient and the r*h path to h_prev
-            _rec_bwd(mode, nb, H, H, dgs + b0 * GH + H2, GH, W_hh + H2 * H, H, W_hhT + H2,
-                     GH, <floating> 0, drh + b0 * H, scr)
-            for b in range(b0, b1):
-                L = lengths[b]
-                if s >= L:
-                    continue
-                tau = _tau(reverse, s, L)
-                g = gates + (tau * B + b) * GH
-                hp = hs + (s * B + b) * H
-                dgr = dgs + b * GH
-                dst = dh2 + b * H
-                if floating is float:
-                    nn_gru_bwd2_f(g, hp, drh + b * H, dgr, dst, H)
-                else:
-                    nn_gru_bwd2_d(g, hp, drh + b * H, dgr, dst, H)
-            _rec_bwd(mode, nb, H, H2, dgs + b0 * GH, GH, W_hh, H, W_hhT, GH, <floating> 1,
-                     dh2 + b0 * H, scr)
-        else:
-            _rec_bwd(mode, nb, H, GH, dgs + b0 * GH, GH, W_hh, H, W_hhT, GH, <floating> 1,
-                     dh2 + b0 * H, scr)
-        if sep and kind != K_GRU_RA:
-            for b in range(b0, b1):
-                L = lengths[b]
-                if s < L:
-                    tau = _tau(reverse, s, L)
-                    memcpy(dGt + (tau * B + b) * GH, dgs + b * GH, grow)
-        tmp = dh
-        dh = dh2
-        dh2 = tmp
-    if dh != dh_out:
-        memcpy(dh_out + b0 * H, dh + b0 * H, nb * row)
-
-
-cdef void _input_grads(Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H,
-                       Py_ssize_t GH, const floating* x, const floating* W_ih,
-                       const floating* hs, const floating* dGt, floating* grad_x,
-                       floating* xh, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
-    """``grad_x = dG_time @ W_ih`` for rows ``[r0, r1)`` of ``T*B``, and (when ``xh`` is
-    given) the copy of those rows of ``[x | h_prev]`` for the fused weight GEMM."""
-    cdef Py_ssize_t DH = D + H, r
-    gemm(False, False, <int> (r1 - r0), <int> D, <int> GH, <floating> 1, dGt + r0 * GH,
-         <int> GH, W_ih, <int> D, <floating> 0, grad_x + r0 * D, <int> D)
-    if xh != NULL:
-        for r in range(r0, r1):
-            memcpy(xh + r * DH, x + r * D, D * sizeof(floating))
-            memcpy(xh + r * DH + D, hs + r * H, H * sizeof(floating))
-
-
-cdef void _weight_grads(int kind, Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H,
-                        const floating* x, const floating* hs, const floating* aux,
-                        const floating* dGs, const floating* dGt, floating* gW_ih,
-                        floating* gW_hh, floating* gb_ih, floating* gb_hh,
-                        const floating* ones, floating* xh, floating* gw,
-                        Py_ssize_t g0, Py_ssize_t g1) noexcept nogil:
-    """Weight and bias gradients for gate rows ``[g0, g1)`` of ``G*H``: one BLAS call
-    each over all ``T*B`` rows (accumulated into, ``+=``)."""
-    cdef Py_ssize_t G = 4 if kind == K_LSTM else (3 if kind >= K_GRU else 1)
-    cdef Py_ssize_t GH = G * H, H2 = 2 * H, ng = g1 - g0
-    cdef int TB = <int> (T * B)
-    cdef Py_ssize_t DH = D + H, i, j, lo, hi
-    if xh != NULL:
-        # one GEMM for both weight gradients: [gW_ih | gW_hh] = dG^T [x | h_prev]
-        # (same A operand, packed once; ~12% faster than two GEMMs at the M shape
-        # even with the copy into xh, made by _input_grads).  Forward direction,
-        # RNN/LSTM only (there dG_time is dG_step).
-        gemm(True, False, <int> ng, <int> DH, TB, <floating> 1, dGs + g0, <int> GH, xh,
-             <int> DH, <floating> 0, gw + g0 * DH, <int> DH)
-        for i in range(g0, g1):
-            for j in range(D):
-                gW_ih[i * D + j] += gw[i * DH + j]
-            for j in range(H):
-                gW_hh[i * H + j] += gw[i * DH + D + j]
-    else:
-        gemm(True, False, <int> ng, <int> D, TB, <floating> 1, dGt + g0, <int> GH, x,
-             <int> D, <floating> 1, gW_ih + g0 * D, <int> D)
-        if kind == K_GRU:
-            # rows [0, 2H) (r, z) multiply h_prev, rows [2H, 3H) (n) multiply r*h_prev
-            lo, hi = g0, (g1 if g1 < H2 else H2)
-            if hi > lo:
-                gemm(True, False, <int> (hi - lo), <int> H, TB, <floating> 1, dGs + lo,
-                     <int> GH, hs, <int> H, <floating> 1, gW_hh + lo * H, <int> H)
-            lo, hi = (g0 if g0 > H2 else H2), g1
-            if hi > lo:
-                gemm(True, False, <int> (hi - lo), <int> H, TB, <floating> 1, dGs + lo,
-                     <int> GH, aux, <int> H, <floating> 1, gW_hh + lo * H, <int> H)
-        else:
-            gemm(True, False, <int> ng, <int> H, TB, <floating> 1, dGs + g0, <int> GH, hs,
-                 <int> H, <floating> 1, gW_hh + g0 * H, <int> H)
-    if gb_ih == NULL:
-        return
-    cdef floating* v = NULL
-    if kind != K_GRU_RA:
-        # b_ih and b_hh enter every pre-activation the same way, so their gradients
-        # are the same column sums of dG (dG_time is a row permutation of dG_step):
-        # one pass over dG instead of two.
-        v = <floating*> malloc(ng * sizeof(floating))
-    if v != NULL:
-        gemv(True, TB, <int> ng, <floating> 1, dGs + g0, <int> GH, ones, <floating> 0, v)
-        for i in range(ng):
-            gb_ih[g0 + i] += v[i]
-            gb_hh[g0 + i] += v[i]
-        free(v)
-    else:
-        gemv(True, TB, <int> ng, <floating> 1, dGt + g0, <int> GH, ones, <floating> 1,
-             gb_ih + g0)
-        gemv(True, TB, <int> ng, <floating> 1, dGs + g0, <int> GH, ones, <floating> 1,
-             gb_hh + g0)
-
-
-# ---------------------------------------------------------------- entry points --
-cdef int _check3(object a, str name, Py_ssize_t d0, Py_ssize_t d1, Py_ssize_t d2) except -1:
-    if a.shape[0] != d0 or a.shape[1] != d1 or a.shape[2] != d2:
-        raise ValueError(f"{name} must have shape {(d0, d1, d2)}, got "
-                         f"{tuple(a.shape[:3])}")
-    return 0
-
-
-cdef int _check2(object a, str name, Py_ssize_t d0, Py_ssize_t d1) except -1:
-    if a.shape[0] != d0 or a.shape[1] != d1:
-        raise ValueError(f"{name} must have shape {(d0, d1)}, got {tuple(a.shape[:2])}")
-    return 0
-
-
-cdef int _check1(object a, str name, Py_ssize_t d0) except -1:
-    if a.shape[0] != d0:
-        raise ValueError(f"{name} must have shape ({d0},), got ({a.shape[0]},)")
+cdef int _check_ready(_Sweep sweep) except -1:
+    if not sweep.ready:
+        raise ValueError(f"the {type(sweep).__name__} was not initialised")
     return 0
 
 
@@ -578,214 +237,177 @@ cdef int _check_all(Py_ssize_t r0, Py_ssize_t r1) except -1:
     return 0
 
 
-cdef int _check_common(int kind, Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H,
-                       object W_ih, object W_hh, const int64_t[::1] lengths) except -1:
-    cdef Py_ssize_t b
-    if kind < 0 or kind > 4:
-        raise ValueError(f"kind must be in 0..4, got {kind}")
-    if T < 1 or B < 1 or D < 1 or H < 1:
-        raise ValueError(f"empty dimensions are not supported: T={T}, B={B}, D={D}, H={H}")
-    _check2(W_ih, "W_ih", GATES[kind] * H, D)
-    _check2(W_hh, "W_hh", GATES[kind] * H, H)
-    _check1(lengths, "lengths", B)
-    for b in range(B):
-        if lengths[b] < 1 or lengths[b] > T:
-            raise ValueError(f"lengths must satisfy 1 <= lengths[b] <= {T}, "
-                             f"got {lengths[b]}")
-    return 0
-
-
-def rnn_forward(int kind, bint reverse, const floating[:, :, ::1] x,
-                const floating[:, ::1] W_ih, const floating[:, ::1] W_hh,
-                const floating[:, ::1] W_hhT,
-                const floating[::1] bx, const floating[::1] bhn,
-                const int64_t[::1] lengths, floating[:, :, ::1] gates,
-                floating[:, :, ::1] hs, floating[:, :, ::1] cs,
-                floating[:, :, ::1] aux, floating[:, :, ::1] out,
-                floating[:, ::1] hh, int phase=PH_ALL, Py_ssize_t r0=0,
+def rnn_forward(ForwardSweep sweep not None, int phase=PH_ALL, Py_ssize_t r0=0,
                 Py_ssize_t r1=-1):
-    """Run a whole sequence; fills ``gates``, ``hs[1:]``, ``cs[1:]``, ``aux``, ``out``.
+    """Run ``sweep`` (or one phase of it; ``r1 = -1``: to the end).
 
-    ``x [T, B, D]``; ``bx [GH]`` the additive bias of every gate pre-activation
-    (``b_ih + b_hh``; GRU_RA: ``b_in`` alone in the ``n`` block); ``bhn [H]`` is
-    ``b_hn`` for GRU_RA (ignored otherwise).  ``hs [T+1, B, H]`` with ``hs[0]`` the
-    initial state on entry; ``cs`` likewise for the LSTM (any ``[1, 1, 1]`` array
-    otherwise); ``aux [T, B, H]``: LSTM ``tanh(c)``, GRU ``r*h``, GRU_RA
-    ``W_hn h + b_hn`` (any ``[1, 1, 1]`` array for the RNN).  ``gates [T, B, GH]``
-    receives the post-activation gates, ``out [T, B, H]`` the output; ``hh [B, GH]``
-    is scratch.  Releases the GIL for the whole computation.
-
-    ``phase`` splits the work for two threads (``r1 = -1``: the end): ``PHASE_PROJ``
-    computes the input projection for rows ``[r0, r1)`` of ``T*B``;
-    ``PHASE_STEPS`` runs the recurrence for batch rows ``[r0, r1)`` only, reading their
-    projection from ``gates`` (so after every ``PHASE_PROJ`` range).  Disjoint ranges
-    of one phase may run concurrently; ``PHASE_ALL`` (default) does everything.
+    ``PHASE_PROJ``: the input projection for rows ``[r0, r1)`` of ``T*B``;
+    ``PHASE_STEPS``: the recurrence for batch rows ``[r0, r1)``, reading their
+    projection from ``gates`` (so after every ``PHASE_PROJ`` range).
     """
-    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2]
-    cdef Py_ssize_t H = hs.shape[2]
-    _check_common(kind, T, B, D, H, W_ih, W_hh, lengths)
-    cdef Py_ssize_t GH = GATES[kind] * H
+    cdef RnnSweep* s = &sweep.s
+    cdef bint double = sweep.double
+    _check_ready(sweep)
     if phase == PH_PROJ:
-        r1 = _check_range(phase, r0, r1, T * B, "rows of T*B")
+        r1 = _check_range(phase, r0, r1, s.T * s.B, "rows of T*B")
     elif phase == PH_STEPS:
-        r1 = _check_range(phase, r0, r1, B, "batch rows")
+        r1 = _check_range(phase, r0, r1, s.B, "batch rows")
     elif phase == PH_ALL:
         _check_all(r0, r1)
     else:
         raise ValueError(f"phase must be PHASE_ALL, PHASE_PROJ or PHASE_STEPS, got {phase}")
-    _check2(W_hhT, "W_hhT", H, GH)
-    _check1(bx, "bx", GH)
-    if kind == K_GRU_RA:
-        _check1(bhn, "bhn", H)
-    _check3(gates, "gates", T, B, GH)
-    _check3(hs, "hs", T + 1, B, H)
-    _check3(out, "out", T, B, H)
-    if kind == K_LSTM:
-        _check3(cs, "cs", T + 1, B, H)
-    if kind >= K_LSTM:
-        _check3(aux, "aux", T, B, H)
-    _check2(hh, "hh", B, GH)
-    cdef floating* tmp = <floating*> malloc(B * GH * sizeof(floating))
+    cdef void* tmp = malloc(scratch_size(s, False) * (8 if double else 4))
     if tmp == NULL:
         raise MemoryError("rnn_forward: cannot allocate the per-step scratch")
     try:
         with nogil:
-            _forward(kind, reverse, T, B, D, H, &x[0, 0, 0], &W_ih[0, 0], &W_hh[0, 0],
-                     &W_hhT[0, 0], &bx[0], &bhn[0], &lengths[0], &gates[0, 0, 0],
-                     &hs[0, 0, 0], &cs[0, 0, 0], &aux[0, 0, 0], &out[0, 0, 0], &hh[0, 0],
-                     tmp, phase, r0, r1)
+            if double:
+                forward_sweep(s, phase, r0, r1, <double*> tmp)
+            else:
+                forward_sweep(s, phase, r0, r1, <float*> tmp)
     finally:
         free(tmp)
 
 
-def rnn_backward(int kind, bint reverse, const floating[:, :, ::1] x,
-                 const floating[:, ::1] W_ih, const floating[:, ::1] W_hh,
-                 const floating[:, ::1] W_hhT,
-                 const int64_t[::1] lengths, const floating[:, :, ::1] gates,
-                 const floating[:, :, ::1] hs, const floating[:, :, ::1] cs,
-                 const floating[:, :, ::1] aux, const floating[:, :, ::1] grad_out,
-                 bint has_grad_out, floating[:, ::1] dh, floating[:, ::1] dc,
-                 floating[:, :, ::1] grad_x, floating[:, ::1] gW_ih,
-                 floating[:, ::1] gW_hh, floating[::1] gb_ih, floating[::1] gb_hh,
-                 bint has_bias, floating[:, :, ::1] dGs, floating[:, :, ::1] dGt,
-                 floating[:, ::1] dh2, floating[:, ::1] drh, const floating[::1] ones,
-                 const floating[::1] zrow, floating[:, ::1] xh, floating[:, ::1] gw,
-                 bint fuse_wgrad, int phase=PH_ALL, Py_ssize_t r0=0, Py_ssize_t r1=-1):
-    """BPTT through what ``rnn_forward`` stored.
+# --------------------------------------------------------------------- backward --
+cdef int _fill_backward(_Sweep sw, object grad_out, floating[:, ::1] dh, object dc,
+                        floating[:, :, ::1] grad_x, floating[:, ::1] grad_W_ih,
+                        floating[:, ::1] grad_W_hh, object grad_b_ih, object grad_b_hh,
+                        floating[:, :, ::1] dGs, object dGt, object xh,
+                        object gw) except -1:
+    cdef RnnSweep* s = &sw.s
+    cdef Py_ssize_t T = s.T, B = s.B, D = s.D, H = s.H, GH = s.GH
+    cdef const floating[:, :, ::1] go_v
+    cdef floating[:, ::1] dc_v
+    cdef floating[::1] gbi_v
+    cdef floating[::1] gbh_v
+    cdef floating[:, :, ::1] dGt_v
+    cdef floating[:, ::1] xh_v
+    cdef floating[:, ::1] gw_v
+    _shape(dh, "dh", (B, H))
+    _shape(grad_x, "grad_x", (T, B, D))
+    _shape(grad_W_ih, "grad_W_ih", (GH, D))
+    _shape(grad_W_hh, "grad_W_hh", (GH, H))
+    _shape(dGs, "dGs", (T, B, GH))
+    s.dh, s.grad_x = <void*> &dh[0, 0], <void*> &grad_x[0, 0, 0]
+    s.gW_ih, s.gW_hh = <void*> &grad_W_ih[0, 0], <void*> &grad_W_hh[0, 0]
+    s.dGs = s.dGt = <void*> &dGs[0, 0, 0]
+    sw.pins += [dh, grad_x, grad_W_ih, grad_W_hh, dGs]
+    if grad_out is not None:
+        go_v = grad_out
+        _shape(go_v, "grad_out", (T, B, H))
+        s.gout = &go_v[0, 0, 0]
+        sw.pins.append(go_v)
+    if s.kind == K_LSTM:
+        dc_v = dc
+        _shape(dc_v, "dc", (B, H))
+        s.dc = <void*> &dc_v[0, 0]
+        sw.pins.append(dc_v)
+    if (grad_b_ih is None) != (grad_b_hh is None):
+        raise ValueError("grad_b_ih and grad_b_hh must both be given or both be None")
+    if grad_b_ih is not None:
+        gbi_v, gbh_v = grad_b_ih, grad_b_hh
+        _shape(gbi_v, "grad_b_ih", (GH,))
+        _shape(gbh_v, "grad_b_hh", (GH,))
+        s.gb_ih, s.gb_hh = <void*> &gbi_v[0], <void*> &gbh_v[0]
+        sw.pins += [gbi_v, gbh_v]
+    if dGt is not None:
+        dGt_v = dGt
+        _shape(dGt_v, "dGt", (T, B, GH))
+        s.dGt = <void*> &dGt_v[0, 0, 0]
+        sw.pins.append(dGt_v)
+    if (s.reverse or s.kind == K_GRU_RA) and s.dGt == s.dGs:
+        raise ValueError("dGt must be a separate buffer for reverse or GRU_RA")
+    if (xh is None) != (gw is None):
+        raise ValueError("xh and gw must both be given or both be None")
+    if xh is not None:
+        if s.reverse or s.kind >= K_GRU:
+            raise ValueError("the fused weight gradient (xh, gw) needs the forward "
+                             "direction and an RNN/LSTM kind")
+        xh_v, gw_v = xh, gw
+        _shape(xh_v, "xh", (T * B, D + H))
+        _shape(gw_v, "gw", (GH, D + H))
+        s.xh, s.gw = <void*> &xh_v[0, 0], <void*> &gw_v[0, 0]
+        sw.pins += [xh_v, gw_v]
+    return 0
 
-    ``grad_out [T, B, H]`` (ignored unless ``has_grad_out``); ``dh [B, H]`` holds the
-    gradient of the final state on entry and the gradient of the initial state on
-    return (``dc`` likewise for the LSTM, any ``[1, 1]`` array otherwise).
-    ``grad_x [T, B, D]`` is overwritten; ``gW_ih``, ``gW_hh`` and (when
-    ``has_bias``) ``gb_ih``, ``gb_hh`` are accumulated into (``+=``).
-    Scratch: ``dGs [T, B, GH]``; ``dGt [T, B, GH]`` (may be the same array as ``dGs``
-    unless ``reverse`` or GRU_RA); ``dh2``, ``drh`` ``[B, H]``; ``ones [T*B]`` (all 1);
-    ``zrow [H]`` (all 0).  ``fuse_wgrad`` (forward direction, RNN/LSTM only): form
-    both weight gradients in one GEMM through the scratch ``xh [T*B, D+H]`` and
-    ``gw [GH, D+H]`` (any ``[1, 1]`` arrays otherwise).  Releases the GIL for the whole computation.
 
-    ``phase`` splits the work for two threads (``r1 = -1``: the end), in this order:
-    ``PHASE_STEPS`` BPTT for batch rows ``[r0, r1)`` (``dh``, ``dc`` rows outside the
-    range are left alone); ``PHASE_GRAD_X`` ``grad_x`` (and the ``xh`` copy) for rows
-    ``[r0, r1)`` of ``T*B``; ``PHASE_WGRAD`` the weight and bias gradients for gate
-    columns ``[r0, r1)`` of ``G*H``.  Disjoint ranges of one phase may run
-    concurrently; ``PHASE_ALL`` (default) does everything.
+cdef class BackwardSweep(_Sweep):
+    """BPTT through what a :class:`ForwardSweep` stored.
+
+    The first eleven arguments as for :class:`ForwardSweep` (the same arrays, after
+    the forward).  ``grad_out [T, B, H]`` or None; ``dh [B, H]`` holds the gradient
+    of the final state on entry and the gradient of the initial state on return
+    (``dc`` likewise for the LSTM, ignored otherwise).  ``grad_x [T, B, D]`` is
+    overwritten; ``grad_W_ih``, ``grad_W_hh`` and ``grad_b_ih``, ``grad_b_hh``
+    (None when the cell has no bias) are accumulated into (``+=``).  Scratch: ``dGs
+    [T, B, GH]``; ``dGt [T, B, GH]``, None to share ``dGs`` (not allowed for
+    ``reverse`` or GRU_RA); ``xh [T*B, D+H]`` and ``gw [GH, D+H]``, or None: form
+    both weight gradients in one GEMM (forward direction, RNN/LSTM only).
     """
-    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2]
-    cdef Py_ssize_t H = hs.shape[2]
-    _check_common(kind, T, B, D, H, W_ih, W_hh, lengths)
-    cdef Py_ssize_t GH = GATES[kind] * H
+
+    def __init__(self, int kind, bint reverse, x, lengths, W_ih, W_hh, W_hhT, gates, hs,
+                 cs, aux, grad_out, dh, dc, grad_x, grad_W_ih, grad_W_hh, grad_b_ih,
+                 grad_b_hh, dGs, dGt=None, xh=None, gw=None):
+        self.ready, self.pins = False, []
+        memset(&self.s, 0, sizeof(RnnSweep))
+        self.double = _is_double(x)
+        if self.double:
+            _fill_common[double](self, kind, reverse, x, lengths, W_ih, W_hh, W_hhT, gates,
+                                 hs, cs, aux)
+            _fill_backward[double](self, grad_out, dh, dc, grad_x, grad_W_ih, grad_W_hh,
+                                   grad_b_ih, grad_b_hh, dGs, dGt, xh, gw)
+        else:
+            _fill_common[float](self, kind, reverse, x, lengths, W_ih, W_hh, W_hhT, gates,
+                                hs, cs, aux)
+            _fill_backward[float](self, grad_out, dh, dc, grad_x, grad_W_ih, grad_W_hh,
+                                  grad_b_ih, grad_b_hh, dGs, dGt, xh, gw)
+        self.ready = True
+
+
+cdef void _fill_scratch(floating* scr, const RnnSweep* s) noexcept nogil:
+    """``backward_sweep``'s scratch: zeros ``[H]`` and ones ``[T*B]`` after
+    ``3*B*H`` free elements."""
+    cdef Py_ssize_t i, z = 3 * s.B * s.H
+    for i in range(s.H):
+        scr[z + i] = 0
+    for i in range(s.T * s.B):
+        scr[z + s.H + i] = 1
+
+
+def rnn_backward(BackwardSweep sweep not None, int phase=PH_ALL, Py_ssize_t r0=0,
+                 Py_ssize_t r1=-1):
+    """Run ``sweep`` (or one phase of it; ``r1 = -1``: to the end), in this order:
+
+    ``PHASE_STEPS``: BPTT for batch rows ``[r0, r1)`` (rows of ``dh``, ``dc`` outside
+    the range are left alone); ``PHASE_GRAD_X``: ``grad_x`` (and the ``xh`` copy)
+    for rows ``[r0, r1)`` of ``T*B``; ``PHASE_WGRAD``: the weight and bias gradients
+    for gate columns ``[r0, r1)`` of ``G*H``.
+    """
+    cdef RnnSweep* s = &sweep.s
+    cdef bint double = sweep.double
+    _check_ready(sweep)
     if phase == PH_STEPS:
-        r1 = _check_range(phase, r0, r1, B, "batch rows")
+        r1 = _check_range(phase, r0, r1, s.B, "batch rows")
     elif phase == PH_GRAD_X:
-        r1 = _check_range(phase, r0, r1, T * B, "rows of T*B")
+        r1 = _check_range(phase, r0, r1, s.T * s.B, "rows of T*B")
     elif phase == PH_WGRAD:
-        r1 = _check_range(phase, r0, r1, GH, "gate columns")
+        r1 = _check_range(phase, r0, r1, s.GH, "gate columns")
     elif phase == PH_ALL:
         _check_all(r0, r1)
     else:
         raise ValueError(f"phase must be PHASE_ALL, PHASE_STEPS, PHASE_GRAD_X or "
                          f"PHASE_WGRAD, got {phase}")
-    _check2(W_hhT, "W_hhT", H, GH)
-    _check3(gates, "gates", T, B, GH)
-    _check3(hs, "hs", T + 1, B, H)
-    if has_grad_out:
-        _check3(grad_out, "grad_out", T, B, H)
-    _check2(dh, "dh", B, H)
-    if kind == K_LSTM:
-        _check3(cs, "cs", T + 1, B, H)
-        _check2(dc, "dc", B, H)
-    if kind >= K_LSTM:
-        _check3(aux, "aux", T, B, H)
-    _check3(grad_x, "grad_x", T, B, D)
-    _check2(gW_ih, "gW_ih", GH, D)
-    _check2(gW_hh, "gW_hh", GH, H)
-    if has_bias:
-        _check1(gb_ih, "gb_ih", GH)
-        _check1(gb_hh, "gb_hh", GH)
-    _check3(dGs, "dGs", T, B, GH)
-    _check3(dGt, "dGt", T, B, GH)
-    if (reverse or kind == K_GRU_RA) and &dGt[0, 0, 0] == &dGs[0, 0, 0]:
-        raise ValueError("dGt must be a separate buffer for reverse or GRU_RA")
-    _check2(dh2, "dh2", B, H)
-    _check2(drh, "drh", B, H)
-    _check1(ones, "ones", T * B)
-    _check1(zrow, "zrow", H)
-    if fuse_wgrad:
-        if reverse or kind >= K_GRU:
-            raise ValueError("fuse_wgrad needs the forward direction and an RNN/LSTM kind")
-        _check2(xh, "xh", T * B, D + H)
-        _check2(gw, "gw", GH, D + H)
-    cdef floating* tmp = <floating*> malloc(B * H * sizeof(floating))
-    if tmp == NULL:
-        raise MemoryError("rnn_backward: cannot allocate the per-step scratch")
+    cdef void* scr = malloc(scratch_size(s, True) * (8 if double else 4))
+    if scr == NULL:
+        raise MemoryError("rnn_backward: cannot allocate the scratch")
     try:
         with nogil:
-            _backward(kind, reverse, T, B, D, H, &x[0, 0, 0], &W_ih[0, 0], &W_hh[0, 0],
-                      &W_hhT[0, 0], &lengths[0], &gates[0, 0, 0], &hs[0, 0, 0], &cs[0, 0, 0],
-                      &aux[0, 0, 0], &grad_out[0, 0, 0] if has_grad_out else NULL,
-                      &dh[0, 0], &dc[0, 0], &dh2[0, 0], &drh[0, 0], &dGs[0, 0, 0],
-                      &dGt[0, 0, 0], &grad_x[0, 0, 0], &gW_ih[0, 0], &gW_hh[0, 0],
-                      &gb_ih[0] if has_bias else NULL, &gb_hh[0] if has_bias else NULL,
-                      &ones[0], &zrow[0], &xh[0, 0] if fuse_wgrad else NULL,
-                      &gw[0, 0] if fuse_wgrad else NULL, tmp, phase, r0, r1)
+            if double:
+                _fill_scratch(<double*> scr, s)
+                backward_sweep(s, phase, r0, r1, <double*> scr)
+            else:
+                _fill_scratch(<float*> scr, s)
+                backward_sweep(s, phase, r0, r1, <float*> scr)
     finally:
-        free(tmp)
-
-
-def vsigmoid_memview(const floating[::1] x, floating[::1] y):
-    """``y = sigmoid(x)`` with the vectorised ``_vmath.h`` helper (test hook)."""
-    if x.shape[0] != y.shape[0]:
-        raise ValueError("x and y must have the same length")
-    if x.shape[0] == 0:
-        return
-    with nogil:
-        vsigmoid(&y[0], &x[0], x.shape[0])
-
-
-def vtanh_memview(const floating[::1] x, floating[::1] y):
-    """``y = tanh(x)`` with the vectorised ``_vmath.h`` helper (test hook)."""
-    if x.shape[0] != y.shape[0]:
-        raise ValueError("x and y must have the same length")
-    if x.shape[0] == 0:
-        return
-    with nogil:
-        vtanh(&y[0], &x[0], x.shape[0])
-
-
-def gemm_repeat(bint trans_a, bint trans_b, const floating[:, ::1] a,
-                const floating[:, ::1] b, floating[:, ::1] c, int repeat):
-    """``c = op(a) @ op(b)`` ``repeat`` times through ``_blas.gemm`` in one ``nogil``
-    block (benchmark hook: measures the GEMM rate the kernels get, without the
-    Python call overhead)."""
-    cdef int m = c.shape[0], n = c.shape[1]
-    cdef int k = a.shape[0] if trans_a else a.shape[1]
-    cdef int i
-    if ((a.shape[1] if trans_a else a.shape[0]) != m
-            or (b.shape[0] if trans_b else b.shape[1]) != n
-            or (b.shape[1] if trans_b else b.shape[0]) != k):
-        raise ValueError("gemm_repeat: inconsistent shapes")
-    with nogil:
-        for i in range(repeat):
-            gemm(trans_a, trans_b, m, n, k, <floating> 1, &a[0, 0], <int> a.shape[1],
-                 &b[0, 0], <int> b.shape[1], <floating> 0, &c[0, 0], n)
+        free(scr)

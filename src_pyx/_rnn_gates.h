@@ -6,7 +6,8 @@
  * update and output in the forward; pre-activation gate gradients from the stored
  * post-activation gates in the backward.  Written in C (not in the .pyx) so that the
  * pointers can be `restrict` and every loop is a single vectorisable pass; compiled
- * twice (AVX2+FMA and baseline) and dispatched at run time like _vmath.h.
+ * for baseline x86-64 and AVX2+FMA and dispatched through _simd.h.  Fused-type
+ * wrappers (one name per pass): _rnn_gates.pxd.
  *
  * Notation per row: H hidden size; `a` the gate row [G*H] (in: x-projection,
  * out: post-activation gates), `hr` the recurrent GEMM row, `bx` the additive bias
@@ -20,8 +21,6 @@
 #define NN_CORE_RNN_GATES_H
 
 #include "_vmath.h"
-
-#define NN_RESTRICT __restrict__
 
 #define NN_DEFINE_GATE_ROWS(T, S, SIG, TANH, V, A)                                         \
 /* LSTM forward: i,f,g,o; c = f*cp + i*g; h = o*tanh(c) */                                 \
@@ -206,82 +205,5 @@ static inline void nn_gru_bwd2_##S(const T *g, const T *hp, const T *drh, T *dgr
 
 NN_GATE_WRAP(f, float)
 NN_GATE_WRAP(d, double)
-
-/* Transpose of a small block: dst[c*ldd + r] (+)= src[r*C + c] for src [R, C]
- * contiguous (the per-step GEMM result computed as W h^T, see _rec_fwd in
- * _recurrent.pyx).  float: 8x8 AVX tiles; scalar edges and baseline fallback. */
-static void nn_transpose_f_base(const float *NN_RESTRICT src, ptrdiff_t R, ptrdiff_t C,
-        float *NN_RESTRICT dst, ptrdiff_t ldd, int add)
-{
-    for (ptrdiff_t r = 0; r < R; r++)
-        for (ptrdiff_t c = 0; c < C; c++) {
-            if (add) dst[c * ldd + r] += src[r * C + c];
-            else dst[c * ldd + r] = src[r * C + c];
-        }
-}
-static void nn_transpose_d(const double *NN_RESTRICT src, ptrdiff_t R, ptrdiff_t C,
-        double *NN_RESTRICT dst, ptrdiff_t ldd, int add)
-{
-    for (ptrdiff_t r = 0; r < R; r++)
-        for (ptrdiff_t c = 0; c < C; c++) {
-            if (add) dst[c * ldd + r] += src[r * C + c];
-            else dst[c * ldd + r] = src[r * C + c];
-        }
-}
-#if NN_X86_DISPATCH
-#include <immintrin.h>
-NN_TARGET_AVX2 static void nn_transpose_f_avx2(const float *NN_RESTRICT src, ptrdiff_t R,
-        ptrdiff_t C, float *NN_RESTRICT dst, ptrdiff_t ldd, int add)
-{
-    ptrdiff_t R8 = R & ~(ptrdiff_t)7, C8 = C & ~(ptrdiff_t)7;
-    for (ptrdiff_t r0 = 0; r0 < R8; r0 += 8) {
-        for (ptrdiff_t c0 = 0; c0 < C8; c0 += 8) {
-            const float *s = src + r0 * C + c0;
-            __m256 r_0 = _mm256_loadu_ps(s), r_1 = _mm256_loadu_ps(s + C);
-            __m256 r_2 = _mm256_loadu_ps(s + 2 * C), r_3 = _mm256_loadu_ps(s + 3 * C);
-            __m256 r_4 = _mm256_loadu_ps(s + 4 * C), r_5 = _mm256_loadu_ps(s + 5 * C);
-            __m256 r_6 = _mm256_loadu_ps(s + 6 * C), r_7 = _mm256_loadu_ps(s + 7 * C);
-            __m256 t0 = _mm256_unpacklo_ps(r_0, r_1), t1 = _mm256_unpackhi_ps(r_0, r_1);
-            __m256 t2 = _mm256_unpacklo_ps(r_2, r_3), t3 = _mm256_unpackhi_ps(r_2, r_3);
-            __m256 t4 = _mm256_unpacklo_ps(r_4, r_5), t5 = _mm256_unpackhi_ps(r_4, r_5);
-            __m256 t6 = _mm256_unpacklo_ps(r_6, r_7), t7 = _mm256_unpackhi_ps(r_6, r_7);
-            __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
-            __m256 u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
-            __m256 u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
-            __m256 u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
-            __m256 u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
-            __m256 u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
-            __m256 u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
-            __m256 u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
-            __m256 v[8];
-            v[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
-            v[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
-            v[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
-            v[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
-            v[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
-            v[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
-            v[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
-            v[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
-            for (int i = 0; i < 8; i++) {
-                float *d = dst + (c0 + i) * ldd + r0;
-                _mm256_storeu_ps(d, add ? _mm256_add_ps(_mm256_loadu_ps(d), v[i]) : v[i]);
-            }
-        }
-        for (ptrdiff_t r = r0; r < r0 + 8; r++)
-            for (ptrdiff_t c = C8; c < C; c++) {
-                if (add) dst[c * ldd + r] += src[r * C + c];
-                else dst[c * ldd + r] = src[r * C + c];
-            }
-    }
-    for (ptrdiff_t r = R8; r < R; r++)
-        for (ptrdiff_t c = 0; c < C; c++) {
-            if (add) dst[c * ldd + r] += src[r * C + c];
-            else dst[c * ldd + r] = src[r * C + c];
-        }
-}
-#endif
-static inline void nn_transpose_f(const float *src, ptrdiff_t R, ptrdiff_t C, float *dst,
-        ptrdiff_t ldd, int add)
-{ NN_PICK(nn_transpose_f, (src, R, C, dst, ldd, add)); }
 
 #endif /* NN_CORE_RNN_GATES_H */

@@ -13,8 +13,8 @@ a NaN score at a bool-masked or causally excluded position is ignored (it never
 enters the row), whereas an additive mask cannot hide it (``NaN + -inf = NaN``).
 
 The mask is never expanded to the score shape: the caller passes the mask's own
-(contiguous, un-broadcast) buffer, one element offset per slab ``p`` (``moff``),
-and the row / column strides in elements (0 where the mask broadcasts).
+(contiguous, un-broadcast) buffer, one element offset per slab ``p`` and the row /
+column strides in elements (0 where the mask broadcasts); see ``_softmax_row.pxd``.
 
 Backward (``dy`` = upstream gradient, ``y`` = forward output)::
 
@@ -24,48 +24,22 @@ Masked entries have ``y_j = 0`` so they receive 0; a fully-masked row gets 0.
 """
 from cython cimport floating
 from libc.stdint cimport uint8_t
-from libc.math cimport INFINITY
 
-from _vmath cimport vexp, vexp_sum, vmax, vdot
+from _softmax_row cimport MASK_ADD, MASK_BOOL, MaskRef, mask_ref, softmax_row
+from _vmath cimport bind_simd, vdot
 
-cdef extern from "_attention_simd.h" nogil:
-    int att_has_avx512() noexcept
-    float att_exp_sum_f512(float* y, const float* x, float shift, Py_ssize_t n) noexcept
-    double att_exp_sum_d512(double* y, const double* x, double shift, Py_ssize_t n) noexcept
-
-
-cdef inline floating _exp_sum(floating* y, const floating* x, floating shift,
-                              Py_ssize_t n) noexcept nogil:
-    """``y = exp(x - shift)``, returns ``sum(y)``: the AVX-512 loop of
-    ``_attention_simd.h`` when the CPU has it, else ``_vmath.h``'s."""
-    if att_has_avx512():
-        if floating is float:
-            return att_exp_sum_f512(y, x, shift, n)
-        else:
-            return att_exp_sum_d512(y, x, shift, n)
-    return vexp_sum(y, x, shift, n)
-
-MASK_NONE = 0
-MASK_BOOL = 1
-MASK_FLOAT = 2
+bind_simd(__name__)
 
 
 cdef void _softmax_rows(const floating* x, floating* y, Py_ssize_t P, Py_ssize_t R,
-                        Py_ssize_t N, floating scale, int mask_kind,
-                        const uint8_t* bmask, const floating* fmask,
-                        const Py_ssize_t* moff, Py_ssize_t mrs, Py_ssize_t mcs,
-                        bint causal, Py_ssize_t causal_offset) noexcept nogil:
-    cdef Py_ssize_t p, i, j, n_row
-    cdef const floating* xr
-    cdef floating* yr
-    cdef const uint8_t* br
-    cdef const floating* fr
-    cdef floating mx, s, inv
-    cdef floating neg_inf = -INFINITY
+                        Py_ssize_t N, floating scale, const MaskRef* m, bint causal,
+                        Py_ssize_t causal_offset) noexcept nogil:
+    cdef Py_ssize_t p, i, n_row, r
+    cdef const uint8_t* br = NULL
+    cdef const floating* fr = NULL
     for p in range(P):
         for i in range(R):
-            xr = x + (p * R + i) * N
-            yr = y + (p * R + i) * N
+            r = (p * R + i) * N
             n_row = N
             if causal:
                 n_row = i + causal_offset + 1
@@ -73,31 +47,11 @@ cdef void _softmax_rows(const floating* x, floating* y, Py_ssize_t P, Py_ssize_t
                     n_row = N
                 elif n_row < 0:
                     n_row = 0
-            # z = scale * x (+ mask), written into the output row as scratch
-            if mask_kind == 1:
-                br = bmask + moff[p] + i * mrs
-                for j in range(n_row):
-                    yr[j] = scale * xr[j] if br[j * mcs] else neg_inf
-            elif mask_kind == 2:
-                fr = fmask + moff[p] + i * mrs
-                for j in range(n_row):
-                    yr[j] = scale * xr[j] + fr[j * mcs]
-            else:
-                for j in range(n_row):
-                    yr[j] = scale * xr[j]
-            for j in range(n_row, N):
-                yr[j] = 0
-            mx = vmax(yr, n_row)        # NaN if any allowed z is NaN
-            if mx == neg_inf:
-                # no allowed entry in this row (all masked / -inf, or n_row == 0):
-                # all zeros.  A NaN max is not caught here: it makes the row NaN.
-                for j in range(n_row):
-                    yr[j] = 0
-                continue
-            s = _exp_sum(yr, yr, mx, n_row)
-            inv = 1 / s
-            for j in range(n_row):
-                yr[j] = yr[j] * inv
+            if m.kind == MASK_BOOL:
+                br = m.b + m.off[p] + i * m.rs
+            elif m.kind == MASK_ADD:
+                fr = <const floating*> m.f + m.off[p] + i * m.rs
+            softmax_row(y + r, x + r, scale, n_row, N, m.kind, br, fr, m.cs)
 
 
 cdef void _softmax_rows_backward(const floating* y, const floating* dy, floating* dx,
@@ -117,42 +71,29 @@ cdef void _softmax_rows_backward(const floating* y, const floating* dy, floating
             dr[j] = scale * yr[j] * (gr[j] - s)
 
 
-def softmax_forward(const floating[:, :, ::1] x, floating[:, :, ::1] out,
-                    floating scale, int mask_kind,
-                    const uint8_t[::1] bmask, const floating[::1] fmask,
-                    const Py_ssize_t[::1] moff, Py_ssize_t mrs, Py_ssize_t mcs,
-                    bint causal, Py_ssize_t causal_offset):
+def softmax_forward(const floating[:, :, ::1] x, floating[:, :, ::1] out, floating scale,
+                    mask=None, causal_offset=None):
     """Masked scaled softmax of ``x [P, R, N]`` into ``out`` (same shape).
 
-    ``mask_kind``: 0 none, 1 bool (``bmask``, nonzero = attend), 2 additive
-    (``fmask``).  ``moff [P]``: element offset of slab ``p`` in the mask buffer;
-    ``mrs``/``mcs``: row/column strides of the mask in elements (0 = broadcast).
-    ``causal``: keep only ``j <= i + causal_offset``.  The unused mask buffer may be
-    any 1-element array.  Shapes and offsets are validated here, before ``nogil``.
+    ``mask``: None or ``(buf, off, rs, cs)``: a flat uint8 (bool, nonzero = attend)
+    or additive buffer in ``x``'s dtype, the element offset of each slab ``off [P]``
+    and the row / column strides in elements (0 = broadcast).  ``causal_offset``:
+    keep only ``j <= i + causal_offset``.  Shapes and offsets are checked here,
+    before ``nogil``.
     """
     cdef Py_ssize_t P = x.shape[0], R = x.shape[1], N = x.shape[2]
-    cdef Py_ssize_t p, need, size
+    cdef MaskRef m
+    cdef bint causal = causal_offset is not None
+    cdef Py_ssize_t coff = causal_offset if causal else 0
     if out.shape[0] != P or out.shape[1] != R or out.shape[2] != N:
         raise ValueError(f"out must have shape {(P, R, N)}, got "
                          f"{(out.shape[0], out.shape[1], out.shape[2])}")
-    if mask_kind not in (0, 1, 2):
-        raise ValueError(f"mask_kind must be 0, 1 or 2, got {mask_kind}")
     if P == 0 or R == 0 or N == 0:
         return                  # nothing to compute (nor to read from a maybe-empty mask)
-    if mask_kind != 0:
-        if moff.shape[0] != P:
-            raise ValueError(f"moff must have {P} entries, got {moff.shape[0]}")
-        if mrs < 0 or mcs < 0:
-            raise ValueError("mask strides must be non-negative")
-        size = bmask.shape[0] if mask_kind == 1 else fmask.shape[0]
-        need = (R - 1) * mrs + (N - 1) * mcs if R > 0 and N > 0 else 0
-        for p in range(P):
-            if moff[p] < 0 or moff[p] + need >= size:
-                raise ValueError("mask offsets/strides reach outside the mask buffer")
+    pins = []
+    mask_ref(mask, floating is double, P, R, N, &m, pins)
     with nogil:
-        _softmax_rows(&x[0, 0, 0], &out[0, 0, 0], P, R, N, scale, mask_kind,
-                      &bmask[0], &fmask[0], &moff[0] if mask_kind != 0 else NULL,
-                      mrs, mcs, causal, causal_offset)
+        _softmax_rows(&x[0, 0, 0], &out[0, 0, 0], P, R, N, scale, &m, causal, coff)
 
 
 def softmax_backward(const floating[:, ::1] y, const floating[:, ::1] dy,
@@ -168,12 +109,3 @@ def softmax_backward(const floating[:, ::1] y, const floating[:, ::1] dy,
     with nogil:
         _softmax_rows_backward(&y[0, 0], &dy[0, 0], &dx[0, 0], rows, N, scale)
 
-
-def vexp_memview(const floating[::1] x, floating[::1] y):
-    """``y = exp(x)`` with the vectorised ``_vmath.h`` exp (test hook)."""
-    if x.shape[0] != y.shape[0]:
-        raise ValueError("x and y must have the same length")
-    if x.shape[0] == 0:
-        return
-    with nogil:
-        vexp(&y[0], &x[0], x.shape[0])

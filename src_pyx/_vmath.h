@@ -1,23 +1,24 @@
 /*
- * _vmath.h -- vectorisable element-wise math for the nn_core kernels.
+ * _vmath.h -- vectorisable element-wise math and the small transpose of the kernels.
  *
- * Why this file exists: C's expf/exp are scalar library calls (~3 ns/element for
- * expf, more for exp) and GCC only vectorises them with -ffast-math, which the
- * project forbids (it breaks -inf masking and NaN checks).  The functions here are
- * branch-free polynomial forms that GCC auto-vectorises at -O3.  The array-level
- * loops are compiled twice (AVX2+FMA, and the x86-64 baseline) and the right
- * version is picked at run time, so the extension still runs on any x86-64 CPU.
+ * C's expf/exp are scalar library calls, and GCC vectorises them only with
+ * -ffast-math, which the project forbids (it breaks -inf masking and NaN checks).
+ * The functions here are branch-free polynomial forms that GCC auto-vectorises at
+ * -O3; the array loops are compiled for baseline x86-64 and AVX2+FMA (the exp-sum
+ * also as AVX-512F intrinsics) and dispatched through _simd.h.
  *
- * Accuracy (checked against float64 NumPy in tests/test_vmath.py):
+ * Accuracy (tests/test_vmath.py, tests/test_vmath_gates.py):
  *   nn_expf: Cephes expf polynomial, <= 2 ulp on [-87.3, 88]; x < -87.3 -> 0
  *            (the subnormal range is flushed), -inf -> 0, NaN -> NaN.
  *   nn_exp:  Cephes exp Pade form, <= 2 ulp on [-708.3, 709]; x < -708.3 -> 0,
  *            -inf -> 0, NaN -> NaN.
- *   nn_core only calls them on x <= 0 (max-subtracted scores, -2|x| in tanh,
- *   -|x| in sigmoid), where overflow cannot happen.
+ *   sigmoid, tanh: a few ulp.
+ *   nn_core only calls exp on x <= 0 (max-subtracted scores, -2|x| in tanh, -|x| in
+ *   sigmoid), where overflow cannot happen.
  *
- * Reductions (sum, max) use 8 independent accumulators in a fixed order, so the
- * result is deterministic for a given n and does not depend on threading.
+ * Reductions (sum, max) use a fixed number of independent accumulators in a fixed
+ * order: the result is deterministic for a given n and SIMD level, and does not
+ * depend on threading.
  */
 #ifndef NN_CORE_VMATH_H
 #define NN_CORE_VMATH_H
@@ -27,29 +28,7 @@
 #include <string.h>
 #include <stddef.h>
 
-/* Each array loop is compiled twice: for AVX2+FMA and for the build's baseline ISA;
- * nn_has_avx2_fma() picks one at run time (the answer is cached). */
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#define NN_X86_DISPATCH 1
-#define NN_TARGET_AVX2 __attribute__((target("avx2,fma")))
-static int nn_has_avx2_fma(void)
-{
-    static int cached = -1;   /* benign race: every thread writes the same value */
-    if (cached < 0) {
-        __builtin_cpu_init();
-        cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    }
-    return cached;
-}
-#else
-#define NN_X86_DISPATCH 0
-#define NN_TARGET_AVX2
-#endif
-#if defined(__GNUC__)
-#define NN_INLINE static inline __attribute__((always_inline))
-#else
-#define NN_INLINE static inline
-#endif
+#include "_simd.h"
 
 /* ---------------------------------------------------------------- scalars -- */
 
@@ -105,144 +84,12 @@ NN_INLINE double nn_exp(double x)
     return x != x ? x : y;
 }
 
-/* ----------------------------------------------------------------- arrays -- */
-
 /*
- * The array loops are the same algorithm for float and double; one macro body is
- * instantiated per type (T = element type, S = suffix f/d, EXP = scalar exp; I, ABS,
- * INF = same-size signed integer, |x| bit mask, bits of +inf).
- *   nn_vexp_sum_S(y, x, shift, n): y[i] = exp(x[i] - shift), returns sum(y); y may alias x.
- *   nn_vexp_S(y, x, n):            y[i] = exp(x[i]).
- *   nn_vmax_S(x, n):               max(x), -inf for n == 0, NaN if any x[i] is NaN
- *                                  (NaN-sticky, like np.max / torch.max, so that a NaN
- *                                  score reaches the softmax and makes its row NaN
- *                                  instead of being skipped).  A fused NaN-sticky
- *                                  select does not vectorise with GCC (scalar, ~4x
- *                                  slower), so the max is the plain vectorised select
- *                                  and NaN is detected by a second vectorised pass:
- *                                  the signed-integer max of |bits(x)|, which exceeds
- *                                  bits(+inf) iff some x is NaN (softmax of 4096x512,
- *                                  1 thread: +1-3 % float32, +8-15 % float64; a float
- *                                  `x != x` select pass cost +25-40 %).
- *   nn_vdot_S(x, y, n):            sum(x[i] * y[i]).
- */
-#define NN_SUM8(acc) (((acc)[0] + (acc)[4]) + ((acc)[1] + (acc)[5])) + \
-                     (((acc)[2] + (acc)[6]) + ((acc)[3] + (acc)[7]))
-
-#define NN_DEFINE_ARRAY_OPS(T, S, EXP, V, A, I, ABS, INF)                         \
-A static T nn_vexp_sum_##S##V(T *y, const T *x, T shift, ptrdiff_t n)          \
-{                                                                                   \
-    T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                            \
-    ptrdiff_t i = 0, j;                                                             \
-    for (; i + 8 <= n; i += 8)                                                      \
-        for (j = 0; j < 8; j++) {                                                   \
-            T e = EXP(x[i + j] - shift);                                            \
-            y[i + j] = e;                                                           \
-            acc[j] += e;                                                            \
-        }                                                                           \
-    for (j = 0; i < n; i++, j++) {                                                  \
-        T e = EXP(x[i] - shift);                                                    \
-        y[i] = e;                                                                   \
-        acc[j] += e;                                                                \
-    }                                                                               \
-    return NN_SUM8(acc);                                                            \
-}                                                                                   \
-A static void nn_vexp_##S##V(T *y, const T *x, ptrdiff_t n)                    \
-{                                                                                   \
-    for (ptrdiff_t i = 0; i < n; i++)                                               \
-        y[i] = EXP(x[i]);                                                           \
-}                                                                                   \
-A static T nn_vmax_##S##V(const T *x, ptrdiff_t n)                             \
-{                                                                                   \
-    T acc[8];                                                                       \
-    I mb[8];                                                                        \
-    ptrdiff_t i = 0, j;                                                             \
-    for (j = 0; j < 8; j++)                                                         \
-        acc[j] = -INFINITY;                                                         \
-    for (; i + 8 <= n; i += 8)                                                      \
-        for (j = 0; j < 8; j++)                                                     \
-            acc[j] = x[i + j] > acc[j] ? x[i + j] : acc[j];                         \
-    for (j = 0; i < n; i++, j++)                                                    \
-        acc[j] = x[i] > acc[j] ? x[i] : acc[j];                                     \
-    for (j = 1; j < 8; j++)                                                         \
-        acc[0] = acc[j] > acc[0] ? acc[j] : acc[0];                                 \
-    /* NaN check: the largest |bits(x)| as a signed integer exceeds bits(inf)    */ \
-    /* iff some x is NaN (integer max: vectorises, unlike any float NaN select)  */ \
-    for (j = 0; j < 8; j++)                                                         \
-        mb[j] = 0;                                                                  \
-    for (i = 0; i + 8 <= n; i += 8)                                                 \
-        for (j = 0; j < 8; j++) {                                                   \
-            I u;                                                                    \
-            memcpy(&u, x + i + j, sizeof u);                                        \
-            u &= ABS;                                                               \
-            mb[j] = u > mb[j] ? u : mb[j];                                          \
-        }                                                                           \
-    for (j = 0; i < n; i++, j++) {                                                  \
-        I u;                                                                        \
-        memcpy(&u, x + i, sizeof u);                                                \
-        u &= ABS;                                                                   \
-        mb[j] = u > mb[j] ? u : mb[j];                                              \
-    }                                                                               \
-    for (j = 1; j < 8; j++)                                                         \
-        mb[0] = mb[j] > mb[0] ? mb[j] : mb[0];                                      \
-    return mb[0] > INF ? (T)NAN : acc[0];                                           \
-}                                                                                   \
-A static T nn_vdot_##S##V(const T *x, const T *y, ptrdiff_t n)                 \
-{                                                                                   \
-    T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                            \
-    ptrdiff_t i = 0, j;                                                             \
-    for (; i + 8 <= n; i += 8)                                                      \
-        for (j = 0; j < 8; j++)                                                     \
-            acc[j] += x[i + j] * y[i + j];                                          \
-    for (j = 0; i < n; i++, j++)                                                    \
-        acc[j] += x[i] * y[i];                                                      \
-    return NN_SUM8(acc);                                                            \
-}
-
-/* I, ABS, INF: signed integer type of the element's size, |x| bit mask, bits of +inf */
-#define NN_F_BITS int32_t, INT32_C(0x7fffffff), INT32_C(0x7f800000)
-#define NN_D_BITS int64_t, INT64_C(0x7fffffffffffffff), INT64_C(0x7ff0000000000000)
-#define NN_DEFINE_ARRAY_OPS_X(...) NN_DEFINE_ARRAY_OPS(__VA_ARGS__)   /* expands *_BITS */
-
-NN_DEFINE_ARRAY_OPS_X(float, f, nn_expf, _base, , NN_F_BITS)
-NN_DEFINE_ARRAY_OPS_X(double, d, nn_exp, _base, , NN_D_BITS)
-#if NN_X86_DISPATCH
-NN_DEFINE_ARRAY_OPS_X(float, f, nn_expf, _avx2, NN_TARGET_AVX2, NN_F_BITS)
-NN_DEFINE_ARRAY_OPS_X(double, d, nn_exp, _avx2, NN_TARGET_AVX2, NN_D_BITS)
-#define NN_PICK(name, args) (nn_has_avx2_fma() ? name##_avx2 args : name##_base args)
-#else
-#define NN_PICK(name, args) (name##_base args)
-#endif
-
-static inline float nn_vexp_sum_f(float *y, const float *x, float shift, ptrdiff_t n)
-{ return NN_PICK(nn_vexp_sum_f, (y, x, shift, n)); }
-static inline double nn_vexp_sum_d(double *y, const double *x, double shift, ptrdiff_t n)
-{ return NN_PICK(nn_vexp_sum_d, (y, x, shift, n)); }
-static inline void nn_vexp_f(float *y, const float *x, ptrdiff_t n)
-{ NN_PICK(nn_vexp_f, (y, x, n)); }
-static inline void nn_vexp_d(double *y, const double *x, ptrdiff_t n)
-{ NN_PICK(nn_vexp_d, (y, x, n)); }
-static inline float nn_vmax_f(const float *x, ptrdiff_t n)
-{ return NN_PICK(nn_vmax_f, (x, n)); }
-static inline double nn_vmax_d(const double *x, ptrdiff_t n)
-{ return NN_PICK(nn_vmax_d, (x, n)); }
-static inline float nn_vdot_f(const float *x, const float *y, ptrdiff_t n)
-{ return NN_PICK(nn_vdot_f, (x, y, n)); }
-static inline double nn_vdot_d(const double *x, const double *y, ptrdiff_t n)
-{ return NN_PICK(nn_vdot_d, (x, y, n)); }
-
-
-/* ------------------------------------------ sigmoid / tanh (recurrent gates) -- */
-/*
- * Appended for the recurrent kernels (src_pyx/_recurrent.pyx).  Built on nn_expf /
- * nn_exp with the same AVX2/baseline dispatch; no libm tanh (C tanhf ~20 ns/element).
- *   sigmoid(x) = 1 / (1 + e)  (x >= 0),  e / (1 + e)  (x < 0),  e = exp(-|x|):
- *                never overflows, no clipping; -inf -> 0, +inf -> 1, NaN -> NaN.
- *   tanh(x)    = sign(x) * (1 - e) / (1 + e), e = exp(-2|x|), for |x| >= 0.625;
- *                below 0.625 the Cephes odd polynomial (float) / rational form
- *                (double), which avoids the cancellation in 1 - e near 0.
- * Accuracy (tests/test_vmath_gates.py, against float64/longdouble NumPy): a few ulp.
- *   nn_vsigmoid_S(y, x, n), nn_vtanh_S(y, x, n): element-wise, y may alias x.
+ * sigmoid(x) = 1 / (1 + e)  (x >= 0),  e / (1 + e)  (x < 0),  e = exp(-|x|):
+ *              never overflows, no clipping; -inf -> 0, +inf -> 1, NaN -> NaN.
+ * tanh(x)    = sign(x) * (1 - e) / (1 + e), e = exp(-2|x|), for |x| >= 0.625; below
+ *              0.625 the Cephes odd polynomial (float) / rational form (double),
+ *              which avoids the cancellation in 1 - e near 0.
  */
 NN_INLINE float nn_sigmoidf(float x)
 {
@@ -286,7 +133,97 @@ NN_INLINE double nn_tanh(double x)
     return copysign(r, x);
 }
 
-#define NN_DEFINE_GATE_OPS(T, S, SIG, TANH, V, A)                                   \
+/* ----------------------------------------------------------------- arrays -- */
+
+/*
+ * One macro body per loop family, instantiated per type and SIMD level (T element
+ * type, S suffix f/d, V level suffix _base/_avx2, A its target attribute; I, ABS,
+ * INF: same-size signed integer, |x| bit mask, bits of +inf).
+ *   nn_vexp_sum_S(y, x, shift, n): y[i] = exp(x[i] - shift), returns sum(y); y may alias x.
+ *   nn_vexp_S(y, x, n):            y[i] = exp(x[i]).
+ *   nn_vmax_S(x, n):               max(x), -inf for n == 0, NaN if any x[i] is NaN
+ *                                  (NaN-sticky like np.max, so a NaN score makes its
+ *                                  softmax row NaN instead of being skipped).  The max
+ *                                  is the plain vectorised select; NaN is detected by
+ *                                  a second vectorised pass, the signed-integer max
+ *                                  of |bits(x)| (a fused NaN-sticky float select does
+ *                                  not vectorise with GCC).
+ *   nn_vdot_S(x, y, n):            sum(x[i] * y[i]).
+ *   nn_vsigmoid_S(y, x, n), nn_vtanh_S(y, x, n): element-wise, y may alias x.
+ */
+#define NN_SUM8(acc) (((acc)[0] + (acc)[4]) + ((acc)[1] + (acc)[5])) + \
+                     (((acc)[2] + (acc)[6]) + ((acc)[3] + (acc)[7]))
+
+#define NN_DEFINE_ARRAY_OPS(T, S, EXP, V, A, I, ABS, INF)                         \
+A static T nn_vexp_sum_##S##V(T *y, const T *x, T shift, ptrdiff_t n)          \
+{                                                                                   \
+    T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                            \
+    ptrdiff_t i = 0, j;                                                             \
+    for (; i + 8 <= n; i += 8)                                                      \
+        for (j = 0; j < 8; j++) {                                                   \
+            T e = EXP(x[i + j] - shift);                                            \
+            y[i + j] = e;                                                           \
+            acc[j] += e;                                                            \
+        }                                                                           \
+    for (j = 0; i < n; i++, j++) {                                                  \
+        T e = EXP(x[i] - shift);                                                    \
+        y[i] = e;                                                                   \
+        acc[j] += e;                                                                \
+    }                                                                               \
+    return NN_SUM8(acc);                                                            \
+}                                                                                   \
+A static void nn_vexp_##S##V(T *y, const T *x, ptrdiff_t n)                    \
+{                                                                                   \
+    for (ptrdiff_t i = 0; i < n; i++)                                               \
+        y[i] = EXP(x[i]);                                                           \
+}                                                                                   \
+A static T nn_vmax_##S##V(const T *x, ptrdiff_t n)                             \
+{                                                                                   \
+    T acc[8];                                                                       \
+    I mb[8];                                                                        \
+    ptrdiff_t i = 0, j;                                                             \
+    for (j = 0; j < 8; j++)                                                         \
+        acc[j] = -INFINITY;                                                         \
+    for (; i + 8 <= n; i += 8)                                                      \
+        for (j = 0; j < 8; j++)                                                     \
+            acc[j] = x[i + j] > acc[j] ? x[i + j] : acc[j];                         \
+    for (j = 0; i < n; i++, j++)                                                    \
+        acc[j] = x[i] > acc[j] ? x[i] : acc[j];                                     \
+    for (j = 1; j < 8; j++)                                                         \
+        acc[0] = acc[j] > acc[0] ? acc[j] : acc[0];                                 \
+    /* NaN check: max |bits(x)| as a signed integer exceeds bits(inf) iff a NaN  */ \
+    for (j = 0; j < 8; j++)                                                         \
+        mb[j] = 0;                                                                  \
+    for (i = 0; i + 8 <= n; i += 8)                                                 \
+        for (j = 0; j < 8; j++) {                                                   \
+            I u;                                                                    \
+            memcpy(&u, x + i + j, sizeof u);                                        \
+            u &= ABS;                                                               \
+            mb[j] = u > mb[j] ? u : mb[j];                                          \
+        }                                                                           \
+    for (j = 0; i < n; i++, j++) {                                                  \
+        I u;                                                                        \
+        memcpy(&u, x + i, sizeof u);                                                \
+        u &= ABS;                                                                   \
+        mb[j] = u > mb[j] ? u : mb[j];                                              \
+    }                                                                               \
+    for (j = 1; j < 8; j++)                                                         \
+        mb[0] = mb[j] > mb[0] ? mb[j] : mb[0];                                      \
+    return mb[0] > INF ? (T)NAN : acc[0];                                           \
+}                                                                                   \
+A static T nn_vdot_##S##V(const T *x, const T *y, ptrdiff_t n)                 \
+{                                                                                   \
+    T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                            \
+    ptrdiff_t i = 0, j;                                                             \
+    for (; i + 8 <= n; i += 8)                                                      \
+        for (j = 0; j < 8; j++)                                                     \
+            acc[j] += x[i + j] * y[i + j];                                          \
+    for (j = 0; i < n; i++, j++)                                                    \
+        acc[j] += x[i] * y[i];                                                      \
+    return NN_SUM8(acc);                                                            \
+}
+
+#define NN_DEFINE_ACT_OPS(T, S, SIG, TANH, V, A)                                   \
 A static void nn_vsigmoid_##S##V(T *y, const T *x, ptrdiff_t n)                     \
 {                                                                                   \
     for (ptrdiff_t i = 0; i < n; i++)                                               \
@@ -298,13 +235,155 @@ A static void nn_vtanh_##S##V(T *y, const T *x, ptrdiff_t n)                    
         y[i] = TANH(x[i]);                                                          \
 }
 
-NN_DEFINE_GATE_OPS(float, f, nn_sigmoidf, nn_tanhf, _base, )
-NN_DEFINE_GATE_OPS(double, d, nn_sigmoid, nn_tanh, _base, )
+/* I, ABS, INF: signed integer type of the element's size, |x| bit mask, bits of +inf */
+#define NN_F_BITS int32_t, INT32_C(0x7fffffff), INT32_C(0x7f800000)
+#define NN_D_BITS int64_t, INT64_C(0x7fffffffffffffff), INT64_C(0x7ff0000000000000)
+#define NN_DEFINE_ARRAY_OPS_X(...) NN_DEFINE_ARRAY_OPS(__VA_ARGS__)   /* expands *_BITS */
+
+NN_DEFINE_ARRAY_OPS_X(float, f, nn_expf, _base, , NN_F_BITS)
+NN_DEFINE_ARRAY_OPS_X(double, d, nn_exp, _base, , NN_D_BITS)
+NN_DEFINE_ACT_OPS(float, f, nn_sigmoidf, nn_tanhf, _base, )
+NN_DEFINE_ACT_OPS(double, d, nn_sigmoid, nn_tanh, _base, )
 #if NN_X86_DISPATCH
-NN_DEFINE_GATE_OPS(float, f, nn_sigmoidf, nn_tanhf, _avx2, NN_TARGET_AVX2)
-NN_DEFINE_GATE_OPS(double, d, nn_sigmoid, nn_tanh, _avx2, NN_TARGET_AVX2)
+NN_DEFINE_ARRAY_OPS_X(float, f, nn_expf, _avx2, NN_TARGET_AVX2, NN_F_BITS)
+NN_DEFINE_ARRAY_OPS_X(double, d, nn_exp, _avx2, NN_TARGET_AVX2, NN_D_BITS)
+NN_DEFINE_ACT_OPS(float, f, nn_sigmoidf, nn_tanhf, _avx2, NN_TARGET_AVX2)
+NN_DEFINE_ACT_OPS(double, d, nn_sigmoid, nn_tanh, _avx2, NN_TARGET_AVX2)
 #endif
 
+/* ------------------------------------------------ AVX-512F exp-sum (level 2) -- */
+/*
+ * One 16-float / 8-double intrinsic loop for the softmax exp pass.  float: nn_expf's
+ * Cephes reduction and polynomial (<= 2 ulp); double: nn_exp's two-constant
+ * reduction and a degree-13 Taylor polynomial on |r| <= ln2/2 (truncation < 1e-17
+ * relative, ~1 ulp overall).  2^n is applied with vscalef (exact).  x below the
+ * underflow bound -> 0, -inf -> 0, NaN -> NaN.  One vector accumulator in a fixed
+ * order: deterministic for a given n.
+ */
+#if NN_HAVE_AVX512
+#include <immintrin.h>
+
+/* exp(x) for 16 floats: Cephes expf reduction/polynomial (as nn_expf), 2^n by scalef.
+ * x < -87.34 -> 0, NaN -> NaN; callers pass x <= 0 (max-subtracted scores). */
+NN_TARGET_AVX512 static inline __m512 nn_exp16_avx512(__m512 x)
+{
+    const __m512 lo = _mm512_set1_ps(-87.33654475f), hi = _mm512_set1_ps(88.0f);
+    __m512 xc = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
+    r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    __m512 y = _mm512_scalef_ps(p, n);
+    y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ), _mm512_setzero_ps());
+    return _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), x);
+}
+
+/* exp(x) for 8 doubles: reduction as nn_exp, degree-13 Taylor polynomial on
+ * |r| <= ln2/2 (truncation < 1e-17 relative), 2^n by scalef. */
+NN_TARGET_AVX512 static inline __m512d nn_exp8_avx512(__m512d x)
+{
+    const __m512d lo = _mm512_set1_pd(-708.3964185322641), hi = _mm512_set1_pd(709.0);
+    __m512d xc = _mm512_min_pd(_mm512_max_pd(x, lo), hi);
+    __m512d n = _mm512_roundscale_pd(_mm512_mul_pd(xc, _mm512_set1_pd(1.4426950408889634)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512d r = _mm512_fnmadd_pd(n, _mm512_set1_pd(6.93145751953125e-1), xc);
+    r = _mm512_fnmadd_pd(n, _mm512_set1_pd(1.42860682030941723212e-6), r);
+    __m512d p = _mm512_set1_pd(1.0 / 6227020800.0);          /* 1/13! */
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / 479001600.0));
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / 39916800.0));
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / 3628800.0));
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / 362880.0));
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / 40320.0));
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / 5040.0));
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / 720.0));
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / 120.0));
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / 24.0));
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / 6.0));
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0.5));
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0));
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0));
+    __m512d y = _mm512_scalef_pd(p, n);
+    y = _mm512_mask_mov_pd(y, _mm512_cmp_pd_mask(x, lo, _CMP_LT_OQ), _mm512_setzero_pd());
+    return _mm512_mask_mov_pd(y, _mm512_cmp_pd_mask(x, x, _CMP_UNORD_Q), x);
+}
+
+/* y[i] = exp(x[i] - shift), returns sum(y); y may alias x. */
+NN_TARGET_AVX512 static float nn_vexp_sum_f_avx512(float *y, const float *x, float shift,
+                                                ptrdiff_t n)
+{
+    __m512 acc = _mm512_setzero_ps(), s = _mm512_set1_ps(shift);
+    ptrdiff_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 e = nn_exp16_avx512(_mm512_sub_ps(_mm512_loadu_ps(x + i), s));
+        _mm512_storeu_ps(y + i, e);
+        acc = _mm512_add_ps(acc, e);
+    }
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1u);
+        __m512 e = nn_exp16_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), s));
+        _mm512_mask_storeu_ps(y + i, m, e);
+        acc = _mm512_add_ps(acc, _mm512_maskz_mov_ps(m, e));
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+NN_TARGET_AVX512 static double nn_vexp_sum_d_avx512(double *y, const double *x, double shift,
+                                                  ptrdiff_t n)
+{
+    __m512d acc = _mm512_setzero_pd(), s = _mm512_set1_pd(shift);
+    ptrdiff_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m512d e = nn_exp8_avx512(_mm512_sub_pd(_mm512_loadu_pd(x + i), s));
+        _mm512_storeu_pd(y + i, e);
+        acc = _mm512_add_pd(acc, e);
+    }
+    if (i < n) {
+        __mmask8 m = (__mmask8)((1u << (n - i)) - 1u);
+        __m512d e = nn_exp8_avx512(_mm512_sub_pd(_mm512_maskz_loadu_pd(m, x + i), s));
+        _mm512_mask_storeu_pd(y + i, m, e);
+        acc = _mm512_add_pd(acc, _mm512_maskz_mov_pd(m, e));
+    }
+    return _mm512_reduce_add_pd(acc);
+}
+#endif
+
+/* ------------------------------------------------------- dispatched entries -- */
+
+static inline float nn_vexp_sum_f(float *y, const float *x, float shift, ptrdiff_t n)
+{
+#if NN_HAVE_AVX512
+    if (nn_simd_level() >= 2)
+        return nn_vexp_sum_f_avx512(y, x, shift, n);
+#endif
+    return NN_PICK(nn_vexp_sum_f, (y, x, shift, n));
+}
+static inline double nn_vexp_sum_d(double *y, const double *x, double shift, ptrdiff_t n)
+{
+#if NN_HAVE_AVX512
+    if (nn_simd_level() >= 2)
+        return nn_vexp_sum_d_avx512(y, x, shift, n);
+#endif
+    return NN_PICK(nn_vexp_sum_d, (y, x, shift, n));
+}
+static inline void nn_vexp_f(float *y, const float *x, ptrdiff_t n)
+{ NN_PICK(nn_vexp_f, (y, x, n)); }
+static inline void nn_vexp_d(double *y, const double *x, ptrdiff_t n)
+{ NN_PICK(nn_vexp_d, (y, x, n)); }
+static inline float nn_vmax_f(const float *x, ptrdiff_t n)
+{ return NN_PICK(nn_vmax_f, (x, n)); }
+static inline double nn_vmax_d(const double *x, ptrdiff_t n)
+{ return NN_PICK(nn_vmax_d, (x, n)); }
+static inline float nn_vdot_f(const float *x, const float *y, ptrdiff_t n)
+{ return NN_PICK(nn_vdot_f, (x, y, n)); }
+static inline double nn_vdot_d(const double *x, const double *y, ptrdiff_t n)
+{ return NN_PICK(nn_vdot_d, (x, y, n)); }
 static inline void nn_vsigmoid_f(float *y, const float *x, ptrdiff_t n)
 { NN_PICK(nn_vsigmoid_f, (y, x, n)); }
 static inline void nn_vsigmoid_d(double *y, const double *x, ptrdiff_t n)
@@ -313,5 +392,84 @@ static inline void nn_vtanh_f(float *y, const float *x, ptrdiff_t n)
 { NN_PICK(nn_vtanh_f, (y, x, n)); }
 static inline void nn_vtanh_d(double *y, const double *x, ptrdiff_t n)
 { NN_PICK(nn_vtanh_d, (y, x, n)); }
+
+/* ---------------------------------------------------------------- transpose -- */
+/*
+ * nn_transpose_S(src, lds, R, C, dst, ldd, add):
+ *     dst[c*ldd + r] = src[r*lds + c]   (add: +=)   for r < R, c < C.
+ * src and dst must not overlap.  Baseline (and double): 16x16 blocks, so both sides
+ * stay in cache; float at level >= 1: AVX 8x8 register tiles, scalar edges.
+ */
+#define NN_TRANSPOSE_EDGE(r_lo, r_hi, c_lo, c_hi)                                    \
+    for (ptrdiff_t r = (r_lo); r < (r_hi); r++)                                     \
+        for (ptrdiff_t c = (c_lo); c < (c_hi); c++) {                               \
+            if (add) dst[c * ldd + r] += src[r * lds + c];                          \
+            else dst[c * ldd + r] = src[r * lds + c];                               \
+        }
+
+#define NN_DEFINE_TRANSPOSE_BLOCKED(T, NAME)                                          \
+static void NAME(const T *NN_RESTRICT src, ptrdiff_t lds, ptrdiff_t R, ptrdiff_t C,  \
+                 T *NN_RESTRICT dst, ptrdiff_t ldd, int add)                          \
+{                                                                                    \
+    for (ptrdiff_t r0 = 0; r0 < R; r0 += 16) {                                       \
+        ptrdiff_t r1 = r0 + 16 < R ? r0 + 16 : R;                                    \
+        for (ptrdiff_t c0 = 0; c0 < C; c0 += 16) {                                   \
+            ptrdiff_t c1 = c0 + 16 < C ? c0 + 16 : C;                                \
+            NN_TRANSPOSE_EDGE(r0, r1, c0, c1)                                        \
+        }                                                                            \
+    }                                                                                \
+}
+
+NN_DEFINE_TRANSPOSE_BLOCKED(float, nn_transpose_f_base)
+NN_DEFINE_TRANSPOSE_BLOCKED(double, nn_transpose_d)
+
+#if NN_X86_DISPATCH
+#include <immintrin.h>
+NN_TARGET_AVX2 static void nn_transpose_f_avx2(const float *NN_RESTRICT src, ptrdiff_t lds,
+        ptrdiff_t R, ptrdiff_t C, float *NN_RESTRICT dst, ptrdiff_t ldd, int add)
+{
+    ptrdiff_t R8 = R & ~(ptrdiff_t)7, C8 = C & ~(ptrdiff_t)7;
+    for (ptrdiff_t r0 = 0; r0 < R8; r0 += 8) {
+        for (ptrdiff_t c0 = 0; c0 < C8; c0 += 8) {
+            const float *s = src + r0 * lds + c0;
+            __m256 r_0 = _mm256_loadu_ps(s), r_1 = _mm256_loadu_ps(s + lds);
+            __m256 r_2 = _mm256_loadu_ps(s + 2 * lds), r_3 = _mm256_loadu_ps(s + 3 * lds);
+            __m256 r_4 = _mm256_loadu_ps(s + 4 * lds), r_5 = _mm256_loadu_ps(s + 5 * lds);
+            __m256 r_6 = _mm256_loadu_ps(s + 6 * lds), r_7 = _mm256_loadu_ps(s + 7 * lds);
+            __m256 t0 = _mm256_unpacklo_ps(r_0, r_1), t1 = _mm256_unpackhi_ps(r_0, r_1);
+            __m256 t2 = _mm256_unpacklo_ps(r_2, r_3), t3 = _mm256_unpackhi_ps(r_2, r_3);
+            __m256 t4 = _mm256_unpacklo_ps(r_4, r_5), t5 = _mm256_unpackhi_ps(r_4, r_5);
+            __m256 t6 = _mm256_unpacklo_ps(r_6, r_7), t7 = _mm256_unpackhi_ps(r_6, r_7);
+            __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+            __m256 u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+            __m256 u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+            __m256 u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+            __m256 u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+            __m256 u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+            __m256 u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+            __m256 u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+            __m256 v[8];
+            v[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+            v[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+            v[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+            v[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+            v[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+            v[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+            v[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+            v[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+            for (int i = 0; i < 8; i++) {
+                float *d = dst + (c0 + i) * ldd + r0;
+                _mm256_storeu_ps(d, add ? _mm256_add_ps(_mm256_loadu_ps(d), v[i]) : v[i]);
+            }
+        }
+        NN_TRANSPOSE_EDGE(r0, r0 + 8, C8, C)
+    }
+    NN_TRANSPOSE_EDGE(R8, R, 0, C)
+}
+#endif
+
+static inline void nn_transpose_f(const float *src, ptrdiff_t lds, ptrdiff_t R, ptrdiff_t C,
+                                  float *dst, ptrdiff_t ldd, int add)
+{ NN_PICK(nn_transpose_f, (src, lds, R, C, dst, ldd, add)); }
 
 #endif /* NN_CORE_VMATH_H */

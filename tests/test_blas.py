@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from nn_core._kernels import _blas_check
+from nn_core._kernels import _testing
 
 
 @pytest.mark.parametrize("trans_a", [False, True])
@@ -15,7 +15,7 @@ def test_gemm_every_transpose(dtype, trans_a, trans_b, rng):
     alpha, beta = rng.standard_normal(2)
     expected = alpha * ((a.T if trans_a else a).astype(np.float64)
                         @ (b.T if trans_b else b).astype(np.float64)) + beta * c
-    _blas_check.gemm_memview(trans_a, trans_b, dtype(alpha), a, b, dtype(beta), c)
+    _testing.gemm_memview(trans_a, trans_b, dtype(alpha), a, b, dtype(beta), c)
     tol = 1e-4 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(c, expected, rtol=tol, atol=tol * k)
 
@@ -27,7 +27,7 @@ def test_gemv_both_transposes(dtype, trans_a, rng):
     x = rng.standard_normal(m if trans_a else n).astype(dtype)
     y = rng.standard_normal(n if trans_a else m).astype(dtype)
     expected = 1.5 * ((a.T if trans_a else a).astype(np.float64) @ x) - 0.5 * y
-    _blas_check.gemv_memview(trans_a, dtype(1.5), a, x, dtype(-0.5), y)
+    _testing.gemv_memview(trans_a, dtype(1.5), a, x, dtype(-0.5), y)
     tol = 1e-4 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(y, expected, rtol=tol, atol=tol * max(m, n))
 
@@ -35,10 +35,21 @@ def test_gemv_both_transposes(dtype, trans_a, rng):
 def test_gemm_rejects_inconsistent_shapes():
     a = np.ones((3, 4))
     with pytest.raises(ValueError, match="inconsistent"):
-        _blas_check.gemm_memview(False, False, 1.0, a, np.ones((5, 2)), 0.0, np.ones((3, 2)))
+        _testing.gemm_memview(False, False, 1.0, a, np.ones((5, 2)), 0.0, np.ones((3, 2)))
+    with pytest.raises(ValueError, match="inconsistent"):
+        _testing.gemm_repeat(False, False, a, np.ones((5, 2)), np.ones((3, 2)), 1)
+    with pytest.raises(ValueError, match="inconsistent"):
+        _testing.gemv_memview(False, 1.0, a, np.ones(3), 0.0, np.ones(3))
+
+
+def test_gemm_repeat_computes_the_product(rng):
+    a, b = rng.standard_normal((5, 3)), rng.standard_normal((4, 3))
+    c = np.full((5, 4), np.nan)
+    _testing.gemm_repeat(False, True, a, b, c, 3)
+    np.testing.assert_allclose(c, a @ b.T, rtol=1e-12)
 
 
 def test_gemm_rejects_non_contiguous():
     a = np.ones((3, 8))[:, ::2]
     with pytest.raises(ValueError):
-        _blas_check.gemm_memview(False, False, 1.0, a, np.ones((4, 2)), 0.0, np.ones((3, 2)))
+        _testing.gemm_memview(False, False, 1.0, a, np.ones((4, 2)), 0.0, np.ones((3, 2)))

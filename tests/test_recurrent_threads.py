@@ -162,53 +162,59 @@ _KIND = {"rnn_tanh": (K.RNN_TANH, 1), "rnn_relu": (K.RNN_RELU, 1), "lstm": (K.LS
 
 
 def _forward_args(rng, kind, T, B, D, H, lengths, reverse, dtype=np.float64):
+    """Keyword arguments of ``K.ForwardSweep``."""
     k, G = _KIND[kind]
     GH = G * H
     W_hh = rng.standard_normal((GH, H)).astype(dtype) * 0.5
     big = (T + 1, B, H)
     hs = np.zeros(big, dtype)
     hs[0] = rng.standard_normal((B, H))
-    cs = np.zeros(big if k == K.LSTM else (1, 1, 1), dtype)
+    cs = np.zeros(big, dtype) if k == K.LSTM else None
     if k == K.LSTM:
         cs[0] = rng.standard_normal((B, H))
-    aux = np.empty((T, B, H) if k >= K.LSTM else (1, 1, 1), dtype)
-    return [k, reverse, rng.standard_normal((T, B, D)).astype(dtype),
-            rng.standard_normal((GH, D)).astype(dtype), W_hh, np.ascontiguousarray(W_hh.T),
-            rng.standard_normal(GH).astype(dtype), rng.standard_normal(H).astype(dtype),
-            lengths, np.empty((T, B, GH), dtype), hs, cs, aux, np.empty((T, B, H), dtype),
-            np.empty((B, GH), dtype)]
+    aux = np.empty((T, B, H), dtype) if k >= K.LSTM else None
+    return dict(kind=k, reverse=reverse, x=rng.standard_normal((T, B, D)).astype(dtype),
+                lengths=lengths, W_ih=rng.standard_normal((GH, D)).astype(dtype),
+                W_hh=W_hh, W_hhT=np.ascontiguousarray(W_hh.T), gates=np.empty((T, B, GH), dtype),
+                hs=hs, cs=cs, aux=aux, bx=rng.standard_normal(GH).astype(dtype),
+                bhn=rng.standard_normal(H).astype(dtype), out=np.empty((T, B, H), dtype),
+                hh=np.empty((B, GH), dtype))
+
+
+_SHARED = ("kind", "reverse", "x", "lengths", "W_ih", "W_hh", "W_hhT", "gates", "hs", "cs",
+           "aux")
 
 
 def _backward_args(rng, fw):
-    k, reverse, x, W_ih, W_hh, W_hhT, _, _, lengths, gates, hs, cs, aux, _, _ = fw
+    """Keyword arguments of ``K.BackwardSweep`` after the forward ``fw``."""
+    k, reverse, x, hs = fw["kind"], fw["reverse"], fw["x"], fw["hs"]
     T, B, D = x.shape
-    H, GH, dt = hs.shape[2], gates.shape[2], x.dtype
+    H, GH, dt = hs.shape[2], fw["gates"].shape[2], x.dtype
     nan = lambda *shape: np.full(shape, np.nan, dt)          # noqa: E731  scratch
-    dGs = nan(T, B, GH)
-    dGt = nan(T, B, GH) if (reverse or k == K.GRU_RA) else dGs
     fuse = not reverse and k <= K.LSTM
-    return [k, reverse, x, W_ih, W_hh, W_hhT, lengths, gates, hs, cs, aux,
-            rng.standard_normal((T, B, H)).astype(dt), True,
-            rng.standard_normal((B, H)).astype(dt),
-            rng.standard_normal((B, H) if k == K.LSTM else (1, 1)).astype(dt),
-            nan(T, B, D), rng.standard_normal((GH, D)).astype(dt),
-            rng.standard_normal((GH, H)).astype(dt), rng.standard_normal(GH).astype(dt),
-            rng.standard_normal(GH).astype(dt), True, dGs, dGt, nan(B, H), nan(B, H),
-            np.ones(T * B, dt), np.zeros(H, dt), nan(T * B, D + H) if fuse else nan(1, 1),
-            nan(GH, D + H) if fuse else nan(1, 1), fuse]
+    args = {name: fw[name] for name in _SHARED}
+    args.update(grad_out=rng.standard_normal((T, B, H)).astype(dt),
+                dh=rng.standard_normal((B, H)).astype(dt),
+                dc=rng.standard_normal((B, H)).astype(dt) if k == K.LSTM else None,
+                grad_x=nan(T, B, D), grad_W_ih=rng.standard_normal((GH, D)).astype(dt),
+                grad_W_hh=rng.standard_normal((GH, H)).astype(dt),
+                grad_b_ih=rng.standard_normal(GH).astype(dt),
+                grad_b_hh=rng.standard_normal(GH).astype(dt), dGs=nan(T, B, GH),
+                dGt=nan(T, B, GH) if (reverse or k == K.GRU_RA) else None,
+                xh=nan(T * B, D + H) if fuse else None, gw=nan(GH, D + H) if fuse else None)
+    return args
 
 
 def _copy(args):
-    """Copy the arrays of an argument list, keeping arrays that were shared shared."""
+    """Copy the arrays of keyword arguments, keeping arrays that were shared shared."""
     memo = {}
-    return [memo.setdefault(id(a), a.copy()) if isinstance(a, np.ndarray) else a
-            for a in args]
+    return {k: memo.setdefault(id(a), a.copy()) if isinstance(a, np.ndarray) else a
+            for k, a in args.items()}
 
 
-# outputs of rnn_forward / rnn_backward (argument positions)
-_FW_OUT = {"gates": 9, "hs": 10, "cs": 11, "aux": 12, "out": 13}
-_BW_OUT = {"dh": 13, "dc": 14, "grad_x": 15, "gW_ih": 16, "gW_hh": 17, "gb_ih": 18,
-           "gb_hh": 19}
+# outputs of the forward / backward sweeps
+_FW_OUT = ("gates", "hs", "cs", "aux", "out")
+_BW_OUT = ("dh", "dc", "grad_x", "grad_W_ih", "grad_W_hh", "grad_b_ih", "grad_b_hh")
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -219,29 +225,33 @@ def test_kernel_phases_compose_to_the_whole_sweep(kind, reverse, rng):
     lengths[0] = T
     a = _forward_args(rng, kind, T, B, D, H, lengths, reverse)
     b = _copy(a)
-    K.rnn_forward(*a)
+    K.rnn_forward(K.ForwardSweep(**a))
+    fb = K.ForwardSweep(**b)
     for r in ((0, 7), (7, T * B)):
-        K.rnn_forward(*b, K.PHASE_PROJ, *r)
+        K.rnn_forward(fb, K.PHASE_PROJ, *r)
     for r in ((0, 1), (1, 4), (4, B)):
-        K.rnn_forward(*b, K.PHASE_STEPS, *r)
-    for name, i in _FW_OUT.items():
-        np.testing.assert_allclose(b[i], a[i], rtol=1e-13, atol=1e-13, err_msg=name)
+        K.rnn_forward(fb, K.PHASE_STEPS, *r)
+    for name in _FW_OUT:
+        if a[name] is not None:
+            np.testing.assert_allclose(b[name], a[name], rtol=1e-13, atol=1e-13, err_msg=name)
 
     ga = _backward_args(rng, a)
     gb = _copy(ga)
-    K.rnn_backward(*ga)
-    GH = a[9].shape[2]
+    K.rnn_backward(K.BackwardSweep(**ga))
+    sb = K.BackwardSweep(**gb)
+    GH = a["gates"].shape[2]
     for r in ((0, 1), (1, B - 1), (B - 1, B)):
-        K.rnn_backward(*gb, K.PHASE_STEPS, *r)
+        K.rnn_backward(sb, K.PHASE_STEPS, *r)
     for r in ((0, 1), (1, T * B)):
-        K.rnn_backward(*gb, K.PHASE_GRAD_X, *r)
+        K.rnn_backward(sb, K.PHASE_GRAD_X, *r)
     cuts = sorted({0, 1, 2 * H - 1, 2 * H + 1, GH - 1, GH} & set(range(GH + 1)))
     for r in zip(cuts[:-1], cuts[1:]):
-        K.rnn_backward(*gb, K.PHASE_WGRAD, *r)
-    for name, i in _BW_OUT.items():
-        if ga[i].size > 1:
-            assert np.isfinite(ga[i]).all(), name
-            np.testing.assert_allclose(gb[i], ga[i], rtol=1e-12, atol=1e-12, err_msg=name)
+        K.rnn_backward(sb, K.PHASE_WGRAD, *r)
+    for name in _BW_OUT:
+        if ga[name] is not None:
+            assert np.isfinite(ga[name]).all(), name
+            np.testing.assert_allclose(gb[name], ga[name], rtol=1e-12, atol=1e-12,
+                                       err_msg=name)
 
 
 def test_kernel_phases_transposed_layout_f32(rng):
@@ -249,11 +259,12 @@ def test_kernel_phases_transposed_layout_f32(rng):
     T, B, D, H = 3, 3, 4, 256
     a = _forward_args(rng, "lstm", T, B, D, H, np.full(B, T, np.int64), False, np.float32)
     b = _copy(a)
-    K.rnn_forward(*a)
-    K.rnn_forward(*b, K.PHASE_PROJ, 0, T * B)
+    K.rnn_forward(K.ForwardSweep(**a))
+    fb = K.ForwardSweep(**b)
+    K.rnn_forward(fb, K.PHASE_PROJ, 0, T * B)
     for r in ((0, 1), (1, B)):
-        K.rnn_forward(*b, K.PHASE_STEPS, *r)
-    _assert_same([b[13]], [a[13]], np.float32)    # another GEMM form: equal to rounding
+        K.rnn_forward(fb, K.PHASE_STEPS, *r)
+    _assert_same([b["out"]], [a["out"]], np.float32)    # another GEMM form: equal to rounding
 
 
 @pytest.mark.parametrize("phase, r0, r1, match", [
@@ -266,7 +277,7 @@ def test_kernel_phases_transposed_layout_f32(rng):
 def test_forward_phase_range_errors(phase, r0, r1, match, rng):
     a = _forward_args(rng, "lstm", 3, 4, 2, 3, np.full(4, 3, np.int64), False)
     with pytest.raises(ValueError, match=match):
-        K.rnn_forward(*a, phase, r0, r1)
+        K.rnn_forward(K.ForwardSweep(**a), phase, r0, r1)
 
 
 @pytest.mark.parametrize("phase, r0, r1, match", [
@@ -279,14 +290,13 @@ def test_forward_phase_range_errors(phase, r0, r1, match, rng):
 ])
 def test_backward_phase_range_errors(phase, r0, r1, match, rng):
     a = _forward_args(rng, "lstm", 3, 4, 2, 3, np.full(4, 3, np.int64), False)
-    K.rnn_forward(*a)
+    K.rnn_forward(K.ForwardSweep(**a))
     g = _backward_args(rng, a)
-    before = [x.copy() for x in g if isinstance(x, np.ndarray)]
+    before = {k: x.copy() for k, x in g.items() if isinstance(x, np.ndarray)}
     with pytest.raises(ValueError, match=match):
-        K.rnn_backward(*g, phase, r0, r1)
-    after = [x for x in g if isinstance(x, np.ndarray)]
-    for u, v in zip(before, after):                 # nothing was written
-        np.testing.assert_array_equal(u, v)
+        K.rnn_backward(K.BackwardSweep(**g), phase, r0, r1)
+    for k, u in before.items():                     # nothing was written
+        np.testing.assert_array_equal(u, g[k], err_msg=k)
 
 
 def test_worker_thread_never_splits(force_split):

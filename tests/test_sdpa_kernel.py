@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 import nn_core.attention.scaled_dot_product as sdp
+from nn_core import _parallel
 from nn_core._kernels import _attention as kattn
+from nn_core._kernels import _testing
 from nn_core.attention import ScaledDotProductAttention
 
 
@@ -66,12 +68,14 @@ def _run(q, k, v, g, dtype, fused=True, **kw):
     return (out, w) + grads
 
 
-@pytest.fixture(params=[True, False], ids=["simd", "avx2"])
+@pytest.fixture(params=[2, 1, 0], ids=["avx512", "avx2", "baseline"])
 def exp_path(request):
-    """Run with the AVX-512 exp loop (when the CPU has it) and with _vmath's."""
-    kattn.use_avx512(request.param)
+    """Run at every SIMD level the CPU has (AVX-512 exp-sum, AVX2 loops, baseline)."""
+    if _testing.set_simd_level(request.param) != request.param:
+        _testing.set_simd_level(2)
+        pytest.skip(f"this CPU has no SIMD level {request.param}")
     yield request.param
-    kattn.use_avx512(True)
+    _testing.set_simd_level(2)
 
 
 @pytest.fixture
@@ -180,11 +184,11 @@ def test_threaded_slabs_match_single_thread(rng, monkeypatch, workers):
     k, v = rng.standard_normal((2, 2, 1, 17, 4)), rng.standard_normal((2, 2, 1, 17, 6))
     g = rng.standard_normal((2, 2, 3, 13, 6))
     want = _run(q, k, v, g, np.float64, is_causal=True)
-    before = kattn.blas_threads()
+    before = [lc.get_num_threads() for lc in _parallel._BLAS.libs()]
     monkeypatch.setattr(sdp, "_MAX_WORKERS", workers)
     monkeypatch.setattr(sdp, "_MIN_WORK_PER_THREAD", 1)
     got = _run(q, k, v, g, np.float64, is_causal=True)
-    assert kattn.blas_threads() == before
+    assert [lc.get_num_threads() for lc in _parallel._BLAS.libs()] == before
     for x, y in zip(got, want):
         np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-14)
 
@@ -229,35 +233,69 @@ def test_dropout_training_uses_generic_path_and_eval_the_kernel(rng):
                                atol=1e-14)
 
 
-def _kernel_args(P=2, L_q=3, L_k=4, d=2, dtype=np.float64, **over):
+def _call_args(P=2, L_q=3, L_k=4, d=2, dtype=np.float64, **over):
+    """Keyword arguments of a well-formed ``SdpaCall`` over ``P`` slabs."""
     a = dict(q=np.zeros((1, 1, 1, P, L_q, d), dtype), k=np.zeros((1, 1, 1, P, L_k, d), dtype),
-             v=np.zeros((1, 1, 1, P, L_k, d), dtype), out=np.zeros(P * L_q * d, dtype),
-             probs=np.zeros(P * L_q * L_k, dtype), lead=(1, 1, 1, P),
-             scratch=np.zeros(L_k * d, dtype), mask=(0, np.zeros(1, np.uint8),
-                                                      np.zeros(1, dtype), np.zeros(1, np.intp),
-                                                      0, 0))
+             v=np.zeros((1, 1, 1, P, L_k, d), dtype), probs=np.zeros((P, L_q, L_k), dtype),
+             scale=1.0)
     a.update(over)
-    return (a["q"], a["k"], a["v"], a["out"], a["probs"], a["lead"], 0, P, 1.0,
-            *a["mask"], False, 0, a["scratch"])
+    return a
 
 
 def test_kernel_entry_validates_before_nogil():
-    kattn.sdpa_forward(*_kernel_args())                         # well-formed: runs
-    with pytest.raises(ValueError, match="key.shape"):
-        kattn.sdpa_forward(*_kernel_args(k=np.zeros((1, 1, 1, 3, 4, 2))))
-    with pytest.raises(ValueError, match="value slabs"):
-        kattn.sdpa_forward(*_kernel_args(v=np.zeros((1, 1, 1, 2, 5, 2))))
-    with pytest.raises(ValueError, match="probs must hold"):
-        kattn.sdpa_forward(*_kernel_args(probs=np.zeros(5)))
-    with pytest.raises(ValueError, match="scratch"):
-        kattn.sdpa_forward(*_kernel_args(scratch=np.zeros(3)))
-    with pytest.raises(ValueError, match="row stride"):                 # rows overlap
-        q = np.lib.stride_tricks.as_strided(np.zeros(20), (1, 1, 1, 2, 3, 2),
-                                            (8,) * 4 + (8, 8))
-        kattn.sdpa_forward(*_kernel_args(q=q))
-    bad_mask = (1, np.ones(4, np.uint8), np.zeros(1), np.zeros(2, np.intp), 1, 1)
-    with pytest.raises(ValueError, match="mask"):                      # mask too small
-        kattn.sdpa_forward(*_kernel_args(mask=bad_mask))
+    out = np.zeros((2, 3, 2))
+    call = kattn.SdpaCall(**_call_args())
+    kattn.sdpa_forward(call, out, 0, 2)                            # well-formed: runs
+    assert (call.slabs, call.L_q, call.L_k, call.d_k, call.d_v) == (2, 3, 4, 2, 2)
+    bad = {
+        "must broadcast": dict(k=np.zeros((1, 1, 1, 3, 4, 2))),
+        "value slabs": dict(v=np.zeros((1, 1, 1, 2, 5, 2))),
+        "probs must have shape": dict(probs=np.zeros((2, 3, 5))),
+        "row stride": dict(q=np.lib.stride_tricks.as_strided(       # rows overlap
+            np.zeros(20), (1, 1, 1, 2, 3, 2), (8,) * 4 + (8, 8))),
+        "reaches outside": dict(mask=(np.ones(4, np.uint8), np.zeros(2, np.intp), 1, 1)),
+        "mask offsets": dict(mask=(np.ones(12, np.uint8), np.zeros(3, np.intp), 4, 1)),
+        "non-negative": dict(mask=(np.ones(12, np.uint8), np.zeros(2, np.intp), -4, 1)),
+        "block sizes": dict(block_q=0),
+        "read-only": dict(probs=np.zeros((2, 3, 4)).copy()),
+        "float32 or float64": dict(q=np.zeros((1, 1, 1, 2, 3, 2), np.int64)),
+        "dtype mismatch": dict(k=np.zeros((1, 1, 1, 2, 4, 2), np.float32)),
+    }
+    bad["read-only"]["probs"].setflags(write=False)
+    for match, over in bad.items():
+        err = TypeError if match == "float32 or float64" else ValueError
+        with pytest.raises(err, match=match):
+            kattn.SdpaCall(**_call_args(**over))
+    with pytest.raises(ValueError, match="out must have shape"):
+        kattn.sdpa_forward(call, np.zeros((2, 3, 3)), 0, 2)
+    with pytest.raises(ValueError, match="slab range"):
+        kattn.sdpa_forward(call, out, 1, 3)
+    with pytest.raises(TypeError, match="dtype"):
+        kattn.sdpa_forward(call, out.astype(np.float32), 0, 2)
+    with pytest.raises(TypeError):
+        kattn.sdpa_forward(None, out, 0, 2)
+    with pytest.raises(ValueError, match="not initialised"):
+        kattn.sdpa_forward(kattn.SdpaCall.__new__(kattn.SdpaCall), out, 0, 0)
+
+
+def test_kernel_backward_entry_validates_before_nogil():
+    call = kattn.SdpaCall(**_call_args())
+    kattn.sdpa_forward(call, np.zeros((2, 3, 2)), 0, 2)
+    g = np.zeros((1, 1, 1, 2, 3, 2))
+    grads = [np.zeros((1, 1, 1, 2, 3, 2)), np.zeros((1, 1, 1, 2, 4, 2)),
+             np.zeros((1, 1, 1, 2, 4, 2))]
+    kattn.sdpa_backward(call, g, *grads, 0, 2)                      # well-formed: runs
+    with pytest.raises(ValueError, match="grad_k must have the shape of its input"):
+        kattn.sdpa_backward(call, g, grads[0], grads[0], grads[2], 0, 2)
+    with pytest.raises(ValueError, match="full lead shape"):
+        kattn.sdpa_backward(call, np.zeros((1, 1, 1, 1, 3, 2)), *grads, 0, 2)
+    with pytest.raises(ValueError, match="grad_out slabs"):
+        kattn.sdpa_backward(call, np.zeros((1, 1, 1, 2, 3, 3)), *grads, 0, 2)
+    strided = np.zeros((1, 1, 1, 2, 3, 4))[..., :2]
+    with pytest.raises(ValueError, match="grad_q rows must be contiguous"):
+        kattn.sdpa_backward(call, g, strided, *grads[1:], 0, 2)
+    with pytest.raises(ValueError, match="slab range"):
+        kattn.sdpa_backward(call, g, *grads, 2, 1)
 
 
 @pytest.mark.parametrize("in_place", [True, False], ids=["in_place", "copied"])

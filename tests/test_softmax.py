@@ -174,3 +174,25 @@ def test_an_infinite_score_makes_the_row_nan_as_in_torch():
     out = softmax(np.array([[np.inf, 1.0, 2.0], [0.0, 1.0, 2.0]]))
     assert np.isnan(out[0]).all()
     np.testing.assert_allclose(out[1].sum(), 1.0)
+
+
+def test_softmax_kernel_entry_validates_before_nogil():
+    """``_softmax.softmax_forward`` checks its mask description before ``nogil``."""
+    from nn_core._kernels import _softmax as ks
+
+    x, out = np.zeros((2, 3, 4)), np.empty((2, 3, 4))
+    ok = (np.ones(12, np.uint8), np.zeros(2, np.intp), 4, 1)
+    ks.softmax_forward(x, out, 1.0, mask=ok, causal_offset=0)       # well-formed: runs
+    np.testing.assert_allclose(out[:, 0], [[1, 0, 0, 0]] * 2)
+    bad = {
+        "reaches outside": (np.ones(11, np.uint8), np.zeros(2, np.intp), 4, 1),
+        "mask offsets": (np.ones(12, np.uint8), np.zeros(1, np.intp), 4, 1),
+        "non-negative": (np.ones(12, np.uint8), np.zeros(2, np.intp), 4, -1),
+        "dtype mismatch": (np.ones(12, np.float32), np.zeros(2, np.intp), 4, 1),
+    }
+    for match, mask in bad.items():
+        with pytest.raises(ValueError, match=match):
+            ks.softmax_forward(x, out, 1.0, mask=mask)
+    with pytest.raises(ValueError, match="out must have shape"):
+        ks.softmax_forward(x, np.empty((2, 3, 5)), 1.0)
+    ks.softmax_forward(np.zeros((0, 3, 4)), np.empty((0, 3, 4)), 1.0, mask=bad["mask offsets"])

@@ -3,7 +3,7 @@ extended-precision NumPy reference), including the special values."""
 import numpy as np
 import pytest
 
-from nn_core._kernels import _recurrent as K
+from nn_core._kernels import _testing as K
 
 _GRID = np.concatenate([np.linspace(-40, 40, 40001), np.logspace(-30, 1.7, 3000),
                         -np.logspace(-30, 1.7, 3000), [0.0, 0.6249999, 0.625, 0.6250001]])
@@ -15,6 +15,16 @@ def _ulps(y, ref, dtype):
     return np.abs(y.astype(np.longdouble) - ref) / spacing
 
 
+@pytest.fixture(params=[0, 1], ids=["baseline", "avx2"])
+def level(request):
+    if K.set_simd_level(request.param) != request.param:
+        K.set_simd_level(2)
+        pytest.skip(f"this CPU has no SIMD level {request.param}")
+    yield request.param
+    K.set_simd_level(2)
+
+
+@pytest.mark.usefixtures("level")
 @pytest.mark.parametrize("name", ["sigmoid", "tanh"])
 def test_accuracy(name, dtype, rng):
     x = np.concatenate([_GRID, rng.uniform(-20, 20, 5000)]).astype(dtype)
@@ -32,6 +42,7 @@ def test_accuracy(name, dtype, rng):
     np.testing.assert_array_equal(z, y)
 
 
+@pytest.mark.usefixtures("level")
 @pytest.mark.parametrize("name", ["sigmoid", "tanh"])
 def test_special_values(name, dtype):
     x = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0, 1e4, -1e4], dtype=dtype)

@@ -53,19 +53,16 @@ from ..module import Module, NoBackward
 
 __all__ = ["softmax", "ScaledDotProductAttention", "scaled_dot_product_attention"]
 
-_DUMMY_U8 = np.zeros(1, dtype=np.uint8)
-_DUMMY_IDX = np.zeros(1, dtype=np.intp)
-
-
 def _mask_layout(mask_kind, mask, score_shape, dtype):
-    """Describe ``mask`` as (buffer, per-slab offsets, row stride, col stride).
+    """``mask`` as the kernels read it: None, or ``(buffer, offsets, row stride, col
+    stride)`` with ``offsets [prod(score_shape[:-2])]`` the element offset of each
+    slab's mask.
 
     The mask is made contiguous in its *own* shape (no expansion to the score
-    shape); broadcasting is expressed by zero strides.
+    shape); broadcasting is expressed by zero strides.  A bool mask crosses as uint8.
     """
-    dummy_f = np.zeros(1, dtype=dtype)
     if mask_kind is None:
-        return 0, _DUMMY_U8, dummy_f, _DUMMY_IDX, 0, 0
+        return None
     if not broadcasts_to(mask.shape, score_shape):
         raise ValueError(
             f"mask must broadcast to the attention score shape {tuple(score_shape)} "
@@ -85,10 +82,7 @@ def _mask_layout(mask_kind, mask, score_shape, dtype):
             shape[d] = n
             off = off + (np.arange(n, dtype=np.intp) * st).reshape(shape)
     off = np.ascontiguousarray(np.broadcast_to(off, lead).reshape(-1), dtype=np.intp)
-    flat = buf.reshape(-1)
-    if mask_kind == "bool":
-        return 1, flat, dummy_f, off, strides[-2], strides[-1]
-    return 2, _DUMMY_U8, flat, off, strides[-2], strides[-1]
+    return buf.reshape(-1), off, strides[-2], strides[-1]
 
 
 def _masked_softmax(scores, scale, mask_kind, mask, causal_offset=None):
@@ -101,10 +95,9 @@ def _masked_softmax(scores, scale, mask_kind, mask, causal_offset=None):
     R, N = shape[-2], shape[-1]
     x3 = scores.reshape(int(np.prod(shape[:-2], dtype=np.int64)), R, N)   # (no -1: may be empty)
     out = np.empty_like(x3)
-    kind, bmask, fmask, moff, mrs, mcs = _mask_layout(mask_kind, mask, shape, scores.dtype)
-    _ksoftmax.softmax_forward(x3, out, scores.dtype.type(scale), kind, bmask, fmask,
-                              moff, mrs, mcs, causal_offset is not None,
-                              0 if causal_offset is None else int(causal_offset))
+    _ksoftmax.softmax_forward(x3, out, scores.dtype.type(scale),
+                              mask=_mask_layout(mask_kind, mask, shape, scores.dtype),
+                              causal_offset=causal_offset)
     return out.reshape(shape)
 
 
@@ -225,44 +218,42 @@ def _fused_forward(q, k, v, lead, kind, m, causal_offset, scale, return_weights,
     dt = q.dtype
     L_q, d_k, L_k, d_v = q.shape[-2], q.shape[-1], k.shape[-2], v.shape[-1]
     P = int(np.prod(lead, dtype=np.int64))
-    lead4 = (1,) * (4 - len(lead)) + tuple(lead)
     q6, k6, v6 = (_kernel_view(a) for a in (q, k, v))       # own shapes, no expansion
     out = np.empty(lead + (L_q, d_v), dtype=dt)                 # (..., L_q, d_v)
     probs = workspace(lead + (L_q, L_k))                        # (..., L_q, L_k)
-    mkind, bmask, fmask, moff, mrs, mcs = _mask_layout(kind, m, lead + (L_q, L_k), dt)
-    causal = causal_offset is not None
-    coff = int(causal_offset) if causal else 0
-    bq, _ = _blocks(L_q, L_k, d_k, d_v)
-
-    def work(p0, p1):
-        _kattn.sdpa_forward(q6, k6, v6, out.reshape(-1), probs.reshape(-1), lead4, p0, p1,
-                            scale, mkind, bmask, fmask, moff, mrs, mcs, causal, coff,
-                            np.empty(d_k * L_k, dtype=dt), bq)
-
-    _run(work, P, P * L_q * L_k * (d_k + d_v))
-    cache = ("fused", q6, k6, v6, probs, lead4, scale, causal, coff,
-             q.shape, k.shape, v.shape, return_weights)
-    return out, probs, cache
-
-
-def _fused_backward(cache, grad_output, dt):
-    (_, q6, k6, v6, probs, lead4, scale, causal, coff, q_shape, k_shape, v_shape,
-     weights_returned) = cache
-    L_q, d_k, L_k, d_v = q6.shape[-2], q6.shape[-1], k6.shape[-2], v6.shape[-1]
-    out_shape = probs.shape[:-1] + (d_v,)
-    g = as_float_array(grad_output, "grad_output", dt)
-    if g.shape != out_shape:
-        raise ValueError(f"grad_output must have shape {out_shape}, got {g.shape}")
-    g6 = _kernel_view(g)
-    P = int(np.prod(lead4))
-    ranges = _split(P, _n_workers(P, 2 * P * L_q * L_k * (d_k + d_v)))
-    # dS overwrites P in place (the cache is consumed) unless the caller holds P
-    overwrite = not weights_returned
     bq, bk = _blocks(L_q, L_k, d_k, d_v)
-    scratch_n = (d_v + bq) * L_k + (0 if overwrite else L_q * L_k)
+    # dS overwrites P in the backward (the cache is consumed) unless the caller holds P
+    call = _kattn.SdpaCall(q6, k6, v6, probs.reshape(P, L_q, L_k), scale,
+                           mask=_mask_layout(kind, m, lead + (L_q, L_k), dt),
+                           causal_offset=causal_offset, block_q=bq, block_k=bk,
+                           keep_probs=return_weights)
+    out3 = out.reshape(P, L_q, d_v)
+    _run(lambda p0, p1: _kattn.sdpa_forward(call, out3, p0, p1), P,
+         P * L_q * L_k * (d_k + d_v))
+    return out, probs, _FusedCache(q6, k6, v6, call, q.shape, k.shape, v.shape)
+
+
+@dataclass
+class _FusedCache:
+    q6: np.ndarray          # the inputs as the kernel's 6-D views (own shapes)
+    k6: np.ndarray
+    v6: np.ndarray
+    call: object            # the checked kernel call, holding the probabilities
+    q_shape: tuple
+    k_shape: tuple
+    v_shape: tuple
+
+
+def _fused_backward(cache, g, dt):
+    """Backward through ``_kernels._attention`` from a checked ``g`` of the output's shape."""
+    q6, k6, v6, call = cache.q6, cache.k6, cache.v6, cache.call
+    L_q, d_k, L_k, d_v = call.L_q, call.d_k, call.L_k, call.d_v
+    g6 = _kernel_view(g)
+    P = call.slabs
+    ranges = _split(P, _n_workers(P, 2 * P * L_q * L_k * (d_k + d_v)))
     # gradients are C-contiguous in the inputs' own (6-D padded) shapes; one that
     # broadcasts is accumulated into (zeroed), worker t > 0 into its own buffer
-    acc = [_broadcasts(a.shape, lead4) for a in (q6, k6, v6)]
+    acc = [_broadcasts(a.shape, call.lead) for a in (q6, k6, v6)]
     shared = [np.zeros(a.shape, dt) if b else np.empty(a.shape, dt)
               for a, b in zip((q6, k6, v6), acc)]
     bufs = [shared] + [[np.zeros(a.shape, dt) if b else s
@@ -270,11 +261,7 @@ def _fused_backward(cache, grad_output, dt):
                        for _ in range(1, len(ranges))]
 
     def work(t):
-        p0, p1 = ranges[t]
-        gq, gk, gv = bufs[t]
-        _kattn.sdpa_backward(q6, k6, v6, probs.reshape(-1), g6, gq, gk, gv, lead4, p0, p1,
-                             scale, causal, coff, overwrite, np.empty(scratch_n, dtype=dt),
-                             bq, bk)
+        _kattn.sdpa_backward(call, g6, *bufs[t], *ranges[t])
 
     _run_tasks(work, len(ranges))
     for t in range(1, len(ranges)):
@@ -282,7 +269,7 @@ def _fused_backward(cache, grad_output, dt):
             if acc[i]:
                 shared[i] += bufs[t][i]
     gq, gk, gv = shared
-    return gq.reshape(q_shape), gk.reshape(k_shape), gv.reshape(v_shape)
+    return gq.reshape(cache.q_shape), gk.reshape(cache.k_shape), gv.reshape(cache.v_shape)
 
 
 @dataclass
@@ -299,7 +286,7 @@ class _GenericCache:
 @dataclass
 class _SDPACache:
     out_shape: tuple
-    fused: tuple | None = None              # _fused_forward's cache
+    fused: _FusedCache | None = None
     generic: _GenericCache | None = None
 
 

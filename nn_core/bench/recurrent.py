@@ -56,7 +56,7 @@ _clock = time.perf_counter
 
 
 def _gemm_time(ta, tb, m, n, k, dtype, rng):
-    from .._kernels import _recurrent as K
+    from .._kernels import _testing as K
 
     a = rng.standard_normal((k, m) if ta else (m, k)).astype(dtype)
     b = rng.standard_normal((n, k) if tb else (k, n)).astype(dtype)

@@ -450,17 +450,18 @@ class RecurrentCell(Module):
         aux = self._take("aux", (T, B, H)) if kind >= _K.LSTM else self._dummy()
         out = np.empty((T, B, H), dt)
         hh = self._take("hh", (B, GH))
-        args = (kind, bool(reverse), x, W_ih, W_hh, W_hhT, bx, bhn, lengths, gates, hs, cs,
-                aux, out, hh)
+        sweep = _K.ForwardSweep(kind, bool(reverse), x=x, lengths=lengths, W_ih=W_ih,
+                                W_hh=W_hh, W_hhT=W_hhT, gates=gates, hs=hs, cs=cs, aux=aux,
+                                bx=bx, bhn=bhn, out=out, hh=hh)
         halves = row_halves(B)
         if halves is None:
-            _K.rnn_forward(*args)
+            _K.rnn_forward(sweep)
         else:
             # two threads, BLAS on one thread each: the input projection split by
             # rows of T*B, then the step loops of the two half batches
-            _parallel.run_rows(lambda a, b: _K.rnn_forward(*args, _K.PHASE_PROJ, a, b),
+            _parallel.run_rows(lambda a, b: _K.rnn_forward(sweep, _K.PHASE_PROJ, a, b),
                               _parallel.halves(T * B))
-            _parallel.run_rows(lambda a, b: _K.rnn_forward(*args, _K.PHASE_STEPS, a, b),
+            _parallel.run_rows(lambda a, b: _K.rnn_forward(sweep, _K.PHASE_STEPS, a, b),
                               halves)
         self._give("hh", hh)
         cache = SequenceCache(x, lengths, bool(reverse), gates, hs, cs, aux, W_ih, W_hh,
@@ -498,48 +499,41 @@ class RecurrentCell(Module):
         if self._HAS_CELL_STATE:
             dc = np.zeros((B, H), dt) if grad_c is None else np.array(grad_c, dt, order="C")
         else:
-            dc = np.zeros((1, 1), dt)
-        has_go = grad_out is not None
-        go = grad_out if has_go else self._dummy()
+            dc = None
         grad_x = np.empty_like(x)
-        if self.bias:
-            gb_ih, gb_hh = self.grads["b_ih"], self.grads["b_hh"]
-        else:
-            gb_ih = gb_hh = np.zeros(1, dt)
         kind = self._kind()
         GH = self._GATES * H
         dGs = self._take("dGs", (T, B, GH))
-        dGt = self._take("dGt", (T, B, GH)) if (cache.reverse or kind == _K.GRU_RA) else dGs
-        dh2, drh = self._take("dh2", (B, H)), self._take("drh", (B, H))
-        ones, zrow = self._take("ones", (T * B,), 1), self._take("zrow", (H,), 0)
+        dGt = self._take("dGt", (T, B, GH)) if (cache.reverse or kind == _K.GRU_RA) else None
         fuse = not cache.reverse and kind <= _K.LSTM
         D = x.shape[2]
-        if fuse:
-            xh, gw = self._take("xh", (T * B, D + H)), self._take("gw", (GH, D + H))
-        else:
-            xh = gw = np.zeros((1, 1), dt)
-        args = (kind, cache.reverse, x, cache.W_ih, cache.W_hh, cache.W_hhT,
-                cache.lengths, cache.gates, cache.hs, cache.cs, cache.aux, go, has_go, dh,
-                dc, grad_x, self.grads["W_ih"], self.grads["W_hh"], gb_ih, gb_hh,
-                self.bias, dGs, dGt, dh2, drh, ones, zrow, xh, gw, fuse)
+        xh = self._take("xh", (T * B, D + H)) if fuse else None
+        gw = self._take("gw", (GH, D + H)) if fuse else None
+        sweep = _K.BackwardSweep(
+            kind, cache.reverse, x=x, lengths=cache.lengths, W_ih=cache.W_ih,
+            W_hh=cache.W_hh, W_hhT=cache.W_hhT, gates=cache.gates, hs=cache.hs,
+            cs=cache.cs, aux=cache.aux, grad_out=grad_out, dh=dh, dc=dc, grad_x=grad_x,
+            grad_W_ih=self.grads["W_ih"], grad_W_hh=self.grads["W_hh"],
+            grad_b_ih=self.grads["b_ih"] if self.bias else None,
+            grad_b_hh=self.grads["b_hh"] if self.bias else None,
+            dGs=dGs, dGt=dGt, xh=xh, gw=gw)
         halves = row_halves(B)
         if halves is None:
-            _K.rnn_backward(*args)
+            _K.rnn_backward(sweep)
         else:
             # two threads, BLAS on one thread each: BPTT of the two half batches, then
             # grad_x split by rows of T*B, then the parameter gradients by gate rows
             run = _K.rnn_backward
-            _parallel.run_rows(lambda a, b: run(*args, _K.PHASE_STEPS, a, b), halves)
-            _parallel.run_rows(lambda a, b: run(*args, _K.PHASE_GRAD_X, a, b),
+            _parallel.run_rows(lambda a, b: run(sweep, _K.PHASE_STEPS, a, b), halves)
+            _parallel.run_rows(lambda a, b: run(sweep, _K.PHASE_GRAD_X, a, b),
                               _parallel.halves(T * B))
-            _parallel.run_rows(lambda a, b: run(*args, _K.PHASE_WGRAD, a, b),
+            _parallel.run_rows(lambda a, b: run(sweep, _K.PHASE_WGRAD, a, b),
                               _parallel.halves(GH, align=16))
         given = set()
-        for name, arr in (("dGs", dGs), ("dGt", dGt), ("dh2", dh2), ("drh", drh),
-                          ("ones", ones), ("zrow", zrow), ("xh", xh), ("gw", gw),
+        for name, arr in (("dGs", dGs), ("dGt", dGt), ("xh", xh), ("gw", gw),
                           ("gates", cache.gates),
                           ("hs", cache.hs), ("cs", cache.cs), ("aux", cache.aux)):
-            if arr.size > 1 and id(arr) not in given:   # dGt may be dGs itself
+            if arr is not None and arr.size > 1 and id(arr) not in given:
                 given.add(id(arr))
                 self._give(name, arr)
         return grad_x, dh, (dc if self._HAS_CELL_STATE else None)

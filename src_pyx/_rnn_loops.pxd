@@ -1,0 +1,442 @@
+# cython: language_level=3
+"""The ``nogil`` loops of the sequence kernels over one validated :c:type:`RnnSweep`
+(see ``_recurrent.pyx`` for the design and the layouts; header only)."""
+from cython cimport floating
+from libc.stdint cimport int64_t
+from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy, memset
+
+from _blas cimport gemm, gemv
+from _rnn_gates cimport (gru_bwd1, gru_bwd2, gru_fwd1, gru_fwd2, gru_ra_bwd, gru_ra_fwd,
+                        lstm_bwd, lstm_fwd, rnn_bwd, rnn_fwd)
+from _vmath cimport transpose
+
+cdef enum:
+    K_RNN_TANH = 0
+    K_RNN_RELU = 1
+    K_LSTM = 2
+    K_GRU = 3
+    K_GRU_RA = 4
+
+
+cdef enum:
+    PH_ALL = 0      # the whole forward / backward
+    PH_PROJ = 1     # forward: input projection for rows [r0, r1) of T*B
+    PH_STEPS = 2    # forward / backward: the step loop for batch rows [r0, r1) of B
+    PH_GRAD_X = 3   # backward: grad_x (and the x|h copy) for rows [r0, r1) of T*B
+    PH_WGRAD = 4    # backward: weight and bias gradients for gate columns [r0, r1)
+
+
+cdef struct RnnSweep:
+    # One sequence sweep: sizes and the buffers of one dtype (``void*``: the loops
+    # cast to their ``floating``), all C-contiguous, validated by _recurrent.pyx.
+    # NULL where the cell kind or the direction does not use a buffer.
+    int kind
+    bint reverse
+    Py_ssize_t T, B, D, H, GH
+    const int64_t* lengths      # [B]
+    const void* x               # [T, B, D]
+    const void* W_ih            # [GH, D]
+    const void* W_hh            # [GH, H]
+    const void* W_hhT           # [H, GH]
+    void* gates                 # [T, B, GH] post-activation gates (time order)
+    void* hs                    # [T+1, B, H] (step order)
+    void* cs                    # [T+1, B, H] LSTM
+    void* aux                   # [T, B, H] LSTM tanh(c), GRU r*h, GRU_RA W_hn h + b_hn
+    # forward
+    const void* bx              # [GH]
+    const void* bhn             # [H] GRU_RA
+    void* out                   # [T, B, H]
+    void* hh                    # [B, GH] per-step GEMM result
+    # backward
+    const void* gout            # [T, B, H] or NULL
+    void* dh                    # [B, H] in: grad of the final state, out: of the initial
+    void* dc                    # [B, H] LSTM, likewise
+    void* grad_x                # [T, B, D]
+    void* gW_ih                 # [GH, D] (+=)
+    void* gW_hh                 # [GH, H] (+=)
+    void* gb_ih                 # [GH] (+=) or NULL (no bias)
+    void* gb_hh                 # [GH] (+=) or NULL
+    void* dGs                   # [T, B, GH] gate gradients, step order
+    void* dGt                   # [T, B, GH] time order (may be dGs: forward, not GRU_RA)
+    void* xh                    # [T*B, D+H] or NULL: fused weight-gradient GEMM
+    void* gw                    # [GH, D+H] or NULL
+
+
+cdef inline Py_ssize_t scratch_size(const RnnSweep* sw, bint backward) noexcept nogil:
+    """Elements of the scratch ``forward_sweep`` / ``backward_sweep`` take."""
+    if backward:
+        return 3 * sw.B * sw.H + sw.H + sw.T * sw.B
+    return sw.B * sw.GH
+
+
+cdef enum:
+    REC_NN = 0      # h @ W^T as h @ WT (NN)
+    REC_DOT = 1     # h @ W^T with W as stored (NT): the dot-product form
+    REC_TR = 2      # the transposed product W h^T into scratch, transposed back
+
+
+cdef inline int _rec_mode(Py_ssize_t B, Py_ssize_t H, bint single) noexcept nogil:
+    """Per-step GEMM layout: ``REC_DOT`` for one row, ``REC_TR`` for float32 batches
+    with ``H >= 256``, ``REC_NN`` otherwise -- the fastest form of each case with
+    OpenBLAS (see ``_rec_fwd``)."""
+    if B == 1:
+        return REC_DOT
+    return REC_TR if single and H >= 256 else REC_NN
+
+
+cdef inline void _rec_fwd(int mode, Py_ssize_t B, Py_ssize_t N, Py_ssize_t H,
+                          const floating* h, const floating* W, Py_ssize_t ldw,
+                          const floating* WT, Py_ssize_t ldwt, floating* out,
+                          Py_ssize_t ldo, floating* tmp) noexcept nogil:
+    """``out[B, N] = h[B, H] @ W[N, H]^T``; ``WT = W^T [H, N]`` (same numbers);
+    ``tmp [N*B]`` scratch for ``REC_TR``.
+
+    ``REC_DOT`` (``h @ W^T``) streams ``W`` row by row, right for a single row;
+    ``REC_NN`` (``h @ WT``) suits skinny batches; ``REC_TR`` computes ``out^T = W h^T``
+    so that OpenBLAS packs the weight as its outer operand, then transposes the
+    small ``[N, B]`` result back.
+    """
+    if mode == REC_DOT:
+        gemm(False, True, <int> B, <int> N, <int> H, <floating> 1, h, <int> H,
+             W, <int> ldw, <floating> 0, out, <int> ldo)
+    elif mode == REC_TR:
+        gemm(False, True, <int> N, <int> B, <int> H, <floating> 1, W, <int> ldw,
+             h, <int> H, <floating> 0, tmp, <int> B)
+        transpose(tmp, B, N, B, out, ldo, False)
+    else:
+        gemm(False, False, <int> B, <int> N, <int> H, <floating> 1, h, <int> H,
+             WT, <int> ldwt, <floating> 0, out, <int> ldo)
+
+
+cdef inline void _rec_bwd(int mode, Py_ssize_t B, Py_ssize_t H, Py_ssize_t N,
+                          const floating* dG, Py_ssize_t ldg, const floating* W,
+                          Py_ssize_t ldw, const floating* WT, Py_ssize_t ldwt,
+                          floating beta, floating* out, floating* tmp) noexcept nogil:
+    """``out[B, H] = dG[B, N] @ W[N, H] + beta * out`` (``beta`` 0 or 1); same layout
+    rule as ``_rec_fwd`` (``REC_TR``: ``out^T = WT @ dG^T`` into ``tmp [H*B]``)."""
+    if mode == REC_DOT:
+        gemm(False, True, <int> B, <int> H, <int> N, <floating> 1, dG, <int> ldg,
+             WT, <int> ldwt, beta, out, <int> H)
+    elif mode == REC_TR:
+        gemm(False, True, <int> H, <int> B, <int> N, <floating> 1, WT, <int> ldwt,
+             dG, <int> ldg, <floating> 0, tmp, <int> B)
+        transpose(tmp, B, H, B, out, H, beta != 0)
+    else:
+        gemm(False, False, <int> B, <int> H, <int> N, <floating> 1, dG, <int> ldg,
+             W, <int> ldw, beta, out, <int> H)
+
+
+cdef inline Py_ssize_t _tau(bint reverse, Py_ssize_t s, Py_ssize_t L) noexcept nogil:
+    if reverse and s < L:
+        return L - 1 - s
+    return s
+
+
+# --------------------------------------------------------------------- forward --
+cdef inline void forward_sweep(const RnnSweep* sw, int phase, Py_ssize_t r0, Py_ssize_t r1,
+                               floating* tmp) noexcept nogil:
+    """``phase`` (``PH_*``): ``PH_PROJ`` the input projection for rows ``[r0, r1)`` of
+    ``T*B``; ``PH_STEPS`` the recurrence for batch rows ``[r0, r1)`` only (rows
+    never interact, so two row ranges can run concurrently; every array keeps its
+    full-batch layout); ``PH_ALL`` both over everything."""
+    cdef int kind = sw.kind
+    cdef bint reverse = sw.reverse
+    cdef Py_ssize_t T = sw.T, B = sw.B, D = sw.D, H = sw.H, GH = sw.GH, H2 = 2 * sw.H
+    cdef const int64_t* lengths = sw.lengths
+    cdef const floating* x = <const floating*> sw.x
+    cdef const floating* W_ih = <const floating*> sw.W_ih
+    cdef const floating* W_hh = <const floating*> sw.W_hh
+    cdef const floating* W_hhT = <const floating*> sw.W_hhT
+    cdef const floating* bx = <const floating*> sw.bx
+    cdef const floating* bhn = <const floating*> sw.bhn
+    cdef floating* gates = <floating*> sw.gates
+    cdef floating* hs = <floating*> sw.hs
+    cdef floating* cs = <floating*> sw.cs
+    cdef floating* aux = <floating*> sw.aux
+    cdef floating* out = <floating*> sw.out
+    cdef floating* hh = <floating*> sw.hh
+    cdef Py_ssize_t s, b, L, tau
+    cdef Py_ssize_t b0 = r0 if phase == PH_STEPS else 0
+    cdef Py_ssize_t b1 = r1 if phase == PH_STEPS else B
+    cdef Py_ssize_t nb = b1 - b0
+    cdef floating* a
+    cdef floating* hr
+    cdef const floating* hp
+    cdef floating* hn
+    cdef floating* o
+    cdef floating* hn2
+    cdef size_t row = H * sizeof(floating)
+    cdef int mode = _rec_mode(nb, H, floating is float)
+
+    # 1. input projection of all T steps: gates[t, b] = W_ih x[t, b]
+    if phase == PH_ALL:
+        gemm(False, True, <int> (T * B), <int> GH, <int> D, <floating> 1, x, <int> D,
+             W_ih, <int> D, <floating> 0, gates, <int> GH)
+    elif phase == PH_PROJ:
+        if r1 > r0:
+            gemm(False, True, <int> (r1 - r0), <int> GH, <int> D, <floating> 1, x + r0 * D,
+                 <int> D, W_ih, <int> D, <floating> 0, gates + r0 * GH, <int> GH)
+        return
+    if nb < 1:
+        return
+
+    for s in range(T):
+        hp = hs + s * B * H
+        hn = hs + (s + 1) * B * H
+        # 2. recurrence GEMM on rows b0..b1 (GRU reset_after=False: the r, z blocks)
+        if kind == K_GRU:
+            _rec_fwd(mode, nb, H2, H, hp + b0 * H, W_hh, H, W_hhT, GH, hh + b0 * H2, H2,
+                     tmp)
+        else:
+            _rec_fwd(mode, nb, GH, H, hp + b0 * H, W_hh, H, W_hhT, GH, hh + b0 * GH, GH,
+                     tmp)
+        # 3. fused gate pass over the step's rows
+        for b in range(b0, b1):
+            L = lengths[b]
+            if s >= L:                        # padding: carry the state, output 0
+                memcpy(hn + b * H, hp + b * H, row)
+                if kind == K_LSTM:
+                    memcpy(cs + ((s + 1) * B + b) * H, cs + (s * B + b) * H, row)
+                if kind == K_GRU:
+                    memset(aux + (s * B + b) * H, 0, row)
+                memset(out + (s * B + b) * H, 0, row)
+                continue
+            tau = _tau(reverse, s, L)
+            a = gates + (tau * B + b) * GH
+            o = out + (tau * B + b) * H
+            hr = hh + b * (H2 if kind == K_GRU else GH)
+            if kind == K_LSTM:
+                lstm_fwd(a, hr, bx, cs + (s * B + b) * H, cs + ((s + 1) * B + b) * H,
+                         aux + (s * B + b) * H, hn + b * H, o, H)
+            elif kind == K_RNN_TANH or kind == K_RNN_RELU:
+                rnn_fwd(a, hr, bx, hn + b * H, o, H, kind == K_RNN_RELU)
+            elif kind == K_GRU_RA:
+                gru_ra_fwd(a, hr, bx, bhn, hp + b * H, aux + (s * B + b) * H,
+                           hn + b * H, o, H)
+            else:                              # K_GRU, first pass: r, z and r*h
+                gru_fwd1(a, hr, bx, hp + b * H, aux + (s * B + b) * H, H)
+        if kind == K_GRU:
+            # (r*h) @ W_hn^T, then the second pass: n and h
+            hn2 = hh + B * H2
+            _rec_fwd(mode, nb, H, H, aux + (s * B + b0) * H, W_hh + H2 * H, H, W_hhT + H2,
+                     GH, hn2 + b0 * H, H, tmp)
+            for b in range(b0, b1):
+                L = lengths[b]
+                if s >= L:
+                    continue
+                tau = _tau(reverse, s, L)
+                a = gates + (tau * B + b) * GH
+                o = out + (tau * B + b) * H
+                gru_fwd2(a, hn2 + b * H, bx, hp + b * H, hn + b * H, o, H)
+
+
+# -------------------------------------------------------------------- backward --
+cdef inline void _bptt(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
+                       const floating* W_hh, const floating* W_hhT,
+                       const int64_t* lengths, const floating* gates,
+                       const floating* hs, const floating* cs, const floating* aux,
+                       const floating* gout, floating* dh, floating* dc, floating* dh2,
+                       floating* drh, floating* dGs, floating* dGt,
+                       const floating* zrow, floating* scr, Py_ssize_t b0,
+                       Py_ssize_t b1) noexcept nogil:
+    cdef Py_ssize_t G = 4 if kind == K_LSTM else (3 if kind >= K_GRU else 1)
+    cdef Py_ssize_t GH = G * H, H2 = 2 * H
+    cdef Py_ssize_t s, b, L, tau, nb = b1 - b0
+    cdef bint sep = dGt != dGs
+    cdef const floating* g
+    cdef const floating* go
+    cdef const floating* hp
+    cdef const floating* dhb
+    cdef floating* dst
+    cdef floating* dgr
+    cdef floating* dgx
+    cdef floating* dgs
+    cdef floating* tmp
+    cdef floating* dh_out = dh
+    cdef size_t row = H * sizeof(floating)
+    cdef size_t grow = GH * sizeof(floating)
+    cdef int mode = _rec_mode(nb, H, floating is float)
+
+    for s in range(T - 1, -1, -1):
+        dgs = dGs + s * B * GH
+        for b in range(b0, b1):
+            L = lengths[b]
+            dst = dh2 + b * H
+            dhb = dh + b * H
+            dgr = dgs + b * GH
+            if s >= L:                     # padding: no gradient, dh passes through
+                memset(dgr, 0, grow)
+                if sep:
+                    memset(dGt + (s * B + b) * GH, 0, grow)
+                memcpy(dst, dhb, row)
+                if kind == K_GRU:
+                    memset(drh + b * H, 0, row)
+                continue
+            tau = _tau(reverse, s, L)
+            g = gates + (tau * B + b) * GH
+            dgx = dGt + (tau * B + b) * GH
+            go = gout + (tau * B + b) * H if gout != NULL else zrow
+            hp = hs + (s * B + b) * H
+            if kind == K_LSTM:
+                lstm_bwd(g, aux + (s * B + b) * H, cs + (s * B + b) * H, dhb, go,
+                         dc + b * H, dgr, H)
+                memset(dst, 0, row)
+            elif kind == K_RNN_TANH or kind == K_RNN_RELU:
+                rnn_bwd(g, dhb, go, dgr, H, kind == K_RNN_RELU)
+                memset(dst, 0, row)
+            elif kind == K_GRU_RA:
+                gru_ra_bwd(g, aux + (s * B + b) * H, hp, dhb, go, dgx, dgr, dst, H)
+            else:                               # K_GRU, first pass: z and n
+                gru_bwd1(g, hp, dhb, go, dgr, dst, H)
+        if kind == K_GRU:
+            # d(r*h) = dn_pre @ W_hn; then r's gradient and the r*h path to h_prev
+            _rec_bwd(mode, nb, H, H, dgs + b0 * GH + H2, GH, W_hh + H2 * H, H, W_hhT + H2,
+                     GH, <floating> 0, drh + b0 * H, scr)
+            for b in range(b0, b1):
+                L = lengths[b]
+                if s >= L:
+                    continue
+                tau = _tau(reverse, s, L)
+                g = gates + (tau * B + b) * GH
+                hp = hs + (s * B + b) * H
+                dgr = dgs + b * GH
+                dst = dh2 + b * H
+                gru_bwd2(g, hp, drh + b * H, dgr, dst, H)
+            _rec_bwd(mode, nb, H, H2, dgs + b0 * GH, GH, W_hh, H, W_hhT, GH, <floating> 1,
+                     dh2 + b0 * H, scr)
+        else:
+            _rec_bwd(mode, nb, H, GH, dgs + b0 * GH, GH, W_hh, H, W_hhT, GH, <floating> 1,
+                     dh2 + b0 * H, scr)
+        if sep and kind != K_GRU_RA:
+            for b in range(b0, b1):
+                L = lengths[b]
+                if s < L:
+                    tau = _tau(reverse, s, L)
+                    memcpy(dGt + (tau * B + b) * GH, dgs + b * GH, grow)
+        tmp = dh
+        dh = dh2
+        dh2 = tmp
+    if dh != dh_out:
+        memcpy(dh_out + b0 * H, dh + b0 * H, nb * row)
+
+
+cdef inline void _input_grads(Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H,
+                              Py_ssize_t GH, const floating* x, const floating* W_ih,
+                              const floating* hs, const floating* dGt, floating* grad_x,
+                              floating* xh, Py_ssize_t r0,
+                              Py_ssize_t r1) noexcept nogil:
+    """``grad_x = dG_time @ W_ih`` for rows ``[r0, r1)`` of ``T*B``, and (when ``xh`` is
+    given) the copy of those rows of ``[x | h_prev]`` for the fused weight GEMM."""
+    cdef Py_ssize_t DH = D + H, r
+    gemm(False, False, <int> (r1 - r0), <int> D, <int> GH, <floating> 1, dGt + r0 * GH,
+         <int> GH, W_ih, <int> D, <floating> 0, grad_x + r0 * D, <int> D)
+    if xh != NULL:
+        for r in range(r0, r1):
+            memcpy(xh + r * DH, x + r * D, D * sizeof(floating))
+            memcpy(xh + r * DH + D, hs + r * H, H * sizeof(floating))
+
+
+cdef inline void _weight_grads(int kind, Py_ssize_t T, Py_ssize_t B, Py_ssize_t D,
+                               Py_ssize_t H, const floating* x, const floating* hs,
+                               const floating* aux, const floating* dGs,
+                               const floating* dGt, floating* gW_ih, floating* gW_hh,
+                               floating* gb_ih, floating* gb_hh, const floating* ones,
+                               floating* xh, floating* gw, Py_ssize_t g0,
+                               Py_ssize_t g1) noexcept nogil:
+    """Weight and bias gradients for gate rows ``[g0, g1)`` of ``G*H``: one BLAS call
+    each over all ``T*B`` rows (accumulated into, ``+=``)."""
+    cdef Py_ssize_t G = 4 if kind == K_LSTM else (3 if kind >= K_GRU else 1)
+    cdef Py_ssize_t GH = G * H, H2 = 2 * H, ng = g1 - g0
+    cdef int TB = <int> (T * B)
+    cdef Py_ssize_t DH = D + H, i, j, lo, hi
+    if xh != NULL:
+        # one GEMM for both weight gradients: [gW_ih | gW_hh] = dG^T [x | h_prev]
+        # (dG packed once; xh is filled by _input_grads).  Forward direction,
+        # RNN/LSTM only (there dG_time is dG_step).
+        gemm(True, False, <int> ng, <int> DH, TB, <floating> 1, dGs + g0, <int> GH, xh,
+             <int> DH, <floating> 0, gw + g0 * DH, <int> DH)
+        for i in range(g0, g1):
+            for j in range(D):
+                gW_ih[i * D + j] += gw[i * DH + j]
+            for j in range(H):
+                gW_hh[i * H + j] += gw[i * DH + D + j]
+    else:
+        gemm(True, False, <int> ng, <int> D, TB, <floating> 1, dGt + g0, <int> GH, x,
+             <int> D, <floating> 1, gW_ih + g0 * D, <int> D)
+        if kind == K_GRU:
+            # rows [0, 2H) (r, z) multiply h_prev, rows [2H, 3H) (n) multiply r*h_prev
+            lo, hi = g0, (g1 if g1 < H2 else H2)
+            if hi > lo:
+                gemm(True, False, <int> (hi - lo), <int> H, TB, <floating> 1, dGs + lo,
+                     <int> GH, hs, <int> H, <floating> 1, gW_hh + lo * H, <int> H)
+            lo, hi = (g0 if g0 > H2 else H2), g1
+            if hi > lo:
+                gemm(True, False, <int> (hi - lo), <int> H, TB, <floating> 1, dGs + lo,
+                     <int> GH, aux, <int> H, <floating> 1, gW_hh + lo * H, <int> H)
+        else:
+            gemm(True, False, <int> ng, <int> H, TB, <floating> 1, dGs + g0, <int> GH, hs,
+                 <int> H, <floating> 1, gW_hh + g0 * H, <int> H)
+    if gb_ih == NULL:
+        return
+    cdef floating* v = NULL
+    if kind != K_GRU_RA:
+        # b_ih and b_hh enter every pre-activation the same way, so their gradients
+        # are the same column sums of dG (dG_time is a row permutation of dG_step):
+        # one pass over dG instead of two.
+        v = <floating*> malloc(ng * sizeof(floating))
+    if v != NULL:
+        gemv(True, TB, <int> ng, <floating> 1, dGs + g0, <int> GH, ones, <floating> 0, v)
+        for i in range(ng):
+            gb_ih[g0 + i] += v[i]
+            gb_hh[g0 + i] += v[i]
+        free(v)
+    else:
+        gemv(True, TB, <int> ng, <floating> 1, dGt + g0, <int> GH, ones, <floating> 1,
+             gb_ih + g0)
+        gemv(True, TB, <int> ng, <floating> 1, dGs + g0, <int> GH, ones, <floating> 1,
+             gb_hh + g0)
+
+
+cdef inline void backward_sweep(const RnnSweep* sw, int phase, Py_ssize_t r0,
+                                Py_ssize_t r1, floating* scr) noexcept nogil:
+    """``phase`` (``PH_*``): ``PH_STEPS`` BPTT for batch rows ``[r0, r1)`` (independent
+    of the other rows, like the forward); ``PH_GRAD_X`` ``grad_x`` for rows ``[r0, r1)``
+    of ``T*B``; ``PH_WGRAD`` the weight and bias gradients for gate columns
+    ``[r0, r1)`` -- the last two need every row's gate gradients, so they run after
+    all ``PH_STEPS`` ranges; ``PH_ALL`` everything in that order."""
+    cdef int kind = sw.kind
+    cdef Py_ssize_t T = sw.T, B = sw.B, D = sw.D, H = sw.H, GH = sw.GH
+    cdef const floating* x = <const floating*> sw.x
+    cdef const floating* hs = <const floating*> sw.hs
+    cdef const floating* aux = <const floating*> sw.aux
+    cdef floating* dGs = <floating*> sw.dGs
+    cdef floating* dGt = <floating*> sw.dGt
+    cdef floating* xh = <floating*> sw.xh
+    # scr: [tmp | dh2 | drh] (B*H each), zrow [H] (zeros), ones [T*B]
+    cdef floating* zrow = scr + 3 * B * H
+    cdef floating* ones = zrow + H
+    if phase == PH_ALL or phase == PH_STEPS:
+        if phase == PH_ALL:
+            r0, r1 = 0, B
+        if r1 > r0:
+            _bptt(kind, sw.reverse, T, B, H, <const floating*> sw.W_hh,
+                  <const floating*> sw.W_hhT, sw.lengths, <const floating*> sw.gates, hs,
+                  <const floating*> sw.cs, aux, <const floating*> sw.gout,
+                  <floating*> sw.dh, <floating*> sw.dc, scr + B * H, scr + 2 * B * H, dGs,
+                  dGt, zrow, scr, r0, r1)
+    if phase == PH_ALL or phase == PH_GRAD_X:
+        if phase == PH_ALL:
+            r0, r1 = 0, T * B
+        if r1 > r0:
+            _input_grads(T, B, D, H, GH, x, <const floating*> sw.W_ih, hs, dGt,
+                         <floating*> sw.grad_x, xh, r0, r1)
+    if phase == PH_ALL or phase == PH_WGRAD:
+        if phase == PH_ALL:
+            r0, r1 = 0, GH
+        if r1 > r0:
+            _weight_grads(kind, T, B, D, H, x, hs, aux, dGs, dGt, <floating*> sw.gW_ih,
+                          <floating*> sw.gW_hh, <floating*> sw.gb_ih, <floating*> sw.gb_hh,
+                          ones, xh, <floating*> sw.gw, r0, r1)
+
+
