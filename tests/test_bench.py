@@ -25,19 +25,25 @@ def test_flops_count_every_layer():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("B, H", [(1, 8), (4, 8), (4, 256)])
-def test_gemm_bound_grows_with_the_steps_and_peak_is_a_rate(dtype, B, H):
-    short = R.gemm_bound(1, B, 3, H, 4, dtype)
-    long = R.gemm_bound(64, B, 3, H, 4, dtype)   # 64x the per-step GEMMs
-    assert 0 < short < long < 10
-    assert R.peak_rate(dtype, n=64) > 1e6
+def test_gemm_bound_and_peak_are_positive_finite_times(dtype, B, H):
+    """Measured values are only checked for sanity here: no test compares two timings."""
+    for T in (1, 64):
+        t = R.gemm_bound(T, B, 3, H, 4, dtype)
+        assert np.isfinite(t) and t > 0
+    assert np.isfinite(R.peak_rate(dtype, n=64)) and R.peak_rate(dtype, n=64) > 0
 
 
-def test_interleaved_cpu_clock_ignores_sleep():
-    import time
-    wall = _common.interleaved({"s": lambda: time.sleep(0.02)}, repeat=1, min_time=0.0)
-    cpu = _common.interleaved({"s": lambda: time.sleep(0.02)}, repeat=1, min_time=0.0,
-                              clock="cpu")
-    assert wall["s"] >= 0.015 and cpu["s"] < 0.01
+def test_interleaved_reads_the_clock_it_is_given():
+    """A fake clock that advances 0.5 per call to the function: the medians are
+    computed from it (no real time is measured or asserted)."""
+    now = [0.0]
+
+    def tick():
+        now[0] += 0.5
+
+    res = _common.interleaved({"a": tick}, repeat=3, min_time=0.0, clock=lambda: now[0])
+    assert res["a"] == 0.5
+    assert set(_common.CLOCKS) == {"wall", "cpu"}
 
 
 def test_interleaved_settle_samples_every_contender():
