@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 __all__ = ["available_cores", "blas_threads", "limit_threads", "single_thread_blas",
            "controllable", "run_tasks", "run_pair", "run_rows", "split", "halves",
+           "work_ranges",
            "in_parallel_region", "THREAD_ENV_VARS"]
 
 #: environment variables that thread pools read when a process starts
@@ -330,6 +331,15 @@ def run_pair(job_a, job_b, concurrent):
 def run_rows(job, ranges) -> None:
     """``job(r0, r1)`` for every ``(r0, r1)`` of ``ranges``, one per thread."""
     run_tasks(lambda t: job(*ranges[t]), len(ranges))
+
+
+def work_ranges(n, min_per_thread):
+    """``[0, n)`` cut into one contiguous range per thread the budget allows, each of at
+    least ``min_per_thread`` items (a single range when that leaves one thread)."""
+    parts = min(blas_threads(), n // max(1, int(min_per_thread)))
+    if parts <= 1 or in_parallel_region():
+        return [(0, n)]
+    return split(n, parts)
 
 
 def split(n, parts):

@@ -37,9 +37,21 @@ from ._validation import (
     check_probability,
     require_same_dtype,
 )
+from . import _parallel
+from ._kernels import _layers as _kl
 from .module import Module, ModuleList
 
 __all__ = ["Linear", "Embedding", "LayerNorm", "Dropout", "ReLU", "Tanh", "GELU", "Sequential"]
+
+
+# element-wise and row kernels split over threads above these sizes
+_MIN_ELEMENTS_PER_THREAD = 1 << 18
+_MIN_ROWS_PER_THREAD = 256
+
+
+def _flat(a):
+    """``a`` as a flat C-contiguous view (a copy only when it is not contiguous)."""
+    return np.ascontiguousarray(a).reshape(-1)
 
 
 @dataclass
@@ -166,7 +178,7 @@ class Embedding(Module):
     -----
     Forward: ``Y[...] = W[ids[...]]``.  Backward: the gradient is sparse, row
     ``v`` receives the sum of ``dY`` over every position where ``ids == v``
-    (repeated ids accumulate, computed with ``np.add.at``); ``backward`` returns
+    (repeated ids accumulate, in one compiled pass); ``backward`` returns
     ``None`` for the (integer, non-differentiable) ids.
 
     Examples
@@ -206,13 +218,10 @@ class Embedding(Module):
         cache = self._peek_cache()
         g = check_grad_output(grad_output, cache.out_shape, self.dtype)
         self._pop_cache()
-        ids = cache.saved
-        flat_ids = ids.reshape(-1)
-        g2 = g.reshape(-1, self.embedding_dim)
-        if self.padding_idx is not None:
-            keep = flat_ids != self.padding_idx
-            flat_ids, g2 = flat_ids[keep], g2[keep]
-        np.add.at(self.grads["W"], flat_ids, g2)
+        ids = np.ascontiguousarray(cache.saved, dtype=np.int64).reshape(-1)
+        g2 = np.ascontiguousarray(g).reshape(-1, self.embedding_dim)
+        skip = -1 if self.padding_idx is None else self.padding_idx
+        _kl.scatter_add(self.grads["W"], ids, g2, skip)       # rows with repeated ids add
         return None
 
 
@@ -232,6 +241,9 @@ class LayerNorm(Module):
 
     Notes
     -----
+    One compiled pass per row forward (statistics, then normalisation while the row is
+    in cache) and one backward; ``x``, the row means and ``1/std`` are kept.
+
     Forward, per row ``x [D]`` (biased variance, as PyTorch)::
 
         mu = mean(x) ;  r = 1 / sqrt(var(x) + eps) ;  xh = (x - mu) r
@@ -267,29 +279,47 @@ class LayerNorm(Module):
         """Normalise ``x [..., D]``; returns ``[..., D]``."""
         x = as_float_array(x, "x", self.dtype, min_ndim=1)
         _check_last_dim(x, "x", self.normalized_shape, "normalized_shape")
-        mu = x.mean(axis=-1, keepdims=True)
-        xc = x - mu
-        var = np.mean(xc * xc, axis=-1, keepdims=True)
-        r = 1.0 / np.sqrt(var + self.dtype.type(self.eps))
-        xh = xc * r
-        self._save_cache(_SavedInput((xh, r), xh.shape))
-        if self.elementwise_affine:
-            return xh * self.params["gamma"] + self.params["beta"]
-        return xh
+        D = self.normalized_shape
+        x2 = np.ascontiguousarray(x).reshape(-1, D)
+        N = x2.shape[0]
+        y = np.empty_like(x2)
+        mean, rstd = np.empty(N, self.dtype), np.empty(N, self.dtype)
+        gamma = self.params["gamma"] if self.elementwise_affine else None
+        beta = self.params["beta"] if self.elementwise_affine else None
+        _parallel.run_rows(
+            lambda a, b: _kl.layernorm_forward(x2[a:b], y[a:b], mean[a:b], rstd[a:b], gamma,
+                                               beta, self.eps),
+            _parallel.work_ranges(N, _MIN_ROWS_PER_THREAD))
+        self._save_cache(_SavedInput((x2, mean, rstd), x.shape))
+        return y.reshape(x.shape)
 
     def backward(self, grad_output):
         """Return ``grad_x [..., D]``; accumulate ``dgamma``, ``dbeta``."""
         cache = self._peek_cache()
         g = check_grad_output(grad_output, cache.out_shape, self.dtype)
         self._pop_cache()
-        xh, r = cache.saved
-        if self.elementwise_affine:
-            D = self.normalized_shape
-            self.grads["gamma"] += (g * xh).reshape(-1, D).sum(axis=0)
-            self.grads["beta"] += g.reshape(-1, D).sum(axis=0)
-            g = g * self.params["gamma"]
-        return r * (g - g.mean(axis=-1, keepdims=True)
-                    - xh * np.mean(g * xh, axis=-1, keepdims=True))
+        x2, mean, rstd = cache.saved
+        g2 = np.ascontiguousarray(g).reshape(x2.shape)
+        dx = np.empty_like(x2)
+        ranges = _parallel.work_ranges(x2.shape[0], _MIN_ROWS_PER_THREAD)
+        affine = self.elementwise_affine
+        gamma = self.params["gamma"] if affine else None
+        # thread 0 accumulates into the gradients, the others into zeroed partials
+        parts = [(self.grads["gamma"], self.grads["beta"]) if affine else (None, None)]
+        parts += [(np.zeros_like(parts[0][0]), np.zeros_like(parts[0][1])) if affine
+                  else (None, None) for _ in ranges[1:]]
+
+        def job(t):
+            a, b = ranges[t]
+            _kl.layernorm_backward(x2[a:b], g2[a:b], mean[a:b], rstd[a:b], gamma, dx[a:b],
+                                   *parts[t])
+
+        _parallel.run_tasks(job, len(ranges))
+        for dg, db in parts[1:]:
+            if affine:
+                self.grads["gamma"] += dg
+                self.grads["beta"] += db
+        return dx.reshape(cache.out_shape)
 
 
 class Dropout(Module):
@@ -307,6 +337,8 @@ class Dropout(Module):
     -----
     Training: ``y = x * z / (1 - p)`` with ``z ~ Bernoulli(1 - p)`` drawn per element;
     backward ``dx = dy * z / (1 - p)``.  Evaluation (or ``p == 0``): ``y = x``, ``dx = dy``.
+    The mask comes from a counter-based generator keyed by two numbers drawn from
+    ``rng`` per forward, so the backward regenerates it instead of storing it.
 
     Examples
     --------
@@ -323,19 +355,36 @@ class Dropout(Module):
         """Apply dropout to ``x [...]``; returns the same shape."""
         x = as_float_array(x, "x", self.dtype)
         if self.training and self.p > 0:
-            scale = self.dtype.type(1.0 / (1.0 - self.p))
-            mask = (self.rng.random(x.shape) >= self.p).astype(self.dtype) * scale
-            self._save_cache(_SavedInput(mask, x.shape))
-            return x * mask
+            key = _dropout_key(self.rng, self.p)
+            y = _apply_dropout(x, key)
+            self._save_cache(_SavedInput(key, x.shape))
+            return y
         self._save_cache(_SavedInput(None, x.shape))
         return x.copy()
 
     def backward(self, grad_output):
-        """Return ``grad_x`` (the same mask applied to ``grad_output``)."""
+        """Return ``grad_x`` (the same mask, regenerated, applied to ``grad_output``)."""
         cache = self._peek_cache()
         g = check_grad_output(grad_output, cache.out_shape, self.dtype)
         self._pop_cache()
-        return g * cache.saved if cache.saved is not None else g.copy()
+        return _apply_dropout(g, cache.saved) if cache.saved is not None else g.copy()
+
+
+def _dropout_key(rng, p):
+    """``(k0, k1, threshold, scale)`` of one dropout mask, drawn from ``rng``."""
+    k0, k1 = (int(v) for v in rng.integers(0, 1 << 32, 2, dtype=np.uint64))
+    return k0, k1, min(int(round(p * 2.0 ** 32)), (1 << 32) - 1), 1.0 / (1.0 - p)
+
+
+def _apply_dropout(x, key):
+    """``x`` times the counter-based mask of ``key`` (and its ``1 / (1 - p)`` scale)."""
+    xf = _flat(x)
+    y = np.empty_like(xf)
+    k0, k1, threshold, scale = key
+    _parallel.run_rows(
+        lambda a, b: _kl.dropout(xf[a:b], y[a:b], a, k0, k1, threshold, scale),
+        _parallel.work_ranges(xf.size, _MIN_ELEMENTS_PER_THREAD))
+    return y.reshape(x.shape)
 
 
 class _Activation(Module):
@@ -398,6 +447,11 @@ class GELU(_Activation):
     -----
     Backward (exact): ``dx = dy (Phi(x) + x phi(x))``; (tanh):
     ``dx = dy ((1 + t)/2 + x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2) / 2)``.
+
+    Both forms run in one compiled pass each way; only ``x`` is kept.  ``Phi`` is
+    evaluated to float rounding over the whole range (from ``erfc`` on the left side,
+    so ``x Phi(x)`` keeps its relative accuracy far into the tail, where
+    ``x (1 + erf(x / sqrt2)) / 2`` cancels to 0).
     """
 
     def __init__(self, approximate="none", *, dtype=np.float32, rng=None):
@@ -407,24 +461,20 @@ class GELU(_Activation):
         self.approximate = approximate
 
     def _fwd(self, x):
-        T = self.dtype.type
-        if self.approximate == "tanh":
-            t = np.tanh(T(np.sqrt(2 / np.pi)) * (x + T(0.044715) * x * x * x))
-            return T(0.5) * x * (T(1) + t), (x, t)
-        from scipy.special import erf
+        xf = _flat(x)                                   # kept for the backward
+        y = np.empty_like(xf)
+        approx = self.approximate == "tanh"
+        _parallel.run_rows(lambda a, b: _kl.gelu_forward(xf[a:b], y[a:b], approx),
+                           _parallel.work_ranges(xf.size, _MIN_ELEMENTS_PER_THREAD))
+        return y.reshape(x.shape), xf
 
-        cdf = T(0.5) * (T(1) + erf(x * T(1 / np.sqrt(2))))
-        return x * cdf, (x, cdf)
-
-    def _bwd(self, saved, g):
-        T = self.dtype.type
-        x, aux = saved
-        if self.approximate == "tanh":
-            t = aux
-            du = T(np.sqrt(2 / np.pi)) * (T(1) + T(3 * 0.044715) * x * x)
-            return g * (T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * du)
-        pdf = T(1 / np.sqrt(2 * np.pi)) * np.exp(T(-0.5) * x * x)
-        return g * (aux + x * pdf)
+    def _bwd(self, xf, g):
+        gf = _flat(g)
+        dx = np.empty_like(xf)
+        approx = self.approximate == "tanh"
+        _parallel.run_rows(lambda a, b: _kl.gelu_backward(xf[a:b], gf[a:b], dx[a:b], approx),
+                           _parallel.work_ranges(xf.size, _MIN_ELEMENTS_PER_THREAD))
+        return dx.reshape(g.shape)
 
 
 class Sequential(ModuleList):

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._kernels import _layers as _kl
 from ._validation import as_float_array
 from .module import Module
 
@@ -33,8 +34,7 @@ _REDUCTIONS = ("mean", "sum", "none")
 
 @dataclass
 class _CECache:
-    probs: np.ndarray       # softmax(logits) [..., C]
-    targets: np.ndarray     # targets with ignored entries set to 0 [...]
+    grad: np.ndarray        # [N, C]: softmax(logits) - onehot(targets), 0 on ignored rows
     keep: np.ndarray        # bool [...]: target not ignored
     count: int              # number of kept targets
 
@@ -111,15 +111,13 @@ class CrossEntropyLoss(Module):
                 f"targets must be in [0, {C}) or ignore_index={self.ignore_index}, "
                 f"got {int(t[bad].reshape(-1)[0])}"
             )
-        tt = np.where(keep, t, 0).astype(np.intp)
-        m = z.max(axis=-1, keepdims=True)
-        e = np.exp(z - m)
-        s = e.sum(axis=-1, keepdims=True)
-        lse = (m + np.log(s))[..., 0]
-        picked = np.take_along_axis(z, tt[..., None], axis=-1)[..., 0]
-        per = np.where(keep, lse - picked, self.dtype.type(0))
-        count = int(keep.sum())
-        self._save_cache(_CECache(e / s, tt, keep, count))
+        z2 = np.ascontiguousarray(z).reshape(-1, C)
+        per = np.empty(z2.shape[0], self.dtype)
+        grad = np.empty_like(z2)                   # softmax - onehot, 0 on ignored rows
+        count = _kl.cross_entropy(z2, np.ascontiguousarray(t, dtype=np.int64).reshape(-1),
+                                  per, grad, self.ignore_index, 1.0)
+        per = per.reshape(t.shape)
+        self._save_cache(_CECache(grad, keep, count))
         if self.reduction == "none":
             return per
         total = per.sum(dtype=self.dtype)
@@ -132,15 +130,13 @@ class CrossEntropyLoss(Module):
         c = self._peek_cache()
         g = _grad_scale(grad_output, self.reduction, c.keep.shape, self.dtype)
         self._pop_cache()
-        p, tt, keep, count = c.probs, c.targets, c.keep, c.count
-        grad = p.copy()
-        np.put_along_axis(grad, tt[..., None],
-                          np.take_along_axis(grad, tt[..., None], axis=-1) - 1, axis=-1)
-        w = keep.astype(self.dtype) * g
-        if self.reduction == "mean":
-            w = w / self.dtype.type(max(count, 1))
-        grad *= w[..., None]
-        return grad, None
+        grad = c.grad                              # consumed: scaled in place
+        if self.reduction == "none":
+            grad *= g.reshape(-1, 1)
+        else:
+            w = g / self.dtype.type(max(c.count, 1)) if self.reduction == "mean" else g
+            grad *= w
+        return grad.reshape(c.keep.shape + (grad.shape[-1],)), None
 
 
 class MSELoss(Module):

@@ -30,6 +30,7 @@ import numbers
 
 import numpy as np
 
+from ._kernels import _layers as _kl
 from .module import Module
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "clip_grad_norm", "warmup_cosine",
@@ -98,10 +99,31 @@ class Optimizer:
             g[...] = 0
 
     def step(self) -> None:
-        """Apply one update to every parameter (in place)."""
+        """Apply one update to every parameter (in place): one compiled pass over all of
+        them (arrays that are not C-contiguous take the NumPy form of the same rule)."""
         self.step_count += 1
+        fused, rest = [], []
         for k, p in self.params.items():
+            g = self.grads[k]
+            (fused if p.flags.c_contiguous and g.flags.c_contiguous else rest).append(k)
+        for dtype in {self.params[k].dtype for k in fused}:
+            keys = [k for k in fused if self.params[k].dtype == dtype]
+            for k in keys:
+                self._init_state(self.params[k], self.state[k])
+            self._fused_update([self.params[k].reshape(-1) for k in keys],
+                               [self.grads[k].reshape(-1) for k in keys],
+                               [self.state[k] for k in keys])
+        for k in rest:
+            p = self.params[k]
             self._update(p, self.grads[k], self.state[k], p.dtype.type)
+
+    def _init_state(self, p, state):
+        """Create the per-parameter buffers the fused update needs (shaped like ``p``)."""
+
+    def _fused_update(self, params, grads, states):
+        """The update of :meth:`_update` on flat arrays of one dtype, in one kernel call."""
+        for p, g, st in zip(params, grads, states):
+            self._update(p, g, st, p.dtype.type)
 
     def _update(self, p, g, state, T):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -164,6 +186,22 @@ class SGD(Optimizer):
             raise ValueError("nesterov=True requires momentum > 0 and dampening == 0, got "
                              f"momentum={self.momentum}, dampening={self.dampening}")
 
+    def _init_state(self, p, state):
+        if self.momentum and "momentum_buffer" not in state:
+            state["momentum_buffer"] = np.zeros(p.shape, p.dtype)
+            state["fresh"] = True
+
+    def _fused_update(self, params, grads, states):
+        first = False
+        buffers = [None] * len(params)
+        if self.momentum:
+            first = bool(states[0].pop("fresh", False))
+            for st in states[1:]:
+                st.pop("fresh", None)
+            buffers = [st["momentum_buffer"].reshape(-1) for st in states]
+        _kl.sgd(params, grads, buffers, self.lr, self.momentum, self.dampening,
+                self.weight_decay, self.nesterov, first)
+
     def _update(self, p, g, state, T):
         if self.weight_decay:
             g = g + T(self.weight_decay) * p
@@ -208,6 +246,16 @@ class Adam(Optimizer):
         self.betas = (_beta(betas[0], "betas[0]"), _beta(betas[1], "betas[1]"))
         self.eps = _nonneg(eps, "eps")
         self.weight_decay = _nonneg(weight_decay, "weight_decay")
+
+    def _init_state(self, p, state):
+        if not state:
+            state["exp_avg"] = np.zeros(p.shape, p.dtype)
+            state["exp_avg_sq"] = np.zeros(p.shape, p.dtype)
+
+    def _fused_update(self, params, grads, states):
+        _kl.adam(params, grads, [st["exp_avg"].reshape(-1) for st in states],
+                 [st["exp_avg_sq"].reshape(-1) for st in states], self.lr, self.betas[0],
+                 self.betas[1], self.step_count, self.eps, self.weight_decay, self.decoupled)
 
     def _update(self, p, g, state, T):
         b1, b2 = self.betas
