@@ -352,3 +352,13 @@ def test_a_thread_count_set_by_the_user_is_kept():
     infos = json.loads(proc.stdout)
     assert len(infos) == 2 and all(i["threads"] is None for i in infos), infos
     assert all(i["budget"] == cores for i in infos), infos
+
+
+def test_bench_runs_every_configuration(capsys):
+    from nn_core.bench import distributed as bench
+    assert bench.main(["--models", "lm", "--steps", "1", "--warmup", "0", "--repeat", "1",
+                       "--no-allreduce"]) == 0
+    rows = [ln.split() for ln in capsys.readouterr().out.splitlines()]
+    configs = {(r[1], r[3]) for r in rows if r[:1] == ["lm"] and r[2:3] == ["x"]}
+    assert configs == {("1", "1"), ("1", "2")} | (
+        {("2", "1")} if HAVE_MPI4PY and MPIEXEC else set())
