@@ -2,7 +2,7 @@
 1 thread each vs one process with 1 thread.
 
 ``python -m nn_core.bench distributed [--models seq2seq,lm] [--steps 40] [--warmup 5]
-[--repeat 3] [--dtype f32|f64] [--no-allreduce]``
+[--repeat 3] [--dtype f32|f64] [--batch-size B] [--no-allreduce]``
 
 Each configuration trains the default model of ``nn-core train MODEL`` on its default
 global batch (seq2seq 64, lm 32; AdamW, clipping at 1.0) for ``--warmup`` untimed and
@@ -12,15 +12,18 @@ of the global batch, with :class:`~nn_core.distributed.DistributedOptimizer` wei
 by token count.  Configurations alternate round by round and the median of
 ``--repeat`` rounds is shown, so that load from other processes hits each alike.
 
-Columns: samples/s (global batch x timed steps / wall time), milliseconds per step,
-speed-up over one process with one thread, for 2 processes the share of the step
-spent in the gradient all-reduce on rank 0 (it includes waiting for the slower rank),
-and the CPU time of a step summed over processes and threads (spinning BLAS and MPI
-waits included) with the samples per CPU-second it buys.  On a machine shared with
-other work the wall-clock columns favour more processes (the scheduler gives each
-runnable thread its share); the CPU columns do not.
-The last table times ``Allreduce(IN_PLACE)`` of float32 buffers between 2 processes:
-1 KiB, each model's gradient as one flat buffer and as one call per tensor, 16 MiB.
+First table: ``Allreduce(IN_PLACE)`` of float32 buffers between 2 processes: 1 KiB,
+each model's gradient as one flat buffer and as one call per tensor, 16 MiB.
+
+Then, per model and configuration: samples/s (global batch x timed steps / wall
+time), milliseconds per step, speed-up over one process with one thread, for 2
+processes the share of the step spent in the gradient all-reduce on rank 0 (waiting
+for the slower rank included), and the CPU time of the step's compute (everything
+but the all-reduce; the slowest rank's; all threads' for ``1 x 2``).  On a machine
+shared with other work the wall-clock columns are at the mercy of the scheduler
+(and BLAS threads that spin-wait for a descheduled partner); the last line per model
+estimates the unloaded ``2 x 1`` speed-up from CPU time: ``1 x 1`` compute over
+``2 x 1`` compute plus the bare all-reduce of the first table.
 Needs mpi4py and ``mpiexec`` (``pip install mpi4py mpich``) for everything but the
 1-process rows.
 """
@@ -65,10 +68,14 @@ def _weight(name, local):
     return int(local[:, 1:].size)                         # lm: every next character
 
 
-def train_worker(name, steps, warmup, dtype, threads):
-    """Time ``steps`` training steps; rank 0 returns the measurements."""
+def train_worker(name, steps, warmup, dtype, threads, batch_size=None):
+    """Time ``steps`` training steps; rank 0 returns the measurements.
+
+    The step is :meth:`DistributedOptimizer.step` taken apart, to time its parts:
+    compute (data, forward, backward, clipping, update) in CPU time of this process,
+    and the gradient all-reduce in wall time."""
     from nn_core import distributed as dist
-    from nn_core.optim import AdamW
+    from nn_core.optim import AdamW, clip_grad_norm
 
     w = dist.init(threads=threads)
     task, defaults = _task(name)
@@ -76,29 +83,41 @@ def train_worker(name, steps, warmup, dtype, threads):
     opt = dist.DistributedOptimizer(AdamW(model, lr=defaults["lr"], weight_decay=0.01),
                                     model, clip=1.0)
     order = np.random.default_rng(1)
-    batch_size = defaults["batch_size"]
+    batch_size = batch_size or defaults["batch_size"]
     batches = itertools.chain.from_iterable(
         task.train_batches(order, batch_size) for _ in itertools.count())
+    spent = {"compute_cpu": 0.0, "comm": 0.0}
 
     def step():
+        c0 = time.process_time()
         local = dist.shard(next(batches))
         opt.zero_grad()
         task.train_step(model, local)
-        opt.step(weight=_weight(name, local))
+        c1 = time.process_time()
+        t0 = time.perf_counter()
+        opt.allreduce_gradients(weight=_weight(name, local))
+        t1 = time.perf_counter()
+        c2 = time.process_time()
+        clip_grad_norm([opt.flat_grads], opt.clip)
+        opt.optimizer.step()
+        spent["compute_cpu"] += c1 - c0 + time.process_time() - c2
+        spent["comm"] += t1 - t0
 
     for _ in range(warmup):
         step()
     dist.barrier()
-    comm0, t0, cpu0 = opt.comm_seconds, time.perf_counter(), time.process_time()
+    spent.update(compute_cpu=0.0, comm=0.0)
+    t0 = time.perf_counter()
     for _ in range(steps):
         step()
     dist.barrier()
     wall = time.perf_counter() - t0
-    cpu = dist.allreduce_scalar(time.process_time() - cpu0)     # every rank's, every thread's
     return {"rank": w.rank, "size": w.size, "threads": threads,
-            "params": model.num_parameters(), "samples_per_s": batch_size * steps / wall,
-            "step_s": wall / steps, "comm_s": (opt.comm_seconds - comm0) / steps,
-            "cpu_s": cpu / steps, "batch_size": batch_size}
+            "params": model.num_parameters(), "batch_size": batch_size,
+            "samples_per_s": batch_size * steps / wall, "step_s": wall / steps,
+            "comm_s": spent["comm"] / steps,
+            # the slowest rank's compute sets the pace of a synchronous step
+            "compute_cpu_s": dist.allreduce_scalar(spent["compute_cpu"], "max") / steps}
 
 
 def _time_allreduce(comm, MPI, buffers, min_time=0.2, repeat=5):
@@ -193,6 +212,8 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--dtype", choices=("f32", "f64"), default="f32")
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="global batch (default: the task's, seq2seq 64, lm 32)")
     ap.add_argument("--no-allreduce", action="store_true", help="skip the Allreduce table")
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -202,7 +223,8 @@ def main(argv=None):
         if a.worker[0] == "allreduce":
             res = allreduce_worker()
         else:
-            res = train_worker(a.worker[0], a.steps, a.warmup, dtype, int(a.worker[1]))
+            res = train_worker(a.worker[0], a.steps, a.warmup, dtype, int(a.worker[1]),
+                               a.batch_size)
             res = res if res["rank"] == 0 else None
         if res is not None:
             print(json.dumps(res), flush=True)
@@ -210,8 +232,9 @@ def main(argv=None):
 
     models = [m.strip() for m in a.models.split(",") if m.strip()]
     bad = sorted(set(models) - set(MODELS))
-    if bad or a.steps < 1 or a.warmup < 0 or a.repeat < 1:
-        ap.error(f"--models takes {', '.join(MODELS)} (got {bad}); --steps, --repeat >= 1")
+    if bad or a.steps < 1 or a.warmup < 0 or a.repeat < 1 or (a.batch_size or 2) < 2:
+        ap.error(f"--models takes {', '.join(MODELS)} (got {bad}); --steps, --repeat >= 1; "
+                 "--batch-size >= 2")
     exe = mpiexec()
     try:
         import mpi4py  # noqa: F401
@@ -226,41 +249,51 @@ def main(argv=None):
     if not have_mpi:
         print("# mpi4py or mpiexec missing (pip install mpi4py mpich): 1-process rows only")
 
+    allreduce = {}
+    if have_mpi and not a.no_allreduce:
+        print("Allreduce(IN_PLACE, SUM) of float32 between 2 processes "
+              "(median per round of calls):")
+        for r in _run(2, ["allreduce"], mpi):
+            allreduce[r["label"]] = r["s"]
+            print(f"  {r['label']:40} {r['bytes'] / 2**20:8.3f} MiB {r['calls']:3d} "
+                  f"call(s) {_fmt_time(r['s'])}")
+        print()
+
     results = {(m, c[0]): [] for m in models for c in configs}
     for _ in range(a.repeat):
         for m in models:
             for label, procs, threads in configs:
-                results[m, label].append(_run(procs, [m, str(threads), "--steps",
-                                                      str(a.steps), "--warmup",
-                                                      str(a.warmup), "--dtype", a.dtype],
-                                              mpi))
+                args = [m, str(threads), "--steps", str(a.steps), "--warmup",
+                        str(a.warmup), "--dtype", a.dtype]
+                if a.batch_size:
+                    args += ["--batch-size", str(a.batch_size)]
+                results[m, label].append(_run(procs, args, mpi))
     print(f"{'model':8} {'procs x threads':>15} {'samples/s':>10} {'ms/step':>8} "
-          f"{'vs 1 x 1':>8} {'allreduce':>9} {'CPU ms/step':>11} {'samples/CPU-s':>13}")
+          f"{'vs 1 x 1':>8} {'allreduce':>9} {'compute CPU ms/step':>20}")
     for m in models:
-        base = statistics.median(r["samples_per_s"] for r in results[m, "1 x 1"])
-        rate = {}
+        med = {label: {k: statistics.median(r[k] for r in results[m, label])
+                       for k in ("samples_per_s", "step_s", "comm_s", "compute_cpu_s")}
+               for label, _, _ in configs}
+        base = med["1 x 1"]["samples_per_s"]
         for label, procs, _ in configs:
-            rs = results[m, label]
-            rate[label] = statistics.median(r["samples_per_s"] for r in rs)
-            step = statistics.median(r["step_s"] for r in rs)
-            share = (f"{100 * statistics.median(r['comm_s'] / r['step_s'] for r in rs):8.1f}%"
-                     if procs > 1 else f"{'':>9}")
-            cpu = statistics.median(r["cpu_s"] for r in rs)
-            print(f"{m:8} {label:>15} {rate[label]:10.0f} {step * 1e3:8.2f} "
-                  f"{rate[label] / base:7.2f}x {share} {cpu * 1e3:11.2f} "
-                  f"{rs[0]['batch_size'] / cpu:13.0f}")
-        if "2 x 1" in rate:
-            print(f"{m:8} target: 2 x 1 >= 1.8 x (1 x 1): "
+            r = med[label]
+            share = f"{100 * r['comm_s'] / r['step_s']:8.1f}%" if procs > 1 else f"{'':>9}"
+            print(f"{m:8} {label:>15} {r['samples_per_s']:10.0f} {r['step_s'] * 1e3:8.2f} "
+                  f"{r['samples_per_s'] / base:7.2f}x {share} "
+                  f"{r['compute_cpu_s'] * 1e3:20.2f}")
+        if "2 x 1" in med:
+            rate = {k: v["samples_per_s"] for k, v in med.items()}
+            print(f"{m:8} target 2 x 1 >= 1.8 x (1 x 1): "
                   f"{'met' if rate['2 x 1'] >= 1.8 * base else 'MISSED'} "
                   f"({rate['2 x 1'] / base:.2f}x); 2 x 1 >= 1 x 2: "
                   f"{'met' if rate['2 x 1'] >= rate['1 x 2'] else 'MISSED'} "
                   f"({rate['2 x 1'] / rate['1 x 2']:.2f}x)")
-    if have_mpi and not a.no_allreduce:
-        print("\nAllreduce(IN_PLACE, SUM) of float32 between 2 processes "
-              "(median per round of calls):")
-        for r in _run(2, ["allreduce"], mpi):
-            print(f"  {r['label']:40} {r['bytes'] / 2**20:8.3f} MiB {r['calls']:3d} "
-                  f"call(s) {_fmt_time(r['s'])}")
+            # unloaded estimate: a step costs its CPU time, plus the bare all-reduce
+            ar = allreduce.get(f"{m} gradient, one flat buffer", med["2 x 1"]["comm_s"])
+            est = med["1 x 1"]["compute_cpu_s"] / (med["2 x 1"]["compute_cpu_s"] + ar)
+            print(f"{m:8} from CPU time (no other load): 2 x 1 = {est:.2f} x (1 x 1) "
+                  f"[{med['1 x 1']['compute_cpu_s'] * 1e3:.1f} ms / "
+                  f"({med['2 x 1']['compute_cpu_s'] * 1e3:.1f} + {ar * 1e3:.2f} ms)]")
     return 0
 
 
