@@ -310,7 +310,6 @@ def _install_excepthook():
             text = "".join(traceback.format_exception(exc_type, exc, tb))
         _abort(_status_of(exc_type, exc), text)
 
-    hook.__nn_core_abort__ = True
     sys.excepthook = hook
 
 
@@ -361,16 +360,20 @@ def barrier() -> None:
         w.comm.Barrier()
 
 
+def _check_buffer(array):
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"array must be a numpy array, got {type(array).__name__}")
+    if not (array.flags.c_contiguous and array.flags.writeable):
+        raise ValueError("array must be C-contiguous and writeable (it is updated in place)")
+
+
 def all_reduce(array, op="sum"):
     """Reduce ``array`` over all ranks **in place** (``op``: ``"sum"``, ``"max"``,
     ``"min"``) and return it; every rank passes an array of the same shape and dtype.
     ``array`` must be a C-contiguous, writeable NumPy array."""
     _check_op(op)
+    _check_buffer(array)
     w = world()
-    if not isinstance(array, np.ndarray) or not array.flags.c_contiguous \
-            or not array.flags.writeable:
-        raise ValueError("array must be a C-contiguous, writeable numpy array, got "
-                         f"{type(array).__name__}")
     if w.size > 1:
         w.comm.Allreduce(w.mpi.IN_PLACE, array, op=getattr(w.mpi, op.upper()))
     return array
@@ -413,10 +416,9 @@ def all_sum(values: dict) -> dict:
 def broadcast(array, root=0):
     """Overwrite ``array`` (C-contiguous, writeable, same shape on every rank) with the
     root's, in place; returns it."""
+    _check_buffer(array)
     w = world()
     if w.size > 1:
-        if not array.flags.c_contiguous or not array.flags.writeable:
-            raise ValueError("array must be a C-contiguous, writeable numpy array")
         w.comm.Bcast(array, root=root)
     return array
 

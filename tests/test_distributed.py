@@ -3,6 +3,7 @@
 
 The MPI tests skip only when mpi4py or ``mpiexec`` is missing
 (``pip install mpi4py mpich`` provides both)."""
+import doctest
 import functools
 import importlib.util
 import json
@@ -122,8 +123,10 @@ def test_standalone_is_a_no_op_world(standalone):
     dist.barrier()
     with pytest.raises(ValueError, match="op must be one of"):
         dist.all_reduce(a, "mean")
-    with pytest.raises(ValueError, match="C-contiguous"):
+    with pytest.raises(ValueError, match="C-contiguous and writeable"):
         dist.all_reduce(np.arange(8.0)[::2])
+    with pytest.raises(TypeError, match="must be a numpy array"):
+        dist.broadcast([1.0])
     with pytest.raises(TypeError, match=r"values\['x'\] must be a number"):
         dist.all_sum({"x": "1"})
 
@@ -268,6 +271,11 @@ def test_optimizer_argument_errors(standalone):
     model[0].add_param("W", np.zeros((3, 8)))                  # replaced behind its back
     with pytest.raises(RuntimeError, match="parameters were replaced"):
         dopt.step()
+
+
+def test_docstring_examples():
+    result = doctest.testmod(dist)
+    assert result.attempted > 0 and result.failed == 0
 
 
 def test_abort_on_error_is_transparent_on_one_process(standalone):
