@@ -36,8 +36,9 @@ second and exits non-zero.  ``sys.exit(n)`` with ``n != 0`` does not pass throug
 ``sys.excepthook``; run the entry point inside :class:`abort_on_error` (a context
 manager and decorator) or start the script with ``python -m mpi4py script.py`` for
 that.  A job that hangs for any other reason (a rank that skips a collective) is
-bounded by the launcher: ``MPIEXEC_TIMEOUT=seconds mpiexec ...`` (MPICH and Open MPI;
-``mpirun --timeout`` too), ``srun --time`` / ``#SBATCH --time`` under Slurm.
+bounded by the launcher: ``MPIEXEC_TIMEOUT=seconds mpiexec ...`` (MPICH's Hydra and
+Open MPI's ``mpirun``, which also takes ``--timeout``), ``srun --time`` /
+``#SBATCH --time`` under Slurm.
 
 **Threads.**  N ranks on one node share its cores: unless the user set a thread
 count (``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS``, ...) or
@@ -65,12 +66,13 @@ A training script; ``python train.py`` runs it on one process,
     for batch in batches(seed=0):                 # the same global batches everywhere
         src, tgt = dist.shard(batch)              # this rank's rows
         opt.zero_grad()
-        loss = loss_fn(model(src), tgt)
+        loss = loss_fn(model(src), tgt)           # CrossEntropyLoss(ignore_index=PAD)
         model.backward(loss_fn.backward()[0])
-        opt.step(weight=int((tgt != PAD).sum()))  # sum, weight, clip, update
-        stats = dist.all_sum({"loss": float(loss) * len(src), "n": len(src)})
+        n = int((tgt != PAD).sum())               # the tokens the local loss averaged
+        opt.step(weight=n)                        # weighted all-reduce, clip, update
+        total = dist.all_sum({"loss": float(loss) * n, "tokens": n})
         if dist.rank() == 0:
-            print(stats["loss"] / stats["n"])
+            print(total["loss"] / total["tokens"])  # the global batch's loss
 """
 from __future__ import annotations
 
@@ -651,7 +653,8 @@ class DistributedOptimizer:
         weight : int or float, optional
             How many terms this rank's loss averaged over (non-ignored tokens for
             ``CrossEntropyLoss``, samples for a per-sample mean).  ``None``: every rank
-            counts alike (plain average, as Horovod and DDP).
+            counts alike (plain average, as Horovod and DDP).  Only the ratios between
+            ranks matter: the sample count does when every sample has as many terms.
         total_weight : int or float, optional
             The sum of ``weight`` over the ranks, if known (saves one scalar
             all-reduce).
