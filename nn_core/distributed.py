@@ -668,7 +668,7 @@ class DistributedOptimizer:
         self.allreduce_gradients(weight, total_weight)
         norm = None
         if self.clip is not None:
-            norm = clip_grad_norm([self.flat_grads], self.clip)
+            norm = clip_grad_norm(self.module, self.clip)   # the module's norm, one scaling pass
         self.optimizer.step()
         self.steps += 1
         return norm

@@ -310,15 +310,19 @@ def clip_grad_norm(target, max_norm, eps=1e-6) -> float:
         The total norm **before** clipping (``inf``/``nan`` are returned as is and
         the gradients are then left unchanged).
     """
+    flat = None
     if isinstance(target, Module):
+        grads = list(target.gradients().values())
         flat = target._flat_buffers()
-        grads = [flat[1]] if flat is not None else list(target.gradients().values())
     elif isinstance(target, dict):
         grads = list(target.values())
     else:
         grads = list(target)
     max_norm = _nonneg(max_norm, "max_norm")
+    # the norm is summed per array (the same number whether or not they share a buffer)
     total = math.sqrt(sum(float(np.dot(g.reshape(-1), g.reshape(-1))) for g in grads))
+    if flat is not None:
+        grads = [flat[1]]                       # one scaling pass
     if not math.isfinite(total):
         return total
     coef = max_norm / (total + eps)
