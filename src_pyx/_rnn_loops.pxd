@@ -9,6 +9,8 @@ from libc.string cimport memcpy, memset
 from _blas cimport gemm, gemv
 from _rnn_gates cimport (gru_bwd1, gru_bwd2, gru_fwd1, gru_fwd2, gru_ra_bwd, gru_ra_fwd,
                         lstm_bwd, lstm_fwd, rnn_bwd, rnn_fwd)
+from _rnn_pack cimport (nn_team_barrier, nn_team_run, pack_bwd, pack_fwd, panel_width,
+                        pgemm, pgemv)
 from _vmath cimport transpose
 
 cdef enum:
@@ -133,13 +135,306 @@ cdef inline Py_ssize_t _tau(bint reverse, Py_ssize_t s, Py_ssize_t L) noexcept n
     return s
 
 
+# ------------------------------------------------ packed steps on a thread team --
+# The step loops of STEP_PACKED: W_hh packed once per sweep (_rnn_pack.h), each step's
+# product and gate pass split over a thread team (_rnn_team.h) by hidden units.
+# Thread t of n owns the unit blocks [q0, q1) = [NQ*t/n, NQ*(t+1)/n) (NQ = ceil(H/NR)
+# blocks of NR units), i.e. the columns of every gate for those units: it packs their
+# panels, computes their products and runs their gate passes, block by block.  A step
+# needs every unit of the previous state, hence one barrier per step (the GRU: two,
+# r*h before W_hn (r*h) and dn before d(r*h)).  Each element is computed by one thread
+# in the same order whatever n is, so the sweep gives the same bits for every n.
+
+cdef enum:
+    STEP_AUTO = -1      # the rule below
+    STEP_BLAS = 0       # one BLAS product per step (layout: _rec_mode), one thread
+    STEP_PACKED = 1     # packed W_hh and the micro-kernel, on the thread team
+
+
+cdef struct TeamJob:
+    # One packed sweep (forward or backward) of batch rows [b0, b1) of ``sw``.
+    const RnnSweep* sw
+    bint double
+    Py_ssize_t b0, b1
+    Py_ssize_t NQ                 # unit blocks of NR (panel width) units
+    void* pack                    # the packed panels (32-byte aligned)
+    void* loc                     # forward: per-thread products, loc_stride elements each
+    Py_ssize_t loc_stride
+    const unsigned char* plan     # row blocks of b1 - b0 rows (nn_row_plan)
+    int nb
+    void* dh2                     # backward: [B, H] second dh buffer
+    void* drh                     # backward, GRU: [B, H] d(r*h)
+    const void* zrow              # backward: zeros [H] (no grad_out)
+
+
+cdef inline int step_mode(int kind, Py_ssize_t B, Py_ssize_t H, bint single) noexcept nogil:
+    """``STEP_PACKED`` or ``STEP_BLAS`` for a sweep of ``B`` rows and ``H`` units: the
+    faster of the two on one thread, measured per shape (docs/performance.md).  It
+    does not depend on the thread count, so a sweep gives the same numbers on any."""
+    return STEP_PACKED
+
+
+cdef inline Py_ssize_t team_loc_stride(Py_ssize_t nbr, Py_ssize_t G, Py_ssize_t NQ,
+                                       Py_ssize_t NR) noexcept nogil:
+    """Elements of one thread's forward scratch (a multiple of 16: own cache lines)."""
+    cdef Py_ssize_t n = (NQ if NQ > nbr else nbr) * G * NR
+    return (n + 15) // 16 * 16
+
+
+cdef inline void _fwd_gates(const RnnSweep* sw, Py_ssize_t s, Py_ssize_t b0, Py_ssize_t b1,
+                            Py_ssize_t u, Py_ssize_t nu, const floating* hr, Py_ssize_t ldr,
+                            Py_ssize_t R, bint second) noexcept nogil:
+    """Gate pass of units ``[u, u+nu)`` for rows ``[b0, b1)`` of step ``s``; ``hr`` is row
+    ``b0``'s product (``ldr`` between rows, gate stride ``R``); ``second``: the GRU's
+    second pass (``n`` and ``h``)."""
+    cdef int kind = sw.kind
+    cdef Py_ssize_t B = sw.B, H = sw.H, GH = sw.GH, b, L, tau
+    cdef const int64_t* lengths = sw.lengths
+    cdef floating* gates = <floating*> sw.gates
+    cdef floating* hp = <floating*> sw.hs + s * B * H
+    cdef floating* hn = hp + B * H
+    cdef floating* cs = <floating*> sw.cs
+    cdef floating* aux = <floating*> sw.aux
+    cdef floating* out = <floating*> sw.out
+    cdef const floating* bx = <const floating*> sw.bx + u
+    cdef const floating* bhn = <const floating*> sw.bhn
+    cdef size_t nbytes = nu * sizeof(floating)
+    cdef floating* a
+    cdef floating* o
+    cdef const floating* r
+    for b in range(b0, b1):
+        L = lengths[b]
+        if s >= L:                            # padding: carry the state, output 0
+            if second:
+                continue
+            memcpy(hn + b * H + u, hp + b * H + u, nbytes)
+            if kind == K_LSTM:
+                memcpy(cs + ((s + 1) * B + b) * H + u, cs + (s * B + b) * H + u, nbytes)
+            if kind == K_GRU:
+                memset(aux + (s * B + b) * H + u, 0, nbytes)
+            memset(out + (s * B + b) * H + u, 0, nbytes)
+            continue
+        tau = _tau(sw.reverse, s, L)
+        a = gates + (tau * B + b) * GH + u
+        o = out + (tau * B + b) * H + u
+        r = hr + (b - b0) * ldr
+        if second:
+            gru_fwd2(a, r, bx, hp + b * H + u, hn + b * H + u, o, nu, H)
+        elif kind == K_LSTM:
+            lstm_fwd(a, r, bx, cs + (s * B + b) * H + u, cs + ((s + 1) * B + b) * H + u,
+                     aux + (s * B + b) * H + u, hn + b * H + u, o, nu, H, R)
+        elif kind == K_RNN_TANH or kind == K_RNN_RELU:
+            rnn_fwd(a, r, bx, hn + b * H + u, o, nu, kind == K_RNN_RELU)
+        elif kind == K_GRU_RA:
+            gru_ra_fwd(a, r, bx, bhn + u, hp + b * H + u, aux + (s * B + b) * H + u,
+                       hn + b * H + u, o, nu, H, R)
+        else:
+            gru_fwd1(a, r, bx, hp + b * H + u, aux + (s * B + b) * H + u, nu, H, R)
+
+
+cdef inline void _fwd_segment(TeamJob* job, const floating* A, const floating* P,
+                              Py_ssize_t first, Py_ssize_t Gs, Py_ssize_t s, Py_ssize_t q0,
+                              Py_ssize_t q1, floating* loc, bint second) noexcept nogil:
+    """Products of the ``Gs`` gates whose panels start at ``first`` (``Gs`` per unit
+    block) for unit blocks ``[q0, q1)``, each followed by its gate pass.  ``A``: row
+    ``b0`` of the left operand (``h`` or ``r*h``, row stride ``H``)."""
+    cdef const RnnSweep* sw = job.sw
+    cdef Py_ssize_t H = sw.H, NR = panel_width(A), psz = sw.H * panel_width(A)
+    cdef Py_ssize_t b0 = job.b0, b1 = job.b1, q, g, u, nu
+    if b1 - b0 == 1:
+        # one row: a matrix-vector product over all own panels, then the gate passes
+        if q1 > q0:
+            pgemv((q1 - q0) * Gs, H, A, P + (first + q0 * Gs) * psz, psz, loc, NR, False)
+        for q in range(q0, q1):
+            u = q * NR
+            nu = NR if H - u > NR else H - u
+            _fwd_gates(job.sw, s, b0, b1, u, nu, loc + (q - q0) * Gs * NR, 0, NR, second)
+        return
+    for q in range(q0, q1):
+        for g in range(Gs):
+            pgemm(job.plan, job.nb, H, A, H, P + (first + q * Gs + g) * psz, loc + g * NR,
+                  Gs * NR, NR, False)
+        u = q * NR
+        nu = NR if H - u > NR else H - u
+        _fwd_gates(job.sw, s, b0, b1, u, nu, loc, Gs * NR, NR, second)
+
+
+cdef inline void _fwd_worker(TeamJob* job, int tid, int nth, floating* P) noexcept nogil:
+    """Thread ``tid`` of ``nth``: the forward step loop for its unit blocks."""
+    cdef const RnnSweep* sw = job.sw
+    cdef int kind = sw.kind
+    cdef Py_ssize_t T = sw.T, B = sw.B, H = sw.H, G = sw.GH // sw.H, NQ = job.NQ
+    cdef Py_ssize_t G1 = 2 if kind == K_GRU else G
+    cdef Py_ssize_t q0 = NQ * tid // nth, q1 = NQ * (tid + 1) // nth, s
+    cdef Py_ssize_t b0 = job.b0
+    cdef floating* hs = <floating*> sw.hs
+    cdef floating* aux = <floating*> sw.aux
+    cdef floating* loc = <floating*> job.loc + tid * job.loc_stride
+    cdef int sense = 0
+    pack_fwd(<const floating*> sw.W_hh, H, G, G1, q0, q1, P)
+    for s in range(T):
+        _fwd_segment(job, hs + (s * B + b0) * H, P, 0, G1, s, q0, q1, loc, False)
+        if kind == K_GRU:
+            nn_team_barrier(&sense)           # every unit of r*h before (r*h) W_hn^T
+            _fwd_segment(job, aux + (s * B + b0) * H, P, G1 * NQ, 1, s, q0, q1, loc, True)
+        if s + 1 < T:
+            nn_team_barrier(&sense)           # every unit of h_{s+1} before step s+1
+
+
+cdef inline void _fwd_team(void* ctx, int tid, int nth) noexcept nogil:
+    cdef TeamJob* job = <TeamJob*> ctx
+    if job.double:
+        _fwd_worker(job, tid, nth, <double*> job.pack)
+    else:
+        _fwd_worker(job, tid, nth, <float*> job.pack)
+
+
+cdef inline void _bwd_prod(TeamJob* job, const floating* A, Py_ssize_t koff, Py_ssize_t K,
+                           const floating* P, Py_ssize_t q0, Py_ssize_t q1, floating* C,
+                           bint acc) noexcept nogil:
+    """``C[b0:b1, own units] (+)= A[b0:b1, koff:koff+K] @ W_hh[koff:koff+K, own units]``
+    (``A``, ``C``: row 0 of ``[B, G*H]`` / ``[B, H]`` arrays)."""
+    cdef const RnnSweep* sw = job.sw
+    cdef Py_ssize_t H = sw.H, GH = sw.GH, NR = panel_width(A), psz = sw.GH * panel_width(A)
+    cdef Py_ssize_t b0 = job.b0, q, nu
+    if q1 <= q0:
+        return
+    if job.b1 - b0 == 1:
+        nu = H - (q1 - 1) * NR
+        pgemv(q1 - q0, K, A + b0 * GH + koff, P + q0 * psz + koff * NR, psz,
+              C + b0 * H + q0 * NR, nu, acc)
+        return
+    for q in range(q0, q1):
+        nu = NR if H - q * NR > NR else H - q * NR
+        pgemm(job.plan, job.nb, K, A + b0 * GH + koff, GH, P + q * psz + koff * NR,
+              C + b0 * H + q * NR, H, nu, acc)
+
+
+cdef inline void _bwd_worker(TeamJob* job, int tid, int nth, floating* P) noexcept nogil:
+    """Thread ``tid`` of ``nth``: BPTT for its unit blocks (the loop of ``_bptt``)."""
+    cdef const RnnSweep* sw = job.sw
+    cdef int kind = sw.kind
+    cdef bint reverse = sw.reverse
+    cdef Py_ssize_t T = sw.T, B = sw.B, H = sw.H, GH = sw.GH, G = sw.GH // sw.H
+    cdef Py_ssize_t H2 = 2 * sw.H, NQ = job.NQ, NR = panel_width(P)
+    cdef Py_ssize_t q0 = NQ * tid // nth, q1 = NQ * (tid + 1) // nth
+    cdef Py_ssize_t u0 = q0 * NR, u1 = (q1 * NR if q1 * NR < H else H)
+    cdef Py_ssize_t b0 = job.b0, b1 = job.b1, s, b, g, q, u, nu, L, tau
+    cdef const int64_t* lengths = sw.lengths
+    cdef const floating* gates = <const floating*> sw.gates
+    cdef const floating* hs = <const floating*> sw.hs
+    cdef const floating* cs = <const floating*> sw.cs
+    cdef const floating* aux = <const floating*> sw.aux
+    cdef const floating* gout = <const floating*> sw.gout
+    cdef const floating* zrow = <const floating*> job.zrow
+    cdef floating* dGs = <floating*> sw.dGs
+    cdef floating* dGt = <floating*> sw.dGt
+    cdef floating* dc = <floating*> sw.dc
+    cdef floating* dh = <floating*> sw.dh
+    cdef floating* dh_out = dh
+    cdef floating* dh2 = <floating*> job.dh2
+    cdef floating* drh = <floating*> job.drh
+    cdef floating* tmp
+    cdef floating* dgs
+    cdef floating* dgr
+    cdef floating* dst
+    cdef floating* dgx
+    cdef const floating* gg
+    cdef const floating* go
+    cdef const floating* hp
+    cdef bint sep = dGt != dGs
+    cdef size_t own = (u1 - u0) * sizeof(floating) if u1 > u0 else 0
+    cdef int sense = 0
+    pack_bwd(<const floating*> sw.W_hh, H, GH, q0, q1, P)
+    for s in range(T - 1, -1, -1):
+        dgs = dGs + s * B * GH
+        # 1. gate gradients of the own units (and the direct part of grad h_prev)
+        for b in range(b0, b1):
+            L = lengths[b]
+            dgr = dgs + b * GH
+            dst = dh2 + b * H
+            if s >= L:                     # padding: no gradient, dh passes through
+                for g in range(G):
+                    memset(dgr + g * H + u0, 0, own)
+                    if sep:
+                        memset(dGt + (s * B + b) * GH + g * H + u0, 0, own)
+                memcpy(dst + u0, dh + b * H + u0, own)
+                if kind == K_GRU:
+                    memset(drh + b * H + u0, 0, own)
+                continue
+            tau = _tau(reverse, s, L)
+            gg = gates + (tau * B + b) * GH
+            dgx = dGt + (tau * B + b) * GH
+            go = gout + (tau * B + b) * H if gout != NULL else zrow
+            hp = hs + (s * B + b) * H
+            for q in range(q0, q1):
+                u = q * NR
+                nu = NR if H - u > NR else H - u
+                if kind == K_LSTM:
+                    lstm_bwd(gg + u, aux + (s * B + b) * H + u, cs + (s * B + b) * H + u,
+                             dh + b * H + u, go + u, dc + b * H + u, dgr + u, nu, H)
+                elif kind == K_RNN_TANH or kind == K_RNN_RELU:
+                    rnn_bwd(gg + u, dh + b * H + u, go + u, dgr + u, nu, kind == K_RNN_RELU)
+                elif kind == K_GRU_RA:
+                    gru_ra_bwd(gg + u, aux + (s * B + b) * H + u, hp + u, dh + b * H + u,
+                               go + u, dgx + u, dgr + u, dst + u, nu, H)
+                else:
+                    gru_bwd1(gg + u, hp + u, dh + b * H + u, go + u, dgr + u, dst + u, nu, H)
+            if kind <= K_LSTM:
+                memset(dst + u0, 0, own)
+        nn_team_barrier(&sense)            # every gate gradient of the step
+        if kind == K_GRU:
+            # 2. d(r*h) = dn @ W_hn, then r's gradient and the r*h path to h_prev
+            _bwd_prod(job, dgs, H2, H, P, q0, q1, drh, False)
+            for b in range(b0, b1):
+                L = lengths[b]
+                if s >= L:
+                    continue
+                tau = _tau(reverse, s, L)
+                gg = gates + (tau * B + b) * GH
+                hp = hs + (s * B + b) * H
+                for q in range(q0, q1):
+                    u = q * NR
+                    nu = NR if H - u > NR else H - u
+                    gru_bwd2(gg + u, hp + u, drh + b * H + u, dgs + b * GH + u,
+                             dh2 + b * H + u, nu)
+            nn_team_barrier(&sense)        # every r gradient
+            _bwd_prod(job, dgs, 0, H2, P, q0, q1, dh2, True)
+        else:
+            # 2. dh_prev = direct part + dG @ W_hh
+            _bwd_prod(job, dgs, 0, GH, P, q0, q1, dh2, True)
+        if sep and kind != K_GRU_RA:
+            for b in range(b0, b1):
+                L = lengths[b]
+                if s < L:
+                    tau = _tau(reverse, s, L)
+                    for g in range(G):
+                        memcpy(dGt + (tau * B + b) * GH + g * H + u0,
+                               dgs + b * GH + g * H + u0, own)
+        tmp = dh
+        dh = dh2
+        dh2 = tmp
+    if dh != dh_out:
+        for b in range(b0, b1):
+            memcpy(dh_out + b * H + u0, dh + b * H + u0, own)
+
+
+cdef inline void _bwd_team(void* ctx, int tid, int nth) noexcept nogil:
+    cdef TeamJob* job = <TeamJob*> ctx
+    if job.double:
+        _bwd_worker(job, tid, nth, <double*> job.pack)
+    else:
+        _bwd_worker(job, tid, nth, <float*> job.pack)
+
+
 # --------------------------------------------------------------------- forward --
 cdef inline void forward_sweep(const RnnSweep* sw, int phase, Py_ssize_t r0, Py_ssize_t r1,
-                               floating* tmp) noexcept nogil:
+                               floating* tmp, TeamJob* job, int nthreads) noexcept nogil:
     """``phase`` (``PH_*``): ``PH_PROJ`` the input projection for rows ``[r0, r1)`` of
     ``T*B``; ``PH_STEPS`` the recurrence for batch rows ``[r0, r1)`` only (rows
     never interact, so two row ranges can run concurrently; every array keeps its
-    full-batch layout); ``PH_ALL`` both over everything."""
+    full-batch layout); ``PH_ALL`` both over everything.  With ``job`` (STEP_PACKED,
+    its rows set to the step rows) the recurrence runs on ``nthreads`` team threads."""
     cdef int kind = sw.kind
     cdef bint reverse = sw.reverse
     cdef Py_ssize_t T = sw.T, B = sw.B, D = sw.D, H = sw.H, GH = sw.GH, H2 = 2 * sw.H
@@ -180,6 +475,9 @@ cdef inline void forward_sweep(const RnnSweep* sw, int phase, Py_ssize_t r0, Py_
         return
     if nb < 1:
         return
+    if job != NULL:
+        nn_team_run(nthreads, _fwd_team, job)
+        return
 
     for s in range(T):
         hp = hs + s * B * H
@@ -208,14 +506,14 @@ cdef inline void forward_sweep(const RnnSweep* sw, int phase, Py_ssize_t r0, Py_
             hr = hh + b * (H2 if kind == K_GRU else GH)
             if kind == K_LSTM:
                 lstm_fwd(a, hr, bx, cs + (s * B + b) * H, cs + ((s + 1) * B + b) * H,
-                         aux + (s * B + b) * H, hn + b * H, o, H)
+                         aux + (s * B + b) * H, hn + b * H, o, H, H, H)
             elif kind == K_RNN_TANH or kind == K_RNN_RELU:
                 rnn_fwd(a, hr, bx, hn + b * H, o, H, kind == K_RNN_RELU)
             elif kind == K_GRU_RA:
                 gru_ra_fwd(a, hr, bx, bhn, hp + b * H, aux + (s * B + b) * H,
-                           hn + b * H, o, H)
+                           hn + b * H, o, H, H, H)
             else:                              # K_GRU, first pass: r, z and r*h
-                gru_fwd1(a, hr, bx, hp + b * H, aux + (s * B + b) * H, H)
+                gru_fwd1(a, hr, bx, hp + b * H, aux + (s * B + b) * H, H, H, H)
         if kind == K_GRU:
             # (r*h) @ W_hn^T, then the second pass: n and h
             hn2 = hh + B * H2
@@ -228,7 +526,7 @@ cdef inline void forward_sweep(const RnnSweep* sw, int phase, Py_ssize_t r0, Py_
                 tau = _tau(reverse, s, L)
                 a = gates + (tau * B + b) * GH
                 o = out + (tau * B + b) * H
-                gru_fwd2(a, hn2 + b * H, bx, hp + b * H, hn + b * H, o, H)
+                gru_fwd2(a, hn2 + b * H, bx, hp + b * H, hn + b * H, o, H, H)
 
 
 # -------------------------------------------------------------------- backward --
@@ -280,15 +578,15 @@ cdef inline void _bptt(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ss
             hp = hs + (s * B + b) * H
             if kind == K_LSTM:
                 lstm_bwd(g, aux + (s * B + b) * H, cs + (s * B + b) * H, dhb, go,
-                         dc + b * H, dgr, H)
+                         dc + b * H, dgr, H, H)
                 memset(dst, 0, row)
             elif kind == K_RNN_TANH or kind == K_RNN_RELU:
                 rnn_bwd(g, dhb, go, dgr, H, kind == K_RNN_RELU)
                 memset(dst, 0, row)
             elif kind == K_GRU_RA:
-                gru_ra_bwd(g, aux + (s * B + b) * H, hp, dhb, go, dgx, dgr, dst, H)
+                gru_ra_bwd(g, aux + (s * B + b) * H, hp, dhb, go, dgx, dgr, dst, H, H)
             else:                               # K_GRU, first pass: z and n
-                gru_bwd1(g, hp, dhb, go, dgr, dst, H)
+                gru_bwd1(g, hp, dhb, go, dgr, dst, H, H)
         if kind == K_GRU:
             # d(r*h) = dn_pre @ W_hn; then r's gradient and the r*h path to h_prev
             _rec_bwd(mode, nb, H, H, dgs + b0 * GH + H2, GH, W_hh + H2 * H, H, W_hhT + H2,
@@ -399,12 +697,14 @@ cdef inline void _weight_grads(int kind, Py_ssize_t T, Py_ssize_t B, Py_ssize_t 
 
 
 cdef inline void backward_sweep(const RnnSweep* sw, int phase, Py_ssize_t r0,
-                                Py_ssize_t r1, floating* scr) noexcept nogil:
+                                Py_ssize_t r1, floating* scr, TeamJob* job,
+                                int nthreads) noexcept nogil:
     """``phase`` (``PH_*``): ``PH_STEPS`` BPTT for batch rows ``[r0, r1)`` (independent
     of the other rows, like the forward); ``PH_GRAD_X`` ``grad_x`` for rows ``[r0, r1)``
     of ``T*B``; ``PH_WGRAD`` the weight and bias gradients for gate columns
     ``[r0, r1)`` -- the last two need every row's gate gradients, so they run after
-    all ``PH_STEPS`` ranges; ``PH_ALL`` everything in that order."""
+    all ``PH_STEPS`` ranges; ``PH_ALL`` everything in that order.  With ``job``
+    (STEP_PACKED) BPTT runs on ``nthreads`` team threads."""
     cdef int kind = sw.kind
     cdef Py_ssize_t T = sw.T, B = sw.B, D = sw.D, H = sw.H, GH = sw.GH
     cdef const floating* x = <const floating*> sw.x
@@ -419,7 +719,10 @@ cdef inline void backward_sweep(const RnnSweep* sw, int phase, Py_ssize_t r0,
     if phase == PH_ALL or phase == PH_STEPS:
         if phase == PH_ALL:
             r0, r1 = 0, B
-        if r1 > r0:
+        if r1 > r0 and job != NULL:
+            job.dh2, job.drh, job.zrow = scr + B * H, scr + 2 * B * H, zrow
+            nn_team_run(nthreads, _bwd_team, job)
+        elif r1 > r0:
             _bptt(kind, sw.reverse, T, B, H, <const floating*> sw.W_hh,
                   <const floating*> sw.W_hhT, sw.lengths, <const floating*> sw.gates, hs,
                   <const floating*> sw.cs, aux, <const floating*> sw.gout,
