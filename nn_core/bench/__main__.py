@@ -1,11 +1,11 @@
-"""``python -m nn_core.bench {attention,mha,decode,recurrent,bidirectional} [options]``.
+"""``python -m nn_core.bench {attention,mha,decode,recurrent,bidirectional,model} [options]``.
 
 Each benchmark lives in ``nn_core/bench/<name>.py`` and exposes ``main(argv)``.
 """
 import importlib
 import sys
 
-BENCHES = ("attention", "mha", "decode", "recurrent", "bidirectional")
+BENCHES = ("attention", "mha", "decode", "recurrent", "bidirectional", "model")
 
 
 def main(argv=None):
