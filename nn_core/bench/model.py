@@ -36,7 +36,7 @@ timed run).  ``ratio`` = nn_core time / torch time (below 1: nn_core is faster);
     Six ``TransformerEncoderLayer(384, 12, 1536, dropout=0.0, activation="gelu",
     layer_norm_eps=1e-12)`` (post-LN, exact-erf GELU) in a ``Sequential`` against
     ``torch.nn.TransformerEncoder`` of the same layers (weights copied), at
-    ``B=64, L=128`` (``--seq-len``; ``--quick``: ``B=4, L=32``):
+    ``B=64, L=128`` (``--seq-len``; ``--quick``: ``B=2, L=16``):
 
     * ``forward (inference)``: nn_core under ``nn_core.inference_mode()``, torch under
       ``torch.inference_mode()`` in ``eval()`` (its fused encoder-layer path);
@@ -67,8 +67,12 @@ timed run).  ``ratio`` = nn_core time / torch time (below 1: nn_core is faster);
     too.  Target: 1.5.
 
 ``faults``
-    Minor page faults (``getrusage``) per training step of each CLI model after a
-    warm-up, nn_core and torch each alone.  Target: under 100 (nn_core).
+    Minor page faults (``getrusage``) per training step of each CLI model after 3
+    warm-up steps (mean of 10), nn_core and torch each in a fresh process per model
+    (with ``--quick``: one process per library for all models).  A fresh process is
+    what ``nn-core train`` is: the count depends on the C allocator's state, which
+    everything run before in the same process changes (after this script's other
+    sections nn_core's count drops to about 0).  Target: under 100 (nn_core).
 """
 from __future__ import annotations
 
@@ -108,6 +112,10 @@ _QUICK_DATA = {"seq2seq": ["--train-size", "640", "--val-size", "64"],
 # the BERT-style encoder
 D_MODEL, HEADS, FFN, LAYERS, LN_EPS = 384, 12, 1536, 6, 1e-12
 VOCAB_EMBED, VOCAB_CE = 30522, 2048
+
+
+def _say(*args):
+    print(*args, flush=True)
 
 
 def _tdtype(torch, dtype):
@@ -301,9 +309,20 @@ def cli_task(name, cell, quick=False):
     return cls(cls.config_from_args(args)), args
 
 
+def cli_model(name, cell, dtype, quick=False, seed=0):
+    """``(task, args, model, batch)``: the CLI's model, built as
+    :func:`nn_core.training.train` builds it, and the first batch of its first epoch."""
+    task, args = cli_task(name, cell, quick)
+    rng = np.random.default_rng(seed)
+    model = task.build_model(dtype, rng)
+    batch = next(iter(task.train_batches(rng, args.batch_size)))
+    return task, args, model, batch
+
+
 class StepPair:
-    """An nn_core model and its torch twin, each with AdamW and the warmup-cosine
-    schedule of :func:`nn_core.training.train`, and one batch of the task's data."""
+    """An nn_core model and its torch twin (none when ``torch`` is ``None``), each with
+    AdamW and the warmup-cosine schedule of :func:`nn_core.training.train`, and one
+    batch of the task's data."""
 
     def __init__(self, torch, task, args, model, batch):
         from ..optim import AdamW, WarmupCosine, warmup_cosine
@@ -315,6 +334,8 @@ class StepPair:
         self.opt = AdamW(model, lr=args.lr, weight_decay=0.01)
         self.sched = WarmupCosine(self.opt, warmup_steps=warmup, total_steps=total,
                                   min_lr=args.lr / 20)
+        if torch is None:       # nn_core alone (the page-fault subprocesses)
+            return
         self.twin = make_twin(torch, task, model)
         self.tparams = list(self.twin.parameters())
         self.topt = torch.optim.AdamW(self.tparams, lr=args.lr, weight_decay=0.01)
@@ -380,7 +401,7 @@ class StepPair:
             return int(((logits.detach().argmax(-1) == y) & ans).sum()), int(ans.sum())
         return loss, bookkeeping
 
-    def check(self, label, out=print):
+    def check(self, label, out=_say):
         """Run two steps on both sides; compare losses and the first gradient norm."""
         (l1, n1), (l2, _) = self.nn_step(), self.nn_step()
         (t1, m1), (t2, _) = self.torch_step(), self.torch_step()
@@ -394,15 +415,12 @@ class StepPair:
         return ok
 
 
-def build_step_pairs(torch, dtype, quick=False, seed=0, out=print):
+def build_step_pairs(torch, dtype, quick=False, seed=0, out=_say):
     """``[(label, pair, target or None, cli_model)]`` for the CLI models and, for the GRU
     models, their ``reset_after=True`` copies (``ra``); checked once each."""
     rows = []
     for label, name, cell in CLI_MODELS:
-        task, args = cli_task(name, cell, quick)
-        rng = np.random.default_rng(seed)             # as nn_core.training.train
-        model = task.build_model(dtype, rng)
-        batch = next(iter(task.train_batches(rng, args.batch_size)))
+        task, args, model, batch = cli_model(name, cell, dtype, quick, seed)
         variant = reset_after_variant(model)
         pair = StepPair(torch, task, args, model, batch)
         if variant is None:
@@ -421,7 +439,7 @@ def build_step_pairs(torch, dtype, quick=False, seed=0, out=print):
     return rows
 
 
-def run_steps(torch, thread_counts, dtype, repeat, min_time, quick, out=print, pairs=None):
+def run_steps(torch, thread_counts, dtype, repeat, min_time, quick, out=_say, pairs=None):
     out(f"\n== Training steps of the CLI models ({np.dtype(dtype).name}): zero_grad, forward, "
         f"loss, backward, clip_grad_norm(1.0), AdamW, schedule ==")
     if pairs is None:
@@ -440,6 +458,8 @@ def run_steps(torch, thread_counts, dtype, repeat, min_time, quick, out=print, p
                 flag = "" if target is None or r <= target else " *"
                 out(f"{label:<26} {n:>3} {fmt_ms(t['nn']):>10} {fmt_ms(t['torch']):>10} "
                     f"{r:6.2f} {tgt}{flag}")
+    out("(ra) = the same model with its GRU cells reset_after=True, torch's recurrence, "
+        "same weights; the CLI's GRU is reset_after=False, which torch does not have")
     return pairs
 
 
@@ -469,7 +489,7 @@ def torch_encoder(torch, dtype, ours=None):
 
 
 def bert_shape(args):
-    B, L = (4, 32) if args.quick else (64, 128)
+    B, L = (2, 16) if args.quick else (64, 128)
     return B, args.seq_len or L
 
 
@@ -492,7 +512,7 @@ def _bert_check(torch, ours, theirs, x, g, out):
     return ok
 
 
-def run_bert(torch, thread_counts, dtype, repeat, min_time, args, out=print):
+def run_bert(torch, thread_counts, dtype, repeat, min_time, args, out=_say):
     from ..module import inference_mode
 
     B, L = bert_shape(args)
@@ -744,7 +764,7 @@ def _layer_cases(torch, dtype, B, L, seed=0):
     return cases
 
 
-def run_layers(torch, thread_counts, dtype, repeat, min_time, args, out=print):
+def run_layers(torch, thread_counts, dtype, repeat, min_time, args, out=_say):
     B, L = bert_shape(args)
     out(f"\n== Pieces at the BERT shapes (B={B}, L={L}, {np.dtype(dtype).name}): forward "
         f"(inference) | zero_grad + forward + backward ==")
@@ -858,26 +878,33 @@ def _memory_child(argv):
     return 0
 
 
-def measure_memory(lib, B, L, dtype, timeout=600):
-    """Run :func:`_memory_child` for ``lib`` in a fresh interpreter (one thread)."""
+def _run_child(func, args, one_thread=False, timeout=900):
+    """``nn_core.bench.model.<func>(args)`` in a fresh interpreter; its last stdout line
+    parsed as JSON."""
     import nn_core
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(nn_core.__file__)))
     env = dict(os.environ)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[var] = "1"
-    code = ("import sys; from nn_core.bench.model import _memory_child; "
-            "sys.exit(_memory_child(sys.argv[1:]))")
-    proc = subprocess.run([sys.executable, "-c", code, lib, str(B), str(L),
-                           np.dtype(dtype).name], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    if one_thread:
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[var] = "1"
+    code = (f"import sys; from nn_core.bench.model import {func}; "
+            f"sys.exit({func}(sys.argv[1:]))")
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
-        raise RuntimeError(f"memory subprocess for {lib} failed:\n{proc.stderr.strip()}")
+        raise RuntimeError(f"{func}{tuple(args)} failed in its subprocess:\n"
+                           f"{proc.stderr.strip()}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run_memory(dtype, args, out=print):
+def measure_memory(lib, B, L, dtype):
+    """Run :func:`_memory_child` for ``lib`` in a fresh interpreter (one thread)."""
+    return _run_child("_memory_child", [lib, B, L, np.dtype(dtype).name], one_thread=True)
+
+
+def run_memory(dtype, args, out=_say):
     B, L = bert_shape(args)
     out(f"\n== Inference memory: one forward of the encoder (B={B}, L={L}, "
         f"{np.dtype(dtype).name}), peak RSS increase in a fresh process, 1 thread ==")
@@ -898,6 +925,7 @@ def run_memory(dtype, args, out=print):
 
 # ================================================================ faults ====
 def minor_faults_per_step(step, n_steps, warmup=3):
+    """Minor page faults of the process per call of ``step`` after ``warmup`` calls."""
     for _ in range(warmup):
         step()
     f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -906,23 +934,59 @@ def minor_faults_per_step(step, n_steps, warmup=3):
     return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / n_steps
 
 
-def run_faults(torch, thread_counts, dtype, quick, out=print, pairs=None):
-    n_steps = 3 if quick else 20
-    out(f"\n== Minor page faults per training step after 3 warm-up steps (mean of {n_steps} "
-        f"steps; each library alone) ==")
-    if pairs is None:
-        pairs = build_step_pairs(torch, dtype, quick, out=out)
+def _faults_child(argv):
+    """Subprocess body: ``lib dtype quick n_steps warmup threads labels`` -> one JSON line
+    ``{label: {threads: faults per step}}``.  nn_core's child never imports torch."""
+    lib, dname, quick = argv[0], argv[1], argv[2] == "1"
+    n_steps, warmup = int(argv[3]), int(argv[4])
+    counts = [int(v) for v in argv[5].split(",")]
+    labels = argv[6].split(",")
+    dtype = np.dtype(dname).type
+    res = {}
+    for label, name, cell in CLI_MODELS:
+        if label not in labels:
+            continue
+        task, args, model, batch = cli_model(name, cell, dtype, quick)
+        if lib == "nn_core":
+            from .. import _parallel
+            step = StepPair(None, task, args, model, batch).nn_step
+            limit = _parallel.limit_threads
+        else:
+            step = StepPair(torch_or_none(), task, args, model, batch).torch_step
+            limit = threads
+        res[label] = {}
+        for n in counts:
+            with limit(n):
+                res[label][n] = minor_faults_per_step(step, n_steps, warmup)
+    print(json.dumps(res))
+    return 0
+
+
+def run_faults(thread_counts, dtype, quick, out=_say):
+    """Each CLI model's faults per step, each library in its own fresh process (the
+    allocator's state depends on everything the process ran before: in this process,
+    after the other sections, nn_core's count drops to about 0)."""
+    n_steps, warmup = (2, 1) if quick else (10, 3)
+    how = ("one process per library for all models (--quick)" if quick
+           else "a fresh process per model and library")
+    out(f"\n== Minor page faults per training step ({np.dtype(dtype).name}): mean of "
+        f"{n_steps} steps after {warmup} warm-up, {how}; thread counts in turn ==")
+    labels = [label for label, _, _ in CLI_MODELS]
+    groups = [labels] if quick else [[label] for label in labels]
+    counts = ",".join(map(str, thread_counts))
+    res = {"nn_core": {}, "torch": {}}
+    for lib in res:
+        for group in groups:
+            res[lib].update(_run_child("_faults_child", [
+                lib, np.dtype(dtype).name, int(quick), n_steps, warmup, counts,
+                ",".join(group)]))
     out(f"{'model':<26} {'thr':>3} {'nn_core':>9} {'torch':>9} {'target':>6}")
     for n in thread_counts:
-        with threads(n):
-            for label, pair, _, cli in pairs:
-                if not cli:
-                    continue
-                a = minor_faults_per_step(pair.nn_step, n_steps)
-                b = minor_faults_per_step(pair.torch_step, n_steps)
-                out(f"{label:<26} {n:>3} {a:9.0f} {b:9.0f} {'<' + str(FAULT_TARGET):>6}"
-                    f"{'' if a < FAULT_TARGET else ' *'}")
-    return pairs
+        for label in labels:
+            a, b = res["nn_core"][label][str(n)], res["torch"][label][str(n)]
+            out(f"{label:<26} {n:>3} {a:9.0f} {b:9.0f} {'<' + str(FAULT_TARGET):>6}"
+                f"{'' if a < FAULT_TARGET else ' *'}")
+    return res
 
 
 # ================================================================== main ====
@@ -951,19 +1015,25 @@ def main(argv=None):
                                 epilog="Sections and columns: see nn_core/bench/model.py.")
     p.add_argument("--threads", type=_parse_threads, default=[1, 2],
                    help="thread counts, e.g. 1,2 (default)")
-    p.add_argument("--repeat", type=int, default=3,
-                   help="interleaved rounds per measurement (default: %(default)s)")
-    p.add_argument("--min-time", type=float, default=0.2,
-                   help="seconds per timing sample; calls are batched (default: %(default)s)")
+    p.add_argument("--repeat", type=int, default=None,
+                   help="interleaved rounds per measurement (default: 3; --quick: 1)")
+    p.add_argument("--min-time", type=float, default=None,
+                   help="seconds per timing sample; calls are batched (default: 0.2; "
+                        "--quick: 0.02)")
     p.add_argument("--only", type=_parse_only, default=list(SECTIONS),
                    help=f"sections to run, from {','.join(SECTIONS)} (default: all)")
     p.add_argument("--quick", action="store_true",
-                   help="small sizes: encoder B=4, L=32; smaller task data sets (the CLI "
-                        "models and batches keep their sizes); fewer fault-count steps")
+                   help="a smoke run: encoder B=2, L=16; smaller task data sets (the CLI "
+                        "models and batches keep their sizes); one round; fewer fault-count "
+                        "steps")
     p.add_argument("--seq-len", type=int, default=None,
-                   help="L of the encoder and its pieces (default: 128, --quick: 32)")
+                   help="L of the encoder and its pieces (default: 128, --quick: 16)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     args = p.parse_args(argv)
+    if args.repeat is None:
+        args.repeat = 1 if args.quick else 3
+    if args.min_time is None:
+        args.min_time = 0.02 if args.quick else 0.2
     if args.repeat < 1:
         p.error("--repeat must be >= 1")
     if args.seq_len is not None and args.seq_len < 1:
@@ -980,17 +1050,21 @@ def main(argv=None):
           f"numpy {np.__version__}")
     print(f"medians of {args.repeat} interleaved rounds (wall clock); ratio = nn_core / torch; "
           f"* = above target")
-    pairs = None
-    if "steps" in only:
-        pairs = run_steps(torch, args.threads, dtype, args.repeat, args.min_time, args.quick)
-    if "bert" in only:
-        run_bert(torch, args.threads, dtype, args.repeat, args.min_time, args)
-    if "layers" in only:
-        run_layers(torch, args.threads, dtype, args.repeat, args.min_time, args)
-    if "memory" in only:
-        run_memory(dtype, args)
-    if "faults" in only:
-        run_faults(torch, args.threads, dtype, args.quick, pairs=pairs)
+    for section in SECTIONS:
+        if section not in only:
+            continue
+        t0 = time.perf_counter()
+        if section == "steps":
+            run_steps(torch, args.threads, dtype, args.repeat, args.min_time, args.quick)
+        elif section == "bert":
+            run_bert(torch, args.threads, dtype, args.repeat, args.min_time, args)
+        elif section == "layers":
+            run_layers(torch, args.threads, dtype, args.repeat, args.min_time, args)
+        elif section == "memory":
+            run_memory(dtype, args)
+        else:
+            run_faults(args.threads, dtype, args.quick)
+        print(f"({section}: {time.perf_counter() - t0:.0f} s)", flush=True)
     print(f"\n(total {time.perf_counter() - t_start:.0f} s)")
     return 0
 
