@@ -59,16 +59,19 @@ timed run).  ``ratio`` = nn_core time / torch time (below 1: nn_core is faster);
 
 ``memory``
     Peak resident-memory increase of one forward of the encoder under
-    ``nn_core.inference_mode()`` vs ``torch.inference_mode()``, each in a fresh
-    subprocess with one thread: after a tiny warm-up forward (lazy imports, JIT), the
-    kernel's peak-RSS mark is reset (``/proc/self/clear_refs``), the forward runs, and
-    ``VmHWM - VmRSS before`` is the figure (``ru_maxrss`` where the reset is not
-    possible).  For nn_core the peak of live NumPy arrays (``tracemalloc``) is shown
-    too.  Target: 1.5.
+    ``nn_core.inference_mode()`` vs ``torch.inference_mode()`` (both in ``eval()``),
+    each in a fresh subprocess with one thread: after a tiny warm-up forward (lazy
+    imports, JIT, thread pools), ``gc`` and ``malloc_trim``, the kernel's peak-RSS mark
+    is reset (``/proc/self/clear_refs``), the forward runs, and ``VmHWM - VmRSS
+    before`` is the figure (``ru_maxrss``, an upper bound, where the reset is not
+    possible).  Printed for that first forward (the target's figure) and for a second
+    one in the same process (``again``: what is still allocated from the first, such
+    as reused work buffers, no longer counts), with nn_core's peak of the allocations
+    ``tracemalloc`` sees (NumPy arrays, Python objects) during the first.  Target: 1.5.
 
 ``faults``
     Minor page faults (``getrusage``) per training step of each CLI model after 3
-    warm-up steps (mean of 10), nn_core and torch each in a fresh process per model
+    warm-up steps (mean of 5), nn_core and torch each in a fresh process per model
     (with ``--quick``: one process per library for all models).  A fresh process is
     what ``nn-core train`` is: the count depends on the C allocator's state, which
     everything run before in the same process changes (after this script's other
@@ -966,7 +969,7 @@ def run_faults(thread_counts, dtype, quick, out=_say):
     """Each CLI model's faults per step, each library in its own fresh process (the
     allocator's state depends on everything the process ran before: in this process,
     after the other sections, nn_core's count drops to about 0)."""
-    n_steps, warmup = (2, 1) if quick else (10, 3)
+    n_steps, warmup = (2, 1) if quick else (5, 3)
     how = ("one process per library for all models (--quick)" if quick
            else "a fresh process per model and library")
     out(f"\n== Minor page faults per training step ({np.dtype(dtype).name}): mean of "
