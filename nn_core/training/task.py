@@ -45,6 +45,10 @@ class Task:
     defaults: dict = {}
     #: the metric printed in the summary, and whether larger is better
     headline = ("val_loss", False)
+    #: options (destinations) of generated data, refused together with ``--data``
+    generated_only: tuple = ()
+    #: options that need ``--data``
+    data_only: tuple = ()
 
     def __init__(self, config):
         self.config = dict(config)
@@ -71,6 +75,16 @@ class Task:
     @classmethod
     def check_generate_args(cls, args, config):
         """Check the ``nn-core generate`` options this task uses (``ValueError``)."""
+
+    @classmethod
+    def config_value(cls, dest, value):
+        """Option ``dest`` given on the command line as it is stored in the
+        configuration (compared with a resumed run's); default: unchanged."""
+        return value
+
+    def describe_data(self) -> str:
+        """One line about the data, printed once they are ready."""
+        return "generated"
 
     def build_model(self, dtype, rng):  # pragma: no cover - interface
         """A new model with weights drawn from ``rng`` (a ``numpy.random.Generator``)."""
@@ -327,9 +341,11 @@ class _TaskTrainer(Trainer):
         task = self.task
         if info["task"] != task.name:
             raise ValueError(f"{path!r} holds a {info['task']!r} run, not {task.name!r}")
-        if info["config"] != task.config:
-            diff = sorted(k for k in set(info["config"] or {}) | set(task.config)
-                          if (info["config"] or {}).get(k) != task.config.get(k))
+        # as the task checks it now (older runs lack keys that later versions added)
+        saved = type(task).check_config(info["config"])
+        if saved != task.config:
+            diff = sorted(k for k in set(saved) | set(task.config)
+                          if saved.get(k) != task.config.get(k))
             raise ValueError(f"the task configuration differs from the run's in {diff}")
         diff = [k for k in _SETTINGS if info["settings"][k] != settings[k]]
         if diff:
