@@ -12,10 +12,11 @@ from . import layers, losses, optim  # noqa: E402  (training toolkit)
 from .checkpoint import CheckpointError, load, load_training_state, save  # noqa: E402
 from . import transformer  # noqa: E402
 from . import datasets, models, training  # noqa: E402  (demo models, their data, the loop)
+from .training import Trainer, fit  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = ["Module", "ModuleList", "inference_mode", "is_inference_mode", "gradcheck",
            "GradcheckReport", "attention", "recurrent", "layers", "losses", "optim", "transformer",
            "save", "load", "load_training_state", "CheckpointError", "datasets", "models",
-           "training", "__version__"]
+           "training", "Trainer", "fit", "__version__"]

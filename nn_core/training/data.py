@@ -125,6 +125,11 @@ class ArrayDataset:
         return Batch(tuple(a[idx] for a in self.inputs),
                      None if self.target is None else self.target[idx])
 
+    def subset(self, idx):
+        """The samples ``idx`` as a new dataset."""
+        return ArrayDataset(tuple(a[idx] for a in self.inputs),
+                            None if self.target is None else self.target[idx])
+
 
 class SequenceDataset:
     """Variable-length sequences, batched as ``(padded [B, T, ...], lengths [B])``.
@@ -168,6 +173,14 @@ class SequenceDataset:
 
     def __len__(self):
         return len(self.sequences)
+
+    def subset(self, idx):
+        """The samples ``idx`` as a new dataset."""
+        target = None if self.target is None else (
+            [self.target[i] for i in idx] if self.per_step else self.target[idx])
+        return SequenceDataset([self.sequences[i] for i in idx], target,
+                               pad_value=self.pad_value, target_pad=self.target_pad,
+                               dtype=self.dtype)
 
     def batch(self, idx):
         x, lengths = pad_sequences([self.sequences[i] for i in idx], self.pad_value, self.dtype)
