@@ -314,11 +314,14 @@ class ForecastTask(Task):
         t = [cols.index(n) for n in c["target"]]
         pred = (_predict(model, x) * std + mean)[:, t]
         header = ["time_index"] + list(c["target"]) + [f"{n}_observed" for n in c["target"]]
+        # 9 significant digits identify a float32 exactly; float64 as repr
+        fmt = (lambda v: format(float(v), ".9g")) if model.dtype == np.float32 else \
+            (lambda v: repr(float(v)))
         rows = []
         for e, p in zip(ends, pred):
             k = int(e) + h
             seen = [repr(float(v)) for v in values[k, t]] if k < N else [""] * len(t)
-            rows.append([k] + [repr(float(v)) for v in p] + seen)
+            rows.append([k] + [fmt(v) for v in p] + seen)
         return header, rows
 
 
