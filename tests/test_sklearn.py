@@ -179,15 +179,23 @@ def test_parameters_are_checked_in_fit_and_ctrl_c_keeps_the_model(monkeypatch):
         est = RecurrentRegressor(**bad)                   # constructing never fails
         with pytest.raises(ValueError, match=next(iter(bad))):
             est.fit(X, y)
+    with pytest.raises(ValueError, match="blas_threads"):
+        RecurrentRegressor(blas_threads=0).fit(X, y)
+    from nn_core import _parallel
     from nn_core.training import Trainer
-    step, calls = Trainer.train_step, {"n": 0}
+    step, calls, threads = Trainer.train_step, {"n": 0}, []
 
     def interrupted(self, batch):
         calls["n"] += 1
+        threads.append(_parallel.blas_threads())
         if calls["n"] == 5:
             raise KeyboardInterrupt
         return step(self, batch)
     monkeypatch.setattr(Trainer, "train_step", interrupted)
-    with pytest.warns(UserWarning, match="Training interrupted by user"):
-        reg = RecurrentRegressor(hidden_size=4, max_iter=50, random_state=0).fit(X, y)
+    with threadpool_limits(2):
+        with pytest.warns(UserWarning, match="Training interrupted by user"):
+            reg = RecurrentRegressor(hidden_size=4, max_iter=50, random_state=0).fit(X, y)
+        assert set(threads) == {1}                   # blas_threads=1 while fitting ...
+        if _parallel.controllable() and _parallel.available_cores() > 1:
+            assert _parallel.blas_threads() == 2     # ... and the process's setting after
     assert reg.predict(X).shape == (40,)

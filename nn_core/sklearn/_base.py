@@ -2,6 +2,7 @@
 :class:`nn_core.training.Trainer` with scikit-learn's stopping rules."""
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import warnings
@@ -12,13 +13,30 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_array, check_random_state
 from sklearn.utils.validation import validate_data
 
+from .._parallel import limit_threads
 from ..optim import AdamW
 from ..training import EarlyStopping, Trainer, TrainingInterrupted
 from ..training.data import ArrayDataset
 
-__all__ = ["RecurrentEstimator"]
+__all__ = ["RecurrentEstimator", "blas_limited"]
 
 _CELLS = ("gru", "lstm", "rnn")
+
+
+def blas_limited(method):
+    """Run ``method`` with BLAS limited to ``self.blas_threads`` threads (``None``: as
+    the process has it).  These networks' matrices are small: extra BLAS threads mostly
+    synchronise, and on a busy machine they can make training many times slower."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        n = self.blas_threads
+        if n is None:
+            return method(self, *args, **kwargs)
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+            raise ValueError(f"blas_threads must be an integer >= 1 or None, got {n!r}")
+        with limit_threads(int(n)):
+            return method(self, *args, **kwargs)
+    return wrapper
 
 
 def _is_ragged(X):
@@ -39,7 +57,7 @@ class RecurrentEstimator(BaseEstimator):
                  learning_rate_init=5e-3, weight_decay=0.0, clip=1.0, shuffle=True, tol=1e-4,
                  n_iter_no_change=10, early_stopping=False, validation_fraction=0.1,
                  standardize=True, dtype="float64", random_state=None, verbose=0,
-                 warm_start=False):
+                 warm_start=False, blas_threads=1):
         self.hidden_size = hidden_size
         self.cell = cell
         self.max_iter = max_iter
@@ -57,6 +75,7 @@ class RecurrentEstimator(BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
         self.warm_start = warm_start
+        self.blas_threads = blas_threads
 
     # ------------------------------------------------------------ parameters
     def _check_params(self):

@@ -10,7 +10,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
 from ..losses import CrossEntropyLoss, MSELoss
-from ._base import RecurrentEstimator
+from ._base import RecurrentEstimator, blas_limited
 
 __all__ = ["RecurrentRegressor", "RecurrentClassifier"]
 
@@ -51,6 +51,10 @@ _PARAMS = """
         > 0: a progress line per epoch (stderr).
     warm_start : bool, default False
         :meth:`fit` continues from the current weights (and optimizer state).
+    blas_threads : int or None, default 1
+        BLAS threads while fitting and predicting (restored afterwards); ``None`` leaves
+        the process's setting.  These matrices are small, and extra BLAS threads mostly
+        synchronise (see the README's scikit-learn section).
 
     Inputs ``X``: a 3-D array ``[n, T, D]`` (``n`` sequences of ``T`` steps of ``D``
     features), a list of ``n`` arrays ``[T_i, D]`` (or ``[T_i]``) of different lengths
@@ -117,6 +121,7 @@ class RecurrentRegressor(RegressorMixin, RecurrentEstimator):
         (z, lengths), y = val.inputs, val.target
         return float(r2_score(y, self._forward(z, lengths)))
 
+    @blas_limited
     def fit(self, X, y):
         """Train on sequences ``X`` and targets ``y [n]`` or ``[n, k]``; returns ``self``."""
         self._check_params()
@@ -129,6 +134,7 @@ class RecurrentRegressor(RegressorMixin, RecurrentEstimator):
             self._initialise(rs, self.n_outputs_)
         return self._fit_data(self._data(z, lengths, t), len(z), rs, self.max_iter, True)
 
+    @blas_limited
     def partial_fit(self, X, y):
         """One epoch over ``(X, y)`` (the first call also sets up the model and the
         standardisation); returns ``self``."""
@@ -143,6 +149,7 @@ class RecurrentRegressor(RegressorMixin, RecurrentEstimator):
             self._initialise(rs, self.n_outputs_)
         return self._fit_data(self._data(z, lengths, t), len(z), rs, 1, False)
 
+    @blas_limited
     def predict(self, X):
         """Predictions ``[n]`` (or ``[n, k]`` for 2-D targets), in the targets' units."""
         check_is_fitted(self)
@@ -200,6 +207,7 @@ class RecurrentClassifier(ClassifierMixin, RecurrentEstimator):
         (z, lengths), y = val.inputs, val.target
         return float((self._forward(z, lengths).argmax(1) == y).mean())
 
+    @blas_limited
     def fit(self, X, y):
         """Train on sequences ``X`` and labels ``y [n]``; returns ``self``."""
         self._check_params()
@@ -215,6 +223,7 @@ class RecurrentClassifier(ClassifierMixin, RecurrentEstimator):
         return self._fit_data(self._data(z, lengths, self._encode(y)), len(z), rs,
                               self.max_iter, True)
 
+    @blas_limited
     def partial_fit(self, X, y, classes=None):
         """One epoch over ``(X, y)``; the first call needs ``classes`` (every label
         that will ever occur); returns ``self``."""
@@ -235,6 +244,7 @@ class RecurrentClassifier(ClassifierMixin, RecurrentEstimator):
             self._initialise(rs, len(self.classes_))
         return self._fit_data(self._data(z, lengths, self._encode(y)), len(z), rs, 1, False)
 
+    @blas_limited
     def predict_proba(self, X):
         """Class probabilities ``[n, n_classes]`` (columns in ``classes_`` order)."""
         check_is_fitted(self)
@@ -246,6 +256,7 @@ class RecurrentClassifier(ClassifierMixin, RecurrentEstimator):
     def predict_log_proba(self, X):
         return np.log(self.predict_proba(X))
 
+    @blas_limited
     def predict(self, X):
         """The most probable class of each sequence."""
         proba = self.predict_proba(X)

@@ -14,7 +14,7 @@ from ..models.forecaster import Forecaster
 from ..module import inference_mode
 from ..optim import AdamW
 from ..training.data import ArrayDataset
-from ._base import RecurrentEstimator
+from ._base import RecurrentEstimator, blas_limited
 
 __all__ = ["RecurrentForecaster"]
 
@@ -40,7 +40,7 @@ class RecurrentForecaster(RecurrentEstimator):
         How far ahead the forecast is.
     hidden_size, cell, max_iter, batch_size, learning_rate_init, weight_decay, clip,
     shuffle, tol, n_iter_no_change, early_stopping, validation_fraction, standardize,
-    dtype, random_state, verbose, warm_start
+    dtype, random_state, verbose, warm_start, blas_threads
         As for :class:`RecurrentRegressor`; with ``early_stopping`` the *last*
         ``validation_fraction`` of the windows (in time) validate.
 
@@ -70,14 +70,14 @@ class RecurrentForecaster(RecurrentEstimator):
                  batch_size=32, learning_rate_init=5e-3, weight_decay=0.0, clip=1.0,
                  shuffle=True, tol=1e-4, n_iter_no_change=10, early_stopping=False,
                  validation_fraction=0.1, standardize=True, dtype="float64",
-                 random_state=None, verbose=0, warm_start=False):
+                 random_state=None, verbose=0, warm_start=False, blas_threads=1):
         super().__init__(hidden_size=hidden_size, cell=cell, max_iter=max_iter,
                          batch_size=batch_size, learning_rate_init=learning_rate_init,
                          weight_decay=weight_decay, clip=clip, shuffle=shuffle, tol=tol,
                          n_iter_no_change=n_iter_no_change, early_stopping=early_stopping,
                          validation_fraction=validation_fraction, standardize=standardize,
                          dtype=dtype, random_state=random_state, verbose=verbose,
-                         warm_start=warm_start)
+                         warm_start=warm_start, blas_threads=blas_threads)
         self.window = window
         self.horizon = horizon
 
@@ -123,6 +123,7 @@ class RecurrentForecaster(RecurrentEstimator):
         return np.concatenate([self.model_(windows[i:i + batch_size])
                                for i in range(0, len(windows), batch_size)]).astype(np.float64)
 
+    @blas_limited
     def fit(self, X, y=None):
         """Train on the series ``X [N, D]`` (``y`` is ignored); returns ``self``."""
         self._check_params()
@@ -134,6 +135,7 @@ class RecurrentForecaster(RecurrentEstimator):
             self._initialise(rs, None)
         return self._fit_data(data, len(data), rs, self.max_iter, True)
 
+    @blas_limited
     def partial_fit(self, X, y=None):
         """One epoch over the windows of ``X`` (a stretch of the series); returns
         ``self``."""
@@ -147,6 +149,7 @@ class RecurrentForecaster(RecurrentEstimator):
             self._initialise(rs, None)
         return self._fit_data(data, len(data), rs, 1, False)
 
+    @blas_limited
     def predict(self, X):
         """``[N, D]``: row ``t`` forecasts row ``t + horizon`` of the series ``X`` from
         rows ``t - window + 1 .. t`` (before the first row: the first row repeated)."""
@@ -157,6 +160,7 @@ class RecurrentForecaster(RecurrentEstimator):
         windows = padded[np.arange(len(z))[:, None] + np.arange(W)[None, :]]
         return self._forecast(windows) * self.scale_ + self.mean_
 
+    @blas_limited
     def score(self, X, y=None):
         """R² of the forecasts of ``X``'s own rows ``horizon .. N - 1`` (averaged over
         the columns); ``y`` is ignored."""
