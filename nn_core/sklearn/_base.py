@@ -217,7 +217,7 @@ class RecurrentEstimator(BaseEstimator):
             h = trainer.fit(data, epochs=epochs, batch_size=min(self.batch_size, len(data)),
                             shuffle=self.shuffle, seed=np.random.default_rng(self._seed(rs)))
         except TrainingInterrupted:
-            warnings.warn("Training interrupted by user.", stacklevel=3)
+            warnings.warn("Training interrupted by user.", stacklevel=4)
             h = trainer.history
         self.model_.eval()
         self.n_iter_ += len(h.epochs)
@@ -231,7 +231,7 @@ class RecurrentEstimator(BaseEstimator):
         if stopping and h.status == "finished" and len(h.epochs) == epochs:
             warnings.warn(f"{type(self).__name__}: maximum iterations ({epochs}) reached and "
                           "the optimization hasn't converged yet.", ConvergenceWarning,
-                          stacklevel=3)
+                          stacklevel=4)
         return self
 
     _shuffle_split = True

@@ -8,12 +8,13 @@ import time
 import numpy as np
 
 from .._progress import ProgressBar
-from ..checkpoint import save
+from ..checkpoint import CheckpointError, load_training_state, read_state_dict, save
+from ..optim import SGD, Adam
 from . import _run
-from ._run import rng_states, write_history
+from ._run import rng_states, set_rng_states, write_history
 from ._signals import StopSignals, TrainingInterrupted
 
-__all__ = ["Run", "Context"]
+__all__ = ["Run", "Context", "restore"]
 
 
 class Run:
@@ -285,3 +286,67 @@ class Context:
         for cb in t.callbacks:
             cb.on_epoch_end(epoch, entry)
         run.stopped = run.stopped or t.stop_training
+
+
+# optimizer buffers a resumed state may hold, by optimizer class
+_BUFFERS = ((Adam, {"exp_avg", "exp_avg_sq"}), (SGD, {"momentum_buffer"}))
+
+
+def restore(trainer, path, settings, per_epoch, order_rng, run):
+    """Put the run saved at ``path`` back into ``trainer`` (model, optimizer,
+    schedule, learning-rate scale, callbacks), the batch-order generator and ``run``."""
+    st = load_training_state(path)
+    where = f"{path!r}: training state"
+    try:
+        if st["batches_per_epoch"] != per_epoch:
+            raise ValueError(f"the data now give {per_epoch} batches per epoch, the run "
+                             f"had {st['batches_per_epoch']}")
+        for cls, names in _BUFFERS:
+            if isinstance(trainer.optimizer, cls):
+                for name, buffers in st["optimizer"]["state"].items():
+                    if buffers and not set(buffers) <= names:
+                        raise ValueError(f"optimizer buffers of {name!r} are "
+                                         f"{sorted(buffers)}")
+                break
+        trainer.model.load_state_dict(read_state_dict(path))
+        trainer.optimizer.load_state_dict(st["optimizer"])
+        if hasattr(trainer._sched, "step"):
+            if not hasattr(trainer._sched, "load_state_dict"):
+                raise ValueError(f"the schedule {type(trainer._sched).__name__} has no "
+                                 "load_state_dict, so the run cannot resume")
+            trainer._sched.load_state_dict(st["schedule"])
+        trainer.lr_scale = float(st.get("lr_scale", 1.0))
+        trainer._scheduled_lr = float(st.get("scheduled_lr", trainer.optimizer.lr))
+        set_rng_states(trainer.model, st["rng"]["modules"])
+        order_rng.bit_generator.state = st["rng"]["order"]
+        start = st["rng"]["order_epoch_start"]
+        run.order_epoch_start = start if start is not None else st["rng"]["order"]
+        step, done, batch = st["step"], st["epochs_done"], st["batch"]
+        if not all(isinstance(v, int) and v >= 0 for v in (step, done, batch)) \
+                or batch > per_epoch or done > settings["epochs"]:
+            raise ValueError(f"position step {step}, epochs done {done}, batch {batch}")
+        run.step, run.epochs_done, run.batch = step, done, batch
+        stats = st["epoch_stats"]
+        if set(stats) != set(run.new_stats()):
+            raise ValueError("malformed epoch statistics")
+        run.stats = dict(stats)
+        losses = st["step_loss"]
+        if losses.ndim != 1 or len(losses) != step:
+            raise ValueError(f"{len(losses)} step losses for {step} steps")
+        run.history.step_loss = [float(v) for v in losses]
+        run.history.steps = step
+        run.history.epochs = list(st["epochs"])
+        run.metrics = dict(st["metrics"])
+        run.wall = float(st["wall_time_s"])
+        run.stopped = bool(st.get("stopped", False))
+        saved_cbs = st.get("callbacks", [])
+        if [c["class"] for c in saved_cbs] != [type(c).__name__ for c in trainer.callbacks]:
+            raise ValueError("the callbacks differ from the run's")
+        for cb, saved in zip(trainer.callbacks, saved_cbs):
+            cb.load_state_dict(saved["state"])
+        trainer._apply_lr()
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{where} cannot be restored: {type(exc).__name__}: {exc}") \
+            from exc

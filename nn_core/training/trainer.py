@@ -13,13 +13,12 @@ import os
 
 import numpy as np
 
-from ..checkpoint import CheckpointError, load_training_state, read_metadata, \
-    read_state_dict
+from ..checkpoint import CheckpointError, read_metadata
 from ..losses import CrossEntropyLoss, MSELoss
 from ..module import Module, inference_mode
-from ..optim import SGD, Adam, AdamW, WarmupCosine, clip_grad_norm
-from ._loop import Context, Run
-from ._run import CHECKPOINT, prepare_run_dir, set_rng_states
+from ..optim import AdamW, WarmupCosine, clip_grad_norm
+from ._loop import Context, Run, restore
+from ._run import CHECKPOINT, prepare_run_dir
 from ._signals import StopSignals
 from .callbacks import Callback
 from .data import Batch, as_dataset, as_source, iterate
@@ -92,10 +91,6 @@ def _split_batch(batch):
         return (x if isinstance(x, tuple) else (x,)), y
     raise TypeError(f"a batch must be a Batch or an (inputs, target) pair, got "
                     f"{type(batch).__name__}; give the Trainer a step_fn for other batches")
-
-
-# optimizer buffers a resumed state may hold, by optimizer class
-_BUFFERS = ((Adam, {"exp_avg", "exp_avg_sq"}), (SGD, {"momentum_buffer"}))
 
 
 def _optimizer_settings(opt):
@@ -525,70 +520,11 @@ class Trainer:
             cb.set_trainer(self)
         if resume_from:
             self._check_resume(resume_from, settings)
-            self._restore(resume_from, settings, per_epoch, order_rng, run)
+            restore(self, resume_from, settings, per_epoch, order_rng, run)
         self._announce(run, per_epoch, epochs, batch_size, max_steps, bool(resume_from))
         ctx = Context(self, source, val_data, settings, per_epoch, epochs, total, batch_size,
                        order_rng, run, out_dir, max_steps)
         return ctx.loop()
-
-    def _restore(self, path, settings, per_epoch, order_rng, run):
-        """Put the run saved at ``path`` back into the model, optimizer, schedule,
-        generators, callbacks and ``run``."""
-        st = load_training_state(path)
-        where = f"{path!r}: training state"
-        try:
-            if st["batches_per_epoch"] != per_epoch:
-                raise ValueError(f"the data now give {per_epoch} batches per epoch, the run "
-                                 f"had {st['batches_per_epoch']}")
-            for cls, names in _BUFFERS:
-                if isinstance(self.optimizer, cls):
-                    for name, buffers in st["optimizer"]["state"].items():
-                        if buffers and not set(buffers) <= names:
-                            raise ValueError(f"optimizer buffers of {name!r} are "
-                                             f"{sorted(buffers)}")
-                    break
-            self.model.load_state_dict(read_state_dict(path))
-            self.optimizer.load_state_dict(st["optimizer"])
-            if hasattr(self._sched, "step"):
-                if not hasattr(self._sched, "load_state_dict"):
-                    raise ValueError(f"the schedule {type(self._sched).__name__} has no "
-                                     "load_state_dict, so the run cannot resume")
-                self._sched.load_state_dict(st["schedule"])
-            self.lr_scale = float(st.get("lr_scale", 1.0))
-            self._scheduled_lr = float(st.get("scheduled_lr", self.optimizer.lr))
-            set_rng_states(self.model, st["rng"]["modules"])
-            order_rng.bit_generator.state = st["rng"]["order"]
-            start = st["rng"]["order_epoch_start"]
-            run.order_epoch_start = start if start is not None else st["rng"]["order"]
-            step, done, batch = st["step"], st["epochs_done"], st["batch"]
-            if not all(isinstance(v, int) and v >= 0 for v in (step, done, batch)) \
-                    or batch > per_epoch or done > settings["epochs"]:
-                raise ValueError(f"position step {step}, epochs done {done}, batch {batch}")
-            run.step, run.epochs_done, run.batch = step, done, batch
-            stats = st["epoch_stats"]
-            if set(stats) != set(run.new_stats()):
-                raise ValueError("malformed epoch statistics")
-            run.stats = dict(stats)
-            losses = st["step_loss"]
-            if losses.ndim != 1 or len(losses) != step:
-                raise ValueError(f"{len(losses)} step losses for {step} steps")
-            run.history.step_loss = [float(v) for v in losses]
-            run.history.steps = step
-            run.history.epochs = list(st["epochs"])
-            run.metrics = dict(st["metrics"])
-            run.wall = float(st["wall_time_s"])
-            run.stopped = bool(st.get("stopped", False))
-            saved_cbs = st.get("callbacks", [])
-            if [c["class"] for c in saved_cbs] != [type(c).__name__ for c in self.callbacks]:
-                raise ValueError("the callbacks differ from the run's")
-            for cb, saved in zip(self.callbacks, saved_cbs):
-                cb.load_state_dict(saved["state"])
-            self._apply_lr()
-        except CheckpointError:
-            raise
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise CheckpointError(f"{where} cannot be restored: {type(exc).__name__}: {exc}") \
-                from exc
 
 
 def fit(model, loss, optimizer, train_data, val_data=None, **kwargs) -> History:
