@@ -181,6 +181,19 @@ def test_callbacks(tmp_path):
     assert json.loads((tmp_path / "log.json").read_text())["epochs"] == h.epochs
 
 
+def test_a_second_fit_runs_the_schedule_again():
+    x, y = _regression(64)
+    model = Linear(4, 2, rng=0)
+    opt = AdamW(model, lr=0.01)
+    trainer = Trainer(model, "mse", opt, schedule="warmup_cosine", verbose=0)
+    peaks = []
+    for _ in range(2):
+        h = trainer.fit((x, y), epochs=5, batch_size=8)
+        peaks.append(max(h.history["lr"]))
+        assert opt.lr == pytest.approx(0.01 / 20)
+    assert peaks[0] == peaks[1] > 0.009
+
+
 def test_csv_logger_append(tmp_path):
     x, y = _regression(64)
     path = tmp_path / "log.csv"

@@ -121,7 +121,8 @@ class Trainer:
         Default ``AdamW(model, lr=1e-3)``.
     schedule : None, "warmup_cosine", object with ``step()``, or callable
         The learning rate per step: ``"warmup_cosine"`` warms up linearly over 5 % of
-        the run's steps, then decays to a twentieth of the optimizer's ``lr``; an object
+        the run's steps, then decays to a twentieth of the optimizer's ``lr`` (its rate
+        when the trainer was made; every :meth:`fit` runs the schedule anew); an object
         (such as :class:`~nn_core.optim.WarmupCosine`) has ``step()`` called after
         every update (and ``state_dict``/``load_state_dict`` for resuming); a callable
         ``schedule(step) -> lr`` sets the rate of each 0-based step.
@@ -220,7 +221,7 @@ class Trainer:
         self.stop_training = False
         self.lr_scale = 1.0
         self._sched = None
-        self._scheduled_lr = self.optimizer.lr
+        self._peak_lr = self._scheduled_lr = self.optimizer.lr
         self._signals = StopSignals(enabled=False)
 
     # ------------------------------------------------------------ metrics
@@ -297,7 +298,10 @@ class Trainer:
     def _start_schedule(self, total, step):
         s = self.schedule
         if s == "warmup_cosine":
-            lr = self.optimizer.lr
+            # the peak is the rate the optimizer had when the trainer was made, so that
+            # a second fit warms up to it again rather than to where the first ended
+            lr = self._peak_lr
+            self.optimizer.lr = lr
             self._sched = WarmupCosine(self.optimizer, warmup_steps=max(1, int(0.05 * total)),
                                        total_steps=total, min_lr=lr / 20)
         elif s is not None and not hasattr(s, "step"):
