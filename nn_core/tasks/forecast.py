@@ -105,7 +105,7 @@ class ForecastTask(Task):
         as_int(c, "horizon", 1)
         as_float(c, "val_frac", 0.0, 0.5)
         columns = names(a.columns, "--columns") if a.columns else None
-        cols, values = read_table(c["data"], columns)
+        cols, values = read_table(a.data, columns)      # messages name the file as given
         target = names(a.target, "--target") if a.target else cols
         for t in target:
             if t not in cols:

@@ -111,7 +111,7 @@ class LanguageModelTask(Task):
         c.update(dict.fromkeys(_ARITH_KEYS), val_frac=a.val_frac, **data_identity(a.data))
         as_float(c, "val_frac", 0.0, 0.5)
         as_int(c, "block", 2)
-        text = read_text(c["data"])
+        text = read_text(a.data)                   # messages name the file as given
         c["vocab"] = CharVocab.from_text(text).chars
         n_train, n_val = _split(len(text), c["val_frac"])
         B = c["block"]

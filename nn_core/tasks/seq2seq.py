@@ -95,7 +95,7 @@ class Seq2SeqTask(Task):
                                          train_size=a.train_size, val_size=a.val_size))
         c.update(dict.fromkeys(_DIGIT_KEYS), val_frac=a.val_frac, **data_identity(a.data))
         as_float(c, "val_frac", 0.0, 0.5)
-        pairs = read_pairs(c["data"])
+        pairs = read_pairs(a.data)                 # messages name the file as given
         if len(pairs) < 2:
             raise ValueError(f"--data {c['data']} has {len(pairs)} pair; at least 2 are needed "
                              "(one to train, one to validate)")
