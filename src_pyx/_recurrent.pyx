@@ -71,6 +71,7 @@ import numpy as np
 from _rnn_loops cimport (K_GRU, K_GRU_RA, K_LSTM, PH_ALL, PH_GRAD_X, PH_PROJ, PH_STEPS,
                          PH_WGRAD, STEP_AUTO, STEP_BLAS, STEP_PACKED, RnnSweep, TeamJob,
                          backward_sweep, forward_sweep, scratch_size, step_mode as _step_mode,
+                         team_threads as _team_threads,
                          team_loc_stride)
 from _rnn_pack cimport NN_NR_D, NN_NR_F, NN_TEAM_MAX, nn_row_plan, nn_team_available
 from _vmath cimport bind_simd
@@ -92,6 +93,12 @@ def step_mode(int kind, Py_ssize_t B, Py_ssize_t H, bint double):
     """The step mode ``STEP_MODES["auto"]`` resolves to for ``kind``, ``B`` rows, ``H``
     units and the dtype (``STEP_MODES["blas"]`` or ``["packed"]``)."""
     return _step_mode(kind, B, H, not double)
+
+
+def team_threads(int kind, Py_ssize_t B, Py_ssize_t H, bint double, int n):
+    """Threads (at most ``n``) worth a packed sweep's team for ``kind``, ``B`` rows and
+    ``H`` units and the dtype: 1 when a step is too small to split."""
+    return _team_threads(kind, B, H, not double, n)
 
 
 # ------------------------------------------------------------------ validation --

@@ -170,8 +170,29 @@ cdef struct TeamJob:
 cdef inline int step_mode(int kind, Py_ssize_t B, Py_ssize_t H, bint single) noexcept nogil:
     """``STEP_PACKED`` or ``STEP_BLAS`` for a sweep of ``B`` rows and ``H`` units: the
     faster of the two on one thread, measured per shape (docs/performance.md).  It
-    does not depend on the thread count, so a sweep gives the same numbers on any."""
+    does not depend on the thread count, so a sweep gives the same numbers on any.
+    One row: always packed (OpenBLAS's one-row GEMM runs far below its rate).
+    Batches: packed, except the Elman cell's float32 ``H >= 256`` and float64 GRU and
+    Elman cells with ``H < 256``, where BLAS was as fast or faster."""
+    if B == 1:
+        return STEP_PACKED
+    if kind == K_RNN_TANH or kind == K_RNN_RELU:
+        if single and H >= 256:
+            return STEP_BLAS
+    if not single and kind != K_LSTM and H < 256:
+        return STEP_BLAS
     return STEP_PACKED
+
+
+cdef inline int team_threads(int kind, Py_ssize_t B, Py_ssize_t H, bint single,
+                             int n) noexcept nogil:
+    """Team size (at most ``n``) for a packed sweep: 1 when a step is too small to
+    gain from a split (the barrier hand-offs cost more than half a step saves)."""
+    cdef Py_ssize_t NR = 16 if single else 8
+    cdef Py_ssize_t NQ = (H + NR - 1) // NR
+    if n > NQ:
+        n = <int> NQ
+    return n if n > 1 else 1
 
 
 cdef inline Py_ssize_t team_loc_stride(Py_ssize_t nbr, Py_ssize_t G, Py_ssize_t NQ,
@@ -275,10 +296,10 @@ cdef inline void _fwd_worker(TeamJob* job, int tid, int nth, floating* P) noexce
     for s in range(T):
         _fwd_segment(job, hs + (s * B + b0) * H, P, 0, G1, s, q0, q1, loc, False)
         if kind == K_GRU:
-            nn_team_barrier(&sense)           # every unit of r*h before (r*h) W_hn^T
+            nn_team_barrier(&sense, nth)           # every unit of r*h before (r*h) W_hn^T
             _fwd_segment(job, aux + (s * B + b0) * H, P, G1 * NQ, 1, s, q0, q1, loc, True)
         if s + 1 < T:
-            nn_team_barrier(&sense)           # every unit of h_{s+1} before step s+1
+            nn_team_barrier(&sense, nth)           # every unit of h_{s+1} before step s+1
 
 
 cdef inline void _fwd_team(void* ctx, int tid, int nth) noexcept nogil:
@@ -300,7 +321,9 @@ cdef inline void _bwd_prod(TeamJob* job, const floating* A, Py_ssize_t koff, Py_
     if q1 <= q0:
         return
     if job.b1 - b0 == 1:
-        nu = H - (q1 - 1) * NR
+        nu = H - (q1 - 1) * NR              # columns of the last own panel
+        if nu > NR:
+            nu = NR
         pgemv(q1 - q0, K, A + b0 * GH + koff, P + q0 * psz + koff * NR, psz,
               C + b0 * H + q0 * NR, nu, acc)
         return
@@ -382,7 +405,7 @@ cdef inline void _bwd_worker(TeamJob* job, int tid, int nth, floating* P) noexce
                     gru_bwd1(gg + u, hp + u, dh + b * H + u, go + u, dgr + u, dst + u, nu, H)
             if kind <= K_LSTM:
                 memset(dst + u0, 0, own)
-        nn_team_barrier(&sense)            # every gate gradient of the step
+        nn_team_barrier(&sense, nth)            # every gate gradient of the step
         if kind == K_GRU:
             # 2. d(r*h) = dn @ W_hn, then r's gradient and the r*h path to h_prev
             _bwd_prod(job, dgs, H2, H, P, q0, q1, drh, False)
@@ -398,7 +421,7 @@ cdef inline void _bwd_worker(TeamJob* job, int tid, int nth, floating* P) noexce
                     nu = NR if H - u > NR else H - u
                     gru_bwd2(gg + u, hp + u, drh + b * H + u, dgs + b * GH + u,
                              dh2 + b * H + u, nu)
-            nn_team_barrier(&sense)        # every r gradient
+            nn_team_barrier(&sense, nth)        # every r gradient
             _bwd_prod(job, dgs, 0, H2, P, q0, q1, dh2, True)
         else:
             # 2. dh_prev = direct part + dG @ W_hh

@@ -34,7 +34,7 @@ cdef extern from "_rnn_team.h" nogil:
     ctypedef void (*nn_team_fn)(void* ctx, int tid, int nth) noexcept nogil
     int NN_TEAM_MAX
     int nn_team_run(int n, nn_team_fn fn, void* ctx) noexcept
-    void nn_team_barrier(int* sense) noexcept
+    void nn_team_barrier(int* sense, int nth) noexcept
     int nn_team_available() noexcept
 
 

@@ -252,10 +252,13 @@ static int nn_team_run(int n, nn_team_fn fn, void *ctx)
     return nth;
 }
 
-/* The barrier of the running job (every participant passes its own sense word). */
-static inline void nn_team_barrier(int *sense)
+/* The barrier of the running job (every participant passes its own sense word and the
+ * job's thread count; a job that runs alone -- nth 1 -- never touches the team's
+ * barrier, which may belong to another caller's job). */
+static inline void nn_team_barrier(int *sense, int nth)
 {
-    nn_barrier_wait(&nn_team.bar, sense);
+    if (nth > 1)
+        nn_barrier_wait(&nn_team.bar, sense);
 }
 
 static inline int nn_team_available(void) { return 1; }
@@ -269,7 +272,7 @@ static inline int nn_team_run(int n, nn_team_fn fn, void *ctx)
     return 1;
 }
 
-static inline void nn_team_barrier(int *sense) { (void)sense; }
+static inline void nn_team_barrier(int *sense, int nth) { (void)sense; (void)nth; }
 
 static inline int nn_team_available(void) { return 0; }
 

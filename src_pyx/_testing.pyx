@@ -3,7 +3,12 @@ primitives in ``_blas.pxd`` and ``_vmath.pxd``, and the SIMD switch.  Nothing in
 ``nn_core`` imports this module."""
 from cython cimport floating
 
+from libc.stdlib cimport free, malloc
+
+import numpy as np
+
 from _blas cimport gemm, gemv
+from _rnn_pack cimport nn_row_plan, pack_fwd, panel_width, pgemm, pgemv
 from _vmath cimport (bind_simd, nn_simd_set_switch, transpose, vexp, vexp_sum, vsigmoid,
                      vtanh)
 
@@ -118,3 +123,42 @@ def transpose_memview(const floating[:, :] src, floating[:, :] dst, bint add):
     with nogil:
         transpose(&src[0, 0], src.strides[0] // isz, R, C, &dst[0, 0],
                   dst.strides[0] // isz, add)
+
+
+# ------------------------------------------------------- packed recurrence --
+def packed_step(const floating[:, ::1] W_hh, const floating[:, ::1] h, int G, int repeat=1):
+    """``h @ W_hh^T`` (``W_hh [G*H, H]``, ``h [B, H]``) the way the packed step loops
+    compute it: ``W_hh`` packed once into the forward panels of ``_rnn_pack.h``, then
+    ``repeat`` products by the micro-kernel (the matrix-vector kernel for ``B == 1``) in
+    one ``nogil`` block.  Returns ``[B, G*H]`` (test and benchmark hook)."""
+    cdef Py_ssize_t B = h.shape[0], H = h.shape[1], GH = W_hh.shape[0]
+    if G < 1 or GH != G * H or W_hh.shape[1] != H or B < 1:
+        raise ValueError(f"packed_step: expected W_hh [G*H, H] = [{G * H}, {H}] and h "
+                         f"[B >= 1, H], got ({GH}, {W_hh.shape[1]}) and ({B}, {H})")
+    dt = np.float32 if floating is float else np.float64
+    cdef Py_ssize_t NR = panel_width(&h[0, 0]), NQ = (H + NR - 1) // NR, NP = NQ * G
+    cdef Py_ssize_t psz = H * NR, p, i
+    store = np.empty(NP * psz + 64, dt)
+    cdef Py_ssize_t off = (-store.ctypes.data % 64) // store.itemsize
+    cdef floating[::1] pk = store[off:off + NP * psz]
+    out = np.zeros((B, NP * NR), dt)
+    cdef floating[:, ::1] o = out
+    cdef unsigned char* plan = <unsigned char*> malloc(B // 4 + 3)
+    if plan == NULL:
+        raise MemoryError()
+    cdef int nb = nn_row_plan(B, plan)
+    try:
+        with nogil:
+            pack_fwd(&W_hh[0, 0], H, G, G, 0, NQ, &pk[0])
+            for i in range(repeat):
+                if B == 1:
+                    pgemv(NP, H, &h[0, 0], &pk[0], psz, &o[0, 0], NR, False)
+                else:
+                    for p in range(NP):
+                        pgemm(plan, nb, H, &h[0, 0], H, &pk[p * psz], &o[0, p * NR],
+                              NP * NR, NR, False)
+    finally:
+        free(plan)
+    # panel p = q*G + g holds units q*NR .. q*NR+NR-1 of gate g
+    return np.ascontiguousarray(out.reshape(B, NQ, G, NR).transpose(0, 2, 1, 3)
+                                .reshape(B, G, NQ * NR)[:, :, :H].reshape(B, GH))

@@ -20,6 +20,7 @@ from test_recurrent_cells import KINDS, make_cell, rand_state
 def force_split(monkeypatch):
     """Make ``row_halves`` split any batch of >= 2 rows and count the split phases."""
     monkeypatch.setattr(_base, "MIN_SPLIT_ROWS", 2)
+    monkeypatch.setattr(_base, "STEP_MODE", "blas")     # the packed sweeps use the team
     monkeypatch.setattr(_parallel, "available_cores", lambda: 2)
     monkeypatch.setattr(_parallel, "blas_threads", lambda: 2)
     calls = []
@@ -92,9 +93,9 @@ def test_split_runs_on_two_threads(force_split, monkeypatch, rng):
     seen = set()
     real = K.rnn_forward
 
-    def spy(*args):
+    def spy(*args, **kwargs):
         seen.add(threading.current_thread().name)
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(K, "rnn_forward", spy)
     cell = make_cell("lstm", 3, 4, rng=rng)
@@ -106,6 +107,7 @@ def test_split_runs_on_two_threads(force_split, monkeypatch, rng):
 def test_no_split_when_blas_is_limited_to_one_thread(monkeypatch, rng):
     """``threadpool_limits(1)`` / ``OPENBLAS_NUM_THREADS=1`` keep a sweep on one thread."""
     monkeypatch.setattr(_base, "MIN_SPLIT_ROWS", 2)
+    monkeypatch.setattr(_base, "STEP_MODE", "blas")     # the packed sweeps use the team
     monkeypatch.setattr(_parallel, "available_cores", lambda: 2)
     monkeypatch.setattr(_parallel, "blas_threads", lambda: 1)
     assert _base.row_halves(64) is None

@@ -53,6 +53,32 @@ ROW_SPLIT = True          # module switch (tests compare split and unsplit runs)
 MIN_SPLIT_ROWS = 64
 
 
+# The step loops of a sweep (``_K.STEP_MODES``): "auto" takes the kernel's per-shape
+# rule (``_K.step_mode``); "blas" / "packed" force one (tests and benchmarks).
+STEP_MODE = "auto"
+TEAM = True               # module switch: packed sweeps may use the kernels' thread team
+
+
+def step_plan(kind: int, B: int, H: int, dtype) -> tuple:
+    """``(mode, threads)`` for the step loops of a sweep over ``B`` rows and ``H`` units.
+
+    ``mode`` is ``_K.STEP_MODES["blas"]`` or ``["packed"]`` (the per-shape rule unless
+    :data:`STEP_MODE` forces one); it never depends on the thread budget, so a sweep
+    gives the same numbers on any thread count.  ``threads``: the size of the kernels'
+    thread team for a packed sweep -- the thread budget capped by the free cores, 1
+    inside another parallel region, without the team (``TEAM`` off, no threads in
+    this build) or when the step is too small to split (``_K.team_threads``).
+    """
+    mode = _K.STEP_MODES[STEP_MODE]
+    if mode == _K.STEP_MODES["auto"]:
+        mode = _K.step_mode(kind, B, H, np.dtype(dtype) == np.float64)
+    if (mode != _K.STEP_MODES["packed"] or not TEAM or not _K.TEAM_THREADS
+            or _parallel.in_parallel_region()):
+        return mode, 1
+    n = min(_parallel.blas_threads(), _parallel.available_cores())
+    return mode, _K.team_threads(kind, B, H, np.dtype(dtype) == np.float64, n) if n > 1 else 1
+
+
 def row_halves(B: int):
     """``((0, h), (h, B))`` when a sweep over ``B`` rows should run as two half batches
     on two threads, else ``None``: only with ``ROW_SPLIT`` on, ``B >= MIN_SPLIT_ROWS``,
@@ -453,16 +479,23 @@ class RecurrentCell(Module):
         sweep = _K.ForwardSweep(kind, bool(reverse), x=x, lengths=lengths, W_ih=W_ih,
                                 W_hh=W_hh, W_hhT=W_hhT, gates=gates, hs=hs, cs=cs, aux=aux,
                                 bx=bx, bhn=bhn, out=out, hh=hh)
-        halves = row_halves(B)
-        if halves is None:
-            _K.rnn_forward(sweep)
+        mode, nth = step_plan(kind, B, H, dt)
+        halves = row_halves(B) if nth == 1 else None
+        if nth > 1:
+            # the input projection as one BLAS call at the budget's threads, then the
+            # step loops on the kernels' thread team, BLAS on one thread meanwhile
+            _K.rnn_forward(sweep, _K.PHASE_PROJ)
+            with _parallel.single_thread_blas:
+                _K.rnn_forward(sweep, _K.PHASE_STEPS, threads=nth, mode=mode)
+        elif halves is None:
+            _K.rnn_forward(sweep, mode=mode)
         else:
             # two threads, BLAS on one thread each: the input projection split by
             # rows of T*B, then the step loops of the two half batches
             _parallel.run_rows(lambda a, b: _K.rnn_forward(sweep, _K.PHASE_PROJ, a, b),
                               _parallel.halves(T * B))
-            _parallel.run_rows(lambda a, b: _K.rnn_forward(sweep, _K.PHASE_STEPS, a, b),
-                              halves)
+            _parallel.run_rows(lambda a, b: _K.rnn_forward(sweep, _K.PHASE_STEPS, a, b,
+                                                           mode=mode), halves)
         self._give("hh", hh)
         cache = SequenceCache(x, lengths, bool(reverse), gates, hs, cs, aux, W_ih, W_hh,
                               W_hhT)
@@ -517,14 +550,23 @@ class RecurrentCell(Module):
             grad_b_ih=self.grads["b_ih"] if self.bias else None,
             grad_b_hh=self.grads["b_hh"] if self.bias else None,
             dGs=dGs, dGt=dGt, xh=xh, gw=gw)
-        halves = row_halves(B)
-        if halves is None:
-            _K.rnn_backward(sweep)
+        mode, nth = step_plan(kind, B, H, dt)
+        halves = row_halves(B) if nth == 1 else None
+        if nth > 1:
+            # BPTT on the kernels' thread team (BLAS on one thread meanwhile), then
+            # grad_x and the weight gradients as BLAS calls at the budget's threads
+            with _parallel.single_thread_blas:
+                _K.rnn_backward(sweep, _K.PHASE_STEPS, threads=nth, mode=mode)
+            _K.rnn_backward(sweep, _K.PHASE_GRAD_X)
+            _K.rnn_backward(sweep, _K.PHASE_WGRAD)
+        elif halves is None:
+            _K.rnn_backward(sweep, mode=mode)
         else:
             # two threads, BLAS on one thread each: BPTT of the two half batches, then
             # grad_x split by rows of T*B, then the parameter gradients by gate rows
             run = _K.rnn_backward
-            _parallel.run_rows(lambda a, b: run(sweep, _K.PHASE_STEPS, a, b), halves)
+            _parallel.run_rows(lambda a, b: run(sweep, _K.PHASE_STEPS, a, b, mode=mode),
+                              halves)
             _parallel.run_rows(lambda a, b: run(sweep, _K.PHASE_GRAD_X, a, b),
                               _parallel.halves(T * B))
             _parallel.run_rows(lambda a, b: run(sweep, _K.PHASE_WGRAD, a, b),
