@@ -69,11 +69,10 @@ from libc.string cimport memset
 import numpy as np
 
 from _rnn_loops cimport (K_GRU, K_GRU_RA, K_LSTM, PH_ALL, PH_GRAD_X, PH_PROJ, PH_STEPS,
-                         PH_WGRAD, STEP_AUTO, STEP_BLAS, STEP_PACKED, RnnSweep, TeamJob,
-                         backward_sweep, forward_sweep, scratch_size, step_mode as _step_mode,
-                         team_threads as _team_threads,
-                         team_loc_stride)
-from _rnn_pack cimport NN_NR_D, NN_NR_F, NN_TEAM_MAX, nn_row_plan, nn_team_available
+                         PH_WGRAD, STEP_AUTO, STEP_BLAS, STEP_PACKED, PackedJob, RnnSweep,
+                         backward_sweep, forward_sweep, packed_loc_size, scratch_size,
+                         step_mode as _step_mode)
+from _rnn_pack cimport NN_NR_D, NN_NR_F, nn_row_plan
 from _vmath cimport bind_simd
 
 bind_simd(__name__)
@@ -81,24 +80,14 @@ bind_simd(__name__)
 RNN_TANH, RNN_RELU, LSTM, GRU, GRU_RA = 0, 1, 2, 3, 4
 GATES = (1, 1, 4, 3, 3)
 PHASE_ALL, PHASE_PROJ, PHASE_STEPS, PHASE_GRAD_X, PHASE_WGRAD = 0, 1, 2, 3, 4
-#: how the step loops compute their products: per-shape rule, BLAS, packed team
+#: how the step loops compute their products: the per-shape rule, BLAS, packed W_hh
 STEP_MODES = {"auto": STEP_AUTO, "blas": STEP_BLAS, "packed": STEP_PACKED}
-#: most threads one sweep's team uses (the caller included)
-MAX_TEAM = NN_TEAM_MAX
-#: whether this build has the thread team (POSIX threads); else every sweep runs on one
-TEAM_THREADS = bool(nn_team_available())
 
 
 def step_mode(int kind, Py_ssize_t B, Py_ssize_t H, bint double):
     """The step mode ``STEP_MODES["auto"]`` resolves to for ``kind``, ``B`` rows, ``H``
     units and the dtype (``STEP_MODES["blas"]`` or ``["packed"]``)."""
     return _step_mode(kind, B, H, not double)
-
-
-def team_threads(int kind, Py_ssize_t B, Py_ssize_t H, bint double, int n):
-    """Threads (at most ``n``) worth a packed sweep's team for ``kind``, ``B`` rows and
-    ``H`` units and the dtype: 1 when a step is too small to split."""
-    return _team_threads(kind, B, H, not double, n)
 
 
 # ------------------------------------------------------------------ validation --
@@ -259,54 +248,49 @@ cdef int _check_all(Py_ssize_t r0, Py_ssize_t r1) except -1:
     return 0
 
 
-cdef int _check_threads(int threads, int mode) except -1:
-    if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
+cdef int _check_mode(int mode) except -1:
     if mode not in (STEP_AUTO, STEP_BLAS, STEP_PACKED):
         raise ValueError(f"mode must be one of {sorted(STEP_MODES.values())} "
                          f"({', '.join(STEP_MODES)}), got {mode}")
     return 0
 
 
-cdef void* _team_job(TeamJob* job, _Sweep sw, bint backward, Py_ssize_t b0, Py_ssize_t b1,
-                     int* nthreads) except NULL:
-    """Fill ``job`` for a packed sweep of rows ``[b0, b1)`` and allocate its buffers
-    (one block, returned; the caller frees it).  Caps ``*nthreads`` at the unit blocks."""
+cdef void* _packed_job(PackedJob* job, _Sweep sw, bint backward, int phase, Py_ssize_t r0,
+                       Py_ssize_t r1, int mode) except? NULL:
+    """For a step phase (``PH_ALL`` or ``PH_STEPS`` rows ``[r0, r1)``) that ``mode``
+    resolves to ``STEP_PACKED``: fill ``job`` and allocate its buffers (one block,
+    returned; the caller frees it).  Else NULL."""
     cdef RnnSweep* s = &sw.s
+    if phase == PH_ALL:
+        r0, r1 = 0, s.B
+    elif phase != PH_STEPS or r1 <= r0:
+        return NULL
+    if mode == STEP_AUTO:
+        mode = _step_mode(s.kind, s.B, s.H, not sw.double)
+    if mode != STEP_PACKED:
+        return NULL
     cdef Py_ssize_t isz = 8 if sw.double else 4
     cdef Py_ssize_t NR = NN_NR_D if sw.double else NN_NR_F
-    cdef Py_ssize_t NQ = (s.H + NR - 1) // NR, G = s.GH // s.H, nbr = b1 - b0
-    cdef Py_ssize_t npack = NQ * NR * s.GH, nloc = 0, stride = 0
-    cdef int n = nthreads[0]
-    n = min(n, NQ, NN_TEAM_MAX)
-    nthreads[0] = n
-    if not backward:
-        stride = team_loc_stride(nbr, G, NQ, NR)
-        nloc = n * stride
+    cdef Py_ssize_t NQ = (s.H + NR - 1) // NR, G = s.GH // s.H, nbr = r1 - r0
+    cdef Py_ssize_t npack = NQ * NR * s.GH
+    cdef Py_ssize_t nloc = 0 if backward else packed_loc_size(nbr, G, NQ, NR)
     cdef size_t nbytes = (npack + nloc) * isz + 64 + (nbr // 4 + 3)
     cdef char* block = <char*> malloc(nbytes)
     if block == NULL:
         raise MemoryError(f"cannot allocate {nbytes} bytes for the packed recurrence")
     cdef char* base = <char*> ((<size_t> block + 63) & ~(<size_t> 63))
-    memset(job, 0, sizeof(TeamJob))
-    job.sw, job.double, job.b0, job.b1, job.NQ = s, sw.double, b0, b1, NQ
+    memset(job, 0, sizeof(PackedJob))
+    job.sw, job.double, job.b0, job.b1, job.NQ = s, sw.double, r0, r1, NQ
     job.pack = base
     job.loc = base + npack * isz
-    job.loc_stride = stride
     cdef unsigned char* plan = <unsigned char*> (base + (npack + nloc) * isz)
     job.nb = nn_row_plan(nbr, plan)
     job.plan = plan
     return block
 
 
-cdef int _resolve_mode(_Sweep sw, int mode) noexcept:
-    if mode == STEP_AUTO:
-        return _step_mode(sw.s.kind, sw.s.B, sw.s.H, not sw.double)
-    return mode
-
-
 def rnn_forward(ForwardSweep sweep not None, int phase=PH_ALL, Py_ssize_t r0=0,
-                Py_ssize_t r1=-1, int threads=1, int mode=STEP_AUTO):
+                Py_ssize_t r1=-1, int mode=STEP_AUTO):
     """Run ``sweep`` (or one phase of it; ``r1 = -1``: to the end).
 
     ``PHASE_PROJ``: the input projection for rows ``[r0, r1)`` of ``T*B``;
@@ -314,20 +298,16 @@ def rnn_forward(ForwardSweep sweep not None, int phase=PH_ALL, Py_ssize_t r0=0,
     projection from ``gates`` (so after every ``PHASE_PROJ`` range).
 
     ``mode`` (``STEP_MODES``): how the step loop computes its products -- the
-    per-shape rule (``step_mode``), one BLAS call per step on the calling thread, or
-    ``W_hh`` packed once and the steps split by hidden units over ``threads``
-    threads of the kernels' team (no BLAS calls inside; the same numbers for every
-    thread count).  ``threads`` is ignored by the BLAS mode, whose BLAS calls use
-    BLAS's own thread count.
+    per-shape rule (``step_mode``), one BLAS call per step, or ``W_hh`` packed once
+    per call and the micro-kernel of ``_rnn_pack.h`` (no BLAS calls in the loop; a
+    row range gives the same bits as the whole batch).
     """
     cdef RnnSweep* s = &sweep.s
     cdef bint double = sweep.double
-    cdef TeamJob job
-    cdef TeamJob* jp = NULL
+    cdef PackedJob job
     cdef void* block = NULL
-    cdef int nth = threads
     _check_ready(sweep)
-    _check_threads(threads, mode)
+    _check_mode(mode)
     if phase == PH_PROJ:
         r1 = _check_range(phase, r0, r1, s.T * s.B, "rows of T*B")
     elif phase == PH_STEPS:
@@ -336,13 +316,7 @@ def rnn_forward(ForwardSweep sweep not None, int phase=PH_ALL, Py_ssize_t r0=0,
         _check_all(r0, r1)
     else:
         raise ValueError(f"phase must be PHASE_ALL, PHASE_PROJ or PHASE_STEPS, got {phase}")
-    if phase != PH_PROJ and _resolve_mode(sweep, mode) == STEP_PACKED:
-        if phase == PH_ALL:
-            block = _team_job(&job, sweep, False, 0, s.B, &nth)
-        elif r1 > r0:
-            block = _team_job(&job, sweep, False, r0, r1, &nth)
-        if block != NULL:
-            jp = &job
+    block = _packed_job(&job, sweep, False, phase, r0, r1, mode)
     cdef void* tmp = malloc(scratch_size(s, False) * (8 if double else 4))
     if tmp == NULL:
         free(block)
@@ -350,9 +324,11 @@ def rnn_forward(ForwardSweep sweep not None, int phase=PH_ALL, Py_ssize_t r0=0,
     try:
         with nogil:
             if double:
-                forward_sweep(s, phase, r0, r1, <double*> tmp, jp, nth)
+                forward_sweep(s, phase, r0, r1, <double*> tmp,
+                              &job if block != NULL else NULL)
             else:
-                forward_sweep(s, phase, r0, r1, <float*> tmp, jp, nth)
+                forward_sweep(s, phase, r0, r1, <float*> tmp,
+                              &job if block != NULL else NULL)
     finally:
         free(tmp)
         free(block)
@@ -465,23 +441,21 @@ cdef void _fill_scratch(floating* scr, const RnnSweep* s) noexcept nogil:
 
 
 def rnn_backward(BackwardSweep sweep not None, int phase=PH_ALL, Py_ssize_t r0=0,
-                 Py_ssize_t r1=-1, int threads=1, int mode=STEP_AUTO):
+                 Py_ssize_t r1=-1, int mode=STEP_AUTO):
     """Run ``sweep`` (or one phase of it; ``r1 = -1``: to the end), in this order:
 
     ``PHASE_STEPS``: BPTT for batch rows ``[r0, r1)`` (rows of ``dh``, ``dc`` outside
     the range are left alone); ``PHASE_GRAD_X``: ``grad_x`` (and the ``xh`` copy)
     for rows ``[r0, r1)`` of ``T*B``; ``PHASE_WGRAD``: the weight and bias gradients
-    for gate columns ``[r0, r1)`` of ``G*H``.  ``threads`` and ``mode``: the step loop, as
-    in :func:`rnn_forward` (the same rule, so the backward takes the forward's mode).
+    for gate columns ``[r0, r1)`` of ``G*H``.  ``mode``: the step loop, as in
+    :func:`rnn_forward` (the same rule, so the backward takes the forward's mode).
     """
     cdef RnnSweep* s = &sweep.s
     cdef bint double = sweep.double
-    cdef TeamJob job
-    cdef TeamJob* jp = NULL
+    cdef PackedJob job
     cdef void* block = NULL
-    cdef int nth = threads
     _check_ready(sweep)
-    _check_threads(threads, mode)
+    _check_mode(mode)
     if phase == PH_STEPS:
         r1 = _check_range(phase, r0, r1, s.B, "batch rows")
     elif phase == PH_GRAD_X:
@@ -493,13 +467,7 @@ def rnn_backward(BackwardSweep sweep not None, int phase=PH_ALL, Py_ssize_t r0=0
     else:
         raise ValueError(f"phase must be PHASE_ALL, PHASE_STEPS, PHASE_GRAD_X or "
                          f"PHASE_WGRAD, got {phase}")
-    if (phase == PH_ALL or phase == PH_STEPS) and _resolve_mode(sweep, mode) == STEP_PACKED:
-        if phase == PH_ALL:
-            block = _team_job(&job, sweep, True, 0, s.B, &nth)
-        elif r1 > r0:
-            block = _team_job(&job, sweep, True, r0, r1, &nth)
-        if block != NULL:
-            jp = &job
+    block = _packed_job(&job, sweep, True, phase, r0, r1, mode)
     cdef void* scr = malloc(scratch_size(s, True) * (8 if double else 4))
     if scr == NULL:
         free(block)
@@ -508,10 +476,12 @@ def rnn_backward(BackwardSweep sweep not None, int phase=PH_ALL, Py_ssize_t r0=0
         with nogil:
             if double:
                 _fill_scratch(<double*> scr, s)
-                backward_sweep(s, phase, r0, r1, <double*> scr, jp, nth)
+                backward_sweep(s, phase, r0, r1, <double*> scr,
+                               &job if block != NULL else NULL)
             else:
                 _fill_scratch(<float*> scr, s)
-                backward_sweep(s, phase, r0, r1, <float*> scr, jp, nth)
+                backward_sweep(s, phase, r0, r1, <float*> scr,
+                               &job if block != NULL else NULL)
     finally:
         free(scr)
         free(block)

@@ -9,8 +9,7 @@ from libc.string cimport memcpy, memset
 from _blas cimport gemm, gemv
 from _rnn_gates cimport (gru_bwd1, gru_bwd2, gru_fwd1, gru_fwd2, gru_ra_bwd, gru_ra_fwd,
                         lstm_bwd, lstm_fwd, rnn_bwd, rnn_fwd)
-from _rnn_pack cimport (nn_team_barrier, nn_team_run, pack_bwd, pack_fwd, panel_width,
-                        pgemm, pgemv)
+from _rnn_pack cimport pack_bwd, pack_fwd, panel_width, pgemm, pgemv
 from _vmath cimport transpose
 
 cdef enum:
@@ -135,31 +134,28 @@ cdef inline Py_ssize_t _tau(bint reverse, Py_ssize_t s, Py_ssize_t L) noexcept n
     return s
 
 
-# ------------------------------------------------ packed steps on a thread team --
-# The step loops of STEP_PACKED: W_hh packed once per sweep (_rnn_pack.h), each step's
-# product and gate pass split over a thread team (_rnn_team.h) by hidden units.
-# Thread t of n owns the unit blocks [q0, q1) = [NQ*t/n, NQ*(t+1)/n) (NQ = ceil(H/NR)
-# blocks of NR units), i.e. the columns of every gate for those units: it packs their
-# panels, computes their products and runs their gate passes, block by block.  A step
-# needs every unit of the previous state, hence one barrier per step (the GRU: two,
-# r*h before W_hn (r*h) and dn before d(r*h)).  Each element is computed by one thread
-# in the same order whatever n is, so the sweep gives the same bits for every n.
+# ---------------------------------------------------------------- packed steps --
+# The step loops of STEP_PACKED: W_hh packed once per sweep (_rnn_pack.h) and each
+# step's product computed by the micro-kernel unit block by unit block (NQ = ceil(H/NR)
+# blocks of NR units, the columns of every gate for those units), each block's
+# products followed by its gate pass while they are in cache.  Every element of a
+# product is one chain of multiply-adds over k in order, whatever the row block, so a
+# sweep over a row range gives the same bits as the whole sweep.
 
 cdef enum:
     STEP_AUTO = -1      # the rule below
     STEP_BLAS = 0       # one BLAS product per step (layout: _rec_mode), one thread
-    STEP_PACKED = 1     # packed W_hh and the micro-kernel, on the thread team
+    STEP_PACKED = 1     # packed W_hh and the micro-kernel
 
 
-cdef struct TeamJob:
+cdef struct PackedJob:
     # One packed sweep (forward or backward) of batch rows [b0, b1) of ``sw``.
     const RnnSweep* sw
     bint double
     Py_ssize_t b0, b1
     Py_ssize_t NQ                 # unit blocks of NR (panel width) units
     void* pack                    # the packed panels (32-byte aligned)
-    void* loc                     # forward: per-thread products, loc_stride elements each
-    Py_ssize_t loc_stride
+    void* loc                     # forward: the products of one unit block (all rows)
     const unsigned char* plan     # row blocks of b1 - b0 rows (nn_row_plan)
     int nb
     void* dh2                     # backward: [B, H] second dh buffer
@@ -184,20 +180,9 @@ cdef inline int step_mode(int kind, Py_ssize_t B, Py_ssize_t H, bint single) noe
     return STEP_PACKED
 
 
-cdef inline int team_threads(int kind, Py_ssize_t B, Py_ssize_t H, bint single,
-                             int n) noexcept nogil:
-    """Team size (at most ``n``) for a packed sweep: 1 when a step is too small to
-    gain from a split (the barrier hand-offs cost more than half a step saves)."""
-    cdef Py_ssize_t NR = 16 if single else 8
-    cdef Py_ssize_t NQ = (H + NR - 1) // NR
-    if n > NQ:
-        n = <int> NQ
-    return n if n > 1 else 1
-
-
-cdef inline Py_ssize_t team_loc_stride(Py_ssize_t nbr, Py_ssize_t G, Py_ssize_t NQ,
+cdef inline Py_ssize_t packed_loc_size(Py_ssize_t nbr, Py_ssize_t G, Py_ssize_t NQ,
                                        Py_ssize_t NR) noexcept nogil:
-    """Elements of one thread's forward scratch (a multiple of 16: own cache lines)."""
+    """Elements of the forward scratch of a packed sweep over ``nbr`` rows."""
     cdef Py_ssize_t n = (NQ if NQ > nbr else nbr) * G * NR
     return (n + 15) // 16 * 16
 
@@ -253,7 +238,7 @@ cdef inline void _fwd_gates(const RnnSweep* sw, Py_ssize_t s, Py_ssize_t b0, Py_
             gru_fwd1(a, r, bx, hp + b * H + u, aux + (s * B + b) * H + u, nu, H, R)
 
 
-cdef inline void _fwd_segment(TeamJob* job, const floating* A, const floating* P,
+cdef inline void _fwd_segment(PackedJob* job, const floating* A, const floating* P,
                               Py_ssize_t first, Py_ssize_t Gs, Py_ssize_t s, Py_ssize_t q0,
                               Py_ssize_t q1, floating* loc, bint second) noexcept nogil:
     """Products of the ``Gs`` gates whose panels start at ``first`` (``Gs`` per unit
@@ -280,37 +265,25 @@ cdef inline void _fwd_segment(TeamJob* job, const floating* A, const floating* P
         _fwd_gates(job.sw, s, b0, b1, u, nu, loc, Gs * NR, NR, second)
 
 
-cdef inline void _fwd_worker(TeamJob* job, int tid, int nth, floating* P) noexcept nogil:
-    """Thread ``tid`` of ``nth``: the forward step loop for its unit blocks."""
+cdef inline void _fwd_packed(PackedJob* job, floating* P) noexcept nogil:
+    """The forward step loop of a packed sweep (``P``: the panels' storage)."""
     cdef const RnnSweep* sw = job.sw
     cdef int kind = sw.kind
     cdef Py_ssize_t T = sw.T, B = sw.B, H = sw.H, G = sw.GH // sw.H, NQ = job.NQ
     cdef Py_ssize_t G1 = 2 if kind == K_GRU else G
-    cdef Py_ssize_t q0 = NQ * tid // nth, q1 = NQ * (tid + 1) // nth, s
+    cdef Py_ssize_t q0 = 0, q1 = NQ, s
     cdef Py_ssize_t b0 = job.b0
     cdef floating* hs = <floating*> sw.hs
     cdef floating* aux = <floating*> sw.aux
-    cdef floating* loc = <floating*> job.loc + tid * job.loc_stride
-    cdef int sense = 0
+    cdef floating* loc = <floating*> job.loc
     pack_fwd(<const floating*> sw.W_hh, H, G, G1, q0, q1, P)
     for s in range(T):
         _fwd_segment(job, hs + (s * B + b0) * H, P, 0, G1, s, q0, q1, loc, False)
-        if kind == K_GRU:
-            nn_team_barrier(&sense, nth)           # every unit of r*h before (r*h) W_hn^T
+        if kind == K_GRU:                      # every unit of r*h before (r*h) W_hn^T
             _fwd_segment(job, aux + (s * B + b0) * H, P, G1 * NQ, 1, s, q0, q1, loc, True)
-        if s + 1 < T:
-            nn_team_barrier(&sense, nth)           # every unit of h_{s+1} before step s+1
 
 
-cdef inline void _fwd_team(void* ctx, int tid, int nth) noexcept nogil:
-    cdef TeamJob* job = <TeamJob*> ctx
-    if job.double:
-        _fwd_worker(job, tid, nth, <double*> job.pack)
-    else:
-        _fwd_worker(job, tid, nth, <float*> job.pack)
-
-
-cdef inline void _bwd_prod(TeamJob* job, const floating* A, Py_ssize_t koff, Py_ssize_t K,
+cdef inline void _bwd_prod(PackedJob* job, const floating* A, Py_ssize_t koff, Py_ssize_t K,
                            const floating* P, Py_ssize_t q0, Py_ssize_t q1, floating* C,
                            bint acc) noexcept nogil:
     """``C[b0:b1, own units] (+)= A[b0:b1, koff:koff+K] @ W_hh[koff:koff+K, own units]``
@@ -333,15 +306,14 @@ cdef inline void _bwd_prod(TeamJob* job, const floating* A, Py_ssize_t koff, Py_
               C + b0 * H + q * NR, H, nu, acc)
 
 
-cdef inline void _bwd_worker(TeamJob* job, int tid, int nth, floating* P) noexcept nogil:
-    """Thread ``tid`` of ``nth``: BPTT for its unit blocks (the loop of ``_bptt``)."""
+cdef inline void _bwd_packed(PackedJob* job, floating* P) noexcept nogil:
+    """BPTT of a packed sweep (the loop of ``_bptt``; ``P``: the panels' storage)."""
     cdef const RnnSweep* sw = job.sw
     cdef int kind = sw.kind
     cdef bint reverse = sw.reverse
     cdef Py_ssize_t T = sw.T, B = sw.B, H = sw.H, GH = sw.GH, G = sw.GH // sw.H
     cdef Py_ssize_t H2 = 2 * sw.H, NQ = job.NQ, NR = panel_width(P)
-    cdef Py_ssize_t q0 = NQ * tid // nth, q1 = NQ * (tid + 1) // nth
-    cdef Py_ssize_t u0 = q0 * NR, u1 = (q1 * NR if q1 * NR < H else H)
+    cdef Py_ssize_t q0 = 0, q1 = NQ, u0 = 0, u1 = H
     cdef Py_ssize_t b0 = job.b0, b1 = job.b1, s, b, g, q, u, nu, L, tau
     cdef const int64_t* lengths = sw.lengths
     cdef const floating* gates = <const floating*> sw.gates
@@ -367,7 +339,6 @@ cdef inline void _bwd_worker(TeamJob* job, int tid, int nth, floating* P) noexce
     cdef const floating* hp
     cdef bint sep = dGt != dGs
     cdef size_t own = (u1 - u0) * sizeof(floating) if u1 > u0 else 0
-    cdef int sense = 0
     pack_bwd(<const floating*> sw.W_hh, H, GH, q0, q1, P)
     for s in range(T - 1, -1, -1):
         dgs = dGs + s * B * GH
@@ -405,7 +376,6 @@ cdef inline void _bwd_worker(TeamJob* job, int tid, int nth, floating* P) noexce
                     gru_bwd1(gg + u, hp + u, dh + b * H + u, go + u, dgr + u, dst + u, nu, H)
             if kind <= K_LSTM:
                 memset(dst + u0, 0, own)
-        nn_team_barrier(&sense, nth)            # every gate gradient of the step
         if kind == K_GRU:
             # 2. d(r*h) = dn @ W_hn, then r's gradient and the r*h path to h_prev
             _bwd_prod(job, dgs, H2, H, P, q0, q1, drh, False)
@@ -421,7 +391,6 @@ cdef inline void _bwd_worker(TeamJob* job, int tid, int nth, floating* P) noexce
                     nu = NR if H - u > NR else H - u
                     gru_bwd2(gg + u, hp + u, drh + b * H + u, dgs + b * GH + u,
                              dh2 + b * H + u, nu)
-            nn_team_barrier(&sense, nth)        # every r gradient
             _bwd_prod(job, dgs, 0, H2, P, q0, q1, dh2, True)
         else:
             # 2. dh_prev = direct part + dG @ W_hh
@@ -442,22 +411,21 @@ cdef inline void _bwd_worker(TeamJob* job, int tid, int nth, floating* P) noexce
             memcpy(dh_out + b * H + u0, dh + b * H + u0, own)
 
 
-cdef inline void _bwd_team(void* ctx, int tid, int nth) noexcept nogil:
-    cdef TeamJob* job = <TeamJob*> ctx
+cdef inline void _bwd_run(PackedJob* job) noexcept nogil:
     if job.double:
-        _bwd_worker(job, tid, nth, <double*> job.pack)
+        _bwd_packed(job, <double*> job.pack)
     else:
-        _bwd_worker(job, tid, nth, <float*> job.pack)
+        _bwd_packed(job, <float*> job.pack)
 
 
 # --------------------------------------------------------------------- forward --
 cdef inline void forward_sweep(const RnnSweep* sw, int phase, Py_ssize_t r0, Py_ssize_t r1,
-                               floating* tmp, TeamJob* job, int nthreads) noexcept nogil:
+                               floating* tmp, PackedJob* job) noexcept nogil:
     """``phase`` (``PH_*``): ``PH_PROJ`` the input projection for rows ``[r0, r1)`` of
     ``T*B``; ``PH_STEPS`` the recurrence for batch rows ``[r0, r1)`` only (rows
     never interact, so two row ranges can run concurrently; every array keeps its
     full-batch layout); ``PH_ALL`` both over everything.  With ``job`` (STEP_PACKED,
-    its rows set to the step rows) the recurrence runs on ``nthreads`` team threads."""
+    its rows set to the step rows) the recurrence runs on the packed ``W_hh``."""
     cdef int kind = sw.kind
     cdef bint reverse = sw.reverse
     cdef Py_ssize_t T = sw.T, B = sw.B, D = sw.D, H = sw.H, GH = sw.GH, H2 = 2 * sw.H
@@ -499,7 +467,10 @@ cdef inline void forward_sweep(const RnnSweep* sw, int phase, Py_ssize_t r0, Py_
     if nb < 1:
         return
     if job != NULL:
-        nn_team_run(nthreads, _fwd_team, job)
+        if job.double:
+            _fwd_packed(job, <double*> job.pack)
+        else:
+            _fwd_packed(job, <float*> job.pack)
         return
 
     for s in range(T):
@@ -720,14 +691,13 @@ cdef inline void _weight_grads(int kind, Py_ssize_t T, Py_ssize_t B, Py_ssize_t 
 
 
 cdef inline void backward_sweep(const RnnSweep* sw, int phase, Py_ssize_t r0,
-                                Py_ssize_t r1, floating* scr, TeamJob* job,
-                                int nthreads) noexcept nogil:
+                                Py_ssize_t r1, floating* scr, PackedJob* job) noexcept nogil:
     """``phase`` (``PH_*``): ``PH_STEPS`` BPTT for batch rows ``[r0, r1)`` (independent
     of the other rows, like the forward); ``PH_GRAD_X`` ``grad_x`` for rows ``[r0, r1)``
     of ``T*B``; ``PH_WGRAD`` the weight and bias gradients for gate columns
     ``[r0, r1)`` -- the last two need every row's gate gradients, so they run after
     all ``PH_STEPS`` ranges; ``PH_ALL`` everything in that order.  With ``job``
-    (STEP_PACKED) BPTT runs on ``nthreads`` team threads."""
+    (STEP_PACKED) BPTT runs on the packed ``W_hh``."""
     cdef int kind = sw.kind
     cdef Py_ssize_t T = sw.T, B = sw.B, D = sw.D, H = sw.H, GH = sw.GH
     cdef const floating* x = <const floating*> sw.x
@@ -744,7 +714,7 @@ cdef inline void backward_sweep(const RnnSweep* sw, int phase, Py_ssize_t r0,
             r0, r1 = 0, B
         if r1 > r0 and job != NULL:
             job.dh2, job.drh, job.zrow = scr + B * H, scr + 2 * B * H, zrow
-            nn_team_run(nthreads, _bwd_team, job)
+            _bwd_run(job)
         elif r1 > r0:
             _bptt(kind, sw.reverse, T, B, H, <const floating*> sw.W_hh,
                   <const floating*> sw.W_hhT, sw.lengths, <const floating*> sw.gates, hs,

@@ -1,6 +1,6 @@
 # cython: language_level=3
-"""Fused-type front of the packed recurrence product in ``_rnn_pack.h`` and the thread
-team of ``_rnn_team.h`` (header only; see the headers for the layouts)."""
+"""Fused-type front of the packed recurrence product in ``_rnn_pack.h`` (header only;
+see the header for the layouts)."""
 from cython cimport floating
 
 
@@ -28,14 +28,6 @@ cdef extern from "_rnn_pack.h" nogil:
                     Py_ssize_t ps, float* C, int nc, int acc) noexcept
     void nn_pgemv_d(Py_ssize_t np, Py_ssize_t K, const double* a, const double* P,
                     Py_ssize_t ps, double* C, int nc, int acc) noexcept
-
-
-cdef extern from "_rnn_team.h" nogil:
-    ctypedef void (*nn_team_fn)(void* ctx, int tid, int nth) noexcept nogil
-    int NN_TEAM_MAX
-    int nn_team_run(int n, nn_team_fn fn, void* ctx) noexcept
-    void nn_team_barrier(int* sense, int nth) noexcept
-    int nn_team_available() noexcept
 
 
 cdef inline Py_ssize_t panel_width(const floating* like) noexcept nogil:

@@ -20,7 +20,7 @@ from test_recurrent_cells import KINDS, make_cell, rand_state
 def force_split(monkeypatch):
     """Make ``row_halves`` split any batch of >= 2 rows and count the split phases."""
     monkeypatch.setattr(_base, "MIN_SPLIT_ROWS", 2)
-    monkeypatch.setattr(_base, "STEP_MODE", "blas")     # the packed sweeps use the team
+    monkeypatch.setattr(_base, "STEP_MODE", "blas")     # the BLAS step layouts
     monkeypatch.setattr(_parallel, "available_cores", lambda: 2)
     monkeypatch.setattr(_parallel, "blas_threads", lambda: 2)
     calls = []
@@ -107,7 +107,7 @@ def test_split_runs_on_two_threads(force_split, monkeypatch, rng):
 def test_no_split_when_blas_is_limited_to_one_thread(monkeypatch, rng):
     """``threadpool_limits(1)`` / ``OPENBLAS_NUM_THREADS=1`` keep a sweep on one thread."""
     monkeypatch.setattr(_base, "MIN_SPLIT_ROWS", 2)
-    monkeypatch.setattr(_base, "STEP_MODE", "blas")     # the packed sweeps use the team
+    monkeypatch.setattr(_base, "STEP_MODE", "blas")     # the BLAS step layouts
     monkeypatch.setattr(_parallel, "available_cores", lambda: 2)
     monkeypatch.setattr(_parallel, "blas_threads", lambda: 1)
     assert _base.row_halves(64) is None

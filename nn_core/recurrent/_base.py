@@ -54,29 +54,9 @@ MIN_SPLIT_ROWS = 64
 
 
 # The step loops of a sweep (``_K.STEP_MODES``): "auto" takes the kernel's per-shape
-# rule (``_K.step_mode``); "blas" / "packed" force one (tests and benchmarks).
+# rule (``_K.step_mode``: W_hh packed once per call, or one BLAS call per step);
+# "blas" / "packed" force one (tests and benchmarks).
 STEP_MODE = "auto"
-TEAM = True               # module switch: packed sweeps may use the kernels' thread team
-
-
-def step_plan(kind: int, B: int, H: int, dtype) -> tuple:
-    """``(mode, threads)`` for the step loops of a sweep over ``B`` rows and ``H`` units.
-
-    ``mode`` is ``_K.STEP_MODES["blas"]`` or ``["packed"]`` (the per-shape rule unless
-    :data:`STEP_MODE` forces one); it never depends on the thread budget, so a sweep
-    gives the same numbers on any thread count.  ``threads``: the size of the kernels'
-    thread team for a packed sweep -- the thread budget capped by the free cores, 1
-    inside another parallel region, without the team (``TEAM`` off, no threads in
-    this build) or when the step is too small to split (``_K.team_threads``).
-    """
-    mode = _K.STEP_MODES[STEP_MODE]
-    if mode == _K.STEP_MODES["auto"]:
-        mode = _K.step_mode(kind, B, H, np.dtype(dtype) == np.float64)
-    if (mode != _K.STEP_MODES["packed"] or not TEAM or not _K.TEAM_THREADS
-            or _parallel.in_parallel_region()):
-        return mode, 1
-    n = min(_parallel.blas_threads(), _parallel.available_cores())
-    return mode, _K.team_threads(kind, B, H, np.dtype(dtype) == np.float64, n) if n > 1 else 1
 
 
 def row_halves(B: int):
@@ -479,15 +459,9 @@ class RecurrentCell(Module):
         sweep = _K.ForwardSweep(kind, bool(reverse), x=x, lengths=lengths, W_ih=W_ih,
                                 W_hh=W_hh, W_hhT=W_hhT, gates=gates, hs=hs, cs=cs, aux=aux,
                                 bx=bx, bhn=bhn, out=out, hh=hh)
-        mode, nth = step_plan(kind, B, H, dt)
-        halves = row_halves(B) if nth == 1 else None
-        if nth > 1:
-            # the input projection as one BLAS call at the budget's threads, then the
-            # step loops on the kernels' thread team, BLAS on one thread meanwhile
-            _K.rnn_forward(sweep, _K.PHASE_PROJ)
-            with _parallel.single_thread_blas:
-                _K.rnn_forward(sweep, _K.PHASE_STEPS, threads=nth, mode=mode)
-        elif halves is None:
+        mode = _K.STEP_MODES[STEP_MODE]
+        halves = row_halves(B)
+        if halves is None:
             _K.rnn_forward(sweep, mode=mode)
         else:
             # two threads, BLAS on one thread each: the input projection split by
@@ -550,16 +524,9 @@ class RecurrentCell(Module):
             grad_b_ih=self.grads["b_ih"] if self.bias else None,
             grad_b_hh=self.grads["b_hh"] if self.bias else None,
             dGs=dGs, dGt=dGt, xh=xh, gw=gw)
-        mode, nth = step_plan(kind, B, H, dt)
-        halves = row_halves(B) if nth == 1 else None
-        if nth > 1:
-            # BPTT on the kernels' thread team (BLAS on one thread meanwhile), then
-            # grad_x and the weight gradients as BLAS calls at the budget's threads
-            with _parallel.single_thread_blas:
-                _K.rnn_backward(sweep, _K.PHASE_STEPS, threads=nth, mode=mode)
-            _K.rnn_backward(sweep, _K.PHASE_GRAD_X)
-            _K.rnn_backward(sweep, _K.PHASE_WGRAD)
-        elif halves is None:
+        mode = _K.STEP_MODES[STEP_MODE]
+        halves = row_halves(B)
+        if halves is None:
             _K.rnn_backward(sweep, mode=mode)
         else:
             # two threads, BLAS on one thread each: BPTT of the two half batches, then
