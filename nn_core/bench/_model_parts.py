@@ -262,8 +262,15 @@ class StepPair:
 
     # --- nn_core: exactly the body of nn_core.training.train's loop
     def nn_step(self):
+        """One step as :class:`nn_core.training.Trainer` runs it (inside the caching
+        allocator)."""
+        from ..memory import caching_allocator
         from ..optim import clip_grad_norm
 
+        with caching_allocator():
+            return self._nn_step(clip_grad_norm)
+
+    def _nn_step(self, clip_grad_norm):
         self.opt.zero_grad()
         stats = self.task.train_step(self.model, self.batch)
         norm = clip_grad_norm(self.model, 1.0)

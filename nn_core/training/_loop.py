@@ -1,6 +1,7 @@
 """The epoch loop of :meth:`nn_core.training.Trainer.fit` and the state it saves."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -9,6 +10,7 @@ import numpy as np
 
 from .._progress import ProgressBar
 from ..checkpoint import CheckpointError, load_training_state, read_state_dict, save
+from ..memory import caching_allocator, release_cache
 from ..optim import SGD, Adam
 from . import _run
 from ._run import rng_states, set_rng_states, write_history
@@ -153,10 +155,14 @@ class Context:
     def loop(self):
         """Run the epochs; the model ends in the mode (train or eval) it started in."""
         was_training = self.t.model.training
+        cache = self.t.cache_memory
         try:
-            return self._loop()
+            with caching_allocator() if cache else contextlib.nullcontext():
+                return self._loop()
         finally:
             self.t.model.train(was_training)
+            if cache:
+                release_cache()                 # the memory of the last steps goes back
 
     def _loop(self):
         t, run, per_epoch = self.t, self.run, self.per_epoch

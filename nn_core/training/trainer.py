@@ -154,6 +154,11 @@ class Trainer:
         update in progress completes, a forward/backward or evaluation is abandoned, a
         run folder gets a checkpoint, and :class:`TrainingInterrupted` is raised.
 
+    cache_memory : bool
+        Run :meth:`fit` inside :func:`nn_core.memory.caching_allocator` (default), so
+        that a step reuses the previous step's memory instead of faulting in fresh
+        pages; the cache is released when :meth:`fit` returns.
+
     Data parallel
     -------------
     After :func:`nn_core.distributed.init` in a job of several processes
@@ -199,7 +204,7 @@ class Trainer:
 
     def __init__(self, model, loss=None, optimizer=None, *, schedule=None, clip=None,
                  metrics=(), callbacks=(), step_fn=None, eval_fn=None, verbose=1,
-                 progress_file=None, log=None, handle_signals=True):
+                 progress_file=None, log=None, handle_signals=True, cache_memory=True):
         if not isinstance(model, Module):
             raise TypeError(f"model must be an nn_core Module, got {type(model).__name__}")
         self.model = model
@@ -236,6 +241,7 @@ class Trainer:
         self.progress_file = progress_file
         self.log = log or (lambda msg: print(msg, flush=True))
         self.handle_signals = bool(handle_signals)
+        self.cache_memory = bool(cache_memory)
         self.history = History()
         self.stop_training = False
         self.lr_scale = 1.0
@@ -608,6 +614,6 @@ def fit(model, loss, optimizer, train_data, val_data=None, **kwargs) -> History:
     (3.0, 1.0)
     """
     trainer_keys = {"schedule", "clip", "metrics", "callbacks", "step_fn", "eval_fn",
-                    "verbose", "progress_file", "log", "handle_signals"}
+                    "verbose", "progress_file", "log", "handle_signals", "cache_memory"}
     t_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in trainer_keys}
     return Trainer(model, loss, optimizer, **t_kw).fit(train_data, val_data, **kwargs)
