@@ -144,7 +144,7 @@ cdef inline Py_ssize_t _tau(bint reverse, Py_ssize_t s, Py_ssize_t L) noexcept n
 
 cdef enum:
     STEP_AUTO = -1      # the rule below
-    STEP_BLAS = 0       # one BLAS product per step (layout: _rec_mode), one thread
+    STEP_BLAS = 0       # one BLAS product per step (layout: _rec_mode)
     STEP_PACKED = 1     # packed W_hh and the micro-kernel
 
 

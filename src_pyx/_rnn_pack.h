@@ -10,11 +10,10 @@
  *     C[mr, NR] (+)= A[mr, K] @ P[K, NR],   mr = 1..6 rows (12 accumulators at 6)
  *
  * Every element of C is one chain of fused multiply-adds over k = 0, 1, ..., K-1
- * (starting from 0, or from C with `acc`), whatever the row block, the panel group or
- * the thread that computes it.  So the result does not depend on how rows and panels
- * are cut -- which is what makes the threaded step loops give the same bits for every
- * thread count.  (The baseline build, without FMA, rounds each product: also a fixed
- * order, also thread-independent.)
+ * (starting from 0, or from C with `acc`), whatever the row block or the panel group
+ * that computes it.  So the result does not depend on how rows and panels are cut: a
+ * step loop over a range of batch rows gives the same bits as over the whole batch.
+ * (The baseline build, without FMA, rounds each product: also a fixed order.)
  *
  * Panel layouts (P[p][k][c] is element c of row k of panel p; columns past H are 0):
  *   forward   the gate rows of W_hh [G*H, H] for unit block q = columns q*NR .. q*NR+NR-1
@@ -24,7 +23,7 @@
  *             for r*h): nn_fwd_panel().
  *   backward  the columns of W_hh for unit block q: P[q][n][c] = W_hh[n, q*NR + c],
  *             K = G*H (dh_prev = dG @ W_hh).
- * A thread that owns unit blocks [q0, q1) packs and reads only their panels.
+ * nn_pack_fwd / nn_pack_bwd pack the panels of unit blocks [q0, q1).
  *
  * Fused-type front: _rnn_pack.pxd.
  */
