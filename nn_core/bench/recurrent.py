@@ -13,7 +13,10 @@ For every (threads, dtype, shape, cell) both implementations run the same sequen
   projection, T recurrence GEMMs forward and backward, grad_x, and grad_W_ih /
   grad_W_hh -- one fused GEMM for RNN and LSTM, two for the GRU),
   each timed alone through the same BLAS (``scipy.linalg.cython_blas``) in a
-  ``nogil`` loop, and summed; ``/gemm`` = nn_core time / that bound;
+  ``nogil`` loop, and summed; ``/gemm`` = nn_core time / that bound.  Where the
+  kernel runs its step loops on the packed ``W_hh`` (``step_mode``; always for
+  ``B = 1``) the per-step products are not BLAS calls, and the bound is what BLAS
+  would take for them, not a lower bound (``/gemm`` can fall below 1);
 * ``GF/s`` = FLOPs / nn_core time, FLOPs = ``6 T B G H (D + H)`` per layer;
 * ``need`` = the FLOP rate the target asks for (``FLOPs / (target * torch
   time)``) as a percentage of ``peak``, the rate of a large square GEMM
