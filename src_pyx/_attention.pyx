@@ -42,6 +42,32 @@ The row blocking and the causal block skipping follow FlashAttention (Dao et al.
 2022, "FlashAttention: Fast and Memory-Efficient Exact Attention with IO-Awareness"),
 but ``P`` is materialised: the module returns it on request, and keeping it saves
 the backward the recomputation of ``Q K^T`` (6 GEMMs per slab instead of 7).
+
+Tiled path
+----------
+``FlashCall`` / ``flash_forward`` / ``flash_backward`` never materialise ``P``: they
+work on score tiles of at most ``block_q x block_k`` entries and keep, besides the
+output, one log-sum-exp per query row (memory O(L) per slab).  Forward, per query
+block ``r0:r1`` and key block ``c0:c1`` (online softmax: Milakov & Gimelshein, 2018;
+Dao et al., 2022)::
+
+    S = scale * Q[r0:r1] K[c0:c1]^T        (GEMM)
+    m' = max(m, rowmax(S + mask)) ;  P = exp(S + mask - m')
+    l = l exp(m - m') + rowsum(P) ;  O[r0:r1] = O[r0:r1] exp(m - m') + (P * Z) V[c0:c1]
+
+and at the end ``O /= l``, ``lse = m + log(l)`` (``+inf`` and ``O = 0`` for a row
+without any allowed key).  Backward, per key block (outer) and query block (inner),
+with ``D = rowsum(dO * O)``::
+
+    P = exp(scale * Q K^T + mask - lse)    (recomputed, exactly the forward's P)
+    dP = (dO V^T) * Z ;  dS = P * (dP - D)
+    dV += (P * Z)^T dO ;  dQ += scale * dS K ;  dK += scale * dS^T Q
+
+``Z`` is the optional dropout multiplier (0 or ``1/(1-p)``), a counter-based mask
+(``_layers.h``) over the flat ``[P, L_q, L_k]`` weights that the backward regenerates
+from the key.  The causal staircase is skipped tile by tile in both passes; tiles
+crossing the diagonal get exact zeros above it.  The tile row passes are in
+``_flash.h``.
 """
 import numpy as np
 
@@ -599,14 +625,14 @@ cdef void _flash_bwd_keys(const floating* Q, Py_ssize_t ldq, const floating* K,
                           Py_ssize_t ldk, const floating* V, Py_ssize_t ldv,
                           const floating* O, const floating* lse, const floating* dO,
                           Py_ssize_t ldg, floating* dQ, floating* dK, floating* dV,
-                          bint acc_k, bint acc_v, Py_ssize_t p, Py_ssize_t a0,
+                          Py_ssize_t p, Py_ssize_t a0,
                           Py_ssize_t a1, Py_ssize_t L_q, Py_ssize_t L_k, Py_ssize_t d_k,
                           Py_ssize_t d_v, floating scale, const MaskRef* mk, bint causal,
                           Py_ssize_t off, Py_ssize_t bq, Py_ssize_t bk, floating* S,
                           floating* dP, floating* dKa, floating* dVa, floating* D,
                           nn_fa_drop* drop) noexcept nogil:
-    """Keys ``a0:a1`` of slab ``p``: their ``dK``/``dV`` rows (written, or added when
-    ``acc_k``/``acc_v``) and their contribution to ``dQ`` (always added).
+    """Keys ``a0:a1`` of slab ``p``: their ``dK``/``dV`` rows (written) and their
+    contribution to ``dQ`` (added).
 
     ``D_i = dO_i . O_i`` (= rowsum(dP * P), also with dropout), then per key block
     ``c0:c1`` (accumulators ``dKa``, ``dVa``) and query block ``r0:r1`` (from the
@@ -620,7 +646,6 @@ cdef void _flash_bwd_keys(const floating* Q, Py_ssize_t ldq, const floating* K,
     cdef Py_ssize_t c0, c1, wk, qs, r0, r1, nr, e, w, i, j
     cdef const uint8_t* bm
     cdef const floating* fm
-    cdef floating* dst
     cdef uint64_t base = <uint64_t> p * <uint64_t> L_q * <uint64_t> L_k
     qs = _clamp(a0 - off, 0, L_q) if causal else 0
     for i in range(qs, L_q):
@@ -657,18 +682,8 @@ cdef void _flash_bwd_keys(const floating* Q, Py_ssize_t ldq, const floating* K,
             gemm(True, False, <int>w, <int>d_k, <int>nr, scale, dP, <int>w, Q + r0 * ldq,
                  <int>ldq, 1, dKa, <int>d_k)
             r0 = r1
-        dst = dK + c0 * d_k
-        if acc_k:
-            for j in range(wk * d_k):
-                dst[j] += dKa[j]
-        else:
-            memcpy(dst, dKa, wk * d_k * sizeof(floating))
-        dst = dV + c0 * d_v
-        if acc_v:
-            for j in range(wk * d_v):
-                dst[j] += dVa[j]
-        else:
-            memcpy(dst, dVa, wk * d_v * sizeof(floating))
+        memcpy(dK + c0 * d_k, dKa, wk * d_k * sizeof(floating))
+        memcpy(dV + c0 * d_v, dVa, wk * d_v * sizeof(floating))
         c0 = c1
 
 
@@ -784,22 +799,23 @@ def flash_forward(FlashCall call not None, floating[:, :, ::1] out, floating[:, 
 
 def flash_backward(FlashCall call not None, const floating[:, :, ::1] out,
                    const floating[:, ::1] lse, const floating[:, :, :, :, :, :] grad_out,
-                   floating[:, :, :, :, :, :] grad_q, floating[:, :, :, :, :, :] grad_k,
-                   floating[:, :, :, :, :, :] grad_v, const Py_ssize_t[:, ::1] tasks,
+                   floating[:, :, ::1] grad_q, floating[:, :, ::1] grad_k,
+                   floating[:, :, ::1] grad_v, const Py_ssize_t[:, ::1] tasks,
                    Py_ssize_t t0, Py_ssize_t t1, Py_ssize_t block_q, Py_ssize_t block_k):
     """Backward of tasks ``t0 <= t < t1``: task ``(p, c0, c1)`` handles the keys
     ``c0:c1`` of slab ``p``.
 
     ``out``, ``lse``: what :func:`flash_forward` wrote.  ``grad_out``: a 6-D view with
-    the full lead shape.  ``grad_q``/``grad_k``/``grad_v``: C-contiguous 6-D arrays in
-    the (padded) shapes of ``q``/``k``/``v``.  ``grad_q`` is always added to (zero it
-    first; tasks sharing a slab, or slabs sharing a broadcast query, must not run at
-    the same time on the same buffer); ``grad_k``/``grad_v`` are added to when they
-    broadcast over a lead dim, else their rows ``c0:c1`` are written.
+    the full lead shape.  ``grad_q [P, L_q, d_k]``, ``grad_k [P, L_k, d_k]``,
+    ``grad_v [P, L_k, d_v]``: C-contiguous, one slab per (broadcast) slab, never
+    summed over a broadcast lead dim here (the caller reduces them, in an order that
+    does not depend on the threads).  Rows ``c0:c1`` of ``grad_k``/``grad_v`` are
+    written; ``grad_q`` is added to (zero it first; tasks of one slab must not run at
+    the same time).
     """
     cdef Py_ssize_t L_q = call.L_q, L_k = call.L_k, d_k = call.d_k, d_v = call.d_v
     cdef Py_ssize_t t, p, dim, bq = block_q, bk = block_k
-    cdef Slabs go, gq, gk, gv
+    cdef Slabs go
     cdef list pins = []
     cdef const floating* Q = <const floating*> call.q.base
     cdef const floating* K = <const floating*> call.k.base
@@ -811,16 +827,14 @@ def flash_backward(FlashCall call not None, const floating[:, :, ::1] out,
     for dim in range(4):
         if grad_out.shape[dim] != call.lead4[dim]:
             raise ValueError(f"grad_out must have the full lead shape {call.lead}")
-    if out.shape[0] != call.slabs or out.shape[1] != L_q or out.shape[2] != d_v:
-        raise ValueError(f"out must have shape {(call.slabs, L_q, d_v)}, got "
-                         f"{(out.shape[0], out.shape[1], out.shape[2])}")
+    _check_3d(out, call.slabs, L_q, d_v, "out")
+    _check_3d(grad_q, call.slabs, L_q, d_k, "grad_q")
+    _check_3d(grad_k, call.slabs, L_k, d_k, "grad_k")
+    _check_3d(grad_v, call.slabs, L_k, d_v, "grad_v")
     if lse.shape[0] != call.slabs or lse.shape[1] != L_q:
         raise ValueError(f"lse must have shape {(call.slabs, L_q)}, got "
                          f"{(lse.shape[0], lse.shape[1])}")
     _slabs(&go, pins, grad_out, call.lead4, L_q, d_v, "grad_out")
-    _check_grad(&gq, pins, grad_q, call.shapes[0], call.lead4, L_q, d_k, "grad_q")
-    _check_grad(&gk, pins, grad_k, call.shapes[1], call.lead4, L_k, d_k, "grad_k")
-    _check_grad(&gv, pins, grad_v, call.shapes[2], call.lead4, L_k, d_v, "grad_v")
     _check_tasks(tasks, t0, t1, call.slabs, L_k, "keys")
     if t0 == t1:
         return
@@ -841,11 +855,17 @@ def flash_backward(FlashCall call not None, const floating[:, :, ::1] out,
                 _flash_bwd_keys(Q + call.q.off[p], call.q.ld, K + call.k.off[p], call.k.ld,
                                 V + call.v.off[p], call.v.ld, &out[p, 0, 0], &lse[p, 0],
                                 <const floating*> go.base + go.off[p], go.ld,
-                                <floating*> gq.base + gq.off[p],
-                                <floating*> gk.base + gk.off[p],
-                                <floating*> gv.base + gv.off[p], gk.bcast, gv.bcast,
-                                p, tasks[t, 1], tasks[t, 2], L_q, L_k, d_k, d_v,
-                                <floating> call.scale, &call.mask, call.causal,
+                                &grad_q[p, 0, 0], &grad_k[p, 0, 0], &grad_v[p, 0, 0],
+                                p, tasks[t, 1], tasks[t, 2], L_q, L_k, d_k,
+                                d_v, <floating> call.scale, &call.mask, call.causal,
                                 call.causal_offset, bq, bk, S, dP, dKa, dVa, D, drop)
     finally:
         free(S)
+
+
+cdef int _check_3d(const floating[:, :, ::1] a, Py_ssize_t P, Py_ssize_t L, Py_ssize_t d,
+                   str name) except -1:
+    if a.shape[0] != P or a.shape[1] != L or a.shape[2] != d:
+        raise ValueError(f"{name} must have shape {(P, L, d)}, got "
+                         f"{(a.shape[0], a.shape[1], a.shape[2])}")
+    return 0
