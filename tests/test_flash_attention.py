@@ -290,3 +290,29 @@ def test_kernel_rejects_bad_arguments():
     gq, gk, gv = np.zeros((1, 4, 2)), np.zeros((1, 4, 2)), np.zeros((1, 4, 2))
     with pytest.raises(ValueError, match="grad_k must have shape"):
         kattn.flash_backward(call, out, lse, q, gq, np.zeros((1, 3, 2)), gv, tasks, 0, 1, 8, 8)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_matches_torch(flash, dtype, causal, seed):
+    """torch's SDPA, forward and autograd backward, with a bool mask (torch aligns
+    ``is_causal`` top-left, so the bottom-right causal mask is passed explicitly)."""
+    torch = pytest.importorskip("torch")
+    rng, q, k, v, g = _inputs(seed, (2, 3, 45, 8), (2, 3, 38, 8), 6, dtype)
+    mask = rng.random((2, 1, 45, 38)) > 0.3
+    mask[..., 0] = True                       # no fully masked row (torch's rule differs)
+    full = mask & (np.arange(38)[None, :] <= np.arange(45)[:, None] - 7) if causal else mask
+    full[..., 0] = True
+    got = _run(dtype, q, k, v, g, "flash", mask=full)
+    if causal:                                # the same rows through is_causal
+        keep = np.arange(7, 45)
+        part = _run(dtype, q[..., keep, :], k, v, g[..., keep, :], "flash",
+                    mask=mask[..., keep, :], is_causal=True)
+        np.testing.assert_allclose(part[0], got[0][..., keep, :], **_tol(dtype),
+                                   err_msg=f"seed={seed}")
+    tq, tk, tv = (torch.from_numpy(a).requires_grad_(True) for a in (q, k, v))
+    out = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv,
+                                                           attn_mask=torch.from_numpy(full))
+    out.backward(torch.from_numpy(g))
+    want = (out.detach().numpy(), tq.grad.numpy(), tk.grad.numpy(), tv.grad.numpy())
+    for name, a, b in zip(("out", "grad_q", "grad_k", "grad_v"), got, want):
+        np.testing.assert_allclose(a, b, **_tol(dtype), err_msg=f"{name}, seed={seed}")

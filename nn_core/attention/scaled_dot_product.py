@@ -282,8 +282,8 @@ def _fused_backward(cache, g, dt):
 # (docs/performance.md).  Tests set both to 0 to run it at small sizes.
 _FLASH_MIN_SCORES = 384 * 384
 _FLASH_MIN_ROWS = 16
-_FLASH_BLOCK_Q = 64          # query rows of a score tile
-_FLASH_BLOCK_K = 256         # keys of a score tile
+_FLASH_BLOCK_Q = 128         # query rows of a score tile
+_FLASH_BLOCK_K = 512         # keys of a score tile
 
 
 def _use_flash(return_weights, lead, L_q, L_k, d_k, d_v):
