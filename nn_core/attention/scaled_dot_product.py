@@ -318,11 +318,12 @@ def _flash_tasks(P, L):
     return t
 
 
-def _flash_forward(q, k, v, lead, kind, m, causal_offset, scale, dropout_key):
+def _flash_forward(q, k, v, lead, kind, m, causal_offset, scale, dropout_key, keep):
     """Forward through the tiled kernel; returns ``(out, cache)``.
 
     ``dropout_key``: None or ``(k0, k1, threshold, scale)`` of the counter-based mask
-    over the flat ``[P, L_q, L_k]`` weights (``nn_core.layers._dropout_key``)."""
+    over the flat ``[P, L_q, L_k]`` weights (``nn_core.layers._dropout_key``).
+    ``keep``: the cache will be kept for a backward (else the output is not copied)."""
     dt = q.dtype
     L_q, d_k, L_k, d_v = q.shape[-2], q.shape[-1], k.shape[-2], v.shape[-1]
     P = int(np.prod(lead, dtype=np.int64))
@@ -337,8 +338,8 @@ def _flash_forward(q, k, v, lead, kind, m, causal_offset, scale, dropout_key):
                                              _FLASH_BLOCK_Q, _FLASH_BLOCK_K),
          P, P * L_q * L_k * (d_k + d_v))
     # the backward reads O: keep a copy the caller cannot modify
-    cache = _FlashCache(q6, k6, v6, call, out3.copy(), lse, lead, q.shape, k.shape,
-                        v.shape)
+    cache = _FlashCache(q6, k6, v6, call, out3.copy() if keep else out3, lse, lead,
+                        q.shape, k.shape, v.shape)
     return out3.reshape(lead + (L_q, d_v)), cache
 
 
@@ -570,7 +571,7 @@ class ScaledDotProductAttention(Module):
             if self.training and self.dropout > 0.0:
                 key = _dropout_key(self.rng, self.dropout)
             out, flash = _flash_forward(q, k, v, lead, kind, m, causal_offset,
-                                        dt.type(scale), key)
+                                        dt.type(scale), key, self.keeps_cache())
             self._save_cache(_SDPACache(out.shape, flash=flash))
             return out
         if _use_fused(self, lead, L_q, L_k, d_k, v.shape[-1]):
