@@ -133,3 +133,18 @@ def test_model_script_rejects_unknown_sections():
     from nn_core.bench import model as M
     with pytest.raises(SystemExit):
         M.main(["--only", "steps,nonsense"])
+
+
+def test_attention_long_script_runs_at_a_tiny_size(capsys):
+    """``attention --long``: the time table, and one fresh-process memory cell."""
+    import os
+
+    from nn_core.bench import _long
+    from nn_core.bench import attention as A
+    assert A.main(["--long", "--lengths", "32", "--threads", "1", "--repeat", "1",
+                   "--causal", "yes", "--no-memory"]) == 0
+    out = capsys.readouterr().out
+    assert "nn ms" in out and "True" in out
+    if os.path.exists("/proc/self/clear_refs"):
+        res = _long.measure_memory("nn_core", 64, True)
+        assert res is not None and res["wall"] > 0 and np.isfinite(res["extra"])

@@ -49,6 +49,7 @@ from .._kernels import _attention as _kattn
 from .._kernels import _softmax as _ksoftmax
 from .._validation import (as_float_array, as_mask, broadcasts_to, check_grad_output,
                            check_probability)
+from ..layers import _dropout_key
 from ..module import Module, NoBackward
 
 __all__ = ["softmax", "ScaledDotProductAttention", "scaled_dot_product_attention"]
@@ -272,6 +273,98 @@ def _fused_backward(cache, g, dt):
     return gq.reshape(cache.q_shape), gk.reshape(cache.k_shape), gv.reshape(cache.v_shape)
 
 
+# ---------------------------------------------------------------- tiled path --
+# The tiled ("flash") kernel keeps one log-sum-exp per query row instead of the
+# [L_q, L_k] probabilities: memory O(L) per slab, the probabilities recomputed tile by
+# tile in the backward.  It replaces the fused kernel when a slab has at least
+# _FLASH_MIN_SCORES scores (L_q * L_k) and _FLASH_MIN_ROWS query rows (decoding, one
+# row at a time, keeps the fused kernel); below, keeping the probabilities is faster
+# (docs/performance.md).  Tests set both to 0 to run it at small sizes.
+_FLASH_MIN_SCORES = 384 * 384
+_FLASH_MIN_ROWS = 16
+_FLASH_BLOCK_Q = 128         # query rows of a score tile
+_FLASH_BLOCK_K = 512         # keys of a score tile
+
+
+def _use_flash(return_weights, lead, L_q, L_k, d_k, d_v):
+    """The tiled kernel: long enough, no weights asked for, non-empty dims."""
+    if return_weights or L_q * L_k < _FLASH_MIN_SCORES or L_q < _FLASH_MIN_ROWS:
+        return False
+    if min(L_q, L_k, d_k, d_v) < 1 or 0 in lead or len(lead) > 4:
+        return False
+    return max(L_q, L_k) * max(d_k, d_v) < 2 ** 31
+
+
+@dataclass
+class _FlashCache:
+    q6: np.ndarray          # the inputs as the kernel's 6-D views (own shapes)
+    k6: np.ndarray
+    v6: np.ndarray
+    call: object            # the checked kernel call
+    out: np.ndarray         # [P, L_q, d_v], a private copy of the output
+    lse: np.ndarray         # [P, L_q] log-sum-exp per query row (+inf: no allowed key)
+    lead: tuple
+    q_shape: tuple
+    k_shape: tuple
+    v_shape: tuple
+
+
+def _flash_tasks(P, L):
+    """One task per slab, ``(p, 0, L)``: the split over threads only decides which
+    thread runs a slab, so results do not depend on the thread count."""
+    t = np.zeros((P, 3), dtype=np.intp)
+    t[:, 0] = np.arange(P)
+    t[:, 2] = L
+    return t
+
+
+def _flash_forward(q, k, v, lead, kind, m, causal_offset, scale, dropout_key, keep):
+    """Forward through the tiled kernel; returns ``(out, cache)``.
+
+    ``dropout_key``: None or ``(k0, k1, threshold, scale)`` of the counter-based mask
+    over the flat ``[P, L_q, L_k]`` weights (``nn_core.layers._dropout_key``).
+    ``keep``: the cache will be kept for a backward (else the output is not copied)."""
+    dt = q.dtype
+    L_q, d_k, L_k, d_v = q.shape[-2], q.shape[-1], k.shape[-2], v.shape[-1]
+    P = int(np.prod(lead, dtype=np.int64))
+    q6, k6, v6 = (_kernel_view(a) for a in (q, k, v))       # own shapes, no expansion
+    call = _kattn.FlashCall(q6, k6, v6, scale,
+                            mask=_mask_layout(kind, m, lead + (L_q, L_k), dt),
+                            causal_offset=causal_offset, dropout=dropout_key)
+    out3 = np.empty((P, L_q, d_v), dtype=dt)                    # (P, L_q, d_v)
+    lse = np.empty((P, L_q), dtype=dt)                          # (P, L_q)
+    tasks = _flash_tasks(P, L_q)
+    _run(lambda t0, t1: _kattn.flash_forward(call, out3, lse, tasks, t0, t1,
+                                             _FLASH_BLOCK_Q, _FLASH_BLOCK_K),
+         P, P * L_q * L_k * (d_k + d_v))
+    # the backward reads O: keep a copy the caller cannot modify
+    cache = _FlashCache(q6, k6, v6, call, out3.copy() if keep else out3, lse, lead,
+                        q.shape, k.shape, v.shape)
+    return out3.reshape(lead + (L_q, d_v)), cache
+
+
+def _flash_backward(cache, g, dt):
+    """Backward through the tiled kernel from a checked ``g`` of the output's shape.
+
+    Gradients are computed per slab (``[P, L, d]``) and then summed over the lead
+    dims an input was broadcast along, so the sum order never depends on threads."""
+    call, lead = cache.call, cache.lead
+    L_q, d_k, L_k, d_v = call.L_q, call.d_k, call.L_k, call.d_v
+    P = call.slabs
+    g6 = _kernel_view(g)
+    gq = np.zeros((P, L_q, d_k), dtype=dt)          # added to, slab by slab
+    gk = np.empty((P, L_k, d_k), dtype=dt)
+    gv = np.empty((P, L_k, d_v), dtype=dt)
+    tasks = _flash_tasks(P, L_k)
+    _run(lambda t0, t1: _kattn.flash_backward(call, cache.out, cache.lse, g6, gq, gk, gv,
+                                              tasks, t0, t1, _FLASH_BLOCK_Q,
+                                              _FLASH_BLOCK_K),
+         P, 2 * P * L_q * L_k * (d_k + d_v))
+    return (_reduce_to(gq.reshape(lead + (L_q, d_k)), cache.q_shape),
+            _reduce_to(gk.reshape(lead + (L_k, d_k)), cache.k_shape),
+            _reduce_to(gv.reshape(lead + (L_k, d_v)), cache.v_shape))
+
+
 @dataclass
 class _GenericCache:
     q: np.ndarray
@@ -288,6 +381,7 @@ class _SDPACache:
     out_shape: tuple
     fused: _FusedCache | None = None
     generic: _GenericCache | None = None
+    flash: _FlashCache | None = None
 
 
 def softmax(x, axis=-1, mask=None):
@@ -387,12 +481,22 @@ class ScaledDotProductAttention(Module):
     read through their own (broadcast) strides, never expanded.  The slabs are split
     over as many threads as the thread budget allows (the BLAS thread count, see
     :mod:`nn_core._parallel`), with BLAS itself single-threaded meanwhile.
-    With dropout in training the same equations run as NumPy matmuls around the
-    masked-softmax kernel ``nn_core._kernels._softmax``.
+    With dropout in training (short sequences) the same equations run as NumPy
+    matmuls around the masked-softmax kernel ``nn_core._kernels._softmax``.
 
     Memory: the probabilities ``[..., L_q, L_k]`` are kept for the backward (in a
     buffer reused across calls, and overwritten by the backward, unless
-    ``return_weights`` handed them to the caller).
+    ``return_weights`` handed them to the caller) -- for short sequences only.  Once
+    a slab has ``L_q * L_k >= _FLASH_MIN_SCORES`` scores (and at least
+    ``_FLASH_MIN_ROWS`` query rows; decoding keeps the fused kernel), and the weights
+    are not asked for, the tiled kernel runs instead (FlashAttention, Dao et al.,
+    2022): an online softmax over query x key tiles that keeps only the output and
+    one log-sum-exp per query row, and recomputes the probabilities tile by tile in
+    the backward -- O(L) memory, the causal upper triangle skipped in both passes.
+    On that path dropout (in training) is fused too: its mask is counter-based
+    (``nn_core.layers.Dropout``'s generator, keyed from ``rng``) and regenerated in
+    the backward, so the masks drawn for a given seed differ from those of the
+    short-sequence path.
 
     ``return_weights=True`` returns the weights actually applied to ``V`` (after
     dropout), as ``torch.nn.MultiheadAttention`` does.
@@ -462,6 +566,14 @@ class ScaledDotProductAttention(Module):
             scale = 1.0 / np.sqrt(d_k) if d_k > 0 else 1.0
         kind, m = as_mask(mask, "mask", dt)
         causal_offset = (L_k - L_q) if is_causal else None
+        if _use_flash(return_weights, lead, L_q, L_k, d_k, v.shape[-1]):
+            key = None
+            if self.training and self.dropout > 0.0:
+                key = _dropout_key(self.rng, self.dropout)
+            out, flash = _flash_forward(q, k, v, lead, kind, m, causal_offset,
+                                        dt.type(scale), key, self.keeps_cache())
+            self._save_cache(_SDPACache(out.shape, flash=flash))
+            return out
         if _use_fused(self, lead, L_q, L_k, d_k, v.shape[-1]):
             if not self.keeps_cache():          # inference: nothing pinned between calls
                 self._ws = None
@@ -526,6 +638,8 @@ class ScaledDotProductAttention(Module):
         cache = self._pop_cache()
         if cache.fused is not None:
             return _fused_backward(cache.fused, g, self.dtype)
+        if cache.flash is not None:
+            return _flash_backward(cache.flash, g, self.dtype)
         c = cache.generic
         q, k, v, probs, applied, keep, scale = (c.q, c.k, c.v, c.probs, c.applied, c.keep,
                                                 c.scale)

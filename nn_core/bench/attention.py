@@ -4,6 +4,11 @@
 [--shape 8x8x128x32 4x8x512x64] [--causal both|yes|no] [--repeat 7]
 [--clock wall|cpu]``
 
+``python -m nn_core.bench attention --long [--lengths 1024 2048 4096 8192] [--huge]
+[--threads 1 2] [--causal both|yes|no] [--repeat 3] [--clock wall|cpu] [--no-memory]``:
+long sequences (B=1, h=8, d=64, float32, forward + backward), time and peak extra
+memory against L for both libraries; see :mod:`nn_core.bench._long`.
+
 For every (threads, dtype, shape ``BxhxLxd_k``, causal) it times, alternately in one
 run, ``ScaledDotProductAttention.forward`` (+ ``backward``) against
 ``torch.nn.functional.scaled_dot_product_attention`` (+ ``autograd`` backward) on the
@@ -14,6 +19,7 @@ the ``bench`` extra); without torch only nn_core's times are printed.
 from __future__ import annotations
 
 import argparse
+import sys
 
 import numpy as np
 
@@ -104,8 +110,16 @@ def _format(r):
 
 
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--long" in argv:
+        from . import _long
+        argv.remove("--long")
+        return _long.main(argv)
     parser = argparse.ArgumentParser(prog="python -m nn_core.bench attention",
                                      description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--long", action="store_true",
+                        help="long sequences: time and peak memory vs L "
+                             "(options: python -m nn_core.bench attention --long -h)")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--dtype", nargs="+", default=["float32", "float64"],
                         choices=["float32", "float64"])
