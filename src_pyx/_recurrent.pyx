@@ -66,6 +66,8 @@ from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
+import threading
+
 import numpy as np
 
 from _rnn_loops cimport (K_GRU, K_GRU_RA, K_LSTM, PH_ALL, PH_GRAD_X, PH_PROJ, PH_STEPS,
@@ -74,6 +76,12 @@ from _rnn_loops cimport (K_GRU, K_GRU_RA, K_LSTM, PH_ALL, PH_GRAD_X, PH_PROJ, PH
                          step_mode as _step_mode)
 from _rnn_pack cimport NN_NR_D, NN_NR_F, nn_row_plan
 from _vmath cimport bind_simd
+
+cdef extern from "_interrupt.h":
+    void nn_stop_init(unsigned long main_ident)
+    int nn_stop_raise() except -1     # re-raises a signal handler's exception from a sweep
+
+nn_stop_init(threading.main_thread().ident)
 
 bind_simd(__name__)
 
@@ -332,6 +340,7 @@ def rnn_forward(ForwardSweep sweep not None, int phase=PH_ALL, Py_ssize_t r0=0,
     finally:
         free(tmp)
         free(block)
+    nn_stop_raise()                     # Ctrl-C stopped the step loop
 
 
 # --------------------------------------------------------------------- backward --
@@ -485,3 +494,4 @@ def rnn_backward(BackwardSweep sweep not None, int phase=PH_ALL, Py_ssize_t r0=0
     finally:
         free(scr)
         free(block)
+    nn_stop_raise()

@@ -12,6 +12,10 @@ from _rnn_gates cimport (gru_bwd1, gru_bwd2, gru_fwd1, gru_fwd2, gru_ra_bwd, gru
 from _rnn_pack cimport pack_bwd, pack_fwd, panel_width, pgemm, pgemv
 from _vmath cimport transpose
 
+cdef extern from "_interrupt.h" nogil:
+    int nn_stop_check(Py_ssize_t step)      # 1: a signal handler raised, stop the sweep
+    int nn_stop_pending()
+
 cdef enum:
     K_RNN_TANH = 0
     K_RNN_RELU = 1
@@ -278,6 +282,8 @@ cdef inline void _fwd_packed(PackedJob* job, floating* P) noexcept nogil:
     cdef floating* loc = <floating*> job.loc
     pack_fwd(<const floating*> sw.W_hh, H, G, G1, q0, q1, P)
     for s in range(T):
+        if nn_stop_check(s):
+            return
         _fwd_segment(job, hs + (s * B + b0) * H, P, 0, G1, s, q0, q1, loc, False)
         if kind == K_GRU:                      # every unit of r*h before (r*h) W_hn^T
             _fwd_segment(job, aux + (s * B + b0) * H, P, G1 * NQ, 1, s, q0, q1, loc, True)
@@ -341,6 +347,8 @@ cdef inline void _bwd_packed(PackedJob* job, floating* P) noexcept nogil:
     cdef size_t own = (u1 - u0) * sizeof(floating) if u1 > u0 else 0
     pack_bwd(<const floating*> sw.W_hh, H, GH, q0, q1, P)
     for s in range(T - 1, -1, -1):
+        if nn_stop_check(T - 1 - s):
+            return
         dgs = dGs + s * B * GH
         # 1. gate gradients of the own units (and the direct part of grad h_prev)
         for b in range(b0, b1):
@@ -474,6 +482,8 @@ cdef inline void forward_sweep(const RnnSweep* sw, int phase, Py_ssize_t r0, Py_
         return
 
     for s in range(T):
+        if nn_stop_check(s):
+            return
         hp = hs + s * B * H
         hn = hs + (s + 1) * B * H
         # 2. recurrence GEMM on rows b0..b1 (GRU reset_after=False: the r, z blocks)
@@ -551,6 +561,8 @@ cdef inline void _bptt(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ss
     cdef int mode = _rec_mode(nb, H, floating is float)
 
     for s in range(T - 1, -1, -1):
+        if nn_stop_check(T - 1 - s):
+            return
         dgs = dGs + s * B * GH
         for b in range(b0, b1):
             L = lengths[b]
@@ -721,6 +733,8 @@ cdef inline void backward_sweep(const RnnSweep* sw, int phase, Py_ssize_t r0,
                   <const floating*> sw.cs, aux, <const floating*> sw.gout,
                   <floating*> sw.dh, <floating*> sw.dc, scr + B * H, scr + 2 * B * H, dGs,
                   dGt, zrow, scr, r0, r1)
+        if nn_stop_pending():
+            return
     if phase == PH_ALL or phase == PH_GRAD_X:
         if phase == PH_ALL:
             r0, r1 = 0, T * B

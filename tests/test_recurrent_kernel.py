@@ -1,6 +1,9 @@
 """The sweep objects of the sequence kernels (``nn_core._kernels._recurrent``) validate
 every buffer before any ``nogil`` code runs: a wrong call raises, never crashes."""
 import gc
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -110,3 +113,32 @@ def test_a_failed_reinit_leaves_the_sweep_unusable(fw):
 def test_a_missing_buffer_raises(fw, name):
     with pytest.raises(ValueError, match=f"{name} is required"):
         K.ForwardSweep(**dict(fw, **{name: None}))
+
+
+@pytest.mark.parametrize("cell", ["LSTMCell", "GRUCell"])
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "blas"])
+def test_ctrl_c_stops_a_long_sweep(cell, packed):
+    """SIGINT during a million-step compiled sweep raises KeyboardInterrupt from the
+    sweep (its loops check every 256 steps) instead of after the whole sequence; the
+    cell works afterwards.  In a subprocess: the signal must reach a main thread."""
+    code = textwrap.dedent(f"""
+        import os, signal, threading, traceback
+        import numpy as np
+        from nn_core.recurrent import {cell}, _base
+        _base.STEP_MODE = {"'packed'" if packed else "'blas'"}
+        c = {cell}(16, 16, rng=0)
+        x = np.random.default_rng(0).standard_normal((1_000_000, 1, 16)).astype(np.float32)
+        try:
+            threading.Timer(0.05, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+            c.forward_sequence(x)
+            print("finished")
+        except KeyboardInterrupt as exc:     # raised by the sweep, not after it returned
+            where = traceback.extract_tb(exc.__traceback__)[-1].line
+            print("interrupted" if "nn_stop_raise" in where else "late:" + where)
+        out, _ = c.forward_sequence(x[:50])
+        print(out.shape)
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["interrupted", "(50,", "1,", "16)"], res.stdout
