@@ -6,6 +6,8 @@ No ``-ffast-math``: the kernels rely on IEEE ``-inf`` masking and NaN propagatio
 ``-fno-trapping-math`` only tells GCC that floating-point operations raise no traps
 (nothing here installs FP trap handlers); it keeps IEEE results, infinities and NaNs
 exactly, and lets GCC if-convert the selects in the vectorised math so it can vectorise.
+``-fno-math-errno``: the kernels never read ``errno``; without it ``sqrt`` stays a
+scalar library call (it may set ``errno``) and loops around it do not vectorise.
 No ``-march=native``: the vectorised loops (``src_pyx/_vmath.h``, ``_rnn_gates.h``) are
 compiled for baseline x86-64 and again for AVX2+FMA / AVX-512F
 (``__attribute__((target))``); ``src_pyx/_simd.h`` picks one at run time.
@@ -44,7 +46,7 @@ DIRECTIVES = {
     "cdivision": not DEBUG,
     "embedsignature": True,
 }
-CFLAGS = ["-O0", "-g"] if DEBUG else ["-O3", "-fno-trapping-math"]
+CFLAGS = ["-O0", "-g"] if DEBUG else ["-O3", "-fno-trapping-math", "-fno-math-errno"]
 if not DEBUG:
     CFLAGS.append("-g0")
 

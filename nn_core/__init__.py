@@ -10,13 +10,15 @@ from .gradcheck import GradcheckReport, gradcheck
 from .module import Module, ModuleList, inference_mode, is_inference_mode
 from . import layers, losses, optim  # noqa: E402  (training toolkit)
 from .checkpoint import CheckpointError, load, load_training_state, save  # noqa: E402
-from . import transformer  # noqa: E402
+from . import memory, transformer  # noqa: E402
 from . import datasets, models, training  # noqa: E402  (demo models, their data, the loop)
+from .training import Trainer, fit  # noqa: E402
 from . import distributed  # noqa: E402  (MPI data parallelism; mpi4py only when launched)
 
 __version__ = "0.1.0"
 
 __all__ = ["Module", "ModuleList", "inference_mode", "is_inference_mode", "gradcheck",
            "GradcheckReport", "attention", "recurrent", "layers", "losses", "optim", "transformer",
+           "memory",
            "save", "load", "load_training_state", "CheckpointError", "datasets", "models",
-           "training", "distributed", "__version__"]
+           "training", "Trainer", "fit", "distributed", "__version__"]

@@ -18,9 +18,10 @@ libraries; the Cython kernels call SciPy's).  ``threadpoolctl.threadpool_limits(
 the budget (and back up to its own setting when the limit is lifted), so a limit set
 on NumPy's BLAS only also holds for the kernels.
 
-BLAS thread counts are read and set through ``threadpoolctl`` when it is installed;
-otherwise through the ``*openblas_{get,set}_num_threads`` entry points of the OpenBLAS
-libraries mapped into the process (Linux).  Where neither works the budget is 1.
+BLAS thread counts are read and set through the ``*openblas_{get,set}_num_threads``
+entry points of the OpenBLAS libraries mapped into the process (Linux), otherwise
+through ``threadpoolctl`` when it is installed (other BLAS libraries, other systems).
+Where neither works the budget is 1.
 
 **One worker pool** (threads named ``nn_core-worker``) serves every split.  Work
 submitted from a worker, or while a split is running, runs inline on the calling
@@ -97,14 +98,17 @@ def _openblas_from_maps():
 
 
 def _find_controllers():
+    # OpenBLAS entry points called directly first: reading a thread count then costs a
+    # C call (threadpoolctl looks the symbol up on every call, ~0.2 ms); threadpoolctl
+    # for any other BLAS (MKL, BLIS, ...) and for platforms without /proc
+    libs = _openblas_from_maps()
+    if libs:
+        return libs
     try:
         from threadpoolctl import ThreadpoolController
-        libs = [lc for lc in ThreadpoolController().lib_controllers if lc.user_api == "blas"]
-        if libs:
-            return libs
+        return [lc for lc in ThreadpoolController().lib_controllers if lc.user_api == "blas"]
     except Exception:  # threadpoolctl missing or unable to inspect the process
-        pass
-    return _openblas_from_maps()
+        return []
 
 
 class _Blas:

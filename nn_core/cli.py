@@ -8,6 +8,7 @@ training is interrupted (130 for Ctrl-C) after saving a resumable checkpoint.
 from __future__ import annotations
 
 import argparse
+import csv
 import math
 import os
 import sys
@@ -21,10 +22,12 @@ USAGE = """\
 usage: nn-core COMMAND [options]
 
 commands:
-  train [TASK] [options]   train a model on generated data and save it in a run folder
-                           (TASK: seq2seq (default), forecast or lm)
+  train [TASK] [options]   train a model and save it in a run folder (TASK: seq2seq
+                           (default), forecast or lm), on generated data or on your
+                           own file (--data)
   eval RUN                 reload a trained model and report its validation metrics
-  generate RUN [options]   run a trained model on examples
+  generate RUN [options]   run a trained model on examples, prompts or a file of inputs
+  predict RUN [options]    write a forecast model's forecasts for a series to CSV
   RUN is a run folder (such as runs/seq2seq) or the checkpoint in it (its model.npz).
 
 options:
@@ -35,6 +38,9 @@ options:
 examples:
   nn-core train                                  reverse digit strings, into runs/seq2seq
   nn-core train lm --kv-groups 2 --out runs/gqa  a small transformer with grouped-query attention
+  nn-core train forecast --data series.csv --target temp --out runs/temp
+  nn-core train lm --data book.txt --out runs/book   a character-level language model
+  nn-core train seq2seq --data pairs.tsv --out runs/pairs
   nn-core train --resume --out runs/seq2seq      continue an interrupted run
   nn-core eval runs/seq2seq
   nn-core generate runs/seq2seq --input 3141592653
@@ -214,13 +220,32 @@ def _resumed_run(argv):
         raise CommandError(f"nn-core train --resume: {exc}") from None
 
 
-def _resume_settings(args, explicit, info):
+def _check_data_options(task_cls, args, explicit):
+    """Options of generated data are refused with ``--data``, and file options without."""
+    flag = lambda dest: "--" + dest.replace("_", "-")  # noqa: E731
+    if getattr(args, "data", None) is not None:
+        bad = [d for d in task_cls.generated_only if d in explicit]
+        if bad:
+            raise UsageError(f"{flag(bad[0])} applies to the generated data of the "
+                             f"{task_cls.name} task, not to --data")
+    else:
+        bad = [d for d in task_cls.data_only if d in explicit]
+        if bad:
+            raise UsageError(f"{flag(bad[0])} needs --data FILE")
+
+
+def _resume_settings(task_cls, args, explicit, info):
     """The saved run's settings, refusing explicit options that disagree with them."""
     keep = {"task", "out", "max_steps", "threads", "resume", "overwrite"}
     settings, config = info["settings"], info["config"] or {}
     for dest in sorted(explicit - keep):
         given = getattr(args, dest)
         saved = settings[dest] if dest in settings else config.get(dest)
+        if dest not in settings:
+            try:
+                given = task_cls.config_value(dest, given)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
         if given != saved:
             flag = "--" + dest.replace("_", "-")
             raise UsageError(f"{flag} {given} differs from the run being resumed ({saved}); "
@@ -241,7 +266,7 @@ def cmd_train(argv):
         info, _ = resumed
         if args.task != info["task"]:
             raise UsageError(f"--out {args.out} holds a {info['task']} run, not {args.task}")
-        settings = _resume_settings(args, explicit, info)
+        settings = _resume_settings(task_cls, args, explicit, info)
         if info["finished"]:
             print(f"nn-core train: the run in {args.out} is finished ({info['epochs_done']} "
                   f"epochs, {info['step']} steps); nothing to resume")
@@ -259,6 +284,7 @@ def cmd_train(argv):
         if present and not args.overwrite:
             raise UsageError(f"--out {args.out} already holds a run ({', '.join(present)}); "
                              "add --resume to continue it or --overwrite to replace it")
+        _check_data_options(task_cls, args, explicit)
         try:
             config = task_cls.config_from_args(args)
         except ValueError as exc:
@@ -267,8 +293,13 @@ def cmd_train(argv):
                     "dtype": args.dtype, "seed": args.seed}
     _limit_threads(args.threads)
     t0 = time.perf_counter()
-    task = task_cls(config)
-    print(f"data: generated in {time.perf_counter() - t0:.1f}s", flush=True)
+    try:
+        task = task_cls(config)
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"nn-core train: {exc}") from None
+    what = task.describe_data()
+    print(f"data: {what} in {time.perf_counter() - t0:.1f}s" if what == "generated"
+          else f"data: {what}", flush=True)
     extra = {k: settings[k] for k in ("weight_decay", "clip", "warmup_frac") if k in settings}
     resume_cmd = f"nn-core train --resume --out {args.out}"
     try:
@@ -328,6 +359,15 @@ def _task_of(path):
     return task_cls, config, meta
 
 
+def _make_task(task_cls, config):
+    """The task of a checkpoint, its data read or generated (a missing or changed data
+    file is a one-line error)."""
+    try:
+        return task_cls(config)
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"nn-core: {exc}") from None
+
+
 def _load_model(path):
     from .checkpoint import CheckpointError, load
 
@@ -350,7 +390,7 @@ def cmd_eval(argv):
     task_cls, config, meta = _task_of(path)
     _limit_threads(args.threads)
     model = _load_model(path)
-    task = task_cls(config)
+    task = _make_task(task_cls, config)
     t0 = time.perf_counter()
     metrics = task.evaluate(model)
     tr = (meta.get("extra") or {}).get("train") or {}
@@ -365,21 +405,26 @@ def cmd_eval(argv):
 def cmd_generate(argv):
     p = _Parser(
         prog="nn-core generate",
-        description="Reload a trained model and run it: seq2seq decodes digit strings, lm "
-                    "samples text with the KV cache, forecast predicts validation windows.")
+        description="Reload a trained model and run it: seq2seq decodes strings, lm samples "
+                    "text with the KV cache, forecast predicts validation windows.")
     p.add_argument("run", metavar="RUN",
                    help="a run folder (such as runs/seq2seq) or its model.npz")
     p.add_argument("--input", nargs="+", default=None,
-                   help="seq2seq: digit strings to transform (default: --num random ones)")
+                   help="seq2seq: strings to transform (default: --num random ones)")
+    p.add_argument("--input-file", default=None, metavar="FILE",
+                   help="seq2seq models trained with --data: decode each line of FILE (a "
+                        "line SOURCE<TAB>TARGET is also scored) (default: none)")
     p.add_argument("--prompt", nargs="+", default=None,
-                   help="lm: prompts to continue (default: --num random 'a+b=' prompts)")
+                   help="lm: prompts to continue (default: --num random 'a+b=' prompts, or "
+                        "snippets of the validation text)")
     p.add_argument("--num", type=int, default=8,
                    help="number of random examples (default: %(default)s)")
-    p.add_argument("--max-new-tokens", type=int, default=32,
-                   help="lm: tokens to sample after a --prompt (default: %(default)s)")
-    p.add_argument("--temperature", type=float, default=0.0,
-                   help="lm: 0 = greedy, else the softmax temperature for a --prompt "
-                        "(default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="lm: tokens to sample after a --prompt (default: 32; 200 for models "
+                        "trained with --data)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="lm: 0 = greedy, else the softmax temperature (default: 0; 0.8 for "
+                        "models trained with --data)")
     p.add_argument("--seed", type=int, default=0,
                    help="seeds the random examples and sampling (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="BLAS threads (default: %(default)s)")
@@ -388,12 +433,13 @@ def cmd_generate(argv):
     for name in ("num", "max_new_tokens", "threads"):
         _positive_int(args, name)
     _positive_int(args, "seed", 0)
-    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+    if args.temperature is not None and not (math.isfinite(args.temperature)
+                                             and args.temperature >= 0):
         raise UsageError(f"--temperature must be a finite number >= 0, got {args.temperature}")
     path = _checkpoint_path(args.run)
     task_cls, config, _ = _task_of(path)
-    task_only = {"input": "seq2seq", "prompt": "lm", "max_new_tokens": "lm",
-                 "temperature": "lm"}
+    task_only = {"input": "seq2seq", "input_file": "seq2seq", "prompt": "lm",
+                 "max_new_tokens": "lm", "temperature": "lm"}
     for dest, owner in task_only.items():
         if dest in explicit and owner != task_cls.name:
             flag = "--" + dest.replace("_", "-")
@@ -405,12 +451,66 @@ def cmd_generate(argv):
         raise UsageError(f"nn-core generate: {exc}") from None
     _limit_threads(args.threads)
     model = _load_model(path)
-    task = task_cls(config)
+    task = _make_task(task_cls, config)
     task.generate(model, args)
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate}
+def cmd_predict(argv):
+    from .checkpoint import atomic_write
+
+    p = _Parser(
+        prog="nn-core predict",
+        description="Reload a forecast model trained with --data and write its forecasts "
+                    "for a series (the training file, or a newer one with the same columns) "
+                    "to CSV: one row per window, the target columns in the data's units.")
+    p.add_argument("run", metavar="RUN", help="a forecast run folder or its model.npz")
+    p.add_argument("--data", default=None, metavar="FILE",
+                   help="the series to forecast (default: the file the model was trained on)")
+    p.add_argument("--output", default=None, metavar="FILE.csv",
+                   help="where to write the forecasts (default: forecasts.csv beside the "
+                        "checkpoint)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --output file (default: off)")
+    p.add_argument("--threads", type=int, default=1, help="BLAS threads (default: %(default)s)")
+    args = p.parse_args(argv[1:])
+    _positive_int(args, "threads")
+    path = _checkpoint_path(args.run)
+    task_cls, config, _ = _task_of(path)
+    if task_cls.name != "forecast":
+        raise UsageError(f"{args.run} holds a {task_cls.name} model; predict writes forecasts "
+                         "of forecast models (nn-core generate runs the others)")
+    if config.get("data") is None:
+        raise UsageError(f"{args.run} was trained on the generated Lorenz series; predict "
+                         "needs a model trained with --data")
+    data = args.data or config["data"]
+    output = args.output or os.path.join(os.path.dirname(os.path.abspath(path)),
+                                         "forecasts.csv")
+    if os.path.isdir(output):
+        raise UsageError(f"--output {output} is a folder; give a file name")
+    if os.path.exists(output) and not args.overwrite:
+        raise UsageError(f"--output {output} exists; add --overwrite to replace it")
+    _limit_threads(args.threads)
+    try:
+        header, rows = task_cls.predict_file(_load_model(path), config, data)
+    except ValueError as exc:
+        raise UsageError(f"nn-core predict: {exc}") from None
+    with atomic_write(output, "w") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(header)
+        w.writerows(rows)
+    h = config["horizon"]
+    future = [r for r in rows if r[-1] == ""]
+    print(f"{len(rows)} forecasts, {h} step(s) ahead, of {', '.join(config['target'])} "
+          f"from {data}: {output}")
+    for r in rows[-min(len(rows), max(3, len(future))):]:
+        print("  " + ", ".join(f"{k}={v if v == '' or k == 'time_index' else f'{float(v):.6g}'}"
+                               for k, v in zip(header, r)))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate,
+            "predict": cmd_predict}
 
 
 def _version():
@@ -429,7 +529,7 @@ def main(argv=None):
         print(f"nn-core {_version()}")
         return 0
     if argv[0] not in COMMANDS:
-        print(f"nn-core: unknown command {argv[0]!r}; choose train, eval or generate "
+        print(f"nn-core: unknown command {argv[0]!r}; choose train, eval, generate or predict "
               "(see nn-core --help)", file=sys.stderr)
         return 2
     try:

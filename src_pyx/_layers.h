@@ -79,21 +79,31 @@ NN_INLINE float nn_phi_f(float x, float *pdf)
     float ax = fabsf(x);
     ax = ax > 20.0f ? 20.0f : ax;              /* Phi is exactly 0 / 1 beyond (keeps NaN) */
     float a = ax * 0.70710678118654752f;
-    int small = a < 1.0f, t1 = a < 2.0f;
-    int mid = small & (a >= 0.5f) & (x < 0.0f);          /* left side, 0.5 <= a < 1 */
-    int erf_form = small & !mid;
     float ia = 1.0f / a;
-    float v = mid ? a - 0.75f : (small ? a * a : ia * ia);
-    float p = 0.0f;
-    for (int k = 0; k < 9; k++)
-        p = p * v + (mid ? NN_PHI_T0_F[k] : (small ? NN_PHI_S_F[k]
-                                                  : (t1 ? NN_PHI_T1_F[k] : NN_PHI_T2_F[k])));
+    float inv2 = ia * ia;
+    /* the four polynomials, then a select by range: selecting coefficients instead
+       turns into loads from a selected address, which GCC does not vectorise */
+    float ps = 0.0f, p0 = 0.0f, p1 = 0.0f, p2 = 0.0f, u = a * a, w = a - 0.75f;
+#pragma GCC unroll 9
+    for (int k = 0; k < 9; k++) {
+        ps = ps * u + NN_PHI_S_F[k];
+        p0 = p0 * w + NN_PHI_T0_F[k];
+        p1 = p1 * inv2 + NN_PHI_T1_F[k];
+        p2 = p2 * inv2 + NN_PHI_T2_F[k];
+    }
+    /* "mid" (x < 0, 0.5 < a < 1) as one comparison: combining several comparison
+       masks into one condition defeats GCC's vectoriser */
+    float tm = fabsf((x < 0.0f ? a : 2.0f) - 0.75f);
+    float p = a < 2.0f ? p1 : p2;
+    p = a < 1.0f ? ps : p;
+    p = tm < 0.25f ? p0 : p;
     float m = ((ax * 16.0f + 12582912.0f) - 12582912.0f) * 0.0625f, f = ax - m;
     float e = nn_expf(-0.5f * m * m) * nn_expf(-(m + 0.5f * f) * f);   /* exp(-x^2/2) */
     float tail = 0.5f * e * p * ia;                                    /* erfc(a) / 2 */
     float near = 0.5f * a * p;                                         /* erf(a) / 2 */
-    float lo = erf_form ? 0.5f - near : tail;                          /* Phi(-|x|) */
-    float hi = erf_form ? 0.5f + near : 1.0f - tail;                   /* Phi(|x|) */
+    float lo = a < 1.0f ? 0.5f - near : tail;                         /* Phi(-|x|) */
+    lo = tm < 0.25f ? tail : lo;
+    float hi = a < 1.0f ? 0.5f + near : 1.0f - tail;                  /* Phi(|x|) */
     *pdf = e * 0.39894228040143268f;
     return x < 0.0f ? lo : hi;
 }
@@ -104,14 +114,18 @@ NN_INLINE double nn_phi_d(double x, double *pdf)
     ax = ax > 40.0 ? 40.0 : ax;                /* Phi is exactly 0 / 1 beyond (keeps NaN) */
     double a = ax * 0.70710678118654752440;
     double u = a * a, s = 0.0, pn = 0.0, qd = 0.0, rn = 0.0, sd = 0.0;
+#pragma GCC unroll 12
     for (int k = 0; k < 12; k++)
         s = s * u + NN_PHI_S_D[k];
+#pragma GCC unroll 9
     for (int k = 0; k < 9; k++) {
         pn = pn * a + NN_PHI_P_D[k];
         qd = qd * a + NN_PHI_Q_D[k];
     }
+#pragma GCC unroll 6
     for (int k = 0; k < 6; k++)
         rn = rn * a + NN_PHI_R_D[k];
+#pragma GCC unroll 7
     for (int k = 0; k < 7; k++)
         sd = sd * a + NN_PHI_S2_D[k];
     double m = floor(ax * 16.0 + 0.5) * 0.0625, f = ax - m;

@@ -94,3 +94,42 @@ def test_bidirectional_script_runs_with_short_dtype_names(capsys):
     out = capsys.readouterr().out
     rows = [ln for ln in out.splitlines() if ln.startswith("gru ")]
     assert len(rows) == 1 and "float64" in rows[0] and "%" in rows[0]
+
+
+def test_model_script_runs_every_section_at_a_tiny_size(capsys):
+    """``python -m nn_core.bench model --quick`` end to end: every section prints, and the
+    torch twins compute what nn_core computes (a parity check, not a timing)."""
+    pytest.importorskip("torch")
+    from nn_core.bench import model as M
+    assert M.main(["--quick", "--repeat", "1", "--min-time", "0.001", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    for heading in ("== Training steps of the CLI models", "== BERT-style encoder",
+                    "== Pieces at the BERT shapes", "== Inference memory",
+                    "== Minor page faults per training step"):
+        assert heading in out, heading
+    lines = out.splitlines()
+    for label, _, _ in M.CLI_MODELS:
+        # one timing row (steps) and one fault row per CLI model
+        assert sum(ln.startswith(f"{label} ") and ln.split()[len(label.split())] == "1"
+                   for ln in lines) == 2, label
+        assert any(ln.startswith(f"check {label}") and ln.endswith("ok") for ln in lines), label
+    for row in ("forward (inference)", "forward (training)", "forward+backward"):
+        assert any(ln.startswith(row) for ln in lines), row
+    for piece in ("Linear", "LayerNorm", "GELU exact", "GELU tanh", "cross-entropy",
+                  "Embedding", "SDPA", "MultiHeadAttention", "AdamW step"):
+        assert any(ln.startswith(piece) for ln in lines), piece
+    assert "check: max |y - y_torch|" in out and "WARNING" not in out
+    assert any(ln.startswith("ratio") for ln in lines)
+
+
+def test_model_script_needs_torch(capsys, monkeypatch):
+    from nn_core.bench import model as M
+    monkeypatch.setattr(M, "torch_or_none", lambda: None)
+    assert M.main(["--quick"]) == 1
+    assert "torch is not installed" in capsys.readouterr().out
+
+
+def test_model_script_rejects_unknown_sections():
+    from nn_core.bench import model as M
+    with pytest.raises(SystemExit):
+        M.main(["--only", "steps,nonsense"])

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from nn_core import training
+from nn_core.training import trainer as trainer_module
 from nn_core._progress import ProgressBar
 from nn_core.checkpoint import load, load_training_state
 from nn_core.layers import Dropout, Linear, ReLU, Sequential
@@ -227,14 +228,14 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, reference, wher
 def test_signal_during_the_update_finishes_the_step(tmp_path, reference, monkeypatch):
     """SIGINT while the optimizer updates: the step completes, then the run stops."""
     calls = {"n": 0}
-    clip = training.clip_grad_norm
+    clip = trainer_module.clip_grad_norm          # the update inside Trainer.train_step
 
     def clip_and_signal(model, max_norm):
         calls["n"] += 1
         if calls["n"] == 10:
             os.kill(os.getpid(), signal.SIGINT)
         return clip(model, max_norm)
-    monkeypatch.setattr(training, "clip_grad_norm", clip_and_signal)
+    monkeypatch.setattr(trainer_module, "clip_grad_norm", clip_and_signal)
     out = str(tmp_path / "run")
     with pytest.raises(TrainingInterrupted) as info:
         train(_DropoutToy({"seed": 2}), out_dir=out, **RUN)
@@ -247,7 +248,8 @@ def test_signal_during_the_update_finishes_the_step(tmp_path, reference, monkeyp
 
 def test_signal_during_forward_abandons_the_step(tmp_path, reference, monkeypatch):
     plotted = []
-    monkeypatch.setattr(training, "plot_history", lambda h, path, title: plotted.append(path))
+    monkeypatch.setattr(training._run, "plot_history",
+                        lambda h, path, title: plotted.append(path))
     task = _DropoutToy({"seed": 2})
     step = task.train_step
     calls = {"n": 0}

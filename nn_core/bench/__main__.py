@@ -1,4 +1,4 @@
-"""``python -m nn_core.bench {attention,mha,decode,recurrent,bidirectional,distributed}
+"""``python -m nn_core.bench {attention,mha,decode,recurrent,bidirectional,model,distributed}
 [options]``.
 
 Each benchmark lives in ``nn_core/bench/<name>.py`` and exposes ``main(argv)``.
@@ -6,7 +6,8 @@ Each benchmark lives in ``nn_core/bench/<name>.py`` and exposes ``main(argv)``.
 import importlib
 import sys
 
-BENCHES = ("attention", "mha", "decode", "recurrent", "bidirectional", "distributed")
+BENCHES = ("attention", "mha", "decode", "recurrent", "bidirectional", "model",
+           "distributed")
 
 
 def main(argv=None):

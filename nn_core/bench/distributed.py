@@ -51,13 +51,10 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 # ------------------------------------------------------------------ workers --
 def _task(name):
     """The ``nn-core train`` task ``name`` with its default configuration."""
-    from nn_core.tasks import get_task
+    from .model import cli_task
 
-    cls = get_task(name)
-    config = {k: v for k, v in cls.defaults.items() if k not in ("epochs", "batch_size",
-                                                                 "lr")}
-    config["data_seed"] = 0
-    return cls(cls.check_config(config)), cls.defaults
+    task, _ = cli_task(name, None)
+    return task, type(task).defaults
 
 
 def _weight(name, local):

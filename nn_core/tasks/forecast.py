@@ -1,28 +1,44 @@
-"""``forecast``: predict the Lorenz system ``horizon`` steps ahead with a GRU/LSTM.
+"""``forecast``: predict a multivariate series ``horizon`` steps ahead with a GRU/LSTM.
 
-Data: :func:`~nn_core.datasets.lorenz.lorenz_series` sampled every ``dt`` and
-standardised with the training statistics; the first 80 % of the series trains, the
-last 20 % validates (no overlap in time), cut into windows with
-:func:`~nn_core.datasets.lorenz.sliding_windows`.  Model:
-:class:`~nn_core.models.Forecaster`, trained on the mean squared error.
+Data: the Lorenz system (:func:`~nn_core.datasets.lorenz.lorenz_series`, sampled every
+``dt``), or a file of your own (``--data``: CSV/TSV, ``.npy`` or ``.npz``, one row per
+time step, read by :func:`~nn_core.datasets.files.read_table`).  The series is split in
+time: the first rows train, the last ``--val-frac`` (20 %) validate; it is standardised
+with the training rows' mean and standard deviation only.  Model:
+:class:`~nn_core.models.Forecaster` over windows of ``--window`` steps of every column,
+trained on the mean squared error of the ``--target`` columns.
 
-The metric is the validation MSE (standardised units) next to the persistence
-baseline ``y = x_{W-1}``.
+Metrics (standardised units, over the validation targets): the model's MSE next to
+persistence (``y_{t+h} = y_t``) and, for a file, the seasonal-naive forecast
+(``y_{t+h} = y_{t+h-m}``, ``m`` from ``--season`` or the autocorrelation of the
+training rows); ``val_rmse`` is the model's error in the data's own units.
 
-``Forecaster`` and ``lorenz_series`` are also importable from here, as in earlier
-versions (checkpoints name ``nn_core.tasks.forecast:Forecaster``).
+The Lorenz windows are cut from each part alone (as in earlier versions); a file's
+validation windows may reach back into the training rows, which are known when the
+forecast is made.  ``Forecaster`` and ``lorenz_series`` are also importable from here
+(checkpoints name ``nn_core.tasks.forecast:Forecaster``).
 """
 from __future__ import annotations
 
+import math
+import os
+
 import numpy as np
 
+from ..datasets.files import read_table
 from ..datasets.lorenz import lorenz_series, sliding_windows
+from ..datasets.series import chronological_windows, seasonal_naive, seasonal_period, \
+    window_ends
 from ..losses import MSELoss
 from ..models.forecaster import Forecaster
+from ..module import inference_mode
 from ..training import Task
 from ._config import as_choice, as_float, as_int, require_config
+from ._data import check_identity, data_identity, names, verify_identity
 
 __all__ = ["lorenz_series", "Forecaster", "ForecastTask"]
+
+_FILE_KEYS = ("data", "data_sha256", "columns", "target", "val_frac", "season", "mean", "std")
 
 
 class ForecastTask(Task):
@@ -30,59 +46,171 @@ class ForecastTask(Task):
     :meth:`config_from_args`."""
 
     name = "forecast"
-    description = "GRU/LSTM forecaster on the Lorenz system (SciPy solve_ivp)"
+    description = ("GRU/LSTM forecaster on the Lorenz system (SciPy solve_ivp) or on a "
+                   "series of your own (--data)")
     defaults = dict(epochs=8, batch_size=64, lr=5e-3, hidden=64, cell="gru", window=32,
-                    horizon=25, steps=12000, dt=0.02)
+                    horizon=25, steps=12000, dt=0.02, val_frac=0.2)
     headline = ("val_mse", False)
+    generated_only = ("steps", "dt")
+    data_only = ("columns", "target", "val_frac", "season")
 
     @classmethod
     def add_arguments(cls, p):
         d = cls.defaults
+        p.add_argument("--data", default=None, metavar="FILE",
+                       help="a series of your own: CSV/TSV with a header row, .npy or .npz, "
+                            "one row per time step (default: the generated Lorenz system)")
+        p.add_argument("--columns", default=None, metavar="A,B,C",
+                       help="--data: the input columns (default: every column)")
+        p.add_argument("--target", default=None, metavar="A,B",
+                       help="--data: the columns to forecast, among --columns (default: "
+                            "all of them)")
         p.add_argument("--cell", choices=["gru", "lstm"], default=d["cell"],
                        help="default: %(default)s")
         p.add_argument("--window", type=int, default=d["window"],
                        help="input steps (default: %(default)s)")
-        p.add_argument("--horizon", type=int, default=d["horizon"],
-                       help="predict this many steps after the window (default: %(default)s)")
+        p.add_argument("--horizon", type=int, default=None,
+                       help="predict this many steps after the window (default: 25 for the "
+                            "Lorenz series, 1 with --data)")
+        p.add_argument("--val-frac", type=float, default=d["val_frac"],
+                       help="--data: the last fraction of the rows validates, in (0, 0.5] "
+                            "(default: %(default)s)")
+        p.add_argument("--season", type=int, default=None,
+                       help="--data: period of the seasonal-naive baseline, >= 2 (default: "
+                            "detected from the training rows' autocorrelation)")
         p.add_argument("--steps", type=int, default=d["steps"],
-                       help="length of the series, at least 5 * (window + horizon) "
+                       help="length of the Lorenz series, at least 5 * (window + horizon) "
                             "(default: %(default)s)")
         p.add_argument("--dt", type=float, default=d["dt"],
-                       help="sampling interval, in (0, 1] (default: %(default)s)")
+                       help="Lorenz sampling interval, in (0, 1] (default: %(default)s)")
+
+    @classmethod
+    def config_value(cls, dest, value):
+        if dest == "data" and value is not None:
+            return os.path.abspath(value)
+        if dest in ("columns", "target") and value is not None:
+            return names(value, "--" + dest)
+        return value
 
     @classmethod
     def config_from_args(cls, a):
-        return cls.check_config(dict(hidden=a.hidden, cell=a.cell, window=a.window,
-                                     horizon=a.horizon, steps=a.steps, dt=a.dt,
-                                     data_seed=a.seed))
+        c = dict(hidden=a.hidden, cell=a.cell, window=a.window, data_seed=a.seed,
+                 **dict.fromkeys(_FILE_KEYS))
+        if a.data is None:
+            c.update(horizon=25 if a.horizon is None else a.horizon, steps=a.steps, dt=a.dt)
+            return cls.check_config(c)
+        c.update(horizon=1 if a.horizon is None else a.horizon, steps=None, dt=None,
+                 val_frac=a.val_frac, season=a.season, **data_identity(a.data))
+        as_int(c, "window", 1)
+        as_int(c, "horizon", 1)
+        as_float(c, "val_frac", 0.0, 0.5)
+        columns = names(a.columns, "--columns") if a.columns else None
+        cols, values = read_table(a.data, columns)      # messages name the file as given
+        target = names(a.target, "--target") if a.target else cols
+        for t in target:
+            if t not in cols:
+                raise ValueError(f"--target {t!r} is not one of the input columns "
+                                 f"({', '.join(cols)}); add it to --columns")
+        W, h, N = c["window"], c["horizon"], len(values)
+        split = _split(N, c["val_frac"])
+        if W >= N:
+            raise ValueError(f"--window {W} is longer than the series in {c['data']} "
+                             f"({N} rows)")
+        if W + h > split or split + h > N + W - 1 or split >= N:
+            raise ValueError(f"--window {W} and --horizon {h} need at least {W + h} training "
+                             f"rows and one validation target; {c['data']} has {N} rows, the "
+                             f"first {split} train (--val-frac {c['val_frac']:g})")
+        train = values[:split]
+        std = train.std(axis=0)
+        c.update(columns=cols, target=target, mean=train.mean(axis=0).tolist(),
+                 std=np.where(std > 0, std, 1.0).tolist())
+        if c["season"] is None:
+            idx = [cols.index(t) for t in target]
+            c["season"] = seasonal_period((train[:, idx] - train[:, idx].mean(0)))
+        return cls.check_config(c)
 
     @classmethod
     def check_config(cls, config):
-        c = require_config(config, ("hidden", "cell", "window", "horizon", "steps", "dt",
-                                    "data_seed"))
+        # configurations written before --data have no file keys
+        c = require_config({**dict.fromkeys(_FILE_KEYS), **config} if isinstance(config, dict)
+                           else config,
+                           ("hidden", "cell", "window", "horizon", "steps", "dt",
+                            "data_seed") + _FILE_KEYS)
         for key in ("hidden", "window", "horizon"):
             as_int(c, key, 1)
-        as_int(c, "steps", 5 * (c["window"] + c["horizon"]))
         as_int(c, "data_seed", 0, flag="--seed")
-        as_float(c, "dt", 0.0, 1.0)
         as_choice(c, "cell", ("gru", "lstm"))
+        if c["data"] is None:
+            if any(c[k] is not None for k in _FILE_KEYS):
+                raise ValueError("a configuration without --data has no file settings")
+            as_int(c, "steps", 5 * (c["window"] + c["horizon"]))
+            as_float(c, "dt", 0.0, 1.0)
+            return c
+        if c["steps"] is not None or c["dt"] is not None:
+            raise ValueError("--steps and --dt apply to the generated Lorenz series, not to "
+                             "--data")
+        check_identity(c)
+        as_float(c, "val_frac", 0.0, 0.5)
+        if c["season"] is not None:
+            as_int(c, "season", 2, flag="--season")
+        cols = c["columns"]
+        if not (isinstance(cols, list) and cols and all(isinstance(s, str) for s in cols)
+                and len(set(cols)) == len(cols)):
+            raise ValueError(f"--columns must be distinct column names, got {cols!r:.80}")
+        tgt = c["target"]
+        if not (isinstance(tgt, list) and tgt and all(t in cols for t in tgt)
+                and len(set(tgt)) == len(tgt)):
+            raise ValueError(f"--target must be distinct names among --columns, got {tgt!r:.80}")
+        for key in ("mean", "std"):
+            v = c[key]
+            if not (isinstance(v, list) and len(v) == len(cols) and all(
+                    isinstance(x, (int, float)) and math.isfinite(x) for x in v)):
+                raise ValueError(f"{key} must be {len(cols)} finite numbers")
+        if not all(s > 0 for s in c["std"]):
+            raise ValueError("std must be positive")
         return c
 
     def __init__(self, config):
         super().__init__(config)
         c = self.config
-        series = lorenz_series(c["steps"], dt=c["dt"], seed=int(c.get("data_seed", 0)))
-        split = int(0.8 * len(series))
-        self.mean = series[:split].mean(0)
-        self.std = series[:split].std(0)
-        z = (series - self.mean) / self.std
         W, h = c["window"], c["horizon"]
-        self.train_x, self.train_y = sliding_windows(z[:split], W, h)
-        self.val_x, self.val_y = sliding_windows(z[split:], W, h)
+        self.season = None
+        if c["data"] is None:
+            series = lorenz_series(c["steps"], dt=c["dt"], seed=int(c.get("data_seed", 0)))
+            split = int(0.8 * len(series))
+            self.mean = series[:split].mean(0)
+            self.std = series[:split].std(0)
+            z = (series - self.mean) / self.std
+            self.train_x, self.train_y = sliding_windows(z[:split], W, h)
+            self.val_x, self.val_y = sliding_windows(z[split:], W, h)
+            self.columns = ["x", "y", "z"]
+            self.target = [0, 1, 2]
+            return
+        verify_identity(c)
+        cols, values = read_table(c["data"], c["columns"])
+        self.rows = len(values)
+        self.mean, self.std = np.array(c["mean"]), np.array(c["std"])
+        self.columns = cols
+        self.target = [cols.index(t) for t in c["target"]]
+        self.season = c["season"]
+        z = (values - self.mean) / self.std
+        split = _split(len(z), c["val_frac"])
+        (self.train_x, self.train_y), (self.val_x, self.val_y, ends) = \
+            chronological_windows(z, W, h, split)
+        if self.season is not None:
+            self.val_seasonal = seasonal_naive(z, ends, h, self.season)
+
+    def describe_data(self):
+        c = self.config
+        if c["data"] is None:
+            return "generated"
+        return (f"{c['data']}: {self.rows} rows x {len(self.columns)} columns "
+                f"({', '.join(self.columns)}), {len(self.train_x)} training and "
+                f"{len(self.val_x)} validation windows")
 
     def build_model(self, dtype, rng):
         c = self.config
-        return Forecaster(3, c["hidden"], c["cell"], dtype=dtype, rng=rng)
+        return Forecaster(len(self.columns), c["hidden"], c["cell"], dtype=dtype, rng=rng)
 
     def num_batches(self, batch_size):
         return max(1, len(self.train_x) // batch_size)
@@ -96,39 +224,118 @@ class ForecastTask(Task):
     def train_step(self, model, batch):
         x, y = batch
         loss_fn = MSELoss(dtype=model.dtype)
-        loss = loss_fn(model(x), y)
-        model.backward(loss_fn.backward()[0])
+        pred = model(x)
+        if len(self.target) == pred.shape[1]:
+            loss = loss_fn(pred, y)
+            model.backward(loss_fn.backward()[0])
+        else:                       # only the --target columns are scored
+            loss = loss_fn(pred[:, self.target], y[:, self.target])
+            g = np.zeros_like(pred)
+            g[:, self.target] = loss_fn.backward()[0]
+            model.backward(g)
         return {"loss": float(loss), "correct": 0, "count": 0, "samples": len(x)}
 
     def evaluate(self, model, batch_size=1024):
-        se = 0.0
-        for i in range(0, len(self.val_x), batch_size):
-            pred = model(self.val_x[i:i + batch_size])
-            model._drop_caches()
-            se += float(((pred - self.val_y[i:i + batch_size]) ** 2).sum())
-        mse = se / self.val_y.size
-        persist = float(((self.val_x[:, -1] - self.val_y) ** 2).mean())
-        return {"val_mse": mse, "persistence_mse": persist, "skill": 1.0 - mse / persist}
+        # every column: a plain slice keeps the arrays' layout, and so the sums' order
+        t = slice(None) if self.target == list(range(len(self.columns))) else self.target
+        pred = _predict(model, self.val_x, batch_size)[:, t]
+        true = self.val_y[:, t]
+        se = sum(float(((pred[i:i + batch_size] - true[i:i + batch_size]) ** 2).sum())
+                 for i in range(0, len(pred), batch_size))
+        mse = se / true.size
+        persist = float(((self.val_x[:, -1][:, t] - true) ** 2).mean())
+        out = {"val_mse": mse, "persistence_mse": persist,
+               "skill": 1.0 - mse / max(persist, 1e-300)}
+        if self.config["data"] is not None:
+            if self.season is not None:
+                out["seasonal_mse"] = float(((self.val_seasonal[:, t] - true) ** 2).mean())
+            out["val_rmse"] = float(np.sqrt((((pred - true) * self.std[t]) ** 2).mean()))
+        return out
 
     def describe_metrics(self, m):
         c = self.config
+        ratio = lambda base: base / max(m["val_mse"], 1e-300)  # noqa: E731
+        if c["data"] is None:
+            return (f"validation MSE {m['val_mse']:.3g} vs persistence "
+                    f"{m['persistence_mse']:.3g} ({ratio(m['persistence_mse']):.1f}x lower; "
+                    f"skill {m['skill']:.3f}) predicting {c['horizon']} steps "
+                    f"({c['horizon'] * c['dt']:g} time units) ahead, standardised units")
+        seas = (f", seasonal-naive (period {self.season}) {m['seasonal_mse']:.3g} "
+                f"({ratio(m['seasonal_mse']):.1f}x)" if "seasonal_mse" in m
+                else ", no seasonal period found")
         return (f"validation MSE {m['val_mse']:.3g} vs persistence {m['persistence_mse']:.3g} "
-                f"({m['persistence_mse'] / max(m['val_mse'], 1e-300):.1f}x lower; skill "
-                f"{m['skill']:.3f}) predicting {c['horizon']} steps ({c['horizon'] * c['dt']:g} "
-                f"time units) ahead, standardised units")
+                f"({ratio(m['persistence_mse']):.1f}x lower){seas}, standardised units, "
+                f"{len(self.val_x)} targets {c['horizon']} step(s) ahead; RMSE "
+                f"{m['val_rmse']:.4g} in the data's units ({', '.join(c['target'])})")
 
     def generate(self, model, args, out=print):
-        model.eval()
         rng = np.random.default_rng(args.seed)
         idx = np.sort(rng.choice(len(self.val_x), size=min(args.num, len(self.val_x)),
                                  replace=False))
-        pred = model(self.val_x[idx])
-        model._drop_caches()
-        to_raw = lambda z: z * self.std + self.mean  # noqa: E731
-        out(f"{'last observed (x, y, z)':>28} | {'true':>24} | {'predicted':>24} | "
-            "max |error|: persistence vs model")
+        pred = _predict(model, self.val_x[idx])
+        t = self.target
+        to_raw = lambda z: (z * self.std + self.mean)[t]  # noqa: E731
+        names_ = ", ".join(self.columns[i] for i in t)
+        fmt = lambda v: " ".join(f"{a:9.4g}" for a in v)  # noqa: E731
+        w = max(10 * len(t), 14)
+        out(f"{'last observed':>{w}} | {'true':>{w}} | {'predicted':>{w}} | max |error|: "
+            f"persistence vs model   ({names_})")
         for k, i in enumerate(idx):
             last, true, p = to_raw(self.val_x[i, -1]), to_raw(self.val_y[i]), to_raw(pred[k])
-            fmt = lambda v: " ".join(f"{a:7.2f}" for a in v)  # noqa: E731
-            out(f"{fmt(last):>28} | {fmt(true):>24} | {fmt(p):>24} | "
-                f"{np.abs(true - last).max():6.2f} vs {np.abs(true - p).max():6.2f}")
+            out(f"{fmt(last):>{w}} | {fmt(true):>{w}} | {fmt(p):>{w}} | "
+                f"{np.abs(true - last).max():8.4g} vs {np.abs(true - p).max():8.4g}")
+
+    @classmethod
+    def predict_file(cls, model, config, path):
+        """Forecasts for every window of the series in ``path`` (same columns as the
+        training data).
+
+        Returns
+        -------
+        header : list of str
+            ``time_index``, then each target column's forecast and ``<name>_observed``.
+        rows : list of lists
+            One per window: the 0-based row the forecast is for (past the end of the
+            file for the last ``horizon`` windows), the forecasts in the data's units,
+            and the observed values where the file has them (else empty).
+        """
+        c = config
+        if c["data"] is None:
+            raise ValueError("predict needs a model trained with --data (this one was "
+                             "trained on the generated Lorenz series)")
+        cols, values = read_table(path, c["columns"], flag="--data")
+        W, h, N = c["window"], c["horizon"], len(values)
+        if N < W:
+            raise ValueError(f"--data {path} has {N} rows; the model needs windows of {W}")
+        mean, std = np.array(c["mean"]), np.array(c["std"])
+        z = (values - mean) / std
+        ends = window_ends(N + h, W, h)
+        x = z[ends[:, None] + np.arange(1 - W, 1)[None, :]]
+        t = [cols.index(n) for n in c["target"]]
+        pred = (_predict(model, x) * std + mean)[:, t]
+        header = ["time_index"] + list(c["target"]) + [f"{n}_observed" for n in c["target"]]
+        # 9 significant digits identify a float32 exactly; float64 as repr
+        fmt = (lambda v: format(float(v), ".9g")) if model.dtype == np.float32 else \
+            (lambda v: repr(float(v)))
+        rows = []
+        for e, p in zip(ends, pred):
+            k = int(e) + h
+            seen = [repr(float(v)) for v in values[k, t]] if k < N else [""] * len(t)
+            rows.append([k] + [fmt(v) for v in p] + seen)
+        return header, rows
+
+
+def _split(n, val_frac):
+    """The first validation row of a series of ``n`` rows."""
+    return n - max(1, int(round(val_frac * n)))
+
+
+@inference_mode()
+def _predict(model, x, batch_size=1024):
+    was = model.training
+    model.eval()
+    try:
+        return np.concatenate([model(x[i:i + batch_size])
+                               for i in range(0, len(x), batch_size)])
+    finally:
+        model.train(was)

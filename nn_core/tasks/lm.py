@@ -1,4 +1,14 @@
-"""``lm``: a small causal transformer on generated arithmetic text, sampled with the KV cache.
+"""``lm``: a small causal transformer on character-level text, sampled with the KV cache.
+
+With ``--data FILE``: any UTF-8 text, at the character level.  The vocabulary is the
+file's characters (saved in the configuration, so the checkpoint needs no file to
+sample); the last ``--val-frac`` (10 %) of the text validates, in consecutive blocks.
+The metric is the validation loss in bits per character (``val_bpc``), next to the
+bits per character of the training text's character frequencies alone
+(``unigram_bpc``).  ``nn-core generate --prompt`` continues a prompt, re-filling the KV
+cache with the last half block whenever the context is full.
+
+Without ``--data``:
 
 Data: :mod:`nn_core.datasets.arithmetic`, a stream of additions ``"a+b=c;"`` with
 ``0 <= a, b < 10^digits`` at the character level; training batches are random windows
@@ -16,6 +26,9 @@ here, as in earlier versions (checkpoints name ``nn_core.tasks.lm:TransformerLM`
 """
 from __future__ import annotations
 
+import math
+import os
+
 import numpy as np
 
 from ..datasets.arithmetic import (  # noqa: F401  (re-exported)
@@ -27,15 +40,22 @@ from ..datasets.arithmetic import (  # noqa: F401  (re-exported)
     encode_text,
     make_text,
 )
+from ..datasets.files import read_text
+from ..datasets.vocab import CharVocab
 from ..losses import CrossEntropyLoss
 from ..models.transformer_lm import TransformerBlock, TransformerLM
 from ..training import Task
-from ._config import as_int, require_config
+from ._config import as_float, as_int, require_config
+from ._data import check_identity, data_identity, verify_identity
 
 __all__ = ["TransformerLM", "TransformerBlock", "LanguageModelTask", "CHARS"]
 
 #: operands up to 18 digits keep the sums in int64
 MAX_DIGITS = 18
+_ARITH_KEYS = ("digits", "train_exprs", "val_exprs")
+_FILE_KEYS = ("data", "data_sha256", "vocab", "val_frac")
+#: the most distinct characters a vocabulary may hold
+MAX_VOCAB = 4096
 
 
 class LanguageModelTask(Task):
@@ -43,10 +63,14 @@ class LanguageModelTask(Task):
     :meth:`config_from_args`."""
 
     name = "lm"
-    description = "small causal transformer (MHA or GQA) on generated arithmetic text"
+    description = ("small causal transformer (MHA or GQA) on generated arithmetic text or on a "
+                   "UTF-8 text file (--data)")
     defaults = dict(epochs=8, batch_size=32, lr=3e-3, hidden=64, heads=4, layers=2,
-                    kv_groups=None, digits=1, block=48, train_exprs=20000, val_exprs=2000)
+                    kv_groups=None, digits=1, block=48, train_exprs=20000, val_exprs=2000,
+                    val_frac=0.1)
     headline = ("sampled_acc", True)
+    generated_only = _ARITH_KEYS
+    data_only = ("val_frac",)
 
     @classmethod
     def add_arguments(cls, p):
@@ -58,6 +82,12 @@ class LanguageModelTask(Task):
         p.add_argument("--kv-groups", type=int, default=d["kv_groups"],
                        help="K/V heads for grouped-query attention (default: none, i.e. "
                             "multi-head attention)")
+        p.add_argument("--data", default=None, metavar="FILE",
+                       help="train on this UTF-8 text, character by character (default: "
+                            "generated 'a+b=c;' arithmetic)")
+        p.add_argument("--val-frac", type=float, default=d["val_frac"],
+                       help="--data: the last fraction of the text validates, in (0, 0.5] "
+                            "(default: %(default)s)")
         p.add_argument("--digits", type=int, default=d["digits"],
                        help=f"operand digits, 1 to {MAX_DIGITS} (default: %(default)s)")
         p.add_argument("--block", type=int, default=d["block"],
@@ -68,19 +98,39 @@ class LanguageModelTask(Task):
                        help="validation expressions (default: %(default)s)")
 
     @classmethod
+    def config_value(cls, dest, value):
+        return os.path.abspath(value) if dest == "data" and value is not None else value
+
+    @classmethod
     def config_from_args(cls, a):
-        return cls.check_config(dict(
-            hidden=a.hidden, heads=a.heads, layers=a.layers, kv_groups=a.kv_groups,
-            digits=a.digits, block=a.block, train_exprs=a.train_exprs,
-            val_exprs=a.val_exprs, data_seed=a.seed))
+        c = dict(hidden=a.hidden, heads=a.heads, layers=a.layers, kv_groups=a.kv_groups,
+                 block=a.block, data_seed=a.seed, **dict.fromkeys(_FILE_KEYS))
+        if a.data is None:
+            return cls.check_config(dict(c, digits=a.digits, train_exprs=a.train_exprs,
+                                         val_exprs=a.val_exprs))
+        c.update(dict.fromkeys(_ARITH_KEYS), val_frac=a.val_frac, **data_identity(a.data))
+        as_float(c, "val_frac", 0.0, 0.5)
+        as_int(c, "block", 2)
+        text = read_text(a.data)                   # messages name the file as given
+        c["vocab"] = CharVocab.from_text(text).chars
+        n_train, n_val = _split(len(text), c["val_frac"])
+        B = c["block"]
+        if n_train < B + 2 or n_val < B + 1:
+            raise ValueError(f"--block {B} needs at least {B + 2} characters of training and "
+                             f"{B + 1} of validation text; {c['data']} has {len(text)} "
+                             f"characters, the last {n_val} validate (--val-frac "
+                             f"{c['val_frac']:g})")
+        return cls.check_config(c)
 
     @classmethod
     def check_config(cls, config):
-        c = require_config(config, ("hidden", "heads", "layers", "kv_groups", "digits",
-                                    "block", "train_exprs", "val_exprs", "data_seed"))
+        # configurations written before --data have no file keys
+        c = require_config({**dict.fromkeys(_FILE_KEYS), **config} if isinstance(config, dict)
+                           else config,
+                           ("hidden", "heads", "layers", "kv_groups", "block", "data_seed")
+                           + _ARITH_KEYS + _FILE_KEYS)
         for key in ("hidden", "heads", "layers"):
             as_int(c, key, 1)
-        as_int(c, "digits", 1, MAX_DIGITS)
         as_int(c, "data_seed", 0, flag="--seed")
         if c["hidden"] % c["heads"]:
             raise ValueError(f"--heads must divide --hidden: got {c['heads']} and "
@@ -90,6 +140,20 @@ class LanguageModelTask(Task):
             if c["heads"] % c["kv_groups"]:
                 raise ValueError(f"--kv-groups must divide --heads: got {c['kv_groups']} and "
                                  f"{c['heads']}")
+        if c["data"] is not None:
+            if any(c[k] is not None for k in _ARITH_KEYS):
+                raise ValueError("--digits, --train-exprs and --val-exprs apply to the "
+                                 "generated arithmetic, not to --data")
+            check_identity(c)
+            as_float(c, "val_frac", 0.0, 0.5)
+            as_int(c, "block", 2)
+            v = c["vocab"]
+            if not (isinstance(v, str) and 0 < len(v) <= MAX_VOCAB and len(set(v)) == len(v)):
+                raise ValueError(f"vocab must be 1 to {MAX_VOCAB} distinct characters")
+            return c
+        if any(c[k] is not None for k in _FILE_KEYS):
+            raise ValueError("a configuration without --data has no file settings")
+        as_int(c, "digits", 1, MAX_DIGITS)
         as_int(c, "block", 4 * c["digits"] + 4)
         # every expression has at least 6 characters ("0+0=0;"); the text must hold a
         # block and its next character
@@ -100,7 +164,15 @@ class LanguageModelTask(Task):
 
     @classmethod
     def check_generate_args(cls, args, config):
+        vocab = CharVocab(config["vocab"]) if config.get("data") else None
         for p in args.prompt or ():
+            if vocab is not None:
+                bad = vocab.unknown(p)
+                if not p or bad:
+                    raise ValueError(f"--prompt {p!r:.40}: " + (
+                        f"character {bad[1]!r} (column {bad[0] + 1}) is not in the model's "
+                        "vocabulary" if p else "empty prompt"))
+                continue
             bad = sorted(set(p) - set(CHARS))
             if bad or not p:
                 raise ValueError(f"--prompt may only use the characters {CHARS!r}, got {p!r}")
@@ -112,19 +184,43 @@ class LanguageModelTask(Task):
         super().__init__(config)
         c = self.config
         s = int(c.get("data_seed", 0))
-        self.train_ids = encode_text(make_text(c["train_exprs"], c["digits"], 30_000 + s))
-        self.val_text = make_text(c["val_exprs"], c["digits"], 40_000 + s)
-        self.val_ids = encode_text(self.val_text)
+        self.vocab = None
+        if c["data"] is not None:
+            verify_identity(c)
+            text = read_text(c["data"])
+            self.vocab = CharVocab(c["vocab"])
+            n_train, _ = _split(len(text), c["val_frac"])
+            self.train_ids = self.vocab.encode(text[:n_train])
+            self.val_text = text[n_train:]
+            self.val_ids = self.vocab.encode(self.val_text)
+            self.headline = ("val_bpc", False)
+        else:
+            self.train_ids = encode_text(make_text(c["train_exprs"], c["digits"], 30_000 + s))
+            self.val_text = make_text(c["val_exprs"], c["digits"], 40_000 + s)
+            self.val_ids = encode_text(self.val_text)
         B = c["block"]
         # validation: consecutive, non-overlapping blocks
         n = (len(self.val_ids) - 1) // B
         idx = np.arange(n)[:, None] * B + np.arange(B + 1)[None, :]
         self.val_blocks = self.val_ids[idx]
+        if self.vocab is not None:
+            # cross-entropy of the validation targets under the training text's
+            # character frequencies (add-one smoothed)
+            counts = np.bincount(self.train_ids, minlength=len(self.vocab)) + 1.0
+            logp = np.log2(counts / counts.sum())
+            self.unigram_bpc = float(-logp[self.val_blocks[:, 1:]].mean())
 
     def build_model(self, dtype, rng):
         c = self.config
-        return TransformerLM(len(CHARS), c["hidden"], c["heads"], c["layers"], c["kv_groups"],
+        V = len(self.vocab) if self.vocab is not None else len(CHARS)
+        return TransformerLM(V, c["hidden"], c["heads"], c["layers"], c["kv_groups"],
                              max_len=c["block"], dtype=dtype, rng=rng)
+
+    def describe_data(self):
+        if self.vocab is None:
+            return "generated"
+        return (f"{self.config['data']}: {len(self.train_ids) + len(self.val_ids):,} characters, "
+                f"{len(self.vocab)} distinct; the last {len(self.val_ids):,} validate")
 
     def num_batches(self, batch_size):
         return max(1, len(self.train_ids) // (batch_size * self.config["block"]))
@@ -141,7 +237,7 @@ class LanguageModelTask(Task):
         logits = model(x)
         loss = loss_fn(logits, y)
         model.backward(loss_fn.backward()[0])
-        ans = answer_mask(batch)[:, 1:]
+        ans = answer_mask(batch)[:, 1:] if self.vocab is None else np.ones(y.shape, bool)
         correct = int(((logits.argmax(-1) == y) & ans).sum())
         return {"loss": float(loss), "correct": correct, "count": int(ans.sum()),
                 "samples": len(x)}
@@ -174,9 +270,13 @@ class LanguageModelTask(Task):
             model._drop_caches()
             tot += float(loss_fn(logits, blk[:, 1:]))
             n_tok += blk[:, 1:].size
-            ans = answer_mask(blk)[:, 1:]
+            ans = answer_mask(blk)[:, 1:] if self.vocab is None else np.ones(blk[:, 1:].shape,
+                                                                              bool)
             correct += int(((logits.argmax(-1) == blk[:, 1:]) & ans).sum())
             count += int(ans.sum())
+        if self.vocab is not None:
+            return {"val_loss": tot / n_tok, "val_bpc": tot / n_tok / math.log(2),
+                    "val_acc": correct / count, "unigram_bpc": self.unigram_bpc}
         seed = 50_000 + int(self.config.get("data_seed", 0))
         acc, tps, _ = self._sample_answers(model, 200, seed)
         return {"val_loss": tot / n_tok, "answer_acc": correct / count, "sampled_acc": acc,
@@ -186,6 +286,11 @@ class LanguageModelTask(Task):
         c = self.config
         attn = ("MHA" if c["kv_groups"] in (None, c["heads"])
                 else f"GQA with {c['kv_groups']} K/V groups")
+        if self.vocab is not None:
+            return (f"validation {m['val_bpc']:.3f} bits per character (loss {m['val_loss']:.4f}"
+                    f" nats, next-character accuracy {100 * m['val_acc']:.1f}%) on "
+                    f"{self.val_blocks[:, 1:].size:,} characters; character frequencies alone: "
+                    f"{m['unigram_bpc']:.3f} bits ({attn})")
         return (f"sampled sums correct {100 * m['sampled_acc']:.1f}% ({c['digits']}-digit "
                 f"operands, greedy, KV cache, {m['tokens_per_s']:.0f} tokens/s), answer-token "
                 f"accuracy {100 * m['answer_acc']:.1f}%, validation loss {m['val_loss']:.4f} "
@@ -194,6 +299,10 @@ class LanguageModelTask(Task):
     def generate(self, model, args, out=print):
         model.eval()
         c = self.config
+        if self.vocab is not None:
+            return self._generate_text(model, args, out)
+        args.temperature = args.temperature or 0.0
+        args.max_new_tokens = args.max_new_tokens or 32
         if args.prompt:
             for p in args.prompt:
                 ids = encode_text(p)[None, :]
@@ -208,3 +317,43 @@ class LanguageModelTask(Task):
             out(f"{p}{o:<{c['digits'] + 2}} {'ok' if ok else 'WRONG'}")
         out(f"{sum(e[2] for e in examples)}/{len(examples)} correct, {tps:.0f} tokens/s "
             "(greedy, KV cache)")
+
+    def _generate_text(self, model, args, out):
+        """Continue ``--prompt`` (default: ``--num`` snippets of the validation text)."""
+        B = self.config["block"]
+        rng = np.random.default_rng(args.seed)
+        temperature = 0.8 if args.temperature is None else args.temperature
+        n_new = 200 if args.max_new_tokens is None else args.max_new_tokens
+        prompts = args.prompt
+        if not prompts:
+            keep = max(1, B // 2)
+            starts = rng.integers(0, max(1, len(self.val_text) - keep), size=args.num)
+            prompts = [self.val_text[s:s + keep] for s in starts]
+        for p in prompts:
+            toks, secs = sample(model, self.vocab.encode(p), n_new, temperature, rng, B)
+            out(f"{p}|{self.vocab.decode(toks)}")
+            out(f"    ({len(toks)} characters, {len(toks) / max(secs, 1e-9):.0f} tokens/s, "
+                f"temperature {temperature:g}, KV cache)")
+
+
+def _split(n, val_frac):
+    """``(training characters, validation characters)`` of a text of ``n``."""
+    n_val = max(1, int(round(val_frac * n)))
+    return n - n_val, n_val
+
+
+def sample(model, ids, n, temperature, rng, block):
+    """Continue ``ids [P]`` by ``n`` tokens with :meth:`TransformerLM.generate` (KV
+    cache); when the context is full, the cache is refilled from the last half block.
+
+    Returns ``(tokens [n], seconds)``.
+    """
+    ctx = list(ids[-(block - 1):])
+    keep = max(1, block // 2)
+    new, secs = [], 0.0
+    while len(new) < n:
+        toks, t = model.generate(np.array(ctx)[None], n - len(new), temperature, rng)
+        secs += t
+        new.extend(int(v) for v in toks[0])
+        ctx = (ctx + list(toks[0]))[-keep:]
+    return np.array(new, dtype=np.int64), secs

@@ -1,16 +1,21 @@
-"""``seq2seq``: reverse (or sort) variable-length digit strings with an attentional
-encoder-decoder.
+"""``seq2seq``: map source strings to target strings with an attentional encoder-decoder.
 
-Data: :mod:`nn_core.datasets.digit_strings` (train and validation sets drawn from
-seeds ``10000 + seed`` and ``20000 + seed``).  Model: :class:`~nn_core.models.Seq2SeqModel`,
-trained with teacher forcing and cross-entropy over the target tokens (padding
-ignored).  Metrics: validation loss and token accuracy (teacher forced), and the exact
-match of greedy decoding.
+Data: reversed or sorted digit strings (:mod:`nn_core.datasets.digit_strings`; train and
+validation sets drawn from seeds ``10000 + seed`` and ``20000 + seed``), or pairs of your
+own (``--data PAIRS.tsv``: one ``source<TAB>target`` per line, read by
+:func:`~nn_core.datasets.files.read_pairs`) at the character level, with a vocabulary
+of their characters saved in the configuration; ``--val-frac`` (10 %) of the pairs,
+drawn with ``--seed``, validate.  Model: :class:`~nn_core.models.Seq2SeqModel`, trained
+with teacher forcing and cross-entropy over the target tokens (padding ignored).
+Metrics: validation loss and token accuracy (teacher forced), and the exact match of
+greedy decoding.  ``nn-core generate --input-file`` decodes a file of sources.
 
 ``Seq2SeqModel`` and the data functions are also importable from here, as in earlier
 versions (checkpoints name ``nn_core.tasks.seq2seq:Seq2SeqModel``).
 """
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
@@ -26,12 +31,18 @@ from ..datasets.digit_strings import (  # noqa: F401  (re-exported)
     pad_batch,
     transform,
 )
+from ..datasets.files import read_pairs, read_text
+from ..datasets.vocab import CharVocab
 from ..losses import CrossEntropyLoss
 from ..models.seq2seq import Seq2SeqModel
 from ..training import Task
-from ._config import as_choice, as_int, require_config
+from ._config import as_choice, as_float, as_int, require_config
+from ._data import check_identity, data_identity, verify_identity
 
 __all__ = ["Seq2SeqModel", "Seq2SeqTask", "make_examples", "encode", "decode_tokens"]
+
+_DIGIT_KEYS = ("mode", "min_len", "max_len", "train_size", "val_size")
+_FILE_KEYS = ("data", "data_sha256", "vocab", "val_frac", "max_target")
 
 
 class Seq2SeqTask(Task):
@@ -39,14 +50,24 @@ class Seq2SeqTask(Task):
     :meth:`config_from_args`."""
 
     name = "seq2seq"
-    description = "reverse or sort digit strings (bidirectional encoder, LSTM decoder + attention)"
+    description = ("reverse or sort digit strings, or map the source/target pairs of a file "
+                   "(--data) (bidirectional encoder, LSTM decoder + attention)")
     defaults = dict(epochs=6, batch_size=64, lr=1e-2, hidden=96, embed=32, heads=4, cell="gru",
-                    mode="reverse", min_len=5, max_len=20, train_size=12800, val_size=1000)
+                    mode="reverse", min_len=5, max_len=20, train_size=12800, val_size=1000,
+                    val_frac=0.1)
     headline = ("exact_match", True)
+    generated_only = _DIGIT_KEYS
+    data_only = ("val_frac",)
 
     @classmethod
     def add_arguments(cls, p):
         d = cls.defaults
+        p.add_argument("--data", default=None, metavar="PAIRS.tsv",
+                       help="train on these pairs, one SOURCE<TAB>TARGET per line, UTF-8 "
+                            "(default: generated digit strings)")
+        p.add_argument("--val-frac", type=float, default=d["val_frac"],
+                       help="--data: the fraction of the pairs that validates, in (0, 0.5] "
+                            "(default: %(default)s)")
         p.add_argument("--mode", choices=["reverse", "sort"], default=d["mode"],
                        help="target = the digits reversed or sorted (default: %(default)s)")
         p.add_argument("--cell", choices=["gru", "lstm"], default=d["cell"],
@@ -62,47 +83,137 @@ class Seq2SeqTask(Task):
         p.add_argument("--val-size", type=int, default=d["val_size"], help="default: %(default)s")
 
     @classmethod
+    def config_value(cls, dest, value):
+        return os.path.abspath(value) if dest == "data" and value is not None else value
+
+    @classmethod
     def config_from_args(cls, a):
-        return cls.check_config(dict(
-            hidden=a.hidden, embed=a.embed, heads=a.heads, cell=a.cell, mode=a.mode,
-            min_len=a.min_len, max_len=a.max_len, train_size=a.train_size,
-            val_size=a.val_size, data_seed=a.seed))
+        c = dict(hidden=a.hidden, embed=a.embed, heads=a.heads, cell=a.cell, data_seed=a.seed,
+                 **dict.fromkeys(_FILE_KEYS))
+        if a.data is None:
+            return cls.check_config(dict(c, mode=a.mode, min_len=a.min_len, max_len=a.max_len,
+                                         train_size=a.train_size, val_size=a.val_size))
+        c.update(dict.fromkeys(_DIGIT_KEYS), val_frac=a.val_frac, **data_identity(a.data))
+        as_float(c, "val_frac", 0.0, 0.5)
+        pairs = read_pairs(a.data)                 # messages name the file as given
+        if len(pairs) < 2:
+            raise ValueError(f"--data {c['data']} has {len(pairs)} pair; at least 2 are needed "
+                             "(one to train, one to validate)")
+        c["vocab"] = CharVocab.from_text(*(s + t for s, t, _ in pairs)).chars
+        c["max_target"] = max(len(t) for _, t, _ in pairs)
+        return cls.check_config(c)
 
     @classmethod
     def check_config(cls, config):
-        c = require_config(config, ("hidden", "embed", "heads", "cell", "mode", "min_len",
-                                    "max_len", "train_size", "val_size", "data_seed"))
-        for key in ("hidden", "embed", "heads", "min_len", "train_size", "val_size"):
+        # configurations written before --data have no file keys
+        c = require_config({**dict.fromkeys(_FILE_KEYS), **config} if isinstance(config, dict)
+                           else config,
+                           ("hidden", "embed", "heads", "cell", "data_seed") + _DIGIT_KEYS
+                           + _FILE_KEYS)
+        for key in ("hidden", "embed", "heads"):
             as_int(c, key, 1)
-        as_int(c, "max_len", c["min_len"])
         as_int(c, "data_seed", 0, flag="--seed")
         if c["hidden"] % c["heads"]:
             raise ValueError(f"--heads must divide --hidden: got {c['heads']} and "
                              f"{c['hidden']}")
         as_choice(c, "cell", ("gru", "lstm"))
+        if c["data"] is not None:
+            if any(c[k] is not None for k in _DIGIT_KEYS):
+                raise ValueError("--mode, --min-len, --max-len, --train-size and --val-size "
+                                 "apply to the generated digit strings, not to --data")
+            check_identity(c)
+            as_float(c, "val_frac", 0.0, 0.5)
+            as_int(c, "max_target", 1, flag="max_target")
+            v = c["vocab"]
+            if not (isinstance(v, str) and 0 < len(v) <= 4096 and len(set(v)) == len(v)):
+                raise ValueError("vocab must be 1 to 4096 distinct characters")
+            return c
+        if any(c[k] is not None for k in _FILE_KEYS):
+            raise ValueError("a configuration without --data has no file settings")
+        for key in ("min_len", "train_size", "val_size"):
+            as_int(c, key, 1)
+        as_int(c, "max_len", c["min_len"])
         as_choice(c, "mode", ("reverse", "sort"))
         return c
 
     @classmethod
     def check_generate_args(cls, args, config):
+        """Check ``--input`` strings and read ``--input-file`` (into ``args.items``:
+        ``(source, expected or None)``), naming the line and column of a bad character."""
+        args.items = None
+        if config.get("data") is None:
+            if args.input_file:
+                raise ValueError("--input-file decodes files for models trained with --data; "
+                                 "this one reverses digit strings (use --input)")
+            for s in args.input or ():
+                if not s.isdigit() or not s.isascii():
+                    raise ValueError(f"--input takes strings of digits, got {s!r}")
+            return
+        vocab = CharVocab(config["vocab"], reserved=OFFSET)
+        items = []
         for s in args.input or ():
-            if not s.isdigit() or not s.isascii():
-                raise ValueError(f"--input takes strings of digits, got {s!r}")
+            bad = vocab.unknown(s)
+            if not s or bad:
+                raise ValueError(f"--input {s!r:.40}: " + (
+                    f"character {bad[1]!r} (column {bad[0] + 1}) is not in the model's "
+                    "vocabulary" if s else "empty input"))
+            items.append((s, None))
+        if args.input_file:
+            for n, line in enumerate(read_text(args.input_file).splitlines(), 1):
+                if not line.strip():
+                    continue
+                src, _, want = line.partition("\t")
+                bad = vocab.unknown(src)
+                if bad or not src:
+                    raise ValueError(f"--input-file {args.input_file} line {n}, column "
+                                     f"{bad[0] + 1 if bad else 1}: " + (
+                                         f"character {bad[1]!r} is not in the model's "
+                                         "vocabulary" if bad else "empty source"))
+                items.append((src, want or None))
+        args.items = items or None
 
     def __init__(self, config):
         super().__init__(config)
         c = self.config
         s = int(c.get("data_seed", 0))
-        self.train_src, self.train_tgt = make_examples(c["train_size"], c["min_len"],
-                                                       c["max_len"], c["mode"], 10_000 + s)
-        self.val_src, self.val_tgt = make_examples(c["val_size"], c["min_len"], c["max_len"],
-                                                   c["mode"], 20_000 + s)
+        self.vocab = None
+        if c["data"] is None:
+            self.train_src, self.train_tgt = make_examples(c["train_size"], c["min_len"],
+                                                           c["max_len"], c["mode"], 10_000 + s)
+            self.val_src, self.val_tgt = make_examples(c["val_size"], c["min_len"],
+                                                       c["max_len"], c["mode"], 20_000 + s)
+        else:
+            verify_identity(c)
+            self.vocab = CharVocab(c["vocab"], reserved=OFFSET)
+            pairs = [(self.vocab.encode(a), self.vocab.encode(b))
+                     for a, b, _ in read_pairs(c["data"])]
+            order = np.random.default_rng(s).permutation(len(pairs))
+            n_val = min(len(pairs) - 1, max(1, int(round(c["val_frac"] * len(pairs)))))
+            val, train = order[:n_val], np.sort(order[n_val:])
+            self.train_src = [pairs[i][0] for i in train]
+            self.train_tgt = [pairs[i][1] for i in train]
+            self.val_src = [pairs[i][0] for i in np.sort(val)]
+            self.val_tgt = [pairs[i][1] for i in np.sort(val)]
         self.loss = None
+
+    def describe_data(self):
+        if self.vocab is None:
+            return "generated"
+        return (f"{self.config['data']}: {len(self.train_src)} training and "
+                f"{len(self.val_src)} validation pairs, {len(self.vocab.chars)} distinct "
+                "characters")
+
+    def _text(self, tokens):
+        """The text of decoded tokens, up to the first ``EOS``."""
+        if self.vocab is None:
+            return decode_tokens(tokens)
+        return self.vocab.decode(tokens, stop=EOS)
 
     def build_model(self, dtype, rng):
         c = self.config
         self.loss = CrossEntropyLoss(ignore_index=PAD, dtype=dtype)
-        return Seq2SeqModel(VOCAB, c["embed"], c["hidden"], c["heads"], c["cell"],
+        V = VOCAB if self.vocab is None else len(self.vocab)
+        return Seq2SeqModel(V, c["embed"], c["hidden"], c["heads"], c["cell"],
                             dtype=dtype, rng=rng)
 
     def num_batches(self, batch_size):
@@ -144,19 +255,23 @@ class Seq2SeqTask(Task):
             correct_tok += int(((logits.argmax(-1) == tout) & keep).sum())
             pred = model.greedy_decode(src, src_len, max_len=tout.shape[1] + 1)
             for b, t in enumerate(tgt_l):
-                exact += decode_tokens(pred[b]) == decode_tokens(list(t) + [EOS])
+                exact += self._text(pred[b]) == self._text(list(t) + [EOS])
         n = len(self.val_src)
         return {"val_loss": tot_loss / tokens, "val_token_acc": correct_tok / tokens,
                 "exact_match": exact / n}
 
     def describe_metrics(self, m):
+        c = self.config
+        what = (f"{c['mode']} examples of length {c['min_len']}-{c['max_len']}"
+                if self.vocab is None else f"pairs of {os.path.basename(c['data'])}")
         return (f"validation exact match {100 * m['exact_match']:.1f}% "
                 f"(token accuracy {100 * m['val_token_acc']:.1f}%, loss {m['val_loss']:.4f}) "
-                f"on {len(self.val_src)} held-out {self.config['mode']} examples of length "
-                f"{self.config['min_len']}-{self.config['max_len']}")
+                f"on {len(self.val_src)} held-out {what}")
 
     def generate(self, model, args, out=print):
         model.eval()
+        if self.vocab is not None:
+            return self._generate_pairs(model, args, out)
         c = self.config
         if args.input:
             srcs = [encode(s) for s in args.input]
@@ -174,3 +289,30 @@ class Seq2SeqTask(Task):
             out(f"{decode_tokens(s):>{c['max_len']}} -> {got:<{c['max_len']}} "
                 f"{'ok' if got == want else 'WRONG (expected ' + want + ')'}")
         out(f"{ok}/{len(srcs)} correct ({c['mode']})")
+
+    def _generate_pairs(self, model, args, out, batch_size=256):
+        """Decode ``--input``/``--input-file`` sources (default: ``--num`` validation
+        pairs); one ``source -> output`` line each, then the exact match where expected
+        targets were given."""
+        items = getattr(args, "items", None)
+        if not items:
+            rng = np.random.default_rng(args.seed)
+            idx = np.sort(rng.choice(len(self.val_src), min(args.num, len(self.val_src)),
+                                     replace=False))
+            items = [(self._text(self.val_src[i]), self._text(self.val_tgt[i])) for i in idx]
+        ok = expected = 0
+        for start in range(0, len(items), batch_size):
+            chunk = items[start:start + batch_size]
+            src, src_len = pad_batch([self.vocab.encode(s) for s, _ in chunk])
+            limit = max(self.config["max_target"], 2 * int(src_len.max())) + 1
+            pred = model.greedy_decode(src, src_len, max_len=limit)
+            for (s, want), p in zip(chunk, pred):
+                got = self._text(p)
+                line = f"{s} -> {got}"
+                if want is not None:
+                    expected += 1
+                    ok += got == want
+                    line += "   ok" if got == want else f"   WRONG (expected {want})"
+                out(line)
+        if expected:
+            out(f"{ok}/{expected} correct")

@@ -1,0 +1,53 @@
+"""What the tasks share for ``--data FILE``: the file's identity in the configuration
+(absolute path and SHA-256, so that eval, generate and resume use the same data), and
+the option lists."""
+from __future__ import annotations
+
+import os
+import re
+
+from ..datasets.files import file_sha256
+
+__all__ = ["data_identity", "check_identity", "verify_identity", "names"]
+
+
+def data_identity(path):
+    """``{"data": absolute path, "data_sha256": hex digest}`` of a readable file."""
+    path = os.path.abspath(path)
+    try:
+        return {"data": path, "data_sha256": file_sha256(path)}
+    except OSError as exc:
+        raise ValueError(f"--data: cannot read {path}: {exc.strerror or exc}") from None
+
+
+def check_identity(c):
+    """``c["data"]``/``c["data_sha256"]`` are a path and a hex digest (``ValueError``)."""
+    if not isinstance(c["data"], str) or not c["data"]:
+        raise ValueError(f"--data must be a file name, got {c['data']!r:.60}")
+    if not (isinstance(c["data_sha256"], str) and re.fullmatch(r"[0-9a-f]{64}",
+                                                                 c["data_sha256"])):
+        raise ValueError("data_sha256 must be a SHA-256 hex digest")
+
+
+def verify_identity(c):
+    """The file ``c["data"]`` is still the one the configuration was made from."""
+    path = c["data"]
+    try:
+        digest = file_sha256(path)
+    except FileNotFoundError:
+        raise ValueError(f"the training data {path} is missing (moved or deleted?); put it "
+                         "back to evaluate or resume this run") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read the training data {path}: {exc.strerror or exc}") \
+            from None
+    if digest != c["data_sha256"]:
+        raise ValueError(f"the training data {path} changed since the run started (its "
+                         "SHA-256 differs); restore it, or train a new run on it")
+
+
+def names(text, flag):
+    """``"a, b,c"`` -> ``["a", "b", "c"]`` (``ValueError`` naming ``flag`` if empty)."""
+    out = [s.strip() for s in text.split(",")]
+    if not text.strip() or any(not s for s in out):
+        raise ValueError(f"{flag} takes column names separated by commas, got {text!r}")
+    return out

@@ -1,0 +1,200 @@
+"""Run folders (refused unless resumed or overwritten), the history files and loss
+curve written into them, and the generator states a resumed run needs."""
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import os
+
+import numpy as np
+
+from ..checkpoint import atomic_write
+
+__all__ = ["CHECKPOINT", "RUN_FILES", "RunExistsError", "prepare_run_dir", "write_history",
+           "plot_history", "rng_states", "set_rng_states"]
+
+#: the checkpoint a run writes in its ``out_dir``
+CHECKPOINT = "model.npz"
+#: every file of a run folder (deleted by ``overwrite=True``, nothing else is)
+RUN_FILES = (CHECKPOINT, "history.json", "history.csv", "loss_curve.png")
+
+
+class RunExistsError(FileExistsError):
+    """``out_dir`` already holds a run and neither ``resume`` nor ``overwrite`` was given."""
+
+
+def prepare_run_dir(out_dir, *, resume=False, overwrite=False):
+    """Check ``out_dir`` for a new or resumed run; returns the checkpoint to resume.
+
+    Parameters
+    ----------
+    out_dir : str
+    resume : bool
+        Continue the run in ``out_dir`` (its :data:`CHECKPOINT` must exist).
+    overwrite : bool
+        Start afresh: the :data:`RUN_FILES` present are deleted (nothing else).
+
+    Returns
+    -------
+    str or None
+        The checkpoint path when resuming, else ``None``.  The folder exists afterwards.
+
+    Raises
+    ------
+    NotADirectoryError
+        ``out_dir`` is an existing file.
+    RunExistsError
+        A run is there and neither ``resume`` nor ``overwrite`` was given.
+    FileNotFoundError
+        ``resume`` and there is no checkpoint.
+    ValueError
+        Both ``resume`` and ``overwrite``.
+    """
+    out_dir = os.fspath(out_dir)
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise NotADirectoryError(f"{out_dir!r} is a file, not a run folder")
+    present = [f for f in RUN_FILES if os.path.lexists(os.path.join(out_dir, f))]
+    ckpt = os.path.join(out_dir, CHECKPOINT)
+    if resume:
+        if not os.path.exists(ckpt):
+            raise FileNotFoundError(f"nothing to resume in {out_dir!r}: no {CHECKPOINT}")
+        return ckpt
+    if present and not overwrite:
+        raise RunExistsError(f"{out_dir!r} already holds a run ({', '.join(present)}); "
+                             "resume it or overwrite it")
+    for f in present:
+        os.unlink(os.path.join(out_dir, f))
+    os.makedirs(out_dir, exist_ok=True)
+    return None
+
+
+# ------------------------------------------------------------------ history
+def history_rows(epochs):
+    """``(columns, rows)`` of per-epoch entries: the union of their keys, in order of
+    first appearance; floats as ``repr`` (exact), missing values empty."""
+    cols = []
+    for entry in epochs:
+        cols.extend(k for k in entry if k not in cols)
+    rows = [[repr(v) if isinstance(v, float) else v for v in (e.get(c, "") for c in cols)]
+            for e in epochs]
+    return cols, rows
+
+
+def write_csv(path, epochs, separator=",", prefix=""):
+    """Write the per-epoch table to ``path`` atomically (after ``prefix``, raw text)."""
+    cols, rows = history_rows(epochs)
+    with atomic_write(path, "w") as fh:
+        fh.write(prefix)
+        w = csv.writer(fh, delimiter=separator, lineterminator="\n")
+        if not prefix:
+            w.writerow(cols)
+        w.writerows(rows)
+    return path
+
+
+def write_history(out_dir, history):
+    """Write ``history.json`` (everything) and ``history.csv`` (one row per epoch)
+    atomically; returns both paths."""
+    json_path = os.path.join(out_dir, "history.json")
+    csv_path = os.path.join(out_dir, "history.csv")
+    with atomic_write(json_path, "w") as fh:
+        json.dump(history, fh, indent=1)
+    write_csv(csv_path, history.get("epochs", []))
+    return json_path, csv_path
+
+
+def plot_history(history, path, title=""):
+    """Write the loss curve (per-step training loss, per-epoch validation) as a PNG.
+
+    Parameters
+    ----------
+    history : dict
+        ``step_loss`` (list of floats) and ``epochs`` (dicts with ``step``,
+        ``train_loss`` and optionally ``val_loss``), as training records them.
+    path : str
+        The PNG to write.
+    title : str
+
+    Returns
+    -------
+    str or None
+        ``path``, or ``None`` when matplotlib is not installed.
+    """
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    steps = history["step_loss"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(np.arange(1, len(steps) + 1), steps, lw=0.8, alpha=0.6, label="train loss (step)")
+    per_epoch = history["epochs"]
+    if per_epoch:
+        ends = [e["step"] for e in per_epoch]
+        mids = [(a + b) / 2 for a, b in zip([0] + ends[:-1], ends)]
+        ax.plot(mids, [e["train_loss"] for e in per_epoch], "o-", label="train loss (epoch mean)")
+        if "val_loss" in per_epoch[0]:
+            ax.plot(ends, [e["val_loss"] for e in per_epoch], "s-",
+                    label="validation loss (end of epoch)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    if min(steps, default=1.0) > 0:
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    try:
+        with atomic_write(path, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------ RNG state
+def _named_modules(model, prefix=""):
+    yield prefix, model
+    for name, child in model.children():
+        yield from _named_modules(child, f"{prefix}.{name}" if prefix else name)
+
+
+def rng_states(model) -> dict:
+    """``{module path: bit-generator state}`` of every module that holds a generator
+    (``""`` is ``model`` itself); modules sharing one generator get equal entries."""
+    out = {}
+    for path, m in _named_modules(model):
+        g = getattr(m, "rng", None)
+        if isinstance(g, np.random.Generator):
+            out[path] = g.bit_generator.state
+    return out
+
+
+def set_rng_states(model, states) -> None:
+    """Restore what :func:`rng_states` returned (the module paths must match)."""
+    mods = {path: m for path, m in _named_modules(model)
+            if isinstance(getattr(m, "rng", None), np.random.Generator)}
+    if not isinstance(states, dict) or set(states) != set(mods):
+        got = sorted(states) if isinstance(states, dict) else type(states).__name__
+        raise ValueError(f"generator states do not match the model's modules: expected "
+                         f"{sorted(mods)[:5]}..., got {str(got)[:200]}")
+    for path, state in states.items():
+        try:
+            mods[path].rng.bit_generator.state = state
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ValueError(f"generator state of module {path!r} is invalid: {exc}") from exc
+
+
+def order_generator(rng):
+    """The batch-order generator: a copy of ``rng`` as it is after the model drew its
+    weights (so the order is the one ``rng`` itself would give), independent of the
+    model's own draws (dropout).  ``rng`` then jumps far ahead, so that the model's later
+    draws do not repeat the order's numbers."""
+    order = np.random.Generator(copy.deepcopy(rng.bit_generator))
+    advance = getattr(rng.bit_generator, "advance", None)
+    if advance is not None:
+        advance(1 << 96)
+    return order

@@ -1,0 +1,353 @@
+"""The :class:`Task` interface and :func:`train`, which runs a task on a
+:class:`~nn_core.training.Trainer` the way ``nn-core train`` does: AdamW with
+warmup/cosine, gradient clipping, a run folder, and the task's own header and summary.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import os
+
+import numpy as np
+
+from ..checkpoint import CheckpointError, read_metadata
+from ..optim import AdamW, WarmupCosine
+from ._run import CHECKPOINT, order_generator
+from .trainer import Trainer
+
+__all__ = ["Task", "train", "read_run"]
+
+_STATE_KIND = "nn_core.training.train/1"
+
+
+class Task:
+    """What :func:`train` needs from a task: data, a model and one training step.
+
+    A task is also a batch source for :meth:`Trainer.fit` (``num_batches`` and
+    ``train_batches``); :func:`train` runs it on a :class:`Trainer` with AdamW, a
+    warmup/cosine schedule and gradient clipping.
+
+    Subclasses: :class:`~nn_core.tasks.seq2seq.Seq2SeqTask`,
+    :class:`~nn_core.tasks.forecast.ForecastTask` and
+    :class:`~nn_core.tasks.lm.LanguageModelTask`.
+
+    Parameters
+    ----------
+    config : dict
+        JSON-serialisable (model sizes, data options, seed).  :func:`train` stores it
+        in the checkpoint, so ``nn-core eval``/``generate`` rebuild the same task, and
+        its data, without the command line.
+    """
+
+    name = ""
+    description = ""
+    #: default ``epochs, batch_size, lr, hidden`` and task options
+    defaults: dict = {}
+    #: the metric printed in the summary, and whether larger is better
+    headline = ("val_loss", False)
+    #: options (destinations) of generated data, refused together with ``--data``
+    generated_only: tuple = ()
+    #: options that need ``--data``
+    data_only: tuple = ()
+
+    def __init__(self, config):
+        self.config = dict(config)
+
+    @classmethod
+    def add_arguments(cls, parser):
+        """Task-specific command-line options (defaults from :attr:`defaults`)."""
+
+    @classmethod
+    def config_from_args(cls, args):  # pragma: no cover - interface
+        """The task's ``config`` from the parsed command line (``ValueError`` naming the
+        option if invalid); called before any data are generated."""
+        raise NotImplementedError
+
+    @classmethod
+    def check_config(cls, config):
+        """``config`` checked as :meth:`config_from_args` checks it (it may come from a
+        checkpoint); returns a copy, raises ``ValueError`` naming the option."""
+        if not isinstance(config, dict):
+            raise ValueError(f"the task configuration must be a dict, got "
+                             f"{type(config).__name__}")
+        return dict(config)
+
+    @classmethod
+    def check_generate_args(cls, args, config):
+        """Check the ``nn-core generate`` options this task uses (``ValueError``)."""
+
+    @classmethod
+    def config_value(cls, dest, value):
+        """Option ``dest`` given on the command line as it is stored in the
+        configuration (compared with a resumed run's); default: unchanged."""
+        return value
+
+    def describe_data(self) -> str:
+        """One line about the data, printed once they are ready."""
+        return "generated"
+
+    def build_model(self, dtype, rng):  # pragma: no cover - interface
+        """A new model with weights drawn from ``rng`` (a ``numpy.random.Generator``)."""
+        raise NotImplementedError
+
+    def num_batches(self, batch_size) -> int:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def train_batches(self, rng, batch_size):  # pragma: no cover - interface
+        """Yield the batches of one epoch (shuffled with ``rng``)."""
+        raise NotImplementedError
+
+    def train_step(self, model, batch) -> dict:  # pragma: no cover - interface
+        """Forward + loss + backward (gradients accumulate into ``model``).
+
+        Returns ``{"loss": float, "correct": int, "count": int, "samples": int}``
+        (``correct/count`` is the accuracy shown by the progress bar; ``count`` may
+        be 0 for regression).
+        """
+        raise NotImplementedError
+
+    def evaluate(self, model) -> dict:  # pragma: no cover - interface
+        """Validation metrics (``model`` is in eval mode)."""
+        raise NotImplementedError
+
+    def describe_metrics(self, metrics) -> str:
+        """One line summarising ``metrics`` (printed at the end of training and by eval)."""
+        return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                         for k, v in metrics.items())
+
+    def generate(self, model, args, out=print):  # pragma: no cover - interface
+        """Run ``model`` on examples for ``nn-core generate`` (``args``: its options)."""
+        raise NotImplementedError
+
+
+def read_run(path) -> dict:
+    """What a run folder (or its checkpoint) says about the run, for resuming it.
+
+    Returns
+    -------
+    dict
+        ``task`` (name), ``config`` (the task's), ``settings`` (``epochs``,
+        ``batch_size``, ``lr``, ``dtype``, ``seed``, ``weight_decay``, ``clip``,
+        ``warmup_frac``), ``step``, ``epochs_done`` and ``finished``.
+
+    Raises
+    ------
+    CheckpointError
+        The checkpoint was not written by :func:`train`, or carries no training state.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, CHECKPOINT)
+    meta = read_metadata(path)
+    extra = meta.get("extra")
+    training = meta.get("training")
+    if not isinstance(extra, dict) or "task" not in extra or not isinstance(training, dict) \
+            or training.get("kind") != _STATE_KIND:
+        raise CheckpointError(f"{path!r} was not written by nn_core.training.train with a "
+                              "training state (an older or a plain checkpoint cannot resume)")
+    settings = training.get("settings")
+    step, done = training.get("step"), training.get("epochs_done")
+    try:
+        if not isinstance(settings, dict) or set(settings) != set(_SETTINGS):
+            raise ValueError(f"keys {sorted(settings) if isinstance(settings, dict) else '-'}")
+        if _check_settings(**settings, max_steps=None) != settings:
+            raise ValueError("values of the wrong type")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                   for v in (step, done)):
+            raise ValueError(f"step {step!r}, epochs done {done!r}")
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path!r}: the run's settings are malformed: {exc}") from None
+    return {"task": extra["task"], "config": extra.get("config"), "settings": settings,
+            "step": step, "epochs_done": done, "finished": bool(training.get("finished"))}
+
+
+_SETTINGS = ("epochs", "batch_size", "lr", "dtype", "seed", "weight_decay", "clip",
+             "warmup_frac")
+
+
+def _check_settings(epochs, batch_size, lr, dtype, seed, weight_decay, clip, warmup_frac,
+                    max_steps):
+    def integer(v, name, lo):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
+            raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+        return int(v)
+
+    def real(v, name, positive):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) \
+                or v < 0 or (positive and v == 0):
+            raise ValueError(f"{name} must be a finite number {'>' if positive else '>='} 0, "
+                             f"got {v!r}")
+        return float(v)
+
+    name = np.dtype(dtype).name
+    if name not in ("float32", "float64"):
+        raise ValueError(f"dtype must be float32 or float64, got {name}")
+    if not 0 <= warmup_frac <= 1:
+        raise ValueError(f"warmup_frac must be in [0, 1], got {warmup_frac!r}")
+    if max_steps is not None:
+        integer(max_steps, "max_steps", 1)
+    return {"epochs": integer(epochs, "epochs", 1),
+            "batch_size": integer(batch_size, "batch_size", 1),
+            "lr": real(lr, "lr", True), "dtype": name, "seed": integer(seed, "seed", 0),
+            "weight_decay": real(weight_decay, "weight_decay", False),
+            "clip": real(clip, "clip", True), "warmup_frac": float(warmup_frac)}
+
+
+def train(task, *, epochs, batch_size, lr, dtype=np.float32, seed=0, out_dir="runs",
+          weight_decay=0.01, clip=1.0, warmup_frac=0.05, log=None, progress_file=None,
+          max_steps=None, resume=False, overwrite=False, handle_signals=True):
+    """Train ``task``'s model on a :class:`Trainer`.
+
+    Every epoch: the task's batches (order drawn from ``seed``), each one
+    ``zero_grad`` -> :meth:`Task.train_step` -> global-norm clip -> AdamW step ->
+    schedule step (:meth:`Trainer.train_step`); then :meth:`Task.evaluate` in eval
+    mode, a checkpoint with the training state, and the history.
+
+    Parameters
+    ----------
+    task : Task
+    epochs, batch_size : int
+    lr : float
+        Peak learning rate of AdamW (linear warmup over ``warmup_frac`` of the steps of
+        all ``epochs``, then cosine decay to ``lr / 20``).
+    dtype : {np.float32, np.float64}
+    seed : int
+        Seeds the weights and the batch order (data are seeded by the task config).
+    out_dir : str
+        Receives ``model.npz`` (after every epoch and when training stops, atomically),
+        ``history.json`` and ``history.csv`` (after every epoch) and ``loss_curve.png``
+        (when matplotlib is installed).  If it already holds a run, ``resume`` or
+        ``overwrite`` must be given.
+    clip : float
+        Global gradient-norm clip.
+    weight_decay : float
+        AdamW's decoupled weight decay.
+    warmup_frac : float
+        Share of the steps spent warming up.
+    log : callable, optional
+        Receives the header and summary lines (default: ``print``).
+    progress_file : text stream, optional
+        Where the progress bar goes (default: ``sys.stderr``).
+    max_steps : int, optional
+        Stop once this many optimizer steps are done in total (counting the steps of the
+        run being resumed), with a resumable checkpoint.  The schedule still spans
+        ``epochs``, so stopping and resuming changes nothing.
+    resume : bool
+        Continue the run in ``out_dir`` from its checkpoint: the task (name and config)
+        and every setting above must equal the run's (:func:`read_run` tells them).
+    overwrite : bool
+        Delete the run files in ``out_dir`` first (see :func:`prepare_run_dir`).
+    handle_signals : bool
+        Stop in order on SIGINT/SIGTERM (see :class:`StopSignals`); main thread only.
+
+    Returns
+    -------
+    model : Module
+        The trained model.
+    result : dict
+        ``metrics`` (the last evaluation), ``headline`` (its :attr:`Task.headline`
+        value), ``steps``, ``wall_time_s``, ``history`` (as in ``history.json``:
+        ``step_loss`` per step, ``epochs`` per-epoch entries), ``checkpoint`` and
+        ``status`` (``"finished"`` or ``"max_steps"``).
+
+    Raises
+    ------
+    TrainingInterrupted
+        On SIGINT/SIGTERM, after saving (a ``KeyboardInterrupt``).
+    RunExistsError, NotADirectoryError, FileNotFoundError
+        ``out_dir`` problems (see :func:`prepare_run_dir`).
+    ValueError
+        An invalid setting, or a resumed run whose task or settings differ.
+    CheckpointError
+        The checkpoint to resume is unreadable or carries no training state.
+    FloatingPointError
+        A training loss is not finite.
+    """
+
+    settings = _check_settings(epochs, batch_size, lr, dtype, seed, weight_decay, clip,
+                               warmup_frac, max_steps)
+    log = log or (lambda msg: print(msg, flush=True))
+    rng = np.random.default_rng(seed)
+    model = task.build_model(np.dtype(settings["dtype"]).type, rng)
+    order_rng = order_generator(rng)
+    per_epoch = task.num_batches(batch_size)
+    total = epochs * per_epoch
+    opt = AdamW(model, lr=lr, weight_decay=weight_decay)
+    sched = WarmupCosine(opt, warmup_steps=max(1, int(warmup_frac * total)),
+                         total_steps=total, min_lr=lr / 20)
+    trainer = _TaskTrainer(task, settings, model, opt, sched, log, progress_file,
+                           handle_signals)
+    h = trainer.fit(task, epochs=epochs, batch_size=batch_size, seed=order_rng,
+                    out_dir=out_dir, resume=resume, overwrite=overwrite, max_steps=max_steps)
+    metrics = h.metrics
+    if h.status == "max_steps":
+        batch = h.steps - (h.epochs[-1]["step"] if h.epochs else 0)
+        log(f"stopped after {h.steps} steps (max_steps) in epoch {len(h.epochs) + 1} at "
+            f"batch {batch}/{per_epoch}: {task.describe_metrics(metrics)}")
+    else:
+        log(f"done in {h.wall_time_s:.1f}s ({h.steps} steps): {task.describe_metrics(metrics)}")
+    log(f"checkpoint: {h.checkpoint}")
+    if h.loss_curve:
+        log(f"loss curve: {h.loss_curve}")
+    else:
+        log("loss curve: not plotted (matplotlib is not installed; `pip install matplotlib`). "
+            f"Per-step losses are in {os.path.join(out_dir, 'history.json')}")
+    history = {"task": task.name, "step_loss": h.step_loss, "epochs": h.epochs,
+               "wall_time_s": h.wall_time_s}
+    return model, {"metrics": metrics, "wall_time_s": h.wall_time_s, "steps": h.steps,
+                   "history": history, "checkpoint": h.checkpoint,
+                   "headline": metrics.get(task.headline[0]), "status": h.status}
+
+
+class _TaskTrainer(Trainer):
+    """A :class:`Trainer` that records the task (name, configuration) in its
+    checkpoints, keeps :func:`train`'s settings and prints the task's header."""
+
+    _STATE_KIND = _STATE_KIND
+
+    def __init__(self, task, settings, model, optimizer, schedule, log, progress_file,
+                 handle_signals):
+        super().__init__(model, optimizer=optimizer, schedule=schedule, clip=settings["clip"],
+                         step_fn=task.train_step, eval_fn=task.evaluate, verbose=1,
+                         progress_file=progress_file, log=log, handle_signals=handle_signals)
+        self.task = task
+        self.task_settings = settings
+
+    def _settings(self, fit_settings):
+        return dict(self.task_settings)
+
+    def _checkpoint_extra(self, run, settings):
+        return {"task": self.task.name, "config": self.task.config,
+                **super()._checkpoint_extra(run, settings)}
+
+    def _history_header(self):
+        return {"task": self.task.name}
+
+    def _title(self):
+        return f"nn-core train {self.task.name}"
+
+    def _announce(self, run, per_epoch, epochs, batch_size, max_steps, resumed):
+        s, model = self.task_settings, self.model
+        self.log(f"nn-core train {self.task.name}: {type(model).__name__} with "
+                 f"{model.num_parameters():,} parameters ({s['dtype']}), {epochs} epochs "
+                 f"x {per_epoch} batches of {batch_size}, AdamW lr {s['lr']:g}"
+                 + (f", stopping after step {max_steps}" if max_steps is not None
+                    and max_steps < epochs * per_epoch else "")
+                 + (f"; resuming at step {run.step} (epoch {run.epochs_done + 1}, batch "
+                    f"{run.batch}/{per_epoch})" if resumed else ""))
+
+    def _check_resume(self, path, settings):
+        info = read_run(path)
+        task = self.task
+        if info["task"] != task.name:
+            raise ValueError(f"{path!r} holds a {info['task']!r} run, not {task.name!r}")
+        # as the task checks it now (older runs lack keys that later versions added)
+        saved = type(task).check_config(info["config"])
+        if saved != task.config:
+            diff = sorted(k for k in set(saved) | set(task.config)
+                          if saved.get(k) != task.config.get(k))
+            raise ValueError(f"the task configuration differs from the run's in {diff}")
+        diff = [k for k in _SETTINGS if info["settings"][k] != settings[k]]
+        if diff:
+            raise ValueError("a resumed run keeps its settings; these differ: " + ", ".join(
+                f"{k} {settings[k]!r} (the run's: {info['settings'][k]!r})" for k in diff))
