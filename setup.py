@@ -19,10 +19,14 @@ Build mechanics (what keeps ``pip install`` short):
   the C that the compiler sees.
 * ``.pyx`` files are cythonized, and extensions compiled, on every available core.
 * ``-g0``: no debug information in release builds (Python's own CFLAGS carry ``-g``).
-* Every built extension is also kept in ``build/ext-cache/`` under a hash of all its
-  inputs (the generated C, the headers in ``src_pyx/``, the flags, compiler, Python and
-  NumPy).  ``pip install -e .`` builds in a new temporary directory each time, so
-  without this it would recompile everything; with it, only what changed is compiled.
+* Every built extension is also kept in ``build/ext-cache/`` under a hash of all that
+  goes into it: its ``.pyx``, every ``.pxd`` and ``.h`` in ``src_pyx/``, the directives
+  and flags, the compiler command and flags, Python, and the Cython, NumPy and SciPy
+  versions.  pip builds
+  in a fresh isolated environment and a new temporary directory every time, so without
+  this every ``pip install -e .`` would cythonize and compile everything again; with it,
+  only an extension whose inputs changed is cythonized and compiled.  Nothing is cached
+  with ``build_ext --force``.
 """
 import hashlib
 import os
@@ -71,51 +75,75 @@ extensions = [
 
 
 class cached_build_ext(build_ext):
-    """``build_ext`` that reuses an extension built before from identical inputs."""
+    """``build_ext`` that cythonizes only when something is built (not for ``sdist`` or
+    metadata) and only what is not cached, and compiles on every core."""
 
-    def _inputs_hash(self, ext):
+    def finalize_options(self):
+        super().finalize_options()
+        if self.parallel is None:       # an explicit --parallel / -j wins
+            self.parallel = JOBS
+
+    def run(self):
+        self._cached = {ext.name: self._cache_path(ext) for ext in self.extensions}
+        todo = [ext for ext in self.extensions
+                if self.force or not os.path.exists(self._cached[ext.name])]
+        if todo:
+            modules = cythonize(
+                todo,
+                compiler_directives=DIRECTIVES,
+                include_path=["src_pyx"],
+                shared_utility_qualified_name=SHARED,
+                nthreads=JOBS,
+                force=self.force,
+            )
+            # Keep setuptools' own Extension objects (finalize_options annotated them)
+            # and hand them the generated C.
+            generated = {m.name: m for m in modules}
+            for ext in todo:
+                ext.sources, ext.depends = generated[ext.name].sources, generated[ext.name].depends
+        # Largest generated C first: the parallel build then ends with the short compiles.
+        self.extensions.sort(key=lambda ext: ext in todo and os.path.getsize(ext.sources[0]),
+                             reverse=True)
+        super().run()
+
+    def _cache_path(self, ext):
+        import Cython
+        import scipy
         h = hashlib.sha256()
-        for path in sorted(ext.sources) + sorted(ext.depends) + sorted(glob("src_pyx/*.h")):
+        inputs = [p for p in ext.sources if not p.endswith(".c")]
+        inputs += sorted(glob(os.path.join("src_pyx", "*.pxd")) + glob(os.path.join("src_pyx", "*.h")))
+        for path in inputs:
             h.update(path.encode() + b"\0")
             with open(path, "rb") as f:
                 h.update(f.read())
-        config = (ext.extra_compile_args, ext.extra_link_args, ext.define_macros,
-                  ext.include_dirs, ext.libraries, self.compiler.compiler_so,
-                  self.compiler.linker_so, sys.version, sysconfig.get_config_var("EXT_SUFFIX"),
-                  numpy.__version__)
+        config = (ext.name, DIRECTIVES, ext.extra_compile_args, ext.extra_link_args,
+                  ext.define_macros, ext.libraries,
+                  [os.environ.get(v) for v in ("CC", "CFLAGS", "CPPFLAGS", "LDSHARED", "LDFLAGS")],
+                  [sysconfig.get_config_var(v) for v in ("CC", "CFLAGS", "LDSHARED", "EXT_SUFFIX")],
+                  sys.version,
+                  Cython.__version__, numpy.__version__, scipy.__version__)
         h.update(repr(config).encode())
-        return h.hexdigest()[:24]
+        name = os.path.basename(self.get_ext_fullpath(ext.name))
+        return os.path.join(CACHE_DIR, f"{h.hexdigest()[:24]}-{name}")
 
     def build_extension(self, ext):
         out = self.get_ext_fullpath(ext.name)
-        name = os.path.basename(out)
-        cached = os.path.join(CACHE_DIR, f"{self._inputs_hash(ext)}-{name}")
-        if os.path.exists(cached):
+        cached = self._cached[ext.name]
+        if not self.force and os.path.exists(cached):
             os.makedirs(os.path.dirname(out), exist_ok=True)
             shutil.copy2(cached, out)
             print(f"reusing {cached}")
             return
         super().build_extension(ext)
         os.makedirs(CACHE_DIR, exist_ok=True)
-        for old in glob(os.path.join(CACHE_DIR, f"*-{name}")):  # one entry per module
-            os.remove(old)
-        tmp = cached + f".{os.getpid()}.tmp"
+        for old in glob(os.path.join(CACHE_DIR, "*-" + os.path.basename(out))):
+            os.remove(old)                   # one entry per module
+        tmp = f"{cached}.{os.getpid()}.tmp"
         shutil.copy2(out, tmp)
         os.replace(tmp, cached)
 
 
-modules = cythonize(
-    extensions,
-    compiler_directives=DIRECTIVES,
-    include_path=["src_pyx"],
-    shared_utility_qualified_name=SHARED,
-    nthreads=JOBS,
-)
-# Largest generated C first: the parallel build then ends with the short compiles.
-modules.sort(key=lambda ext: os.path.getsize(ext.sources[0]), reverse=True)
-
 setup(
-    ext_modules=modules,
+    ext_modules=extensions,
     cmdclass={"build_ext": cached_build_ext},
-    options={"build_ext": {"parallel": JOBS}},
 )
