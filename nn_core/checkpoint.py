@@ -62,6 +62,8 @@ True
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import contextlib
 import errno
 import inspect
@@ -78,6 +80,10 @@ import zipfile
 import numpy as np
 
 from .module import Module, ModuleList
+
+if TYPE_CHECKING:  # names used in annotations only
+    from collections.abc import Mapping
+    from typing import Any
 
 try:
     import fcntl
@@ -429,7 +435,7 @@ def _directory_size(fh, size):
 class _Archive:
     """An opened checkpoint whose zip directory and metadata have been checked."""
 
-    def __init__(self, path):
+    def __init__(self, path: str | os.PathLike) -> None:
         self.path = os.fspath(path)
         self.fh = _open_regular(self.path)
         try:
@@ -748,7 +754,8 @@ def _check_rebuilt(path, meta, module):
 
 
 # --------------------------------------------------------------------- API
-def save(module, path, extra=None, *, training_state=None) -> str:
+def save(module: Module, path: str | os.PathLike, extra: Mapping[str, Any] | None = None, *,
+         training_state: Mapping[str, Any] | None = None) -> str:
     """Write ``module`` (configuration, dtype, parameters) to ``path`` atomically.
 
     Parameters
@@ -844,7 +851,7 @@ def read_metadata(path) -> dict:
         return dict(ar.meta)
 
 
-def load(path, with_metadata=False):
+def load(path: str | os.PathLike, with_metadata: bool = False) -> Module | tuple[Module, dict]:
     """Rebuild the module saved at ``path`` and load its parameters.
 
     Parameters
