@@ -10,6 +10,7 @@ re-run alone with the same inputs::
 """
 import os
 import secrets
+import signal
 import zlib
 
 import numpy as np
@@ -24,6 +25,10 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
+    # A shell's background job starts with SIGINT ignored, and Python keeps it ignored;
+    # the tests that interrupt training need the terminal's behaviour.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     seed = config.getoption("--seed")
     if seed is None and os.environ.get(SEED_ENV, "").strip():
         seed = int(os.environ[SEED_ENV])
