@@ -14,8 +14,9 @@ python="${PYTHON:-python3}"
 "$work/build-env/bin/python" -m build --sdist --outdir "$work/dist" "$root"
 sdist=("$work"/dist/nn_core-*.tar.gz)
 echo "sdist: ${sdist[0]}"
+listing="$(tar -tzf "${sdist[0]}")"      # (not piped into grep -q: pipefail + SIGPIPE)
 for member in src_pyx/_attention.pyx src_pyx/_blas.pxd src_pyx/_vmath.h nn_core/py.typed LICENSE; do
-    tar -tzf "${sdist[0]}" | grep -q "/$member\$" || { echo "sdist lacks $member"; exit 1; }
+    grep -q "/$member\$" <<<"$listing" || { echo "sdist lacks $member"; exit 1; }
 done
 
 "$python" -m venv "$work/wheel-env"
