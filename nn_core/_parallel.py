@@ -30,6 +30,7 @@ fresh pool.
 """
 from __future__ import annotations
 
+import contextvars
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -308,7 +309,10 @@ def run_tasks(work, n) -> list:
     if n <= 1 or in_parallel_region():
         return [work(t) for t in range(n)]
     with single_thread_blas:
-        futures = [_pool().submit(work, t) for t in range(1, n)]
+        # each task runs in a copy of the caller's context: NumPy's allocator (e.g.
+        # nn_core.memory.caching_allocator) is a context variable
+        futures = [_pool().submit(contextvars.copy_context().run, work, t)
+                   for t in range(1, n)]
         results, error = [None] * n, None
         try:
             results[0] = work(0)

@@ -8,9 +8,11 @@ training is interrupted (130 for Ctrl-C) after saving a resumable checkpoint.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import math
 import os
+import signal
 import sys
 import time
 
@@ -311,7 +313,7 @@ def cmd_train(argv):
         print(f"nn-core train: {exc}; resume with: {resume_cmd}", file=sys.stderr, flush=True)
         return 128 + exc.signum
     except (FloatingPointError, RunExistsError, NotADirectoryError, FileNotFoundError,
-            CheckpointError) as exc:
+            CheckpointError, ValueError) as exc:          # ValueError: a resume that differs
         raise CommandError(f"nn-core train: {exc}") from None
     if result["status"] == "max_steps":
         print(f"next: {resume_cmd}   (continues to the end of the run)")
@@ -532,6 +534,34 @@ def main(argv=None):
         print(f"nn-core: unknown command {argv[0]!r}; choose train, eval, generate or predict "
               "(see nn-core --help)", file=sys.stderr)
         return 2
+    if argv[0] == "train":
+        from . import distributed
+
+        if distributed.launched():
+            return _train_ranks(argv, distributed.init())
+    return _dispatch(argv)
+
+
+def _train_ranks(argv, world):
+    """``nn-core train`` as one of several MPI ranks: rank 0 prints, and a rank that
+    ends with an error or a signal ends the whole job (the others would wait for it)."""
+    from . import distributed
+
+    with distributed.abort_on_error():
+        with contextlib.ExitStack() as quiet:
+            if world.rank != 0:
+                devnull = quiet.enter_context(open(os.devnull, "w"))
+                quiet.enter_context(contextlib.redirect_stdout(devnull))
+                quiet.enter_context(contextlib.redirect_stderr(devnull))
+            status = _dispatch(argv)
+        # a signal stops every rank at the same step, after rank 0 saved: an orderly
+        # exit; any other failure may be one rank's alone, and ends the job
+        if status and status not in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+            sys.exit(status)
+    return status
+
+
+def _dispatch(argv):
     try:
         return COMMANDS[argv[0]](argv)
     except UsageError as exc:

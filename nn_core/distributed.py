@@ -17,6 +17,11 @@ importing mpi4py; a process started without ``mpiexec``/``srun`` gets a size-1
 stand-in on which every call below is a no-op, so the same script runs unchanged on
 one process.
 
+``mpiexec -n N nn-core train TASK ...`` (or ``srun``) trains the CLI's tasks this way,
+and so does :meth:`nn_core.training.Trainer.fit` after :func:`init`: ``--batch-size``
+per process, global batch ``N * batch_size``, rank 0 alone prints and writes the run
+folder, ``--resume`` with as many processes.
+
 Launchers recognised (the first variable found gives the number of processes):
 
 =========================================  ==========================================
@@ -91,7 +96,7 @@ from . import _parallel
 from .module import Module
 from .optim import Optimizer, _nonneg, clip_grad_norm
 
-__all__ = ["init", "is_initialized", "world", "rank", "size", "local_rank", "local_size",
+__all__ = ["init", "launched", "is_initialized", "world", "rank", "size", "local_rank", "local_size",
            "barrier", "all_reduce", "allreduce_scalar", "all_sum", "broadcast",
            "broadcast_object", "broadcast_parameters", "shard", "shard_slice",
            "DistributedOptimizer", "abort_on_error", "LAUNCHER_ENV"]
@@ -149,6 +154,13 @@ def _launched():
     if force in ("1", "true", "yes", "on"):
         return None, f"{_FORCE_ENV}=1"          # size known only from MPI itself
     return 1, "none"
+
+
+def launched() -> bool:
+    """Whether this process was started as one of several ranks (from the launcher's
+    environment, without importing mpi4py)."""
+    n, _ = _launched()
+    return n is None or n > 1
 
 
 def _import_mpi(why):

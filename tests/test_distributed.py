@@ -371,3 +371,67 @@ def test_bench_runs_every_configuration(capsys):
     configs = {(r[1], r[3]) for r in rows if r[:1] == ["lm"] and r[2:3] == ["x"]}
     assert configs == {("1", "1"), ("1", "2")} | (
         {("2", "1")} if HAVE_MPI4PY and MPIEXEC else set())
+
+
+def _cli(args, n=None, cwd=None, timeout=180):
+    """``nn-core ARGS`` (under ``mpiexec -n n`` if given); returns the CompletedProcess."""
+    cmd = [sys.executable, "-m", "nn_core", *args]
+    if n is not None:
+        cmd = [MPIEXEC, *_launcher_flags(), "-n", str(n), *cmd]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(),
+                          cwd=cwd)
+
+
+_SMALL = ["seq2seq", "--train-size", "192", "--val-size", "32", "--epochs", "2",
+          "--hidden", "16", "--dtype", "float64"]
+
+
+@needs_mpi
+def test_cli_two_processes_train_as_one_on_the_global_batch(tmp_path):
+    """`mpiexec -n 2 nn-core train --batch-size 12` = `nn-core train --batch-size 24`:
+    rank 0 alone prints and writes, the ranks' losses are weighted by their tokens,
+    a run stopped by --max-steps resumes across the ranks, `nn-core eval` loads it."""
+    one = _cli(["train", *_SMALL, "--batch-size", "24", "--out", "one"], cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _cli(["train", *_SMALL, "--batch-size", "12", "--out", "two", "--max-steps", "5"],
+               n=2, cwd=tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("nn-core train seq2seq:") == 1          # rank 0 prints
+    assert "batches of 12 per process x 2 processes = 24" in two.stdout
+    assert sorted(os.listdir(tmp_path / "two")) == ["history.csv", "history.json",
+                                                   "model.npz"]
+    again = _cli(["train", "--resume", "--out", "two"], n=2, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    a = nn_core.load(str(tmp_path / "one" / "model.npz")).parameters()
+    b = nn_core.load(str(tmp_path / "two" / "model.npz")).parameters()
+    assert set(a) == set(b)
+    diff = max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
+    assert diff < 1e-9, diff
+    ev = _cli(["eval", "two"], cwd=tmp_path)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    assert "exact match" in ev.stdout
+
+
+@needs_mpi
+def test_cli_run_resumes_only_with_as_many_processes(tmp_path):
+    part = _cli(["train", *_SMALL, "--batch-size", "12", "--out", "run", "--max-steps", "2"],
+                n=2, cwd=tmp_path)
+    assert part.returncode == 0, part.stderr[-3000:]
+    solo = _cli(["train", "--resume", "--out", "run"], cwd=tmp_path)
+    assert solo.returncode == 1
+    assert "trained by 2 process(es) with a batch of 12 each" in solo.stderr, solo.stderr
+
+
+@needs_mpi
+def test_trainer_fit_on_two_processes_equals_one(tmp_path):
+    proc, _ = mpirun("trainer_fit.py", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    W = _worker("trainer_fit")
+    model, h = W.run(8)                                  # one process, the global batch
+    got = dict(np.load(tmp_path / "rank0.npz"))
+    np.testing.assert_allclose(got.pop("step_loss"), h.step_loss, rtol=1e-12)
+    np.testing.assert_allclose(got.pop("val_loss"), h.history["val_loss"], rtol=1e-12)
+    for k, v in model.parameters().items():
+        np.testing.assert_allclose(got[k], v, rtol=0, atol=1e-12, err_msg=k)
+    assert sorted(os.listdir(tmp_path / "run")) == ["history.csv", "history.json",
+                                                   "model.npz"]

@@ -120,3 +120,24 @@ def test_kv_cache_decoding_memory_does_not_grow(rng):
             m(rng.standard_normal((2, 1, 16)), kv_cache=cache)
     for sub in m.modules():
         assert not sub._cache or isinstance(sub._cache, nn_core.module.NoBackward)
+
+
+@pytest.mark.parametrize("how", ["inference_mode", "eval"])
+def test_attention_pins_no_probabilities_buffer_in_inference(rng, how):
+    """Training reuses one probabilities buffer per module; an inference forward
+    neither keeps one nor leaves a trained module's buffer pinned (the encoder's
+    inference memory was 2.6x torch's with six such buffers)."""
+    mha = MultiHeadAttention(16, 4, rng=0)
+    x = rng.standard_normal((3, 24, 16)).astype(np.float32)
+    y = mha(x)
+    mha.backward(np.ones_like(y))
+    mods = [m for m in mha.modules() if isinstance(m, ScaledDotProductAttention)]
+    assert mods and any(getattr(m, "_ws", None) is not None for m in mods)
+    if how == "eval":
+        mha.eval()
+        again = mha(x)
+    else:
+        with nn_core.inference_mode():
+            again = mha(x)
+    np.testing.assert_allclose(again, y, rtol=1e-6, atol=1e-6)
+    assert all(getattr(m, "_ws", None) is None for m in mods)

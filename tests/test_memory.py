@@ -66,3 +66,32 @@ def test_training_steps_stop_touching_new_pages():
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert float(out.stdout) < 100
+
+
+def _handler():
+    return np._core.multiarray.get_handler_name()
+
+
+def test_worker_threads_allocate_with_the_callers_allocator():
+    from nn_core import _parallel
+    with _parallel.limit_threads(2), memory.caching_allocator():
+        names = _parallel.run_tasks(lambda t: _handler(), 2)
+    assert names == ["nn_core_caching"] * 2
+    with _parallel.limit_threads(2):
+        assert _parallel.run_tasks(lambda t: _handler(), 2) == ["default_allocator"] * 2
+
+
+def test_trainer_fits_inside_the_caching_allocator():
+    from nn_core.layers import Linear
+    from nn_core.training import LambdaCallback, Trainer
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((64, 3)), rng.standard_normal((64, 2))
+    for cache, expected in ((True, "nn_core_caching"), (False, "default_allocator")):
+        seen = []
+        model = Linear(3, 2, dtype=np.float64, rng=0)
+        hook = LambdaCallback(on_batch_end=lambda step, logs: seen.append(_handler()))
+        Trainer(model, "mse", verbose=0, callbacks=[hook], cache_memory=cache).fit(
+            (x, y), epochs=1, batch_size=16, seed=0)
+        assert seen == [expected] * 4
+        assert _handler() == "default_allocator"        # restored after fit

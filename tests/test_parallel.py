@@ -135,3 +135,31 @@ def test_single_thread_blas_pins_and_restores():
 ])
 def test_split(n, parts, expect):
     assert _parallel.split(n, parts) == expect
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_gets_a_pool_of_its_own():
+    """The parent's worker threads do not exist in a forked child; its first split
+    starts a new pool instead of waiting forever on the parent's."""
+    out = _run_py("""
+        import multiprocessing as mp, threading
+        from nn_core import _parallel
+
+        def work(t):
+            return (t, threading.current_thread().name.startswith(_parallel.WORKER_PREFIX))
+
+        def child(q):
+            with _parallel.limit_threads(2):
+                q.put(_parallel.run_tasks(work, 2))
+
+        with _parallel.limit_threads(2):
+            print(_parallel.run_tasks(work, 2))        # the parent's pool is running
+        ctx = mp.get_context("fork")
+        q = ctx.Queue()
+        p = ctx.Process(target=child, args=(q,))
+        p.start()
+        print(q.get(timeout=60))
+        p.join(60)
+        print(p.exitcode)
+    """)
+    assert out.splitlines() == ["[(0, False), (1, True)]"] * 2 + ["0"]

@@ -547,3 +547,26 @@ def test_single_state_cells_take_a_nested_list_as_an_array(kind, rng):
     np.testing.assert_array_equal(got, want)
     with pytest.raises(ValueError, match="must be one"):
         cell.forward_sequence(x, state=(h0,))
+
+
+@pytest.mark.parametrize("make", [lambda: LSTMCell(3, 4, rng=0), lambda: GRUCell(3, 4, rng=0),
+                                  lambda: RNNCell(3, 4, rng=0),
+                                  lambda: StackedLSTM(3, 4, 2, rng=0)],
+                         ids=["lstm", "gru", "rnn", "stacked"])
+@pytest.mark.parametrize("shape", [(5, 0, 3), (0, 2, 3)], ids=["batch0", "steps0"])
+def test_empty_batch_or_sequence_is_a_clear_error(make, shape):
+    """A batch of 0 sequences (or 0 steps) names x and its shape (it used to fail
+    inside NumPy's min over the empty lengths)."""
+    layer = make()
+    call = layer.forward_sequence if hasattr(layer, "forward_sequence") else layer.forward
+    with pytest.raises(ValueError, match=r"x must hold at least one step and one sequence"):
+        call(np.ones(shape, np.float32), lengths=None)
+    if shape[1] == 0:
+        with pytest.raises(ValueError, match="at least one step"):
+            call(np.ones(shape, np.float32), lengths=np.zeros(0, np.int64))
+
+
+@pytest.mark.parametrize("Cell", [LSTMCell, GRUCell, RNNCell])
+def test_single_step_of_an_empty_batch_is_a_clear_error(Cell):
+    with pytest.raises(ValueError, match=r"x_t must hold at least one sequence, got \[B, D\]"):
+        Cell(3, 4, rng=0)(np.ones((0, 3), np.float32))

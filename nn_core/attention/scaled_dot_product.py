@@ -470,9 +470,12 @@ class ScaledDotProductAttention(Module):
         kind, m = as_mask(mask, "mask", dt)
         causal_offset = (L_k - L_q) if is_causal else None
         if _use_fused(self, lead, L_q, L_k, d_k, v.shape[-1]):
+            if not self.keeps_cache():          # inference: nothing pinned between calls
+                self._ws = None
+            probs = (self._probs_workspace if self.keeps_cache() and not return_weights
+                     else self._fresh_probs)
             out, weights, fused = _fused_forward(
-                q, k, v, lead, kind, m, causal_offset, dt.type(scale), return_weights,
-                self._fresh_probs if return_weights else self._probs_workspace)
+                q, k, v, lead, kind, m, causal_offset, dt.type(scale), return_weights, probs)
             self._save_cache(_SDPACache(out.shape, fused=fused))
         else:
             out, weights, generic = self._generic_forward(

@@ -51,7 +51,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 # ------------------------------------------------------------------ workers --
 def _task(name):
     """The ``nn-core train`` task ``name`` with its default configuration."""
-    from .model import cli_task
+    from ._model_parts import cli_task
 
     task, _ = cli_task(name, None)
     return task, type(task).defaults

@@ -305,6 +305,10 @@ class RecurrentCell(Module):
             x = x.transpose(1, 0, 2)
         x = np.ascontiguousarray(x)
         T, B, _ = x.shape
+        if T == 0 or B == 0:
+            raise ValueError(f"x must hold at least one step and one sequence, got "
+                             f"{'[B, T, D]' if bf else '[T, B, D]'} = "
+                             f"{(B, T, x.shape[2]) if bf else x.shape}")
         return x, resolve_lengths(lengths, T, B, bf)
 
     def state_arrays(self, state, batch_size, name="state"):
@@ -549,6 +553,8 @@ class RecurrentCell(Module):
         """One time step (pushes its cache; see the class docstring)."""
         x = self._check_input(x_t, "x_t", 2)
         B = x.shape[0]
+        if B == 0:
+            raise ValueError(f"x_t must hold at least one sequence, got [B, D] = {x.shape}")
         h0, c0 = self.state_arrays(state, B)
         x3 = np.ascontiguousarray(x)[None]
         _, final, cache = self.run_sequence(x3, h0, c0)

@@ -240,7 +240,7 @@ class LanguageModelTask(Task):
         ans = answer_mask(batch)[:, 1:] if self.vocab is None else np.ones(y.shape, bool)
         correct = int(((logits.argmax(-1) == y) & ans).sum())
         return {"loss": float(loss), "correct": correct, "count": int(ans.sum()),
-                "samples": len(x)}
+                "samples": len(x), "weight": int(y.size)}
 
     def _sample_answers(self, model, n, seed):
         """Greedy answers to ``n`` fresh prompts ``"a+b="``; returns (acc, tokens/s, examples)."""

@@ -236,7 +236,7 @@ class Seq2SeqTask(Task):
         keep = tout != PAD
         correct = int(((logits.argmax(-1) == tout) & keep).sum())
         return {"loss": float(loss), "correct": correct, "count": int(keep.sum()),
-                "samples": len(src)}
+                "samples": len(src), "weight": int(keep.sum())}
 
     def evaluate(self, model, batch_size=500):
         """Validation loss, token accuracy (teacher forcing) and greedy exact match."""

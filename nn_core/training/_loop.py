@@ -1,6 +1,7 @@
 """The epoch loop of :meth:`nn_core.training.Trainer.fit` and the state it saves."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -9,6 +10,7 @@ import numpy as np
 
 from .._progress import ProgressBar
 from ..checkpoint import CheckpointError, load_training_state, read_state_dict, save
+from ..memory import caching_allocator, release_cache
 from ..optim import SGD, Adam
 from . import _run
 from ._run import rng_states, set_rng_states, write_history
@@ -101,6 +103,8 @@ class Context:
         if self.out_dir is None:
             return
         self.last_state = training_state
+        if not self.t.is_root:
+            return
         t, run = self.t, self.run
         save(t.model, self.ckpt, extra=t._checkpoint_extra(run, self.settings),
              training_state=training_state)
@@ -108,7 +112,7 @@ class Context:
 
     def plot(self, signals):
         """The loss curve, or ``None`` (no run folder, no matplotlib, or abandoned)."""
-        if self.out_dir is None:
+        if self.out_dir is None or not self.t.is_root:
             return None
         try:
             with signals.abandonable():
@@ -120,6 +124,15 @@ class Context:
             return None
 
     def epoch_batches(self):
+        """The rest of the current epoch's batches (this rank's shard of each global
+        batch when data-parallel)."""
+        batches = self._epoch_batches()
+        if self.t._world is None:
+            return batches
+        from ..distributed import shard
+        return (shard(b) for b in batches)
+
+    def _epoch_batches(self):
         """The iterator over the rest of the current epoch's batches.  Resumed
         mid-epoch, the epoch's order is drawn again from its starting state and the
         batches already trained are skipped (the order generator then is where the
@@ -142,15 +155,19 @@ class Context:
     def loop(self):
         """Run the epochs; the model ends in the mode (train or eval) it started in."""
         was_training = self.t.model.training
+        cache = self.t.cache_memory
         try:
-            return self._loop()
+            with caching_allocator() if cache else contextlib.nullcontext():
+                return self._loop()
         finally:
             self.t.model.train(was_training)
+            if cache:
+                release_cache()                 # the memory of the last steps goes back
 
     def _loop(self):
         t, run, per_epoch = self.t, self.run, self.per_epoch
         model = t.model
-        with StopSignals(t.handle_signals) as signals:
+        with StopSignals(t.handle_signals, deferred=t._world is not None) as signals:
             t._signals = signals
             t0 = time.perf_counter()
             wall = lambda: run.wall + time.perf_counter() - t0  # noqa: E731
@@ -225,6 +242,8 @@ class Context:
                 self.checkpoint(self.state(wall(), before))
                 signum, signals.requested = signals.requested or signal.SIGINT, None
                 self.plot(signals)                      # a second signal skips the plot
+                if t._world is not None:                # every rank stopped at this step:
+                    t._world.comm.Barrier()             # leave once rank 0 has saved
                 where = (f"step {run.step} (epoch {run.epochs_done + 1}, batch "
                          f"{run.batch}/{per_epoch})")
                 raise TrainingInterrupted(

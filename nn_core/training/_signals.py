@@ -41,18 +41,28 @@ class StopSignals:
     the step is abandoned at once; everywhere else (the optimizer update, saving) it
     only waits to be noticed at the next check.  Handlers are installed only on the main
     thread and only for signals that are not ignored; the previous ones come back on exit.
+
+    With ``deferred=True`` (data-parallel training, where every rank must stop at the
+    same step) a signal only sets :attr:`pending` and nothing is abandoned; the trainer
+    sums ``pending`` over the ranks with each step's statistics and sets
+    :attr:`requested` on all of them together.
     """
 
     SIGNALS = tuple(s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SIGTERM", None))
                     if s is not None)
 
-    def __init__(self, enabled=True):
+    def __init__(self, enabled=True, deferred=False):
         self.enabled = enabled
+        self.deferred = deferred
         self.requested = None
+        self.pending = None
         self._abandon = 0
         self._old = {}
 
     def _handler(self, signum, frame):
+        if self.deferred:
+            self.pending = self.pending or signum
+            return
         self.requested = self.requested or signum
         if self._abandon:
             raise KeyboardInterrupt

@@ -16,6 +16,9 @@ folder, so a resumed run continues its patience counters and best values exactly
   after every epoch;
 * :class:`LambdaCallback` -- plain functions as callbacks.
 
+In data-parallel training every rank runs the callbacks (so they decide alike) and
+only rank 0 writes files (``self.trainer.is_root``).
+
 A metric named ``"loss"`` means ``"train_loss"``.  ``mode="auto"`` maximises metrics
 whose name contains ``acc``, ``match``, ``score``, ``skill``, ``r2`` or ``auc`` and
 minimises the others.
@@ -219,7 +222,8 @@ class ModelCheckpoint(_Monitor):
             self.best = value
         metrics = {k: v for k, v in logs.items() if isinstance(v, (int, float))}
         path = self.filepath.format(**metrics)
-        save(self.trainer.model, path, extra={"epoch": epoch, "metrics": metrics})
+        if self.trainer.is_root:                # data parallel: rank 0 writes
+            save(self.trainer.model, path, extra={"epoch": epoch, "metrics": metrics})
         self.saved.append(path)
 
     def state_dict(self):
@@ -315,7 +319,9 @@ class CSVLogger(Callback):
                 self._prefix = fh.read()
 
     def on_epoch_end(self, epoch, logs=None):
-        write_csv(self.filename, self.trainer.history.epochs, self.separator, self._prefix)
+        if self.trainer.is_root:
+            write_csv(self.filename, self.trainer.history.epochs, self.separator,
+                      self._prefix)
 
 
 class JSONLogger(Callback):
@@ -327,6 +333,8 @@ class JSONLogger(Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         h = self.trainer.history
+        if not self.trainer.is_root:
+            return
         with atomic_write(self.filename, "w") as fh:
             json.dump({"epochs": h.epochs, "step_loss": h.step_loss}, fh, indent=1)
 

@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 
+from .. import distributed as _dist
 from ..checkpoint import CheckpointError, read_metadata
 from ..optim import AdamW, WarmupCosine
 from ._run import CHECKPOINT, order_generator
@@ -101,6 +102,9 @@ class Task:
         """Forward + loss + backward (gradients accumulate into ``model``).
 
         Returns ``{"loss": float, "correct": int, "count": int, "samples": int}``
+        and optionally ``"weight"``: how many terms the loss averaged over (tokens),
+        which weights the ranks' gradients in data-parallel training (default:
+        ``samples``)
         (``correct/count`` is the accuracy shown by the progress bar; ``count`` may
         be 0 for regression).
         """
@@ -270,7 +274,8 @@ def train(task, *, epochs, batch_size, lr, dtype=np.float32, seed=0, out_dir="ru
     rng = np.random.default_rng(seed)
     model = task.build_model(np.dtype(settings["dtype"]).type, rng)
     order_rng = order_generator(rng)
-    per_epoch = task.num_batches(batch_size)
+    procs = _dist.size() if _dist.is_initialized() else 1
+    per_epoch = task.num_batches(batch_size * procs)      # global batches (data parallel)
     total = epochs * per_epoch
     opt = AdamW(model, lr=lr, weight_decay=weight_decay)
     sched = WarmupCosine(opt, warmup_steps=max(1, int(warmup_frac * total)),
@@ -330,7 +335,10 @@ class _TaskTrainer(Trainer):
         s, model = self.task_settings, self.model
         self.log(f"nn-core train {self.task.name}: {type(model).__name__} with "
                  f"{model.num_parameters():,} parameters ({s['dtype']}), {epochs} epochs "
-                 f"x {per_epoch} batches of {batch_size}, AdamW lr {s['lr']:g}"
+                 f"x {per_epoch} batches of {batch_size}"
+                 + (f" per process x {self._world.size} processes = {batch_size * self._world.size}"
+                    if self._world is not None else "")
+                 + f", AdamW lr {s['lr']:g}"
                  + (f", stopping after step {max_steps}" if max_steps is not None
                     and max_steps < epochs * per_epoch else "")
                  + (f"; resuming at step {run.step} (epoch {run.epochs_done + 1}, batch "

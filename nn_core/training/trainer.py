@@ -13,11 +13,13 @@ import os
 
 import numpy as np
 
+from .. import distributed as _dist
 from ..checkpoint import CheckpointError, read_metadata
 from ..losses import CrossEntropyLoss, MSELoss
 from ..module import Module, inference_mode
 from ..optim import AdamW, WarmupCosine, clip_grad_norm
 from ._loop import Context, Run, restore
+from . import _ranks
 from ._run import CHECKPOINT, prepare_run_dir
 from ._signals import StopSignals
 from .callbacks import Callback
@@ -136,9 +138,10 @@ class Trainer:
     callbacks : sequence of Callback
         See :mod:`nn_core.training.callbacks`.
     step_fn : callable, optional
-        ``step_fn(model, batch) -> {"loss", "samples", ["correct", "count"]}``: forward,
-        loss and backward of one batch (gradients accumulate in ``model``), for
-        batches the default step does not understand.
+        ``step_fn(model, batch) -> {"loss", "samples", ["correct", "count", "weight"]}``:
+        forward, loss and backward of one batch (gradients accumulate in ``model``), for
+        batches the default step does not understand.  ``weight`` is the number of
+        terms the loss averaged over (default ``samples``; see Data parallel).
     eval_fn : callable, optional
         ``eval_fn(model) -> dict`` of validation metrics (``model`` in eval mode),
         instead of evaluating ``val_data``.
@@ -150,6 +153,27 @@ class Trainer:
         Ctrl-C/SIGTERM stop training in order (main thread only): the optimizer
         update in progress completes, a forward/backward or evaluation is abandoned, a
         run folder gets a checkpoint, and :class:`TrainingInterrupted` is raised.
+
+    cache_memory : bool
+        Run :meth:`fit` inside :func:`nn_core.memory.caching_allocator` (default), so
+        that a step reuses the previous step's memory instead of faulting in fresh
+        pages; the cache is released when :meth:`fit` returns.
+
+    Data parallel
+    -------------
+    After :func:`nn_core.distributed.init` in a job of several processes
+    (``mpiexec -n N python script.py``), :meth:`fit` trains data-parallel: every rank
+    builds the same model and draws the same global batches of ``N * batch_size``
+    rows, trains on its shard (:func:`~nn_core.distributed.shard`), and the gradients
+    are summed in one all-reduce per step, weighted by each rank's number of loss
+    terms, so the update is the one a single process would make on the global batch.
+    Rank 0's parameters are copied to the others first; the other ranks' generators
+    (dropout) get streams of their own.  Every rank evaluates (the same numbers), runs
+    the callbacks and stops at the same step; only rank 0 prints, writes the run
+    folder and checkpoints.  A signal on any rank stops all of them after the step in
+    progress.  A run resumes with as many processes as it was trained by; its other
+    ranks' dropout streams are derived again, so only a run without dropout resumes bit
+    for bit.
 
     Attributes
     ----------
@@ -180,7 +204,7 @@ class Trainer:
 
     def __init__(self, model, loss=None, optimizer=None, *, schedule=None, clip=None,
                  metrics=(), callbacks=(), step_fn=None, eval_fn=None, verbose=1,
-                 progress_file=None, log=None, handle_signals=True):
+                 progress_file=None, log=None, handle_signals=True, cache_memory=True):
         if not isinstance(model, Module):
             raise TypeError(f"model must be an nn_core Module, got {type(model).__name__}")
         self.model = model
@@ -217,12 +241,15 @@ class Trainer:
         self.progress_file = progress_file
         self.log = log or (lambda msg: print(msg, flush=True))
         self.handle_signals = bool(handle_signals)
+        self.cache_memory = bool(cache_memory)
         self.history = History()
         self.stop_training = False
         self.lr_scale = 1.0
         self._sched = None
         self._peak_lr = self._scheduled_lr = self.optimizer.lr
         self._signals = StopSignals(enabled=False)
+        self._world = None          # the MPI world of a data-parallel fit (size > 1)
+        self._dopt = None
 
     # ------------------------------------------------------------ metrics
     @staticmethod
@@ -257,6 +284,8 @@ class Trainer:
         value = self.loss(out, target)
         model.backward(self.loss.backward()[0])
         stats = {"loss": float(value), "samples": len(inputs[0])}
+        if getattr(self.loss, "ignore_index", None) is not None:
+            stats["weight"] = int(self._valid(target).sum())   # the terms the mean is over
         if self._counts_accuracy:
             stats["correct"], stats["count"] = self._correct(out, target)
         return stats
@@ -283,16 +312,33 @@ class Trainer:
             self.optimizer.zero_grad()
             stats = self.step_fn(self.model, batch)
             loss = float(stats["loss"])
+        if self._world is not None:
+            stats = self._reduce_step(stats)
+            loss = stats["loss"]
         if not math.isfinite(loss):
             raise FloatingPointError(f"training diverged: loss {loss} at step "
                                      f"{self.history.steps + 1}; try a smaller --lr "
                                      "(learning rate)")
         # the update: a signal waits until it is complete
+        if self._world is not None:
+            self._dopt.allreduce_gradients(stats.pop("_weight"), stats.pop("_total_weight"))
         if self.clip is not None:
             clip_grad_norm(self.model, self.clip)
         self.optimizer.step()
         self._advance_schedule()
         return stats
+
+    # ------------------------------------------------------------ data parallel
+    @property
+    def is_root(self) -> bool:
+        """Whether this process writes the run (rank 0, or not data-parallel)."""
+        return self._world is None or self._world.rank == 0
+
+    def _reduce_step(self, stats):
+        return _ranks.reduce_step(self, stats)
+
+    def _on_root(self, fn, *args, **kwargs):
+        return _ranks.on_root(self, fn, *args, **kwargs)
 
     # ------------------------------------------------------------ learning rate
     def _start_schedule(self, total, step):
@@ -399,7 +445,8 @@ class Trainer:
         return fit_settings
 
     def _checkpoint_extra(self, run, settings):
-        return {"metrics": run.metrics,
+        return {"processes": 1 if self._world is None else self._world.size,
+                "metrics": run.metrics,
                 "train": {**settings, "epochs_done": run.epochs_done, "step": run.step},
                 "history": run.history.epochs}
 
@@ -490,7 +537,12 @@ class Trainer:
         if resume and out_dir is None:
             raise ValueError("resume needs the out_dir of the run")
         source = as_source(train_data, shuffle, drop_last)
-        per_epoch = source.num_batches(batch_size)
+        w = _dist.world() if _dist.is_initialized() else None
+        self._world = w if w is not None and w.size > 1 else None
+        self._dopt = None
+        procs = 1 if self._world is None else self._world.size
+        # data parallel: every rank draws the same global batch and trains on its shard
+        per_epoch = source.num_batches(batch_size * procs)
         if steps is not None:
             total = _integer(steps, "steps", 1)
             epochs = math.ceil(total / per_epoch)
@@ -511,7 +563,8 @@ class Trainer:
         resume_from = None
         if out_dir is not None:
             out_dir = os.fspath(out_dir)
-            resume_from = prepare_run_dir(out_dir, resume=resume, overwrite=overwrite)
+            resume_from = self._on_root(prepare_run_dir, out_dir, resume=resume,
+                                        overwrite=overwrite)
         order_rng = seed if isinstance(seed, np.random.Generator) \
             else np.random.default_rng(seed)
         self.history = History()
@@ -524,11 +577,24 @@ class Trainer:
             cb.set_trainer(self)
         if resume_from:
             self._check_resume(resume_from, settings)
+            saved = read_metadata(resume_from).get("extra", {}).get("processes", 1)
+            if saved != procs:
+                raise ValueError(f"the run in {out_dir!r} was trained by {saved} process(es) "
+                                 f"with a batch of {batch_size} each; resume it with as many "
+                                 f"(now {procs}), so that the global batch stays the same")
             restore(self, resume_from, settings, per_epoch, order_rng, run)
-        self._announce(run, per_epoch, epochs, batch_size, max_steps, bool(resume_from))
-        ctx = Context(self, source, val_data, settings, per_epoch, epochs, total, batch_size,
-                       order_rng, run, out_dir, max_steps)
-        return ctx.loop()
+        if self._world is not None:
+            _ranks.start(self)
+        log, verbose = self.log, self.verbose
+        if not self.is_root:                       # rank 0 alone prints
+            self.log, self.verbose = (lambda msg: None), 0
+        try:
+            self._announce(run, per_epoch, epochs, batch_size, max_steps, bool(resume_from))
+            ctx = Context(self, source, val_data, settings, per_epoch, epochs, total,
+                          batch_size * procs, order_rng, run, out_dir, max_steps)
+            return ctx.loop()
+        finally:
+            self.log, self.verbose = log, verbose
 
 
 def fit(model, loss, optimizer, train_data, val_data=None, **kwargs) -> History:
@@ -548,6 +614,6 @@ def fit(model, loss, optimizer, train_data, val_data=None, **kwargs) -> History:
     (3.0, 1.0)
     """
     trainer_keys = {"schedule", "clip", "metrics", "callbacks", "step_fn", "eval_fn",
-                    "verbose", "progress_file", "log", "handle_signals"}
+                    "verbose", "progress_file", "log", "handle_signals", "cache_memory"}
     t_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in trainer_keys}
     return Trainer(model, loss, optimizer, **t_kw).fit(train_data, val_data, **kwargs)
