@@ -1,12 +1,14 @@
 """Shared fixtures.
 
-``rng`` is seeded.  The session seed is drawn at random unless given, printed in the
-header of every run and in the report of every failing test that used ``rng``; each test's
-generator is seeded from the session seed and the test's id, so one failing test can be
-re-run alone with the same inputs::
+``rng`` is seeded.  The session seed is 0 unless given (so that every run, and CI, sees
+the same inputs); ``--seed random`` draws a new one to explore other inputs.  The seed is
+printed in the header of every run and in the report of every failing test that used
+``rng``; each test's generator is seeded from the session seed and the test's id, so one
+failing test can be re-run alone with the same inputs::
 
     python -m pytest --seed 12345 tests/test_sdpa.py::test_name
     NN_CORE_TEST_SEED=12345 python -m pytest ...
+    python -m pytest --seed random
 """
 import os
 import secrets
@@ -20,8 +22,9 @@ SEED_ENV = "NN_CORE_TEST_SEED"
 
 
 def pytest_addoption(parser):
-    parser.addoption("--seed", type=int, default=None,
-                     help=f"seed of the rng fixture (default: ${SEED_ENV}, else random)")
+    parser.addoption("--seed", default=None,
+                     help=f"seed of the rng fixture: an integer or 'random' "
+                          f"(default: ${SEED_ENV}, else 0)")
 
 
 def pytest_configure(config):
@@ -30,10 +33,9 @@ def pytest_configure(config):
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     seed = config.getoption("--seed")
-    if seed is None and os.environ.get(SEED_ENV, "").strip():
-        seed = int(os.environ[SEED_ENV])
     if seed is None:
-        seed = secrets.randbits(32)
+        seed = os.environ.get(SEED_ENV, "").strip() or "0"
+    seed = secrets.randbits(32) if seed == "random" else int(seed)
     config._nn_core_seed = seed
 
 
