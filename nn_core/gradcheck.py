@@ -23,11 +23,17 @@ must be deterministic.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .module import inference_mode
+
+if TYPE_CHECKING:  # names used in annotations only
+    from nn_core._typing import ArrayLike, RNGLike
+    from nn_core.module import Module
 
 __all__ = ["gradcheck", "GradcheckReport", "GradcheckEntry"]
 
@@ -126,8 +132,9 @@ def _compare(name, analytic, numeric, rtol, atol):
                           ok, numeric.size)
 
 
-def gradcheck(module, inputs, grad_output=None, eps=1e-6, rtol=1e-5, atol=1e-7,
-              raise_on_fail=False, rng=None) -> GradcheckReport:
+def gradcheck(module: Module, inputs: tuple[ArrayLike, ...], grad_output: ArrayLike | None = None,
+              eps: float = 1e-6, rtol: float = 1e-5, atol: float = 1e-7,
+              raise_on_fail: bool = False, rng: RNGLike = None) -> GradcheckReport:
     """Compare ``module.backward`` with central finite differences in float64.
 
     Parameters

@@ -25,6 +25,8 @@ Examples
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +42,9 @@ from ._validation import (
 from . import _parallel
 from ._kernels import _layers as _kl
 from .module import Module, ModuleList
+
+if TYPE_CHECKING:  # names used in annotations only
+    from nn_core._typing import ArrayLike, DTypeLike, RNGLike
 
 __all__ = ["Linear", "Embedding", "LayerNorm", "Dropout", "ReLU", "Tanh", "GELU", "Sequential"]
 
@@ -110,7 +115,8 @@ class Linear(Module):
     (4, 2)
     """
 
-    def __init__(self, in_features, out_features, bias=True, *, dtype=np.float32, rng=None):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 dtype: DTypeLike = np.float32, rng: RNGLike = None) -> None:
         super().__init__(dtype=dtype, rng=rng)
         self.in_features = check_positive_int(in_features, "in_features")
         self.out_features = check_positive_int(out_features, "out_features")
@@ -120,7 +126,7 @@ class Linear(Module):
         if self.use_bias:
             self.add_param("b", self.rng.uniform(-bound, bound, self.out_features))
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> np.ndarray:
         """Apply the layer.
 
         Parameters
@@ -141,7 +147,7 @@ class Linear(Module):
         self._save_cache(_SavedInput(x2, out_shape))
         return y.reshape(out_shape)
 
-    def backward(self, grad_output):
+    def backward(self, grad_output: ArrayLike) -> np.ndarray:
         """Return ``grad_x [..., D]``; accumulate ``dW`` and ``db``."""
         cache = self._peek_cache()
         g = check_grad_output(grad_output, cache.out_shape, self.dtype)
@@ -188,8 +194,8 @@ class Embedding(Module):
     (1, 3, 4)
     """
 
-    def __init__(self, num_embeddings, embedding_dim, padding_idx=None, *, dtype=np.float32,
-                 rng=None):
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None, *,
+                 dtype: DTypeLike = np.float32, rng: RNGLike = None) -> None:
         super().__init__(dtype=dtype, rng=rng)
         self.num_embeddings = check_positive_int(num_embeddings, "num_embeddings")
         self.embedding_dim = check_positive_int(embedding_dim, "embedding_dim")
@@ -207,13 +213,13 @@ class Embedding(Module):
             W[padding_idx] = 0.0
         self.add_param("W", W)
 
-    def forward(self, ids):
+    def forward(self, ids: ArrayLike) -> np.ndarray:
         """Look up ``ids`` (integer array ``[...]``); returns ``[..., E]``."""
         ids = as_index_array(ids, "ids", self.num_embeddings)
         self._save_cache(_SavedInput(ids, ids.shape + (self.embedding_dim,)))
         return self.params["W"][ids]
 
-    def backward(self, grad_output):
+    def backward(self, grad_output: ArrayLike) -> None:
         """Accumulate the sparse gradient of ``W``; returns ``None`` (ids have no gradient)."""
         cache = self._peek_cache()
         g = check_grad_output(grad_output, cache.out_shape, self.dtype)
@@ -262,8 +268,9 @@ class LayerNorm(Module):
     True
     """
 
-    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, *,
-                 dtype=np.float32, rng=None):
+    def __init__(self, normalized_shape: int | tuple[int, ...], eps: float = 1e-5,
+                 elementwise_affine: bool = True, *, dtype: DTypeLike = np.float32,
+                 rng: RNGLike = None) -> None:
         super().__init__(dtype=dtype, rng=rng)
         self.normalized_shape = check_positive_int(normalized_shape, "normalized_shape")
         eps = float(eps)
@@ -275,7 +282,7 @@ class LayerNorm(Module):
             self.add_param("gamma", np.ones(self.normalized_shape))
             self.add_param("beta", np.zeros(self.normalized_shape))
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> np.ndarray:
         """Normalise ``x [..., D]``; returns ``[..., D]``."""
         x = as_float_array(x, "x", self.dtype, min_ndim=1)
         _check_last_dim(x, "x", self.normalized_shape, "normalized_shape")
@@ -293,7 +300,7 @@ class LayerNorm(Module):
         self._save_cache(_SavedInput((x2, mean, rstd), x.shape))
         return y.reshape(x.shape)
 
-    def backward(self, grad_output):
+    def backward(self, grad_output: ArrayLike) -> np.ndarray:
         """Return ``grad_x [..., D]``; accumulate ``dgamma``, ``dbeta``."""
         cache = self._peek_cache()
         g = check_grad_output(grad_output, cache.out_shape, self.dtype)
@@ -347,11 +354,12 @@ class Dropout(Module):
     [1.0, 1.0, 1.0]
     """
 
-    def __init__(self, p=0.5, *, dtype=np.float32, rng=None):
+    def __init__(self, p: float = 0.5, *, dtype: DTypeLike = np.float32,
+                 rng: RNGLike = None) -> None:
         super().__init__(dtype=dtype, rng=rng)
         self.p = check_probability(p, "p")
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> np.ndarray:
         """Apply dropout to ``x [...]``; returns the same shape."""
         x = as_float_array(x, "x", self.dtype)
         if self.training and self.p > 0:
@@ -362,7 +370,7 @@ class Dropout(Module):
         self._save_cache(_SavedInput(None, x.shape))
         return x.copy()
 
-    def backward(self, grad_output):
+    def backward(self, grad_output: ArrayLike) -> np.ndarray:
         """Return ``grad_x`` (the same mask, regenerated, applied to ``grad_output``)."""
         cache = self._peek_cache()
         g = check_grad_output(grad_output, cache.out_shape, self.dtype)
@@ -391,14 +399,14 @@ class _Activation(Module):
     """Element-wise activation: subclasses define ``_fwd(x) -> (y, saved)`` and
     ``_bwd(saved, grad_y) -> grad_x``."""
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> np.ndarray:
         """Apply the activation to ``x [...]``; returns the same shape."""
         x = as_float_array(x, "x", self.dtype)
         y, saved = self._fwd(x)
         self._save_cache(_SavedInput(saved, x.shape))
         return y
 
-    def backward(self, grad_output):
+    def backward(self, grad_output: ArrayLike) -> np.ndarray:
         """Return ``grad_x`` of the same shape."""
         cache = self._peek_cache()
         g = check_grad_output(grad_output, cache.out_shape, self.dtype)
@@ -409,7 +417,7 @@ class _Activation(Module):
 class ReLU(_Activation):
     """``y = max(x, 0)``; backward ``dx = dy * [x > 0]``."""
 
-    def __init__(self, *, dtype=np.float32, rng=None):
+    def __init__(self, *, dtype: DTypeLike = np.float32, rng: RNGLike = None) -> None:
         super().__init__(dtype=dtype, rng=rng)
 
     def _fwd(self, x):
@@ -423,7 +431,7 @@ class ReLU(_Activation):
 class Tanh(_Activation):
     """``y = tanh(x)``; backward ``dx = dy * (1 - y^2)``."""
 
-    def __init__(self, *, dtype=np.float32, rng=None):
+    def __init__(self, *, dtype: DTypeLike = np.float32, rng: RNGLike = None) -> None:
         super().__init__(dtype=dtype, rng=rng)
 
     def _fwd(self, x):
@@ -454,7 +462,8 @@ class GELU(_Activation):
     ``x (1 + erf(x / sqrt2)) / 2`` cancels to 0).
     """
 
-    def __init__(self, approximate="none", *, dtype=np.float32, rng=None):
+    def __init__(self, approximate: str = "none", *, dtype: DTypeLike = np.float32,
+                 rng: RNGLike = None) -> None:
         super().__init__(dtype=dtype, rng=rng)
         if approximate not in ("none", "tanh"):
             raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
@@ -502,21 +511,21 @@ class Sequential(ModuleList):
     (5, 1)
     """
 
-    def __init__(self, *modules, dtype=None, rng=None):
+    def __init__(self, *modules: Module, dtype: DTypeLike = None, rng: RNGLike = None) -> None:
         if dtype is None:
             dtype = modules[0].dtype if modules and isinstance(modules[0], Module) else np.float32
         super().__init__(modules, dtype=dtype, rng=rng)
         for i, m in enumerate(self._items):
             require_same_dtype(m.dtype, self.dtype, f"modules[{i}]")
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> np.ndarray:
         """Run ``x`` through every module in order."""
         self._save_cache(True)
         for m in self._items:
             x = m(x)
         return x
 
-    def backward(self, grad_output):
+    def backward(self, grad_output: ArrayLike) -> np.ndarray:
         """Backpropagate through the modules in reverse order; returns ``grad_x``."""
         self._pop_cache()
         g = grad_output

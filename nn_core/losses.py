@@ -19,6 +19,8 @@ Examples
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +28,9 @@ import numpy as np
 from ._kernels import _layers as _kl
 from ._validation import as_float_array
 from .module import Module
+
+if TYPE_CHECKING:  # names used in annotations only
+    from nn_core._typing import ArrayLike, DTypeLike, RNGLike
 
 __all__ = ["CrossEntropyLoss", "MSELoss", "cross_entropy", "mse_loss"]
 
@@ -88,12 +93,13 @@ class CrossEntropyLoss(Module):
     (PyTorch returns NaN).  ``backward`` returns ``(grad_logits, None)``.
     """
 
-    def __init__(self, ignore_index=-100, reduction="mean", *, dtype=np.float32, rng=None):
+    def __init__(self, ignore_index: int = -100, reduction: str = "mean", *,
+                 dtype: DTypeLike = np.float32, rng: RNGLike = None) -> None:
         super().__init__(dtype=dtype, rng=rng)
         self.ignore_index = int(ignore_index)
         self.reduction = _check_reduction(reduction)
 
-    def forward(self, logits, targets):
+    def forward(self, logits: ArrayLike, targets: ArrayLike) -> np.ndarray:
         """Loss of ``logits [..., C]`` against integer ``targets [...]``."""
         z = as_float_array(logits, "logits", self.dtype, min_ndim=1)
         t = np.asarray(targets)
@@ -125,7 +131,7 @@ class CrossEntropyLoss(Module):
             return np.asarray(total, dtype=self.dtype)
         return np.asarray(total / self.dtype.type(max(count, 1)), dtype=self.dtype)
 
-    def backward(self, grad_output=None):
+    def backward(self, grad_output: ArrayLike | None = None) -> tuple[np.ndarray, None]:
         """Return ``(grad_logits [..., C], None)``; ``grad_output`` defaults to 1."""
         c = self._peek_cache()
         g = _grad_scale(grad_output, self.reduction, c.keep.shape, self.dtype)
@@ -155,11 +161,12 @@ class MSELoss(Module):
     ``(grad_prediction, grad_target)``.
     """
 
-    def __init__(self, reduction="mean", *, dtype=np.float32, rng=None):
+    def __init__(self, reduction: str = "mean", *, dtype: DTypeLike = np.float32,
+                 rng: RNGLike = None) -> None:
         super().__init__(dtype=dtype, rng=rng)
         self.reduction = _check_reduction(reduction)
 
-    def forward(self, prediction, target):
+    def forward(self, prediction: ArrayLike, target: ArrayLike) -> np.ndarray:
         """Loss of ``prediction [...]`` against ``target`` of the same shape."""
         y = as_float_array(prediction, "prediction", self.dtype)
         t = as_float_array(target, "target", self.dtype)
@@ -177,7 +184,7 @@ class MSELoss(Module):
             return np.asarray(total, dtype=self.dtype)
         return np.asarray(total / self.dtype.type(max(d.size, 1)), dtype=self.dtype)
 
-    def backward(self, grad_output=None):
+    def backward(self, grad_output: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(grad_prediction, grad_target)``; ``grad_output`` defaults to 1."""
         d = self._peek_cache()
         g = _grad_scale(grad_output, self.reduction, d.shape, self.dtype)

@@ -37,12 +37,18 @@ Example
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import functools
 import threading
 
 import numpy as np
 
 from ._validation import check_keys, make_rng, require_forward, resolve_dtype
+
+if TYPE_CHECKING:  # names used in annotations only
+    from collections.abc import Iterable
+    from nn_core._typing import DTypeLike, RNGLike
 
 __all__ = ["Module", "ModuleList", "NoBackward", "inference_mode", "is_inference_mode"]
 
@@ -74,7 +80,7 @@ class inference_mode:
     ...     return lin(x)
     """
 
-    def __init__(self, mode: bool = True):
+    def __init__(self, mode: bool = True) -> None:
         if callable(mode):                       # used bare: @inference_mode
             fn, self.mode = mode, True
             self.__wrapped__ = fn
@@ -111,7 +117,7 @@ class NoBackward:
 
     __slots__ = ("reason",)
 
-    def __init__(self, reason: str):
+    def __init__(self, reason: str) -> None:
         self.reason = reason
 
 
@@ -198,7 +204,7 @@ class Module:
                 if default is not None:
                     self.__dict__.setdefault(name, default())
 
-    def __init__(self, *, dtype=np.float32, rng=None):
+    def __init__(self, *, dtype: DTypeLike = np.float32, rng: RNGLike = None) -> None:
         object.__setattr__(self, "_children", {})
         self.dtype = resolve_dtype(dtype)
         self.rng = make_rng(rng)
@@ -452,7 +458,8 @@ class ModuleList(Module):
     the list is assigned to ``self.layers``).
     """
 
-    def __init__(self, modules=(), *, dtype=np.float32, rng=None):
+    def __init__(self, modules: Iterable[Module] = (), *, dtype: DTypeLike = np.float32,
+                 rng: RNGLike = None) -> None:
         super().__init__(dtype=dtype, rng=rng)
         self._items = []
         for m in modules:

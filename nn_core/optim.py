@@ -25,6 +25,8 @@ True
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import math
 import numbers
 
@@ -32,6 +34,9 @@ import numpy as np
 
 from ._kernels import _layers as _kl
 from .module import Module
+
+if TYPE_CHECKING:  # names used in annotations only
+    from collections.abc import Mapping
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "clip_grad_norm", "warmup_cosine",
            "WarmupCosine"]
@@ -87,7 +92,7 @@ class Optimizer:
         Learning rate; may be changed between steps (see :class:`WarmupCosine`).
     """
 
-    def __init__(self, target, lr):
+    def __init__(self, target: Module | Mapping[str, np.ndarray], lr: float) -> None:
         self.params, self.grads = _params_and_grads(target)
         self.lr = _nonneg(lr, "lr")
         self.state: dict[str, dict] = {k: {} for k in self.params}
@@ -175,8 +180,9 @@ class SGD(Optimizer):
         p = p - lr g
     """
 
-    def __init__(self, target, lr=1e-2, momentum=0.0, dampening=0.0, weight_decay=0.0,
-                 nesterov=False):
+    def __init__(self, target: Module | Mapping[str, np.ndarray], lr: float = 1e-2,
+                 momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0,
+                 nesterov: bool = False) -> None:
         super().__init__(target, lr)
         self.momentum = _nonneg(momentum, "momentum")
         self.dampening = _nonneg(dampening, "dampening")
@@ -239,7 +245,9 @@ class Adam(Optimizer):
 
     decoupled = False
 
-    def __init__(self, target, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    def __init__(self, target: Module | Mapping[str, np.ndarray], lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0) -> None:
         super().__init__(target, lr)
         if len(betas) != 2:
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
@@ -289,11 +297,14 @@ class AdamW(Adam):
 
     decoupled = True
 
-    def __init__(self, target, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+    def __init__(self, target: Module | Mapping[str, np.ndarray], lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.01) -> None:
         super().__init__(target, lr, betas, eps, weight_decay)
 
 
-def clip_grad_norm(target, max_norm, eps=1e-6) -> float:
+def clip_grad_norm(target: Module | Mapping[str, np.ndarray], max_norm: float,
+                   eps: float = 1e-6) -> float:
     r"""Scale gradients in place so that their global L2 norm is at most ``max_norm``.
 
     Parameters
@@ -365,7 +376,8 @@ class WarmupCosine:
     The constructor sets the rate for step 0; ``step()`` advances to the next one.
     """
 
-    def __init__(self, optimizer, warmup_steps, total_steps, min_lr=0.0, base_lr=None):
+    def __init__(self, optimizer: Optimizer, warmup_steps: int, total_steps: int,
+                 min_lr: float = 0.0, base_lr: float | None = None) -> None:
         if int(warmup_steps) < 0 or int(total_steps) < 1:
             raise ValueError("warmup_steps must be >= 0 and total_steps >= 1, got "
                              f"{warmup_steps} and {total_steps}")

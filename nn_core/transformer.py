@@ -11,6 +11,8 @@ Shape legend: ``B`` batch, ``L`` positions, ``S`` memory positions, ``d`` = ``d_
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +22,10 @@ from ._validation import (as_float_array, check_choice, check_grad_output, check
 from .attention import CrossAttention, GroupedQueryAttention, MultiHeadAttention
 from .layers import GELU, Dropout, LayerNorm, Linear, ReLU
 from .module import Module
+
+if TYPE_CHECKING:  # names used in annotations only
+    from nn_core._typing import ArrayLike, DTypeLike, RNGLike
+    from nn_core.attention.kv_cache import KVCache
 
 __all__ = ["TransformerEncoderLayer", "TransformerDecoderLayer", "ACTIVATIONS"]
 
@@ -153,14 +159,16 @@ class TransformerEncoderLayer(_Block):
     ((2, 5, 16), (2, 5, 16))
 """
 
-    def __init__(self, d_model, num_heads, dim_feedforward=2048, dropout=0.1, activation="relu",
-                 layer_norm_eps=1e-5, norm_first=False, bias=True, num_kv_groups=None, *,
-                 dtype=np.float32, rng=None):
+    def __init__(self, d_model: int, num_heads: int, dim_feedforward: int = 2048,
+                 dropout: float = 0.1, activation: str = "relu", layer_norm_eps: float = 1e-5,
+                 norm_first: bool = False, bias: bool = True, num_kv_groups: int | None = None, *,
+                 dtype: DTypeLike = np.float32, rng: RNGLike = None) -> None:
         super().__init__(dtype=dtype, rng=rng)
         self._setup(d_model, num_heads, dim_feedforward, dropout, activation, layer_norm_eps,
                     norm_first, bias, 2, num_kv_groups)
 
-    def forward(self, x, mask=None, is_causal=False):
+    def forward(self, x: ArrayLike, mask: ArrayLike | None = None,
+                is_causal: bool = False) -> np.ndarray:
         """``x [B, L, d] -> [B, L, d]``.
 
         ``mask``: bool (``True`` = may attend) or additive float, broadcastable to
@@ -175,7 +183,7 @@ class TransformerEncoderLayer(_Block):
         self._save_cache(_BlockCache(y.shape, False))
         return y
 
-    def backward(self, grad_output):
+    def backward(self, grad_output: ArrayLike) -> np.ndarray:
         """``grad_x [B, L, d]``; parameter gradients accumulate."""
         cache = self._peek_cache()
         g = check_grad_output(grad_output, cache.out_shape, self.dtype)
@@ -222,9 +230,11 @@ class TransformerDecoderLayer(_Block):
     True
 """
 
-    def __init__(self, d_model, num_heads, dim_feedforward=2048, dropout=0.1, activation="relu",
-                 layer_norm_eps=1e-5, norm_first=False, bias=True, num_kv_groups=None,
-                 cross_attention=True, memory_dim=None, *, dtype=np.float32, rng=None):
+    def __init__(self, d_model: int, num_heads: int, dim_feedforward: int = 2048,
+                 dropout: float = 0.1, activation: str = "relu", layer_norm_eps: float = 1e-5,
+                 norm_first: bool = False, bias: bool = True, num_kv_groups: int | None = None,
+                 cross_attention: bool = True, memory_dim: int | None = None, *,
+                 dtype: DTypeLike = np.float32, rng: RNGLike = None) -> None:
         super().__init__(dtype=dtype, rng=rng)
         self.cross_attention = bool(cross_attention)
         self._setup(d_model, num_heads, dim_feedforward, dropout, activation, layer_norm_eps,
@@ -235,8 +245,9 @@ class TransformerDecoderLayer(_Block):
                                              dtype=self.dtype, rng=self.rng)
         self._ff_norm = "norm3" if self.cross_attention else "norm2"
 
-    def forward(self, x, memory=None, mask=None, memory_mask=None, is_causal=True,
-                kv_cache=None):
+    def forward(self, x: ArrayLike, memory: ArrayLike | None = None, mask: ArrayLike | None = None,
+                memory_mask: ArrayLike | None = None, is_causal: bool = True,
+                kv_cache: KVCache | None = None) -> np.ndarray:
         """``x [B, L, d]`` (and ``memory [B, S, memory_dim]``) ``-> [B, L, d]``."""
         x = self._input(x)
         if self.cross_attention and memory is None:
@@ -259,7 +270,7 @@ class TransformerDecoderLayer(_Block):
             self._save_no_backward("the forward used a kv_cache (decoding is inference only)")
         return y
 
-    def backward(self, grad_output):
+    def backward(self, grad_output: ArrayLike) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """``grad_x`` (and ``grad_memory`` with cross-attention, as a pair)."""
         cache = self._peek_cache()
         g = check_grad_output(grad_output, cache.out_shape, self.dtype)

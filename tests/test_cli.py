@@ -251,8 +251,11 @@ def test_ctrl_c_saves_and_resumes(tmp_path):
     cmd = [sys.executable, "-m", "nn_core", "train", "seq2seq", "--epochs", "50",
            "--batch-size", "32", "--hidden", "16", "--embed", "8", "--heads", "2",
            "--max-len", "6", "--train-size", "640", "--val-size", "32", "--out", str(out)]
+    # a shell's background job inherits SIGINT ignored, and Python then keeps ignoring it:
+    # give the child the default disposition, as an interactive terminal would
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in proc.stdout:                            # wait until training runs
             if line.startswith("nn-core train seq2seq"):

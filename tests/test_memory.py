@@ -26,7 +26,9 @@ def test_reuse_nesting_and_decorator():
         return np.zeros(1 << 16).sum()
 
     assert f() == 0
-    assert memory.release_cache() >= 0
+    cached = memory.memory_stats()["cached_bytes"]
+    assert memory.release_cache() == cached
+    assert memory.memory_stats()["cached_bytes"] == 0
 
 
 def test_cache_limit_round_trip():

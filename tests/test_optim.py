@@ -7,17 +7,21 @@ import pytest
 from nn_core.layers import Linear, Sequential
 from nn_core.optim import SGD, Adam, AdamW, WarmupCosine, clip_grad_norm, warmup_cosine
 
-torch = pytest.importorskip("torch")
+try:
+    import torch
+except ImportError:         # only the torch-parity tests need it; the rest run without
+    torch = None
+needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed (parity test)")
 
 CASES = [
-    (SGD, torch.optim.SGD, dict(lr=0.1)),
-    (SGD, torch.optim.SGD, dict(lr=0.05, momentum=0.9)),
-    (SGD, torch.optim.SGD, dict(lr=0.05, momentum=0.9, dampening=0.3, weight_decay=0.01)),
-    (SGD, torch.optim.SGD, dict(lr=0.05, momentum=0.8, nesterov=True, weight_decay=0.1)),
-    (Adam, torch.optim.Adam, dict(lr=0.01)),
-    (Adam, torch.optim.Adam, dict(lr=0.02, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.05)),
-    (AdamW, torch.optim.AdamW, dict(lr=0.01)),
-    (AdamW, torch.optim.AdamW, dict(lr=0.03, betas=(0.5, 0.9), weight_decay=0.2)),
+    (SGD, "SGD", dict(lr=0.1)),
+    (SGD, "SGD", dict(lr=0.05, momentum=0.9)),
+    (SGD, "SGD", dict(lr=0.05, momentum=0.9, dampening=0.3, weight_decay=0.01)),
+    (SGD, "SGD", dict(lr=0.05, momentum=0.8, nesterov=True, weight_decay=0.1)),
+    (Adam, "Adam", dict(lr=0.01)),
+    (Adam, "Adam", dict(lr=0.02, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.05)),
+    (AdamW, "AdamW", dict(lr=0.01)),
+    (AdamW, "AdamW", dict(lr=0.03, betas=(0.5, 0.9), weight_decay=0.2)),
 ]
 
 
@@ -25,13 +29,14 @@ def _net(dtype, seed):
     return Sequential(Linear(3, 4, dtype=dtype, rng=seed), Linear(4, 2, dtype=dtype, rng=seed + 1))
 
 
-@pytest.mark.parametrize("ours, theirs, kw", CASES, ids=lambda v: getattr(v, "__name__", ""))
+@needs_torch
+@pytest.mark.parametrize("ours, theirs, kw", CASES, ids=lambda v: getattr(v, "__name__", "") if callable(v) else "")
 def test_matches_torch_step_by_step(rng, ours, theirs, kw):
     net = _net(np.float64, int(rng.integers(1 << 30)))
     params = net.parameters()
     tparams = {k: torch.tensor(v.copy(), requires_grad=True) for k, v in params.items()}
     opt = ours(net, **kw)
-    topt = theirs(list(tparams.values()), **kw)
+    topt = getattr(torch.optim, theirs)(list(tparams.values()), **kw)
     for step in range(6):
         for k in params:                      # the same fresh gradients for both
             g = rng.standard_normal(params[k].shape)
@@ -108,6 +113,7 @@ def test_optimizer_state_dict_resumes_identically(rng):
         np.testing.assert_array_equal(v, net_b.parameters()[k])
 
 
+@needs_torch
 @pytest.mark.parametrize("max_norm", [0.5, 1e3])
 def test_clip_grad_norm_matches_torch(rng, max_norm):
     net = _net(np.float64, 2)
@@ -146,6 +152,7 @@ def test_warmup_cosine_shape():
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
 
 
+@needs_torch
 def test_warmup_cosine_matches_torch_cosine_after_warmup():
     # with warmup 0 our schedule is CosineAnnealingLR(T_max=total, eta_min)
     p = torch.zeros(1, requires_grad=True)

@@ -121,7 +121,7 @@ def test_float32_weights_load_into_a_float64_model_by_casting():
     t = torch.nn.TransformerEncoderLayer(8, 2, 12, batch_first=True)          # float32
     ours = TransformerEncoderLayer(8, 2, 12, dtype=np.float64)
     load_torch_state_dict(ours, t.state_dict())
-    assert ours.params is not None and ours.linear1.params["W"].dtype == np.float64
+    assert ours.linear1.params["W"].dtype == np.float64
     np.testing.assert_array_equal(ours.linear1.params["W"],
                                   t.linear1.weight.detach().numpy().T.astype(np.float64))
 

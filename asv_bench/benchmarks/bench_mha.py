@@ -1,11 +1,14 @@
 """asv benchmarks: multi-head / grouped-query / multi-query attention.
 
-Self-contained (no import of ``common.py``).  Inputs are seeded; BLAS is pinned to
+``common`` is imported first so that ``asv run --python=same`` finds an in-place
+build.  Inputs are seeded; BLAS is pinned to
 one thread through threadpoolctl when it is installed (``BLAS_THREADS`` records the
 setting used).  Imports are guarded so that older commits without these modules
 still load: their benchmarks are then skipped via ``NotImplementedError``.
 """
 import numpy as np
+
+from . import common  # noqa: F401  (finds an in-place build)
 
 try:
     from nn_core.attention import GroupedQueryAttention, MultiHeadAttention, MultiQueryAttention

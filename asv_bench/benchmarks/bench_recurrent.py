@@ -1,11 +1,14 @@
 """asv benchmarks: recurrent cells and StackedLSTM, forward and forward+backward.
 
-Self-contained (no shared helper).  Parameters: cell x shape x dtype.  BLAS is pinned
+Parameters: cell x shape x dtype.  ``common`` is imported first for its BLAS pinning
+and so that ``asv run --python=same`` finds an in-place build.  BLAS is pinned
 to one thread when threadpoolctl is installed (``bench`` extra); the setting is
 recorded in ``blas_threads`` so results from different runs can be compared.
 Imports are guarded so that commits without ``nn_core.recurrent`` still load.
 """
 import numpy as np
+
+from . import common  # noqa: F401  (BLAS pinning; finds an in-place build)
 
 try:
     from nn_core.recurrent import GRUCell, LSTMCell, RNNCell, StackedLSTM
@@ -59,7 +62,7 @@ class RecurrentSuite:
         self.lengths[0] = T
 
     def teardown(self, cell, shape, dtype):
-        if self._limits is not None:
+        if getattr(self, "_limits", None) is not None:     # setup may have skipped
             self._limits.restore_original_limits()
 
     def _fwd(self, lengths=None):
@@ -148,7 +151,7 @@ class TwoThreadSweepSuite:
 
     def teardown(self, cell, dtype, mode):
         _threads.ROW_SPLIT = self._saved
-        if self._limits is not None:
+        if getattr(self, "_limits", None) is not None:     # setup may have skipped
             self._limits.restore_original_limits()
 
     def time_forward_backward(self, cell, dtype, mode):

@@ -48,6 +48,8 @@ Implementation notes
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,6 +67,9 @@ from .._validation import (
 from ..module import Module
 from .kv_cache import KVCache
 from .scaled_dot_product import ScaledDotProductAttention, softmax
+
+if TYPE_CHECKING:  # names used in annotations only
+    from nn_core._typing import ArrayLike
 
 __all__ = ["AttentionState"]
 
@@ -458,8 +463,10 @@ class _SelfAttentionBase(_GQACore):
     """Public forward/backward of MultiHeadAttention, MultiQueryAttention and
     GroupedQueryAttention (see :class:`~nn_core.attention.MultiHeadAttention`)."""
 
-    def forward(self, query, key=None, value=None, mask=None, is_causal=False,
-                kv_cache=None, return_weights=False):
+    def forward(self, query: ArrayLike, key: ArrayLike | None = None,
+                value: ArrayLike | None = None, mask: ArrayLike | None = None,
+                is_causal: bool = False, kv_cache: KVCache | None = None,
+                return_weights: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Multi-head (grouped-query) attention.
 
         Parameters
@@ -521,7 +528,9 @@ class _SelfAttentionBase(_GQACore):
             self._save_cache(_SelfCache(state, order))
         return (y, w) if return_weights else y
 
-    def backward(self, grad_output):
+    def backward(
+        self, grad_output: ArrayLike
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """Gradients ``(grad_query, grad_key, grad_value)``.
 
         When ``key``/``value`` were defaulted, their contributions are summed into the

@@ -12,12 +12,17 @@ context's feature width.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dataclasses import dataclass
 
 import numpy as np
 
 from .._validation import check_grad_output
 from ._gqa import AttentionState, _GQACore
+
+if TYPE_CHECKING:  # names used in annotations only
+    from nn_core._typing import ArrayLike, DTypeLike, RNGLike
 
 __all__ = ["CrossAttention", "CachedCrossAttention", "MultimodalCrossAttention"]
 
@@ -84,12 +89,14 @@ class CrossAttention(_GQACore):
     (2, 5, 6)
     """
 
-    def __init__(self, d_model, num_heads, kv_dim=None, bias=True, dropout=0.0, *,
-                 dtype=np.float32, rng=None):
+    def __init__(self, d_model: int, num_heads: int, kv_dim: int | None = None, bias: bool = True,
+                 dropout: float = 0.0, *, dtype: DTypeLike = np.float32,
+                 rng: RNGLike = None) -> None:
         super().__init__(dtype=dtype, rng=rng)
         self._setup(d_model, num_heads, None, bias, dropout, kv_dim=kv_dim)
 
-    def forward(self, query, context, mask=None, return_weights=False):
+    def forward(self, query: ArrayLike, context: ArrayLike, mask: ArrayLike | None = None,
+                return_weights: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Attend ``query [B, T, d_model]`` to ``context [B, S, kv_dim]``.
 
         Parameters
@@ -112,7 +119,7 @@ class CrossAttention(_GQACore):
         self._save_cache(_CrossCache(state, xq.shape, xc.shape))
         return (y, w) if return_weights else y
 
-    def backward(self, grad_output):
+    def backward(self, grad_output: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         """Gradients ``(grad_query [B, T, d_model], grad_context [B, S, kv_dim])``."""
         cache = self._peek_cache()
         g = self._check_grad_output(cache.state, grad_output)   # before consuming it
@@ -149,8 +156,9 @@ class CachedCrossAttention(_GQACore):
     [(1, 1, 16), (1, 1, 16)]
     """
 
-    def __init__(self, d_model, num_heads, kv_dim=None, bias=True, dropout=0.0, *,
-                 dtype=np.float32, rng=None):
+    def __init__(self, d_model: int, num_heads: int, kv_dim: int | None = None, bias: bool = True,
+                 dropout: float = 0.0, *, dtype: DTypeLike = np.float32,
+                 rng: RNGLike = None) -> None:
         super().__init__(dtype=dtype, rng=rng)
         self._setup(d_model, num_heads, None, bias, dropout, kv_dim=kv_dim)
         self._context = None
@@ -159,7 +167,7 @@ class CachedCrossAttention(_GQACore):
     def has_context(self) -> bool:
         return self._context is not None
 
-    def set_context(self, context) -> None:
+    def set_context(self, context: ArrayLike) -> None:
         """Project ``context [B, S, kv_dim]`` to per-head K/V and keep them."""
         xc = self._check_input(context, "context", self.kv_dim)
         B, S = xc.shape[0], xc.shape[1]
@@ -173,7 +181,8 @@ class CachedCrossAttention(_GQACore):
         self._context = None
         self._drop_caches()
 
-    def forward(self, query, mask=None, return_weights=False):
+    def forward(self, query: ArrayLike, mask: ArrayLike | None = None,
+                return_weights: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Attend ``query [B, T, d_model]`` to the context given to :meth:`set_context`.
 
         Parameters
@@ -196,7 +205,7 @@ class CachedCrossAttention(_GQACore):
         self._save_cache(_CrossCache(state, xq.shape))
         return (y, w) if return_weights else y
 
-    def backward(self, grad_output):
+    def backward(self, grad_output: ArrayLike) -> np.ndarray:
         """``grad_query [B, T, d_model]``; all parameter gradients accumulate."""
         cache = self._peek_cache()
         g = self._check_grad_output(cache.state, grad_output)   # before consuming it
@@ -250,8 +259,9 @@ class MultimodalCrossAttention(_GQACore):
     True
     """
 
-    def __init__(self, d_model, num_heads, vision_dim, gated=True, bias=True, dropout=0.0,
-                 *, dtype=np.float32, rng=None):
+    def __init__(self, d_model: int, num_heads: int, vision_dim: int, gated: bool = True,
+                 bias: bool = True, dropout: float = 0.0, *, dtype: DTypeLike = np.float32,
+                 rng: RNGLike = None) -> None:
         super().__init__(dtype=dtype, rng=rng)
         self._setup(d_model, num_heads, None, bias, dropout, kv_dim=vision_dim)
         if not isinstance(gated, (bool, np.bool_)):
@@ -261,7 +271,8 @@ class MultimodalCrossAttention(_GQACore):
         if self.gated:
             self.add_param("alpha", np.zeros(1))
 
-    def forward(self, text, image, mask=None, return_weights=False):
+    def forward(self, text: ArrayLike, image: ArrayLike, mask: ArrayLike | None = None,
+                return_weights: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """``text [B, T, d_model]`` attends to ``image [B, P, vision_dim]``.
 
         Parameters
@@ -289,7 +300,7 @@ class MultimodalCrossAttention(_GQACore):
         self._save_cache(_GatedCache(state, z, t, xt.shape, xi.shape))
         return (y, w) if return_weights else y
 
-    def backward(self, grad_output):
+    def backward(self, grad_output: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         """Gradients ``(grad_text [B, T, d_model], grad_image [B, P, vision_dim])``."""
         c = self._peek_cache()
         g = check_grad_output(grad_output, c.text_shape, self.dtype)   # before consuming

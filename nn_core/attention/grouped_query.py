@@ -7,10 +7,15 @@ multi-head attention, ``g = 1`` multi-query attention.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .._validation import check_heads
 from ._gqa import _GQACore, _SelfAttentionBase
+
+if TYPE_CHECKING:  # names used in annotations only
+    from nn_core._typing import DTypeLike, RNGLike
 
 __all__ = ["GroupedQueryAttention", "convert_from_mha"]
 
@@ -63,8 +68,9 @@ class GroupedQueryAttention(_SelfAttentionBase):
     (1, 3, 32)
     """
 
-    def __init__(self, d_model, num_heads, num_kv_groups, bias=True, dropout=0.0, *,
-                 dtype=np.float32, rng=None):
+    def __init__(self, d_model: int, num_heads: int, num_kv_groups: int, bias: bool = True,
+                 dropout: float = 0.0, *, dtype: DTypeLike = np.float32,
+                 rng: RNGLike = None) -> None:
         super().__init__(dtype=dtype, rng=rng)
         self._setup(d_model, num_heads, num_kv_groups, bias, dropout)
 

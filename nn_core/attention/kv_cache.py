@@ -1,9 +1,14 @@
 """The preallocated key/value cache of incremental decoding (``module.new_kv_cache``)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .._validation import check_positive_int
+
+if TYPE_CHECKING:  # names used in annotations only
+    from nn_core._typing import DTypeLike
 
 __all__ = ["KVCache"]
 
@@ -27,7 +32,8 @@ class KVCache:
         (``= module.get_kv_cache_size(batch_size, max_len)``).
     """
 
-    def __init__(self, batch_size, max_len, num_kv_heads, head_dim, dtype):
+    def __init__(self, batch_size: int, max_len: int, num_kv_heads: int, head_dim: int,
+                 dtype: DTypeLike) -> None:
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self.max_len = check_positive_int(max_len, "max_len")
         self.num_kv_heads = int(num_kv_heads)

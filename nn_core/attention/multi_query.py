@@ -7,9 +7,14 @@ attention's, which is what makes incremental decoding faster (less memory traffi
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ._gqa import _SelfAttentionBase
+
+if TYPE_CHECKING:  # names used in annotations only
+    from nn_core._typing import DTypeLike, RNGLike
 
 __all__ = ["MultiQueryAttention"]
 
@@ -53,7 +58,7 @@ class MultiQueryAttention(_SelfAttentionBase):
     4.0
     """
 
-    def __init__(self, d_model, num_heads, bias=True, dropout=0.0, *, dtype=np.float32,
-                 rng=None):
+    def __init__(self, d_model: int, num_heads: int, bias: bool = True, dropout: float = 0.0, *,
+                 dtype: DTypeLike = np.float32, rng: RNGLike = None) -> None:
         super().__init__(dtype=dtype, rng=rng)
         self._setup(d_model, num_heads, 1, bias, dropout)

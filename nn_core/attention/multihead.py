@@ -8,11 +8,16 @@ Shape legend: ``B`` batch, ``L`` query length, ``S`` key length, ``h`` heads,
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .._validation import check_positive_int
 from ._gqa import _SelfAttentionBase
 from .kv_cache import KVCache
+
+if TYPE_CHECKING:  # names used in annotations only
+    from nn_core._typing import DTypeLike, RNGLike
 
 __all__ = ["MultiHeadAttention", "KVCache", "split_heads", "combine_heads"]
 
@@ -136,7 +141,7 @@ class MultiHeadAttention(_SelfAttentionBase):
     True
     """
 
-    def __init__(self, d_model, num_heads, bias=True, dropout=0.0, *, dtype=np.float32,
-                 rng=None):
+    def __init__(self, d_model: int, num_heads: int, bias: bool = True, dropout: float = 0.0, *,
+                 dtype: DTypeLike = np.float32, rng: RNGLike = None) -> None:
         super().__init__(dtype=dtype, rng=rng)
         self._setup(d_model, num_heads, None, bias, dropout)

@@ -40,6 +40,8 @@ cache); with ``L_q > L_k`` the first ``L_q - L_k`` queries see nothing and outpu
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,6 +53,9 @@ from .._validation import (as_float_array, as_mask, broadcasts_to, check_grad_ou
                            check_probability)
 from ..layers import _dropout_key
 from ..module import Module, NoBackward
+
+if TYPE_CHECKING:  # names used in annotations only
+    from nn_core._typing import ArrayLike, DTypeLike, RNGLike
 
 __all__ = ["softmax", "ScaledDotProductAttention", "scaled_dot_product_attention"]
 
@@ -514,12 +519,14 @@ class ScaledDotProductAttention(Module):
 
     _TRANSIENT = {"_ws": None}
 
-    def __init__(self, dropout=0.0, *, dtype=np.float32, rng=None):
+    def __init__(self, dropout: float = 0.0, *, dtype: DTypeLike = np.float32,
+                 rng: RNGLike = None) -> None:
         super().__init__(dtype=dtype, rng=rng)
         self.dropout = check_probability(dropout, "dropout")
 
-    def forward(self, query, key, value, mask=None, is_causal=False, scale=None,
-                return_weights=False):
+    def forward(self, query: ArrayLike, key: ArrayLike, value: ArrayLike,
+                mask: ArrayLike | None = None, is_causal: bool = False, scale: float | None = None,
+                return_weights: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Attend ``query`` to ``key``/``value``.
 
         Parameters
@@ -625,7 +632,7 @@ class ScaledDotProductAttention(Module):
         out = np.matmul(applied, v)                              # (..., L_q, d_v)
         return out, applied, _GenericCache(q, k, v, probs, applied, keep, scale)
 
-    def backward(self, grad_output):
+    def backward(self, grad_output: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Gradients ``(grad_query, grad_key, grad_value)``, each shaped like its input.
 
         ``grad_output`` is validated before the forward cache is consumed, so a

@@ -60,11 +60,14 @@ True
 >>> read_metadata(path)["extra"]
 {'epochs': 3}
 """
+from __future__ import annotations
+
 import inspect
 import json
 import math
 import os
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -75,6 +78,10 @@ from ._format import (FORMAT, MAX_DEPTH, MAX_DIRECTORY_BYTES, MAX_MEMBERS,  # no
                       _decode, _describe, _encode, _fail, _is_int, _pack, registered_classes)
 from ._archive import _Archive
 from ._atomic import atomic_write
+
+if TYPE_CHECKING:  # names used in annotations only
+    from collections.abc import Mapping
+    from typing import Any
 
 __all__ = ["save", "load", "read_metadata", "read_state_dict", "load_training_state",
            "registered_classes", "atomic_write", "CheckpointError"]
@@ -178,7 +185,8 @@ def _check_rebuilt(path, meta, module):
 
 
 # --------------------------------------------------------------------- API
-def save(module, path, extra=None, *, training_state=None) -> str:
+def save(module: Module, path: str | os.PathLike, extra: Mapping[str, Any] | None = None, *,
+         training_state: Mapping[str, Any] | None = None) -> str:
     """Write ``module`` (configuration, dtype, parameters) to ``path`` atomically.
 
     Parameters
@@ -274,7 +282,7 @@ def read_metadata(path) -> dict:
         return dict(ar.meta)
 
 
-def load(path, with_metadata=False):
+def load(path: str | os.PathLike, with_metadata: bool = False) -> Module | tuple[Module, dict]:
     """Rebuild the module saved at ``path`` and load its parameters.
 
     Parameters

@@ -75,7 +75,7 @@ def _directory_size(fh, size):
 class _Archive:
     """An opened checkpoint whose zip directory and metadata have been checked."""
 
-    def __init__(self, path):
+    def __init__(self, path: str | os.PathLike) -> None:
         self.path = os.fspath(path)
         self.fh = _open_regular(self.path)
         try:

@@ -28,6 +28,8 @@ order BLAS picks for a half-sized operand.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +45,9 @@ from .._validation import (
 )
 from .. import _parallel
 from ..module import Module
+
+if TYPE_CHECKING:  # names used in annotations only
+    from nn_core._typing import ArrayLike, DTypeLike, RNGLike, State, StateLike
 
 __all__ = ["RecurrentCell", "SequenceCache", "cell_class", "resolve_lengths",
            "time_major_grad", "user_layout", "spawn_rng", "row_halves"]
@@ -195,8 +200,9 @@ class RecurrentCell(Module):
         if cell_type is not None:
             _CELL_TYPES[cell_type] = cls
 
-    def __init__(self, input_size, hidden_size, bias=True, *, batch_first=False,
-                 recurrent_init="uniform", dtype=np.float32, rng=None):
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *,
+                 batch_first: bool = False, recurrent_init: str = "uniform",
+                 dtype: DTypeLike = np.float32, rng: RNGLike = None) -> None:
         super().__init__(dtype=dtype, rng=rng)
         self.input_size = check_positive_int(input_size, "input_size")
         self.hidden_size = check_positive_int(hidden_size, "hidden_size")
@@ -552,7 +558,7 @@ class RecurrentCell(Module):
         return grad_x, dh, (dc if self._HAS_CELL_STATE else None)
 
     # -------------------------------------------------------------- one step
-    def forward(self, x_t, state=None):
+    def forward(self, x_t: ArrayLike, state: StateLike = None) -> State:
         """One time step (pushes its cache; see the class docstring)."""
         x = self._check_input(x_t, "x_t", 2)
         B = x.shape[0]
@@ -568,7 +574,8 @@ class RecurrentCell(Module):
             self._steps.append(cache)
         return final
 
-    def backward(self, grad_h, grad_c=None):
+    def backward(self, grad_h: ArrayLike,
+                 grad_c: ArrayLike | None = None) -> tuple[np.ndarray, ...]:
         """Backward of the newest pushed step (pops it).
 
         Returns ``(grad_x, grad_h_prev)`` or, for the LSTM,
@@ -607,7 +614,9 @@ class RecurrentCell(Module):
         self._pool.clear()
 
     # -------------------------------------------------------- whole sequence
-    def forward_sequence(self, x, state=None, lengths=None, reverse=False):
+    def forward_sequence(self, x: ArrayLike, state: StateLike = None,
+                         lengths: ArrayLike | None = None,
+                         reverse: bool = False) -> tuple[np.ndarray, State]:
         """Whole sequence in one kernel call (see the class docstring)."""
         x, lens = self.check_sequence(x, lengths)
         h0, c0 = self.state_arrays(state, x.shape[1])
@@ -617,7 +626,8 @@ class RecurrentCell(Module):
             self.release(cache)
         return user_layout(out, self.batch_first), final
 
-    def backward_sequence(self, grad_output, grad_final_state=None):
+    def backward_sequence(self, grad_output: ArrayLike,
+                          grad_final_state: StateLike = None) -> tuple[np.ndarray, State]:
         """BPTT of the last :meth:`forward_sequence` (one backward per forward)."""
         cache = self._peek_cache()
         T, B, _ = cache.x.shape

@@ -20,6 +20,8 @@ several (OpenBLAS does not promise that: builds differ in the last place).
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +31,10 @@ from .. import _parallel
 from ..module import Module, ModuleList
 from ._base import RecurrentCell, cell_class, spawn_rng, time_major_grad, user_layout
 from .stacked import _Stack
+
+if TYPE_CHECKING:  # names used in annotations only
+    from nn_core._typing import ArrayLike, RNGLike, State, StateLike
+    from typing import Any
 
 __all__ = ["BidirectionalWrapper", "StackedBidirectional", "MERGE_MODES"]
 
@@ -167,8 +173,9 @@ class BidirectionalWrapper(Module):
     >>> gx, (gs_fw, gs_bw) = layer.backward(np.ones_like(out))
     """
 
-    def __init__(self, forward_cell, backward_cell=None, merge_mode="concat", *,
-                 concurrent=None, rng=None):
+    def __init__(self, forward_cell: Module, backward_cell: Module | None = None,
+                 merge_mode: str = "concat", *, concurrent: bool | None = None,
+                 rng: RNGLike = None) -> None:
         if not isinstance(forward_cell, RecurrentCell):
             raise TypeError("forward_cell must be an nn_core recurrent cell (RNNCell, "
                             f"LSTMCell or GRUCell), got {type(forward_cell).__name__}")
@@ -237,7 +244,8 @@ class BidirectionalWrapper(Module):
         return s_fw, s_bw
 
     # ---------------------------------------------------------- public API
-    def forward(self, x, state=None, lengths=None):
+    def forward(self, x: ArrayLike, state: StateLike = None,
+                lengths: ArrayLike | None = None) -> tuple[np.ndarray, State]:
         """Both sweeps and the merge; see the class docstring for shapes."""
         x, lens = self.check_sequence(x, lengths)               # (T, B, D), int64 [B]
         h0, c0 = self.state_arrays(state, x.shape[1])
@@ -248,7 +256,8 @@ class BidirectionalWrapper(Module):
         h, c = final if self.has_cell_state else (final, None)
         return user_layout(out, self.batch_first), self._per_direction(h, c)
 
-    def backward(self, grad_output, grad_state=None):
+    def backward(self, grad_output: ArrayLike,
+                 grad_state: StateLike = None) -> tuple[np.ndarray, State]:
         """BPTT of both sweeps; returns ``(grad_x, (grad_state_fw, grad_state_bw))``."""
         cache = self._peek_cache()
         go = time_major_grad(grad_output, self.dtype, self.batch_first, cache.T, cache.B,
@@ -440,8 +449,8 @@ class StackedBidirectional(_Stack):
 
     _DIRECTIONS = 2
 
-    def __init__(self, cell_type, input_size, hidden_size, num_layers, merge_mode="concat",
-                 dropout=0.0, **cell_kwargs):
+    def __init__(self, cell_type: str | type, input_size: int, hidden_size: int, num_layers: int,
+                 merge_mode: str = "concat", dropout: float = 0.0, **cell_kwargs: Any) -> None:
         cls = cell_class(cell_type)
         dtype = cell_kwargs.pop("dtype", np.float32)
         rng = cell_kwargs.pop("rng", None)

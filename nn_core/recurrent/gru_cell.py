@@ -2,6 +2,8 @@
 bidirectional layer over two of them."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .._kernels import _recurrent as _K
@@ -9,6 +11,9 @@ from .._validation import make_rng
 from ._base import RecurrentCell, spawn_rng
 from .bidirectional import BidirectionalWrapper
 from .rnn_cell import _SHARED_DOC
+
+if TYPE_CHECKING:  # names used in annotations only
+    from nn_core._typing import DTypeLike, RNGLike
 
 __all__ = ["GRUCell", "BidirectionalGRU"]
 
@@ -53,8 +58,10 @@ class GRUCell(RecurrentCell, cell_type="gru"):
 
     _GATES = 3
 
-    def __init__(self, input_size, hidden_size, bias=True, reset_after=False, *,
-                 batch_first=False, recurrent_init="uniform", dtype=np.float32, rng=None):
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 reset_after: bool = False, *, batch_first: bool = False,
+                 recurrent_init: str = "uniform", dtype: DTypeLike = np.float32,
+                 rng: RNGLike = None) -> None:
         self.reset_after = bool(reset_after)
         super().__init__(input_size, hidden_size, bias, batch_first=batch_first,
                          recurrent_init=recurrent_init, dtype=dtype, rng=rng)
@@ -93,9 +100,10 @@ class BidirectionalGRU(BidirectionalWrapper):
     >>> gx, (g_fw, g_bw) = layer.backward(np.ones_like(out))
     """
 
-    def __init__(self, input_size, hidden_size, *, merge_mode="concat", bias=True,
-                 reset_after=False, batch_first=False, recurrent_init="uniform",
-                 concurrent=None, dtype=np.float32, rng=None):
+    def __init__(self, input_size: int, hidden_size: int, *, merge_mode: str = "concat",
+                 bias: bool = True, reset_after: bool = False, batch_first: bool = False,
+                 recurrent_init: str = "uniform", concurrent: bool | None = None,
+                 dtype: DTypeLike = np.float32, rng: RNGLike = None) -> None:
         gen = make_rng(rng)
         cells = [GRUCell(input_size, hidden_size, bias, reset_after, batch_first=batch_first,
                          recurrent_init=recurrent_init, dtype=dtype, rng=spawn_rng(gen))

@@ -1,6 +1,8 @@
 """Long short-term memory (Hochreiter & Schmidhuber, 1997) cell and stacked layer."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .._kernels import _recurrent as _K
@@ -9,6 +11,9 @@ from ..module import ModuleList
 from ._base import RecurrentCell
 from .rnn_cell import _SHARED_DOC
 from .stacked import _Stack
+
+if TYPE_CHECKING:  # names used in annotations only
+    from nn_core._typing import DTypeLike, RNGLike
 
 __all__ = ["LSTMCell", "StackedLSTM"]
 
@@ -50,8 +55,10 @@ class LSTMCell(RecurrentCell, cell_type="lstm"):
     _GATES = 4
     _HAS_CELL_STATE = True
 
-    def __init__(self, input_size, hidden_size, bias=True, forget_bias=1.0, *,
-                 batch_first=False, recurrent_init="uniform", dtype=np.float32, rng=None):
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 forget_bias: float = 1.0, *, batch_first: bool = False,
+                 recurrent_init: str = "uniform", dtype: DTypeLike = np.float32,
+                 rng: RNGLike = None) -> None:
         super().__init__(input_size, hidden_size, bias, batch_first=batch_first,
                          recurrent_init=recurrent_init, dtype=dtype, rng=rng)
         self.forget_bias = float(forget_bias)
@@ -117,9 +124,10 @@ class StackedLSTM(_Stack):
     _STATE_PARTS = ("h_0", "c_0")
     _GRAD_PARTS = ("h_n", "c_n")
 
-    def __init__(self, input_size, hidden_size, num_layers, dropout=0.0, *, bias=True,
-                 forget_bias=1.0, batch_first=False, recurrent_init="uniform",
-                 dtype=np.float32, rng=None):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int, dropout: float = 0.0, *,
+                 bias: bool = True, forget_bias: float = 1.0, batch_first: bool = False,
+                 recurrent_init: str = "uniform", dtype: DTypeLike = np.float32,
+                 rng: RNGLike = None) -> None:
         super().__init__(dtype=dtype, rng=rng)
         self.input_size = check_positive_int(input_size, "input_size")
         self.hidden_size = check_positive_int(hidden_size, "hidden_size")

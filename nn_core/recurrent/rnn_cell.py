@@ -2,12 +2,17 @@
 bidirectional layer over two of them."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .._kernels import _recurrent as _K
 from .._validation import make_rng
 from ._base import RecurrentCell, spawn_rng
 from .bidirectional import BidirectionalWrapper
+
+if TYPE_CHECKING:  # names used in annotations only
+    from nn_core._typing import DTypeLike, RNGLike
 
 __all__ = ["RNNCell", "BidirectionalRNNCell"]
 
@@ -94,8 +99,9 @@ class RNNCell(RecurrentCell, cell_type="rnn"):
 
     _GATES = 1
 
-    def __init__(self, input_size, hidden_size, nonlinearity="tanh", bias=True, *,
-                 batch_first=False, recurrent_init="uniform", dtype=np.float32, rng=None):
+    def __init__(self, input_size: int, hidden_size: int, nonlinearity: str = "tanh",
+                 bias: bool = True, *, batch_first: bool = False, recurrent_init: str = "uniform",
+                 dtype: DTypeLike = np.float32, rng: RNGLike = None) -> None:
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
@@ -139,9 +145,10 @@ class BidirectionalRNNCell(BidirectionalWrapper):
     (5, 2, 8)
     """
 
-    def __init__(self, input_size, hidden_size, *, merge_mode="concat", nonlinearity="tanh",
-                 bias=True, batch_first=False, recurrent_init="uniform", concurrent=None,
-                 dtype=np.float32, rng=None):
+    def __init__(self, input_size: int, hidden_size: int, *, merge_mode: str = "concat",
+                 nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
+                 recurrent_init: str = "uniform", concurrent: bool | None = None,
+                 dtype: DTypeLike = np.float32, rng: RNGLike = None) -> None:
         gen = make_rng(rng)
         cells = [RNNCell(input_size, hidden_size, nonlinearity, bias, batch_first=batch_first,
                          recurrent_init=recurrent_init, dtype=dtype, rng=spawn_rng(gen))

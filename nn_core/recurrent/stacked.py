@@ -16,6 +16,8 @@ the stacked state is ``[L, B, H]`` or ``[L, 2, B, H]`` and layer ``k``'s part is
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +25,9 @@ import numpy as np
 from .._validation import as_float_array, check_shape
 from ..module import Module
 from ._base import time_major_grad, user_layout
+
+if TYPE_CHECKING:  # names used in annotations only
+    from nn_core._typing import ArrayLike, StateLike
 
 __all__ = []
 
@@ -100,7 +105,8 @@ class _Stack(Module):
         return out[0], out[1]
 
     # ------------------------------------------------------------- forward
-    def forward(self, x, state=None, lengths=None):
+    def forward(self, x: ArrayLike, state: StateLike = None,
+                lengths: ArrayLike | None = None) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """All layers in order; see the class docstring for shapes."""
         x, lens = self.layers[0].check_sequence(x, lengths, batch_first=self.batch_first)
         T, B, _ = x.shape
@@ -135,7 +141,8 @@ class _Stack(Module):
         return user_layout(y, self.batch_first), ((h_n, np.stack(c_n)) if has_c else h_n)
 
     # ------------------------------------------------------------ backward
-    def backward(self, grad_output, grad_state=None):
+    def backward(self, grad_output: ArrayLike,
+                 grad_state: StateLike = None) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """BPTT through every layer, last first; returns ``(grad_x, grad_state_0)``."""
         cache = self._peek_cache()
         T, B = cache.T, cache.B
