@@ -13,9 +13,10 @@ import nn_core
 import nn_core.attention.scaled_dot_product as sdp
 from nn_core._kernels import _attention as kattn
 from nn_core._kernels import _layers as klayers
-from nn_core._kernels import _testing
 from nn_core.attention import ScaledDotProductAttention, create_padding_mask
 from nn_core.layers import _dropout_key
+
+from simd_levels import at_level
 
 from test_sdpa_kernel import _reference
 
@@ -210,10 +211,7 @@ def test_thread_count_does_not_change_results(flash, monkeypatch, workers, seed)
 @pytest.mark.parametrize("level", [0, 1, 2], ids=["baseline", "avx2", "avx512"])
 def test_every_simd_level(monkeypatch, level, seed):
     """The tile passes of ``_flash.h`` at every SIMD level the CPU has."""
-    if _testing.set_simd_level(level) != level:
-        _testing.set_simd_level(2)
-        pytest.skip(f"this CPU has no SIMD level {level}")
-    try:
+    with at_level(level):
         monkeypatch.setattr(sdp, "_FLASH_MIN_SCORES", 0)
         monkeypatch.setattr(sdp, "_FLASH_MIN_ROWS", 0)
         monkeypatch.setattr(sdp, "_FLASH_BLOCK_Q", 8)
@@ -226,8 +224,6 @@ def test_every_simd_level(monkeypatch, level, seed):
             want = _reference(*args, mask=mask, is_causal=True)
             for a, b in zip(got, (want[0],) + want[2:]):
                 np.testing.assert_allclose(a, b, **_tol(dtype), err_msg=f"seed={seed}")
-    finally:
-        _testing.set_simd_level(2)
 
 
 def test_switch_is_automatic_by_size(monkeypatch):
@@ -287,7 +283,7 @@ def test_kernel_rejects_bad_arguments():
                             0, 1, 8, 8)
     with pytest.raises(ValueError, match="32-bit"):
         kattn.FlashCall(q, q, q, 1.0, dropout=(1 << 32, 0, 0, 1.0))
-    gq, gk, gv = np.zeros((1, 4, 2)), np.zeros((1, 4, 2)), np.zeros((1, 4, 2))
+    gq, gv = np.zeros((1, 4, 2)), np.zeros((1, 4, 2))
     with pytest.raises(ValueError, match="grad_k must have shape"):
         kattn.flash_backward(call, out, lse, q, gq, np.zeros((1, 3, 2)), gv, tasks, 0, 1, 8, 8)
 

@@ -8,19 +8,14 @@ from scipy.special import ndtr
 
 from nn_core import _parallel, layers
 from nn_core._kernels import _layers as kl
-from nn_core._kernels import _testing
 from nn_core.layers import GELU, Dropout, Embedding, LayerNorm
 from nn_core.losses import CrossEntropyLoss
 from nn_core.optim import SGD, Adam, AdamW
 
+from simd_levels import level_fixture
 
-@pytest.fixture(params=[0, 1], ids=["baseline", "avx2"])
-def level(request):
-    if _testing.set_simd_level(request.param) != request.param:
-        _testing.set_simd_level(2)
-        pytest.skip(f"this CPU has no SIMD level {request.param}")
-    yield request.param
-    _testing.set_simd_level(2)
+
+level = level_fixture(0, 1)
 
 
 def _gelu_ref(x):

@@ -19,6 +19,8 @@ from nn_core._kernels import _recurrent as K
 from nn_core._kernels import _testing
 from nn_core.recurrent import StackedLSTM, _base
 
+from simd_levels import level_fixture
+
 from test_recurrent_cells import KINDS, is_lstm, make_cell
 from test_recurrent_threads import _BW_OUT, _FW_OUT, _backward_args, _copy, _forward_args
 
@@ -83,13 +85,7 @@ def test_packed_sweep_equals_blas_sweep(kind, shape, variant, dtype, srng, monke
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol * max(1.0, np.abs(b).max()))
 
 
-@pytest.fixture(params=[0, 1], ids=["baseline", "avx2"])
-def simd(request):
-    if _testing.set_simd_level(request.param) != request.param:
-        _testing.set_simd_level(2)
-        pytest.skip("the CPU lacks this SIMD level")
-    yield request.param
-    _testing.set_simd_level(2)
+simd = level_fixture(0, 1)
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])

@@ -13,8 +13,9 @@ import pytest
 import nn_core.attention.scaled_dot_product as sdp
 from nn_core import _parallel
 from nn_core._kernels import _attention as kattn
-from nn_core._kernels import _testing
 from nn_core.attention import ScaledDotProductAttention
+
+from simd_levels import level_fixture
 
 
 def _reference(q, k, v, g, mask=None, is_causal=False, scale=None):
@@ -68,14 +69,8 @@ def _run(q, k, v, g, dtype, fused=True, **kw):
     return (out, w) + grads
 
 
-@pytest.fixture(params=[2, 1, 0], ids=["avx512", "avx2", "baseline"])
-def exp_path(request):
-    """Run at every SIMD level the CPU has (AVX-512 exp-sum, AVX2 loops, baseline)."""
-    if _testing.set_simd_level(request.param) != request.param:
-        _testing.set_simd_level(2)
-        pytest.skip(f"this CPU has no SIMD level {request.param}")
-    yield request.param
-    _testing.set_simd_level(2)
+exp_path = level_fixture(2, 1, 0, doc="Run at every SIMD level the CPU has (AVX-512 "
+                         "exp-sum, AVX2 loops, baseline).")
 
 
 @pytest.fixture

@@ -9,14 +9,10 @@ import pytest
 import nn_core._kernels as kernels_pkg
 from nn_core._kernels import _simd, _testing
 
+from simd_levels import level_fixture
 
-@pytest.fixture(params=[0, 1, 2], ids=["baseline", "avx2", "avx512"])
-def level(request):
-    if _testing.set_simd_level(request.param) != request.param:
-        _testing.set_simd_level(2)
-        pytest.skip(f"this CPU has no SIMD level {request.param}")
-    yield request.param
-    _testing.set_simd_level(2)
+
+level = level_fixture(0, 1, 2)
 
 
 @pytest.mark.usefixtures("level")

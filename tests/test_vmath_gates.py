@@ -5,6 +5,8 @@ import pytest
 
 from nn_core._kernels import _testing as K
 
+from simd_levels import level_fixture
+
 _GRID = np.concatenate([np.linspace(-40, 40, 40001), np.logspace(-30, 1.7, 3000),
                         -np.logspace(-30, 1.7, 3000), [0.0, 0.6249999, 0.625, 0.6250001]])
 
@@ -15,13 +17,7 @@ def _ulps(y, ref, dtype):
     return np.abs(y.astype(np.longdouble) - ref) / spacing
 
 
-@pytest.fixture(params=[0, 1], ids=["baseline", "avx2"])
-def level(request):
-    if K.set_simd_level(request.param) != request.param:
-        K.set_simd_level(2)
-        pytest.skip(f"this CPU has no SIMD level {request.param}")
-    yield request.param
-    K.set_simd_level(2)
+level = level_fixture(0, 1)
 
 
 @pytest.mark.usefixtures("level")
