@@ -100,7 +100,7 @@ def _openblas_from_maps():
 
 def _find_controllers():
     # OpenBLAS entry points called directly first: reading a thread count then costs a
-    # C call (threadpoolctl looks the symbol up on every call, ~0.2 ms); threadpoolctl
+    # C call (threadpoolctl looks the symbol up on every call); threadpoolctl
     # for any other BLAS (MKL, BLIS, ...) and for platforms without /proc
     libs = _openblas_from_maps()
     if libs:

@@ -463,7 +463,7 @@ def test_huge_module_is_refused_by_the_budget(tmp_path, base, canary):
 
 
 def test_nothing_runs_when_the_file_names_nn_core_main(tmp_path, base):
-    """The file of issue 12 (class ``nn_core.__main__:X``) in a process whose argv would
+    """A file naming the class ``nn_core.__main__:X``, loaded in a process whose argv would
     train: nothing is imported or run, and the host process carries on."""
     _, members, meta = base
     meta = json.loads(json.dumps(meta))

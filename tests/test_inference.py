@@ -125,8 +125,7 @@ def test_kv_cache_decoding_memory_does_not_grow(rng):
 @pytest.mark.parametrize("how", ["inference_mode", "eval"])
 def test_attention_pins_no_probabilities_buffer_in_inference(rng, how):
     """Training reuses one probabilities buffer per module; an inference forward
-    neither keeps one nor leaves a trained module's buffer pinned (the encoder's
-    inference memory was 2.6x torch's with six such buffers)."""
+    neither keeps one nor leaves a trained module's buffer pinned."""
     mha = MultiHeadAttention(16, 4, rng=0)
     x = rng.standard_normal((3, 24, 16)).astype(np.float32)
     y = mha(x)

@@ -555,8 +555,7 @@ def test_single_state_cells_take_a_nested_list_as_an_array(kind, rng):
                          ids=["lstm", "gru", "rnn", "stacked"])
 @pytest.mark.parametrize("shape", [(5, 0, 3), (0, 2, 3)], ids=["batch0", "steps0"])
 def test_empty_batch_or_sequence_is_a_clear_error(make, shape):
-    """A batch of 0 sequences (or 0 steps) names x and its shape (it used to fail
-    inside NumPy's min over the empty lengths)."""
+    """A batch of 0 sequences (or 0 steps) is a ValueError naming x and its shape."""
     layer = make()
     call = layer.forward_sequence if hasattr(layer, "forward_sequence") else layer.forward
     with pytest.raises(ValueError, match=r"x must hold at least one step and one sequence"):

@@ -582,10 +582,10 @@ class ScaledDotProductAttention(Module):
             self._save_cache(_SDPACache(out.shape, flash=flash))
             return out
         if _use_fused(self, lead, L_q, L_k, d_k, v.shape[-1]):
-            if not self.keeps_cache():          # inference: nothing pinned between calls
+            keeps = self.keeps_cache()
+            if not keeps:                       # inference: nothing pinned between calls
                 self._ws = None
-            probs = (self._probs_workspace if self.keeps_cache() and not return_weights
-                     else self._fresh_probs)
+            probs = self._probs_workspace if keeps and not return_weights else self._fresh_probs
             out, weights, fused = _fused_forward(
                 q, k, v, lead, kind, m, causal_offset, dt.type(scale), return_weights, probs)
             self._save_cache(_SDPACache(out.shape, fused=fused))

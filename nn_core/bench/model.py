@@ -1,5 +1,5 @@
 """Whole models vs PyTorch: the CLI's training steps, a BERT-style encoder, its pieces,
-inference memory and page faults (issue 11).
+inference memory and page faults.
 
 ``python -m nn_core.bench model [--threads 1,2] [--repeat 3] [--min-time 0.2]
 [--only steps,bert,layers,memory,faults] [--quick] [--seq-len 128]

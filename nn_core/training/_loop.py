@@ -10,6 +10,7 @@ import numpy as np
 
 from .._progress import ProgressBar
 from ..checkpoint import CheckpointError, load_training_state, read_state_dict, save
+from ..distributed import barrier
 from ..memory import caching_allocator, release_cache
 from ..optim import SGD, Adam
 from . import _run
@@ -243,7 +244,7 @@ class Context:
                 signum, signals.requested = signals.requested or signal.SIGINT, None
                 self.plot(signals)                      # a second signal skips the plot
                 if t._world is not None:                # every rank stopped at this step:
-                    t._world.comm.Barrier()             # leave once rank 0 has saved
+                    barrier()                           # leave once rank 0 has saved
                 where = (f"step {run.step} (epoch {run.epochs_done + 1}, batch "
                          f"{run.batch}/{per_epoch})")
                 raise TrainingInterrupted(

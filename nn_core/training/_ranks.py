@@ -57,18 +57,14 @@ def start(trainer):
                                                broadcast=True)
     r = trainer._world.rank
     if r:
-        states = rng_states(trainer.model)
-        derived = {}
-        for path, st in states.items():
-            key = repr(sorted(st.items())) if isinstance(st, dict) else repr(st)
-            derived[path] = _rank_stream(key, r, st)
-        set_rng_states(trainer.model, derived)
+        set_rng_states(trainer.model, {path: _rank_stream(r, st)
+                                       for path, st in rng_states(trainer.model).items()})
 
 
-def _rank_stream(key, rank, state):
+def _rank_stream(rank, state):
     """A bit-generator state for ``rank`` derived from ``state`` (a module's generator
     on rank 0): the same on every run, different per rank."""
-    digest = hashlib.sha256(f"{rank}:{key}".encode()).digest()
+    digest = hashlib.sha256(f"{rank}:{sorted(state.items())!r}".encode()).digest()
     seq = np.random.SeedSequence(int.from_bytes(digest[:16], "little"))
     kind = getattr(np.random, state.get("bit_generator", "PCG64"), np.random.PCG64)
     return kind(seq).state
