@@ -12,6 +12,7 @@ Messages name the argument, then what was expected and what was received, e.g.
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -27,6 +28,7 @@ __all__ = [
     "check_shape",
     "check_positive_int",
     "check_probability",
+    "check_nonneg_real",
     "check_choice",
     "check_keys",
     "require_forward",
@@ -174,6 +176,15 @@ def check_probability(value, name: str) -> float:
         raise TypeError(f"{name} must be a float in [0, 1), got {type(value).__name__}")
     if not 0.0 <= float(value) < 1.0:
         raise ValueError(f"{name} must be in [0, 1), got {value}")
+    return float(value)
+
+
+def check_nonneg_real(value, name: str) -> float:
+    """``value`` as a float, a finite real number ``>= 0`` (e.g. a learning rate)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if not (value >= 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
     return float(value)
 
 

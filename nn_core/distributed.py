@@ -94,7 +94,8 @@ import numpy as np
 
 from . import _parallel
 from .module import Module
-from .optim import Optimizer, _nonneg, clip_grad_norm
+from ._validation import check_nonneg_real
+from .optim import Optimizer, clip_grad_norm
 
 __all__ = ["init", "launched", "is_initialized", "world", "rank", "size", "local_rank", "local_size",
            "barrier", "all_reduce", "allreduce_scalar", "all_sum", "broadcast",
@@ -578,7 +579,7 @@ class DistributedOptimizer:
             raise TypeError(f"module must be an nn_core Module, got {type(module).__name__}")
         self.optimizer = optimizer
         self.module = module
-        self.clip = None if clip is None else _nonneg(clip, "clip")
+        self.clip = None if clip is None else check_nonneg_real(clip, "clip")
         self.average = bool(average)
         self.world = world()
         self.flat_params, self.flat_grads = module.flat_parameters()

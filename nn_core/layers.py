@@ -40,6 +40,7 @@ from ._validation import (
     require_same_dtype,
 )
 from . import _parallel
+from ._dropout import dropout_key
 from ._kernels import _layers as _kl
 from .module import Module, ModuleList
 
@@ -363,7 +364,7 @@ class Dropout(Module):
         """Apply dropout to ``x [...]``; returns the same shape."""
         x = as_float_array(x, "x", self.dtype)
         if self.training and self.p > 0:
-            key = _dropout_key(self.rng, self.p)
+            key = dropout_key(self.rng, self.p)
             y = _apply_dropout(x, key)
             self._save_cache(_SavedInput(key, x.shape))
             return y
@@ -376,12 +377,6 @@ class Dropout(Module):
         g = check_grad_output(grad_output, cache.out_shape, self.dtype)
         self._pop_cache()
         return _apply_dropout(g, cache.saved) if cache.saved is not None else g.copy()
-
-
-def _dropout_key(rng, p):
-    """``(k0, k1, threshold, scale)`` of one dropout mask, drawn from ``rng``."""
-    k0, k1 = (int(v) for v in rng.integers(0, 1 << 32, 2, dtype=np.uint64))
-    return k0, k1, min(int(round(p * 2.0 ** 32)), (1 << 32) - 1), 1.0 / (1.0 - p)
 
 
 def _apply_dropout(x, key):

@@ -33,6 +33,7 @@ import numbers
 import numpy as np
 
 from ._kernels import _layers as _kl
+from ._validation import check_nonneg_real
 from .module import Module
 
 if TYPE_CHECKING:  # names used in annotations only
@@ -42,16 +43,8 @@ __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "clip_grad_norm", "warmup_cosine
            "WarmupCosine"]
 
 
-def _nonneg(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if not (value >= 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-    return float(value)
-
-
 def _beta(value, name):
-    value = _nonneg(value, name)
+    value = check_nonneg_real(value, name)
     if not value < 1:
         raise ValueError(f"{name} must be in [0, 1), got {value}")
     return value
@@ -94,7 +87,7 @@ class Optimizer:
 
     def __init__(self, target: Module | Mapping[str, np.ndarray], lr: float) -> None:
         self.params, self.grads = _params_and_grads(target)
-        self.lr = _nonneg(lr, "lr")
+        self.lr = check_nonneg_real(lr, "lr")
         self.state: dict[str, dict] = {k: {} for k in self.params}
         self.step_count = 0
 
@@ -149,7 +142,7 @@ class Optimizer:
                 if np.shape(v) != self.params[k].shape:
                     raise ValueError(f"optimizer state {k!r}/{n!r} must have shape "
                                      f"{self.params[k].shape}, got {np.shape(v)}")
-        self.lr = _nonneg(d["lr"], "lr")
+        self.lr = check_nonneg_real(d["lr"], "lr")
         self.step_count = int(d["step_count"])
         self.state = {k: {n: np.array(v, dtype=self.params[k].dtype) for n, v in s.items()}
                       for k, s in d["state"].items()}
@@ -184,9 +177,9 @@ class SGD(Optimizer):
                  momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0,
                  nesterov: bool = False) -> None:
         super().__init__(target, lr)
-        self.momentum = _nonneg(momentum, "momentum")
-        self.dampening = _nonneg(dampening, "dampening")
-        self.weight_decay = _nonneg(weight_decay, "weight_decay")
+        self.momentum = check_nonneg_real(momentum, "momentum")
+        self.dampening = check_nonneg_real(dampening, "dampening")
+        self.weight_decay = check_nonneg_real(weight_decay, "weight_decay")
         self.nesterov = bool(nesterov)
         if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise ValueError("nesterov=True requires momentum > 0 and dampening == 0, got "
@@ -252,8 +245,8 @@ class Adam(Optimizer):
         if len(betas) != 2:
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
         self.betas = (_beta(betas[0], "betas[0]"), _beta(betas[1], "betas[1]"))
-        self.eps = _nonneg(eps, "eps")
-        self.weight_decay = _nonneg(weight_decay, "weight_decay")
+        self.eps = check_nonneg_real(eps, "eps")
+        self.weight_decay = check_nonneg_real(weight_decay, "weight_decay")
 
     def _init_state(self, p, state):
         if not state:
@@ -329,7 +322,7 @@ def clip_grad_norm(target: Module | Mapping[str, np.ndarray], max_norm: float,
         grads = list(target.values())
     else:
         grads = list(target)
-    max_norm = _nonneg(max_norm, "max_norm")
+    max_norm = check_nonneg_real(max_norm, "max_norm")
     # the norm is summed per array (the same number whether or not they share a buffer)
     total = math.sqrt(sum(float(np.dot(g.reshape(-1), g.reshape(-1))) for g in grads))
     if flat is not None:
@@ -384,8 +377,8 @@ class WarmupCosine:
         self.optimizer = optimizer
         self.warmup_steps = int(warmup_steps)
         self.total_steps = int(total_steps)
-        self.min_lr = _nonneg(min_lr, "min_lr")
-        self.base_lr = optimizer.lr if base_lr is None else _nonneg(base_lr, "base_lr")
+        self.min_lr = check_nonneg_real(min_lr, "min_lr")
+        self.base_lr = optimizer.lr if base_lr is None else check_nonneg_real(base_lr, "base_lr")
         self.last_step = 0
         optimizer.lr = self.get_lr(0)
 
@@ -419,7 +412,7 @@ class WarmupCosine:
             raise ValueError(f"schedule state 'total_steps' must be >= 1, got {d['total_steps']}")
         self.warmup_steps = int(d["warmup_steps"])
         self.total_steps = int(d["total_steps"])
-        self.min_lr = _nonneg(d["min_lr"], "min_lr")
-        self.base_lr = _nonneg(d["base_lr"], "base_lr")
+        self.min_lr = check_nonneg_real(d["min_lr"], "min_lr")
+        self.base_lr = check_nonneg_real(d["base_lr"], "base_lr")
         self.last_step = int(d["last_step"])
         self.optimizer.lr = self.get_lr(self.last_step)

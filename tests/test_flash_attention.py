@@ -14,7 +14,7 @@ import nn_core.attention.scaled_dot_product as sdp
 from nn_core._kernels import _attention as kattn
 from nn_core._kernels import _layers as klayers
 from nn_core.attention import ScaledDotProductAttention, create_padding_mask
-from nn_core.layers import _dropout_key
+from nn_core._dropout import dropout_key
 
 from simd_levels import at_level
 
@@ -164,7 +164,7 @@ def test_dropout_mask_is_regenerated_in_backward(flash, causal, seed):
     attn = ScaledDotProductAttention(dropout=0.3, dtype=np.float64, rng=seed)
     out = attn(q, k, v, is_causal=causal)
     got = (out,) + attn.backward(g)
-    key = _dropout_key(np.random.default_rng(seed), 0.3)
+    key = dropout_key(np.random.default_rng(seed), 0.3)
     *want, Z = _dropout_reference(q, k, v, g, key, causal)
     assert 0.2 < (Z == 0).mean() < 0.4
     for name, a, b in zip(("out", "grad_q", "grad_k", "grad_v"), got, want):

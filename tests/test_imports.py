@@ -87,7 +87,7 @@ def find_cycle(graph):
 
 def test_the_graph_sees_the_recurrent_imports():
     graph = import_graph()
-    assert "nn_core.recurrent._base" in graph["nn_core.recurrent.stacked"]
+    assert "nn_core.recurrent.base" in graph["nn_core.recurrent.stacked"]
     assert "nn_core.recurrent.bidirectional" in graph["nn_core.recurrent.rnn_cell"]
     assert "nn_core.recurrent" in graph["nn_core.interop._recurrent"]
 

@@ -163,3 +163,12 @@ def test_global_tokens_integer_forms():
 def test_masks_too_large_to_exist_raise_instead_of_coming_back_empty(call):
     with pytest.raises(ValueError, match="the mask would have shape"):
         call()
+
+
+def test_contract_path_holds_every_creator():
+    """``nn_core.attention.causal_mask`` (the public path) re-exports every creator of
+    ``nn_core.attention.masks``."""
+    from nn_core.attention import causal_mask, masks
+    assert causal_mask.__all__ == masks.__all__
+    for name in masks.__all__:
+        assert getattr(causal_mask, name) is getattr(masks, name)

@@ -455,7 +455,7 @@ def test_stacked_lstm_backward_bad_grad_keeps_cache_for_retry(rng):
 
 # ------------------------------------------------------- layer-building API --
 def test_cell_class_registry():
-    from nn_core.recurrent._base import cell_class
+    from nn_core.recurrent.base import cell_class
     assert cell_class("rnn") is RNNCell and cell_class("LSTM") is LSTMCell
     assert cell_class("gru") is GRUCell and cell_class(GRUCell) is GRUCell
     with pytest.raises(ValueError, match="cell_type"):

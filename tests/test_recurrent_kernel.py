@@ -124,8 +124,8 @@ def test_ctrl_c_stops_a_long_sweep(cell, packed):
     code = textwrap.dedent(f"""
         import os, signal, threading, traceback
         import numpy as np
-        from nn_core.recurrent import {cell}, _base
-        _base.STEP_MODE = {"'packed'" if packed else "'blas'"}
+        from nn_core.recurrent import {cell}, base
+        base.STEP_MODE = {"'packed'" if packed else "'blas'"}
         c = {cell}(16, 16, rng=0)
         x = np.random.default_rng(0).standard_normal((1_000_000, 1, 16)).astype(np.float32)
         try:

@@ -17,7 +17,7 @@ import pytest
 
 from nn_core._kernels import _recurrent as K
 from nn_core._kernels import _testing
-from nn_core.recurrent import StackedLSTM, _base
+from nn_core.recurrent import StackedLSTM, base
 
 from simd_levels import level_fixture
 
@@ -76,9 +76,9 @@ def test_packed_sweep_equals_blas_sweep(kind, shape, variant, dtype, srng, monke
     with_state, reverse = variant != "plain", variant == "reverse"
     cell = make_cell(kind, D, H, dtype=dtype, rng=int(srng.integers(2**31)))
     args = _case(srng, kind, T, B, D, H, dtype, lengths, with_state)
-    monkeypatch.setattr(_base, "STEP_MODE", "packed")
+    monkeypatch.setattr(base, "STEP_MODE", "packed")
     packed = _sweep(cell, *args, reverse)
-    monkeypatch.setattr(_base, "STEP_MODE", "blas")
+    monkeypatch.setattr(base, "STEP_MODE", "blas")
     blas = _sweep(cell, *args, reverse)
     tol = 2e-5 if dtype == np.float32 else 1e-12
     for a, b in zip(packed, blas):
@@ -95,9 +95,9 @@ def test_every_simd_level_matches_the_blas_sweep(kind, simd, srng, monkeypatch):
     for B in (1, 7):
         cell = make_cell(kind, D, H, dtype=np.float64, rng=int(srng.integers(2**31)))
         args = _case(srng, kind, T, B, D, H, np.float64, True, True)
-        monkeypatch.setattr(_base, "STEP_MODE", "packed")
+        monkeypatch.setattr(base, "STEP_MODE", "packed")
         packed = _sweep(cell, *args, False)
-        monkeypatch.setattr(_base, "STEP_MODE", "blas")
+        monkeypatch.setattr(base, "STEP_MODE", "blas")
         blas = _sweep(cell, *args, False)
         for u, v in zip(packed, blas):
             np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-12 * max(1, np.abs(v).max()))
@@ -109,7 +109,7 @@ def test_stacked_lstm_packed_equals_blas(srng, monkeypatch):
     go = srng.standard_normal((6, 4, 24))
     res = []
     for mode in ("packed", "blas"):
-        monkeypatch.setattr(_base, "STEP_MODE", mode)
+        monkeypatch.setattr(base, "STEP_MODE", mode)
         net.zero_grad()
         out = net(x)
         gx = net.backward(go)

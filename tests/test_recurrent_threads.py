@@ -1,4 +1,4 @@
-"""Two-thread sweeps: the batch-row split of one sweep (``_base.row_halves``) and
+"""Two-thread sweeps: the batch-row split of one sweep (``base.row_halves``) and
 the phase API of the sequence kernels it runs on.
 
 A split sweep runs the input projection by rows of ``T*B``, the step loops by batch
@@ -11,7 +11,7 @@ import pytest
 
 from nn_core._kernels import _recurrent as K
 from nn_core import _parallel
-from nn_core.recurrent import BidirectionalWrapper, StackedLSTM, _base
+from nn_core.recurrent import BidirectionalWrapper, StackedLSTM, base
 
 from test_recurrent_cells import KINDS, make_cell, rand_state
 
@@ -19,8 +19,8 @@ from test_recurrent_cells import KINDS, make_cell, rand_state
 @pytest.fixture
 def force_split(monkeypatch):
     """Make ``row_halves`` split any batch of >= 2 rows and count the split phases."""
-    monkeypatch.setattr(_base, "MIN_SPLIT_ROWS", 2)
-    monkeypatch.setattr(_base, "STEP_MODE", "blas")     # the BLAS step layouts
+    monkeypatch.setattr(base, "MIN_SPLIT_ROWS", 2)
+    monkeypatch.setattr(base, "STEP_MODE", "blas")     # the BLAS step layouts
     monkeypatch.setattr(_parallel, "available_cores", lambda: 2)
     monkeypatch.setattr(_parallel, "blas_threads", lambda: 2)
     calls = []
@@ -35,13 +35,13 @@ def force_split(monkeypatch):
 
 
 def _run(cell, x, state, lengths, go, gfinal, reverse, split):
-    _base.ROW_SPLIT = split
+    base.ROW_SPLIT = split
     try:
         cell.zero_grad()
         out, final = cell.forward_sequence(x, state, lengths, reverse=reverse)
         gx, gstate = cell.backward_sequence(go, gfinal)
     finally:
-        _base.ROW_SPLIT = True
+        base.ROW_SPLIT = True
     flat = lambda s: list(s) if isinstance(s, tuple) else [s]   # noqa: E731
     return ([out] + flat(final) + [gx] + flat(gstate)
             + [cell.grads[k].copy() for k in sorted(cell.grads)])
@@ -106,16 +106,16 @@ def test_split_runs_on_two_threads(force_split, monkeypatch, rng):
 
 def test_no_split_when_blas_is_limited_to_one_thread(monkeypatch, rng):
     """``threadpool_limits(1)`` / ``OPENBLAS_NUM_THREADS=1`` keep a sweep on one thread."""
-    monkeypatch.setattr(_base, "MIN_SPLIT_ROWS", 2)
-    monkeypatch.setattr(_base, "STEP_MODE", "blas")     # the BLAS step layouts
+    monkeypatch.setattr(base, "MIN_SPLIT_ROWS", 2)
+    monkeypatch.setattr(base, "STEP_MODE", "blas")     # the BLAS step layouts
     monkeypatch.setattr(_parallel, "available_cores", lambda: 2)
     monkeypatch.setattr(_parallel, "blas_threads", lambda: 1)
-    assert _base.row_halves(64) is None
+    assert base.row_halves(64) is None
     monkeypatch.setattr(_parallel, "blas_threads", lambda: 2)
-    assert _base.row_halves(64) == ((0, 32), (32, 64))
-    assert _base.row_halves(1) is None
+    assert base.row_halves(64) == ((0, 32), (32, 64))
+    assert base.row_halves(1) is None
     monkeypatch.setattr(_parallel, "available_cores", lambda: 1)
-    assert _base.row_halves(64) is None
+    assert base.row_halves(64) is None
 
 
 def test_no_split_inside_a_bidirectional_sweep(force_split, monkeypatch, rng):
@@ -136,13 +136,13 @@ def test_split_stacked_lstm_equals_unsplit(force_split, rng):
     go = rng.standard_normal((5, 6, 4))
     res = []
     for split in (False, True):
-        _base.ROW_SPLIT = split
+        base.ROW_SPLIT = split
         try:
             net.zero_grad()
             out, _ = net(x)
             gx = net.backward(go)[0]
         finally:
-            _base.ROW_SPLIT = True
+            base.ROW_SPLIT = True
         res.append([out, gx] + [net.grads[k].copy() for k in sorted(net.grads)])
     _assert_same(res[0], res[1], np.float64)
     assert force_split
@@ -303,9 +303,9 @@ def test_backward_phase_range_errors(phase, r0, r1, match, rng):
 
 def test_worker_thread_never_splits(force_split):
     """A job on a worker thread must not queue another job for the pool."""
-    fut = _parallel._pool().submit(_base.row_halves, 64)
+    fut = _parallel._pool().submit(base.row_halves, 64)
     assert fut.result() is None
-    assert _base.row_halves(64) == ((0, 32), (32, 64))
+    assert base.row_halves(64) == ((0, 32), (32, 64))
 
 
 def test_run_rows_raises_the_calling_threads_error_after_the_worker_finished():

@@ -118,7 +118,7 @@ class StepLoopSuite:
 
 
 try:
-    from nn_core.recurrent import _base as _threads          # row-split switch
+    from nn_core.recurrent import base as _threads          # row-split switch
     _threads.ROW_SPLIT
 except (ImportError, AttributeError):
     try:

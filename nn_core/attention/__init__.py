@@ -1,5 +1,5 @@
-"""Attention layers: scaled dot-product, masks (and, per API.md §2, multi-head family)."""
-from .causal_mask import (
+"""Attention layers: scaled dot-product, masks and the multi-head family."""
+from .masks import (
     apply_causal_mask,
     create_causal_mask,
     create_causal_padding_mask,

@@ -141,10 +141,6 @@ class _GQACore(Module):
     def dropout(self) -> float:
         return self.attention.dropout
 
-    @property
-    def num_kv_heads(self) -> int:
-        return self.num_kv_groups
-
     # ---------------------------------------------------------- projections
     # Fusing projections means concatenating their weights (one copy of D x width
     # elements per call); worth it once the GEMM has enough rows to amortise it.
@@ -312,11 +308,11 @@ class _GQACore(Module):
         if kv_cache is not None:
             # validate everything (room, mask against the total length) *before*
             # writing into the cache: a failed call must leave it untouched
-            kv_cache._check_room(S)
+            kv_cache.check_room(S)
             S = kv_cache.length + S
             as_mask(mask, "mask", dt)            # dtype check (TypeError) only
             m = self._mask_view(mask, B, L, S, layout)
-            k_heads, v_heads = kv_cache._append(k_heads, v_heads)
+            k_heads, v_heads = kv_cache.append(k_heads, v_heads)
             is_causal = True                     # bottom-right: new tokens over the cache
         else:
             m = self._mask_view(mask, B, L, S, layout)
@@ -388,7 +384,7 @@ class _GQACore(Module):
         if self.bias:
             self.grads["b_o"] += g2.sum(axis=0)
         dA = g2 @ self.params["W_o"].T                                   # (N, h*d_k)
-        dq, dk, dv = self.attention._backward(self._q_view(dA, B, L, layout))
+        dq, dk, dv = self.attention.backward(self._q_view(dA, B, L, layout))
         if layout == "5d":
             dk, dv = dk[:, :, 0], dv[:, :, 0]                            # (B, g, S, d_k)
 
@@ -428,15 +424,15 @@ class _GQACore(Module):
         return self.get_kv_cache_stats(batch_size, seq_len, num_layers)["bytes"]
 
     def get_kv_cache_stats(self, batch_size, seq_len, num_layers=1) -> dict:
-        """K/V cache accounting (API.md §4).
+        """K/V cache accounting.
 
         Returns
         -------
         dict
-            ``num_kv_heads`` (``g``), ``num_heads``, ``head_dim``, ``elements`` (K+V
+            ``num_kv_heads`` (``g``, the K/V groups), ``num_heads``, ``head_dim``, ``elements`` (K+V
             elements), ``bytes`` (``elements * itemsize``), ``mha_bytes`` (the same
             cache with ``num_heads`` K/V heads), ``reduction_factor``
-            (``num_heads / num_kv_heads``), and the arguments.
+            (``num_heads / g``), and the arguments.
         """
         B = check_positive_int(batch_size, "batch_size")
         T = check_positive_int(seq_len, "seq_len", minimum=0)
@@ -549,9 +545,9 @@ class _SelfAttentionBase(_GQACore):
             raise TypeError(f"kv_cache must be a KVCache (from new_kv_cache), got "
                             f"{type(kv_cache).__name__}")
         expected = (B, self.num_kv_groups, self.head_dim, self.dtype)
-        got = (kv_cache.batch_size, kv_cache.num_kv_heads, kv_cache.head_dim, kv_cache.dtype)
+        got = (kv_cache.batch_size, kv_cache.num_kv_groups, kv_cache.head_dim, kv_cache.dtype)
         if got != expected:
             raise ValueError(
                 "kv_cache does not fit this module and batch: expected (batch_size, "
-                f"num_kv_heads, head_dim, dtype) = {expected}, got {got}")
+                f"num_kv_groups, head_dim, dtype) = {expected}, got {got}")
 

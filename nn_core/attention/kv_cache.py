@@ -18,7 +18,7 @@ class KVCache:
 
     Made by ``module.new_kv_cache(batch_size, max_len)``.  Holds ``keys`` and
     ``values`` buffers of shape ``[B, g, max_len, d_k]`` (``g`` = the module's K/V
-    heads); a forward with ``kv_cache=`` writes the new positions by slice at
+    groups); a forward with ``kv_cache=`` writes the new positions by slice at
     ``length`` and advances ``length``.
 
     Attributes
@@ -32,14 +32,14 @@ class KVCache:
         (``= module.get_kv_cache_size(batch_size, max_len)``).
     """
 
-    def __init__(self, batch_size: int, max_len: int, num_kv_heads: int, head_dim: int,
+    def __init__(self, batch_size: int, max_len: int, num_kv_groups: int, head_dim: int,
                  dtype: DTypeLike) -> None:
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self.max_len = check_positive_int(max_len, "max_len")
-        self.num_kv_heads = int(num_kv_heads)
+        self.num_kv_groups = int(num_kv_groups)
         self.head_dim = int(head_dim)
         self.dtype = np.dtype(dtype)
-        shape = (self.batch_size, self.num_kv_heads, self.max_len, self.head_dim)
+        shape = (self.batch_size, self.num_kv_groups, self.max_len, self.head_dim)
         self._k = np.zeros(shape, dtype=self.dtype)     # (B, g, max_len, d_k)
         self._v = np.zeros(shape, dtype=self.dtype)
         self.length = 0
@@ -66,18 +66,23 @@ class KVCache:
         """Forget every cached position (``length = 0``); the buffers are kept."""
         self.length = 0
 
-    def _check_room(self, n):
-        """RuntimeError unless ``n`` more positions fit."""
+    def check_room(self, n: int) -> None:
+        """RuntimeError unless ``n`` more positions fit (checked before any write)."""
         if self.length + n > self.max_len:
             raise RuntimeError(
                 f"kv_cache overflow: {self.length} cached + {n} new positions exceeds "
                 f"max_len={self.max_len}; allocate a larger cache or reset() it"
             )
 
-    def _append(self, k_heads, v_heads):
-        """Write ``[B, g, n, d_k]`` new keys/values at ``length``; return the filled views."""
+    def append(self, k_heads: np.ndarray,
+               v_heads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Write ``[B, g, n, d_k]`` new keys/values at ``length`` and advance it.
+
+        Returns the filled (writable) views ``[B, g, length, d_k]`` of the keys and
+        values; RuntimeError (nothing written) when the ``n`` positions do not fit.
+        """
         n = k_heads.shape[2]
-        self._check_room(n)
+        self.check_room(n)
         end = self.length + n
         self._k[:, :, self.length:end] = k_heads
         self._v[:, :, self.length:end] = v_heads
@@ -85,6 +90,6 @@ class KVCache:
         return self._k[:, :, :end], self._v[:, :, :end]
 
     def __repr__(self) -> str:
-        return (f"KVCache(batch_size={self.batch_size}, num_kv_heads={self.num_kv_heads}, "
+        return (f"KVCache(batch_size={self.batch_size}, num_kv_groups={self.num_kv_groups}, "
                 f"head_dim={self.head_dim}, length={self.length}, max_len={self.max_len}, "
                 f"dtype={self.dtype}, nbytes={self.nbytes})")

@@ -51,7 +51,7 @@ from .._kernels import _attention as _kattn
 from .._kernels import _softmax as _ksoftmax
 from .._validation import (as_float_array, as_mask, broadcasts_to, check_grad_output,
                            check_probability)
-from ..layers import _dropout_key
+from .._dropout import dropout_key
 from ..module import Module, NoBackward
 
 if TYPE_CHECKING:  # names used in annotations only
@@ -327,7 +327,7 @@ def _flash_forward(q, k, v, lead, kind, m, causal_offset, scale, dropout_key, ke
     """Forward through the tiled kernel; returns ``(out, cache)``.
 
     ``dropout_key``: None or ``(k0, k1, threshold, scale)`` of the counter-based mask
-    over the flat ``[P, L_q, L_k]`` weights (``nn_core.layers._dropout_key``).
+    over the flat ``[P, L_q, L_k]`` weights (``nn_core._dropout.dropout_key``).
     ``keep``: the cache will be kept for a backward (else the output is not copied)."""
     dt = q.dtype
     L_q, d_k, L_k, d_v = q.shape[-2], q.shape[-1], k.shape[-2], v.shape[-1]
@@ -576,7 +576,7 @@ class ScaledDotProductAttention(Module):
         if _use_flash(return_weights, lead, L_q, L_k, d_k, v.shape[-1]):
             key = None
             if self.training and self.dropout > 0.0:
-                key = _dropout_key(self.rng, self.dropout)
+                key = dropout_key(self.rng, self.dropout)
             out, flash = _flash_forward(q, k, v, lead, kind, m, causal_offset,
                                         dt.type(scale), key, self.keeps_cache())
             self._save_cache(_SDPACache(out.shape, flash=flash))

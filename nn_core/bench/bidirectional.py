@@ -11,7 +11,7 @@ hits every contender alike), prints the median time per forward+backward of
   concurrently, each on one core with single-threaded BLAS;
 * ``nn seq``: (2 threads only) the two sweeps one after the other, each with two
   threads the way a unidirectional sweep gets them (BLAS on 2 threads, or from B = 64
-  the batch-row split of ``nn_core/recurrent/_base.py``) -- what the concurrent
+  the batch-row split of ``nn_core/recurrent/base.py``) -- what the concurrent
   design is measured against;
 * ``torch``: the torch module with ``torch.set_num_threads(n)``;
 

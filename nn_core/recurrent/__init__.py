@@ -1,15 +1,17 @@
-"""Recurrent cells and layers (API.md §3) over compiled BPTT kernels.
+"""Recurrent cells and layers over compiled BPTT kernels.
 
 Cells: ``RNNCell``, ``LSTMCell``, ``GRUCell`` (one-step and whole-sequence APIs; the
 kernels are ``nn_core._kernels._recurrent``).  Layers, composed from the cells' public
 sequence API: ``StackedLSTM``, ``BidirectionalWrapper``, ``BidirectionalRNNCell``,
 ``BidirectionalGRU``, ``StackedBidirectional``.
 
-Import graph (no cycles): ``_base`` <- ``stacked`` <- ``bidirectional`` <- the cell
+``base`` is the public module of :class:`RecurrentCell`, the sequence driver the
+cells share and the layer-building API the layers use, and of ``cell_class`` (a cell
+class by name).  Import graph (no cycles): ``base`` <- ``stacked`` <- ``bidirectional`` <- the cell
 modules (``rnn_cell``, ``gru_cell`` define the bidirectional convenience classes,
 ``lstm_cell`` the stacked LSTM).
 """
-from ._base import RecurrentCell
+from .base import RecurrentCell, cell_class
 from .bidirectional import BidirectionalWrapper, StackedBidirectional
 from .gru_cell import BidirectionalGRU, GRUCell
 from .lstm_cell import LSTMCell, StackedLSTM
@@ -17,4 +19,4 @@ from .rnn_cell import BidirectionalRNNCell, RNNCell
 
 __all__ = ["RecurrentCell", "RNNCell", "LSTMCell", "GRUCell", "StackedLSTM",
            "BidirectionalWrapper", "BidirectionalRNNCell", "BidirectionalGRU",
-           "StackedBidirectional"]
+           "StackedBidirectional", "cell_class"]

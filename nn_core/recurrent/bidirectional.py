@@ -1,5 +1,5 @@
 """Bidirectional recurrent layers: :class:`BidirectionalWrapper` and
-:class:`StackedBidirectional` (API.md §3 "Layers", §4).
+:class:`StackedBidirectional`.
 
 A bidirectional layer runs one cell left to right and a second, independent cell
 right to left over the same input and merges the two output sequences
@@ -29,7 +29,7 @@ import numpy as np
 from .._validation import check_choice, check_positive_int, check_probability, make_rng
 from .. import _parallel
 from ..module import Module, ModuleList
-from ._base import RecurrentCell, cell_class, spawn_rng, time_major_grad, user_layout
+from .base import RecurrentCell, cell_class, spawn_rng, time_major_grad, user_layout
 from .stacked import _Stack
 
 if TYPE_CHECKING:  # names used in annotations only
@@ -120,7 +120,7 @@ class BidirectionalWrapper(Module):
 
     The wrapper offers the cells' layer-building API (``has_cell_state``,
     ``check_sequence``, ``state_arrays``, ``check_grad_state``, ``run_sequence``,
-    ``run_sequence_backward``; see :class:`~nn_core.recurrent._base.RecurrentCell`)
+    ``run_sequence_backward``; see :class:`~nn_core.recurrent.base.RecurrentCell`)
     with a leading direction index on every state, so stacks compose wrappers as they
     compose cells.
 

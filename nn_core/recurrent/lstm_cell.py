@@ -8,7 +8,7 @@ import numpy as np
 from .._kernels import _recurrent as _K
 from .._validation import check_positive_int, check_probability
 from ..module import ModuleList
-from ._base import RecurrentCell
+from .base import RecurrentCell
 from .rnn_cell import _SHARED_DOC
 from .stacked import _Stack
 

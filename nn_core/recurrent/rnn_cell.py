@@ -8,7 +8,7 @@ import numpy as np
 
 from .._kernels import _recurrent as _K
 from .._validation import make_rng
-from ._base import RecurrentCell, spawn_rng
+from .base import RecurrentCell, spawn_rng
 from .bidirectional import BidirectionalWrapper
 
 if TYPE_CHECKING:  # names used in annotations only

@@ -6,7 +6,7 @@ them, the backward loop and the stacked state format; :class:`StackedLSTM`
 :class:`BidirectionalWrapper`) are thin definitions on it.
 
 A layer of a stack is anything with the cells' layer-building API
-(:class:`~nn_core.recurrent._base.RecurrentCell`): ``has_cell_state``,
+(:class:`~nn_core.recurrent.base.RecurrentCell`): ``has_cell_state``,
 ``check_sequence`` and the low-level pair ``run_sequence(x, h0, c0, lengths) ->
 (out, final, cache)`` / ``run_sequence_backward(cache, grad_out, grad_h, grad_c) ->
 (grad_x, grad_h0, grad_c0)``.  A cell's states are ``[B, H]``; a bidirectional
@@ -24,7 +24,7 @@ import numpy as np
 
 from .._validation import as_float_array, check_shape
 from ..module import Module
-from ._base import time_major_grad, user_layout
+from .base import time_major_grad, user_layout
 
 if TYPE_CHECKING:  # names used in annotations only
     from nn_core._typing import ArrayLike, StateLike
