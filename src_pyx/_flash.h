@@ -30,7 +30,8 @@
  * drop->off + r * drop->row + j, so the backward (and a NumPy reference) regenerate
  * exactly the forward's mask from the key alone.
  *
- * Each loop is compiled for baseline x86-64 and AVX2+FMA and picked through _simd.h.
+ * Each loop is compiled for baseline x86-64 and AVX2+FMA and picked through _simd.h;
+ * the exp pass is _vmath.h's nn_vexp_sum at the loop's level.
  */
 #ifndef NN_CORE_FLASH_H
 #define NN_CORE_FLASH_H
@@ -119,72 +120,9 @@ NN_TARGET_AVX2 static double nn_fa_max_d_avx2(const double *x, ptrdiff_t n)
     }
     return nan ? (double)NAN : m;
 }
-
-/* exp(x) for 8 floats: nn_expf's reduction and polynomial (_vmath.h), same clamps,
- * 0 below its range, +inf above, NaN kept. */
-NN_TARGET_AVX2 static inline __m256 nn_fa_exp8_avx2(__m256 x)
-{
-    const __m256 hi = _mm256_set1_ps(88.0f), lo = _mm256_set1_ps(-87.33654475f);
-    const __m256 magic = _mm256_set1_ps(12582912.0f);
-    __m256 xc = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
-    __m256 n = _mm256_sub_ps(_mm256_fmadd_ps(xc, _mm256_set1_ps(1.44269504088896341f),
-                                             magic), magic);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);
-    r = _mm256_fmadd_ps(n, _mm256_set1_ps(2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), _mm256_set1_ps(1.0f));
-    __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n),
-                                                      _mm256_set1_epi32(127)), 23);
-    __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
-    y = _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x, lo, _CMP_LT_OQ));
-    y = _mm256_blendv_ps(y, _mm256_set1_ps(INFINITY), _mm256_cmp_ps(x, hi, _CMP_GT_OQ));
-    return _mm256_blendv_ps(y, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
-}
-
-/* y[i] = exp(x[i] - shift), returns sum(y) (as nn_vexp_sum_f; y may alias x): two
- * register accumulators (GCC's version of the generic loop keeps its accumulator in
- * memory, a store-to-load chain per 8 elements). */
-NN_TARGET_AVX2 static float nn_fa_expsum_f_avx2(float *y, const float *x, float shift,
-                                                ptrdiff_t n)
-{
-    __m256 sh = _mm256_set1_ps(shift), a0 = _mm256_setzero_ps(), a1 = a0;
-    ptrdiff_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        __m256 e0 = nn_fa_exp8_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), sh));
-        __m256 e1 = nn_fa_exp8_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i + 8), sh));
-        _mm256_storeu_ps(y + i, e0);
-        _mm256_storeu_ps(y + i + 8, e1);
-        a0 = _mm256_add_ps(a0, e0);
-        a1 = _mm256_add_ps(a1, e1);
-    }
-    for (; i + 8 <= n; i += 8) {
-        __m256 e0 = nn_fa_exp8_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), sh));
-        _mm256_storeu_ps(y + i, e0);
-        a0 = _mm256_add_ps(a0, e0);
-    }
-    a0 = _mm256_add_ps(a0, a1);
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(a0), _mm256_extractf128_ps(a0, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
-    float sum = _mm_cvtss_f32(h);
-    for (; i < n; i++) {
-        float e = nn_expf(x[i] - shift);
-        y[i] = e;
-        sum += e;
-    }
-    return sum;
-}
 #endif
 #define nn_fa_max_f_base nn_vmax_f_base
 #define nn_fa_max_d_base nn_vmax_d_base
-#define nn_fa_expsum_f_base nn_vexp_sum_f_base
-#define nn_fa_expsum_d_base nn_vexp_sum_d_base
-#define nn_fa_expsum_d_avx2 nn_vexp_sum_d_avx2
 
 /* -------------------------------------------------------------- tile passes -- */
 /*
@@ -239,7 +177,7 @@ A static void nn_fa_fwd_tile_##S##V(T *s, ptrdiff_t lds, ptrdiff_t rows, ptrdiff
             memset(x, 0, (size_t)w * sizeof(T));                                     \
             continue;                                                                \
         }                                                                            \
-        T sum = nn_fa_expsum_##S##V(x, x, mn, n);                                     \
+        T sum = nn_vexp_sum_##S##V(x, x, mn, n);                                      \
         if (n < w)                                                                   \
             memset(x + n, 0, (size_t)(w - n) * sizeof(T));                           \
         if (!(mn == mo)) {                             /* the max rose (or NaN) */   \
@@ -274,7 +212,7 @@ A static void nn_fa_bwd_p_##S##V(T *s, ptrdiff_t lds, ptrdiff_t rows, ptrdiff_t 
         if (lse[r] == (T)INFINITY)                     /* no allowed key at all */   \
             n = 0;                                                                   \
         nn_fa_mask_##S##V(x, n, mk, bm + r * mrs, fm + r * mrs, mcs);                \
-        nn_fa_expsum_##S##V(x, x, lse[r], n);                                         \
+        nn_vexp_sum_##S##V(x, x, lse[r], n);                                          \
         if (n < w)                                                                   \
             memset(x + n, 0, (size_t)(w - n) * sizeof(T));                           \
     }                                                                                \

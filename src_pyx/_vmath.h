@@ -4,8 +4,9 @@
  * C's expf/exp are scalar library calls, and GCC vectorises them only with
  * -ffast-math, which the project forbids (it breaks -inf masking and NaN checks).
  * The functions here are branch-free polynomial forms that GCC auto-vectorises at
- * -O3; the array loops are compiled for baseline x86-64 and AVX2+FMA (the exp-sum
- * also as AVX-512F intrinsics) and dispatched through _simd.h.
+ * -O3; the array loops are compiled for baseline x86-64 and AVX2+FMA and dispatched
+ * through _simd.h.  The softmax exp-sum is written with intrinsics at AVX2 (float)
+ * and AVX-512F (float and double).
  *
  * Accuracy (tests/test_vmath.py, tests/test_vmath_gates.py):
  *   nn_expf: Cephes expf polynomial, <= 2 ulp on [-87.3, 88]; x < -87.3 -> 0
@@ -154,7 +155,7 @@ NN_INLINE double nn_tanh(double x)
 #define NN_SUM8(acc) (((acc)[0] + (acc)[4]) + ((acc)[1] + (acc)[5])) + \
                      (((acc)[2] + (acc)[6]) + ((acc)[3] + (acc)[7]))
 
-#define NN_DEFINE_ARRAY_OPS(T, S, EXP, V, A, I, ABS, INF)                         \
+#define NN_DEFINE_EXP_SUM(T, S, EXP, V, A)                                        \
 A static T nn_vexp_sum_##S##V(T *y, const T *x, T shift, ptrdiff_t n)          \
 {                                                                                   \
     T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                            \
@@ -171,7 +172,9 @@ A static T nn_vexp_sum_##S##V(T *y, const T *x, T shift, ptrdiff_t n)          \
         acc[j] += e;                                                                \
     }                                                                               \
     return NN_SUM8(acc);                                                            \
-}                                                                                   \
+}
+
+#define NN_DEFINE_ARRAY_OPS(T, S, EXP, V, A, I, ABS, INF)                         \
 A static void nn_vexp_##S##V(T *y, const T *x, ptrdiff_t n)                    \
 {                                                                                   \
     for (ptrdiff_t i = 0; i < n; i++)                                               \
@@ -240,15 +243,87 @@ A static void nn_vtanh_##S##V(T *y, const T *x, ptrdiff_t n)                    
 #define NN_D_BITS int64_t, INT64_C(0x7fffffffffffffff), INT64_C(0x7ff0000000000000)
 #define NN_DEFINE_ARRAY_OPS_X(...) NN_DEFINE_ARRAY_OPS(__VA_ARGS__)   /* expands *_BITS */
 
+NN_DEFINE_EXP_SUM(float, f, nn_expf, _base, )
+NN_DEFINE_EXP_SUM(double, d, nn_exp, _base, )
 NN_DEFINE_ARRAY_OPS_X(float, f, nn_expf, _base, , NN_F_BITS)
 NN_DEFINE_ARRAY_OPS_X(double, d, nn_exp, _base, , NN_D_BITS)
 NN_DEFINE_ACT_OPS(float, f, nn_sigmoidf, nn_tanhf, _base, )
 NN_DEFINE_ACT_OPS(double, d, nn_sigmoid, nn_tanh, _base, )
 #if NN_X86_DISPATCH
+NN_DEFINE_EXP_SUM(double, d, nn_exp, _avx2, NN_TARGET_AVX2)   /* float: below */
 NN_DEFINE_ARRAY_OPS_X(float, f, nn_expf, _avx2, NN_TARGET_AVX2, NN_F_BITS)
 NN_DEFINE_ARRAY_OPS_X(double, d, nn_exp, _avx2, NN_TARGET_AVX2, NN_D_BITS)
 NN_DEFINE_ACT_OPS(float, f, nn_sigmoidf, nn_tanhf, _avx2, NN_TARGET_AVX2)
 NN_DEFINE_ACT_OPS(double, d, nn_sigmoid, nn_tanh, _avx2, NN_TARGET_AVX2)
+#endif
+
+/* ---------------------------------------------------- AVX2 float exp-sum (level 1) -- */
+/*
+ * The softmax exp pass, 16 floats a step, written with intrinsics: GCC's version of
+ * the generic NN_DEFINE_EXP_SUM loop keeps its accumulator in memory (a
+ * store-to-load chain per 8 elements).  Two register accumulators in a fixed order:
+ * deterministic for a given n.  double keeps the generic loop.
+ */
+#if NN_X86_DISPATCH
+#include <immintrin.h>
+
+/* exp(x) for 8 floats: nn_expf's reduction and polynomial, same clamps, 0 below its
+ * range, +inf above, NaN kept. */
+NN_TARGET_AVX2 static inline __m256 nn_exp8_avx2(__m256 x)
+{
+    const __m256 hi = _mm256_set1_ps(88.0f), lo = _mm256_set1_ps(-87.33654475f);
+    const __m256 magic = _mm256_set1_ps(12582912.0f);
+    __m256 xc = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+    __m256 n = _mm256_sub_ps(_mm256_fmadd_ps(xc, _mm256_set1_ps(1.44269504088896341f),
+                                             magic), magic);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);
+    r = _mm256_fmadd_ps(n, _mm256_set1_ps(2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), _mm256_set1_ps(1.0f));
+    __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n),
+                                                      _mm256_set1_epi32(127)), 23);
+    __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+    y = _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x, lo, _CMP_LT_OQ));
+    y = _mm256_blendv_ps(y, _mm256_set1_ps(INFINITY), _mm256_cmp_ps(x, hi, _CMP_GT_OQ));
+    return _mm256_blendv_ps(y, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+}
+
+/* y[i] = exp(x[i] - shift), returns sum(y); y may alias x. */
+NN_TARGET_AVX2 static float nn_vexp_sum_f_avx2(float *y, const float *x, float shift,
+                                                ptrdiff_t n)
+{
+    __m256 sh = _mm256_set1_ps(shift), a0 = _mm256_setzero_ps(), a1 = a0;
+    ptrdiff_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256 e0 = nn_exp8_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), sh));
+        __m256 e1 = nn_exp8_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i + 8), sh));
+        _mm256_storeu_ps(y + i, e0);
+        _mm256_storeu_ps(y + i + 8, e1);
+        a0 = _mm256_add_ps(a0, e0);
+        a1 = _mm256_add_ps(a1, e1);
+    }
+    for (; i + 8 <= n; i += 8) {
+        __m256 e0 = nn_exp8_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), sh));
+        _mm256_storeu_ps(y + i, e0);
+        a0 = _mm256_add_ps(a0, e0);
+    }
+    a0 = _mm256_add_ps(a0, a1);
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(a0), _mm256_extractf128_ps(a0, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
+    float sum = _mm_cvtss_f32(h);
+    for (; i < n; i++) {
+        float e = nn_expf(x[i] - shift);
+        y[i] = e;
+        sum += e;
+    }
+    return sum;
+}
 #endif
 
 /* ------------------------------------------------ AVX-512F exp-sum (level 2) -- */
