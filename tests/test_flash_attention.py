@@ -11,7 +11,7 @@ import pytest
 
 import nn_core
 import nn_core.attention.scaled_dot_product as sdp
-from nn_core._kernels import _attention as kattn
+from nn_core._kernels import _flash_attention as kflash
 from nn_core._kernels import _layers as klayers
 from nn_core.attention import ScaledDotProductAttention, create_padding_mask
 from nn_core._dropout import dropout_key
@@ -262,30 +262,30 @@ def test_backward_does_not_depend_on_the_returned_output(flash, seed):
 
 def test_kernel_rejects_bad_arguments():
     q = np.zeros((1, 1, 1, 1, 4, 2))
-    call = kattn.FlashCall(q, q, q, 1.0)
+    call = kflash.FlashCall(q, q, q, 1.0)
     out, lse = np.zeros((1, 4, 2)), np.zeros((1, 4))
     tasks = np.array([[0, 0, 4]], dtype=np.intp)
-    kattn.flash_forward(call, out, lse, tasks, 0, 1, 8, 8)
+    kflash.flash_forward(call, out, lse, tasks, 0, 1, 8, 8)
     with pytest.raises(ValueError, match="task 0"):
-        kattn.flash_forward(call, out, lse, np.array([[1, 0, 4]], dtype=np.intp), 0, 1, 8, 8)
+        kflash.flash_forward(call, out, lse, np.array([[1, 0, 4]], dtype=np.intp), 0, 1, 8, 8)
     with pytest.raises(ValueError, match="task 0"):
-        kattn.flash_forward(call, out, lse, np.array([[0, 0, 5]], dtype=np.intp), 0, 1, 8, 8)
+        kflash.flash_forward(call, out, lse, np.array([[0, 0, 5]], dtype=np.intp), 0, 1, 8, 8)
     with pytest.raises(ValueError, match="task range"):
-        kattn.flash_forward(call, out, lse, tasks, 0, 2, 8, 8)
+        kflash.flash_forward(call, out, lse, tasks, 0, 2, 8, 8)
     with pytest.raises(ValueError, match="block sizes"):
-        kattn.flash_forward(call, out, lse, tasks, 0, 1, 0, 8)
+        kflash.flash_forward(call, out, lse, tasks, 0, 1, 0, 8)
     with pytest.raises(ValueError, match="out must have shape"):
-        kattn.flash_forward(call, np.zeros((1, 3, 2)), lse, tasks, 0, 1, 8, 8)
+        kflash.flash_forward(call, np.zeros((1, 3, 2)), lse, tasks, 0, 1, 8, 8)
     with pytest.raises(ValueError, match="lse must have shape"):
-        kattn.flash_forward(call, out, np.zeros((1, 3)), tasks, 0, 1, 8, 8)
+        kflash.flash_forward(call, out, np.zeros((1, 3)), tasks, 0, 1, 8, 8)
     with pytest.raises(TypeError):
-        kattn.flash_forward(call, out.astype(np.float32), lse.astype(np.float32), tasks,
+        kflash.flash_forward(call, out.astype(np.float32), lse.astype(np.float32), tasks,
                             0, 1, 8, 8)
     with pytest.raises(ValueError, match="32-bit"):
-        kattn.FlashCall(q, q, q, 1.0, dropout=(1 << 32, 0, 0, 1.0))
+        kflash.FlashCall(q, q, q, 1.0, dropout=(1 << 32, 0, 0, 1.0))
     gq, gv = np.zeros((1, 4, 2)), np.zeros((1, 4, 2))
     with pytest.raises(ValueError, match="grad_k must have shape"):
-        kattn.flash_backward(call, out, lse, q, gq, np.zeros((1, 3, 2)), gv, tasks, 0, 1, 8, 8)
+        kflash.flash_backward(call, out, lse, q, gq, np.zeros((1, 3, 2)), gv, tasks, 0, 1, 8, 8)
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])

@@ -48,6 +48,7 @@ import numpy as np
 
 from .. import _parallel
 from .._kernels import _attention as _kattn
+from .._kernels import _flash_attention as _kflash
 from .._kernels import _softmax as _ksoftmax
 from .._validation import (as_float_array, as_mask, broadcasts_to, check_grad_output,
                            check_probability)
@@ -333,13 +334,13 @@ def _flash_forward(q, k, v, lead, kind, m, causal_offset, scale, dropout_key, ke
     L_q, d_k, L_k, d_v = q.shape[-2], q.shape[-1], k.shape[-2], v.shape[-1]
     P = int(np.prod(lead, dtype=np.int64))
     q6, k6, v6 = (_kernel_view(a) for a in (q, k, v))       # own shapes, no expansion
-    call = _kattn.FlashCall(q6, k6, v6, scale,
+    call = _kflash.FlashCall(q6, k6, v6, scale,
                             mask=_mask_layout(kind, m, lead + (L_q, L_k), dt),
                             causal_offset=causal_offset, dropout=dropout_key)
     out3 = np.empty((P, L_q, d_v), dtype=dt)                    # (P, L_q, d_v)
     lse = np.empty((P, L_q), dtype=dt)                          # (P, L_q)
     tasks = _flash_tasks(P, L_q)
-    _run(lambda t0, t1: _kattn.flash_forward(call, out3, lse, tasks, t0, t1,
+    _run(lambda t0, t1: _kflash.flash_forward(call, out3, lse, tasks, t0, t1,
                                              _FLASH_BLOCK_Q, _FLASH_BLOCK_K),
          P, P * L_q * L_k * (d_k + d_v))
     # the backward reads O: keep a copy the caller cannot modify
@@ -361,7 +362,7 @@ def _flash_backward(cache, g, dt):
     gk = np.empty((P, L_k, d_k), dtype=dt)
     gv = np.empty((P, L_k, d_v), dtype=dt)
     tasks = _flash_tasks(P, L_k)
-    _run(lambda t0, t1: _kattn.flash_backward(call, cache.out, cache.lse, g6, gq, gk, gv,
+    _run(lambda t0, t1: _kflash.flash_backward(call, cache.out, cache.lse, g6, gq, gk, gv,
                                               tasks, t0, t1, _FLASH_BLOCK_Q,
                                               _FLASH_BLOCK_K),
          P, 2 * P * L_q * L_k * (d_k + d_v))
