@@ -1,7 +1,7 @@
 """The tiled ("flash") SDPA path: O(L) memory, probabilities recomputed in the backward.
 
-The path is forced at small sizes by setting ``_FLASH_MIN_SCORES`` to 0, with small
-tiles (``_FLASH_BLOCK_Q`` / ``_FLASH_BLOCK_K``) so every shape crosses several tiles,
+The path is forced at small sizes by setting ``FLASH_MIN_SCORES`` to 0, with small
+tiles (``FLASH_BLOCK_Q`` / ``FLASH_BLOCK_K``) so every shape crosses several tiles,
 remainder tiles and the causal staircase.  Oracles: the plain-NumPy ``_reference`` of
 ``test_sdpa_kernel`` (float64), the fused kernel that keeps the probabilities, and
 torch.  Every random test is seeded; the seed is in the failure message.
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import nn_core
-import nn_core.attention.scaled_dot_product as sdp
+import nn_core.attention._sdpa_kernels as sdp
 from nn_core._kernels import _flash_attention as kflash
 from nn_core._kernels import _layers as klayers
 from nn_core.attention import ScaledDotProductAttention, create_padding_mask
@@ -26,10 +26,10 @@ TILES = [(8, 16), (5, 7), (64, 256)]
 @pytest.fixture(params=TILES, ids=[f"{a}x{b}" for a, b in TILES])
 def flash(request, monkeypatch):
     """Force the tiled path, with the tile sizes of the parameter."""
-    monkeypatch.setattr(sdp, "_FLASH_MIN_SCORES", 0)
-    monkeypatch.setattr(sdp, "_FLASH_MIN_ROWS", 0)
-    monkeypatch.setattr(sdp, "_FLASH_BLOCK_Q", request.param[0])
-    monkeypatch.setattr(sdp, "_FLASH_BLOCK_K", request.param[1])
+    monkeypatch.setattr(sdp, "FLASH_MIN_SCORES", 0)
+    monkeypatch.setattr(sdp, "FLASH_MIN_ROWS", 0)
+    monkeypatch.setattr(sdp, "FLASH_BLOCK_Q", request.param[0])
+    monkeypatch.setattr(sdp, "FLASH_BLOCK_K", request.param[1])
     return request.param
 
 
@@ -45,10 +45,10 @@ def _tol(dtype):
 
 def _run(dtype, q, k, v, g, path, **kw):
     """Forward and backward through ``path``: "flash", "fused" or "generic"."""
-    saved = sdp._FLASH_MIN_SCORES, sdp._FLASH_MIN_ROWS, sdp._FUSED_ENABLED
-    sdp._FLASH_MIN_SCORES = 0 if path == "flash" else 1 << 62
-    sdp._FLASH_MIN_ROWS = 0
-    sdp._FUSED_ENABLED = path != "generic"
+    saved = sdp.FLASH_MIN_SCORES, sdp.FLASH_MIN_ROWS, sdp.FUSED_ENABLED
+    sdp.FLASH_MIN_SCORES = 0 if path == "flash" else 1 << 62
+    sdp.FLASH_MIN_ROWS = 0
+    sdp.FUSED_ENABLED = path != "generic"
     try:
         m = ScaledDotProductAttention(dtype=dtype)
         out = m(q, k, v, **kw)
@@ -56,7 +56,7 @@ def _run(dtype, q, k, v, g, path, **kw):
         assert (cache.flash is not None) == (path == "flash")
         return (out,) + m.backward(g)
     finally:
-        sdp._FLASH_MIN_SCORES, sdp._FLASH_MIN_ROWS, sdp._FUSED_ENABLED = saved
+        sdp.FLASH_MIN_SCORES, sdp.FLASH_MIN_ROWS, sdp.FUSED_ENABLED = saved
 
 
 def _inputs(seed, q_shape, k_shape, d_v, dtype=np.float64):
@@ -200,10 +200,10 @@ def test_thread_count_does_not_change_results(flash, monkeypatch, workers, seed)
         out = attn(q, k, v, mask=mask, is_causal=True)
         return (out,) + attn.backward(g)
 
-    monkeypatch.setattr(sdp, "_MAX_WORKERS", 1)
+    monkeypatch.setattr(sdp, "MAX_WORKERS", 1)
     want = go()
-    monkeypatch.setattr(sdp, "_MAX_WORKERS", workers)
-    monkeypatch.setattr(sdp, "_MIN_WORK_PER_THREAD", 1)
+    monkeypatch.setattr(sdp, "MAX_WORKERS", workers)
+    monkeypatch.setattr(sdp, "MIN_WORK_PER_THREAD", 1)
     for a, b in zip(go(), want):
         np.testing.assert_array_equal(a, b, err_msg=f"workers={workers}, seed={seed}")
 
@@ -212,10 +212,10 @@ def test_thread_count_does_not_change_results(flash, monkeypatch, workers, seed)
 def test_every_simd_level(monkeypatch, level, seed):
     """The tile passes of ``_flash.h`` at every SIMD level the CPU has."""
     with at_level(level):
-        monkeypatch.setattr(sdp, "_FLASH_MIN_SCORES", 0)
-        monkeypatch.setattr(sdp, "_FLASH_MIN_ROWS", 0)
-        monkeypatch.setattr(sdp, "_FLASH_BLOCK_Q", 8)
-        monkeypatch.setattr(sdp, "_FLASH_BLOCK_K", 19)
+        monkeypatch.setattr(sdp, "FLASH_MIN_SCORES", 0)
+        monkeypatch.setattr(sdp, "FLASH_MIN_ROWS", 0)
+        monkeypatch.setattr(sdp, "FLASH_BLOCK_Q", 8)
+        monkeypatch.setattr(sdp, "FLASH_BLOCK_K", 19)
         rng, q, k, v, g = _inputs(seed, (2, 31, 8), (2, 45, 8), 7, np.float32)
         mask = _mask(rng, "bool", (31, 45))
         for dtype in (np.float32, np.float64):
@@ -229,8 +229,8 @@ def test_every_simd_level(monkeypatch, level, seed):
 def test_switch_is_automatic_by_size(monkeypatch):
     """Long slabs take the tiled path; short ones, ``return_weights`` and KV-cache
     decoding (one query row) keep the fused kernel."""
-    monkeypatch.setattr(sdp, "_FLASH_MIN_SCORES", 64 * 64)
-    monkeypatch.setattr(sdp, "_FLASH_MIN_ROWS", 16)
+    monkeypatch.setattr(sdp, "FLASH_MIN_SCORES", 64 * 64)
+    monkeypatch.setattr(sdp, "FLASH_MIN_ROWS", 16)
     rng = np.random.default_rng(0)
     attn = ScaledDotProductAttention(dtype=np.float64)
 

@@ -192,8 +192,8 @@ def test_nan_key_at_masked_position_leaves_forward_finite(dtype, fused, causal, 
     """A NaN score at a bool-masked (or causally excluded) key never enters the softmax
     (the forward is finite and equals the result with that key replaced).  Only the
     forward is guaranteed: gradients pass through GEMMs where 0 * NaN = NaN."""
-    from nn_core.attention import scaled_dot_product as sdp
-    monkeypatch.setattr(sdp, "_FUSED_ENABLED", fused)
+    from nn_core.attention import _sdpa_kernels as sdp
+    monkeypatch.setattr(sdp, "FUSED_ENABLED", fused)
     q, k, v = (rng.standard_normal(s).astype(dtype) for s in ((2, 6, 4), (2, 6, 4), (2, 6, 3)))
     mask = rng.random((6, 6)) > 0.3
     mask[:, 5] = False
@@ -210,8 +210,8 @@ def test_nan_key_at_masked_position_leaves_forward_finite(dtype, fused, causal, 
 @pytest.mark.parametrize("fused", [True, False])
 def test_backward_bad_grad_output_keeps_cache_for_retry(dtype, fused, rng, monkeypatch):
     """grad_output is validated before the forward cache is consumed."""
-    from nn_core.attention import scaled_dot_product as sdp
-    monkeypatch.setattr(sdp, "_FUSED_ENABLED", fused)
+    from nn_core.attention import _sdpa_kernels as sdp
+    monkeypatch.setattr(sdp, "FUSED_ENABLED", fused)
     q, k, v = (rng.standard_normal(s).astype(dtype) for s in ((2, 4, 3), (2, 5, 3), (2, 5, 2)))
     attn = ScaledDotProductAttention(dtype=dtype)
     out = attn(q, k, v)

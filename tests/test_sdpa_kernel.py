@@ -10,7 +10,7 @@ broadcast inputs whose gradients several threads accumulate.
 import numpy as np
 import pytest
 
-import nn_core.attention.scaled_dot_product as sdp
+import nn_core.attention._sdpa_kernels as sdp
 from nn_core import _parallel
 from nn_core._kernels import _attention as kattn
 from nn_core.attention import ScaledDotProductAttention
@@ -53,8 +53,8 @@ def _reference(q, k, v, g, mask=None, is_causal=False, scale=None):
 
 
 def _run(q, k, v, g, dtype, fused=True, **kw):
-    old = sdp._FUSED_ENABLED
-    sdp._FUSED_ENABLED = fused
+    old = sdp.FUSED_ENABLED
+    sdp.FUSED_ENABLED = fused
     try:
         m = ScaledDotProductAttention(dtype=dtype)
         out, w = m(q, k, v, return_weights=True, **kw)
@@ -63,7 +63,7 @@ def _run(q, k, v, g, dtype, fused=True, **kw):
         out2 = m(q, k, v, **kw)                      # in-place dS path (weights not kept)
         grads2 = m.backward(g)
     finally:
-        sdp._FUSED_ENABLED = old
+        sdp.FUSED_ENABLED = old
     for a, b in zip((out,) + grads, (out2,) + grads2):
         np.testing.assert_array_equal(a, b)
     return (out, w) + grads
@@ -75,8 +75,8 @@ exp_path = level_fixture(2, 1, 0, doc="Run at every SIMD level the CPU has (AVX-
 
 @pytest.fixture
 def small_blocks(monkeypatch):
-    monkeypatch.setattr(sdp, "_BLOCK_Q", 5)
-    monkeypatch.setattr(sdp, "_BLOCK_K", 7)
+    monkeypatch.setattr(sdp, "BLOCK_Q", 5)
+    monkeypatch.setattr(sdp, "BLOCK_K", 7)
 
 
 def _tol(dtype):
@@ -180,8 +180,8 @@ def test_threaded_slabs_match_single_thread(rng, monkeypatch, workers):
     g = rng.standard_normal((2, 2, 3, 13, 6))
     want = _run(q, k, v, g, np.float64, is_causal=True)
     before = [lc.get_num_threads() for lc in _parallel._BLAS.libs()]
-    monkeypatch.setattr(sdp, "_MAX_WORKERS", workers)
-    monkeypatch.setattr(sdp, "_MIN_WORK_PER_THREAD", 1)
+    monkeypatch.setattr(sdp, "MAX_WORKERS", workers)
+    monkeypatch.setattr(sdp, "MIN_WORK_PER_THREAD", 1)
     got = _run(q, k, v, g, np.float64, is_causal=True)
     assert [lc.get_num_threads() for lc in _parallel._BLAS.libs()] == before
     for x, y in zip(got, want):
@@ -299,7 +299,7 @@ def test_strided_inputs(rng, monkeypatch, in_place):
     multi-head modules pass them), reversed and non-unit-stride views: read in place
     by the kernel (row stride as leading dimension) or copied first (the default),
     the same numbers either way."""
-    monkeypatch.setattr(sdp, "_COPY_STRIDED_ROWS", not in_place)
+    monkeypatch.setattr(sdp, "COPY_STRIDED_ROWS", not in_place)
     B, L, S, h, d = 2, 9, 11, 3, 4
     xq = rng.standard_normal((B, L, 3 * h * d))          # a fused [q | k | v] projection
     xk = rng.standard_normal((B, S, 2 * h * d))
@@ -307,7 +307,7 @@ def test_strided_inputs(rng, monkeypatch, in_place):
     k = xk[..., : h * d].reshape(B, S, h, d).transpose(0, 2, 1, 3)
     v = xk[..., h * d:].reshape(B, S, h, d).transpose(0, 2, 1, 3)
     g = rng.standard_normal((B, L, h, d)).transpose(0, 2, 1, 3)
-    assert np.shares_memory(sdp._kernel_view(q), xq) == in_place
+    assert np.shares_memory(sdp.kernel_view(q), xq) == in_place
     want = _reference(q, k, v, g, is_causal=True)
     for qq, kk in ((q, k), (q[:, :, ::-1], k[:, :, ::-1]), (q[..., ::1], k)):
         ww = _reference(qq, kk, v, g, is_causal=True) if qq is not q else want
@@ -326,8 +326,8 @@ def test_threaded_path_works_in_a_forked_child(rng, monkeypatch):
     """The worker pool is recreated after fork (the child has no pool threads)."""
     import os
 
-    monkeypatch.setattr(sdp, "_MAX_WORKERS", 2)
-    monkeypatch.setattr(sdp, "_MIN_WORK_PER_THREAD", 1)
+    monkeypatch.setattr(sdp, "MAX_WORKERS", 2)
+    monkeypatch.setattr(sdp, "MIN_WORK_PER_THREAD", 1)
     q, k, v = (rng.standard_normal((4, 6, 3)) for _ in range(3))
     want = ScaledDotProductAttention(dtype=np.float64)(q, k, v)     # parent pool exists
     pid = os.fork()

@@ -92,8 +92,8 @@ def test_softmax_matches_torch(dtype, rng):
 @pytest.mark.parametrize("fused", [True, False])
 def test_parity_nan_rows(dtype, fused, rng, monkeypatch):
     """NaN scores propagate as in torch (an all-NaN row used to give 0)."""
-    from nn_core.attention import scaled_dot_product as sdp
-    monkeypatch.setattr(sdp, "_FUSED_ENABLED", fused)
+    from nn_core.attention import _sdpa_kernels as sdp
+    monkeypatch.setattr(sdp, "FUSED_ENABLED", fused)
     q, k, v = rng.standard_normal((2, 2, 5, 4)), rng.standard_normal((2, 2, 6, 4)), rng.standard_normal((2, 2, 6, 3))
     q[0, 1, 1, 0] = np.nan          # a whole score row NaN
     q[1, 0, 3, :] = np.nan

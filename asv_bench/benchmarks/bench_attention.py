@@ -33,10 +33,10 @@ class SoftmaxSuite:
             self.mask = None
         self.grad = randn((B, h, L, L), dtype)
         try:
-            from nn_core.attention.scaled_dot_product import _softmax_backward
+            from nn_core.attention._sdpa_kernels import softmax_backward
         except ImportError:
-            _softmax_backward = None
-        self.backward = _softmax_backward
+            softmax_backward = None
+        self.backward = softmax_backward
 
     def time_forward(self, dtype, shape, mask):
         self.softmax(self.x, mask=self.mask)
