@@ -1,4 +1,5 @@
-"""Memory for NumPy arrays: a caching allocator for training loops.
+"""Memory for NumPy arrays: a caching allocator for training loops, an allocation
+budget, and the scratch workspaces modules reuse across calls.
 
 A training step allocates the same arrays step after step.  With the system
 allocator, every large array of every step is fresh memory: the kernel maps new pages
@@ -13,6 +14,12 @@ allocator and free through it whenever they die.  The cache holds at most
 :func:`cache_limit` bytes (1 GiB by default); :func:`release_cache` gives it back.
 :func:`nn_core.training.train` and the ``nn-core`` command train inside it.
 
+:class:`allocation_budget` is the same hook used the other way: NumPy allocations
+inside it fail with ``MemoryError`` once they hold more than a fixed number of bytes
+(``nn_core.checkpoint.load`` rebuilds modules under one).  A :class:`Workspace`
+keeps a module's large scratch buffers from one call to the next (the recurrent
+cells' gate and state buffers, the attention probabilities).
+
 Examples
 --------
 >>> import numpy as np
@@ -26,27 +33,34 @@ True
 """
 from __future__ import annotations
 
-import functools
+import contextlib
+
+import numpy as np
 
 from ._kernels import _alloc
 
-__all__ = ["caching_allocator", "memory_stats", "cache_limit", "set_cache_limit",
-           "release_cache"]
+__all__ = ["caching_allocator", "allocation_budget", "Workspace", "memory_stats",
+           "cache_limit", "set_cache_limit", "release_cache"]
 
 
-class caching_allocator:
+class caching_allocator(contextlib.ContextDecorator):
     """Context manager (and decorator): NumPy arrays created inside come from the
     caching allocator.  Nested uses are fine; ``caching_allocator(False)`` turns it
-    off inside an enclosing block."""
+    off inside an enclosing block.  Usable bare (``@caching_allocator``) or called
+    (``@caching_allocator()``); each call of a decorated function enters afresh, so
+    one decorated function may run on several threads."""
+
+    def __new__(cls, enabled: bool = True):
+        if callable(enabled):                      # used bare: @caching_allocator
+            return cls()(enabled)
+        return super().__new__(cls)
 
     def __init__(self, enabled: bool = True):
-        if callable(enabled):                      # used bare: @caching_allocator
-            fn, self.enabled = enabled, True
-            self.__wrapped__ = fn
-            functools.update_wrapper(self, fn)
-        else:
-            self.enabled = bool(enabled)
+        self.enabled = bool(enabled)
         self._saved = []
+
+    def _recreate_cm(self):
+        return type(self)(self.enabled)
 
     def __enter__(self):
         handler = _alloc.CACHING if self.enabled else _DEFAULT
@@ -57,18 +71,108 @@ class caching_allocator:
         _alloc.set_handler(self._saved.pop())
         return False
 
-    def __call__(self, *args, **kwargs):
-        fn = getattr(self, "__wrapped__", None)
-        if fn is not None:
-            with caching_allocator(self.enabled):
-                return fn(*args, **kwargs)
-        (fn,) = args
 
-        @functools.wraps(fn)
-        def wrapper(*a, **kw):
-            with caching_allocator(self.enabled):
-                return fn(*a, **kw)
-        return wrapper
+class allocation_budget:
+    """Context manager: NumPy allocations inside hold at most ``nbytes`` at a time.
+
+    An allocation that would go past the budget fails (NumPy raises
+    ``MemoryError``); frees give the bytes back.  Arrays created before the block do
+    not count.  After the block, :attr:`exceeded` tells whether some allocation was
+    refused, which separates a refused allocation from a genuine out-of-memory.
+    Applies to the current thread (or asyncio task), as :class:`caching_allocator`.
+
+    Examples
+    --------
+    >>> budget = allocation_budget(1 << 20)
+    >>> try:
+    ...     with budget:
+    ...         big = np.empty(1 << 22)
+    ... except MemoryError:
+    ...     pass
+    >>> budget.exceeded
+    True
+    """
+
+    def __init__(self, nbytes: int) -> None:
+        nbytes = int(nbytes)
+        if nbytes < 0:
+            raise ValueError(f"nbytes must be >= 0, got {nbytes}")
+        self.nbytes = nbytes
+        self._handler = None
+        self._saved = None
+
+    def __enter__(self):
+        if self._saved is not None:
+            raise RuntimeError("allocation_budget is already in use (one block at a time)")
+        self._handler = _alloc.budget_handler(self.nbytes)
+        self._saved = _alloc.set_handler(self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        _alloc.set_handler(self._saved)
+        self._saved = None
+        return False
+
+    @property
+    def exceeded(self) -> bool:
+        """Whether an allocation inside the (last) block was refused."""
+        return self._handler is not None and bool(_alloc.budget_exceeded(self._handler))
+
+
+class Workspace:
+    """Scratch buffers one owner reuses across calls, at most one spare per name.
+
+    :meth:`take` hands out the spare kept under a name when its shape and dtype fit
+    (the caller then owns it), or a new uninitialised array; :meth:`give` keeps an
+    array as that name's spare for the next :meth:`take`, replacing the previous
+    one.  A buffer handed out twice before it comes back is simply a second array,
+    so pending forwards never share one.  Reusing the same memory spares the page
+    faults of fresh large arrays (see :func:`caching_allocator`, which does the same
+    for every array of a training step).  Not thread-safe: one owner, one thread.
+
+    Parameters
+    ----------
+    max_bytes : int, optional
+        Larger arrays are not kept (None: no limit).
+    """
+
+    def __init__(self, max_bytes: int | None = None) -> None:
+        self.max_bytes = max_bytes
+        self._spares = {}
+
+    def take(self, name: str, shape: tuple, dtype) -> np.ndarray:
+        """The spare of ``name`` if it has ``shape`` and ``dtype`` (uninitialised
+        contents), else a new empty array."""
+        spare = self._spares.pop(name, None)
+        if spare is None or spare.shape != shape or spare.dtype != dtype:
+            spare = np.empty(shape, dtype)
+        return spare
+
+    def give(self, name: str, array: np.ndarray) -> None:
+        """Keep ``array`` (no longer used by the caller) as the spare of ``name``;
+        empty arrays and arrays over ``max_bytes`` are not kept."""
+        if array.size == 0 or (self.max_bytes is not None and array.nbytes > self.max_bytes):
+            return
+        self._spares[name] = array
+
+    def clear(self) -> None:
+        """Drop every spare."""
+        self._spares.clear()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the spares."""
+        return sum(a.nbytes for a in self._spares.values())
+
+    def spares(self) -> dict:
+        """``{name: array}`` of the spares held now (a copy of the mapping)."""
+        return dict(self._spares)
+
+    def __len__(self) -> int:
+        return len(self._spares)
+
+    def __repr__(self) -> str:
+        return f"Workspace({len(self)} spares, {self.nbytes} bytes)"
 
 
 _DEFAULT = _alloc.get_handler()         # NumPy's own handler (this module imports first)

@@ -83,9 +83,9 @@ def test_inference_forward_reuses_the_cells_buffers(rng):
     cell = GRUCell(8, 16, rng=0).eval()
     x = rng.standard_normal((6, 4, 8))
     cell.forward_sequence(x)
-    first = {k: id(v) for k, v in cell._pool.items()}
+    first = {k: id(v) for k, v in cell._work.spares().items()}
     cell.forward_sequence(x)
-    assert first and {k: id(v) for k, v in cell._pool.items()} == first
+    assert first and {k: id(v) for k, v in cell._work.spares().items()} == first
 
 
 def test_decorator_forms_nesting_and_threads():
@@ -131,7 +131,7 @@ def test_attention_pins_no_probabilities_buffer_in_inference(rng, how):
     y = mha(x)
     mha.backward(np.ones_like(y))
     mods = [m for m in mha.modules() if isinstance(m, ScaledDotProductAttention)]
-    assert mods and any(getattr(m, "_ws", None) is not None for m in mods)
+    assert mods and any(m._work.nbytes > 0 for m in mods)
     if how == "eval":
         mha.eval()
         again = mha(x)
@@ -139,4 +139,4 @@ def test_attention_pins_no_probabilities_buffer_in_inference(rng, how):
         with nn_core.inference_mode():
             again = mha(x)
     np.testing.assert_allclose(again, y, rtol=1e-6, atol=1e-6)
-    assert all(getattr(m, "_ws", None) is None for m in mods)
+    assert all(m._work.nbytes == 0 for m in mods)

@@ -4,6 +4,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 from nn_core import memory
 
@@ -95,3 +96,68 @@ def test_trainer_fits_inside_the_caching_allocator():
             (x, y), epochs=1, batch_size=16, seed=0)
         assert seen == [expected] * 4
         assert _handler() == "default_allocator"        # restored after fit
+
+
+def test_caching_allocator_is_a_context_decorator_safe_across_threads():
+    import contextlib
+    import threading
+    assert isinstance(memory.caching_allocator(), contextlib.ContextDecorator)
+    barrier = threading.Barrier(2)
+    seen = []
+
+    @memory.caching_allocator()
+    def inside():
+        barrier.wait()              # both threads inside the one decorated function
+        seen.append(_handler())
+        barrier.wait()
+
+    threads = [threading.Thread(target=inside) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == ["nn_core_caching"] * 2
+    assert _handler() == "default_allocator"
+    assert memory.caching_allocator(lambda: _handler())() == "nn_core_caching"   # bare
+
+
+def test_allocation_budget_refuses_then_restores_the_handler():
+    budget = memory.allocation_budget(1 << 20)
+    with budget:
+        small = np.ones(1 << 10)
+    assert not budget.exceeded and small.sum() == 1 << 10
+    try:
+        with budget:
+            assert _handler() == "nn_core_budget"
+            np.empty(1 << 22)
+    except MemoryError:
+        pass
+    assert budget.exceeded
+    assert _handler() == "default_allocator"
+    with pytest.raises(ValueError, match="nbytes"):
+        memory.allocation_budget(-1)
+    with budget:
+        with pytest.raises(RuntimeError, match="already in use"):
+            with budget:
+                pass
+
+
+def test_workspace_reuses_one_spare_per_name(rng):
+    ws = memory.Workspace(max_bytes=1 << 16)
+    a = ws.take("a", (4, 8), np.float32)
+    b = ws.take("a", (4, 8), np.float32)           # a not given back yet: a new array
+    assert a is not b and a.shape == (4, 8) and a.dtype == np.float32
+    a[...] = rng.standard_normal(a.shape)
+    ws.give("a", a)
+    assert len(ws) == 1 and ws.nbytes == a.nbytes
+    assert ws.take("a", (4, 8), np.float32) is a and len(ws) == 0
+    ws.give("a", a)
+    assert ws.take("a", (4, 8), np.float64) is not a          # dtype must fit
+    ws.give("a", a)
+    assert ws.take("a", (8, 4), np.float32) is not a          # shape must fit
+    ws.give("big", np.empty(1 << 17, np.uint8))                # over max_bytes: not kept
+    ws.give("empty", np.empty((0, 3)))
+    assert ws.spares() == {}
+    ws.give("a", a)
+    ws.clear()
+    assert len(ws) == 0 and ws.nbytes == 0

@@ -64,7 +64,7 @@ def test_pickled_module_computes_the_same_and_trains(rng):
     x = rng.standard_normal((5, 2, 3))
     out, _ = cell.forward_sequence(x)               # a pending cache and a pool
     clone = pickle.loads(pickle.dumps(cell))
-    assert clone._pool == {} and clone._steps == []
+    assert len(clone._work) == 0 and clone._steps == []
     out2, _ = clone.forward_sequence(x)
     np.testing.assert_array_equal(out2, out)
     clone.backward_sequence(np.ones_like(out2))

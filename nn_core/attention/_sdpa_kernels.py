@@ -101,7 +101,6 @@ def softmax_backward(probs, grad_probs, scale):
 BLOCK_Q = None             # None: chosen by blocks(); an int forces it (tuning)
 BLOCK_K = None
 FUSED_ENABLED = True        # tests flip this to compare with the generic path
-WORKSPACE_MAX_BYTES = 128 << 20   # a module keeps its probabilities buffer up to this
 
 
 def blocks(L_q, L_k, d_k, d_v):
@@ -191,18 +190,16 @@ def _run(fn, P, work=None):
     _run_tasks(lambda t: fn(*ranges[t]), len(ranges))
 
 
-def fused_forward(q, k, v, lead, kind, m, causal_offset, scale, return_weights,
-                   workspace):
+def fused_forward(q, k, v, lead, kind, m, causal_offset, scale, return_weights, probs):
     """Forward through ``_kernels._attention``; returns ``(out, probs, cache)``.
 
-    ``workspace(shape)`` returns the buffer for the probabilities (a module reuses
-    one across calls unless the caller keeps the weights)."""
+    ``probs``: the ``[..., L_q, L_k]`` buffer the probabilities are written to (the
+    backward overwrites it with ``dS`` unless ``return_weights``)."""
     dt = q.dtype
     L_q, d_k, L_k, d_v = q.shape[-2], q.shape[-1], k.shape[-2], v.shape[-1]
     P = int(np.prod(lead, dtype=np.int64))
     q6, k6, v6 = (kernel_view(a) for a in (q, k, v))       # own shapes, no expansion
     out = np.empty(lead + (L_q, d_v), dtype=dt)                 # (..., L_q, d_v)
-    probs = workspace(lead + (L_q, L_k))                        # (..., L_q, L_k)
     bq, bk = blocks(L_q, L_k, d_k, d_v)
     # dS overwrites P in the backward (the cache is consumed) unless the caller holds P
     call = _kattn.SdpaCall(q6, k6, v6, probs.reshape(P, L_q, L_k), scale,

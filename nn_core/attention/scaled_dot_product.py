@@ -49,13 +49,16 @@ import numpy as np
 from .._dropout import dropout_key
 from .._validation import (as_float_array, as_mask, broadcasts_to, check_grad_output,
                            check_probability)
-from ..module import Module, NoBackward
+from ..memory import Workspace
+from ..module import Module
 from . import _sdpa_kernels as _k
 
 if TYPE_CHECKING:  # names used in annotations only
     from nn_core._typing import ArrayLike, DTypeLike, RNGLike
 
 __all__ = ["softmax", "ScaledDotProductAttention", "scaled_dot_product_attention"]
+
+_WORKSPACE_MAX_BYTES = 128 << 20   # a module keeps its probabilities buffer up to this
 
 
 @dataclass
@@ -75,6 +78,7 @@ class _SDPACache:
     fused: _k.FusedCache | None = None
     generic: _GenericCache | None = None
     flash: _k.FlashCache | None = None
+    spare: np.ndarray | None = None     # the workspace's probabilities buffer, to give back
 
 
 def softmax(x, axis=-1, mask=None):
@@ -194,12 +198,13 @@ class ScaledDotProductAttention(Module):
     >>> gq, gk, gv = sdpa.backward(np.ones((2, 4, 5, 3), np.float32))
     """
 
-    _TRANSIENT = {"_ws": None}
+    _TRANSIENT = {"_work": lambda: Workspace(_WORKSPACE_MAX_BYTES)}
 
     def __init__(self, dropout: float = 0.0, *, dtype: DTypeLike = np.float32,
                  rng: RNGLike = None) -> None:
         super().__init__(dtype=dtype, rng=rng)
         self.dropout = check_probability(dropout, "dropout")
+        self._work = Workspace(_WORKSPACE_MAX_BYTES)
 
     def forward(self, query: ArrayLike, key: ArrayLike, value: ArrayLike,
                 mask: ArrayLike | None = None, is_causal: bool = False, scale: float | None = None,
@@ -259,13 +264,18 @@ class ScaledDotProductAttention(Module):
             self._save_cache(_SDPACache(out.shape, flash=flash))
             return out
         if _k.use_fused(self, lead, L_q, L_k, d_k, v.shape[-1]):
+            shape = lead + (L_q, L_k)
             keeps = self.keeps_cache()
             if not keeps:                       # inference: nothing pinned between calls
-                self._ws = None
-            probs = self._probs_workspace if keeps and not return_weights else self._fresh_probs
+                self._work.clear()
+            # the fused backward overwrites the probabilities with dS: a buffer the
+            # caller does not receive comes from the workspace and goes back after it
+            reuse = keeps and not return_weights
+            probs = self._work.take("probs", shape, dt) if reuse else np.empty(shape, dt)
             out, weights, fused = _k.fused_forward(
                 q, k, v, lead, kind, m, causal_offset, dt.type(scale), return_weights, probs)
-            self._save_cache(_SDPACache(out.shape, fused=fused))
+            self._save_cache(_SDPACache(out.shape, fused=fused,
+                                        spare=probs if reuse else None))
         else:
             out, weights, generic = self._generic_forward(
                 q, k, v, lead, kind, m, causal_offset, dt.type(scale))
@@ -273,24 +283,6 @@ class ScaledDotProductAttention(Module):
         if return_weights:
             return out, weights
         return out
-
-    def _fresh_probs(self, shape):
-        return np.empty(shape, dtype=self.dtype)
-
-    def _probs_workspace(self, shape):
-        """The probabilities buffer, reused across calls when nobody else holds it.
-
-        The fused backward overwrites it with ``dS``; while another forward's cache is
-        pending (a module applied twice before its backwards) a fresh buffer is used."""
-        if any(not isinstance(c, NoBackward) for _, c in self._stack):
-            return np.empty(shape, dtype=self.dtype)
-        ws = getattr(self, "_ws", None)
-        if ws is None or ws.shape != shape or ws.dtype != self.dtype:
-            self._ws = None
-            ws = np.empty(shape, dtype=self.dtype)
-            if ws.nbytes <= _k.WORKSPACE_MAX_BYTES:      # don't pin huge buffers
-                self._ws = ws
-        return ws
 
     def _generic_forward(self, q, k, v, lead, kind, m, causal_offset, scale):
         """NumPy matmuls around the masked-softmax kernel (handles dropout, empty dims)."""
@@ -317,7 +309,10 @@ class ScaledDotProductAttention(Module):
         g = check_grad_output(grad_output, self._peek_cache().out_shape, self.dtype)
         cache = self._pop_cache()
         if cache.fused is not None:
-            return _k.fused_backward(cache.fused, g, self.dtype)
+            grads = _k.fused_backward(cache.fused, g, self.dtype)
+            if cache.spare is not None:
+                self._work.give("probs", cache.spare)
+            return grads
         if cache.flash is not None:
             return _k.flash_backward(cache.flash, g, self.dtype)
         c = cache.generic

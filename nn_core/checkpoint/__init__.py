@@ -71,6 +71,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..memory import allocation_budget
 from ..module import Module
 from ._format import (FORMAT, MAX_DEPTH, MAX_DIRECTORY_BYTES, MAX_MEMBERS,  # noqa: F401
                       MAX_META_CHARS, MAX_META_CONTAINERS, VERSION, CheckpointError,
@@ -100,8 +101,6 @@ def _build_budget(meta):
 
 def _rebuild(path, meta):
     """The module described by ``meta``, constructed under an allocation budget."""
-    from .._kernels import _alloc
-
     registry = registered_classes()
     n_params = len(meta["params"])
     where = repr(path)
@@ -144,21 +143,19 @@ def _rebuild(path, meta):
                                   f"{desc['dtype']}")
         return module
 
-    budget = _build_budget(meta)
-    handler = _alloc.budget_handler(budget)
-    old = _alloc.set_handler(handler)
+    budget = allocation_budget(_build_budget(meta))
     try:
-        module = build(meta["module"], 0)
+        with budget:
+            module = build(meta["module"], 0)
     except MemoryError as exc:
-        if _alloc.budget_exceeded(handler):
+        if budget.exceeded:
             raise CheckpointError(
                 f"{where}: the constructor arguments ask for more memory than the "
-                f"{n_params} declared parameters justify (budget {budget} bytes)") from None
+                f"{n_params} declared parameters justify (budget {budget.nbytes} "
+                "bytes)") from None
         raise CheckpointError(f"{where}: out of memory rebuilding the module: {exc}") from exc
     except RecursionError as exc:
         raise CheckpointError(f"{where}: modules nested too deeply") from exc
-    finally:
-        _alloc.set_handler(old)
     if not isinstance(module, Module):  # pragma: no cover - registry holds Modules only
         raise CheckpointError(f"{where}: rebuilt object is not a Module")
     return module

@@ -16,7 +16,8 @@ use only the cells' public layer-building API (see :class:`RecurrentCell`).  Its
 low-level pair :meth:`RecurrentCell.run_sequence` / :meth:`~RecurrentCell.run_sequence_backward`
 keeps no cache on the module (it returns it) and releases the GIL for the whole kernel
 loop, so two cells can run on two Python threads.  A cell recycles its work buffers
-through a private pool, so one cell must not run two sequences concurrently.
+through its :class:`~nn_core.memory.Workspace`, so one cell must not run two
+sequences concurrently.
 
 With more than one core and a thread budget of at least two (:mod:`nn_core._parallel`)
 a sweep over ``B >= MIN_SPLIT_ROWS`` rows runs on two threads itself: batch rows never
@@ -44,6 +45,7 @@ from .._validation import (
     require_forward,
 )
 from .. import _parallel
+from ..memory import Workspace
 from ..module import Module
 
 if TYPE_CHECKING:  # names used in annotations only
@@ -190,7 +192,7 @@ class RecurrentCell(Module):
     >>> grad_x, grad_h0, grad_c0 = cell.run_sequence_backward(cache, None, gh, gc)
     """
 
-    _TRANSIENT = {"_pool": dict, "_steps": list, "_inference_steps": None}
+    _TRANSIENT = {"_work": Workspace, "_steps": list, "_inference_steps": None}
 
     _GATES = 1
     _HAS_CELL_STATE = False
@@ -225,27 +227,15 @@ class RecurrentCell(Module):
             self.add_param("b_ih", self.rng.uniform(-k, k, G * H))
             self.add_param("b_hh", self.rng.uniform(-k, k, G * H))
         self._steps = []
-        self._pool = {}
+        self._work = Workspace()
 
     # ------------------------------------------------------------ kernel glue
-    # Work buffers are recycled through a small per-module pool: a forward takes
-    # its gate/state buffers from it and the matching backward gives them back,
-    # together with its own scratch, which spares the page faults of fresh large
-    # arrays.  At most one spare per shape, like a caching allocator; ``reset()``
-    # empties it.
-    def _take(self, name, shape, fill=None):
-        spare = self._pool.pop((name, shape), None)
-        if spare is None:
-            spare = np.empty(shape, self.dtype)
-            if fill is not None:
-                spare.fill(fill)
-        elif fill is not None and name not in ("ones", "zrow"):
-            spare.fill(fill)
-        return spare
-
-    def _give(self, name, arr):
-        if arr.ndim and arr.shape[0] > 0:
-            self._pool[(name, arr.shape)] = arr
+    # Work buffers are recycled through the cell's workspace: a forward takes its
+    # gate/state buffers from it and the matching backward gives them back, together
+    # with its own scratch, which spares the page faults of fresh large arrays.
+    # ``reset()`` empties it.
+    def _take(self, name, shape):
+        return self._work.take(name, shape, self.dtype)
 
     def _kind(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -480,7 +470,7 @@ class RecurrentCell(Module):
                               _parallel.halves(T * B))
             _parallel.run_rows(lambda a, b: _K.rnn_forward(sweep, _K.PHASE_STEPS, a, b,
                                                            mode=mode), halves)
-        self._give("hh", hh)
+        self._work.give("hh", hh)
         cache = SequenceCache(x, lengths, bool(reverse), gates, hs, cs, aux, W_ih, W_hh,
                               W_hhT)
         final = (hs[T].copy(), cs[T].copy()) if self._HAS_CELL_STATE else hs[T].copy()
@@ -554,7 +544,7 @@ class RecurrentCell(Module):
                           ("hs", cache.hs), ("cs", cache.cs), ("aux", cache.aux)):
             if arr is not None and arr.size > 1 and id(arr) not in given:
                 given.add(id(arr))
-                self._give(name, arr)
+                self._work.give(name, arr)
         return grad_x, dh, (dc if self._HAS_CELL_STATE else None)
 
     # -------------------------------------------------------------- one step
@@ -605,13 +595,13 @@ class RecurrentCell(Module):
         for name in ("gates", "hs", "cs", "aux"):
             arr = getattr(cache, name)
             if arr.size > 1:
-                self._give(name, arr)
+                self._work.give(name, arr)
 
     def reset(self):
         """Drop every pushed step cache (and a pending sequence cache)."""
         self._steps.clear()
         self._drop_caches()
-        self._pool.clear()
+        self._work.clear()
 
     # -------------------------------------------------------- whole sequence
     def forward_sequence(self, x: ArrayLike, state: StateLike = None,
