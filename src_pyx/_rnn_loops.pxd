@@ -139,12 +139,14 @@ cdef inline Py_ssize_t _tau(bint reverse, Py_ssize_t s, Py_ssize_t L) noexcept n
 
 
 # ---------------------------------------------------------------- packed steps --
-# The step loops of STEP_PACKED: W_hh packed once per sweep (_rnn_pack.h) and each
-# step's product computed by the micro-kernel unit block by unit block (NQ = ceil(H/NR)
-# blocks of NR units, the columns of every gate for those units), each block's
-# products followed by its gate pass while they are in cache.  Every element of a
-# product is one chain of multiply-adds over k in order, whatever the row block, so a
-# sweep over a row range gives the same bits as the whole sweep.
+# STEP_PACKED: W_hh packed once per sweep (_rnn_pack.h) and each step's product
+# computed by the micro-kernel unit block by unit block (NQ = ceil(H/NR) blocks of NR
+# units, the columns of every gate for those units).  The forward has its own step
+# loop (each block's products followed by its gate pass while they are in cache);
+# BPTT runs the loop of both forms (_bptt) with the packed product (_bwd_prod) and
+# gate passes of NR units.  Every element of a product is one chain of multiply-adds
+# over k in order, whatever the row block, so a sweep over a row range gives the same
+# bits as the whole sweep.
 
 cdef enum:
     STEP_AUTO = -1      # the rule below
@@ -162,9 +164,6 @@ cdef struct PackedJob:
     void* loc                     # forward: the products of one unit block (all rows)
     const unsigned char* plan     # row blocks of b1 - b0 rows (nn_row_plan)
     int nb
-    void* dh2                     # backward: [B, H] second dh buffer
-    void* drh                     # backward, GRU: [B, H] d(r*h)
-    const void* zrow              # backward: zeros [H] (no grad_out)
 
 
 cdef inline int step_mode(int kind, Py_ssize_t B, Py_ssize_t H, bint single) noexcept nogil:
@@ -312,120 +311,6 @@ cdef inline void _bwd_prod(PackedJob* job, const floating* A, Py_ssize_t koff, P
               C + b0 * H + q * NR, H, nu, acc)
 
 
-cdef inline void _bwd_packed(PackedJob* job, floating* P) noexcept nogil:
-    """BPTT of a packed sweep (the loop of ``_bptt``; ``P``: the panels' storage)."""
-    cdef const RnnSweep* sw = job.sw
-    cdef int kind = sw.kind
-    cdef bint reverse = sw.reverse
-    cdef Py_ssize_t T = sw.T, B = sw.B, H = sw.H, GH = sw.GH, G = sw.GH // sw.H
-    cdef Py_ssize_t H2 = 2 * sw.H, NQ = job.NQ, NR = panel_width(P)
-    cdef Py_ssize_t q0 = 0, q1 = NQ, u0 = 0, u1 = H
-    cdef Py_ssize_t b0 = job.b0, b1 = job.b1, s, b, g, q, u, nu, L, tau
-    cdef const int64_t* lengths = sw.lengths
-    cdef const floating* gates = <const floating*> sw.gates
-    cdef const floating* hs = <const floating*> sw.hs
-    cdef const floating* cs = <const floating*> sw.cs
-    cdef const floating* aux = <const floating*> sw.aux
-    cdef const floating* gout = <const floating*> sw.gout
-    cdef const floating* zrow = <const floating*> job.zrow
-    cdef floating* dGs = <floating*> sw.dGs
-    cdef floating* dGt = <floating*> sw.dGt
-    cdef floating* dc = <floating*> sw.dc
-    cdef floating* dh = <floating*> sw.dh
-    cdef floating* dh_out = dh
-    cdef floating* dh2 = <floating*> job.dh2
-    cdef floating* drh = <floating*> job.drh
-    cdef floating* tmp
-    cdef floating* dgs
-    cdef floating* dgr
-    cdef floating* dst
-    cdef floating* dgx
-    cdef const floating* gg
-    cdef const floating* go
-    cdef const floating* hp
-    cdef bint sep = dGt != dGs
-    cdef size_t own = (u1 - u0) * sizeof(floating) if u1 > u0 else 0
-    pack_bwd(<const floating*> sw.W_hh, H, GH, q0, q1, P)
-    for s in range(T - 1, -1, -1):
-        if nn_stop_check(T - 1 - s):
-            return
-        dgs = dGs + s * B * GH
-        # 1. gate gradients of the own units (and the direct part of grad h_prev)
-        for b in range(b0, b1):
-            L = lengths[b]
-            dgr = dgs + b * GH
-            dst = dh2 + b * H
-            if s >= L:                     # padding: no gradient, dh passes through
-                for g in range(G):
-                    memset(dgr + g * H + u0, 0, own)
-                    if sep:
-                        memset(dGt + (s * B + b) * GH + g * H + u0, 0, own)
-                memcpy(dst + u0, dh + b * H + u0, own)
-                if kind == K_GRU:
-                    memset(drh + b * H + u0, 0, own)
-                continue
-            tau = _tau(reverse, s, L)
-            gg = gates + (tau * B + b) * GH
-            dgx = dGt + (tau * B + b) * GH
-            go = gout + (tau * B + b) * H if gout != NULL else zrow
-            hp = hs + (s * B + b) * H
-            for q in range(q0, q1):
-                u = q * NR
-                nu = NR if H - u > NR else H - u
-                if kind == K_LSTM:
-                    lstm_bwd(gg + u, aux + (s * B + b) * H + u, cs + (s * B + b) * H + u,
-                             dh + b * H + u, go + u, dc + b * H + u, dgr + u, nu, H)
-                elif kind == K_RNN_TANH or kind == K_RNN_RELU:
-                    rnn_bwd(gg + u, dh + b * H + u, go + u, dgr + u, nu, kind == K_RNN_RELU)
-                elif kind == K_GRU_RA:
-                    gru_ra_bwd(gg + u, aux + (s * B + b) * H + u, hp + u, dh + b * H + u,
-                               go + u, dgx + u, dgr + u, dst + u, nu, H)
-                else:
-                    gru_bwd1(gg + u, hp + u, dh + b * H + u, go + u, dgr + u, dst + u, nu, H)
-            if kind <= K_LSTM:
-                memset(dst + u0, 0, own)
-        if kind == K_GRU:
-            # 2. d(r*h) = dn @ W_hn, then r's gradient and the r*h path to h_prev
-            _bwd_prod(job, dgs, H2, H, P, q0, q1, drh, False)
-            for b in range(b0, b1):
-                L = lengths[b]
-                if s >= L:
-                    continue
-                tau = _tau(reverse, s, L)
-                gg = gates + (tau * B + b) * GH
-                hp = hs + (s * B + b) * H
-                for q in range(q0, q1):
-                    u = q * NR
-                    nu = NR if H - u > NR else H - u
-                    gru_bwd2(gg + u, hp + u, drh + b * H + u, dgs + b * GH + u,
-                             dh2 + b * H + u, nu)
-            _bwd_prod(job, dgs, 0, H2, P, q0, q1, dh2, True)
-        else:
-            # 2. dh_prev = direct part + dG @ W_hh
-            _bwd_prod(job, dgs, 0, GH, P, q0, q1, dh2, True)
-        if sep and kind != K_GRU_RA:
-            for b in range(b0, b1):
-                L = lengths[b]
-                if s < L:
-                    tau = _tau(reverse, s, L)
-                    for g in range(G):
-                        memcpy(dGt + (tau * B + b) * GH + g * H + u0,
-                               dgs + b * GH + g * H + u0, own)
-        tmp = dh
-        dh = dh2
-        dh2 = tmp
-    if dh != dh_out:
-        for b in range(b0, b1):
-            memcpy(dh_out + b * H + u0, dh + b * H + u0, own)
-
-
-cdef inline void _bwd_run(PackedJob* job) noexcept nogil:
-    if job.double:
-        _bwd_packed(job, <double*> job.pack)
-    else:
-        _bwd_packed(job, <float*> job.pack)
-
-
 # --------------------------------------------------------------------- forward --
 cdef inline void forward_sweep(const RnnSweep* sw, int phase, Py_ssize_t r0, Py_ssize_t r1,
                                floating* tmp, PackedJob* job) noexcept nogil:
@@ -534,46 +419,81 @@ cdef inline void forward_sweep(const RnnSweep* sw, int phase, Py_ssize_t r0, Py_
 
 
 # -------------------------------------------------------------------- backward --
-cdef inline void _bptt(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
-                       const floating* W_hh, const floating* W_hhT,
-                       const int64_t* lengths, const floating* gates,
-                       const floating* hs, const floating* cs, const floating* aux,
-                       const floating* gout, floating* dh, floating* dc, floating* dh2,
-                       floating* drh, floating* dGs, floating* dGt,
-                       const floating* zrow, floating* scr, Py_ssize_t b0,
+cdef struct StepProduct:
+    # The per-step product of BPTT in one of its two forms (the only difference
+    # between them): C[b0:b1, :H] (+)= dG[b0:b1, koff:koff+K] @ W_hh[koff:koff+K, :]
+    # by one BLAS call (STEP_BLAS) or on the packed W_hh (STEP_PACKED); and the
+    # units per gate-pass call, H (BLAS) or one panel (packed: each block's gate
+    # pass right before its product reads it).
+    int form                # STEP_BLAS or STEP_PACKED
+    int layout              # STEP_BLAS: the GEMM layout (_rec_mode)
+    void* tmp               # STEP_BLAS: [H*B] scratch of REC_TR
+    PackedJob* job          # STEP_PACKED: the job, W_hh packed in job.pack
+    Py_ssize_t width        # units per gate-pass call
+
+
+cdef inline void _bwd_product(const StepProduct* sp, const RnnSweep* sw, const floating* dG,
+                              Py_ssize_t koff, Py_ssize_t K, floating* C, bint acc,
+                              Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
+    """``C[b0:b1] (+)= dG[b0:b1, koff:koff+K] @ W_hh[koff:koff+K]`` (``dG``, ``C``:
+    row 0 of ``[B, G*H]`` / ``[B, H]`` arrays; ``acc``: add to ``C``)."""
+    cdef Py_ssize_t H = sw.H, GH = sw.GH
+    if sp.form == STEP_PACKED:
+        _bwd_prod(sp.job, dG, koff, K, <const floating*> sp.job.pack, 0, sp.job.NQ, C, acc)
+    else:
+        _rec_bwd(sp.layout, b1 - b0, H, K, dG + b0 * GH + koff, GH,
+                 <const floating*> sw.W_hh + koff * H, H, <const floating*> sw.W_hhT + koff,
+                 GH, <floating> (1 if acc else 0), C + b0 * H, <floating*> sp.tmp)
+
+
+cdef inline void _bptt(const RnnSweep* sw, const StepProduct* sp, floating* dh2,
+                       floating* drh, const floating* zrow, Py_ssize_t b0,
                        Py_ssize_t b1) noexcept nogil:
-    cdef Py_ssize_t G = 4 if kind == K_LSTM else (3 if kind >= K_GRU else 1)
-    cdef Py_ssize_t GH = G * H, H2 = 2 * H
-    cdef Py_ssize_t s, b, L, tau, nb = b1 - b0
+    """BPTT of batch rows ``[b0, b1)``: per step (last to first), the gate gradients
+    ``dG`` and the direct part of ``grad h_prev``, then ``grad h_prev += dG @ W_hh``
+    (the GRU: ``d(r*h) = dn @ W_hn`` first, then r's gradient, then the ``r, z``
+    product).  ``dh2``, ``drh``: ``[B, H]`` scratch; ``zrow``: zeros ``[H]``."""
+    cdef int kind = sw.kind
+    cdef bint reverse = sw.reverse
+    cdef Py_ssize_t T = sw.T, B = sw.B, H = sw.H, GH = sw.GH, H2 = 2 * sw.H
+    cdef Py_ssize_t w = sp.width, s, b, u, nu, L, tau
+    cdef const int64_t* lengths = sw.lengths
+    cdef const floating* gates = <const floating*> sw.gates
+    cdef const floating* hs = <const floating*> sw.hs
+    cdef const floating* cs = <const floating*> sw.cs
+    cdef const floating* aux = <const floating*> sw.aux
+    cdef const floating* gout = <const floating*> sw.gout
+    cdef floating* dGs = <floating*> sw.dGs
+    cdef floating* dGt = <floating*> sw.dGt
+    cdef floating* dc = <floating*> sw.dc
+    cdef floating* dh = <floating*> sw.dh
+    cdef floating* dh_out = dh
     cdef bint sep = dGt != dGs
     cdef const floating* g
     cdef const floating* go
     cdef const floating* hp
-    cdef const floating* dhb
     cdef floating* dst
     cdef floating* dgr
     cdef floating* dgx
     cdef floating* dgs
     cdef floating* tmp
-    cdef floating* dh_out = dh
     cdef size_t row = H * sizeof(floating)
     cdef size_t grow = GH * sizeof(floating)
-    cdef int mode = _rec_mode(nb, H, floating is float)
 
     for s in range(T - 1, -1, -1):
         if nn_stop_check(T - 1 - s):
             return
         dgs = dGs + s * B * GH
+        # 1. gate gradients (and the direct part of grad h_prev), w units per call
         for b in range(b0, b1):
             L = lengths[b]
             dst = dh2 + b * H
-            dhb = dh + b * H
             dgr = dgs + b * GH
             if s >= L:                     # padding: no gradient, dh passes through
                 memset(dgr, 0, grow)
                 if sep:
                     memset(dGt + (s * B + b) * GH, 0, grow)
-                memcpy(dst, dhb, row)
+                memcpy(dst, dh + b * H, row)
                 if kind == K_GRU:
                     memset(drh + b * H, 0, row)
                 continue
@@ -582,21 +502,26 @@ cdef inline void _bptt(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ss
             dgx = dGt + (tau * B + b) * GH
             go = gout + (tau * B + b) * H if gout != NULL else zrow
             hp = hs + (s * B + b) * H
-            if kind == K_LSTM:
-                lstm_bwd(g, aux + (s * B + b) * H, cs + (s * B + b) * H, dhb, go,
-                         dc + b * H, dgr, H, H)
+            u = 0
+            while u < H:
+                nu = w if H - u > w else H - u
+                if kind == K_LSTM:
+                    lstm_bwd(g + u, aux + (s * B + b) * H + u, cs + (s * B + b) * H + u,
+                             dh + b * H + u, go + u, dc + b * H + u, dgr + u, nu, H)
+                elif kind == K_RNN_TANH or kind == K_RNN_RELU:
+                    rnn_bwd(g + u, dh + b * H + u, go + u, dgr + u, nu, kind == K_RNN_RELU)
+                elif kind == K_GRU_RA:
+                    gru_ra_bwd(g + u, aux + (s * B + b) * H + u, hp + u, dh + b * H + u,
+                               go + u, dgx + u, dgr + u, dst + u, nu, H)
+                else:                           # K_GRU, first pass: z and n
+                    gru_bwd1(g + u, hp + u, dh + b * H + u, go + u, dgr + u, dst + u, nu, H)
+                u += nu
+            if kind <= K_LSTM:
                 memset(dst, 0, row)
-            elif kind == K_RNN_TANH or kind == K_RNN_RELU:
-                rnn_bwd(g, dhb, go, dgr, H, kind == K_RNN_RELU)
-                memset(dst, 0, row)
-            elif kind == K_GRU_RA:
-                gru_ra_bwd(g, aux + (s * B + b) * H, hp, dhb, go, dgx, dgr, dst, H, H)
-            else:                               # K_GRU, first pass: z and n
-                gru_bwd1(g, hp, dhb, go, dgr, dst, H, H)
+        # 2. the products with W_hh
         if kind == K_GRU:
-            # d(r*h) = dn_pre @ W_hn; then r's gradient and the r*h path to h_prev
-            _rec_bwd(mode, nb, H, H, dgs + b0 * GH + H2, GH, W_hh + H2 * H, H, W_hhT + H2,
-                     GH, <floating> 0, drh + b0 * H, scr)
+            # d(r*h) = dn @ W_hn; then r's gradient and the r*h path to h_prev
+            _bwd_product(sp, sw, dgs, H2, H, drh, False, b0, b1)
             for b in range(b0, b1):
                 L = lengths[b]
                 if s >= L:
@@ -604,14 +529,15 @@ cdef inline void _bptt(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ss
                 tau = _tau(reverse, s, L)
                 g = gates + (tau * B + b) * GH
                 hp = hs + (s * B + b) * H
-                dgr = dgs + b * GH
-                dst = dh2 + b * H
-                gru_bwd2(g, hp, drh + b * H, dgr, dst, H)
-            _rec_bwd(mode, nb, H, H2, dgs + b0 * GH, GH, W_hh, H, W_hhT, GH, <floating> 1,
-                     dh2 + b0 * H, scr)
+                u = 0
+                while u < H:
+                    nu = w if H - u > w else H - u
+                    gru_bwd2(g + u, hp + u, drh + b * H + u, dgs + b * GH + u,
+                             dh2 + b * H + u, nu)
+                    u += nu
+            _bwd_product(sp, sw, dgs, 0, H2, dh2, True, b0, b1)
         else:
-            _rec_bwd(mode, nb, H, GH, dgs + b0 * GH, GH, W_hh, H, W_hhT, GH, <floating> 1,
-                     dh2 + b0 * H, scr)
+            _bwd_product(sp, sw, dgs, 0, GH, dh2, True, b0, b1)
         if sep and kind != K_GRU_RA:
             for b in range(b0, b1):
                 L = lengths[b]
@@ -622,7 +548,7 @@ cdef inline void _bptt(int kind, bint reverse, Py_ssize_t T, Py_ssize_t B, Py_ss
         dh = dh2
         dh2 = tmp
     if dh != dh_out:
-        memcpy(dh_out + b0 * H, dh + b0 * H, nb * row)
+        memcpy(dh_out + b0 * H, dh + b0 * H, (b1 - b0) * row)
 
 
 cdef inline void _input_grads(Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H,
@@ -721,18 +647,20 @@ cdef inline void backward_sweep(const RnnSweep* sw, int phase, Py_ssize_t r0,
     # scr: [tmp | dh2 | drh] (B*H each), zrow [H] (zeros), ones [T*B]
     cdef floating* zrow = scr + 3 * B * H
     cdef floating* ones = zrow + H
+    cdef StepProduct sp
     if phase == PH_ALL or phase == PH_STEPS:
         if phase == PH_ALL:
             r0, r1 = 0, B
-        if r1 > r0 and job != NULL:
-            job.dh2, job.drh, job.zrow = scr + B * H, scr + 2 * B * H, zrow
-            _bwd_run(job)
-        elif r1 > r0:
-            _bptt(kind, sw.reverse, T, B, H, <const floating*> sw.W_hh,
-                  <const floating*> sw.W_hhT, sw.lengths, <const floating*> sw.gates, hs,
-                  <const floating*> sw.cs, aux, <const floating*> sw.gout,
-                  <floating*> sw.dh, <floating*> sw.dc, scr + B * H, scr + 2 * B * H, dGs,
-                  dGt, zrow, scr, r0, r1)
+        if r1 > r0:
+            memset(&sp, 0, sizeof(StepProduct))
+            if job != NULL:                  # W_hh packed once for the whole loop
+                sp.form, sp.job, sp.width = STEP_PACKED, job, panel_width(scr)
+                pack_bwd(<const floating*> sw.W_hh, H, GH, 0, job.NQ,
+                         <floating*> job.pack)
+            else:
+                sp.form, sp.layout, sp.tmp, sp.width = (
+                    STEP_BLAS, _rec_mode(r1 - r0, H, floating is float), scr, H)
+            _bptt(sw, &sp, scr + B * H, scr + 2 * B * H, zrow, r0, r1)
         if nn_stop_pending():
             return
     if phase == PH_ALL or phase == PH_GRAD_X:
