@@ -28,12 +28,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import math
-import numbers
 
 import numpy as np
 
 from ._kernels import _layers as _kl
-from ._validation import check_nonneg_real
+from ._validation import check_nonneg_real, check_positive_int
 from .module import Module
 
 if TYPE_CHECKING:  # names used in annotations only
@@ -371,12 +370,9 @@ class WarmupCosine:
 
     def __init__(self, optimizer: Optimizer, warmup_steps: int, total_steps: int,
                  min_lr: float = 0.0, base_lr: float | None = None) -> None:
-        if int(warmup_steps) < 0 or int(total_steps) < 1:
-            raise ValueError("warmup_steps must be >= 0 and total_steps >= 1, got "
-                             f"{warmup_steps} and {total_steps}")
         self.optimizer = optimizer
-        self.warmup_steps = int(warmup_steps)
-        self.total_steps = int(total_steps)
+        self.warmup_steps = check_positive_int(warmup_steps, "warmup_steps", minimum=0)
+        self.total_steps = check_positive_int(total_steps, "total_steps")
         self.min_lr = check_nonneg_real(min_lr, "min_lr")
         self.base_lr = optimizer.lr if base_lr is None else check_nonneg_real(base_lr, "base_lr")
         self.last_step = 0
@@ -405,14 +401,11 @@ class WarmupCosine:
         if not isinstance(d, dict) or set(d) != keys:
             raise ValueError(f"schedule state must have the keys {sorted(keys)}, got "
                              f"{sorted(d) if isinstance(d, dict) else type(d).__name__}")
-        for k in ("last_step", "warmup_steps", "total_steps"):
-            if isinstance(d[k], bool) or not isinstance(d[k], numbers.Integral) or d[k] < 0:
-                raise ValueError(f"schedule state {k!r} must be an integer >= 0, got {d[k]!r}")
-        if d["total_steps"] < 1:
-            raise ValueError(f"schedule state 'total_steps' must be >= 1, got {d['total_steps']}")
-        self.warmup_steps = int(d["warmup_steps"])
-        self.total_steps = int(d["total_steps"])
+        last = check_positive_int(d["last_step"], "schedule state 'last_step'", minimum=0)
+        warmup = check_positive_int(d["warmup_steps"], "schedule state 'warmup_steps'",
+                                    minimum=0)
+        total = check_positive_int(d["total_steps"], "schedule state 'total_steps'")
         self.min_lr = check_nonneg_real(d["min_lr"], "min_lr")
         self.base_lr = check_nonneg_real(d["base_lr"], "base_lr")
-        self.last_step = int(d["last_step"])
+        self.warmup_steps, self.total_steps, self.last_step = warmup, total, last
         self.optimizer.lr = self.get_lr(self.last_step)

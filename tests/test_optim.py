@@ -192,3 +192,14 @@ def test_optimizer_state_of_the_wrong_shape_is_refused(rng):
     state["state"]["W"]["exp_avg"] = np.zeros((2, 3))
     with pytest.raises(ValueError, match=r"'W'/'exp_avg' must have shape \(3, 2\)"):
         AdamW(model, lr=0.1).load_state_dict(state)
+
+
+def test_schedule_step_counts_are_checked_by_type_then_value():
+    model = Linear(2, 2, rng=0)
+    with pytest.raises(TypeError, match="warmup_steps must be an int"):
+        WarmupCosine(AdamW(model, lr=0.1), warmup_steps=1.5, total_steps=10)
+    with pytest.raises(ValueError, match="total_steps must be >= 1"):
+        WarmupCosine(AdamW(model, lr=0.1), warmup_steps=0, total_steps=0)
+    sched = WarmupCosine(AdamW(model, lr=0.1), warmup_steps=2, total_steps=10)
+    with pytest.raises(TypeError, match="'last_step' must be an int"):
+        sched.load_state_dict({**sched.state_dict(), "last_step": 2.0})
