@@ -46,8 +46,10 @@ copies: it is only an index computation per row inside the fused passes.  ``hs``
 ``grad_x`` and ``dG_time`` by time (they coincide in the forward direction).
 
 Files: this module validates (the sweep objects) and runs (the entry points);
-the ``nogil`` loops are in ``_rnn_loops.pxd``, the per-row gate passes in
-``_rnn_gates.h`` (fused wrappers: ``_rnn_gates.pxd``).
+the ``nogil`` loops are in ``_rnn_loops.pxd`` (one forward step loop and one BPTT
+loop for both step forms, the per-step product with ``W_hh`` -- one BLAS call or the
+packed micro-kernel of ``_rnn_pack.h`` -- being the difference), the per-row gate
+passes in ``_rnn_gates.h`` (fused wrappers: ``_rnn_gates.pxd``).
 
 Kernel API
 ----------

@@ -141,12 +141,12 @@ cdef inline Py_ssize_t _tau(bint reverse, Py_ssize_t s, Py_ssize_t L) noexcept n
 # ---------------------------------------------------------------- packed steps --
 # STEP_PACKED: W_hh packed once per sweep (_rnn_pack.h) and each step's product
 # computed by the micro-kernel unit block by unit block (NQ = ceil(H/NR) blocks of NR
-# units, the columns of every gate for those units).  The forward has its own step
-# loop (each block's products followed by its gate pass while they are in cache);
-# BPTT runs the loop of both forms (_bptt) with the packed product (_bwd_prod) and
-# gate passes of NR units.  Every element of a product is one chain of multiply-adds
-# over k in order, whatever the row block, so a sweep over a row range gives the same
-# bits as the whole sweep.
+# units, the columns of every gate for those units): in the forward each block's
+# products are followed by its gate pass while they are in cache (_fwd_segment), BPTT
+# runs its gate passes NR units at a time before the product (_bwd_prod).  The step
+# loops themselves (_fwd_steps, _bptt) are those of STEP_BLAS, through StepProduct.
+# Every element of a product is one chain of multiply-adds over k in order, whatever
+# the row block, so a sweep over a row range gives the same bits as the whole sweep.
 
 cdef enum:
     STEP_AUTO = -1      # the rule below
@@ -188,6 +188,19 @@ cdef inline Py_ssize_t packed_loc_size(Py_ssize_t nbr, Py_ssize_t G, Py_ssize_t 
     """Elements of the forward scratch of a packed sweep over ``nbr`` rows."""
     cdef Py_ssize_t n = (NQ if NQ > nbr else nbr) * G * NR
     return (n + 15) // 16 * 16
+
+
+cdef struct StepProduct:
+    # The per-step product with W_hh in one of its two forms (the only difference
+    # between the step loops of STEP_BLAS and STEP_PACKED): one BLAS call per product,
+    # or the micro-kernel on W_hh packed once per sweep (the forward then runs each
+    # unit block's gate pass right after its product, BPTT its gate passes one panel
+    # of units at a time).
+    int form                # STEP_BLAS or STEP_PACKED
+    int layout              # STEP_BLAS: the GEMM layout (_rec_mode)
+    void* tmp               # STEP_BLAS: the scratch of REC_TR
+    PackedJob* job          # STEP_PACKED: the job, W_hh packed in job.pack
+    Py_ssize_t width        # BPTT: units per gate-pass call (H, or one panel)
 
 
 cdef inline void _fwd_gates(const RnnSweep* sw, Py_ssize_t s, Py_ssize_t b0, Py_ssize_t b1,
@@ -268,24 +281,39 @@ cdef inline void _fwd_segment(PackedJob* job, const floating* A, const floating*
         _fwd_gates(job.sw, s, b0, b1, u, nu, loc, Gs * NR, NR, second)
 
 
-cdef inline void _fwd_packed(PackedJob* job, floating* P) noexcept nogil:
-    """The forward step loop of a packed sweep (``P``: the panels' storage)."""
-    cdef const RnnSweep* sw = job.sw
-    cdef int kind = sw.kind
-    cdef Py_ssize_t T = sw.T, B = sw.B, H = sw.H, G = sw.GH // sw.H, NQ = job.NQ
-    cdef Py_ssize_t G1 = 2 if kind == K_GRU else G
-    cdef Py_ssize_t q0 = 0, q1 = NQ, s
-    cdef Py_ssize_t b0 = job.b0
+cdef inline void _fwd_product(const StepProduct* sp, const RnnSweep* sw, const floating* A,
+                              Py_ssize_t gate0, Py_ssize_t Gs, Py_ssize_t s, Py_ssize_t b0,
+                              Py_ssize_t b1, floating* hr, bint second) noexcept nogil:
+    """Step ``s``'s product ``A[b0:b1] @ W_hh[gate0*H:(gate0+Gs)*H]^T`` (``A``: row 0 of
+    a ``[B, H]`` array; the ``Gs`` gates from ``gate0`` on) with its gate passes
+    (``second``: the GRU's second pass).  BLAS: one call into ``hr [B, Gs*H]``, then
+    the gate pass; packed: unit block by unit block (``_fwd_segment``)."""
+    cdef Py_ssize_t H = sw.H, N = Gs * sw.H
+    if sp.form == STEP_PACKED:
+        _fwd_segment(sp.job, A + b0 * H, <const floating*> sp.job.pack, gate0 * sp.job.NQ,
+                     Gs, s, 0, sp.job.NQ, <floating*> sp.job.loc, second)
+        return
+    _rec_fwd(sp.layout, b1 - b0, N, H, A + b0 * H, <const floating*> sw.W_hh + gate0 * H * H,
+             H, <const floating*> sw.W_hhT + gate0 * H, sw.GH, hr + b0 * N, N,
+             <floating*> sp.tmp)
+    _fwd_gates(sw, s, b0, b1, 0, H, hr + b0 * N, N, H, second)
+
+
+cdef inline void _fwd_steps(const RnnSweep* sw, const StepProduct* sp, floating* hh,
+                            Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
+    """The forward step loop of batch rows ``[b0, b1)``, both forms: per step the
+    recurrence product and the fused gate pass (the GRU: ``r, z`` and ``r*h`` first,
+    then ``(r*h) W_hn^T``, ``n`` and ``h``).  ``hh``: ``sw.hh``, the BLAS products."""
+    cdef Py_ssize_t T = sw.T, B = sw.B, H = sw.H, s
+    cdef Py_ssize_t G1 = 2 if sw.kind == K_GRU else sw.GH // sw.H
     cdef floating* hs = <floating*> sw.hs
     cdef floating* aux = <floating*> sw.aux
-    cdef floating* loc = <floating*> job.loc
-    pack_fwd(<const floating*> sw.W_hh, H, G, G1, q0, q1, P)
     for s in range(T):
         if nn_stop_check(s):
             return
-        _fwd_segment(job, hs + (s * B + b0) * H, P, 0, G1, s, q0, q1, loc, False)
-        if kind == K_GRU:                      # every unit of r*h before (r*h) W_hn^T
-            _fwd_segment(job, aux + (s * B + b0) * H, P, G1 * NQ, 1, s, q0, q1, loc, True)
+        _fwd_product(sp, sw, hs + s * B * H, 0, G1, s, b0, b1, hh, False)
+        if sw.kind == K_GRU:                   # every unit of r*h before (r*h) W_hn^T
+            _fwd_product(sp, sw, aux + s * B * H, G1, 1, s, b0, b1, hh + B * G1 * H, True)
 
 
 cdef inline void _bwd_prod(PackedJob* job, const floating* A, Py_ssize_t koff, Py_ssize_t K,
@@ -319,34 +347,14 @@ cdef inline void forward_sweep(const RnnSweep* sw, int phase, Py_ssize_t r0, Py_
     never interact, so two row ranges can run concurrently; every array keeps its
     full-batch layout); ``PH_ALL`` both over everything.  With ``job`` (STEP_PACKED,
     its rows set to the step rows) the recurrence runs on the packed ``W_hh``."""
-    cdef int kind = sw.kind
-    cdef bint reverse = sw.reverse
-    cdef Py_ssize_t T = sw.T, B = sw.B, D = sw.D, H = sw.H, GH = sw.GH, H2 = 2 * sw.H
-    cdef const int64_t* lengths = sw.lengths
+    cdef Py_ssize_t T = sw.T, B = sw.B, D = sw.D, H = sw.H, GH = sw.GH
+    cdef Py_ssize_t G = sw.GH // sw.H
     cdef const floating* x = <const floating*> sw.x
     cdef const floating* W_ih = <const floating*> sw.W_ih
-    cdef const floating* W_hh = <const floating*> sw.W_hh
-    cdef const floating* W_hhT = <const floating*> sw.W_hhT
-    cdef const floating* bx = <const floating*> sw.bx
-    cdef const floating* bhn = <const floating*> sw.bhn
     cdef floating* gates = <floating*> sw.gates
-    cdef floating* hs = <floating*> sw.hs
-    cdef floating* cs = <floating*> sw.cs
-    cdef floating* aux = <floating*> sw.aux
-    cdef floating* out = <floating*> sw.out
-    cdef floating* hh = <floating*> sw.hh
-    cdef Py_ssize_t s, b, L, tau
     cdef Py_ssize_t b0 = r0 if phase == PH_STEPS else 0
     cdef Py_ssize_t b1 = r1 if phase == PH_STEPS else B
-    cdef Py_ssize_t nb = b1 - b0
-    cdef floating* a
-    cdef floating* hr
-    cdef const floating* hp
-    cdef floating* hn
-    cdef floating* o
-    cdef floating* hn2
-    cdef size_t row = H * sizeof(floating)
-    cdef int mode = _rec_mode(nb, H, floating is float)
+    cdef StepProduct sp
 
     # 1. input projection of all T steps: gates[t, b] = W_ih x[t, b]
     if phase == PH_ALL:
@@ -357,81 +365,20 @@ cdef inline void forward_sweep(const RnnSweep* sw, int phase, Py_ssize_t r0, Py_
             gemm(False, True, <int> (r1 - r0), <int> GH, <int> D, <floating> 1, x + r0 * D,
                  <int> D, W_ih, <int> D, <floating> 0, gates + r0 * GH, <int> GH)
         return
-    if nb < 1:
+    if b1 <= b0:
         return
-    if job != NULL:
-        if job.double:
-            _fwd_packed(job, <double*> job.pack)
-        else:
-            _fwd_packed(job, <float*> job.pack)
-        return
-
-    for s in range(T):
-        if nn_stop_check(s):
-            return
-        hp = hs + s * B * H
-        hn = hs + (s + 1) * B * H
-        # 2. recurrence GEMM on rows b0..b1 (GRU reset_after=False: the r, z blocks)
-        if kind == K_GRU:
-            _rec_fwd(mode, nb, H2, H, hp + b0 * H, W_hh, H, W_hhT, GH, hh + b0 * H2, H2,
-                     tmp)
-        else:
-            _rec_fwd(mode, nb, GH, H, hp + b0 * H, W_hh, H, W_hhT, GH, hh + b0 * GH, GH,
-                     tmp)
-        # 3. fused gate pass over the step's rows
-        for b in range(b0, b1):
-            L = lengths[b]
-            if s >= L:                        # padding: carry the state, output 0
-                memcpy(hn + b * H, hp + b * H, row)
-                if kind == K_LSTM:
-                    memcpy(cs + ((s + 1) * B + b) * H, cs + (s * B + b) * H, row)
-                if kind == K_GRU:
-                    memset(aux + (s * B + b) * H, 0, row)
-                memset(out + (s * B + b) * H, 0, row)
-                continue
-            tau = _tau(reverse, s, L)
-            a = gates + (tau * B + b) * GH
-            o = out + (tau * B + b) * H
-            hr = hh + b * (H2 if kind == K_GRU else GH)
-            if kind == K_LSTM:
-                lstm_fwd(a, hr, bx, cs + (s * B + b) * H, cs + ((s + 1) * B + b) * H,
-                         aux + (s * B + b) * H, hn + b * H, o, H, H, H)
-            elif kind == K_RNN_TANH or kind == K_RNN_RELU:
-                rnn_fwd(a, hr, bx, hn + b * H, o, H, kind == K_RNN_RELU)
-            elif kind == K_GRU_RA:
-                gru_ra_fwd(a, hr, bx, bhn, hp + b * H, aux + (s * B + b) * H,
-                           hn + b * H, o, H, H, H)
-            else:                              # K_GRU, first pass: r, z and r*h
-                gru_fwd1(a, hr, bx, hp + b * H, aux + (s * B + b) * H, H, H, H)
-        if kind == K_GRU:
-            # (r*h) @ W_hn^T, then the second pass: n and h
-            hn2 = hh + B * H2
-            _rec_fwd(mode, nb, H, H, aux + (s * B + b0) * H, W_hh + H2 * H, H, W_hhT + H2,
-                     GH, hn2 + b0 * H, H, tmp)
-            for b in range(b0, b1):
-                L = lengths[b]
-                if s >= L:
-                    continue
-                tau = _tau(reverse, s, L)
-                a = gates + (tau * B + b) * GH
-                o = out + (tau * B + b) * H
-                gru_fwd2(a, hn2 + b * H, bx, hp + b * H, hn + b * H, o, H, H)
+    # 2. the step loop of rows b0..b1
+    memset(&sp, 0, sizeof(StepProduct))
+    if job != NULL:                          # W_hh packed once for the whole loop
+        sp.form, sp.job = STEP_PACKED, job
+        pack_fwd(<const floating*> sw.W_hh, H, G, 2 if sw.kind == K_GRU else G, 0, job.NQ,
+                 <floating*> job.pack)
+    else:
+        sp.form, sp.layout, sp.tmp = STEP_BLAS, _rec_mode(b1 - b0, H, floating is float), tmp
+    _fwd_steps(sw, &sp, <floating*> sw.hh, b0, b1)
 
 
 # -------------------------------------------------------------------- backward --
-cdef struct StepProduct:
-    # The per-step product of BPTT in one of its two forms (the only difference
-    # between them): C[b0:b1, :H] (+)= dG[b0:b1, koff:koff+K] @ W_hh[koff:koff+K, :]
-    # by one BLAS call (STEP_BLAS) or on the packed W_hh (STEP_PACKED); and the
-    # units per gate-pass call, H (BLAS) or one panel (packed: each block's gate
-    # pass right before its product reads it).
-    int form                # STEP_BLAS or STEP_PACKED
-    int layout              # STEP_BLAS: the GEMM layout (_rec_mode)
-    void* tmp               # STEP_BLAS: [H*B] scratch of REC_TR
-    PackedJob* job          # STEP_PACKED: the job, W_hh packed in job.pack
-    Py_ssize_t width        # units per gate-pass call
-
-
 cdef inline void _bwd_product(const StepProduct* sp, const RnnSweep* sw, const floating* dG,
                               Py_ssize_t koff, Py_ssize_t K, floating* C, bint acc,
                               Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:

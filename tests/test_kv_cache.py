@@ -182,3 +182,20 @@ def test_backward_bad_grad_output_keeps_cache_for_retry(rng, kind):
     assert gx.shape == x.shape
     with pytest.raises(RuntimeError):
         m.backward(g)
+
+
+def test_append_and_check_room_are_the_caches_own_api(rng):
+    """``append`` writes by slice at ``length`` and returns the filled views;
+    ``check_room`` refuses before any write."""
+    cache = GroupedQueryAttention(16, 4, 2, dtype=np.float64, rng=0).new_kv_cache(2, 5)
+    assert cache.num_kv_groups == 2
+    k1, v1 = (rng.standard_normal((2, 2, 3, 4)) for _ in range(2))
+    keys, values = cache.append(k1, v1)
+    assert cache.length == 3 and keys.shape == (2, 2, 3, 4)
+    np.testing.assert_array_equal(keys, k1)
+    np.testing.assert_array_equal(values, v1)
+    cache.check_room(2)
+    with pytest.raises(RuntimeError, match="kv_cache overflow"):
+        cache.append(k1, v1)
+    assert cache.length == 3
+    np.testing.assert_array_equal(cache.keys, k1)
