@@ -1,5 +1,5 @@
 /*
- * _flash.h -- the row passes of the tiled ("flash") attention kernel in _attention.pyx.
+ * _flash.h -- the row passes of the tiled ("flash") attention kernel, _flash_attention.pyx.
  *
  * The kernel never materialises the [L_q, L_k] probabilities: it works on score tiles
  * S = scale * Q[r0:r1] K[c0:c0+w]^T of at most block_q x block_k entries, and these
