@@ -1,4 +1,4 @@
-"""The Module protocol every nn_core layer follows (API.md §1).
+"""The Module protocol every nn_core layer follows (README "The Module protocol").
 
 A module owns
 

@@ -1,4 +1,4 @@
-"""The Module protocol (API.md §1) on small hand-written modules."""
+"""The Module protocol (README "The Module protocol") on small hand-written modules."""
 import numpy as np
 import pytest
 

@@ -428,7 +428,7 @@ class _GQACore(Module):
         return self.get_kv_cache_stats(batch_size, seq_len, num_layers)["bytes"]
 
     def get_kv_cache_stats(self, batch_size, seq_len, num_layers=1) -> dict:
-        """K/V cache accounting (API.md §4).
+        """K/V cache accounting: the bytes of K and V against multi-head attention's.
 
         Returns
         -------
