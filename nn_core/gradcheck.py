@@ -219,7 +219,7 @@ def gradcheck(module: Module, inputs: tuple[ArrayLike, ...], grad_output: ArrayL
             num[k] = (fp - fm) / (2 * eps)
         report.entries[name] = _compare(name, param_grads[name], numeric, rtol, atol)
 
-    module._drop_caches()
+    module.clear_pending()
     if hasattr(module, "reset"):
         module.reset()
     if raise_on_fail and not report.ok:

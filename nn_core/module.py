@@ -380,15 +380,23 @@ class Module:
         return self.training and not is_inference_mode()
 
     @property
-    def _cache(self):
-        """The newest pending forward cache (None when there is none)."""
-        stack = self.__dict__.get("_stack")
-        return stack[-1][1] if stack else None
+    def num_pending(self) -> int:
+        """How many forwards of this module (not its children) wait for a backward."""
+        return sum(not isinstance(c, NoBackward) for _, c in self.__dict__.get("_stack", ()))
 
-    @_cache.setter
-    def _cache(self, value):
-        # single-slot form of the protocol (modules written against it set _cache)
-        self.__dict__["_stack"] = [] if value is None else [(threading.get_ident(), value)]
+    def clear_pending(self) -> None:
+        """Drop every forward still waiting for a backward, in this module and its
+        children, and free what they keep.
+
+        A training-mode ``forward`` keeps a backward cache until its ``backward`` runs;
+        call this after forwards whose backward will never come (an early exit from a
+        training step, a forward on a training-mode model for logging).  It is what
+        discarding the output's graph is in PyTorch.  A ``backward`` afterwards raises
+        ``RuntimeError``.  Forward-only code is better run in ``eval()`` or
+        :func:`inference_mode`, where nothing is kept in the first place.
+        """
+        for m in self.modules():
+            m._stack = []
 
     def _save_cache(self, cache) -> None:
         """Keep ``cache`` for a later ``backward`` (nothing in eval / inference mode)."""
@@ -402,7 +410,7 @@ class Module:
             raise RuntimeError(
                 f"{type(self).__name__} holds {len(stack)} forwards waiting for a backward; "
                 "run forward-only code in eval() or nn_core.inference_mode(), or call "
-                "backward (or _drop_caches()) first")
+                "backward (or clear_pending()) first")
         stack.append((threading.get_ident(), cache))
 
     def _save_no_backward(self, reason: str) -> None:
@@ -437,11 +445,6 @@ class Module:
         cache = self._peek_cache()
         self._stack.pop()
         return cache
-
-    def _drop_caches(self) -> None:
-        """Forget the pending backward caches of this module and its children."""
-        for m in self.modules():
-            m._stack = []
 
     def __repr__(self) -> str:
         args, kwargs = getattr(self, "_init_args", ((), {}))

@@ -14,7 +14,7 @@ class Affine(Module):
         self.add_param("b", self.rng.standard_normal(n_out))
 
     def forward(self, x):
-        self._cache = x
+        self._save_cache(x)
         return x @ self.params["W"] + self.params["b"]
 
     def backward(self, grad_output):
@@ -87,6 +87,21 @@ def test_backward_without_forward_raises(rng):
     m.backward(np.ones((1, 2)))
     with pytest.raises(RuntimeError, match="without a matching forward"):
         m.backward(np.ones((1, 2)))
+
+
+def test_clear_pending_drops_the_forwards_of_the_whole_tree(rng):
+    net = Net(dtype=np.float64, rng=1)
+    x = rng.standard_normal((5, 3))
+    net(x)
+    net(x)
+    assert [m.num_pending for m in (net.first, *net.layers)] == [2, 2, 2]
+    net.clear_pending()
+    assert all(m.num_pending == 0 for m in net.modules())
+    with pytest.raises(RuntimeError, match="without a matching forward"):
+        net.backward(rng.standard_normal((5, 4)))
+    net(x)                                       # usable again afterwards
+    net.backward(rng.standard_normal((5, 4)))
+    assert all(m.num_pending == 0 for m in net.modules())
 
 
 def test_state_dict_round_trip_and_checks():

@@ -345,7 +345,7 @@ class _GQACore(Module):
         if w is not None:
             w = w.reshape(B, self.num_heads, L, S)                       # (B, h, L, S)
         if kv_cache is not None:
-            self.attention._drop_caches()
+            self.attention.clear_pending()
             state = None
         else:
             state = AttentionState(rows, A, B, L, S, layout, fixed_kv)

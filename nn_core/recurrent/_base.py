@@ -610,7 +610,7 @@ class RecurrentCell(Module):
     def reset(self):
         """Drop every pushed step cache (and a pending sequence cache)."""
         self._steps.clear()
-        self._drop_caches()
+        self.clear_pending()
         self._pool.clear()
 
     # -------------------------------------------------------- whole sequence
