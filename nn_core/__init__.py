@@ -7,7 +7,8 @@ central finite differences.
 from . import attention
 from . import recurrent
 from .gradcheck import GradcheckReport, gradcheck
-from .module import Module, ModuleList, inference_mode, is_inference_mode
+from .module import (Module, ModuleList, enable_backward, inference_mode, is_backward_enabled,
+                     is_inference_mode)
 from . import layers, losses, optim  # noqa: E402  (training toolkit)
 from .checkpoint import CheckpointError, load, load_training_state, save  # noqa: E402
 from . import memory, transformer  # noqa: E402
@@ -17,7 +18,8 @@ from . import distributed  # noqa: E402  (MPI data parallelism; mpi4py only when
 
 __version__ = "0.1.0"
 
-__all__ = ["Module", "ModuleList", "inference_mode", "is_inference_mode", "gradcheck",
+__all__ = ["Module", "ModuleList", "inference_mode", "is_inference_mode", "enable_backward",
+           "is_backward_enabled", "gradcheck",
            "GradcheckReport", "attention", "recurrent", "layers", "losses", "optim", "transformer",
            "memory",
            "save", "load", "load_training_state", "CheckpointError", "datasets", "models",
