@@ -85,7 +85,7 @@ class _GradMode(contextlib.ContextDecorator):
     _mode = None
 
     def __new__(cls, *args, **kwargs):
-        if len(args) == 1 and not kwargs and callable(args[0]) and not isinstance(args[0], bool):
+        if len(args) == 1 and not kwargs and callable(args[0]):
             return cls()(args[0])                # used bare: @inference_mode
         return super().__new__(cls)
 

@@ -160,6 +160,8 @@ def test_encoder_gradcheck_in_eval(rng):
     m = _encoder().eval()
     x = rng.standard_normal((2, 4, 8))
     mask = np.array([[True] * 4, [True, True, True, False]])[:, None, None, :]
+    with pytest.raises(RuntimeError, match="enable_backward"):   # eval alone: no backward
+        nn_core.gradcheck(m, (x, mask))
     with enable_backward():
         rep = nn_core.gradcheck(m, (x, mask), rng=rng)
     assert rep.ok, str(rep)
@@ -182,13 +184,16 @@ def test_attention_and_recurrent_gradcheck_in_eval(rng, make, inputs):
     assert rep.ok, str(rep)
 
 
-def test_encoder_matches_torch_in_eval(rng):
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_encoder_matches_torch_in_eval(rng, norm_first):
     torch = pytest.importorskip("torch")
     from nn_core.interop import load_torch_state_dict, to_torch_state_dict
 
     theirs = torch.nn.TransformerEncoderLayer(8, 2, 12, dropout=0.3, batch_first=True,
+                                              norm_first=norm_first,
                                               dtype=torch.float64).eval()
-    ours = _encoder(dropout=0.3, rng=1).eval()
+    ours = TransformerEncoderLayer(8, 2, 12, dropout=0.3, norm_first=norm_first, rng=1,
+                                   **F64).eval()
     load_torch_state_dict(ours, theirs.state_dict())
     x = rng.standard_normal((3, 5, 8))
     g = rng.standard_normal((3, 5, 8))

@@ -90,4 +90,4 @@ from ._world import World, is_initialized, local_rank, local_size, rank, size, w
 __all__ = ["init", "launched", "is_initialized", "world", "rank", "size", "local_rank", "local_size",
            "barrier", "all_reduce", "allreduce_scalar", "all_sum", "broadcast",
            "broadcast_object", "broadcast_parameters", "shard", "shard_slice",
-           "DistributedOptimizer", "abort_on_error", "LAUNCHER_ENV", "World"]
+           "DistributedOptimizer", "abort_on_error", "LAUNCHER_ENV"]
