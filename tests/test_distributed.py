@@ -345,7 +345,8 @@ def test_a_failing_rank_ends_the_job_in_seconds(mode, status):
     if mode == "raise":
         assert "[rank 1] Traceback (most recent call last):" in err, err
         assert "[rank 1] ValueError: deliberate failure on rank 1" in err
-    assert f"[rank 1] nn_core.distributed: aborting all 2 ranks (exit status {status})" in err
+    assert f"[rank 1] nn_core.distributed: aborting all 2 ranks (exit status {status})" in err, \
+        (proc.returncode, proc.stdout[-2000:], err[-2000:])
 
 
 @needs_mpi
