@@ -445,7 +445,12 @@ class Module:
         :func:`inference_mode`, where nothing is kept in the first place.
         """
         for m in self.modules():
-            m._stack = []
+            m._clear_own_pending()
+
+    def _clear_own_pending(self) -> None:
+        """Drop this module's pending forwards (not its children's).  A module that
+        keeps forwards outside the cache stack extends it, and :attr:`num_pending`."""
+        self._stack = []
 
     def _save_cache(self, cache) -> None:
         """Keep ``cache`` for a later ``backward`` (nothing in eval / inference mode)."""

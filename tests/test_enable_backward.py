@@ -8,7 +8,7 @@ import nn_core
 from nn_core import enable_backward, inference_mode
 from nn_core.attention import MultiHeadAttention
 from nn_core.layers import Linear
-from nn_core.recurrent import BidirectionalGRU, StackedLSTM
+from nn_core.recurrent import BidirectionalGRU, LSTMCell, StackedLSTM
 from nn_core.transformer import TransformerEncoderLayer
 
 F64 = dict(dtype=np.float64)
@@ -140,6 +140,25 @@ def test_one_decorated_function_on_two_threads():
     for t in threads:
         t.join()
     assert sorted(seen) == [(True, False), (True, True)]
+
+
+def test_recurrent_step_api_in_eval(rng):
+    cell = LSTMCell(3, 4, rng=0, **F64).eval()
+    x = rng.standard_normal((3, 2, 3))
+    state = None
+    for t in range(3):
+        state = cell(x[t], state)
+    assert cell.num_pending == 0
+    with enable_backward():
+        for t in range(3):
+            state = cell(x[t], state)
+    assert cell.num_pending == 3
+    grad_x, grad_h, grad_c = cell.backward(np.ones((2, 4)), np.zeros((2, 4)))
+    assert grad_x.shape == (2, 3) and cell.num_pending == 2
+    cell.clear_pending()                         # drops the pushed steps too
+    assert cell.num_pending == 0
+    with pytest.raises(RuntimeError):
+        cell.backward(np.ones((2, 4)), np.zeros((2, 4)))
 
 
 def test_encoder_dropout_still_follows_train_and_eval(rng):

@@ -607,6 +607,15 @@ class RecurrentCell(Module):
             if arr.size > 1:
                 self._give(name, arr)
 
+    @property
+    def num_pending(self) -> int:
+        """Pending sequence forwards plus pushed one-step caches."""
+        return super().num_pending + len(self._steps)
+
+    def _clear_own_pending(self) -> None:
+        super()._clear_own_pending()
+        self._steps.clear()
+
     def reset(self):
         """Drop every pushed step cache (and a pending sequence cache)."""
         self._steps.clear()
