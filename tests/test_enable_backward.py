@@ -159,6 +159,9 @@ def test_recurrent_step_api_in_eval(rng):
     assert cell.num_pending == 0
     with pytest.raises(RuntimeError):
         cell.backward(np.ones((2, 4)), np.zeros((2, 4)))
+    cell(x[0])                                   # eval alone: the error says what to do
+    with pytest.raises(RuntimeError, match="enable_backward"):
+        cell.backward(np.ones((2, 4)), np.zeros((2, 4)))
 
 
 def test_encoder_dropout_still_follows_train_and_eval(rng):

@@ -584,7 +584,8 @@ class RecurrentCell(Module):
         if not self._steps:
             if getattr(self, "_inference_steps", False):
                 raise RuntimeError(f"{type(self).__name__}.backward is not available: "
-                                   "forwards in eval() or inference_mode() keep no cache")
+                                   "forwards in eval() or inference_mode() keep no cache "
+                                   "(run them in train() or inside nn_core.enable_backward())")
             require_forward(None, self)
         cache = self._steps[-1]
         B = cache.x.shape[1]
