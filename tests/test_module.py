@@ -1,4 +1,7 @@
 """The Module protocol (README "The Module protocol") on small hand-written modules."""
+import doctest
+import sys
+
 import numpy as np
 import pytest
 
@@ -235,3 +238,9 @@ def test_flat_parameters_views_and_clip(rng):
     net[0].add_param("extra", np.ones(2))                  # a new parameter: re-flattened
     fp2, _ = net.flat_parameters()
     assert fp2 is not fp and fp2.size == fp.size + 2
+
+
+def test_docstring_examples_run():
+    """The examples of the protocol, inference_mode and enable_backward."""
+    result = doctest.testmod(sys.modules[Module.__module__], optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 10 and result.failed == 0
