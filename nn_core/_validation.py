@@ -1,7 +1,7 @@
 """Argument checks shared by every nn_core layer.
 
 All user-facing validation lives here so that every layer words its errors alike
-and tests can ``pytest.raises(..., match=...)`` on them.  Conventions (API.md §1, §4):
+and tests can ``pytest.raises(..., match=...)`` on them.  Conventions (README "API tour"):
 
 * shape, size and value problems raise ``ValueError``;
 * dtype problems raise ``TypeError``;

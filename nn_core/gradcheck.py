@@ -18,8 +18,8 @@ returns a tuple (e.g. ``(output, final_state)``), ``backward`` is called with th
 matching tuple of gradients unpacked (``backward(g_output, g_state)``).  The
 gradients ``backward`` returns are matched to ``inputs`` by position, nested
 tuples (``(h, c)``) included; inputs without a returned gradient (masks, lengths,
-``None``) are held fixed.  Use ``dropout=0`` or ``module.eval()``: the function
-must be deterministic.
+``None``) are held fixed.  Use ``dropout=0``, or ``module.eval()`` inside
+:func:`~nn_core.enable_backward`: the function must be deterministic.
 """
 from __future__ import annotations
 
@@ -219,7 +219,7 @@ def gradcheck(module: Module, inputs: tuple[ArrayLike, ...], grad_output: ArrayL
             num[k] = (fp - fm) / (2 * eps)
         report.entries[name] = _compare(name, param_grads[name], numeric, rtol, atol)
 
-    module._drop_caches()
+    module.clear_pending()
     if hasattr(module, "reset"):
         module.reset()
     if raise_on_fail and not report.ok:

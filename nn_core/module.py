@@ -1,4 +1,4 @@
-"""The Module protocol every nn_core layer follows (API.md §1).
+"""The Module protocol every nn_core layer follows (README "The Module protocol").
 
 A module owns
 
@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import contextlib
 import functools
 import threading
 
@@ -50,24 +51,70 @@ if TYPE_CHECKING:  # names used in annotations only
     from collections.abc import Iterable
     from nn_core._typing import DTypeLike, RNGLike
 
-__all__ = ["Module", "ModuleList", "NoBackward", "inference_mode", "is_inference_mode"]
+__all__ = ["Module", "ModuleList", "NoBackward", "enable_backward", "inference_mode",
+           "is_backward_enabled", "is_inference_mode"]
 
 _MODE = threading.local()
+# per thread: the innermost grad-mode block ("inference", "backward", or None for the
+# default rule: train() keeps backward caches, eval() keeps none) and the modes it replaced
+_INFERENCE, _BACKWARD = "inference", "backward"
+
+
+def _grad_mode():
+    return getattr(_MODE, "mode", None)
 
 
 def is_inference_mode() -> bool:
-    """True inside :func:`inference_mode` on this thread."""
-    return getattr(_MODE, "inference", False)
+    """True inside :func:`inference_mode` on this thread (the innermost block)."""
+    return _grad_mode() == _INFERENCE
 
 
-class inference_mode:
+def is_backward_enabled() -> bool:
+    """True inside :func:`enable_backward` on this thread (the innermost block)."""
+    return _grad_mode() == _BACKWARD
+
+
+class _GradMode(contextlib.ContextDecorator):
+    """A per-thread block that sets the grad mode; the innermost block wins.
+
+    Each ``__enter__`` saves the thread's current mode on a per-thread stack, so one
+    instance may decorate a function that runs on several threads or recursively.
+    Used bare as a decorator (``@enable_backward``), the class decorates directly.
+    """
+
+    _mode = None
+
+    def __new__(cls, *args, **kwargs):
+        if len(args) == 1 and not kwargs and callable(args[0]):
+            return cls()(args[0])                # used bare: @inference_mode
+        return super().__new__(cls)
+
+    def __enter__(self):
+        saved = _MODE.__dict__.setdefault("saved", [])
+        saved.append(_grad_mode())
+        _MODE.mode = self._mode
+        return self
+
+    def __exit__(self, *exc):
+        _MODE.mode = _MODE.saved.pop()
+        return False
+
+
+class inference_mode(_GradMode):
     """Run forwards without keeping anything for a backward.
 
     Inside the block (or the decorated function), every module's ``forward`` keeps no
     backward cache and no weight copies, so memory holds only the outputs; a
-    ``backward`` afterwards raises ``RuntimeError``.  The mode is per thread.  Modules
-    in ``eval()`` behave the same way outside the block.  Dropout is governed by
-    ``train()`` / ``eval()`` alone, as in PyTorch.
+    ``backward`` afterwards raises ``RuntimeError``.  Modules in ``eval()`` behave the
+    same way outside the block.  Dropout is governed by ``train()`` / ``eval()`` alone,
+    as in PyTorch.  The mode is per thread; nested with :func:`enable_backward`, the
+    innermost block wins.
+
+    Parameters
+    ----------
+    mode : bool, default True
+        ``False`` turns inference mode off inside the block: the default rule applies
+        again (``train()`` keeps backward caches, ``eval()`` keeps none).
 
     Examples
     --------
@@ -81,35 +128,34 @@ class inference_mode:
     """
 
     def __init__(self, mode: bool = True) -> None:
-        if callable(mode):                       # used bare: @inference_mode
-            fn, self.mode = mode, True
-            self.__wrapped__ = fn
-            functools.update_wrapper(self, fn)
-        else:
-            self.mode = bool(mode)
-        self._saved = []
+        self.mode = bool(mode)
+        self._mode = _INFERENCE if self.mode else None
 
-    def __enter__(self):
-        self._saved.append(is_inference_mode())
-        _MODE.inference = self.mode
-        return self
 
-    def __exit__(self, *exc):
-        _MODE.inference = self._saved.pop()
-        return False
+class enable_backward(_GradMode):
+    """Keep backward caches whatever ``train()`` / ``eval()`` says (the counterpart of
+    ``torch.enable_grad()``).
 
-    def __call__(self, *args, **kwargs):
-        fn = getattr(self, "__wrapped__", None)
-        if fn is not None:                       # the bare-decorated function itself
-            with inference_mode(self.mode):
-                return fn(*args, **kwargs)
-        (fn,) = args
+    Inside the block (or the decorated function), every module's ``forward`` keeps what
+    its ``backward`` needs, also in ``eval()``; dropout still follows ``train()`` /
+    ``eval()``.  This is how to differentiate a trained model as it predicts: input
+    gradients for saliency or sensitivity analysis, adversarial examples,
+    physics-informed losses.  The mode is per thread; nested with
+    :func:`inference_mode`, the innermost block wins.
 
-        @functools.wraps(fn)
-        def wrapper(*a, **kw):
-            with inference_mode(self.mode):
-                return fn(*a, **kw)
-        return wrapper
+    Examples
+    --------
+    >>> import numpy as np, nn_core
+    >>> lin = nn_core.layers.Linear(3, 2, rng=0).eval()
+    >>> x = np.ones((4, 3), np.float32)
+    >>> with nn_core.enable_backward():
+    ...     y = lin(x)
+    >>> grad_x = lin.backward(np.ones_like(y))
+    >>> grad_x.shape
+    (4, 3)
+    """
+
+    _mode = _BACKWARD
 
 
 class NoBackward:
@@ -152,7 +198,8 @@ def _guarded(fn):
 
 
 _INFERENCE_FORWARD = NoBackward("the forward ran in eval() or inference_mode(), which keep "
-                                "no backward cache; call train() and run forward again")
+                                "no backward cache; run forward again in train() or inside "
+                                "nn_core.enable_backward()")
 
 
 class Module:
@@ -355,7 +402,8 @@ class Module:
 
     def eval(self):
         """Evaluation mode: dropout off, and forwards keep no backward cache (a backward
-        after them raises RuntimeError; see :func:`inference_mode`); returns ``self``."""
+        after them raises RuntimeError; see :func:`inference_mode`) unless inside
+        :func:`enable_backward`; returns ``self``."""
         return self.train(False)
 
     # ------------------------------------------------------- forward/backward
@@ -375,20 +423,34 @@ class Module:
     # usable for a corrected retry.  Pending forwards form a stack: each backward
     # matches the most recent unmatched forward (a module applied twice in one graph).
     def keeps_cache(self) -> bool:
-        """True when a ``forward`` now keeps what ``backward`` needs: in training mode
-        and outside :func:`inference_mode`."""
-        return self.training and not is_inference_mode()
+        """True when a ``forward`` now keeps what ``backward`` needs: inside
+        :func:`enable_backward`; in training mode outside :func:`inference_mode`."""
+        mode = _grad_mode()
+        return mode == _BACKWARD or (mode is None and self.training)
 
     @property
-    def _cache(self):
-        """The newest pending forward cache (None when there is none)."""
-        stack = self.__dict__.get("_stack")
-        return stack[-1][1] if stack else None
+    def num_pending(self) -> int:
+        """How many forwards of this module (not its children) wait for a backward."""
+        return sum(not isinstance(c, NoBackward) for _, c in self.__dict__.get("_stack", ()))
 
-    @_cache.setter
-    def _cache(self, value):
-        # single-slot form of the protocol (modules written against it set _cache)
-        self.__dict__["_stack"] = [] if value is None else [(threading.get_ident(), value)]
+    def clear_pending(self) -> None:
+        """Drop every forward still waiting for a backward, in this module and its
+        children, and free what they keep.
+
+        A training-mode ``forward`` keeps a backward cache until its ``backward`` runs;
+        call this after forwards whose backward will never come (an early exit from a
+        training step, a forward on a training-mode model for logging).  It is what
+        discarding the output's graph is in PyTorch.  A ``backward`` afterwards raises
+        ``RuntimeError``.  Forward-only code is better run in ``eval()`` or
+        :func:`inference_mode`, where nothing is kept in the first place.
+        """
+        for m in self.modules():
+            m._clear_own_pending()
+
+    def _clear_own_pending(self) -> None:
+        """Drop this module's pending forwards (not its children's).  A module that
+        keeps forwards outside the cache stack extends it, and :attr:`num_pending`."""
+        self._stack = []
 
     def _save_cache(self, cache) -> None:
         """Keep ``cache`` for a later ``backward`` (nothing in eval / inference mode)."""
@@ -402,7 +464,7 @@ class Module:
             raise RuntimeError(
                 f"{type(self).__name__} holds {len(stack)} forwards waiting for a backward; "
                 "run forward-only code in eval() or nn_core.inference_mode(), or call "
-                "backward (or _drop_caches()) first")
+                "backward (or clear_pending()) first")
         stack.append((threading.get_ident(), cache))
 
     def _save_no_backward(self, reason: str) -> None:
@@ -437,11 +499,6 @@ class Module:
         cache = self._peek_cache()
         self._stack.pop()
         return cache
-
-    def _drop_caches(self) -> None:
-        """Forget the pending backward caches of this module and its children."""
-        for m in self.modules():
-            m._stack = []
 
     def __repr__(self) -> str:
         args, kwargs = getattr(self, "_init_args", ((), {}))

@@ -1,4 +1,4 @@
-"""The module contract every nn_core layer must satisfy (STYLE.md "Tests").
+"""The module contract every nn_core layer must satisfy (docs/architecture.md "How to add a layer").
 
 ``check_contract`` runs, for float32 and float64:
 

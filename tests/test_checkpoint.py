@@ -117,8 +117,9 @@ def test_registry():
     from nn_core import attention, models, recurrent
     assert reg["nn_core.layers:Linear"] is Linear
     assert reg["nn_core.attention:MultiHeadAttention"] is attention.MultiHeadAttention
-    assert reg["nn_core.tasks.seq2seq:Seq2SeqModel"] is models.Seq2SeqModel
-    assert reg["nn_core.tasks.lm:TransformerBlock"] is models.TransformerBlock
+    assert reg["nn_core.models:Seq2SeqModel"] is models.Seq2SeqModel
+    assert reg["nn_core.models:TransformerBlock"] is models.TransformerBlock
+    assert "nn_core.tasks.seq2seq:Seq2SeqModel" not in reg     # only where the class lives
     for name in recurrent.__all__:
         obj = getattr(recurrent, name)
         if isinstance(obj, type) and issubclass(obj, Module):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import nn_core
-from nn_core.checkpoint import load, read_metadata, save
+from nn_core.checkpoint import load, save
 from nn_core.cli import USAGE, _train_parser, main
 from nn_core.layers import Linear
 from nn_core.tasks import TASKS, get_task
@@ -158,22 +158,6 @@ def test_seq2seq_smoke(tmp_path, capsys):
     assert "--prompt is an option of lm models" in err and len(err.splitlines()) == 1
     assert main(["generate", out, "--num", "0"]) == 2
     assert main(["generate", out, "--input", "12a"]) == 2
-    capsys.readouterr()
-    # a checkpoint from before nn_core.models (class path nn_core.tasks.seq2seq) still runs
-    assert read_metadata(ckpt)["module"]["class"] == "nn_core.models.seq2seq:Seq2SeqModel"
-    old = os.path.join(out, "old.npz")
-    with np.load(ckpt, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files if not k.startswith("train/")}
-    meta = json.loads(str(arrays["__nn_core_checkpoint__"][()]))
-    meta["module"]["class"] = "nn_core.tasks.seq2seq:Seq2SeqModel"
-    del meta["training"]
-    arrays["__nn_core_checkpoint__"] = np.array(json.dumps(meta))
-    np.savez(old, **arrays)
-    assert read_metadata(old)["module"]["class"] == "nn_core.tasks.seq2seq:Seq2SeqModel"
-    for path in (ckpt, old):
-        main(["generate", path, "--input", "12345", "907"])
-    new_text, old_text = capsys.readouterr().out.split("correct (reverse)\n")[:2]
-    assert new_text == old_text
 
 
 def test_forecast_smoke(tmp_path, capsys):

@@ -5,9 +5,11 @@ The MPI tests skip only when mpi4py or ``mpiexec`` is missing
 (``pip install mpi4py mpich`` provides both)."""
 import doctest
 import functools
+import importlib
 import importlib.util
 import json
 import os
+import pkgutil
 import shutil
 import subprocess
 import sys
@@ -20,6 +22,7 @@ import pytest
 import nn_core
 from nn_core import _parallel
 from nn_core import distributed as dist
+from nn_core.distributed import _launcher, _world
 from nn_core.layers import Linear, Sequential, Tanh
 from nn_core.losses import MSELoss
 from nn_core.optim import AdamW, WarmupCosine, clip_grad_norm
@@ -87,13 +90,13 @@ def _worker(name):
 @pytest.fixture
 def fresh(monkeypatch):
     """A process that has not called init(), outside any launcher; restored after."""
-    saved = dist._WORLD
+    saved = _world._WORLD
     for k in list(os.environ):
         if k.startswith(LAUNCHER_VARS):
             monkeypatch.delenv(k)
-    dist._WORLD = None
+    _world._WORLD = None
     yield
-    dist._WORLD = saved
+    _world._WORLD = saved
 
 
 @pytest.fixture
@@ -143,7 +146,7 @@ def test_standalone_is_a_no_op_world(standalone):
 def test_launcher_detection(fresh, monkeypatch, env, size):
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    assert dist._launched()[0] == size
+    assert _launcher._launched()[0] == size
 
 
 def test_launched_without_mpi4py_says_how_to_install(fresh, monkeypatch):
@@ -151,7 +154,7 @@ def test_launched_without_mpi4py_says_how_to_install(fresh, monkeypatch):
     monkeypatch.setitem(sys.modules, "mpi4py", None)       # import fails
     with pytest.raises(ImportError, match=r"nn_core\[mpi\]"):
         dist.init()
-    assert dist._WORLD is None
+    assert _world._WORLD is None
 
 
 def test_mpi_of_another_size_than_the_launcher_is_an_error(fresh, monkeypatch):
@@ -274,8 +277,12 @@ def test_optimizer_argument_errors(standalone):
 
 
 def test_docstring_examples():
-    result = doctest.testmod(dist)
-    assert result.attempted > 0 and result.failed == 0
+    attempted = 0
+    for info in pkgutil.iter_modules(dist.__path__):          # the package's modules
+        result = doctest.testmod(importlib.import_module(f"{dist.__name__}.{info.name}"))
+        assert result.failed == 0, info.name
+        attempted += result.attempted
+    assert attempted > 0
 
 
 def test_abort_on_error_is_transparent_on_one_process(standalone):
@@ -338,7 +345,8 @@ def test_a_failing_rank_ends_the_job_in_seconds(mode, status):
     if mode == "raise":
         assert "[rank 1] Traceback (most recent call last):" in err, err
         assert "[rank 1] ValueError: deliberate failure on rank 1" in err
-    assert f"[rank 1] nn_core.distributed: aborting all 2 ranks (exit status {status})" in err
+    assert f"[rank 1] nn_core.distributed: aborting all 2 ranks (exit status {status})" in err, \
+        (proc.returncode, proc.stdout[-2000:], err[-2000:])
 
 
 @needs_mpi

@@ -1,6 +1,5 @@
-"""nn_core.models: gradients, decoding, seeding, checkpoints (old class paths included)."""
+"""nn_core.models: gradients, decoding, seeding, checkpoints."""
 import doctest
-import json
 
 import numpy as np
 import pytest
@@ -13,8 +12,6 @@ from nn_core.layers import Embedding, Linear
 from nn_core.models import Forecaster, Seq2SeqModel, TransformerBlock, TransformerLM
 from nn_core.models import forecaster, seq2seq, transformer_lm
 from nn_core.recurrent import BidirectionalWrapper, GRUCell, LSTMCell
-
-_META_KEY = "__nn_core_checkpoint__"
 
 
 @pytest.mark.parametrize("module", [seq2seq, forecaster, transformer_lm],
@@ -210,36 +207,6 @@ def test_models_save_and_load_like_any_layer(tmp_path, rng, dtype):
             np.testing.assert_array_equal(again.parameters()[k], v, err_msg=k)
         for a, b in zip(_run(model, rng), _run(again, rng)):
             np.testing.assert_array_equal(a, b)
-
-
-def _rename_class(path, class_path):
-    """Rewrite the checkpoint at ``path`` as if an older nn_core had written it."""
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files}
-    meta = json.loads(str(arrays[_META_KEY][()]))
-    meta["module"]["class"] = class_path
-    arrays[_META_KEY] = np.array(json.dumps(meta))
-    with open(path, "wb") as fh:
-        np.savez(fh, **arrays)
-
-
-@pytest.mark.parametrize("old_path, model", [
-    ("nn_core.tasks.seq2seq:Seq2SeqModel", Seq2SeqModel(13, 4, 8, 2, "gru", rng=5)),
-    ("nn_core.tasks.seq2seq:Seq2SeqModel", Seq2SeqModel(13, 4, 8, 2, "lstm", rng=6)),
-    ("nn_core.tasks.forecast:Forecaster", Forecaster(3, 6, "lstm", rng=7)),
-    ("nn_core.tasks.lm:TransformerLM", TransformerLM(13, 8, 2, 1, None, max_len=8, rng=8)),
-], ids=["seq2seq-gru", "seq2seq-lstm", "forecast", "lm"])
-def test_checkpoint_naming_the_old_task_class_path_loads(tmp_path, rng, old_path, model):
-    path = tmp_path / "old.npz"
-    nn_core.save(model, path, extra={"task": "x"})
-    _rename_class(path, old_path)
-    assert nn_core.checkpoint.read_metadata(path)["module"]["class"] == old_path
-    again = nn_core.load(path)
-    assert type(again) is type(model)
-    for k, v in model.parameters().items():
-        np.testing.assert_array_equal(again.parameters()[k], v, err_msg=k)
-    for a, b in zip(_run(model, rng), _run(again, rng)):
-        np.testing.assert_array_equal(a, b)
 
 
 def test_old_import_paths_are_the_new_objects():

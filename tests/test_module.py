@@ -1,4 +1,7 @@
-"""The Module protocol (API.md §1) on small hand-written modules."""
+"""The Module protocol (README "The Module protocol") on small hand-written modules."""
+import doctest
+import sys
+
 import numpy as np
 import pytest
 
@@ -14,7 +17,7 @@ class Affine(Module):
         self.add_param("b", self.rng.standard_normal(n_out))
 
     def forward(self, x):
-        self._cache = x
+        self._save_cache(x)
         return x @ self.params["W"] + self.params["b"]
 
     def backward(self, grad_output):
@@ -87,6 +90,21 @@ def test_backward_without_forward_raises(rng):
     m.backward(np.ones((1, 2)))
     with pytest.raises(RuntimeError, match="without a matching forward"):
         m.backward(np.ones((1, 2)))
+
+
+def test_clear_pending_drops_the_forwards_of_the_whole_tree(rng):
+    net = Net(dtype=np.float64, rng=1)
+    x = rng.standard_normal((5, 3))
+    net(x)
+    net(x)
+    assert [m.num_pending for m in (net.first, *net.layers)] == [2, 2, 2]
+    net.clear_pending()
+    assert all(m.num_pending == 0 for m in net.modules())
+    with pytest.raises(RuntimeError, match="without a matching forward"):
+        net.backward(rng.standard_normal((5, 4)))
+    net(x)                                       # usable again afterwards
+    net.backward(rng.standard_normal((5, 4)))
+    assert all(m.num_pending == 0 for m in net.modules())
 
 
 def test_state_dict_round_trip_and_checks():
@@ -220,3 +238,9 @@ def test_flat_parameters_views_and_clip(rng):
     net[0].add_param("extra", np.ones(2))                  # a new parameter: re-flattened
     fp2, _ = net.flat_parameters()
     assert fp2 is not fp and fp2.size == fp.size + 2
+
+
+def test_docstring_examples_run():
+    """The examples of the protocol, inference_mode and enable_backward."""
+    result = doctest.testmod(sys.modules[Module.__module__], optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 10 and result.failed == 0

@@ -66,7 +66,7 @@ class _Toy(Task):
 
     def evaluate(self, model):
         pred = model(self.x)
-        model._cache = None
+        model.clear_pending()
         return {"val_mse": float(((pred - self.y) ** 2).mean())}
 
 
@@ -148,7 +148,7 @@ class _DropoutToy(_Toy):
 
     def evaluate(self, model):
         pred = model(self.x)
-        model._drop_caches()
+        model.clear_pending()
         return {"val_mse": float(((pred - self.y) ** 2).mean())}
 
 

@@ -121,10 +121,7 @@ try:
     from nn_core.recurrent import base as _threads          # row-split switch
     _threads.ROW_SPLIT
 except (ImportError, AttributeError):
-    try:
-        from nn_core.recurrent import _threads               # older commits
-    except ImportError:
-        _threads = None
+    _threads = None
 
 
 class TwoThreadSweepSuite:

@@ -341,7 +341,7 @@ class _GQACore(Module):
         if w is not None:
             w = w.reshape(B, self.num_heads, L, S)                       # (B, h, L, S)
         if kv_cache is not None:
-            self.attention._drop_caches()
+            self.attention.clear_pending()
             state = None
         else:
             state = AttentionState(rows, A, B, L, S, layout, fixed_kv)
@@ -424,7 +424,7 @@ class _GQACore(Module):
         return self.get_kv_cache_stats(batch_size, seq_len, num_layers)["bytes"]
 
     def get_kv_cache_stats(self, batch_size, seq_len, num_layers=1) -> dict:
-        """K/V cache accounting.
+        """K/V cache accounting: the bytes of K and V against multi-head attention's.
 
         Returns
         -------

@@ -179,7 +179,7 @@ class CachedCrossAttention(_GQACore):
     def clear_cache(self) -> None:
         """Forget the context K/V (a later ``forward`` raises RuntimeError)."""
         self._context = None
-        self._drop_caches()
+        self.clear_pending()
 
     def forward(self, query: ArrayLike, mask: ArrayLike | None = None,
                 return_weights: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:

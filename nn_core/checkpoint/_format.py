@@ -44,15 +44,6 @@ class CheckpointError(ValueError):
 
 
 # ------------------------------------------------------------------ registry
-_LEGACY_CLASSES = {
-    # class paths written before the models moved to nn_core.models
-    "nn_core.tasks.seq2seq:Seq2SeqModel": "Seq2SeqModel",
-    "nn_core.tasks.forecast:Forecaster": "Forecaster",
-    "nn_core.tasks.lm:TransformerLM": "TransformerLM",
-    "nn_core.tasks.lm:TransformerBlock": "TransformerBlock",
-}
-
-
 def _class_path(obj_or_cls) -> str:
     cls = obj_or_cls if isinstance(obj_or_cls, type) else type(obj_or_cls)
     return f"{cls.__module__}:{cls.__qualname__}"
@@ -65,8 +56,7 @@ def registered_classes() -> dict:
     :mod:`nn_core.losses`, :mod:`nn_core.attention`, :mod:`nn_core.recurrent`,
     :mod:`nn_core.transformer` and :mod:`nn_core.models`, and :class:`~nn_core.ModuleList`, each under the path
     :func:`save` records (``"nn_core.layers:Linear"``) and its public package path
-    (``"nn_core.attention:MultiHeadAttention"``); plus the paths older checkpoints name
-    for the models (``"nn_core.tasks.seq2seq:Seq2SeqModel"`` ...).
+    (``"nn_core.attention:MultiHeadAttention"``).
 
     Returns
     -------
@@ -84,8 +74,6 @@ def registered_classes() -> dict:
                 reg[f"{pkg.__name__}:{name}"] = obj
     reg[_class_path(ModuleList)] = ModuleList
     reg["nn_core:ModuleList"] = ModuleList
-    for old, name in _LEGACY_CLASSES.items():
-        reg[old] = getattr(models, name)
     return reg
 
 

@@ -207,5 +207,5 @@ class Seq2SeqModel(Module):
         finally:
             self.decoder.reset()
             cross.clear_cache()
-            self._drop_caches()
+            self.clear_pending()
         return np.stack(out, axis=1)

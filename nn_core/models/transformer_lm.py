@@ -266,5 +266,5 @@ class TransformerLM(Module):
             if k + 1 < steps:
                 logits = self.forward(tok[:, None], kv_caches=caches, start=P + k)[:, -1]
         seconds = time.perf_counter() - t0
-        self._drop_caches()
+        self.clear_pending()
         return np.stack(out, axis=1), seconds

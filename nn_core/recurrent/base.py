@@ -1,7 +1,7 @@
 """The sequence driver shared by RNNCell, LSTMCell and GRUCell.
 
 :class:`RecurrentCell` owns the parameters ``W_ih [G*H, D]``, ``W_hh [G*H, H]``,
-``b_ih [G*H]``, ``b_hh [G*H]`` and both levels of the API:
+``b_ih [G*H]``, ``b_hh [G*H]`` and both levels of the API (README "Recurrent layers"):
 
 * the **one-step** API ``forward(x_t, state)`` / ``backward(grad_h[, grad_c])`` keeps a
   LIFO of step caches (BPTT is ``backward`` in reverse order, ``reset()`` drops them);
@@ -574,7 +574,8 @@ class RecurrentCell(Module):
         if not self._steps:
             if getattr(self, "_inference_steps", False):
                 raise RuntimeError(f"{type(self).__name__}.backward is not available: "
-                                   "forwards in eval() or inference_mode() keep no cache")
+                                   "forwards in eval() or inference_mode() keep no cache "
+                                   "(run them in train() or inside nn_core.enable_backward())")
             require_forward(None, self)
         cache = self._steps[-1]
         B = cache.x.shape[1]
@@ -597,10 +598,19 @@ class RecurrentCell(Module):
             if arr.size > 1:
                 self._work.give(name, arr)
 
+    @property
+    def num_pending(self) -> int:
+        """Pending sequence forwards plus pushed one-step caches."""
+        return super().num_pending + len(self._steps)
+
+    def _clear_own_pending(self) -> None:
+        super()._clear_own_pending()
+        self._steps.clear()
+
     def reset(self):
         """Drop every pushed step cache (and a pending sequence cache)."""
         self._steps.clear()
-        self._drop_caches()
+        self.clear_pending()
         self._work.clear()
 
     # -------------------------------------------------------- whole sequence

@@ -1,5 +1,5 @@
 """Bidirectional recurrent layers: :class:`BidirectionalWrapper` and
-:class:`StackedBidirectional`.
+:class:`StackedBidirectional` (README "Recurrent layers").
 
 A bidirectional layer runs one cell left to right and a second, independent cell
 right to left over the same input and merges the two output sequences

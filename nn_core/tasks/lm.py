@@ -267,7 +267,7 @@ class LanguageModelTask(Task):
         for i in range(0, len(self.val_blocks), batch_size):
             blk = self.val_blocks[i:i + batch_size]
             logits = model(blk[:, :-1])
-            model._drop_caches()
+            model.clear_pending()
             tot += float(loss_fn(logits, blk[:, 1:]))
             n_tok += blk[:, 1:].size
             ans = answer_mask(blk)[:, 1:] if self.vocab is None else np.ones(blk[:, 1:].shape,

@@ -248,7 +248,7 @@ class Seq2SeqTask(Task):
             tgt_l = self.val_tgt[i:i + batch_size]
             src, src_len, tin, tout, tgt_len = pad_batch(src_l, tgt_l)
             logits = model(src, src_len, tin, tgt_len)
-            model._drop_caches()
+            model.clear_pending()
             tot_loss += float(loss_fn(logits, tout))
             keep = tout != PAD
             tokens += int(keep.sum())

@@ -239,7 +239,7 @@ class Context:
                     run.stats["train_time_s"] += time.perf_counter() - t_epoch
                 if bar is not None and bar.tty:
                     bar.file.write("\n")
-                model._drop_caches()
+                model.clear_pending()
                 self.checkpoint(self.state(wall(), before))
                 signum, signals.requested = signals.requested or signal.SIGINT, None
                 self.plot(signals)                      # a second signal skips the plot

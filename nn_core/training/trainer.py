@@ -398,7 +398,7 @@ class Trainer:
                 w = int(self._valid(target).sum()) if hasattr(self.loss, "ignore_index") \
                     else int(np.size(target))
                 sums["loss"] += float(self.loss(out, target)) * w
-                self.loss._drop_caches()
+                self.loss.clear_pending()
                 weight += w
                 b = len(inputs[0])
                 n += b
