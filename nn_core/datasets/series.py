@@ -59,27 +59,82 @@ def chronological_windows(z, window, horizon, split):
     return _cut(z, tr, window, horizon), (*_cut(z, va, window, horizon), va)
 
 
+def _autocorrelation(x, max_lag):
+    """The autocorrelation of each column of ``x [N, D]`` at lags ``0..max_lag``
+    (biased estimator, through the FFT), averaged over the columns."""
+    x = x - x.mean(axis=0)
+    n = len(x)
+    size = 1 << (2 * n - 1).bit_length()              # zero-padded: no circular wrap
+    spec = np.fft.rfft(x, size, axis=0)
+    r = np.fft.irfft(spec * np.conj(spec), size, axis=0)[:max_lag + 1]
+    var = r[0].copy()
+    var[var <= 0] = np.inf                            # a constant column counts as 0
+    return (r / var).mean(axis=1)
+
+
+def _detrend(y):
+    """``y [N, D]`` minus each column's least-squares straight line."""
+    t = np.linspace(-1.0, 1.0, len(y))
+    basis = np.stack([np.ones_like(t), t], axis=1)
+    coef, *_ = np.linalg.lstsq(basis, y, rcond=None)
+    return y - basis @ coef
+
+
 def seasonal_period(y, max_lag=None, min_acf=None):
-    """The seasonal period of ``y [N, D]``: the lag (>= 2) of the highest local maximum
-    of the autocorrelation averaged over the columns, or ``None`` when no local maximum
-    exceeds ``min_acf`` (default ``max(0.1, 3 / sqrt(N))``, well above the
-    autocorrelations of white noise).  ``max_lag`` defaults to ``N // 3``."""
+    """The seasonal period of ``y [N, D]`` (or ``[N]``), or ``None`` when it has none.
+
+    Parameters
+    ----------
+    y : array_like ``[N, D]`` or ``[N]``
+        The series, one row per time step (finite values).
+    max_lag : int, optional
+        The longest period considered (default ``N // 3``: three cycles at least).
+    min_acf : float, optional
+        The autocorrelation a peak must exceed (default: see Notes).
+
+    Returns
+    -------
+    int >= 2, or None
+
+    Notes
+    -----
+    1. Each column loses its least-squares straight line (a trend tilts the
+       autocorrelation, moving its peaks towards shorter lags), and ``a[k]``, the
+       autocorrelation at lag ``k`` averaged over the columns, is computed.
+    2. A *peak* is a lag ``k >= 2`` with ``a[k-1] < a[k] >= a[k+1]`` that stands out:
+       ``a[k] > min_acf`` and ``a[k] - min(a[1..k-1]) > min_acf`` (a bump on the slow
+       decay of a drifting series is no season).  The default ``min_acf`` is
+       ``max(0.1, 3 * sqrt((1 + 2 * sum_{j<k0} a[j]**2) / N))``, three of Bartlett's
+       standard errors of an autocorrelation under short-memory noise, ``k0`` being
+       the first lag where ``a`` is not positive (white noise: ``3 / sqrt(N)``).
+    3. Of the peaks, the *fundamental* is returned: the smallest lag whose peak is
+       close to the highest one, ``a[k] >= best - max(0.1 * best, 2 / sqrt(N))``.
+       A season's multiples ``2p, 3p, ...`` peak about as high as ``p``, and higher
+       by chance or drift; this rule returns ``p``.
+
+    Costs O(N log N) (the autocorrelation through the FFT).
+    """
     y = np.asarray(y, np.float64)
-    min_acf = max(0.1, 3 / math.sqrt(max(len(y), 1))) if min_acf is None else min_acf
-    y = y - y.mean(axis=0)
-    denom = (y * y).sum(axis=0)
-    denom[denom == 0] = np.inf
-    max_lag = min(len(y) // 3 if max_lag is None else max_lag, len(y) - 1)
+    y = y[:, None] if y.ndim == 1 else y
+    n = len(y)
+    max_lag = min(n // 3 if max_lag is None else max_lag, n - 2)
     if max_lag < 3:
         return None
-    acf = np.array([((y[:-k] * y[k:]).sum(axis=0) / denom).mean()
-                    for k in range(1, max_lag + 1)])
-    best, period = min_acf, None
-    for k in range(2, max_lag):                   # acf[k - 1] is lag k
-        a = acf[k - 1]
-        if a > acf[k - 2] and a >= acf[k] and a > best:
-            best, period = a, k
-    return period
+    a = _autocorrelation(_detrend(y), max_lag)
+    if min_acf is None:
+        nonpositive = np.flatnonzero(a[1:] <= 0)
+        k0 = nonpositive[0] + 1 if len(nonpositive) else max_lag + 1
+        min_acf = max(0.1, 3 * math.sqrt((1 + 2 * float((a[1:k0] ** 2).sum())) / n))
+    k = np.arange(2, max_lag)
+    lowest_before = np.minimum.accumulate(a[1:])[k - 2]          # min a[1..k-1]
+    peak = ((a[k] > a[k - 1]) & (a[k] >= a[k + 1]) & (a[k] > min_acf)
+            & (a[k] - lowest_before > min_acf))
+    lags = k[peak]
+    if not len(lags):
+        return None
+    best = a[lags].max()
+    close = a[lags] >= best - max(0.1 * best, 2 / math.sqrt(n))
+    return int(lags[close][0])
 
 
 def seasonal_naive(z, ends, horizon, period):
