@@ -370,3 +370,12 @@ def test_parse_numbers_refuses_what_is_not_plain():
     assert parse_numbers(b"1,\n", ord(","), 2, slot, -1, out, span) == 1 and np.isnan(out[0, 1])
     with pytest.raises(ValueError, match="slot must have ncols"):
         parse_numbers(b"1\n", ord(","), 3, slot, -1, out, span)
+
+
+def test_read_pairs_max_length(write):
+    path = write("p.tsv", "ab\tba\n\nabc\t" + "x" * 300 + "\n")
+    assert len(read_pairs(path)) == 2
+    with pytest.raises(DataFileError, match="p.tsv line 3: the target has 300 characters, "
+                                            "over the limit of 100"):
+        read_pairs(path, max_length=100)
+    assert read_pairs(path, max_length=300)[0] == ("ab", "ba", 1)

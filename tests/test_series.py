@@ -82,3 +82,25 @@ def test_short_series_and_arguments():
     assert seasonal_period(y, max_lag=8) is None                 # 11 is beyond max_lag
     assert seasonal_period(y, min_acf=0.99) is None
     assert seasonal_period(y[:8]) is None                        # too short to tell
+
+
+def test_column_scale_and_standardize(rng):
+    from nn_core.datasets.series import column_scale, standardize
+    x = rng.standard_normal((50, 2)) * [3.0, 0.5] + [10.0, -2.0]
+    x[:, 1] = 7.0                                            # constant: std 1
+    mean, std = column_scale(x, ["a", "b"])
+    np.testing.assert_allclose(mean, x.mean(0))
+    np.testing.assert_allclose(std, [x[:, 0].std(), 1.0])
+    np.testing.assert_allclose(standardize(x, mean, std, ["a", "b"]), (x - mean) / std)
+    huge = x.copy()
+    huge[17, 1] = 1.5e308
+    huge[18, 1] = -1.6e308
+    with pytest.raises(ValueError, match=r"d.csv: column 'b' cannot be standardised: its "
+                                         r"values reach -1.6e\+308 \(data row 19\) and their "
+                                         r"spread overflows"):
+        column_scale(huge, ["a", "b"], "d.csv")
+    later = x.copy()
+    later[3, 0] = -1e308
+    with pytest.raises(ValueError, match=r"new.csv data row 4, column 'a': -1e\+308 overflows "
+                                         r"when standardised"):
+        standardize(later, mean, np.array([1e-10, 1.0]), ["a", "b"], "new.csv")

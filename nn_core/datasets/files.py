@@ -727,8 +727,14 @@ def _extend_dates(stamps, horizon, sep):
 
 
 # ------------------------------------------------------------------ pairs
-def read_pairs(path):
+def read_pairs(path, max_length=None):
     """Source/target pairs, one per line: ``source<TAB>target`` (blank lines skipped).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    max_length : int, optional
+        The longest side accepted, in characters (default: no limit).
 
     Returns
     -------
@@ -737,8 +743,8 @@ def read_pairs(path):
     Raises
     ------
     DataFileError
-        Empty file, not UTF-8, a line without exactly one tab, an empty side, not a
-        regular file, or over :data:`MAX_FILE_BYTES`.
+        Empty file, not UTF-8, a line without exactly one tab, an empty side, a side
+        longer than ``max_length``, not a regular file, or over :data:`MAX_FILE_BYTES`.
     """
     text = _decode(path, _read_bytes(path))
     out = []
@@ -754,6 +760,10 @@ def read_pairs(path):
             raise DataFileError(f"{path} line {n}, column 1: empty source")
         if not tgt:
             raise DataFileError(f"{path} line {n}, column {len(src) + 2}: empty target")
+        if max_length is not None and max(len(src), len(tgt)) > max_length:
+            side, text = ("source", src) if len(src) > max_length else ("target", tgt)
+            raise DataFileError(f"{path} line {n}: the {side} has {len(text)} characters, "
+                                f"over the limit of {max_length}")
         out.append((src, tgt, n))
     if not out:
         raise DataFileError(f"{path} is empty")

@@ -1,5 +1,5 @@
-"""Windows of a time series split in time, its seasonal period, and the naive forecasts
-a model must beat (``nn-core train forecast --data``).
+"""Windows of a time series split in time, its seasonal period, the naive forecasts a
+model must beat, and its standardisation (``nn-core train forecast --data``).
 
 Examples
 --------
@@ -20,7 +20,8 @@ import math
 
 import numpy as np
 
-__all__ = ["chronological_windows", "window_ends", "seasonal_period", "seasonal_naive"]
+__all__ = ["chronological_windows", "window_ends", "seasonal_period", "seasonal_naive",
+           "column_scale", "standardize"]
 
 
 def window_ends(n, window, horizon, first_target=0, last_target=None):
@@ -142,3 +143,47 @@ def seasonal_naive(z, ends, horizon, period):
     same season: ``z[e + horizon - period * ceil(horizon / period)]``."""
     back = period * math.ceil(horizon / period)
     return z[np.asarray(ends) + horizon - back]
+
+
+def column_scale(x, names, source="the data"):
+    """The mean and standard deviation of each column of ``x [N, D]`` (a zero standard
+    deviation becomes 1), for :func:`standardize`.
+
+    Raises
+    ------
+    ValueError
+        A column's mean or spread overflows (values near the float64 limit); the
+        message names ``source``, the column and the row of its largest value.
+    """
+    x = np.asarray(x, np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, std = x.mean(axis=0), x.std(axis=0)
+    bad = ~(np.isfinite(mean) & np.isfinite(std))
+    if bad.any():
+        j = int(np.argmax(bad))
+        r = int(np.argmax(np.abs(x[:, j])))
+        what = "mean" if not math.isfinite(mean[j]) else "spread"
+        raise ValueError(f"{source}: column {names[j]!r} cannot be standardised: its values "
+                         f"reach {x[r, j]:g} (data row {r + 1}) and their {what} overflows; "
+                         "rescale the column")
+    return mean, np.where(std > 0, std, 1.0)
+
+
+def standardize(x, mean, std, names, source="the data"):
+    """``(x - mean) / std`` for ``x [N, D]``, checked to be finite.
+
+    Raises
+    ------
+    ValueError
+        A value overflows when standardised; the message names ``source``, the data
+        row (1-based) and the column.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        z = (np.asarray(x, np.float64) - mean) / std
+    bad = np.argwhere(~np.isfinite(z))
+    if len(bad):
+        r, j = (int(v) for v in bad[0])
+        raise ValueError(f"{source} data row {r + 1}, column {names[j]!r}: {x[r, j]:g} "
+                         f"overflows when standardised (mean {mean[j]:g}, std {std[j]:g}); "
+                         "rescale the column")
+    return z
