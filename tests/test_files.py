@@ -379,3 +379,16 @@ def test_read_pairs_max_length(write):
                                             "over the limit of 100"):
         read_pairs(path, max_length=100)
     assert read_pairs(path, max_length=300)[0] == ("ab", "ba", 1)
+
+
+@pytest.mark.parametrize("task", ["forecast", "lm", "seq2seq"])
+def test_cli_refuses_a_fifo_or_device_in_one_line(tmp_path, capsys, alarm, task):
+    from nn_core.cli import main
+    fifo = tmp_path / "pipe.txt"
+    os.mkfifo(fifo)
+    for data in (str(fifo), "/dev/zero"):
+        out = tmp_path / f"run-{task}"
+        assert main(["train", task, "--data", data, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "is not a regular file" in err, err
+        assert not out.exists()
