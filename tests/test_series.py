@@ -11,7 +11,7 @@ KINDS = {"monthly": (12, 20 * 12), "weekly": (52, 10 * 52), "daily": (7, 365),
          "hourly": (24, 60 * 24)}
 
 
-def _seasonal(period, n, seed, noise=0.3, drift=0.1, rise=0.2):
+def _seasonal(period, n, seed, noise=0.5, drift=0.1, rise=0.2):
     """A season of amplitude about 2 with a second harmonic, a trend rising ``rise``
     per period, a random-walk drift and white noise."""
     rng = np.random.default_rng(seed)
@@ -29,6 +29,8 @@ def test_known_periods_with_trend_drift_and_noise(kind, seed):
     steep = _seasonal(period, n, seed, noise=0.3, drift=0.2, rise=1.2)
     assert seasonal_period(steep) == period
     assert seasonal_period(steep[:, 0]) == period                         # [N] works too
+    noisy = _seasonal(period, n, seed, noise=1.0, drift=0.0, rise=0.0)
+    assert seasonal_period(noisy) == period                 # a broad, noisy peak's top
 
 
 def test_quadratic_trend_weekly():

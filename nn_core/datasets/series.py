@@ -112,6 +112,10 @@ def seasonal_period(y, max_lag=None, min_acf=None):
        close to the highest one, ``a[k] >= best - max(0.1 * best, 2 / sqrt(N))``.
        A season's multiples ``2p, 3p, ...`` peak about as high as ``p``, and higher
        by chance or drift; this rule returns ``p``.
+    4. The fundamental ``k`` is refined to the lag ``p`` within ``max(1, k // 10)`` of
+       it (``2 <= p <= max_lag``) with the highest mean of ``a`` at its multiples
+       ``p, 2p, ... <= max_lag``: a long period's peak is broad, and noise or a drift
+       moves its top by a lag or two, but not the comb of its multiples.
 
     Costs O(N log N) (the autocorrelation through the FFT).
     """
@@ -135,7 +139,9 @@ def seasonal_period(y, max_lag=None, min_acf=None):
         return None
     best = a[lags].max()
     close = a[lags] >= best - max(0.1 * best, 2 / math.sqrt(n))
-    return int(lags[close][0])
+    k = int(lags[close][0])
+    near = range(max(2, k - max(1, k // 10)), min(max_lag, k + max(1, k // 10)) + 1)
+    return max(near, key=lambda p: a[p:max_lag + 1:p].mean())
 
 
 def seasonal_naive(z, ends, horizon, period):
