@@ -66,6 +66,7 @@ MISSING_CHOICES = ("error", "interpolate", "ffill", "drop")
 
 _MISSING_HINT = ("to fill or drop missing values, pass --missing interpolate|ffill|drop "
                  "(missing= in Python)")
+_ODD_SPACE = re.compile(rb"[\x0b\x0c\x1c-\x1f\x80-\xff]")   # str.isspace beyond space, tab
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")       # the line ends of csv and the compiled parser
 
 
@@ -336,8 +337,8 @@ def _fast_table(path, raw, columns, flag, missing, time_column):
     if n <= 0:
         return None
     values = values[:n]
-    if missing == "error" and np.isnan(values).any():
-        return None
+    if np.isnan(values).any() and (missing == "error" or _ODD_SPACE.search(data)):
+        return None             # the csv reader may see a line of such spaces as blank
     times = None if tcol is None else _span_text(data, spans[:n])
     return [names[j] for j in idx], values, (names[tcol] if tcol is not None else None), times
 
