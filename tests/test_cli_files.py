@@ -177,7 +177,8 @@ BAD_FILES = [
     # (task, file name, content (str or bytes), extra options, text the message must hold)
     ("forecast", "ragged.csv", "a,b\n1,2\n3\n4,5\n", [], "ragged.csv line 3: 1 fields, expected 2"),
     ("forecast", "word.csv", "a,b\n1,2\n3,x\n", [], "word.csv line 3, column 2 (b): 'x' is not a number"),
-    ("forecast", "nan.csv", "a\n1\nnan\n", [], "line 3, column 1 (a): 'nan' is not a finite"),
+    ("forecast", "nan.csv", "a\n1\nnan\n", [], "line 3, column 1 (a): 'nan' is a missing value; to fill"),
+    ("forecast", "inf.csv", "a\n1\n-inf\n", [], "line 3, column 1 (a): '-inf' is not a finite"),
     ("forecast", "hole.csv", "a,b\n1,2\n3,\n", [], "line 3, column 2 (b): empty value"),
     ("forecast", "empty.csv", "\n\n", [], "empty.csv is empty"),
     ("forecast", "head.csv", "a,b\n", [], "has a header but no data rows"),

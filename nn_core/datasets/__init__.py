@@ -8,10 +8,11 @@ the user's own files.
   sliding windows cut from it (``forecast``);
 * :mod:`~nn_core.datasets.arithmetic` -- ``"a+b=c;"`` text, its character encoding and
   the positions of the answers (``lm``);
-* :mod:`~nn_core.datasets.files` -- numeric tables (CSV/TSV, ``.npy``, ``.npz``), UTF-8
-  text and source/target pairs from files, with one-line errors naming line and column;
+* :mod:`~nn_core.datasets.files` -- numeric tables (CSV/TSV, ``.npy``, ``.npz``) with
+  their missing values and time column, UTF-8 text and source/target pairs from regular
+  files of bounded size, with one-line errors naming line and column;
 * :mod:`~nn_core.datasets.series` -- a series' windows split in time, its seasonal
-  period, the seasonal-naive forecast;
+  period, the seasonal-naive forecast, standardisation;
 * :mod:`~nn_core.datasets.vocab` -- a character vocabulary built from text.
 """
 from . import arithmetic, digit_strings, files, lorenz, series, vocab
