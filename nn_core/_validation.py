@@ -1,11 +1,13 @@
 """Argument checks shared by every nn_core layer.
 
 All user-facing validation lives here so that every layer words its errors alike
-and tests can ``pytest.raises(..., match=...)`` on them.  Conventions (API.md §1, §4):
+and tests can ``pytest.raises(..., match=...)`` on them.  Conventions (the README's
+"Errors" section):
 
-* shape, size and value problems raise ``ValueError``;
-* dtype problems raise ``TypeError``;
-* call-order problems raise ``RuntimeError``.
+* the wrong type (a string for a size, a float for a count, a complex array) raises
+  ``TypeError``;
+* the right type with a bad value, size or shape raises ``ValueError``;
+* the wrong call order or state raises ``RuntimeError``.
 
 Messages name the argument, then what was expected and what was received, e.g.
 ``"x.shape[-1] must equal input_size: expected 16, got 12"``.

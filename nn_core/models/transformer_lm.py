@@ -82,28 +82,9 @@ class TransformerBlock(TransformerDecoderLayer):
                          activation="gelu_tanh", norm_first=True, num_kv_groups=kv_groups,
                          cross_attention=False, dtype=dtype, rng=rng)
 
-    @property
-    def attn(self):
-        """The self-attention (alias of ``self_attn``)."""
-        return self.self_attn
-
     def forward(self, x, kv_cache=None):
         """``x [B, L, d]`` -> ``[B, L, d]``; with ``kv_cache``: incremental decoding."""
         return super().forward(x, kv_cache=kv_cache)
-
-
-# parameter names of the blocks before they became TransformerDecoderLayers
-_LEGACY_BLOCK_KEYS = (("ln1.", "norm1."), ("attn.", "self_attn."), ("ln2.", "norm2."),
-                      ("mlp.0.", "linear1."), ("mlp.2.", "linear2."))
-
-
-def _current_key(key):
-    parts = key.split(".", 2)                  # blocks, k, rest
-    if len(parts) == 3 and parts[0] == "blocks":
-        for old, new in _LEGACY_BLOCK_KEYS:
-            if parts[2].startswith(old):
-                return f"blocks.{parts[1]}.{new}{parts[2][len(old):]}"
-    return key
 
 
 class TransformerLM(Module):
@@ -222,16 +203,9 @@ class TransformerLM(Module):
         self.pos_embed.backward(g.sum(axis=0))
         return None
 
-    def load_state_dict(self, state_dict) -> None:
-        """As :meth:`Module.load_state_dict`; also takes the block parameter names of
-        checkpoints written before the blocks were
-        :class:`~nn_core.transformer.TransformerDecoderLayer` (``ln1``, ``attn``, ``ln2``,
-        ``mlp.0``, ``mlp.2``)."""
-        super().load_state_dict({_current_key(k): v for k, v in state_dict.items()})
-
     def new_kv_caches(self, batch_size):
         """One empty KV cache of ``max_len`` positions per block."""
-        return [blk.attn.new_kv_cache(batch_size, self.max_len) for blk in self.blocks]
+        return [blk.self_attn.new_kv_cache(batch_size, self.max_len) for blk in self.blocks]
 
     @inference_mode()
     def generate(self, prompt_ids, max_new_tokens, temperature=0.0, rng=None, stop=None):

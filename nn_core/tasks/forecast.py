@@ -13,10 +13,8 @@ persistence (``y_{t+h} = y_t``) and, for a file, the seasonal-naive forecast
 (``y_{t+h} = y_{t+h-m}``, ``m`` from ``--season`` or the autocorrelation of the
 training rows); ``val_rmse`` is the model's error in the data's own units.
 
-The Lorenz windows are cut from each part alone (as in earlier versions); a file's
-validation windows may reach back into the training rows, which are known when the
-forecast is made.  ``Forecaster`` and ``lorenz_series`` are also importable from here
-(checkpoints name ``nn_core.tasks.forecast:Forecaster``).
+The Lorenz windows are cut from each part alone; a file's validation windows may reach
+back into the training rows, which are known when the forecast is made.
 """
 from __future__ import annotations
 
@@ -36,7 +34,7 @@ from ..training import Task
 from ._config import as_choice, as_float, as_int, require_config
 from ._data import check_identity, data_identity, names, verify_identity
 
-__all__ = ["lorenz_series", "Forecaster", "ForecastTask"]
+__all__ = ["ForecastTask"]
 
 _FILE_KEYS = ("data", "data_sha256", "columns", "target", "val_frac", "season", "mean", "std")
 
@@ -131,9 +129,7 @@ class ForecastTask(Task):
 
     @classmethod
     def check_config(cls, config):
-        # configurations written before --data have no file keys
-        c = require_config({**dict.fromkeys(_FILE_KEYS), **config} if isinstance(config, dict)
-                           else config,
+        c = require_config(config,
                            ("hidden", "cell", "window", "horizon", "steps", "dt",
                             "data_seed") + _FILE_KEYS)
         for key in ("hidden", "window", "horizon"):

@@ -20,9 +20,6 @@ floor; the learnable part is the answer, measured as
 * ``answer_acc``: teacher-forced accuracy on the characters after ``=`` (and the ``;``),
 * ``sampled_acc``: exact match of the sums the model writes itself (greedy) after the
   prompt ``"a+b="``, decoded with the KV cache, with the decoding speed in tokens/s.
-
-``TransformerLM``, ``TransformerBlock`` and the text functions are also importable from
-here, as in earlier versions (checkpoints name ``nn_core.tasks.lm:TransformerLM``).
 """
 from __future__ import annotations
 
@@ -31,24 +28,16 @@ import os
 
 import numpy as np
 
-from ..datasets.arithmetic import (  # noqa: F401  (re-exported)
-    CHARS,
-    SEP,
-    STOI,
-    answer_mask,
-    decode_text,
-    encode_text,
-    make_text,
-)
+from ..datasets.arithmetic import CHARS, SEP, answer_mask, decode_text, encode_text, make_text
 from ..datasets.files import read_text
 from ..datasets.vocab import CharVocab
 from ..losses import CrossEntropyLoss
-from ..models.transformer_lm import TransformerBlock, TransformerLM
+from ..models.transformer_lm import TransformerLM
 from ..training import Task
 from ._config import as_float, as_int, require_config
 from ._data import check_identity, data_identity, verify_identity
 
-__all__ = ["TransformerLM", "TransformerBlock", "LanguageModelTask", "CHARS"]
+__all__ = ["LanguageModelTask"]
 
 #: operands up to 18 digits keep the sums in int64
 MAX_DIGITS = 18
@@ -124,9 +113,7 @@ class LanguageModelTask(Task):
 
     @classmethod
     def check_config(cls, config):
-        # configurations written before --data have no file keys
-        c = require_config({**dict.fromkeys(_FILE_KEYS), **config} if isinstance(config, dict)
-                           else config,
+        c = require_config(config,
                            ("hidden", "heads", "layers", "kv_groups", "block", "data_seed")
                            + _ARITH_KEYS + _FILE_KEYS)
         for key in ("hidden", "heads", "layers"):
@@ -330,7 +317,7 @@ class LanguageModelTask(Task):
             starts = rng.integers(0, max(1, len(self.val_text) - keep), size=args.num)
             prompts = [self.val_text[s:s + keep] for s in starts]
         for p in prompts:
-            toks, secs = sample(model, self.vocab.encode(p), n_new, temperature, rng, B)
+            toks, secs = _sample(model, self.vocab.encode(p), n_new, temperature, rng, B)
             out(f"{p}|{self.vocab.decode(toks)}")
             out(f"    ({len(toks)} characters, {len(toks) / max(secs, 1e-9):.0f} tokens/s, "
                 f"temperature {temperature:g}, KV cache)")
@@ -342,7 +329,7 @@ def _split(n, val_frac):
     return n - n_val, n_val
 
 
-def sample(model, ids, n, temperature, rng, block):
+def _sample(model, ids, n, temperature, rng, block):
     """Continue ``ids [P]`` by ``n`` tokens with :meth:`TransformerLM.generate` (KV
     cache); when the context is full, the cache is refilled from the last half block.
 

@@ -9,9 +9,6 @@ drawn with ``--seed``, validate.  Model: :class:`~nn_core.models.Seq2SeqModel`, 
 with teacher forcing and cross-entropy over the target tokens (padding ignored).
 Metrics: validation loss and token accuracy (teacher forced), and the exact match of
 greedy decoding.  ``nn-core generate --input-file`` decodes a file of sources.
-
-``Seq2SeqModel`` and the data functions are also importable from here, as in earlier
-versions (checkpoints name ``nn_core.tasks.seq2seq:Seq2SeqModel``).
 """
 from __future__ import annotations
 
@@ -19,18 +16,8 @@ import os
 
 import numpy as np
 
-from ..datasets.digit_strings import (  # noqa: F401  (re-exported)
-    BOS,
-    EOS,
-    OFFSET,
-    PAD,
-    VOCAB,
-    decode_tokens,
-    encode,
-    make_examples,
-    pad_batch,
-    transform,
-)
+from ..datasets.digit_strings import (EOS, OFFSET, PAD, VOCAB, decode_tokens, encode,
+                                      make_examples, pad_batch, transform)
 from ..datasets.files import read_pairs, read_text
 from ..datasets.vocab import CharVocab
 from ..losses import CrossEntropyLoss
@@ -39,7 +26,7 @@ from ..training import Task
 from ._config import as_choice, as_float, as_int, require_config
 from ._data import check_identity, data_identity, verify_identity
 
-__all__ = ["Seq2SeqModel", "Seq2SeqTask", "make_examples", "encode", "decode_tokens"]
+__all__ = ["Seq2SeqTask"]
 
 _DIGIT_KEYS = ("mode", "min_len", "max_len", "train_size", "val_size")
 _FILE_KEYS = ("data", "data_sha256", "vocab", "val_frac", "max_target")
@@ -105,9 +92,7 @@ class Seq2SeqTask(Task):
 
     @classmethod
     def check_config(cls, config):
-        # configurations written before --data have no file keys
-        c = require_config({**dict.fromkeys(_FILE_KEYS), **config} if isinstance(config, dict)
-                           else config,
+        c = require_config(config,
                            ("hidden", "embed", "heads", "cell", "data_seed") + _DIGIT_KEYS
                            + _FILE_KEYS)
         for key in ("hidden", "embed", "heads"):
