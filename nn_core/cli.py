@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import math
 import os
 import signal
 import sys
 import time
 
 import numpy as np
+
+from ._validation import check_int, check_real
 
 __all__ = ["main", "USAGE"]
 
@@ -89,10 +90,16 @@ def _explicit(parser, argv):
     return {k for k, v in vars(ns).items() if v is not None}
 
 
-def _positive_int(args, name, lo=1):
-    v = getattr(args, name)
-    if v is not None and v < lo:
-        raise UsageError(f"--{name.replace('_', '-')} must be >= {lo}, got {v}")
+def _check(args, dest, checker, *bounds, **kwargs):
+    """``args.dest`` (unless ``None``) through a :mod:`nn_core._validation` checker,
+    its message naming the flag."""
+    value = getattr(args, dest)
+    if value is None:
+        return
+    try:
+        checker(value, "--" + dest.replace("_", "-"), *bounds, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
 
 
 # ------------------------------------------------------------------ train
@@ -186,10 +193,9 @@ def _parse_train(argv, task_default="seq2seq"):
 
 def _check_train_args(args):
     for name in ("epochs", "batch_size", "hidden", "threads", "max_steps"):
-        _positive_int(args, name)
-    _positive_int(args, "seed", 0)
-    if not (math.isfinite(args.lr) and args.lr > 0):
-        raise UsageError(f"--lr must be a finite number > 0, got {args.lr}")
+        _check(args, name, check_int, 1)
+    _check(args, "seed", check_int, 0)
+    _check(args, "lr", check_real, 0.0, lo_open=True)
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite exclude each other")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
@@ -246,7 +252,7 @@ def _resume_settings(task_cls, args, explicit, info):
         if dest not in settings:
             try:
                 given = task_cls.config_value(dest, given)
-            except ValueError as exc:
+            except (TypeError, ValueError) as exc:
                 raise UsageError(str(exc)) from None
         if given != saved:
             flag = "--" + dest.replace("_", "-")
@@ -278,7 +284,7 @@ def cmd_train(argv):
                              f"{info['step']}")
         try:
             config = task_cls.check_config(info["config"])
-        except ValueError as exc:
+        except (TypeError, ValueError) as exc:
             raise CommandError(f"nn-core train --resume: the run's task configuration is "
                                f"invalid: {exc}") from None
     else:
@@ -289,7 +295,7 @@ def cmd_train(argv):
         _check_data_options(task_cls, args, explicit)
         try:
             config = task_cls.config_from_args(args)
-        except ValueError as exc:
+        except (TypeError, ValueError) as exc:
             raise UsageError(str(exc)) from None
         settings = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                     "dtype": args.dtype, "seed": args.seed}
@@ -355,7 +361,7 @@ def _task_of(path):
     task_cls = get_task(extra["task"])
     try:
         config = task_cls.check_config(extra.get("config"))
-    except ValueError as exc:
+    except (TypeError, ValueError) as exc:
         raise CommandError(f"nn-core: {path} records an invalid {task_cls.name} "
                            f"configuration: {exc}") from None
     return task_cls, config, meta
@@ -387,7 +393,7 @@ def cmd_eval(argv):
                    help="a run folder (such as runs/seq2seq) or its model.npz")
     p.add_argument("--threads", type=int, default=1, help="BLAS threads (default: %(default)s)")
     args = p.parse_args(argv[1:])
-    _positive_int(args, "threads")
+    _check(args, "threads", check_int, 1)
     path = _checkpoint_path(args.run)
     task_cls, config, meta = _task_of(path)
     _limit_threads(args.threads)
@@ -433,11 +439,9 @@ def cmd_generate(argv):
     args = p.parse_args(argv[1:])
     explicit = _explicit(p, argv[1:])
     for name in ("num", "max_new_tokens", "threads"):
-        _positive_int(args, name)
-    _positive_int(args, "seed", 0)
-    if args.temperature is not None and not (math.isfinite(args.temperature)
-                                             and args.temperature >= 0):
-        raise UsageError(f"--temperature must be a finite number >= 0, got {args.temperature}")
+        _check(args, name, check_int, 1)
+    _check(args, "seed", check_int, 0)
+    _check(args, "temperature", check_real, 0.0)
     path = _checkpoint_path(args.run)
     task_cls, config, _ = _task_of(path)
     task_only = {"input": "seq2seq", "input_file": "seq2seq", "prompt": "lm",
@@ -449,7 +453,7 @@ def cmd_generate(argv):
                              f"{task_cls.name} model")
     try:
         task_cls.check_generate_args(args, config)
-    except ValueError as exc:
+    except (TypeError, ValueError) as exc:
         raise UsageError(f"nn-core generate: {exc}") from None
     _limit_threads(args.threads)
     model = _load_model(path)
@@ -476,7 +480,7 @@ def cmd_predict(argv):
                    help="replace an existing --output file (default: off)")
     p.add_argument("--threads", type=int, default=1, help="BLAS threads (default: %(default)s)")
     args = p.parse_args(argv[1:])
-    _positive_int(args, "threads")
+    _check(args, "threads", check_int, 1)
     path = _checkpoint_path(args.run)
     task_cls, config, _ = _task_of(path)
     if task_cls.name != "forecast":
@@ -495,7 +499,7 @@ def cmd_predict(argv):
     _limit_threads(args.threads)
     try:
         header, rows = task_cls.predict_file(_load_model(path), config, data)
-    except ValueError as exc:
+    except (TypeError, ValueError) as exc:
         raise UsageError(f"nn-core predict: {exc}") from None
     with atomic_write(output, "w") as fh:
         w = csv.writer(fh, lineterminator="\n")

@@ -285,7 +285,7 @@ def test_a_checkpoint_with_a_bad_task_configuration(tmp_path, capsys):
             "data_sha256": None, "vocab": None, "val_frac": None}
     for task, config, pattern in [
             ("lm", {**good, "heads": 3}, "--heads must divide"),
-            ("lm", {**good, "train_exprs": "many"}, "--train-exprs must be an integer"),
+            ("lm", {**good, "train_exprs": "many"}, "--train-exprs must be an int, got str"),
             ("lm", {**good, "digits": 0}, "--digits must be >= 1"),
             ("lm", {**good, "extra": 1}, "unexpected"),
             ("lm", [1, 2], "must be a dict"),

@@ -31,7 +31,8 @@ from ..losses import MSELoss
 from ..models.forecaster import Forecaster
 from ..module import inference_mode
 from ..training import Task
-from ._config import as_choice, as_float, as_int, require_config
+from .._validation import check_choice, check_int, check_real
+from ._config import checked, require_config
 from ._data import check_identity, data_identity, names, verify_identity
 
 __all__ = ["ForecastTask"]
@@ -99,9 +100,9 @@ class ForecastTask(Task):
             return cls.check_config(c)
         c.update(horizon=1 if a.horizon is None else a.horizon, steps=None, dt=None,
                  val_frac=a.val_frac, season=a.season, **data_identity(a.data))
-        as_int(c, "window", 1)
-        as_int(c, "horizon", 1)
-        as_float(c, "val_frac", 0.0, 0.5)
+        checked(c, "window", check_int, 1)
+        checked(c, "horizon", check_int, 1)
+        checked(c, "val_frac", check_real, 0.0, 0.5, lo_open=True)
         columns = names(a.columns, "--columns") if a.columns else None
         cols, values = read_table(a.data, columns)      # messages name the file as given
         target = names(a.target, "--target") if a.target else cols
@@ -133,22 +134,22 @@ class ForecastTask(Task):
                            ("hidden", "cell", "window", "horizon", "steps", "dt",
                             "data_seed") + _FILE_KEYS)
         for key in ("hidden", "window", "horizon"):
-            as_int(c, key, 1)
-        as_int(c, "data_seed", 0, flag="--seed")
-        as_choice(c, "cell", ("gru", "lstm"))
+            checked(c, key, check_int, 1)
+        checked(c, "data_seed", check_int, 0, flag="--seed")
+        checked(c, "cell", check_choice, ("gru", "lstm"))
         if c["data"] is None:
             if any(c[k] is not None for k in _FILE_KEYS):
                 raise ValueError("a configuration without --data has no file settings")
-            as_int(c, "steps", 5 * (c["window"] + c["horizon"]))
-            as_float(c, "dt", 0.0, 1.0)
+            checked(c, "steps", check_int, 5 * (c["window"] + c["horizon"]))
+            checked(c, "dt", check_real, 0.0, 1.0, lo_open=True)
             return c
         if c["steps"] is not None or c["dt"] is not None:
             raise ValueError("--steps and --dt apply to the generated Lorenz series, not to "
                              "--data")
         check_identity(c)
-        as_float(c, "val_frac", 0.0, 0.5)
+        checked(c, "val_frac", check_real, 0.0, 0.5, lo_open=True)
         if c["season"] is not None:
-            as_int(c, "season", 2, flag="--season")
+            checked(c, "season", check_int, 2, flag="--season")
         cols = c["columns"]
         if not (isinstance(cols, list) and cols and all(isinstance(s, str) for s in cols)
                 and len(set(cols)) == len(cols)):

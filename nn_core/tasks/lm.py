@@ -34,7 +34,8 @@ from ..datasets.vocab import CharVocab
 from ..losses import CrossEntropyLoss
 from ..models.transformer_lm import TransformerLM
 from ..training import Task
-from ._config import as_float, as_int, require_config
+from .._validation import check_int, check_real
+from ._config import checked, require_config
 from ._data import check_identity, data_identity, verify_identity
 
 __all__ = ["LanguageModelTask"]
@@ -98,8 +99,8 @@ class LanguageModelTask(Task):
             return cls.check_config(dict(c, digits=a.digits, train_exprs=a.train_exprs,
                                          val_exprs=a.val_exprs))
         c.update(dict.fromkeys(_ARITH_KEYS), val_frac=a.val_frac, **data_identity(a.data))
-        as_float(c, "val_frac", 0.0, 0.5)
-        as_int(c, "block", 2)
+        checked(c, "val_frac", check_real, 0.0, 0.5, lo_open=True)
+        checked(c, "block", check_int, 2)
         text = read_text(a.data)                   # messages name the file as given
         c["vocab"] = CharVocab.from_text(text).chars
         n_train, n_val = _split(len(text), c["val_frac"])
@@ -117,13 +118,13 @@ class LanguageModelTask(Task):
                            ("hidden", "heads", "layers", "kv_groups", "block", "data_seed")
                            + _ARITH_KEYS + _FILE_KEYS)
         for key in ("hidden", "heads", "layers"):
-            as_int(c, key, 1)
-        as_int(c, "data_seed", 0, flag="--seed")
+            checked(c, key, check_int, 1)
+        checked(c, "data_seed", check_int, 0, flag="--seed")
         if c["hidden"] % c["heads"]:
             raise ValueError(f"--heads must divide --hidden: got {c['heads']} and "
                              f"{c['hidden']}")
         if c["kv_groups"] is not None:
-            as_int(c, "kv_groups", 1)
+            checked(c, "kv_groups", check_int, 1)
             if c["heads"] % c["kv_groups"]:
                 raise ValueError(f"--kv-groups must divide --heads: got {c['kv_groups']} and "
                                  f"{c['heads']}")
@@ -132,21 +133,21 @@ class LanguageModelTask(Task):
                 raise ValueError("--digits, --train-exprs and --val-exprs apply to the "
                                  "generated arithmetic, not to --data")
             check_identity(c)
-            as_float(c, "val_frac", 0.0, 0.5)
-            as_int(c, "block", 2)
+            checked(c, "val_frac", check_real, 0.0, 0.5, lo_open=True)
+            checked(c, "block", check_int, 2)
             v = c["vocab"]
             if not (isinstance(v, str) and 0 < len(v) <= MAX_VOCAB and len(set(v)) == len(v)):
                 raise ValueError(f"vocab must be 1 to {MAX_VOCAB} distinct characters")
             return c
         if any(c[k] is not None for k in _FILE_KEYS):
             raise ValueError("a configuration without --data has no file settings")
-        as_int(c, "digits", 1, MAX_DIGITS)
-        as_int(c, "block", 4 * c["digits"] + 4)
+        checked(c, "digits", check_int, 1, MAX_DIGITS)
+        checked(c, "block", check_int, 4 * c["digits"] + 4)
         # every expression has at least 6 characters ("0+0=0;"); the text must hold a
         # block and its next character
         need = -(-(c["block"] + 2) // 6)
-        as_int(c, "train_exprs", need)
-        as_int(c, "val_exprs", need)
+        checked(c, "train_exprs", check_int, need)
+        checked(c, "val_exprs", check_int, need)
         return c
 
     @classmethod

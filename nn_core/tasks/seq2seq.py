@@ -23,7 +23,8 @@ from ..datasets.vocab import CharVocab
 from ..losses import CrossEntropyLoss
 from ..models.seq2seq import Seq2SeqModel
 from ..training import Task
-from ._config import as_choice, as_float, as_int, require_config
+from .._validation import check_choice, check_int, check_real
+from ._config import checked, require_config
 from ._data import check_identity, data_identity, verify_identity
 
 __all__ = ["Seq2SeqTask"]
@@ -81,7 +82,7 @@ class Seq2SeqTask(Task):
             return cls.check_config(dict(c, mode=a.mode, min_len=a.min_len, max_len=a.max_len,
                                          train_size=a.train_size, val_size=a.val_size))
         c.update(dict.fromkeys(_DIGIT_KEYS), val_frac=a.val_frac, **data_identity(a.data))
-        as_float(c, "val_frac", 0.0, 0.5)
+        checked(c, "val_frac", check_real, 0.0, 0.5, lo_open=True)
         pairs = read_pairs(a.data)                 # messages name the file as given
         if len(pairs) < 2:
             raise ValueError(f"--data {c['data']} has {len(pairs)} pair; at least 2 are needed "
@@ -96,19 +97,19 @@ class Seq2SeqTask(Task):
                            ("hidden", "embed", "heads", "cell", "data_seed") + _DIGIT_KEYS
                            + _FILE_KEYS)
         for key in ("hidden", "embed", "heads"):
-            as_int(c, key, 1)
-        as_int(c, "data_seed", 0, flag="--seed")
+            checked(c, key, check_int, 1)
+        checked(c, "data_seed", check_int, 0, flag="--seed")
         if c["hidden"] % c["heads"]:
             raise ValueError(f"--heads must divide --hidden: got {c['heads']} and "
                              f"{c['hidden']}")
-        as_choice(c, "cell", ("gru", "lstm"))
+        checked(c, "cell", check_choice, ("gru", "lstm"))
         if c["data"] is not None:
             if any(c[k] is not None for k in _DIGIT_KEYS):
                 raise ValueError("--mode, --min-len, --max-len, --train-size and --val-size "
                                  "apply to the generated digit strings, not to --data")
             check_identity(c)
-            as_float(c, "val_frac", 0.0, 0.5)
-            as_int(c, "max_target", 1, flag="max_target")
+            checked(c, "val_frac", check_real, 0.0, 0.5, lo_open=True)
+            checked(c, "max_target", check_int, 1, flag="max_target")
             v = c["vocab"]
             if not (isinstance(v, str) and 0 < len(v) <= 4096 and len(set(v)) == len(v)):
                 raise ValueError("vocab must be 1 to 4096 distinct characters")
@@ -116,9 +117,9 @@ class Seq2SeqTask(Task):
         if any(c[k] is not None for k in _FILE_KEYS):
             raise ValueError("a configuration without --data has no file settings")
         for key in ("min_len", "train_size", "val_size"):
-            as_int(c, key, 1)
-        as_int(c, "max_len", c["min_len"])
-        as_choice(c, "mode", ("reverse", "sort"))
+            checked(c, key, check_int, 1)
+        checked(c, "max_len", check_int, c["min_len"])
+        checked(c, "mode", check_choice, ("reverse", "sort"))
         return c
 
     @classmethod

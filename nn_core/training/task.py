@@ -4,13 +4,12 @@ warmup/cosine, gradient clipping, a run folder, and the task's own header and su
 """
 from __future__ import annotations
 
-import math
-import numbers
 import os
 
 import numpy as np
 
 from .. import distributed as _dist
+from .._validation import check_choice, check_int, check_real
 from ..checkpoint import CheckpointError, read_metadata
 from ..optim import AdamW, WarmupCosine
 from ._run import CHECKPOINT, order_generator
@@ -156,9 +155,8 @@ def read_run(path) -> dict:
             raise ValueError(f"keys {sorted(settings) if isinstance(settings, dict) else '-'}")
         if _check_settings(**settings, max_steps=None) != settings:
             raise ValueError("values of the wrong type")
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
-                   for v in (step, done)):
-            raise ValueError(f"step {step!r}, epochs done {done!r}")
+        check_int(step, "step", 0)
+        check_int(done, "epochs_done", 0)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path!r}: the run's settings are malformed: {exc}") from None
     return {"task": extra["task"], "config": extra.get("config"), "settings": settings,
@@ -171,30 +169,16 @@ _SETTINGS = ("epochs", "batch_size", "lr", "dtype", "seed", "weight_decay", "cli
 
 def _check_settings(epochs, batch_size, lr, dtype, seed, weight_decay, clip, warmup_frac,
                     max_steps):
-    def integer(v, name, lo):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
-            raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
-        return int(v)
-
-    def real(v, name, positive):
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) \
-                or v < 0 or (positive and v == 0):
-            raise ValueError(f"{name} must be a finite number {'>' if positive else '>='} 0, "
-                             f"got {v!r}")
-        return float(v)
-
-    name = np.dtype(dtype).name
-    if name not in ("float32", "float64"):
-        raise ValueError(f"dtype must be float32 or float64, got {name}")
-    if not 0 <= warmup_frac <= 1:
-        raise ValueError(f"warmup_frac must be in [0, 1], got {warmup_frac!r}")
     if max_steps is not None:
-        integer(max_steps, "max_steps", 1)
-    return {"epochs": integer(epochs, "epochs", 1),
-            "batch_size": integer(batch_size, "batch_size", 1),
-            "lr": real(lr, "lr", True), "dtype": name, "seed": integer(seed, "seed", 0),
-            "weight_decay": real(weight_decay, "weight_decay", False),
-            "clip": real(clip, "clip", True), "warmup_frac": float(warmup_frac)}
+        check_int(max_steps, "max_steps", 1)
+    return {"epochs": check_int(epochs, "epochs", 1),
+            "batch_size": check_int(batch_size, "batch_size", 1),
+            "lr": check_real(lr, "lr", 0.0, lo_open=True),
+            "dtype": check_choice(np.dtype(dtype).name, "dtype", ("float32", "float64")),
+            "seed": check_int(seed, "seed", 0),
+            "weight_decay": check_real(weight_decay, "weight_decay", 0.0),
+            "clip": check_real(clip, "clip", 0.0, lo_open=True),
+            "warmup_frac": check_real(warmup_frac, "warmup_frac", 0.0, 1.0)}
 
 
 def train(task, *, epochs, batch_size, lr, dtype=np.float32, seed=0, out_dir="runs",

@@ -8,12 +8,12 @@ with ``out_dir``, a checkpoint that carries the whole training state.
 from __future__ import annotations
 
 import math
-import numbers
 import os
 
 import numpy as np
 
 from .. import distributed as _dist
+from .._validation import check_choice, check_int, check_real
 from ..checkpoint import CheckpointError, read_metadata
 from ..losses import CrossEntropyLoss, MSELoss
 from ..module import Module, inference_mode
@@ -76,12 +76,6 @@ class History:
     def __repr__(self):
         return (f"History({len(self.epochs)} epochs, {self.steps} steps, status={self.status!r}, "
                 f"metrics={self.metrics})")
-
-
-def _integer(v, name, lo):
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
-    return int(v)
 
 
 def _split_batch(batch):
@@ -209,10 +203,7 @@ class Trainer:
             raise TypeError(f"model must be an nn_core Module, got {type(model).__name__}")
         self.model = model
         if isinstance(loss, str):
-            if loss not in _LOSSES:
-                raise ValueError(f"loss must be a Module or one of {sorted(_LOSSES)}, "
-                                 f"got {loss!r}")
-            loss = _LOSSES[loss](dtype=model.dtype)
+            loss = _LOSSES[check_choice(loss, "loss", sorted(_LOSSES))](dtype=model.dtype)
         if loss is not None and getattr(loss, "dtype", model.dtype) != model.dtype:
             raise ValueError(f"the loss computes in {np.dtype(loss.dtype).name} but the model "
                              f"in {np.dtype(model.dtype).name}; build the loss with "
@@ -226,10 +217,7 @@ class Trainer:
             raise ValueError(f"schedule must be None, 'warmup_cosine', an object with step() "
                              f"or a function of the step, got {schedule!r}")
         self.schedule = schedule
-        if clip is not None and not (isinstance(clip, numbers.Real) and math.isfinite(clip)
-                                     and clip > 0):
-            raise ValueError(f"clip must be a finite number > 0 or None, got {clip!r}")
-        self.clip = None if clip is None else float(clip)
+        self.clip = None if clip is None else check_real(clip, "clip", 0.0, lo_open=True)
         self.metrics = self._check_metrics(metrics)
         self.callbacks = list(callbacks)
         for cb in self.callbacks:
@@ -531,9 +519,9 @@ class Trainer:
         if (epochs is None) == (steps is None):
             raise ValueError(f"give exactly one of epochs and steps, got epochs={epochs!r}, "
                              f"steps={steps!r}")
-        batch_size = _integer(batch_size, "batch_size", 1)
+        batch_size = check_int(batch_size, "batch_size", 1)
         if max_steps is not None:
-            _integer(max_steps, "max_steps", 1)
+            check_int(max_steps, "max_steps", 1)
         if resume and out_dir is None:
             raise ValueError("resume needs the out_dir of the run")
         source = as_source(train_data, shuffle, drop_last)
@@ -544,10 +532,10 @@ class Trainer:
         # data parallel: every rank draws the same global batch and trains on its shard
         per_epoch = source.num_batches(batch_size * procs)
         if steps is not None:
-            total = _integer(steps, "steps", 1)
+            total = check_int(steps, "steps", 1)
             epochs = math.ceil(total / per_epoch)
         else:
-            epochs = _integer(epochs, "epochs", 1)
+            epochs = check_int(epochs, "epochs", 1)
             total = epochs * per_epoch
         if val_data is not None and self.eval_fn is None:
             val_data = as_dataset(val_data)
