@@ -15,7 +15,7 @@ from ..datasets.digit_strings import BOS, EOS, PAD, VOCAB
 from ..layers import Embedding, Linear, Tanh
 from ..module import Module, inference_mode
 from ..recurrent import BidirectionalWrapper, LSTMCell
-from ._common import cell_class, final_h, state_grad
+from ._common import final_h, recurrent_cell, state_grad
 
 __all__ = ["Seq2SeqModel"]
 
@@ -125,7 +125,7 @@ class Seq2SeqModel(Module):
         kw = dict(dtype=dtype, rng=self.rng)
         self.src_embed = Embedding(V, E, padding_idx=PAD, **kw)
         self.tgt_embed = Embedding(V, E, padding_idx=PAD, **kw)
-        cls = cell_class(cell)
+        cls = recurrent_cell(cell)
         self.encoder = BidirectionalWrapper(cls(E, H, **kw), cls(E, H, **kw),
                                             merge_mode="concat")
         self.bridge = Linear(2 * H, H, **kw)

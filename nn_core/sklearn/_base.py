@@ -13,13 +13,12 @@ from sklearn.utils.validation import validate_data
 
 from .._parallel import limit_threads
 from .._validation import check_choice, check_int, check_real
+from ..models._common import CELLS
 from ..optim import AdamW
 from ..training import EarlyStopping, Trainer, TrainingInterrupted
 from ..training.data import ArrayDataset
 
 __all__ = ["RecurrentEstimator", "blas_limited"]
-
-_CELLS = ("gru", "lstm", "rnn")
 
 
 def blas_limited(method):
@@ -85,7 +84,7 @@ class RecurrentEstimator(BaseEstimator):
                    hi_open=True)
         if self.clip is not None:
             check_real(self.clip, "clip", 0.0, lo_open=True)
-        check_choice(self.cell, "cell", _CELLS)
+        check_choice(self.cell, "cell", CELLS)
         check_choice(np.dtype(self.dtype).name, "dtype", ("float32", "float64"))
 
     def _seed(self, rs):

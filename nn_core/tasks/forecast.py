@@ -30,10 +30,10 @@ from ..datasets.series import chronological_windows, seasonal_naive, seasonal_pe
 from ..losses import MSELoss
 from ..models.forecaster import Forecaster
 from ..module import inference_mode
-from ..training import Task
+from ..training import ArrayDataset, Task
 from .._validation import check_choice, check_int, check_real
 from ._config import checked, require_config
-from ._data import check_identity, data_identity, names, verify_identity
+from ._data import check_identity, data_identity, names, split_point, verify_identity
 
 __all__ = ["ForecastTask"]
 
@@ -111,7 +111,7 @@ class ForecastTask(Task):
                 raise ValueError(f"--target {t!r} is not one of the input columns "
                                  f"({', '.join(cols)}); add it to --columns")
         W, h, N = c["window"], c["horizon"], len(values)
-        split = _split(N, c["val_frac"])
+        split = split_point(N, c["val_frac"])
         if W >= N:
             raise ValueError(f"--window {W} is longer than the series in {c['data']} "
                              f"({N} rows)")
@@ -180,6 +180,7 @@ class ForecastTask(Task):
             z = (series - self.mean) / self.std
             self.train_x, self.train_y = sliding_windows(z[:split], W, h)
             self.val_x, self.val_y = sliding_windows(z[split:], W, h)
+            self.train_set = ArrayDataset(self.train_x, self.train_y)
             self.columns = ["x", "y", "z"]
             self.target = [0, 1, 2]
             return
@@ -191,9 +192,10 @@ class ForecastTask(Task):
         self.target = [cols.index(t) for t in c["target"]]
         self.season = c["season"]
         z = (values - self.mean) / self.std
-        split = _split(len(z), c["val_frac"])
+        split = split_point(len(z), c["val_frac"])
         (self.train_x, self.train_y), (self.val_x, self.val_y, ends) = \
             chronological_windows(z, W, h, split)
+        self.train_set = ArrayDataset(self.train_x, self.train_y)
         if self.season is not None:
             self.val_seasonal = seasonal_naive(z, ends, h, self.season)
 
@@ -209,28 +211,10 @@ class ForecastTask(Task):
         c = self.config
         return Forecaster(len(self.columns), c["hidden"], c["cell"], dtype=dtype, rng=rng)
 
-    def num_batches(self, batch_size):
-        return max(1, len(self.train_x) // batch_size)
-
-    def train_batches(self, rng, batch_size):
-        order = rng.permutation(len(self.train_x))
-        for i in range(self.num_batches(batch_size)):
-            idx = order[i * batch_size:(i + 1) * batch_size]
-            yield self.train_x[idx], self.train_y[idx]
-
-    def train_step(self, model, batch):
-        x, y = batch
-        loss_fn = MSELoss(dtype=model.dtype)
-        pred = model(x)
-        if len(self.target) == pred.shape[1]:
-            loss = loss_fn(pred, y)
-            model.backward(loss_fn.backward()[0])
-        else:                       # only the --target columns are scored
-            loss = loss_fn(pred[:, self.target], y[:, self.target])
-            g = np.zeros_like(pred)
-            g[:, self.target] = loss_fn.backward()[0]
-            model.backward(g)
-        return {"loss": float(loss), "correct": 0, "count": 0, "samples": len(x)}
+    def loss(self, dtype):
+        if len(self.target) == len(self.columns):
+            return MSELoss(dtype=dtype)
+        return _ColumnsMSE(self.target, dtype)
 
     def evaluate(self, model, batch_size=1024):
         # every column: a plain slice keeps the arrays' layout, and so the sums' order
@@ -322,9 +306,23 @@ class ForecastTask(Task):
         return header, rows
 
 
-def _split(n, val_frac):
-    """The first validation row of a series of ``n`` rows."""
-    return n - max(1, int(round(val_frac * n)))
+class _ColumnsMSE:
+    """The mean squared error over some output ``columns`` (the ``--target`` ones): the
+    other columns' gradient is zero."""
+
+    def __init__(self, columns, dtype):
+        self.columns, self.dtype = list(columns), dtype
+        self.mse = MSELoss(dtype=dtype)
+        self._shape = None
+
+    def __call__(self, pred, target):
+        self._shape = pred.shape
+        return self.mse(pred[:, self.columns], target[:, self.columns])
+
+    def backward(self):
+        g = np.zeros(self._shape, self.dtype)
+        g[:, self.columns] = self.mse.backward()[0]
+        return g, None
 
 
 @inference_mode()

@@ -33,10 +33,10 @@ from ..datasets.files import read_text
 from ..datasets.vocab import CharVocab
 from ..losses import CrossEntropyLoss
 from ..models.transformer_lm import TransformerLM
-from ..training import Task
+from ..training import Batch, Task
 from .._validation import check_int, check_real
 from ._config import checked, require_config
-from ._data import check_identity, data_identity, verify_identity
+from ._data import check_identity, data_identity, split_point, verify_identity
 
 __all__ = ["LanguageModelTask"]
 
@@ -59,6 +59,7 @@ class LanguageModelTask(Task):
                     kv_groups=None, digits=1, block=48, train_exprs=20000, val_exprs=2000,
                     val_frac=0.1)
     headline = ("sampled_acc", True)
+    metrics = ("accuracy",)
     generated_only = _ARITH_KEYS
     data_only = ("val_frac",)
 
@@ -103,7 +104,8 @@ class LanguageModelTask(Task):
         checked(c, "block", check_int, 2)
         text = read_text(a.data)                   # messages name the file as given
         c["vocab"] = CharVocab.from_text(text).chars
-        n_train, n_val = _split(len(text), c["val_frac"])
+        n_train = split_point(len(text), c["val_frac"])
+        n_val = len(text) - n_train
         B = c["block"]
         if n_train < B + 2 or n_val < B + 1:
             raise ValueError(f"--block {B} needs at least {B + 2} characters of training and "
@@ -177,7 +179,7 @@ class LanguageModelTask(Task):
             verify_identity(c)
             text = read_text(c["data"])
             self.vocab = CharVocab(c["vocab"])
-            n_train, _ = _split(len(text), c["val_frac"])
+            n_train = split_point(len(text), c["val_frac"])
             self.train_ids = self.vocab.encode(text[:n_train])
             self.val_text = text[n_train:]
             self.val_ids = self.vocab.encode(self.val_text)
@@ -214,21 +216,16 @@ class LanguageModelTask(Task):
         return max(1, len(self.train_ids) // (batch_size * self.config["block"]))
 
     def train_batches(self, rng, batch_size):
+        """Random windows of ``block + 1`` characters: the first ``block`` in, each
+        one's next character the target."""
         Bl = self.config["block"]
         for _ in range(self.num_batches(batch_size)):
             start = rng.integers(0, len(self.train_ids) - Bl - 1, size=batch_size)
-            yield self.train_ids[start[:, None] + np.arange(Bl + 1)[None, :]]
+            win = self.train_ids[start[:, None] + np.arange(Bl + 1)[None, :]]
+            yield Batch((win[:, :-1],), win[:, 1:])
 
-    def train_step(self, model, batch):
-        x, y = batch[:, :-1], batch[:, 1:]
-        loss_fn = CrossEntropyLoss(dtype=model.dtype)
-        logits = model(x)
-        loss = loss_fn(logits, y)
-        model.backward(loss_fn.backward()[0])
-        ans = answer_mask(batch)[:, 1:] if self.vocab is None else np.ones(y.shape, bool)
-        correct = int(((logits.argmax(-1) == y) & ans).sum())
-        return {"loss": float(loss), "correct": correct, "count": int(ans.sum()),
-                "samples": len(x), "weight": int(y.size)}
+    def loss(self, dtype):
+        return CrossEntropyLoss(dtype=dtype)
 
     def _sample_answers(self, model, n, seed):
         """Greedy answers to ``n`` fresh prompts ``"a+b="``; returns (acc, tokens/s, examples)."""
@@ -323,11 +320,6 @@ class LanguageModelTask(Task):
             out(f"    ({len(toks)} characters, {len(toks) / max(secs, 1e-9):.0f} tokens/s, "
                 f"temperature {temperature:g}, KV cache)")
 
-
-def _split(n, val_frac):
-    """``(training characters, validation characters)`` of a text of ``n``."""
-    n_val = max(1, int(round(val_frac * n)))
-    return n - n_val, n_val
 
 
 def _sample(model, ids, n, temperature, rng, block):

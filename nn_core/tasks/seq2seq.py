@@ -22,10 +22,10 @@ from ..datasets.files import read_pairs, read_text
 from ..datasets.vocab import CharVocab
 from ..losses import CrossEntropyLoss
 from ..models.seq2seq import Seq2SeqModel
-from ..training import Task
+from ..training import Batch, Task
 from .._validation import check_choice, check_int, check_real
 from ._config import checked, require_config
-from ._data import check_identity, data_identity, verify_identity
+from ._data import check_identity, data_identity, split_point, verify_identity
 
 __all__ = ["Seq2SeqTask"]
 
@@ -44,6 +44,7 @@ class Seq2SeqTask(Task):
                     mode="reverse", min_len=5, max_len=20, train_size=12800, val_size=1000,
                     val_frac=0.1)
     headline = ("exact_match", True)
+    metrics = ("accuracy",)
     generated_only = _DIGIT_KEYS
     data_only = ("val_frac",)
 
@@ -174,13 +175,13 @@ class Seq2SeqTask(Task):
             pairs = [(self.vocab.encode(a), self.vocab.encode(b))
                      for a, b, _ in read_pairs(c["data"])]
             order = np.random.default_rng(s).permutation(len(pairs))
-            n_val = min(len(pairs) - 1, max(1, int(round(c["val_frac"] * len(pairs)))))
+            n_val = min(len(pairs) - 1, len(pairs) - split_point(len(pairs), c["val_frac"]))
             val, train = order[:n_val], np.sort(order[n_val:])
             self.train_src = [pairs[i][0] for i in train]
             self.train_tgt = [pairs[i][1] for i in train]
             self.val_src = [pairs[i][0] for i in np.sort(val)]
             self.val_tgt = [pairs[i][1] for i in np.sort(val)]
-        self.loss = None
+        self.train_set = _Pairs(self.train_src, self.train_tgt)
 
     def describe_data(self):
         if self.vocab is None:
@@ -197,32 +198,12 @@ class Seq2SeqTask(Task):
 
     def build_model(self, dtype, rng):
         c = self.config
-        self.loss = CrossEntropyLoss(ignore_index=PAD, dtype=dtype)
         V = VOCAB if self.vocab is None else len(self.vocab)
         return Seq2SeqModel(V, c["embed"], c["hidden"], c["heads"], c["cell"],
                             dtype=dtype, rng=rng)
 
-    def num_batches(self, batch_size):
-        return max(1, len(self.train_src) // batch_size)
-
-    def train_batches(self, rng, batch_size):
-        order = rng.permutation(len(self.train_src))
-        for i in range(self.num_batches(batch_size)):
-            idx = order[i * batch_size:(i + 1) * batch_size]
-            yield pad_batch([self.train_src[j] for j in idx], [self.train_tgt[j] for j in idx])
-
-    def train_step(self, model, batch):
-        src, src_len, tin, tout, tgt_len = batch
-        if self.loss is None or self.loss.dtype != model.dtype:
-            self.loss = CrossEntropyLoss(ignore_index=PAD, dtype=model.dtype)
-        logits = model(src, src_len, tin, tgt_len)
-        loss = self.loss(logits, tout)
-        g, _ = self.loss.backward()
-        model.backward(g)
-        keep = tout != PAD
-        correct = int(((logits.argmax(-1) == tout) & keep).sum())
-        return {"loss": float(loss), "correct": correct, "count": int(keep.sum()),
-                "samples": len(src), "weight": int(keep.sum())}
+    def loss(self, dtype):
+        return CrossEntropyLoss(ignore_index=PAD, dtype=dtype)
 
     def evaluate(self, model, batch_size=500):
         """Validation loss, token accuracy (teacher forcing) and greedy exact match."""
@@ -302,3 +283,19 @@ class Seq2SeqTask(Task):
                 out(line)
         if expected:
             out(f"{ok}/{expected} correct")
+
+
+class _Pairs:
+    """Source and target token lists as a dataset: ``batch(idx)`` pads them into
+    ``Batch((src, src_len, tgt_in, tgt_len), tgt_out)`` (teacher forcing)."""
+
+    def __init__(self, sources, targets):
+        self.sources, self.targets = sources, targets
+
+    def __len__(self):
+        return len(self.sources)
+
+    def batch(self, idx):
+        src, src_len, tin, tout, tgt_len = pad_batch([self.sources[j] for j in idx],
+                                                     [self.targets[j] for j in idx])
+        return Batch((src, src_len, tin, tgt_len), tout)

@@ -93,9 +93,9 @@ from .callbacks import (Callback, CSVLogger, EarlyStopping, JSONLogger, LambdaCa
                         ModelCheckpoint, ReduceLROnPlateau)
 from .data import ArrayDataset, Batch, SequenceDataset, pad_sequences
 from .task import Task, read_run, train
-from .trainer import History, Trainer, fit
+from .trainer import History, Trainer, fit, loss_step
 
-__all__ = ["Trainer", "fit", "History", "Task", "train", "plot_history", "write_history",
+__all__ = ["Trainer", "fit", "loss_step", "History", "Task", "train", "plot_history", "write_history",
            "prepare_run_dir", "read_run", "rng_states", "set_rng_states", "StopSignals",
            "TrainingInterrupted", "RunExistsError", "CHECKPOINT", "RUN_FILES",
            "Callback", "EarlyStopping", "ModelCheckpoint", "ReduceLROnPlateau", "CSVLogger",

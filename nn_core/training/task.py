@@ -13,19 +13,27 @@ from .._validation import check_choice, check_int, check_real
 from ..checkpoint import CheckpointError, read_metadata
 from ..optim import AdamW, WarmupCosine
 from ._run import CHECKPOINT, order_generator
+from ._state import KIND
+from .data import shuffled_batches
 from .trainer import Trainer
 
 __all__ = ["Task", "train", "read_run"]
 
-_STATE_KIND = "nn_core.training.train/1"
-
 
 class Task:
-    """What :func:`train` needs from a task: data, a model and one training step.
+    """What :func:`train` needs from a task: a model, a batch source, a loss and the
+    metrics; :func:`train` hands them to a :class:`Trainer` with AdamW, a warmup/cosine
+    schedule and gradient clipping.
 
-    A task is also a batch source for :meth:`Trainer.fit` (``num_batches`` and
-    ``train_batches``); :func:`train` runs it on a :class:`Trainer` with AdamW, a
-    warmup/cosine schedule and gradient clipping.
+    * the batch source: :attr:`train_set` (a dataset such as
+      :class:`~nn_core.training.ArrayDataset`, drawn in a new order every epoch, last
+      smaller batch left out), or :meth:`num_batches` and :meth:`train_batches` of
+      one's own;
+    * the step: :meth:`loss` (``loss(model(*batch.inputs), batch.target)`` and its
+      backward, :meth:`Trainer.train_step`), or a :attr:`train_step` of one's own;
+    * :attr:`metrics`: what the trainer counts on the training batches
+      (``"accuracy"``: shown by the progress bar, ``train_acc`` in the history);
+    * :meth:`evaluate`: the validation metrics.
 
     Subclasses: :class:`~nn_core.tasks.seq2seq.Seq2SeqTask`,
     :class:`~nn_core.tasks.forecast.ForecastTask` and
@@ -49,6 +57,14 @@ class Task:
     generated_only: tuple = ()
     #: options that need ``--data``
     data_only: tuple = ()
+    #: metrics the trainer counts on the training batches (``"accuracy"``)
+    metrics: tuple = ()
+    #: the training samples (a dataset with ``batch(idx)`` and ``len``), or ``None``
+    #: for a task with its own :meth:`train_batches`
+    train_set = None
+    #: ``train_step(model, batch) -> stats``: a step of one's own, instead of
+    #: :meth:`loss` (see ``step_fn`` of :class:`Trainer`)
+    train_step = None
 
     def __init__(self, config):
         self.config = dict(config)
@@ -90,24 +106,19 @@ class Task:
         """A new model with weights drawn from ``rng`` (a ``numpy.random.Generator``)."""
         raise NotImplementedError
 
-    def num_batches(self, batch_size) -> int:  # pragma: no cover - interface
-        raise NotImplementedError
+    def num_batches(self, batch_size) -> int:
+        """Batches per epoch: full batches of :attr:`train_set` (at least one)."""
+        return max(1, len(self.train_set) // batch_size)
 
-    def train_batches(self, rng, batch_size):  # pragma: no cover - interface
-        """Yield the batches of one epoch (shuffled with ``rng``)."""
-        raise NotImplementedError
+    def train_batches(self, rng, batch_size):
+        """Yield the batches of one epoch, in an order drawn from ``rng`` only."""
+        return shuffled_batches(self.train_set, rng, batch_size, self.num_batches(batch_size))
 
-    def train_step(self, model, batch) -> dict:  # pragma: no cover - interface
-        """Forward + loss + backward (gradients accumulate into ``model``).
-
-        Returns ``{"loss": float, "correct": int, "count": int, "samples": int}``
-        and optionally ``"weight"``: how many terms the loss averaged over (tokens),
-        which weights the ranks' gradients in data-parallel training (default:
-        ``samples``)
-        (``correct/count`` is the accuracy shown by the progress bar; ``count`` may
-        be 0 for regression).
-        """
-        raise NotImplementedError
+    def loss(self, dtype):
+        """The loss module of the training step (built in ``dtype``); a task with its
+        own :attr:`train_step` needs none."""
+        raise NotImplementedError(f"{type(self).__name__} defines neither loss() nor "
+                                  "train_step")
 
     def evaluate(self, model) -> dict:  # pragma: no cover - interface
         """Validation metrics (``model`` is in eval mode)."""
@@ -145,14 +156,15 @@ def read_run(path) -> dict:
     extra = meta.get("extra")
     training = meta.get("training")
     if not isinstance(extra, dict) or "task" not in extra or not isinstance(training, dict) \
-            or training.get("kind") != _STATE_KIND:
+            or training.get("kind") != KIND:
         raise CheckpointError(f"{path!r} was not written by nn_core.training.train with a "
                               "training state (an older or a plain checkpoint cannot resume)")
     settings = training.get("settings")
     step, done = training.get("step"), training.get("epochs_done")
     try:
-        if not isinstance(settings, dict) or set(settings) != set(_SETTINGS):
+        if not isinstance(settings, dict) or not set(_SETTINGS) <= set(settings):
             raise ValueError(f"keys {sorted(settings) if isinstance(settings, dict) else '-'}")
+        settings = {k: settings[k] for k in _SETTINGS}
         if _check_settings(**settings, max_steps=None) != settings:
             raise ValueError("values of the wrong type")
         check_int(step, "step", 0)
@@ -256,7 +268,8 @@ def train(task, *, epochs, batch_size, lr, dtype=np.float32, seed=0, out_dir="ru
                                warmup_frac, max_steps)
     log = log or (lambda msg: print(msg, flush=True))
     rng = np.random.default_rng(seed)
-    model = task.build_model(np.dtype(settings["dtype"]).type, rng)
+    dtype = np.dtype(settings["dtype"]).type
+    model = task.build_model(dtype, rng)
     order_rng = order_generator(rng)
     procs = _dist.size() if _dist.is_initialized() else 1
     per_epoch = task.num_batches(batch_size * procs)      # global batches (data parallel)
@@ -264,10 +277,22 @@ def train(task, *, epochs, batch_size, lr, dtype=np.float32, seed=0, out_dir="ru
     opt = AdamW(model, lr=lr, weight_decay=weight_decay)
     sched = WarmupCosine(opt, warmup_steps=max(1, int(warmup_frac * total)),
                          total_steps=total, min_lr=lr / 20)
-    trainer = _TaskTrainer(task, settings, model, opt, sched, log, progress_file,
-                           handle_signals)
+    trainer = Trainer(model, None if task.train_step is not None else task.loss(dtype), opt,
+                      schedule=sched, clip=settings["clip"], metrics=task.metrics,
+                      step_fn=task.train_step, eval_fn=task.evaluate, verbose=1,
+                      progress_file=progress_file, log=log, handle_signals=handle_signals)
+    header = (f"nn-core train {task.name}: {type(model).__name__} with "
+              f"{model.num_parameters():,} parameters ({settings['dtype']}), {epochs} epochs "
+              f"x {per_epoch} batches of {batch_size}"
+              + (f" per process x {procs} processes = {batch_size * procs}" if procs > 1
+                 else "")
+              + f", AdamW lr {lr:g}"
+              + (f", stopping after step {max_steps}" if max_steps is not None
+                 and max_steps < total else ""))
     h = trainer.fit(task, epochs=epochs, batch_size=batch_size, seed=order_rng,
-                    out_dir=out_dir, resume=resume, overwrite=overwrite, max_steps=max_steps)
+                    out_dir=out_dir, resume=resume, overwrite=overwrite, max_steps=max_steps,
+                    settings=settings, record={"task": task.name, "config": task.config},
+                    header=header, title=f"nn-core train {task.name}")
     metrics = h.metrics
     if h.status == "max_steps":
         batch = h.steps - (h.epochs[-1]["step"] if h.epochs else 0)
@@ -286,60 +311,3 @@ def train(task, *, epochs, batch_size, lr, dtype=np.float32, seed=0, out_dir="ru
     return model, {"metrics": metrics, "wall_time_s": h.wall_time_s, "steps": h.steps,
                    "history": history, "checkpoint": h.checkpoint,
                    "headline": metrics.get(task.headline[0]), "status": h.status}
-
-
-class _TaskTrainer(Trainer):
-    """A :class:`Trainer` that records the task (name, configuration) in its
-    checkpoints, keeps :func:`train`'s settings and prints the task's header."""
-
-    _STATE_KIND = _STATE_KIND
-
-    def __init__(self, task, settings, model, optimizer, schedule, log, progress_file,
-                 handle_signals):
-        super().__init__(model, optimizer=optimizer, schedule=schedule, clip=settings["clip"],
-                         step_fn=task.train_step, eval_fn=task.evaluate, verbose=1,
-                         progress_file=progress_file, log=log, handle_signals=handle_signals)
-        self.task = task
-        self.task_settings = settings
-
-    def _settings(self, fit_settings):
-        return dict(self.task_settings)
-
-    def _checkpoint_extra(self, run, settings):
-        return {"task": self.task.name, "config": self.task.config,
-                **super()._checkpoint_extra(run, settings)}
-
-    def _history_header(self):
-        return {"task": self.task.name}
-
-    def _title(self):
-        return f"nn-core train {self.task.name}"
-
-    def _announce(self, run, per_epoch, epochs, batch_size, max_steps, resumed):
-        s, model = self.task_settings, self.model
-        self.log(f"nn-core train {self.task.name}: {type(model).__name__} with "
-                 f"{model.num_parameters():,} parameters ({s['dtype']}), {epochs} epochs "
-                 f"x {per_epoch} batches of {batch_size}"
-                 + (f" per process x {self._world.size} processes = {batch_size * self._world.size}"
-                    if self._world is not None else "")
-                 + f", AdamW lr {s['lr']:g}"
-                 + (f", stopping after step {max_steps}" if max_steps is not None
-                    and max_steps < epochs * per_epoch else "")
-                 + (f"; resuming at step {run.step} (epoch {run.epochs_done + 1}, batch "
-                    f"{run.batch}/{per_epoch})" if resumed else ""))
-
-    def _check_resume(self, path, settings):
-        info = read_run(path)
-        task = self.task
-        if info["task"] != task.name:
-            raise ValueError(f"{path!r} holds a {info['task']!r} run, not {task.name!r}")
-        # as the task checks it now (older runs lack keys that later versions added)
-        saved = type(task).check_config(info["config"])
-        if saved != task.config:
-            diff = sorted(k for k in set(saved) | set(task.config)
-                          if saved.get(k) != task.config.get(k))
-            raise ValueError(f"the task configuration differs from the run's in {diff}")
-        diff = [k for k in _SETTINGS if info["settings"][k] != settings[k]]
-        if diff:
-            raise ValueError("a resumed run keeps its settings; these differ: " + ", ".join(
-                f"{k} {settings[k]!r} (the run's: {info['settings'][k]!r})" for k in diff))
