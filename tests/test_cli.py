@@ -1,5 +1,6 @@
 """The nn-core command and its tasks: help and errors, the argument table, smoke runs,
 reloads, resumed runs equal to uninterrupted ones, and Ctrl-C in a real process."""
+import argparse
 import json
 import os
 import signal
@@ -34,8 +35,10 @@ def test_help_is_plain_text_and_shows_every_default(capsys):
     assert "``" not in out and "::" not in out and "nn-core train" in out
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"nn-core {nn_core.__version__}"
-    parsers = [_train_parser(get_task(t)) for t in TASKS]
-    for p in parsers:
+    top = _train_parser()
+    subs = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(subs.choices) == set(TASKS)
+    for p in [top, *subs.choices.values()]:
         for action in p._actions:
             if action.option_strings and action.dest != "help":
                 assert "default" in action.help, (p.prog, action.dest)
@@ -224,7 +227,7 @@ def test_max_steps_then_resume_equals_uninterrupted_float64(tmp_path, capsys, ar
     assert main(["train", "--resume", "--out", b]) == 0
     assert "nothing to resume" in capsys.readouterr().out
     assert main(["train", "--resume", "--out", b, "--lr", "0.5"]) == 2
-    assert "--lr 0.5 differs" in capsys.readouterr().err
+    assert "--lr 0.5 (the run's: 0.02)" in capsys.readouterr().err
     assert main(["train", "forecast", "--resume", "--out", b]) == 2
 
 
@@ -280,7 +283,7 @@ def test_python_dash_m_entry_point():
 def test_a_checkpoint_with_a_bad_task_configuration(tmp_path, capsys):
     """eval/generate check the recorded configuration before generating any data."""
     model = nn_core.models.TransformerLM(13, 8, 2, 1, max_len=16, rng=0)
-    good = {"hidden": 8, "heads": 2, "layers": 1, "kv_groups": None, "digits": 1, "block": 16,
+    good = {"hidden": 8, "heads": 2, "layers": 1, "num_kv_groups": None, "digits": 1, "block": 16,
             "train_exprs": 100, "val_exprs": 100, "data_seed": 0, "data": None,
             "data_sha256": None, "vocab": None, "val_frac": None}
     for task, config, pattern in [

@@ -163,7 +163,7 @@ def test_transformer_lm_samples_with_temperature(dtype):
 
 
 def test_transformer_block_gradcheck(rng):
-    blk = TransformerBlock(8, 2, kv_groups=1, dtype=np.float64, rng=int(rng.integers(1000)))
+    blk = TransformerBlock(8, 2, num_kv_groups=1, dtype=np.float64, rng=int(rng.integers(1000)))
     assert gradcheck(blk, (rng.standard_normal((2, 3, 8)),)).ok
 
 
@@ -210,3 +210,14 @@ def test_models_save_and_load_like_any_layer(tmp_path, rng, dtype):
             np.testing.assert_array_equal(again.parameters()[k], v, err_msg=k)
         for a, b in zip(_run(model, rng), _run(again, rng)):
             np.testing.assert_array_equal(a, b)
+
+
+def test_seq2seq_model_takes_its_special_token_ids(rng):
+    with pytest.raises(ValueError, match="eos_id"):
+        Seq2SeqModel(5, 4, 8, 2, eos_id=5)
+    with pytest.raises(TypeError, match="vocab_size"):
+        Seq2SeqModel(5.0, 4, 8, 2)
+    m = Seq2SeqModel(7, 4, 8, 2, pad_id=6, bos_id=5, eos_id=4, dtype=np.float64, rng=0).eval()
+    m.out.params["b"][4] = 5.0                   # eos becomes likely: rows stop early
+    tokens = m.greedy_decode(rng.integers(0, 4, (3, 5)), np.array([5, 3, 2]), max_len=6)
+    assert (tokens[:, 0] == 4).all() and (tokens[:, 1:] == 6).all()

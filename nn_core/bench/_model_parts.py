@@ -216,12 +216,10 @@ def make_twin(torch, task, model):
 # ======================================================== CLI training steps ====
 def cli_task(name, cell, quick=False):
     """``(task, args)`` exactly as ``nn-core train NAME [--cell CELL]`` builds them."""
-    from ..cli import _train_parser
-    from ..tasks import get_task
+    from ..cli import _parse_train
 
-    cls = get_task(name)
     argv = [name] + (["--cell", cell] if cell else []) + (_QUICK_DATA[name] if quick else [])
-    args = _train_parser(cls).parse_args(argv)
+    cls, args, _, _ = _parse_train(argv)
     return cls(cls.config_from_args(args)), args
 
 

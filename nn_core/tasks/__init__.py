@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["TASKS", "get_task"]
+from ._command import CommandTask, Option
+
+__all__ = ["TASKS", "get_task", "CommandTask", "Option"]
 
 TASKS = {
     "seq2seq": ("nn_core.tasks.seq2seq", "Seq2SeqTask"),

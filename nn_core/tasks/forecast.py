@@ -30,8 +30,9 @@ from ..datasets.series import chronological_windows, seasonal_naive, seasonal_pe
 from ..losses import MSELoss
 from ..models.forecaster import Forecaster
 from ..module import inference_mode
-from ..training import ArrayDataset, Task
+from ..training import ArrayDataset
 from .._validation import check_choice, check_int, check_real
+from ._command import CommandTask, Option
 from ._config import checked, require_config
 from ._data import check_identity, data_identity, names, split_point, verify_identity
 
@@ -40,48 +41,41 @@ __all__ = ["ForecastTask"]
 _FILE_KEYS = ("data", "data_sha256", "columns", "target", "val_frac", "season", "mean", "std")
 
 
-class ForecastTask(Task):
+class ForecastTask(CommandTask):
     """The ``forecast`` task (see the module docstring); ``config`` as built by
     :meth:`config_from_args`."""
 
     name = "forecast"
     description = ("GRU/LSTM forecaster on the Lorenz system (SciPy solve_ivp) or on a "
                    "series of your own (--data)")
-    defaults = dict(epochs=8, batch_size=64, lr=5e-3, hidden=64, cell="gru", window=32,
-                    horizon=25, steps=12000, dt=0.02, val_frac=0.2)
+    defaults = dict(epochs=8, batch_size=64, lr=5e-3, hidden=64)
     headline = ("val_mse", False)
-    generated_only = ("steps", "dt")
-    data_only = ("columns", "target", "val_frac", "season")
 
-    @classmethod
-    def add_arguments(cls, p):
-        d = cls.defaults
-        p.add_argument("--data", default=None, metavar="FILE",
-                       help="a series of your own: CSV/TSV with a header row, .npy or .npz, "
-                            "one row per time step (default: the generated Lorenz system)")
-        p.add_argument("--columns", default=None, metavar="A,B,C",
-                       help="--data: the input columns (default: every column)")
-        p.add_argument("--target", default=None, metavar="A,B",
-                       help="--data: the columns to forecast, among --columns (default: "
-                            "all of them)")
-        p.add_argument("--cell", choices=["gru", "lstm"], default=d["cell"],
-                       help="default: %(default)s")
-        p.add_argument("--window", type=int, default=d["window"],
-                       help="input steps (default: %(default)s)")
-        p.add_argument("--horizon", type=int, default=None,
-                       help="predict this many steps after the window (default: 25 for the "
-                            "Lorenz series, 1 with --data)")
-        p.add_argument("--val-frac", type=float, default=d["val_frac"],
-                       help="--data: the last fraction of the rows validates, in (0, 0.5] "
-                            "(default: %(default)s)")
-        p.add_argument("--season", type=int, default=None,
-                       help="--data: period of the seasonal-naive baseline, >= 2 (default: "
-                            "detected from the training rows' autocorrelation)")
-        p.add_argument("--steps", type=int, default=d["steps"],
-                       help="length of the Lorenz series, at least 5 * (window + horizon) "
-                            "(default: %(default)s)")
-        p.add_argument("--dt", type=float, default=d["dt"],
-                       help="Lorenz sampling interval, in (0, 1] (default: %(default)s)")
+    train_options = (
+        Option("--data", "a series of your own: CSV/TSV with a header row, .npy or .npz, one "
+               "row per time step", metavar="FILE", type=str,
+               default_text="the generated Lorenz system"),
+        Option("--columns", "--data: the input columns", metavar="A,B,C", type=str,
+               default_text="every column", data="file"),
+        Option("--target", "--data: the columns to forecast, among --columns", metavar="A,B",
+               type=str, default_text="all of them", data="file"),
+        Option("--cell", "recurrent cell", "gru", choices=("gru", "lstm")),
+        Option("--window", "input steps", 32, type=int),
+        Option("--horizon", "predict this many steps after the window", type=int,
+               default_text="25 for the Lorenz series, 1 with --data"),
+        Option("--val-frac", "--data: the last fraction of the rows validates, in (0, 0.5]",
+               0.2, type=float, data="file"),
+        Option("--season", "--data: period of the seasonal-naive baseline, >= 2", type=int,
+               default_text="detected from the training rows' autocorrelation", data="file"),
+        Option("--steps", "length of the Lorenz series, at least 5 * (window + horizon)",
+               12000, type=int, data="generated"),
+        Option("--dt", "Lorenz sampling interval, in (0, 1]", 0.02, type=float, data="generated"),
+    )
+    predictions_file = "forecasts.csv"
+    predict_options = (
+        Option("--data", "the series to forecast", metavar="FILE", type=str,
+               default_text="the file the model was trained on"),
+    )
 
     @classmethod
     def config_value(cls, dest, value):
@@ -265,6 +259,21 @@ class ForecastTask(Task):
             last, true, p = to_raw(self.val_x[i, -1]), to_raw(self.val_y[i]), to_raw(pred[k])
             out(f"{fmt(last):>{w}} | {fmt(true):>{w}} | {fmt(p):>{w}} | "
                 f"{np.abs(true - last).max():8.4g} vs {np.abs(true - p).max():8.4g}")
+
+    @classmethod
+    def predict(cls, model, config, args):
+        """``nn-core predict``: the forecasts of every window of ``args.data`` (default:
+        the training file), as :meth:`predict_file`; returns ``(header, rows, summary,
+        preview)``: a line on what was forecast and the last rows, formatted."""
+        data = args.data or config["data"]
+        header, rows = cls.predict_file(model, config, data)
+        future = [r for r in rows if r[-1] == ""]
+        summary = (f"{len(rows)} forecasts, {config['horizon']} step(s) ahead, of "
+                   f"{', '.join(config['target'])} from {data}")
+        preview = ["  " + ", ".join(
+            f"{k}={v if v == '' or k == 'time_index' else f'{float(v):.6g}'}"
+            for k, v in zip(header, r)) for r in rows[-min(len(rows), max(3, len(future))):]]
+        return header, rows, summary, preview
 
     @classmethod
     def predict_file(cls, model, config, path):

@@ -33,8 +33,9 @@ from ..datasets.files import read_text
 from ..datasets.vocab import CharVocab
 from ..losses import CrossEntropyLoss
 from ..models.transformer_lm import TransformerLM
-from ..training import Batch, Task
+from ..training import Batch
 from .._validation import check_int, check_real
+from ._command import CommandTask, Option
 from ._config import checked, require_config
 from ._data import check_identity, data_identity, split_point, verify_identity
 
@@ -48,45 +49,40 @@ _FILE_KEYS = ("data", "data_sha256", "vocab", "val_frac")
 MAX_VOCAB = 4096
 
 
-class LanguageModelTask(Task):
+class LanguageModelTask(CommandTask):
     """The ``lm`` task (see the module docstring); ``config`` as built by
     :meth:`config_from_args`."""
 
     name = "lm"
     description = ("small causal transformer (MHA or GQA) on generated arithmetic text or on a "
                    "UTF-8 text file (--data)")
-    defaults = dict(epochs=8, batch_size=32, lr=3e-3, hidden=64, heads=4, layers=2,
-                    kv_groups=None, digits=1, block=48, train_exprs=20000, val_exprs=2000,
-                    val_frac=0.1)
+    defaults = dict(epochs=8, batch_size=32, lr=3e-3, hidden=64)
     headline = ("sampled_acc", True)
     metrics = ("accuracy",)
-    generated_only = _ARITH_KEYS
-    data_only = ("val_frac",)
 
-    @classmethod
-    def add_arguments(cls, p):
-        d = cls.defaults
-        p.add_argument("--heads", type=int, default=d["heads"],
-                       help="attention heads (default: %(default)s)")
-        p.add_argument("--layers", type=int, default=d["layers"],
-                       help="transformer blocks (default: %(default)s)")
-        p.add_argument("--kv-groups", type=int, default=d["kv_groups"],
-                       help="K/V heads for grouped-query attention (default: none, i.e. "
-                            "multi-head attention)")
-        p.add_argument("--data", default=None, metavar="FILE",
-                       help="train on this UTF-8 text, character by character (default: "
-                            "generated 'a+b=c;' arithmetic)")
-        p.add_argument("--val-frac", type=float, default=d["val_frac"],
-                       help="--data: the last fraction of the text validates, in (0, 0.5] "
-                            "(default: %(default)s)")
-        p.add_argument("--digits", type=int, default=d["digits"],
-                       help=f"operand digits, 1 to {MAX_DIGITS} (default: %(default)s)")
-        p.add_argument("--block", type=int, default=d["block"],
-                       help="context length, at least 4 * digits + 4 (default: %(default)s)")
-        p.add_argument("--train-exprs", type=int, default=d["train_exprs"],
-                       help="training expressions (default: %(default)s)")
-        p.add_argument("--val-exprs", type=int, default=d["val_exprs"],
-                       help="validation expressions (default: %(default)s)")
+    train_options = (
+        Option("--heads", "attention heads", 4, type=int),
+        Option("--layers", "transformer blocks", 2, type=int),
+        Option("--kv-groups", "K/V heads for grouped-query attention", dest="num_kv_groups",
+               type=int, default_text="none, i.e. multi-head attention"),
+        Option("--data", "train on this UTF-8 text, character by character", metavar="FILE",
+               type=str, default_text="generated 'a+b=c;' arithmetic"),
+        Option("--val-frac", "--data: the last fraction of the text validates, in (0, 0.5]",
+               0.1, type=float, data="file"),
+        Option("--digits", f"operand digits, 1 to {MAX_DIGITS}", 1, type=int, data="generated"),
+        Option("--block", "context length, at least 4 * digits + 4", 48, type=int),
+        Option("--train-exprs", "training expressions", 20000, type=int, data="generated"),
+        Option("--val-exprs", "validation expressions", 2000, type=int, data="generated"),
+    )
+    generate_options = (
+        Option("--prompt", "prompts to continue", nargs="+",
+               default_text="--num random 'a+b=' prompts, or snippets of the validation "
+                            "text"),
+        Option("--max-new-tokens", "tokens to sample after a --prompt", type=int,
+               default_text="32; 200 for models trained with --data"),
+        Option("--temperature", "0 = greedy, else the softmax temperature", type=float,
+               default_text="0; 0.8 for models trained with --data"),
+    )
 
     @classmethod
     def config_value(cls, dest, value):
@@ -94,7 +90,7 @@ class LanguageModelTask(Task):
 
     @classmethod
     def config_from_args(cls, a):
-        c = dict(hidden=a.hidden, heads=a.heads, layers=a.layers, kv_groups=a.kv_groups,
+        c = dict(hidden=a.hidden, heads=a.heads, layers=a.layers, num_kv_groups=a.num_kv_groups,
                  block=a.block, data_seed=a.seed, **dict.fromkeys(_FILE_KEYS))
         if a.data is None:
             return cls.check_config(dict(c, digits=a.digits, train_exprs=a.train_exprs,
@@ -117,7 +113,7 @@ class LanguageModelTask(Task):
     @classmethod
     def check_config(cls, config):
         c = require_config(config,
-                           ("hidden", "heads", "layers", "kv_groups", "block", "data_seed")
+                           ("hidden", "heads", "layers", "num_kv_groups", "block", "data_seed")
                            + _ARITH_KEYS + _FILE_KEYS)
         for key in ("hidden", "heads", "layers"):
             checked(c, key, check_int, 1)
@@ -125,11 +121,11 @@ class LanguageModelTask(Task):
         if c["hidden"] % c["heads"]:
             raise ValueError(f"--heads must divide --hidden: got {c['heads']} and "
                              f"{c['hidden']}")
-        if c["kv_groups"] is not None:
-            checked(c, "kv_groups", check_int, 1)
-            if c["heads"] % c["kv_groups"]:
-                raise ValueError(f"--kv-groups must divide --heads: got {c['kv_groups']} and "
-                                 f"{c['heads']}")
+        if c["num_kv_groups"] is not None:
+            checked(c, "num_kv_groups", check_int, 1, flag="--kv-groups")
+            if c["heads"] % c["num_kv_groups"]:
+                raise ValueError(f"--kv-groups must divide --heads: got {c['num_kv_groups']} "
+                                 f"and {c['heads']}")
         if c["data"] is not None:
             if any(c[k] is not None for k in _ARITH_KEYS):
                 raise ValueError("--digits, --train-exprs and --val-exprs apply to the "
@@ -203,7 +199,7 @@ class LanguageModelTask(Task):
     def build_model(self, dtype, rng):
         c = self.config
         V = len(self.vocab) if self.vocab is not None else len(CHARS)
-        return TransformerLM(V, c["hidden"], c["heads"], c["layers"], c["kv_groups"],
+        return TransformerLM(V, c["hidden"], c["heads"], c["layers"], c["num_kv_groups"],
                              max_len=c["block"], dtype=dtype, rng=rng)
 
     def describe_data(self):
@@ -269,8 +265,8 @@ class LanguageModelTask(Task):
 
     def describe_metrics(self, m):
         c = self.config
-        attn = ("MHA" if c["kv_groups"] in (None, c["heads"])
-                else f"GQA with {c['kv_groups']} K/V groups")
+        attn = ("MHA" if c["num_kv_groups"] in (None, c["heads"])
+                else f"GQA with {c['num_kv_groups']} K/V groups")
         if self.vocab is not None:
             return (f"validation {m['val_bpc']:.3f} bits per character (loss {m['val_loss']:.4f}"
                     f" nats, next-character accuracy {100 * m['val_acc']:.1f}%) on "

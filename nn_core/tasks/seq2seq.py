@@ -16,14 +16,15 @@ import os
 
 import numpy as np
 
-from ..datasets.digit_strings import (EOS, OFFSET, PAD, VOCAB, decode_tokens, encode,
+from ..datasets.digit_strings import (BOS, EOS, OFFSET, PAD, VOCAB, decode_tokens, encode,
                                       make_examples, pad_batch, transform)
 from ..datasets.files import read_pairs, read_text
 from ..datasets.vocab import CharVocab
 from ..losses import CrossEntropyLoss
 from ..models.seq2seq import Seq2SeqModel
-from ..training import Batch, Task
+from ..training import Batch
 from .._validation import check_choice, check_int, check_real
+from ._command import CommandTask, Option
 from ._config import checked, require_config
 from ._data import check_identity, data_identity, split_point, verify_identity
 
@@ -33,43 +34,38 @@ _DIGIT_KEYS = ("mode", "min_len", "max_len", "train_size", "val_size")
 _FILE_KEYS = ("data", "data_sha256", "vocab", "val_frac", "max_target")
 
 
-class Seq2SeqTask(Task):
+class Seq2SeqTask(CommandTask):
     """The ``seq2seq`` task (see the module docstring); ``config`` as built by
     :meth:`config_from_args`."""
 
     name = "seq2seq"
     description = ("reverse or sort digit strings, or map the source/target pairs of a file "
                    "(--data) (bidirectional encoder, LSTM decoder + attention)")
-    defaults = dict(epochs=6, batch_size=64, lr=1e-2, hidden=96, embed=32, heads=4, cell="gru",
-                    mode="reverse", min_len=5, max_len=20, train_size=12800, val_size=1000,
-                    val_frac=0.1)
+    defaults = dict(epochs=6, batch_size=64, lr=1e-2, hidden=96)
     headline = ("exact_match", True)
     metrics = ("accuracy",)
-    generated_only = _DIGIT_KEYS
-    data_only = ("val_frac",)
 
-    @classmethod
-    def add_arguments(cls, p):
-        d = cls.defaults
-        p.add_argument("--data", default=None, metavar="PAIRS.tsv",
-                       help="train on these pairs, one SOURCE<TAB>TARGET per line, UTF-8 "
-                            "(default: generated digit strings)")
-        p.add_argument("--val-frac", type=float, default=d["val_frac"],
-                       help="--data: the fraction of the pairs that validates, in (0, 0.5] "
-                            "(default: %(default)s)")
-        p.add_argument("--mode", choices=["reverse", "sort"], default=d["mode"],
-                       help="target = the digits reversed or sorted (default: %(default)s)")
-        p.add_argument("--cell", choices=["gru", "lstm"], default=d["cell"],
-                       help="encoder cell (default: %(default)s)")
-        p.add_argument("--embed", type=int, default=d["embed"],
-                       help="embedding size (default: %(default)s)")
-        p.add_argument("--heads", type=int, default=d["heads"],
-                       help="cross-attention heads (default: %(default)s)")
-        p.add_argument("--min-len", type=int, default=d["min_len"], help="default: %(default)s")
-        p.add_argument("--max-len", type=int, default=d["max_len"], help="default: %(default)s")
-        p.add_argument("--train-size", type=int, default=d["train_size"],
-                       help="default: %(default)s")
-        p.add_argument("--val-size", type=int, default=d["val_size"], help="default: %(default)s")
+    train_options = (
+        Option("--data", "train on these pairs, one SOURCE<TAB>TARGET per line, UTF-8",
+               metavar="PAIRS.tsv", type=str, default_text="generated digit strings"),
+        Option("--val-frac", "--data: the fraction of the pairs that validates, in (0, 0.5]",
+               0.1, type=float, data="file"),
+        Option("--mode", "target = the digits reversed or sorted", "reverse",
+               choices=("reverse", "sort"), data="generated"),
+        Option("--cell", "encoder cell", "gru", choices=("gru", "lstm")),
+        Option("--embed", "embedding size", 32, type=int),
+        Option("--heads", "cross-attention heads", 4, type=int),
+        Option("--min-len", "shortest digit string", 5, type=int, data="generated"),
+        Option("--max-len", "longest digit string", 20, type=int, data="generated"),
+        Option("--train-size", "training examples", 12800, type=int, data="generated"),
+        Option("--val-size", "validation examples", 1000, type=int, data="generated"),
+    )
+    generate_options = (
+        Option("--input", "strings to transform", nargs="+",
+               default_text="--num random ones, or validation pairs"),
+        Option("--input-file", "models trained with --data: decode each line of FILE (a "
+               "line SOURCE<TAB>TARGET is also scored)", metavar="FILE", type=str),
+    )
 
     @classmethod
     def config_value(cls, dest, value):
@@ -199,8 +195,8 @@ class Seq2SeqTask(Task):
     def build_model(self, dtype, rng):
         c = self.config
         V = VOCAB if self.vocab is None else len(self.vocab)
-        return Seq2SeqModel(V, c["embed"], c["hidden"], c["heads"], c["cell"],
-                            dtype=dtype, rng=rng)
+        return Seq2SeqModel(V, c["embed"], c["hidden"], c["heads"], c["cell"], pad_id=PAD,
+                            bos_id=BOS, eos_id=EOS, dtype=dtype, rng=rng)
 
     def loss(self, dtype):
         return CrossEntropyLoss(ignore_index=PAD, dtype=dtype)

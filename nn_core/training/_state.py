@@ -87,13 +87,16 @@ class LearningRate:
         self.scheduled = float(st.get("scheduled_lr", self.optimizer.lr))
 
 
-def compare_settings(saved, settings, what="a resumed run keeps its settings"):
+def compare_settings(saved, settings, what="a resumed run keeps its settings; these differ",
+                     name=str):
     """``ValueError`` listing every setting of ``settings`` that differs from ``saved``
-    (the run's): the one comparison of a resumed run with the run it continues."""
+    (the run's), each called ``name(key)``: the one comparison of a resumed run with
+    the run it continues (the trainer's, :func:`~nn_core.training.train`'s and the
+    command line's)."""
     diff = [k for k in sorted(set(saved) | set(settings)) if saved.get(k) != settings.get(k)]
     if diff:
-        raise ValueError(f"{what}; these differ: " + ", ".join(
-            f"{k} {settings.get(k)!r} (the run's: {saved.get(k)!r})" for k in diff))
+        raise ValueError(f"{what}: " + ", ".join(
+            f"{name(k)} {settings.get(k)!r} (the run's: {saved.get(k)!r})" for k in diff))
 
 
 def _kind(value):

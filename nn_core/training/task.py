@@ -35,28 +35,19 @@ class Task:
       (``"accuracy"``: shown by the progress bar, ``train_acc`` in the history);
     * :meth:`evaluate`: the validation metrics.
 
-    Subclasses: :class:`~nn_core.tasks.seq2seq.Seq2SeqTask`,
-    :class:`~nn_core.tasks.forecast.ForecastTask` and
-    :class:`~nn_core.tasks.lm.LanguageModelTask`.
+    The ``nn-core`` command's tasks (:mod:`nn_core.tasks`) are subclasses; what they
+    add for the command line lives there.
 
     Parameters
     ----------
     config : dict
         JSON-serialisable (model sizes, data options, seed).  :func:`train` stores it
-        in the checkpoint, so ``nn-core eval``/``generate`` rebuild the same task, and
-        its data, without the command line.
+        in the checkpoint, so that the task, and its data, can be rebuilt from it.
     """
 
     name = ""
-    description = ""
-    #: default ``epochs, batch_size, lr, hidden`` and task options
-    defaults: dict = {}
     #: the metric printed in the summary, and whether larger is better
     headline = ("val_loss", False)
-    #: options (destinations) of generated data, refused together with ``--data``
-    generated_only: tuple = ()
-    #: options that need ``--data``
-    data_only: tuple = ()
     #: metrics the trainer counts on the training batches (``"accuracy"``)
     metrics: tuple = ()
     #: the training samples (a dataset with ``batch(idx)`` and ``len``), or ``None``
@@ -68,35 +59,6 @@ class Task:
 
     def __init__(self, config):
         self.config = dict(config)
-
-    @classmethod
-    def add_arguments(cls, parser):
-        """Task-specific command-line options (defaults from :attr:`defaults`)."""
-
-    @classmethod
-    def config_from_args(cls, args):  # pragma: no cover - interface
-        """The task's ``config`` from the parsed command line (``ValueError`` naming the
-        option if invalid); called before any data are generated."""
-        raise NotImplementedError
-
-    @classmethod
-    def check_config(cls, config):
-        """``config`` checked as :meth:`config_from_args` checks it (it may come from a
-        checkpoint); returns a copy, raises ``ValueError`` naming the option."""
-        if not isinstance(config, dict):
-            raise ValueError(f"the task configuration must be a dict, got "
-                             f"{type(config).__name__}")
-        return dict(config)
-
-    @classmethod
-    def check_generate_args(cls, args, config):
-        """Check the ``nn-core generate`` options this task uses (``ValueError``)."""
-
-    @classmethod
-    def config_value(cls, dest, value):
-        """Option ``dest`` given on the command line as it is stored in the
-        configuration (compared with a resumed run's); default: unchanged."""
-        return value
 
     def describe_data(self) -> str:
         """One line about the data, printed once they are ready."""
@@ -128,10 +90,6 @@ class Task:
         """One line summarising ``metrics`` (printed at the end of training and by eval)."""
         return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                          for k, v in metrics.items())
-
-    def generate(self, model, args, out=print):  # pragma: no cover - interface
-        """Run ``model`` on examples for ``nn-core generate`` (``args``: its options)."""
-        raise NotImplementedError
 
 
 def read_run(path) -> dict:
@@ -195,7 +153,7 @@ def _check_settings(epochs, batch_size, lr, dtype, seed, weight_decay, clip, war
 
 def train(task, *, epochs, batch_size, lr, dtype=np.float32, seed=0, out_dir="runs",
           weight_decay=0.01, clip=1.0, warmup_frac=0.05, log=None, progress_file=None,
-          max_steps=None, resume=False, overwrite=False, handle_signals=True):
+          max_steps=None, resume=False, overwrite=False, handle_signals=True, title=None):
     """Train ``task``'s model on a :class:`Trainer`.
 
     Every epoch: the task's batches (order drawn from ``seed``), each one
@@ -239,6 +197,9 @@ def train(task, *, epochs, batch_size, lr, dtype=np.float32, seed=0, out_dir="ru
         Delete the run files in ``out_dir`` first (see :func:`prepare_run_dir`).
     handle_signals : bool
         Stop in order on SIGINT/SIGTERM (see :class:`StopSignals`); main thread only.
+    title : str, optional
+        Names the run in the header line and on the loss curve (default: the task's
+        name).
 
     Returns
     -------
@@ -281,7 +242,8 @@ def train(task, *, epochs, batch_size, lr, dtype=np.float32, seed=0, out_dir="ru
                       schedule=sched, clip=settings["clip"], metrics=task.metrics,
                       step_fn=task.train_step, eval_fn=task.evaluate, verbose=1,
                       progress_file=progress_file, log=log, handle_signals=handle_signals)
-    header = (f"nn-core train {task.name}: {type(model).__name__} with "
+    title = title or task.name
+    header = (f"{title}: {type(model).__name__} with "
               f"{model.num_parameters():,} parameters ({settings['dtype']}), {epochs} epochs "
               f"x {per_epoch} batches of {batch_size}"
               + (f" per process x {procs} processes = {batch_size * procs}" if procs > 1
@@ -292,7 +254,7 @@ def train(task, *, epochs, batch_size, lr, dtype=np.float32, seed=0, out_dir="ru
     h = trainer.fit(task, epochs=epochs, batch_size=batch_size, seed=order_rng,
                     out_dir=out_dir, resume=resume, overwrite=overwrite, max_steps=max_steps,
                     settings=settings, record={"task": task.name, "config": task.config},
-                    header=header, title=f"nn-core train {task.name}")
+                    header=header, title=title)
     metrics = h.metrics
     if h.status == "max_steps":
         batch = h.steps - (h.epochs[-1]["step"] if h.epochs else 0)

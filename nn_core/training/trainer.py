@@ -320,8 +320,7 @@ class Trainer:
         loss = float(stats["loss"])
         if not math.isfinite(loss):
             raise FloatingPointError(f"training diverged: loss {loss} at step "
-                                     f"{self.history.steps + 1}; try a smaller --lr "
-                                     "(learning rate)")
+                                     f"{self.history.steps + 1}; try a smaller learning rate")
         # the update: a signal waits until it is complete
         self.strategy.allreduce_gradients(weight, total_weight)
         if self.clip is not None:
@@ -529,7 +528,7 @@ class Trainer:
                                  f"(now {procs}), so that the global batch stays the same")
             run.check_resumable(resume_from)
             compare_settings({k: extra.get(k) for k in record}, record,
-                             "the task configuration differs from the run's in")
+                             "the task configuration differs from the run's")
             run.restore(resume_from)
         self.strategy.start(self.model, self.optimizer)
         log, verbose = self.log, self.verbose
