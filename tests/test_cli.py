@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 import nn_core
-from nn_core.checkpoint import load, read_metadata, save
+from nn_core.checkpoint import load, save
 from nn_core.cli import USAGE, _train_parser, main
 from nn_core.layers import Linear
-from nn_core.tasks import TASKS, get_task
+from nn_core.tasks import TASKS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(nn_core.__file__)))
 

@@ -1,6 +1,5 @@
 """nn_core.models: gradients, decoding, seeding, checkpoints (old class paths included)."""
 import doctest
-import json
 
 import numpy as np
 import pytest
@@ -14,7 +13,6 @@ from nn_core.models import Forecaster, Seq2SeqModel, TransformerBlock, Transform
 from nn_core.models import forecaster, seq2seq, transformer_lm
 from nn_core.recurrent import BidirectionalWrapper, GRUCell, LSTMCell
 
-_META_KEY = "__nn_core_checkpoint__"
 
 
 @pytest.mark.parametrize("module", [seq2seq, forecaster, transformer_lm],

@@ -5,6 +5,7 @@ parsed options, and what ``generate`` prints.  The training layer
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 
 from ..training import Task
@@ -96,8 +97,9 @@ class CommandTask(Task):
     @classmethod
     def config_value(cls, dest, value):
         """Option ``dest`` given on the command line as it is stored in the
-        configuration (compared with a resumed run's); default: unchanged."""
-        return value
+        configuration (compared with a resumed run's): ``--data`` as an absolute path,
+        the others unchanged."""
+        return os.path.abspath(value) if dest == "data" and value is not None else value
 
     @classmethod
     def check_generate_args(cls, args, config):

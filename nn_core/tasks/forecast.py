@@ -19,7 +19,6 @@ back into the training rows, which are known when the forecast is made.
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 
@@ -33,8 +32,8 @@ from ..module import inference_mode
 from ..training import ArrayDataset
 from .._validation import check_choice, check_int, check_real
 from ._command import CommandTask, Option
-from ._config import checked, require_config
-from ._data import check_identity, data_identity, names, split_point, verify_identity
+from ._config import check_common, check_source, checked, require_config
+from ._data import data_identity, names, split_point, verify_identity
 
 __all__ = ["ForecastTask"]
 
@@ -42,8 +41,8 @@ _FILE_KEYS = ("data", "data_sha256", "columns", "target", "val_frac", "season", 
 
 
 class ForecastTask(CommandTask):
-    """The ``forecast`` task (see the module docstring); ``config`` as built by
-    :meth:`config_from_args`."""
+    """``nn-core train forecast``: a :class:`~nn_core.models.Forecaster` on the Lorenz
+    system or a series of one's own, scored against persistence."""
 
     name = "forecast"
     description = ("GRU/LSTM forecaster on the Lorenz system (SciPy solve_ivp) or on a "
@@ -79,11 +78,9 @@ class ForecastTask(CommandTask):
 
     @classmethod
     def config_value(cls, dest, value):
-        if dest == "data" and value is not None:
-            return os.path.abspath(value)
         if dest in ("columns", "target") and value is not None:
             return names(value, "--" + dest)
-        return value
+        return super().config_value(dest, value)
 
     @classmethod
     def config_from_args(cls, a):
@@ -127,21 +124,12 @@ class ForecastTask(CommandTask):
         c = require_config(config,
                            ("hidden", "cell", "window", "horizon", "steps", "dt",
                             "data_seed") + _FILE_KEYS)
-        for key in ("hidden", "window", "horizon"):
-            checked(c, key, check_int, 1)
-        checked(c, "data_seed", check_int, 0, flag="--seed")
+        check_common(c, ("hidden", "window", "horizon"))
         checked(c, "cell", check_choice, ("gru", "lstm"))
-        if c["data"] is None:
-            if any(c[k] is not None for k in _FILE_KEYS):
-                raise ValueError("a configuration without --data has no file settings")
+        if not check_source(c, ("steps", "dt"), _FILE_KEYS):
             checked(c, "steps", check_int, 5 * (c["window"] + c["horizon"]))
             checked(c, "dt", check_real, 0.0, 1.0, lo_open=True)
             return c
-        if c["steps"] is not None or c["dt"] is not None:
-            raise ValueError("--steps and --dt apply to the generated Lorenz series, not to "
-                             "--data")
-        check_identity(c)
-        checked(c, "val_frac", check_real, 0.0, 0.5, lo_open=True)
         if c["season"] is not None:
             checked(c, "season", check_int, 2, flag="--season")
         cols = c["columns"]

@@ -24,7 +24,6 @@ floor; the learnable part is the answer, measured as
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 
@@ -36,8 +35,8 @@ from ..models.transformer_lm import TransformerLM
 from ..training import Batch
 from .._validation import check_int, check_real
 from ._command import CommandTask, Option
-from ._config import checked, require_config
-from ._data import check_identity, data_identity, split_point, verify_identity
+from ._config import check_common, check_source, check_vocab, checked, require_config
+from ._data import data_identity, split_point, verify_identity
 
 __all__ = ["LanguageModelTask"]
 
@@ -45,20 +44,17 @@ __all__ = ["LanguageModelTask"]
 MAX_DIGITS = 18
 _ARITH_KEYS = ("digits", "train_exprs", "val_exprs")
 _FILE_KEYS = ("data", "data_sha256", "vocab", "val_frac")
-#: the most distinct characters a vocabulary may hold
-MAX_VOCAB = 4096
 
 
 class LanguageModelTask(CommandTask):
-    """The ``lm`` task (see the module docstring); ``config`` as built by
-    :meth:`config_from_args`."""
+    """``nn-core train lm``: a :class:`~nn_core.models.TransformerLM` on generated
+    arithmetic or on the characters of a text file (see the module docstring)."""
 
     name = "lm"
     description = ("small causal transformer (MHA or GQA) on generated arithmetic text or on a "
                    "UTF-8 text file (--data)")
     defaults = dict(epochs=8, batch_size=32, lr=3e-3, hidden=64)
     headline = ("sampled_acc", True)
-    metrics = ("accuracy",)
 
     train_options = (
         Option("--heads", "attention heads", 4, type=int),
@@ -83,10 +79,6 @@ class LanguageModelTask(CommandTask):
         Option("--temperature", "0 = greedy, else the softmax temperature", type=float,
                default_text="0; 0.8 for models trained with --data"),
     )
-
-    @classmethod
-    def config_value(cls, dest, value):
-        return os.path.abspath(value) if dest == "data" and value is not None else value
 
     @classmethod
     def config_from_args(cls, a):
@@ -115,30 +107,16 @@ class LanguageModelTask(CommandTask):
         c = require_config(config,
                            ("hidden", "heads", "layers", "num_kv_groups", "block", "data_seed")
                            + _ARITH_KEYS + _FILE_KEYS)
-        for key in ("hidden", "heads", "layers"):
-            checked(c, key, check_int, 1)
-        checked(c, "data_seed", check_int, 0, flag="--seed")
-        if c["hidden"] % c["heads"]:
-            raise ValueError(f"--heads must divide --hidden: got {c['heads']} and "
-                             f"{c['hidden']}")
+        check_common(c, ("hidden", "heads", "layers"))
         if c["num_kv_groups"] is not None:
             checked(c, "num_kv_groups", check_int, 1, flag="--kv-groups")
             if c["heads"] % c["num_kv_groups"]:
                 raise ValueError(f"--kv-groups must divide --heads: got {c['num_kv_groups']} "
                                  f"and {c['heads']}")
-        if c["data"] is not None:
-            if any(c[k] is not None for k in _ARITH_KEYS):
-                raise ValueError("--digits, --train-exprs and --val-exprs apply to the "
-                                 "generated arithmetic, not to --data")
-            check_identity(c)
-            checked(c, "val_frac", check_real, 0.0, 0.5, lo_open=True)
+        if check_source(c, _ARITH_KEYS, _FILE_KEYS):
             checked(c, "block", check_int, 2)
-            v = c["vocab"]
-            if not (isinstance(v, str) and 0 < len(v) <= MAX_VOCAB and len(set(v)) == len(v)):
-                raise ValueError(f"vocab must be 1 to {MAX_VOCAB} distinct characters")
+            check_vocab(c)
             return c
-        if any(c[k] is not None for k in _FILE_KEYS):
-            raise ValueError("a configuration without --data has no file settings")
         checked(c, "digits", check_int, 1, MAX_DIGITS)
         checked(c, "block", check_int, 4 * c["digits"] + 4)
         # every expression has at least 6 characters ("0+0=0;"); the text must hold a
@@ -219,6 +197,9 @@ class LanguageModelTask(CommandTask):
             start = rng.integers(0, len(self.train_ids) - Bl - 1, size=batch_size)
             win = self.train_ids[start[:, None] + np.arange(Bl + 1)[None, :]]
             yield Batch((win[:, :-1],), win[:, 1:])
+
+    #: the trainer counts the next-token accuracy of the training batches
+    metrics = ("accuracy",)
 
     def loss(self, dtype):
         return CrossEntropyLoss(dtype=dtype)

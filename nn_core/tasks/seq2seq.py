@@ -25,8 +25,8 @@ from ..models.seq2seq import Seq2SeqModel
 from ..training import Batch
 from .._validation import check_choice, check_int, check_real
 from ._command import CommandTask, Option
-from ._config import checked, require_config
-from ._data import check_identity, data_identity, split_point, verify_identity
+from ._config import check_common, check_source, check_vocab, checked, require_config
+from ._data import data_identity, split_point, verify_identity
 
 __all__ = ["Seq2SeqTask"]
 
@@ -35,15 +35,14 @@ _FILE_KEYS = ("data", "data_sha256", "vocab", "val_frac", "max_target")
 
 
 class Seq2SeqTask(CommandTask):
-    """The ``seq2seq`` task (see the module docstring); ``config`` as built by
-    :meth:`config_from_args`."""
+    """``nn-core train seq2seq``: digit strings reversed or sorted, or the pairs of a
+    TSV file, by a :class:`~nn_core.models.Seq2SeqModel`."""
 
     name = "seq2seq"
     description = ("reverse or sort digit strings, or map the source/target pairs of a file "
                    "(--data) (bidirectional encoder, LSTM decoder + attention)")
     defaults = dict(epochs=6, batch_size=64, lr=1e-2, hidden=96)
     headline = ("exact_match", True)
-    metrics = ("accuracy",)
 
     train_options = (
         Option("--data", "train on these pairs, one SOURCE<TAB>TARGET per line, UTF-8",
@@ -68,10 +67,6 @@ class Seq2SeqTask(CommandTask):
     )
 
     @classmethod
-    def config_value(cls, dest, value):
-        return os.path.abspath(value) if dest == "data" and value is not None else value
-
-    @classmethod
     def config_from_args(cls, a):
         c = dict(hidden=a.hidden, embed=a.embed, heads=a.heads, cell=a.cell, data_seed=a.seed,
                  **dict.fromkeys(_FILE_KEYS))
@@ -93,26 +88,12 @@ class Seq2SeqTask(CommandTask):
         c = require_config(config,
                            ("hidden", "embed", "heads", "cell", "data_seed") + _DIGIT_KEYS
                            + _FILE_KEYS)
-        for key in ("hidden", "embed", "heads"):
-            checked(c, key, check_int, 1)
-        checked(c, "data_seed", check_int, 0, flag="--seed")
-        if c["hidden"] % c["heads"]:
-            raise ValueError(f"--heads must divide --hidden: got {c['heads']} and "
-                             f"{c['hidden']}")
+        check_common(c, ("hidden", "embed", "heads"))
         checked(c, "cell", check_choice, ("gru", "lstm"))
-        if c["data"] is not None:
-            if any(c[k] is not None for k in _DIGIT_KEYS):
-                raise ValueError("--mode, --min-len, --max-len, --train-size and --val-size "
-                                 "apply to the generated digit strings, not to --data")
-            check_identity(c)
-            checked(c, "val_frac", check_real, 0.0, 0.5, lo_open=True)
+        if check_source(c, _DIGIT_KEYS, _FILE_KEYS):
             checked(c, "max_target", check_int, 1, flag="max_target")
-            v = c["vocab"]
-            if not (isinstance(v, str) and 0 < len(v) <= 4096 and len(set(v)) == len(v)):
-                raise ValueError("vocab must be 1 to 4096 distinct characters")
+            check_vocab(c)
             return c
-        if any(c[k] is not None for k in _FILE_KEYS):
-            raise ValueError("a configuration without --data has no file settings")
         for key in ("min_len", "train_size", "val_size"):
             checked(c, key, check_int, 1)
         checked(c, "max_len", check_int, c["min_len"])
@@ -197,6 +178,9 @@ class Seq2SeqTask(CommandTask):
         V = VOCAB if self.vocab is None else len(self.vocab)
         return Seq2SeqModel(V, c["embed"], c["hidden"], c["heads"], c["cell"], pad_id=PAD,
                             bos_id=BOS, eos_id=EOS, dtype=dtype, rng=rng)
+
+    #: the trainer counts the next-token accuracy of the training batches
+    metrics = ("accuracy",)
 
     def loss(self, dtype):
         return CrossEntropyLoss(ignore_index=PAD, dtype=dtype)
