@@ -139,7 +139,8 @@ def _common_train_options(task_cls):
         Option("--seed", "seeds data, weights and batch order", 0, type=int),
         Option("--threads", "BLAS threads (these models' matrices are small and more "
                "threads mostly add synchronisation)", 1, type=int),
-        Option("--out", "run folder", metavar="DIR", type=str, default_text="runs/TASK"),
+        Option("--out", "run folder", metavar="DIR", type=str,
+               default_text=f"runs/{task_cls.name if task_cls is not None else 'TASK'}"),
         Option("--max-steps", "stop after this many optimizer steps in total, with a "
                "resumable checkpoint; the schedule still spans --epochs", metavar="N",
                type=int, default_text="no limit"),

@@ -60,7 +60,7 @@ class LanguageModelTask(CommandTask):
         Option("--heads", "attention heads", 4, type=int),
         Option("--layers", "transformer blocks", 2, type=int),
         Option("--kv-groups", "K/V heads for grouped-query attention", dest="num_kv_groups",
-               type=int, default_text="none, i.e. multi-head attention"),
+               type=int, metavar="G", default_text="none, i.e. multi-head attention"),
         Option("--data", "train on this UTF-8 text, character by character", metavar="FILE",
                type=str, default_text="generated 'a+b=c;' arithmetic"),
         Option("--val-frac", "--data: the last fraction of the text validates, in (0, 0.5]",
