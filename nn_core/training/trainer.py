@@ -241,6 +241,9 @@ class Trainer:
         self.model = model
         if isinstance(loss, str):
             loss = _LOSSES[check_choice(loss, "loss", sorted(_LOSSES))](dtype=model.dtype)
+        if loss is not None and not (callable(loss) and hasattr(loss, "backward")):
+            raise TypeError(f"loss must be a loss Module (called, then backward()) or one of "
+                            f"{sorted(_LOSSES)}, got {type(loss).__name__}")
         if loss is not None and getattr(loss, "dtype", model.dtype) != model.dtype:
             raise ValueError(f"the loss computes in {np.dtype(loss.dtype).name} but the model "
                              f"in {np.dtype(model.dtype).name}; build the loss with "
