@@ -162,16 +162,17 @@ _TRAIN_EPILOG = ("A run folder holds model.npz (the checkpoint, with the trainin
 def _train_parser():
     """``nn-core train [TASK] [options]``: one sub-command per task, each with the
     common options and its own (declared by the task)."""
-    from .tasks import TASKS
+    from .tasks import DEFAULT_TASK, TASKS
 
     p = _Parser(prog="nn-core train", formatter_class=argparse.RawDescriptionHelpFormatter,
                 description="Train a task's model into a run folder. Without TASK: the run "
-                            "being resumed (--resume), else seq2seq. nn-core train TASK "
+                            f"being resumed (--resume), else {DEFAULT_TASK}. nn-core train TASK "
                             "--help shows a task's options and defaults.",
                 epilog=_TRAIN_EPILOG)
     _add_options(p, _common_train_options(None))
     sub = p.add_subparsers(dest="task", metavar="TASK", parser_class=_Parser,
-                           help=", ".join(TASKS) + " (default: seq2seq, or the resumed run's)")
+                           help=", ".join(TASKS) + f" (default: {DEFAULT_TASK}, or the resumed "
+                                                   "run's)")
     for cls in _task_classes():
         t = sub.add_parser(cls.name, help=cls.description, epilog=_TRAIN_EPILOG,
                            formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -184,12 +185,12 @@ def _train_parser():
 def _parse_train(argv):
     """``(task class, args, the options given, the resumed run or None)``: argv parsed
     once; the task is the one named, else the resumed run's (``--resume`` takes the
-    common options only), else seq2seq."""
-    from .tasks import get_task
+    common options only), else :data:`~nn_core.tasks.DEFAULT_TASK`."""
+    from .tasks import DEFAULT_TASK, get_task
 
     if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help") \
             and "--resume" not in argv:
-        argv = ["seq2seq"] + list(argv)            # the default task, with its options
+        argv = [DEFAULT_TASK] + list(argv)         # the default task, with its options
     try:
         args = _train_parser().parse_args(argv)
     except UsageError as exc:
@@ -205,9 +206,9 @@ def _parse_train(argv):
     given = set(vars(args)) - {"task"}
     resume = getattr(args, "resume", False)
     args.resume, args.overwrite = resume, getattr(args, "overwrite", False)
-    args.out = getattr(args, "out", None) or os.path.join("runs", args.task or "seq2seq")
+    args.out = getattr(args, "out", None) or os.path.join("runs", args.task or DEFAULT_TASK)
     info = _resumed_run(args) if resume else None
-    name = args.task or (info["task"] if info else "seq2seq")
+    name = args.task or (info["task"] if info else DEFAULT_TASK)
     if info is not None and name != info["task"]:
         raise UsageError(f"--out {args.out} holds a {info['task']} run, not {name}")
     task_cls = get_task(name)
@@ -472,9 +473,9 @@ def cmd_generate(argv):
         Option("--seed", "seeds the random examples and sampling", 0, type=int),
         Option("--threads", "BLAS threads", 1, type=int),
     )
-    p = _run_parser("nn-core generate", "Reload a trained model and run it: seq2seq decodes "
-                    "strings, lm samples text with the KV cache, forecast predicts "
-                    "validation windows.", options, "generate_options")
+    p = _run_parser("nn-core generate", "Reload a trained model and run it on examples, "
+                    "prompts or a file of inputs; the options of its task are listed by "
+                    "task.", options, "generate_options")
     args, path, task_cls, config = _parse_run_command(p, argv[1:], options,
                                                       "generate_options", "generate")
     for name in ("num", "max_new_tokens", "threads"):
@@ -500,15 +501,13 @@ def cmd_predict(argv):
 
     options = (
         Option("--output", "where to write the predictions (CSV)", metavar="FILE.csv",
-               type=str, default_text="the task's file name (forecasts.csv) beside the "
-               "checkpoint"),
+               type=str, default_text="the task's file name beside the checkpoint"),
         Option("--overwrite", "replace an existing --output file", action="store_true"),
         Option("--threads", "BLAS threads", 1, type=int),
     )
     p = _run_parser("nn-core predict", "Reload a model trained with --data and write its "
                     "predictions for a data file (the training file, or a newer one with the "
-                    "same columns) to CSV: for forecast models, one row per window, the "
-                    "target columns in the data's units.", options, "predict_options")
+                    "same columns) to CSV.", options, "predict_options")
     args, path, task_cls, config = _parse_run_command(p, argv[1:], options,
                                                       "predict_options", "predict")
     _check(args, "threads", check_int, 1)

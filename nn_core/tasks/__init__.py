@@ -19,7 +19,10 @@ import importlib
 
 from ._command import CommandTask, Option
 
-__all__ = ["TASKS", "get_task", "CommandTask", "Option"]
+__all__ = ["TASKS", "DEFAULT_TASK", "get_task", "CommandTask", "Option"]
+
+#: what ``nn-core train`` trains when no task is named
+DEFAULT_TASK = "seq2seq"
 
 TASKS = {
     "seq2seq": ("nn_core.tasks.seq2seq", "Seq2SeqTask"),
