@@ -430,9 +430,11 @@ def cmd_eval(argv):
     return 0
 
 
-def _run_parser(prog, description, options, task_attribute):
-    """``nn-core generate`` / ``predict``: RUN, the command's own ``options`` and, in a
-    group per task, every option the tasks declare in ``task_attribute``."""
+def _parse_run_command(argv, prog, description, options, task_attribute):
+    """``nn-core generate`` / ``predict`` parsed once: RUN, the command's own ``options``
+    (``--threads`` among them) and, in a group per task, every option the tasks declare
+    in ``task_attribute``; the run's task must declare every task option given.  Returns
+    ``(args, checkpoint path, task class, config)``."""
     p = _Parser(prog=prog, description=description)
     p.add_argument("run", metavar="RUN",
                    help="a run folder (such as runs/seq2seq) or its model.npz")
@@ -441,12 +443,6 @@ def _run_parser(prog, description, options, task_attribute):
         declared = getattr(cls, task_attribute)
         if declared:
             _add_options(p.add_argument_group(f"{cls.name} models"), declared)
-    return p
-
-
-def _parse_run_command(p, argv, options, task_attribute, noun):
-    """Parse once; the run's task must declare every task option given.  Returns
-    ``(args, checkpoint path, task class, config)``."""
     args = p.parse_args(argv)
     given = set(vars(args)) - {"run"}
     _fill(args, options)
@@ -454,7 +450,7 @@ def _parse_run_command(p, argv, options, task_attribute, noun):
     task_cls, config, _ = _task_of(path)
     own = getattr(task_cls, task_attribute)
     if own is None:
-        raise UsageError(f"{args.run} holds a {task_cls.name} model; {noun} does not apply "
+        raise UsageError(f"{args.run} holds a {task_cls.name} model; {prog} does not apply "
                          "to it")
     _fill(args, own)
     names = {o.name for o in options} | {o.name for o in own}
@@ -462,6 +458,7 @@ def _parse_run_command(p, argv, options, task_attribute, noun):
         owner = _owner(dest, task_attribute, exclude=task_cls)
         raise UsageError(f"{_flag(dest)} is an option of {owner.name} models; {args.run} "
                          f"holds a {task_cls.name} model")
+    _check(args, "threads", check_int, 1)
     return args, path, task_cls, config
 
 
@@ -473,17 +470,12 @@ def cmd_generate(argv):
         Option("--seed", "seeds the random examples and sampling", 0, type=int),
         Option("--threads", "BLAS threads", 1, type=int),
     )
-    p = _run_parser("nn-core generate", "Reload a trained model and run it on examples, "
-                    "prompts or a file of inputs; the options of its task are listed by "
-                    "task.", options, "generate_options")
-    args, path, task_cls, config = _parse_run_command(p, argv[1:], options,
-                                                      "generate_options", "generate")
-    for name in ("num", "max_new_tokens", "threads"):
-        if hasattr(args, name):
-            _check(args, name, check_int, 1)
+    args, path, task_cls, config = _parse_run_command(
+        argv[1:], "nn-core generate", "Reload a trained model and run it on examples, prompts "
+        "or a file of inputs; the options of its task are listed by task.", options,
+        "generate_options")
+    _check(args, "num", check_int, 1)
     _check(args, "seed", check_int, 0)
-    if hasattr(args, "temperature"):
-        _check(args, "temperature", check_real, 0.0)
     try:
         task_cls.check_generate_args(args, config)
     except (TypeError, ValueError) as exc:
@@ -505,12 +497,10 @@ def cmd_predict(argv):
         Option("--overwrite", "replace an existing --output file", action="store_true"),
         Option("--threads", "BLAS threads", 1, type=int),
     )
-    p = _run_parser("nn-core predict", "Reload a model trained with --data and write its "
-                    "predictions for a data file (the training file, or a newer one with the "
-                    "same columns) to CSV.", options, "predict_options")
-    args, path, task_cls, config = _parse_run_command(p, argv[1:], options,
-                                                      "predict_options", "predict")
-    _check(args, "threads", check_int, 1)
+    args, path, task_cls, config = _parse_run_command(
+        argv[1:], "nn-core predict", "Reload a model trained with --data and write its "
+        "predictions for a data file (the training file, or a newer one with the same "
+        "columns) to CSV.", options, "predict_options")
     output = args.output or os.path.join(os.path.dirname(os.path.abspath(path)),
                                          task_cls.predictions_file)
     if os.path.isdir(output):

@@ -128,6 +128,10 @@ class LanguageModelTask(CommandTask):
 
     @classmethod
     def check_generate_args(cls, args, config):
+        if args.max_new_tokens is not None:
+            check_int(args.max_new_tokens, "--max-new-tokens", 1)
+        if args.temperature is not None:
+            check_real(args.temperature, "--temperature", 0.0)
         vocab = CharVocab(config["vocab"]) if config.get("data") else None
         for p in args.prompt or ():
             if vocab is not None:
