@@ -186,19 +186,22 @@ def _parse_train(argv):
     """``(task class, args, the options given, the resumed run or None)``: argv parsed
     once; the task is the one named, else the resumed run's (``--resume`` takes the
     common options only), else :data:`~nn_core.tasks.DEFAULT_TASK`."""
-    from .tasks import DEFAULT_TASK, get_task
+    from .tasks import DEFAULT_TASK, TASKS, get_task
 
     if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help") \
-            and "--resume" not in argv:
+            and "--resume" not in argv and not set(argv) & set(TASKS):
         argv = [DEFAULT_TASK] + list(argv)         # the default task, with its options
     try:
         args = _train_parser().parse_args(argv)
-    except UsageError as exc:
-        for tok in argv:
-            flag = tok.split("=")[0]
-            owner = _owner(flag[2:].replace("-", "_"), "train_options") \
-                if flag.startswith("--") else None
-            if owner is not None and f"unrecognized arguments: {flag}" in str(exc):
+    except UsageError:
+        # an option of a task that was not named: say whose it is
+        named = next((get_task(t) for t in argv if t in TASKS), None)
+        common = {o.flag for o in _common_train_options(None)}
+        for flag in (tok.split("=")[0] for tok in argv if tok.startswith("--")):
+            dest = flag[2:].replace("-", "_")
+            owner = _owner(dest, "train_options", exclude=named)
+            if flag not in common and owner is not None and not (
+                    named and any(o.name == dest for o in named.train_options)):
                 raise UsageError(f"nn-core train: {flag} is an option of the {owner.name} "
                                  f"task: nn-core train {owner.name} {flag} ... (nn-core train "
                                  f"{owner.name} --help lists its options)") from None

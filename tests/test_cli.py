@@ -300,3 +300,14 @@ def test_a_checkpoint_with_a_bad_task_configuration(tmp_path, capsys):
             assert len(err.strip().splitlines()) == 1 and pattern in err, err
     save(model, tmp_path / "m.npz", extra={"task": "lm", "config": good})
     assert main(["generate", str(tmp_path / "m.npz"), "--num", "2"]) == 0
+
+
+def test_the_task_may_follow_common_options(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert main(["train", "--out", out, "lm", "--layers", "0"]) == 2
+    assert "--layers must be >= 1" in capsys.readouterr().err
+    assert main(["train", "--out", out, "--mode", "sort", "--min-len", "0"]) == 2
+    assert "--min-len must be >= 1" in capsys.readouterr().err       # seq2seq's options
+    assert main(["train", "--resume", "--out", out, "--mode", "sort"]) == 2
+    err = capsys.readouterr().err
+    assert "--mode is an option of the seq2seq task" in err and len(err.splitlines()) == 1
