@@ -48,7 +48,6 @@ class ForecastTask(CommandTask):
     description = ("GRU/LSTM forecaster on the Lorenz system (SciPy solve_ivp) or on a "
                    "series of your own (--data)")
     defaults = dict(epochs=8, batch_size=64, lr=5e-3, hidden=64)
-    headline = ("val_mse", False)
 
     train_options = (
         Option("--data", "a series of your own: CSV/TSV with a header row, .npy or .npz, one "
@@ -197,6 +196,9 @@ class ForecastTask(CommandTask):
         if len(self.target) == len(self.columns):
             return MSELoss(dtype=dtype)
         return _ColumnsMSE(self.target, dtype)
+
+    #: the metric of the summary line, and whether larger is better
+    headline = ("val_mse", False)
 
     def evaluate(self, model, batch_size=1024):
         # every column: a plain slice keeps the arrays' layout, and so the sums' order

@@ -54,7 +54,6 @@ class LanguageModelTask(CommandTask):
     description = ("small causal transformer (MHA or GQA) on generated arithmetic text or on a "
                    "UTF-8 text file (--data)")
     defaults = dict(epochs=8, batch_size=32, lr=3e-3, hidden=64)
-    headline = ("sampled_acc", True)
 
     train_options = (
         Option("--heads", "attention heads", 4, type=int),
@@ -190,6 +189,20 @@ class LanguageModelTask(CommandTask):
         return (f"{self.config['data']}: {len(self.train_ids) + len(self.val_ids):,} characters, "
                 f"{len(self.vocab)} distinct; the last {len(self.val_ids):,} validate")
 
+    def describe_metrics(self, m):
+        c = self.config
+        attn = ("MHA" if c["num_kv_groups"] in (None, c["heads"])
+                else f"GQA with {c['num_kv_groups']} K/V groups")
+        if self.vocab is not None:
+            return (f"validation {m['val_bpc']:.3f} bits per character (loss {m['val_loss']:.4f}"
+                    f" nats, next-character accuracy {100 * m['val_acc']:.1f}%) on "
+                    f"{self.val_blocks[:, 1:].size:,} characters; character frequencies alone: "
+                    f"{m['unigram_bpc']:.3f} bits ({attn})")
+        return (f"sampled sums correct {100 * m['sampled_acc']:.1f}% ({c['digits']}-digit "
+                f"operands, greedy, KV cache, {m['tokens_per_s']:.0f} tokens/s), answer-token "
+                f"accuracy {100 * m['answer_acc']:.1f}%, validation loss {m['val_loss']:.4f} "
+                f"({attn})")
+
     def num_batches(self, batch_size):
         return max(1, len(self.train_ids) // (batch_size * self.config["block"]))
 
@@ -226,6 +239,9 @@ class LanguageModelTask(CommandTask):
         ok = [o == str(x + y) for o, x, y in zip(outs, a, b)]
         return float(np.mean(ok)), toks.size / max(secs, 1e-9), list(zip(prompts, outs, ok))
 
+    #: the metric of the summary line, and whether larger is better
+    headline = ("sampled_acc", True)
+
     def evaluate(self, model, batch_size=64):
         loss_fn = CrossEntropyLoss(reduction="sum", dtype=model.dtype)
         tot = 0.0
@@ -247,20 +263,6 @@ class LanguageModelTask(CommandTask):
         acc, tps, _ = self._sample_answers(model, 200, seed)
         return {"val_loss": tot / n_tok, "answer_acc": correct / count, "sampled_acc": acc,
                 "tokens_per_s": tps}
-
-    def describe_metrics(self, m):
-        c = self.config
-        attn = ("MHA" if c["num_kv_groups"] in (None, c["heads"])
-                else f"GQA with {c['num_kv_groups']} K/V groups")
-        if self.vocab is not None:
-            return (f"validation {m['val_bpc']:.3f} bits per character (loss {m['val_loss']:.4f}"
-                    f" nats, next-character accuracy {100 * m['val_acc']:.1f}%) on "
-                    f"{self.val_blocks[:, 1:].size:,} characters; character frequencies alone: "
-                    f"{m['unigram_bpc']:.3f} bits ({attn})")
-        return (f"sampled sums correct {100 * m['sampled_acc']:.1f}% ({c['digits']}-digit "
-                f"operands, greedy, KV cache, {m['tokens_per_s']:.0f} tokens/s), answer-token "
-                f"accuracy {100 * m['answer_acc']:.1f}%, validation loss {m['val_loss']:.4f} "
-                f"({attn})")
 
     def generate(self, model, args, out=print):
         model.eval()

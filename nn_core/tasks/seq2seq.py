@@ -42,7 +42,6 @@ class Seq2SeqTask(CommandTask):
     description = ("reverse or sort digit strings, or map the source/target pairs of a file "
                    "(--data) (bidirectional encoder, LSTM decoder + attention)")
     defaults = dict(epochs=6, batch_size=64, lr=1e-2, hidden=96)
-    headline = ("exact_match", True)
 
     train_options = (
         Option("--data", "train on these pairs, one SOURCE<TAB>TARGET per line, UTF-8",
@@ -184,6 +183,9 @@ class Seq2SeqTask(CommandTask):
 
     def loss(self, dtype):
         return CrossEntropyLoss(ignore_index=PAD, dtype=dtype)
+
+    #: the metric of the summary line, and whether larger is better
+    headline = ("exact_match", True)
 
     def evaluate(self, model, batch_size=500):
         """Validation loss, token accuracy (teacher forcing) and greedy exact match."""
