@@ -1,11 +1,13 @@
 """Argument checks shared by every nn_core layer.
 
 All user-facing validation lives here so that every layer words its errors alike
-and tests can ``pytest.raises(..., match=...)`` on them.  Conventions (README "API tour"):
+and tests can ``pytest.raises(..., match=...)`` on them.  Conventions (the README's
+"Errors" section):
 
-* shape, size and value problems raise ``ValueError``;
-* dtype problems raise ``TypeError``;
-* call-order problems raise ``RuntimeError``.
+* the wrong type (a string for a size, a float for a count, a complex array) raises
+  ``TypeError``;
+* the right type with a bad value, size or shape raises ``ValueError``;
+* the wrong call order or state raises ``RuntimeError``.
 
 Messages name the argument, then what was expected and what was received, e.g.
 ``"x.shape[-1] must equal input_size: expected 16, got 12"``.
@@ -26,7 +28,9 @@ __all__ = [
     "broadcasts_to",
     "check_ndim",
     "check_shape",
+    "check_int",
     "check_positive_int",
+    "check_real",
     "check_probability",
     "check_nonneg_real",
     "check_choice",
@@ -163,35 +167,72 @@ def check_shape(x, name: str, expected) -> None:
         raise ValueError(f"{name} must have shape {exp}, got {shape}")
 
 
-def check_positive_int(value, name: str, minimum: int = 1) -> int:
+def check_int(value, name: str, lo=None, hi=None) -> int:
+    """``value`` as an ``int`` in ``[lo, hi]`` (either bound may be ``None``).
+
+    ``TypeError`` unless it is an integer (``bool`` is not one); ``ValueError`` when it
+    is out of range.  ``name`` is what the message calls it (an argument or a flag).
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r:.40}")
+    if lo is not None and value < lo:
+        raise ValueError(f"{name} must be >= {lo}, got {value}")
+    if hi is not None and value > hi:
+        raise ValueError(f"{name} must be <= {hi}, got {value}")
     return int(value)
 
 
-def check_probability(value, name: str) -> float:
+def check_positive_int(value, name: str, minimum: int = 1) -> int:
+    """:func:`check_int` with a lower bound only (default 1)."""
+    return check_int(value, name, lo=minimum)
+
+
+def check_real(value, name: str, lo=None, hi=None, *, lo_open=False, hi_open=False) -> float:
+    """``value`` as a finite ``float`` in the interval from ``lo`` to ``hi`` (closed ends
+    unless ``lo_open`` / ``hi_open``; either bound may be ``None``).
+
+    ``TypeError`` unless it is a real number (``bool`` is not one); ``ValueError`` when it
+    is NaN, infinite or out of range.
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a float in [0, 1), got {type(value).__name__}")
-    if not 0.0 <= float(value) < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {value}")
-    return float(value)
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} "
+                        f"{value!r:.40}")
+    v = float(value)
+    below = lo is not None and (v <= lo if lo_open else v < lo)
+    above = hi is not None and (v >= hi if hi_open else v > hi)
+    if not math.isfinite(v) or below or above:
+        if lo is not None and hi is not None:
+            want = (f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}")
+        elif lo is not None:
+            want = f"a finite number {'>' if lo_open else '>='} {lo:g}"
+        elif hi is not None:
+            want = f"a finite number {'<' if hi_open else '<='} {hi:g}"
+        else:
+            want = "a finite number"
+        raise ValueError(f"{name} must be {want}, got {v:g}")
+    return v
 
 
 def check_nonneg_real(value, name: str) -> float:
-    """``value`` as a float, a finite real number ``>= 0`` (e.g. a learning rate)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if not (value >= 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-    return float(value)
+    """:func:`check_real` with the bound ``>= 0`` (a learning rate, a weight)."""
+    return check_real(value, name, lo=0.0)
 
 
-def check_choice(value, name: str, choices) -> None:
-    """``ValueError`` unless ``value`` is one of ``choices`` (e.g. ``merge_mode``)."""
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+def check_probability(value, name: str) -> float:
+    """A dropout-like probability in ``[0, 1)``."""
+    return check_real(value, name, 0.0, 1.0, hi_open=True)
+
+
+def check_choice(value, name: str, choices):
+    """``value`` if it is one of ``choices``: ``TypeError`` for a non-string among names,
+    else ``ValueError`` (e.g. ``merge_mode``)."""
+    choices = tuple(choices)
+    if all(isinstance(c, str) for c in choices) and not isinstance(value, str):
+        raise TypeError(f"{name} must be one of {choices}, got {type(value).__name__} "
+                        f"{value!r:.40}")
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r:.40}")
+    return value
 
 
 def check_keys(given, expected, what: str) -> None:

@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import math
 import os
 import signal
 import sys
 import time
 
 import numpy as np
+
+from ._validation import check_int, check_real
 
 __all__ = ["main", "USAGE"]
 
@@ -75,200 +76,228 @@ def _limit_threads(n):
               file=sys.stderr)
 
 
-def _explicit(parser, argv):
-    """The destinations of the options given on the command line."""
-    saved = {a.dest: a.default for a in parser._actions}
+def _check(args, dest, checker, *bounds, **kwargs):
+    """``args.dest`` (unless ``None``) through a :mod:`nn_core._validation` checker,
+    its message naming the flag."""
+    value = getattr(args, dest)
+    if value is None:
+        return
     try:
-        for a in parser._actions:
-            # a positional's default must pass its choices unless it is not a str
-            a.default = argparse.SUPPRESS if a.option_strings else None
-        ns, _ = parser.parse_known_args(argv)
-    finally:
-        for a in parser._actions:
-            a.default = saved[a.dest]
-    return {k for k, v in vars(ns).items() if v is not None}
+        checker(value, _flag(dest), *bounds, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
 
 
-def _positive_int(args, name, lo=1):
-    v = getattr(args, name)
-    if v is not None and v < lo:
-        raise UsageError(f"--{name.replace('_', '-')} must be >= {lo}, got {v}")
+def _flag(dest):
+    return "--" + dest.replace("_", "-")
+
+
+def _add_options(group, options):
+    for opt in options:
+        group.add_argument(opt.flag, **opt.argparse_kwargs())
+
+
+def _fill(args, options):
+    """The options not given get their defaults."""
+    for opt in options:
+        if not hasattr(args, opt.name):
+            setattr(args, opt.name, opt.default)
+
+
+def _owner(dest, attribute, exclude=None):
+    """The first task (other than ``exclude``) that declares option ``dest`` in its
+    ``attribute`` (``train_options`` ...)."""
+    for cls in _task_classes():
+        if cls is not exclude and any(o.name == dest for o in getattr(cls, attribute) or ()):
+            return cls
+    return None
+
+
+def _task_classes():
+    from .tasks import TASKS, get_task
+
+    return [get_task(name) for name in TASKS]
 
 
 # ------------------------------------------------------------------ train
-def _train_parser(task_cls, task_default="seq2seq"):
-    from .tasks import TASKS
+def _common_train_options(task_cls):
+    """The options of every task, with ``task_cls``'s defaults (``None``: those of the
+    task that runs)."""
+    from .tasks import Option
 
-    d = task_cls.defaults
-    p = _Parser(
-        prog="nn-core train", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=f"Train the {task_cls.name} task: {task_cls.description}.\n"
-                    "The defaults shown are this task's; nn-core train TASK --help shows "
-                    "another task's.",
-        epilog="A run folder holds model.npz (the checkpoint, with the training state), "
-               "history.json,\nhistory.csv and loss_curve.png. Ctrl-C saves the run and "
-               "exits with status 130;\nnn-core train --resume --out DIR continues it.")
-    p.add_argument("task", nargs="?", default=task_default, choices=sorted(TASKS),
-                   metavar="TASK", help="seq2seq, forecast or lm (default: seq2seq)")
-    p.add_argument("--epochs", type=int, default=d["epochs"], help="default: %(default)s")
-    p.add_argument("--batch-size", type=int, default=d["batch_size"],
-                   help="default: %(default)s")
-    p.add_argument("--lr", type=float, default=d["lr"],
-                   help="peak AdamW learning rate, warmup then cosine (default: %(default)s)")
-    p.add_argument("--hidden", type=int, default=d["hidden"],
-                   help="hidden size (default: %(default)s)")
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
-                   help="default: %(default)s")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seeds data, weights and batch order (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="BLAS threads (default: %(default)s; these models' matrices are small "
-                        "and more threads mostly add synchronisation)")
-    p.add_argument("--out", default=None, metavar="DIR",
-                   help="run folder (default: runs/TASK)")
-    p.add_argument("--max-steps", type=int, default=None, metavar="N",
-                   help="stop after this many optimizer steps in total, with a resumable "
-                        "checkpoint; the schedule still spans --epochs (default: no limit)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out with its saved settings (default: off)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the run in --out (default: off; a run folder is never "
-                        "replaced silently)")
-    g = p.add_argument_group(f"{task_cls.name} options")
-    task_cls.add_arguments(g)
+    d = task_cls.defaults if task_cls is not None else {}
+    per_task = "the task's" if task_cls is None else None
+    return (
+        Option("--epochs", "passes over the training data", d.get("epochs"), type=int,
+               default_text=per_task),
+        Option("--batch-size", "samples per optimizer step", d.get("batch_size"), type=int,
+               default_text=per_task),
+        Option("--lr", "peak AdamW learning rate, warmup then cosine", d.get("lr"),
+               type=float, default_text=per_task),
+        Option("--hidden", "hidden size", d.get("hidden"), type=int, default_text=per_task),
+        Option("--dtype", "floating-point type", "float32", choices=("float32", "float64")),
+        Option("--seed", "seeds data, weights and batch order", 0, type=int),
+        Option("--threads", "BLAS threads (these models' matrices are small and more "
+               "threads mostly add synchronisation)", 1, type=int),
+        Option("--out", "run folder", metavar="DIR", type=str,
+               default_text=f"runs/{task_cls.name if task_cls is not None else 'TASK'}"),
+        Option("--max-steps", "stop after this many optimizer steps in total, with a "
+               "resumable checkpoint; the schedule still spans --epochs", metavar="N",
+               type=int, default_text="no limit"),
+        Option("--resume", "continue the run in --out with its saved settings",
+               action="store_true"),
+        Option("--overwrite", "replace the run in --out (a run folder is never replaced "
+               "silently)", action="store_true"),
+    )
+
+
+#: options a resumed run may change: they are not settings of the run
+_NOT_SETTINGS = {"out", "max_steps", "threads", "resume", "overwrite"}
+
+_TRAIN_EPILOG = ("A run folder holds model.npz (the checkpoint, with the training state), "
+                 "history.json,\nhistory.csv and loss_curve.png. Ctrl-C saves the run and "
+                 "exits with status 130;\nnn-core train --resume --out DIR continues it.")
+
+
+def _train_parser():
+    """``nn-core train [TASK] [options]``: one sub-command per task, each with the
+    common options and its own (declared by the task)."""
+    from .tasks import DEFAULT_TASK, TASKS
+
+    p = _Parser(prog="nn-core train", formatter_class=argparse.RawDescriptionHelpFormatter,
+                description="Train a task's model into a run folder. Without TASK: the run "
+                            f"being resumed (--resume), else {DEFAULT_TASK}. nn-core train TASK "
+                            "--help shows a task's options and defaults.",
+                epilog=_TRAIN_EPILOG)
+    _add_options(p, _common_train_options(None))
+    sub = p.add_subparsers(dest="task", metavar="TASK", parser_class=_Parser,
+                           help=", ".join(TASKS) + f" (default: {DEFAULT_TASK}, or the resumed "
+                                                   "run's)")
+    for cls in _task_classes():
+        t = sub.add_parser(cls.name, help=cls.description, epilog=_TRAIN_EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           description=f"Train the {cls.name} task: {cls.description}.")
+        _add_options(t, _common_train_options(cls))
+        _add_options(t.add_argument_group(f"{cls.name} options"), cls.train_options)
     return p
 
 
-def _option_owner(flag, own):
-    """The other task that has option ``flag``, if any."""
-    from .tasks import TASKS, get_task
+def _parse_train(argv):
+    """``(task class, args, the options given, the resumed run or None)``: argv parsed
+    once; the task is the one named, else the resumed run's (``--resume`` takes the
+    common options only), else :data:`~nn_core.tasks.DEFAULT_TASK`."""
+    from .tasks import DEFAULT_TASK, TASKS, get_task
 
-    for name in TASKS:
-        if name != own and flag in _train_parser(get_task(name))._option_string_actions:
-            return name
-    return None
-
-
-def _positional_task(argv):
-    """The first positional token of ``nn-core train`` (every option but the flags
-    takes one value)."""
-    flags = {"-h", "--help", "--resume", "--overwrite"}
-    skip = False
-    for tok in argv:
-        if skip:
-            skip = False
-        elif tok.startswith("-"):
-            skip = "=" not in tok and not any(f.startswith(tok) for f in flags)
-        else:
-            return tok
-    return None
-
-
-def _parse_train(argv, task_default="seq2seq"):
-    """``(task class, args, explicit destinations)`` for ``nn-core train ...``; the task
-    is the positional one, else ``task_default``."""
-    from .tasks import TASKS, get_task
-
-    task = _positional_task(argv) or task_default
-    parser = _train_parser(get_task(task if task in TASKS else task_default), task_default)
-    known = parser._option_string_actions
-    for tok in argv:
-        flag = tok.split("=")[0]
-        if flag.startswith("--") and not any(o.startswith(flag) for o in known):
-            owner = _option_owner(flag, task)
-            if owner:
-                raise UsageError(f"nn-core train: {flag} is an option of the {owner} task, "
-                                 f"not of {task} (nn-core train {task} --help lists "
-                                 "its options)")
-    args = parser.parse_args(argv)
-    return get_task(args.task), args, _explicit(parser, argv)
+    if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help") \
+            and "--resume" not in argv and not set(argv) & set(TASKS):
+        argv = [DEFAULT_TASK] + list(argv)         # the default task, with its options
+    try:
+        args = _train_parser().parse_args(argv)
+    except UsageError:
+        # an option of a task that was not named: say whose it is
+        named = next((get_task(t) for t in argv if t in TASKS), None)
+        common = {o.flag for o in _common_train_options(None)}
+        for flag in (tok.split("=")[0] for tok in argv if tok.startswith("--")):
+            dest = flag[2:].replace("-", "_")
+            owner = _owner(dest, "train_options", exclude=named)
+            if flag not in common and owner is not None and not (
+                    named and any(o.name == dest for o in named.train_options)):
+                raise UsageError(f"nn-core train: {flag} is an option of the {owner.name} "
+                                 f"task: nn-core train {owner.name} {flag} ... (nn-core train "
+                                 f"{owner.name} --help lists its options)") from None
+        raise
+    given = set(vars(args)) - {"task"}
+    resume = getattr(args, "resume", False)
+    args.resume, args.overwrite = resume, getattr(args, "overwrite", False)
+    args.out = getattr(args, "out", None) or os.path.join("runs", args.task or DEFAULT_TASK)
+    info = _resumed_run(args) if resume else None
+    name = args.task or (info["task"] if info else DEFAULT_TASK)
+    if info is not None and name != info["task"]:
+        raise UsageError(f"--out {args.out} holds a {info['task']} run, not {name}")
+    task_cls = get_task(name)
+    args.task = name
+    _fill(args, _common_train_options(task_cls) + task_cls.train_options)
+    return task_cls, args, given, info
 
 
 def _check_train_args(args):
     for name in ("epochs", "batch_size", "hidden", "threads", "max_steps"):
-        _positive_int(args, name)
-    _positive_int(args, "seed", 0)
-    if not (math.isfinite(args.lr) and args.lr > 0):
-        raise UsageError(f"--lr must be a finite number > 0, got {args.lr}")
-    if args.resume and args.overwrite:
-        raise UsageError("--resume and --overwrite exclude each other")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise UsageError(f"--out {args.out} is a file; give a folder for the run")
+        _check(args, name, check_int, 1)
+    _check(args, "seed", check_int, 0)
+    _check(args, "lr", check_real, 0.0, lo_open=True)
 
 
-def _resumed_run(argv):
-    """``(run info, out)`` when the command line asks for ``--resume``, else ``None``."""
+def _check_out(args):
+    """The run-folder rules (:func:`nn_core.training.check_run_dir`) as one-line errors
+    naming the flags, before any data are generated."""
+    from .training import RunExistsError, check_run_dir
+
+    try:
+        check_run_dir(args.out, resume=args.resume, overwrite=args.overwrite)
+    except ValueError:
+        raise UsageError("--resume and --overwrite exclude each other") from None
+    except NotADirectoryError:
+        raise UsageError(f"--out {args.out} is a file; give a folder for the run") from None
+    except RunExistsError as exc:
+        raise UsageError(f"--out {args.out} already holds a run ({', '.join(exc.files)}); "
+                         "add --resume to continue it or --overwrite to replace it") from None
+    except FileNotFoundError:
+        raise CommandError(f"nn-core train --resume: nothing to resume in {args.out} (no "
+                           "model.npz)") from None
+
+
+def _resumed_run(args):
+    """What the run in ``--out`` says about itself."""
     from .checkpoint import CheckpointError
     from .training import read_run
 
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--out", default=None)
-    pre.add_argument("--resume", action="store_true")
-    pre.add_argument("--overwrite", action="store_true")
-    ns, _ = pre.parse_known_args(argv)
-    if not ns.resume:
-        return None
-    if ns.overwrite:
-        raise UsageError("--resume and --overwrite exclude each other")
-    out = ns.out or os.path.join("runs", _positional_task(argv) or "seq2seq")
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UsageError(f"--out {out} is a file; give a folder for the run")
+    _check_out(args)
     try:
-        return read_run(out), out
-    except FileNotFoundError:
-        raise CommandError(f"nn-core train --resume: nothing to resume in {out} (no "
-                           "model.npz)") from None
+        return read_run(args.out)
     except (OSError, CheckpointError) as exc:
         raise CommandError(f"nn-core train --resume: {exc}") from None
 
 
-def _check_data_options(task_cls, args, explicit):
+def _check_data_options(task_cls, args, given):
     """Options of generated data are refused with ``--data``, and file options without."""
-    flag = lambda dest: "--" + dest.replace("_", "-")  # noqa: E731
-    if getattr(args, "data", None) is not None:
-        bad = [d for d in task_cls.generated_only if d in explicit]
-        if bad:
-            raise UsageError(f"{flag(bad[0])} applies to the generated data of the "
+    with_file = getattr(args, "data", None) is not None
+    for opt in task_cls.train_options:
+        if opt.name in given and opt.data == "generated" and with_file:
+            raise UsageError(f"{opt.flag} applies to the generated data of the "
                              f"{task_cls.name} task, not to --data")
-    else:
-        bad = [d for d in task_cls.data_only if d in explicit]
-        if bad:
-            raise UsageError(f"{flag(bad[0])} needs --data FILE")
+        if opt.name in given and opt.data == "file" and not with_file:
+            raise UsageError(f"{opt.flag} needs --data FILE")
 
 
-def _resume_settings(task_cls, args, explicit, info):
-    """The saved run's settings, refusing explicit options that disagree with them."""
-    keep = {"task", "out", "max_steps", "threads", "resume", "overwrite"}
+def _resume_settings(task_cls, args, given, info):
+    """The saved run's settings; the options given must equal them (the one comparison,
+    :func:`nn_core.training.compare_settings`)."""
+    from .training import compare_settings
+
     settings, config = info["settings"], info["config"] or {}
-    for dest in sorted(explicit - keep):
-        given = getattr(args, dest)
-        saved = settings[dest] if dest in settings else config.get(dest)
-        if dest not in settings:
-            try:
-                given = task_cls.config_value(dest, given)
-            except ValueError as exc:
-                raise UsageError(str(exc)) from None
-        if given != saved:
-            flag = "--" + dest.replace("_", "-")
-            raise UsageError(f"{flag} {given} differs from the run being resumed ({saved}); "
-                             "a resumed run keeps its settings (drop the option)")
+    now, saved = {}, {}
+    try:
+        for dest in sorted(given - _NOT_SETTINGS):
+            value = getattr(args, dest)
+            if dest in settings:
+                now[dest], saved[dest] = value, settings[dest]
+            else:
+                now[dest], saved[dest] = task_cls.config_value(dest, value), config.get(dest)
+        compare_settings(saved, now, "a resumed run keeps its settings (drop the option); "
+                         "these differ", name=_flag)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
     return settings
 
 
 def cmd_train(argv):
     from .checkpoint import CheckpointError
-    from .training import RUN_FILES, RunExistsError, TrainingInterrupted, train
+    from .training import RunExistsError, TrainingInterrupted, train
 
-    resumed = _resumed_run(argv[1:])
-    task_default = resumed[0]["task"] if resumed else "seq2seq"
-    task_cls, args, explicit = _parse_train(argv[1:], task_default)
-    args.out = args.out or os.path.join("runs", task_cls.name)
+    task_cls, args, given, info = _parse_train(argv[1:])
     _check_train_args(args)
-    if resumed:
-        info, _ = resumed
-        if args.task != info["task"]:
-            raise UsageError(f"--out {args.out} holds a {info['task']} run, not {args.task}")
-        settings = _resume_settings(task_cls, args, explicit, info)
+    if info is not None:
+        settings = _resume_settings(task_cls, args, given, info)
         if info["finished"]:
             print(f"nn-core train: the run in {args.out} is finished ({info['epochs_done']} "
                   f"epochs, {info['step']} steps); nothing to resume")
@@ -278,18 +307,15 @@ def cmd_train(argv):
                              f"{info['step']}")
         try:
             config = task_cls.check_config(info["config"])
-        except ValueError as exc:
+        except (TypeError, ValueError) as exc:
             raise CommandError(f"nn-core train --resume: the run's task configuration is "
                                f"invalid: {exc}") from None
     else:
-        present = [f for f in RUN_FILES if os.path.lexists(os.path.join(args.out, f))]
-        if present and not args.overwrite:
-            raise UsageError(f"--out {args.out} already holds a run ({', '.join(present)}); "
-                             "add --resume to continue it or --overwrite to replace it")
-        _check_data_options(task_cls, args, explicit)
+        _check_out(args)
+        _check_data_options(task_cls, args, given)
         try:
             config = task_cls.config_from_args(args)
-        except ValueError as exc:
+        except (TypeError, ValueError) as exc:
             raise UsageError(str(exc)) from None
         settings = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                     "dtype": args.dtype, "seed": args.seed}
@@ -308,12 +334,15 @@ def cmd_train(argv):
         _, result = train(task, epochs=settings["epochs"], batch_size=settings["batch_size"],
                           lr=settings["lr"], dtype=np.dtype(settings["dtype"]).type,
                           seed=settings["seed"], out_dir=args.out, max_steps=args.max_steps,
-                          resume=bool(resumed), overwrite=args.overwrite, **extra)
+                          resume=info is not None, overwrite=args.overwrite,
+                          title=f"nn-core train {task.name}", **extra)
     except TrainingInterrupted as exc:
         print(f"nn-core train: {exc}; resume with: {resume_cmd}", file=sys.stderr, flush=True)
         return 128 + exc.signum
-    except (FloatingPointError, RunExistsError, NotADirectoryError, FileNotFoundError,
-            CheckpointError, ValueError) as exc:          # ValueError: a resume that differs
+    except FloatingPointError as exc:
+        raise CommandError(f"nn-core train: {exc} (--lr)") from None
+    except (RunExistsError, NotADirectoryError, FileNotFoundError, CheckpointError,
+            ValueError) as exc:                          # ValueError: a resume that differs
         raise CommandError(f"nn-core train: {exc}") from None
     if result["status"] == "max_steps":
         print(f"next: {resume_cmd}   (continues to the end of the run)")
@@ -355,7 +384,7 @@ def _task_of(path):
     task_cls = get_task(extra["task"])
     try:
         config = task_cls.check_config(extra.get("config"))
-    except ValueError as exc:
+    except (TypeError, ValueError) as exc:
         raise CommandError(f"nn-core: {path} records an invalid {task_cls.name} "
                            f"configuration: {exc}") from None
     return task_cls, config, meta
@@ -387,7 +416,7 @@ def cmd_eval(argv):
                    help="a run folder (such as runs/seq2seq) or its model.npz")
     p.add_argument("--threads", type=int, default=1, help="BLAS threads (default: %(default)s)")
     args = p.parse_args(argv[1:])
-    _positive_int(args, "threads")
+    _check(args, "threads", check_int, 1)
     path = _checkpoint_path(args.run)
     task_cls, config, meta = _task_of(path)
     _limit_threads(args.threads)
@@ -404,52 +433,55 @@ def cmd_eval(argv):
     return 0
 
 
-def cmd_generate(argv):
-    p = _Parser(
-        prog="nn-core generate",
-        description="Reload a trained model and run it: seq2seq decodes strings, lm samples "
-                    "text with the KV cache, forecast predicts validation windows.")
+def _parse_run_command(argv, prog, description, options, task_attribute):
+    """``nn-core generate`` / ``predict`` parsed once: RUN, the command's own ``options``
+    (``--threads`` among them) and, in a group per task, every option the tasks declare
+    in ``task_attribute``; the run's task must declare every task option given.  Returns
+    ``(args, checkpoint path, task class, config)``."""
+    p = _Parser(prog=prog, description=description)
     p.add_argument("run", metavar="RUN",
                    help="a run folder (such as runs/seq2seq) or its model.npz")
-    p.add_argument("--input", nargs="+", default=None,
-                   help="seq2seq: strings to transform (default: --num random ones)")
-    p.add_argument("--input-file", default=None, metavar="FILE",
-                   help="seq2seq models trained with --data: decode each line of FILE (a "
-                        "line SOURCE<TAB>TARGET is also scored) (default: none)")
-    p.add_argument("--prompt", nargs="+", default=None,
-                   help="lm: prompts to continue (default: --num random 'a+b=' prompts, or "
-                        "snippets of the validation text)")
-    p.add_argument("--num", type=int, default=8,
-                   help="number of random examples (default: %(default)s)")
-    p.add_argument("--max-new-tokens", type=int, default=None,
-                   help="lm: tokens to sample after a --prompt (default: 32; 200 for models "
-                        "trained with --data)")
-    p.add_argument("--temperature", type=float, default=None,
-                   help="lm: 0 = greedy, else the softmax temperature (default: 0; 0.8 for "
-                        "models trained with --data)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seeds the random examples and sampling (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=1, help="BLAS threads (default: %(default)s)")
-    args = p.parse_args(argv[1:])
-    explicit = _explicit(p, argv[1:])
-    for name in ("num", "max_new_tokens", "threads"):
-        _positive_int(args, name)
-    _positive_int(args, "seed", 0)
-    if args.temperature is not None and not (math.isfinite(args.temperature)
-                                             and args.temperature >= 0):
-        raise UsageError(f"--temperature must be a finite number >= 0, got {args.temperature}")
+    _add_options(p, options)
+    for cls in _task_classes():
+        declared = getattr(cls, task_attribute)
+        if declared:
+            _add_options(p.add_argument_group(f"{cls.name} models"), declared)
+    args = p.parse_args(argv)
+    given = set(vars(args)) - {"run"}
+    _fill(args, options)
     path = _checkpoint_path(args.run)
     task_cls, config, _ = _task_of(path)
-    task_only = {"input": "seq2seq", "input_file": "seq2seq", "prompt": "lm",
-                 "max_new_tokens": "lm", "temperature": "lm"}
-    for dest, owner in task_only.items():
-        if dest in explicit and owner != task_cls.name:
-            flag = "--" + dest.replace("_", "-")
-            raise UsageError(f"{flag} is an option of {owner} models; {args.run} holds a "
-                             f"{task_cls.name} model")
+    own = getattr(task_cls, task_attribute)
+    if own is None:
+        raise UsageError(f"{args.run} holds a {task_cls.name} model; {prog} does not apply "
+                         "to it")
+    _fill(args, own)
+    names = {o.name for o in options} | {o.name for o in own}
+    for dest in sorted(given - names):
+        owner = _owner(dest, task_attribute, exclude=task_cls)
+        raise UsageError(f"{_flag(dest)} is an option of {owner.name} models; {args.run} "
+                         f"holds a {task_cls.name} model")
+    _check(args, "threads", check_int, 1)
+    return args, path, task_cls, config
+
+
+def cmd_generate(argv):
+    from .tasks import Option
+
+    options = (
+        Option("--num", "number of random examples", 8, type=int),
+        Option("--seed", "seeds the random examples and sampling", 0, type=int),
+        Option("--threads", "BLAS threads", 1, type=int),
+    )
+    args, path, task_cls, config = _parse_run_command(
+        argv[1:], "nn-core generate", "Reload a trained model and run it on examples, prompts "
+        "or a file of inputs; the options of its task are listed by task.", options,
+        "generate_options")
+    _check(args, "num", check_int, 1)
+    _check(args, "seed", check_int, 0)
     try:
         task_cls.check_generate_args(args, config)
-    except ValueError as exc:
+    except (TypeError, ValueError) as exc:
         raise UsageError(f"nn-core generate: {exc}") from None
     _limit_threads(args.threads)
     model = _load_model(path)
@@ -460,54 +492,36 @@ def cmd_generate(argv):
 
 def cmd_predict(argv):
     from .checkpoint import atomic_write
+    from .tasks import Option
 
-    p = _Parser(
-        prog="nn-core predict",
-        description="Reload a forecast model trained with --data and write its forecasts "
-                    "for a series (the training file, or a newer one with the same columns) "
-                    "to CSV: one row per window, the target columns in the data's units.")
-    p.add_argument("run", metavar="RUN", help="a forecast run folder or its model.npz")
-    p.add_argument("--data", default=None, metavar="FILE",
-                   help="the series to forecast (default: the file the model was trained on)")
-    p.add_argument("--output", default=None, metavar="FILE.csv",
-                   help="where to write the forecasts (default: forecasts.csv beside the "
-                        "checkpoint)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing --output file (default: off)")
-    p.add_argument("--threads", type=int, default=1, help="BLAS threads (default: %(default)s)")
-    args = p.parse_args(argv[1:])
-    _positive_int(args, "threads")
-    path = _checkpoint_path(args.run)
-    task_cls, config, _ = _task_of(path)
-    if task_cls.name != "forecast":
-        raise UsageError(f"{args.run} holds a {task_cls.name} model; predict writes forecasts "
-                         "of forecast models (nn-core generate runs the others)")
-    if config.get("data") is None:
-        raise UsageError(f"{args.run} was trained on the generated Lorenz series; predict "
-                         "needs a model trained with --data")
-    data = args.data or config["data"]
+    options = (
+        Option("--output", "where to write the predictions (CSV)", metavar="FILE.csv",
+               type=str, default_text="the task's file name beside the checkpoint"),
+        Option("--overwrite", "replace an existing --output file", action="store_true"),
+        Option("--threads", "BLAS threads", 1, type=int),
+    )
+    args, path, task_cls, config = _parse_run_command(
+        argv[1:], "nn-core predict", "Reload a model trained with --data and write its "
+        "predictions for a data file (the training file, or a newer one with the same "
+        "columns) to CSV.", options, "predict_options")
     output = args.output or os.path.join(os.path.dirname(os.path.abspath(path)),
-                                         "forecasts.csv")
+                                         task_cls.predictions_file)
     if os.path.isdir(output):
         raise UsageError(f"--output {output} is a folder; give a file name")
     if os.path.exists(output) and not args.overwrite:
         raise UsageError(f"--output {output} exists; add --overwrite to replace it")
     _limit_threads(args.threads)
     try:
-        header, rows = task_cls.predict_file(_load_model(path), config, data)
-    except ValueError as exc:
+        header, rows, summary, preview = task_cls.predict(_load_model(path), config, args)
+    except (TypeError, ValueError) as exc:
         raise UsageError(f"nn-core predict: {exc}") from None
     with atomic_write(output, "w") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(header)
         w.writerows(rows)
-    h = config["horizon"]
-    future = [r for r in rows if r[-1] == ""]
-    print(f"{len(rows)} forecasts, {h} step(s) ahead, of {', '.join(config['target'])} "
-          f"from {data}: {output}")
-    for r in rows[-min(len(rows), max(3, len(future))):]:
-        print("  " + ", ".join(f"{k}={v if v == '' or k == 'time_index' else f'{float(v):.6g}'}"
-                               for k, v in zip(header, r)))
+    print(f"{summary}: {output}")
+    for line in preview:
+        print(line)
     return 0
 
 

@@ -1,5 +1,6 @@
 """The nn-core command and its tasks: help and errors, the argument table, smoke runs,
 reloads, resumed runs equal to uninterrupted ones, and Ctrl-C in a real process."""
+import argparse
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ import nn_core
 from nn_core.checkpoint import load, save
 from nn_core.cli import USAGE, _train_parser, main
 from nn_core.layers import Linear
-from nn_core.tasks import TASKS, get_task
+from nn_core.tasks import TASKS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(nn_core.__file__)))
 
@@ -34,8 +35,10 @@ def test_help_is_plain_text_and_shows_every_default(capsys):
     assert "``" not in out and "::" not in out and "nn-core train" in out
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"nn-core {nn_core.__version__}"
-    parsers = [_train_parser(get_task(t)) for t in TASKS]
-    for p in parsers:
+    top = _train_parser()
+    subs = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(subs.choices) == set(TASKS)
+    for p in [top, *subs.choices.values()]:
         for action in p._actions:
             if action.option_strings and action.dest != "help":
                 assert "default" in action.help, (p.prog, action.dest)
@@ -158,6 +161,7 @@ def test_seq2seq_smoke(tmp_path, capsys):
     assert "--prompt is an option of lm models" in err and len(err.splitlines()) == 1
     assert main(["generate", out, "--num", "0"]) == 2
     assert main(["generate", out, "--input", "12a"]) == 2
+    capsys.readouterr()
 
 
 def test_forecast_smoke(tmp_path, capsys):
@@ -185,7 +189,7 @@ def test_lm_smoke_gqa(tmp_path, capsys):
     first, last, _ = _falls(os.path.join(out, "history.json"), k=5)
     assert last < 0.85 * first          # uniform guessing is ln(13) = 2.56
     model = load(os.path.join(out, "model.npz"))
-    assert model.blocks[0].attn.params["W_k"].shape == (16, 8)     # 2 K/V groups of d_k 4
+    assert model.blocks[0].self_attn.params["W_k"].shape == (16, 8)     # 2 K/V groups of d_k 4
     assert main(["generate", out, "--prompt", "12+3=", "--max-new-tokens", "5"]) == 0
     assert "12+3=|" in capsys.readouterr().out
     assert main(["generate", out, "--input", "123"]) == 2
@@ -223,7 +227,7 @@ def test_max_steps_then_resume_equals_uninterrupted_float64(tmp_path, capsys, ar
     assert main(["train", "--resume", "--out", b]) == 0
     assert "nothing to resume" in capsys.readouterr().out
     assert main(["train", "--resume", "--out", b, "--lr", "0.5"]) == 2
-    assert "--lr 0.5 differs" in capsys.readouterr().err
+    assert "--lr 0.5 (the run's: 0.02)" in capsys.readouterr().err
     assert main(["train", "forecast", "--resume", "--out", b]) == 2
 
 
@@ -279,11 +283,12 @@ def test_python_dash_m_entry_point():
 def test_a_checkpoint_with_a_bad_task_configuration(tmp_path, capsys):
     """eval/generate check the recorded configuration before generating any data."""
     model = nn_core.models.TransformerLM(13, 8, 2, 1, max_len=16, rng=0)
-    good = {"hidden": 8, "heads": 2, "layers": 1, "kv_groups": None, "digits": 1, "block": 16,
-            "train_exprs": 100, "val_exprs": 100, "data_seed": 0}
+    good = {"hidden": 8, "heads": 2, "layers": 1, "num_kv_groups": None, "digits": 1, "block": 16,
+            "train_exprs": 100, "val_exprs": 100, "data_seed": 0, "data": None,
+            "data_sha256": None, "vocab": None, "val_frac": None}
     for task, config, pattern in [
             ("lm", {**good, "heads": 3}, "--heads must divide"),
-            ("lm", {**good, "train_exprs": "many"}, "--train-exprs must be an integer"),
+            ("lm", {**good, "train_exprs": "many"}, "--train-exprs must be an int, got str"),
             ("lm", {**good, "digits": 0}, "--digits must be >= 1"),
             ("lm", {**good, "extra": 1}, "unexpected"),
             ("lm", [1, 2], "must be a dict"),
@@ -295,3 +300,14 @@ def test_a_checkpoint_with_a_bad_task_configuration(tmp_path, capsys):
             assert len(err.strip().splitlines()) == 1 and pattern in err, err
     save(model, tmp_path / "m.npz", extra={"task": "lm", "config": good})
     assert main(["generate", str(tmp_path / "m.npz"), "--num", "2"]) == 0
+
+
+def test_the_task_may_follow_common_options(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert main(["train", "--out", out, "lm", "--layers", "0"]) == 2
+    assert "--layers must be >= 1" in capsys.readouterr().err
+    assert main(["train", "--out", out, "--mode", "sort", "--min-len", "0"]) == 2
+    assert "--min-len must be >= 1" in capsys.readouterr().err       # seq2seq's options
+    assert main(["train", "--resume", "--out", out, "--mode", "sort"]) == 2
+    err = capsys.readouterr().err
+    assert "--mode is an option of the seq2seq task" in err and len(err.splitlines()) == 1

@@ -77,8 +77,8 @@ def test_forecast_resume_and_array_files(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = ["train", "forecast", "--data", "s.npy", "--out", "a"] + FC
     assert main(args + ["--max-steps", "7"]) == 0
-    assert main(["train", "--resume", "--out", "a", "--data", "s.npy"]) == 0   # same file
-    assert main(["train", "--resume", "--out", "a", "--data", "s.csv"]) == 2
+    assert main(["train", "forecast", "--resume", "--out", "a", "--data", "s.npy"]) == 0
+    assert main(["train", "forecast", "--resume", "--out", "a", "--data", "s.csv"]) == 2
     assert "--data" in capsys.readouterr().err
     assert main(args[:-len(FC)] + FC + ["--out", "b"]) == 0
     wa, wb = (json.load(open(os.path.join(d, "history.json"))) for d in ("a", "b"))

@@ -264,7 +264,7 @@ def test_optimizer_argument_errors(standalone):
         dopt.step(total_weight=3)
     with pytest.raises(ValueError, match="weight must be a finite number >= 0"):
         dopt.step(weight=-1)
-    with pytest.raises(TypeError, match="weight must be a number"):
+    with pytest.raises(TypeError, match="weight must be a real number"):
         dopt.step(weight="3")
     with pytest.raises(ValueError, match="exceeds total_weight"):
         dopt.step(weight=4, total_weight=3)

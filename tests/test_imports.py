@@ -1,8 +1,10 @@
-"""No import cycles in nn_core: a static check over the import graph (every
-``import`` statement, including the ones inside functions), and each recurrent module
+"""nn_core's imports: no cycles (a static check over the import graph: every ``import``
+statement, including the ones inside functions), the layer order of
+docs/architecture.md (nothing imports from a higher level), and each recurrent module
 imported first, on its own, in a fresh interpreter."""
 import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -126,3 +128,61 @@ sys.exit(1 if failed else 0)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           cwd=str(ROOT), env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# ------------------------------------------------------------------ the layer order
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+
+
+def layer_table(text=None):
+    """``{component: level}`` from the table "The layers, bottom to top" of
+    docs/architecture.md: each row's ``nn_core/...`` paths, level 0 the first row that
+    names any (a component is ``nn_core/NAME`` or ``nn_core/NAME.py``)."""
+    text = ARCHITECTURE.read_text() if text is None else text
+    section = text.split("## The layers, bottom to top", 1)[1].split("\n## ", 1)[0]
+    levels, level = {}, 0
+    for line in section.splitlines():
+        if not line.startswith("|") or line.startswith("|---"):
+            continue
+        names = [p.split("/")[1].removesuffix(".py") for p in
+                 re.findall(r"`(nn_core/[A-Za-z_][A-Za-z0-9_.]*/?)", line)]
+        if not names:
+            continue
+        for name in names:
+            assert name not in levels, f"{name} is in two rows of the layer table"
+            levels[name] = level
+        level += 1
+    return levels
+
+
+def component(module):
+    """``nn_core.training.trainer`` -> ``training``; the package itself is ``__init__``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def upward_imports(graph, levels):
+    """``(importer, imported)`` pairs where a module imports from a higher level."""
+    return sorted((a, b) for a, targets in graph.items() for b in targets
+                  if levels[component(b)] > levels[component(a)])
+
+
+def test_the_layer_table_covers_every_component():
+    levels = layer_table()
+    missing = sorted({component(m) for m in _modules()} - set(levels))
+    assert not missing, f"components missing from the layer table: {missing}"
+    assert levels["_kernels"] < levels["module"] < levels["models"] < levels["training"] \
+        < levels["tasks"] == levels["cli"]
+
+
+def test_upward_imports_are_found():
+    levels = {"low": 0, "high": 1}
+    assert upward_imports({"nn_core.low.a": {"nn_core.high.b"}, "nn_core.high.b": set()},
+                          levels) == [("nn_core.low.a", "nn_core.high.b")]
+
+
+def test_no_module_imports_from_a_higher_layer():
+    """A module imports only from its own level of docs/architecture.md or below."""
+    breaches = upward_imports(import_graph(), layer_table())
+    assert not breaches, "imports against the layer order: " + ", ".join(
+        f"{a} -> {b}" for a, b in breaches)

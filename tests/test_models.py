@@ -14,6 +14,7 @@ from nn_core.models import forecaster, seq2seq, transformer_lm
 from nn_core.recurrent import BidirectionalWrapper, GRUCell, LSTMCell
 
 
+
 @pytest.mark.parametrize("module", [seq2seq, forecaster, transformer_lm],
                          ids=lambda m: m.__name__)
 def test_docstring_examples_run(module):
@@ -160,7 +161,7 @@ def test_transformer_lm_samples_with_temperature(dtype):
 
 
 def test_transformer_block_gradcheck(rng):
-    blk = TransformerBlock(8, 2, kv_groups=1, dtype=np.float64, rng=int(rng.integers(1000)))
+    blk = TransformerBlock(8, 2, num_kv_groups=1, dtype=np.float64, rng=int(rng.integers(1000)))
     assert gradcheck(blk, (rng.standard_normal((2, 3, 8)),)).ok
 
 
@@ -209,38 +210,12 @@ def test_models_save_and_load_like_any_layer(tmp_path, rng, dtype):
             np.testing.assert_array_equal(a, b)
 
 
-def test_old_import_paths_are_the_new_objects():
-    from nn_core import datasets, training
-    from nn_core.tasks import _progress, _trainer, forecast, lm
-    from nn_core.tasks import seq2seq as s2s_task
-
-    assert s2s_task.Seq2SeqModel is Seq2SeqModel
-    assert forecast.Forecaster is Forecaster
-    assert lm.TransformerLM is TransformerLM and lm.TransformerBlock is TransformerBlock
-    for name in ("PAD", "BOS", "EOS", "OFFSET", "VOCAB", "encode", "decode_tokens",
-                 "transform", "make_examples", "pad_batch"):
-        assert getattr(s2s_task, name) is getattr(datasets.digit_strings, name)
-    assert forecast.lorenz_series is datasets.lorenz.lorenz_series
-    for name in ("CHARS", "STOI", "SEP", "encode_text", "decode_text", "make_text"):
-        assert getattr(lm, name) is getattr(datasets.arithmetic, name)
-    assert (_trainer.Task, _trainer.train, _trainer.plot_history) == (
-        training.Task, training.train, training.plot_history)
-    assert _progress.ProgressBar is nn_core._progress.ProgressBar
-
-
-def test_transformer_lm_loads_the_old_block_parameter_names(rng):
-    """Checkpoints from before the blocks were TransformerDecoderLayers name their
-    parameters ln1/attn/ln2/mlp.0/mlp.2."""
-    lm = TransformerLM(13, 16, 4, 2, kv_groups=2, max_len=12, dtype=np.float64, rng=0)
-    new_to_old = {"norm1.": "ln1.", "self_attn.": "attn.", "norm2.": "ln2.",
-                  "linear1.": "mlp.0.", "linear2.": "mlp.2."}
-    old = {}
-    for k, v in lm.state_dict().items():
-        for new, o in new_to_old.items():
-            k = k.replace(f".{new}", f".{o}") if k.startswith("blocks.") else k
-        old[k] = v
-    assert "blocks.1.mlp.2.W" in old
-    again = TransformerLM(13, 16, 4, 2, kv_groups=2, max_len=12, dtype=np.float64, rng=1)
-    again.load_state_dict(old)
-    ids = rng.integers(0, 13, (2, 6))
-    np.testing.assert_array_equal(again(ids), lm(ids))
+def test_seq2seq_model_takes_its_special_token_ids(rng):
+    with pytest.raises(ValueError, match="eos_id"):
+        Seq2SeqModel(5, 4, 8, 2, eos_id=5)
+    with pytest.raises(TypeError, match="vocab_size"):
+        Seq2SeqModel(5.0, 4, 8, 2)
+    m = Seq2SeqModel(7, 4, 8, 2, pad_id=6, bos_id=5, eos_id=4, dtype=np.float64, rng=0).eval()
+    m.out.params["b"][4] = 5.0                   # eos becomes likely: rows stop early
+    tokens = m.greedy_decode(rng.integers(0, 4, (3, 5)), np.array([5, 3, 2]), max_len=6)
+    assert (tokens[:, 0] == 4).all() and (tokens[:, 1:] == 6).all()

@@ -33,8 +33,8 @@ def _instances():
         "StackedBidirectional": lambda c: c("gru", 4, 3, 2, rng=0),
         "TransformerEncoderLayer": lambda c: c(8, 2, 12, rng=0),
         "TransformerDecoderLayer": lambda c: c(8, 2, 12, rng=0),
-        "Seq2SeqModel": lambda c: c(embed_dim=8, hidden_size=8, num_heads=2, rng=0),
-        "Forecaster": lambda c: c(3, 8, rng=0), "TransformerLM": lambda c: c(d_model=8, num_heads=2, rng=0),
+        "Seq2SeqModel": lambda c: c(13, embed_dim=8, hidden_size=8, num_heads=2, rng=0),
+        "Forecaster": lambda c: c(3, 8, rng=0), "TransformerLM": lambda c: c(13, d_model=8, num_heads=2, rng=0),
         "TransformerBlock": lambda c: c(8, 2, rng=0), "ModuleList": lambda c: c([Linear(2, 2)]),
     }
     seen = set()

@@ -366,3 +366,29 @@ def test_callback_validation():
     with pytest.raises(TypeError, match="Callback"):
         Trainer(Linear(2, 2), "mse", callbacks=[print])
     assert nn_core.training.Trainer is Trainer
+
+
+def test_the_trainer_asks_its_strategy(monkeypatch):
+    """Data parallelism is the strategy's: the trainer calls start once, and
+    reduce_step and allreduce_gradients once per step."""
+    from nn_core.training import _strategy
+    from nn_core.training import trainer as trainer_module
+
+    calls = []
+
+    class Recording(_strategy.SingleProcess):
+        def start(self, model, optimizer):
+            calls.append("start")
+
+        def reduce_step(self, stats, signals):
+            calls.append("reduce")
+            return super().reduce_step(stats, signals)
+
+        def allreduce_gradients(self, weight, total_weight):
+            calls.append("allreduce")
+
+    monkeypatch.setattr(trainer_module, "strategy", Recording)
+    x, y = _regression(64)
+    h = fit(Linear(4, 2, rng=0), "mse", None, (x, y), epochs=2, batch_size=16, seed=0,
+            verbose=0)
+    assert h.steps == 8 and calls == ["start"] + ["reduce", "allreduce"] * 8

@@ -216,12 +216,10 @@ def make_twin(torch, task, model):
 # ======================================================== CLI training steps ====
 def cli_task(name, cell, quick=False):
     """``(task, args)`` exactly as ``nn-core train NAME [--cell CELL]`` builds them."""
-    from ..cli import _train_parser
-    from ..tasks import get_task
+    from ..cli import _parse_train
 
-    cls = get_task(name)
     argv = [name] + (["--cell", cell] if cell else []) + (_QUICK_DATA[name] if quick else [])
-    args = _train_parser(cls).parse_args(argv)
+    cls, args, _, _ = _parse_train(argv)
     return cls(cls.config_from_args(args)), args
 
 
@@ -244,6 +242,7 @@ class StepPair:
         from ..optim import AdamW, WarmupCosine, warmup_cosine
 
         self.torch, self.task, self.model, self.batch = torch, task, model, batch
+        self.loss = task.loss(model.dtype)
         per_epoch = task.num_batches(args.batch_size)
         total = args.epochs * per_epoch
         warmup = max(1, int(0.05 * total))
@@ -271,8 +270,10 @@ class StepPair:
             return self._nn_step(clip_grad_norm)
 
     def _nn_step(self, clip_grad_norm):
+        from ..training import loss_step
+
         self.opt.zero_grad()
-        stats = self.task.train_step(self.model, self.batch)
+        stats = loss_step(self.model, self.loss, self.batch, bool(self.task.metrics))
         norm = clip_grad_norm(self.model, 1.0)
         self.opt.step()
         self.sched.step()
@@ -295,7 +296,8 @@ class StepPair:
         from ..datasets.digit_strings import PAD
 
         torch, F = self.torch, self.torch.nn.functional
-        src, src_len, tin, tout, tgt_len = (torch.as_tensor(a) for a in self.batch)
+        src, src_len, tin, tgt_len = (torch.as_tensor(a) for a in self.batch.inputs)
+        tout = torch.as_tensor(self.batch.target)
         logits = self.twin(src, src_len, tin, tgt_len)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tout.reshape(-1),
                                ignore_index=PAD)
@@ -307,21 +309,18 @@ class StepPair:
 
     def _loss_forecast(self):
         torch, F = self.torch, self.torch.nn.functional
-        x, y = (torch.as_tensor(a, dtype=self.tdt) for a in self.batch)
+        x, y = (torch.as_tensor(a, dtype=self.tdt) for a in (*self.batch.inputs,
+                                                             self.batch.target))
         return F.mse_loss(self.twin(x), y), lambda: None
 
     def _loss_lm(self):
-        from ..datasets.arithmetic import answer_mask
-
         torch, F = self.torch, self.torch.nn.functional
-        batch = torch.as_tensor(self.batch)
-        x, y = batch[:, :-1], batch[:, 1:]
+        x, y = torch.as_tensor(self.batch.inputs[0]), torch.as_tensor(self.batch.target)
         logits = self.twin(x)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
 
         def bookkeeping():
-            ans = torch.from_numpy(answer_mask(self.batch)[:, 1:])
-            return int(((logits.detach().argmax(-1) == y) & ans).sum()), int(ans.sum())
+            return int((logits.detach().argmax(-1) == y).sum()), int(y.numel())
         return loss, bookkeeping
 
     def check(self, label, out=_say):

@@ -57,14 +57,6 @@ def _task(name):
     return task, type(task).defaults
 
 
-def _weight(name, local):
-    """Terms the task's loss averages over in this shard (its token count)."""
-    if name == "seq2seq":
-        from nn_core.datasets.digit_strings import PAD
-        return int((local[3] != PAD).sum())              # tgt_out, padding ignored
-    return int(local[:, 1:].size)                         # lm: every next character
-
-
 def train_worker(name, steps, warmup, dtype, threads, batch_size=None):
     """Time ``steps`` training steps; rank 0 returns the measurements.
 
@@ -73,10 +65,12 @@ def train_worker(name, steps, warmup, dtype, threads, batch_size=None):
     and the gradient all-reduce in wall time."""
     from nn_core import distributed as dist
     from nn_core.optim import AdamW, clip_grad_norm
+    from nn_core.training import loss_step
 
     w = dist.init(threads=threads)
     task, defaults = _task(name)
     model = task.build_model(dtype, np.random.default_rng(0))
+    loss = task.loss(dtype)
     opt = dist.DistributedOptimizer(AdamW(model, lr=defaults["lr"], weight_decay=0.01),
                                     model, clip=1.0)
     order = np.random.default_rng(1)
@@ -89,10 +83,10 @@ def train_worker(name, steps, warmup, dtype, threads, batch_size=None):
         c0 = time.process_time()
         local = dist.shard(next(batches))
         opt.zero_grad()
-        task.train_step(model, local)
+        stats = loss_step(model, loss, local, bool(task.metrics))
         c1 = time.process_time()
         t0 = time.perf_counter()
-        opt.allreduce_gradients(weight=_weight(name, local))
+        opt.allreduce_gradients(weight=stats.get("weight", stats["samples"]))
         t1 = time.perf_counter()
         c2 = time.process_time()
         clip_grad_norm([opt.flat_grads], opt.clip)

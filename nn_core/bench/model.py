@@ -14,7 +14,7 @@ timed run).  ``ratio`` = nn_core time / torch time (below 1: nn_core is faster);
 ``steps``
     One training step of each CLI model (``nn-core train TASK`` at its default sizes,
     built by the task itself, on the first batch of ``task.train_batches``) exactly as
-    :func:`nn_core.training.train` runs it: ``zero_grad``, ``task.train_step``
+    :func:`nn_core.training.train` runs it: ``zero_grad``, ``loss_step`` with ``task.loss``
     (forward, loss, backward, the step's accuracy bookkeeping), ``clip_grad_norm(1.0)``,
     AdamW step, schedule step.  Against a torch twin of the model holding the same
     initial weights (copied through :mod:`nn_core.interop`), stepped the way a torch

@@ -1,20 +1,21 @@
-"""Helpers the recurrent models share: cell look-up and final-state plumbing."""
+"""Helpers the recurrent models share: the cell of a name, and final-state plumbing."""
 from __future__ import annotations
 
 import numpy as np
 
-from ..recurrent import GRUCell, LSTMCell, RNNCell
+from .._validation import check_choice
+from ..recurrent import cell_class
 
-__all__ = ["cell_class", "final_h", "state_grad"]
+__all__ = ["recurrent_cell", "final_h", "state_grad"]
 
-_CELLS = {"gru": GRUCell, "lstm": LSTMCell, "rnn": RNNCell}
+#: the cells a model's ``cell`` argument may name
+CELLS = ("gru", "lstm", "rnn")
 
 
-def cell_class(cell):
-    """``"gru"`` / ``"lstm"`` / ``"rnn"`` -> the cell class from :mod:`nn_core.recurrent`."""
-    if cell not in _CELLS:
-        raise ValueError(f"cell must be one of {sorted(_CELLS)}, got {cell!r}")
-    return _CELLS[cell]
+def recurrent_cell(cell):
+    """``"gru"`` / ``"lstm"`` / ``"rnn"`` -> the cell class (``ValueError`` naming
+    ``cell`` otherwise)."""
+    return cell_class(check_choice(cell, "cell", CELLS))
 
 
 def final_h(state):

@@ -6,7 +6,7 @@ import numpy as np
 from .._validation import check_grad_output
 from ..layers import Linear
 from ..module import Module
-from ._common import cell_class, final_h, state_grad
+from ._common import final_h, recurrent_cell, state_grad
 
 __all__ = ["Forecaster"]
 
@@ -68,7 +68,7 @@ class Forecaster(Module):
     def __init__(self, input_size=3, hidden_size=64, cell="gru", *, dtype=np.float32, rng=None):
         super().__init__(dtype=dtype, rng=rng)
         self.cell_type = cell
-        self.rnn = cell_class(cell)(input_size, hidden_size, dtype=dtype, rng=self.rng)
+        self.rnn = recurrent_cell(cell)(input_size, hidden_size, dtype=dtype, rng=self.rng)
         self.head = Linear(hidden_size, input_size, dtype=dtype, rng=self.rng)
         self.head.params["W"] *= 0.1        # start close to persistence
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..attention import CachedCrossAttention, CrossAttention, create_padding_mask
-from ..datasets.digit_strings import BOS, EOS, PAD, VOCAB
+from .._validation import check_int
 from ..layers import Embedding, Linear, Tanh
 from ..module import Module, inference_mode
 from ..recurrent import BidirectionalWrapper, LSTMCell
-from ._common import cell_class, final_h, state_grad
+from ._common import final_h, recurrent_cell, state_grad
 
 __all__ = ["Seq2SeqModel"]
 
@@ -23,13 +23,12 @@ __all__ = ["Seq2SeqModel"]
 class Seq2SeqModel(Module):
     r"""Attentional encoder-decoder: source ids -> logits over the target vocabulary.
 
-    Token ids ``0``, ``1`` and ``2`` are reserved for padding, begin-of-sequence and
-    end-of-sequence (the vocabulary of :mod:`nn_core.datasets.digit_strings`): ``0`` is
-    the embeddings' ``padding_idx``, greedy decoding starts from ``1`` and stops at ``2``.
+    Three token ids are reserved: ``pad_id`` is the embeddings' ``padding_idx``, greedy
+    decoding starts from ``bos_id`` and stops at ``eos_id``.
 
     Parameters
     ----------
-    vocab_size : int, default 13
+    vocab_size : int
         ``V``, shared by source and target.
     embed_dim : int, default 32
         ``E``.
@@ -39,6 +38,8 @@ class Seq2SeqModel(Module):
         Heads of the cross attention; must divide ``H``.
     cell : {"gru", "lstm", "rnn"}, default "gru"
         Encoder cell (the decoder is always an :class:`~nn_core.recurrent.LSTMCell`).
+    pad_id, bos_id, eos_id : int, keyword-only, default 0, 1, 2
+        Padding, begin-of-sequence and end-of-sequence ids, in ``[0, V)``.
     dtype : {np.float32, np.float64}, keyword-only
     rng : None, int or numpy.random.Generator, keyword-only
         Draws every weight, in the order of the parameter list below.
@@ -47,7 +48,7 @@ class Seq2SeqModel(Module):
 
     * ``forward(src [B, S], src_len [B], tgt_in [B, T], tgt_len [B]) -> logits [B, T, V]``
       (all four inputs are integer arrays; ``tgt_in`` is the target shifted right,
-      starting with ``BOS``; positions past a length are padding);
+      starting with ``bos_id``; positions past a length are padding);
     * ``backward(grad_logits [B, T, V]) -> (None, None, None, None)``: the inputs are
       integers, so only the parameter gradients accumulate;
     * ``greedy_decode(src [B, S], src_len [B], max_len) -> tokens [B, <= max_len]``.
@@ -79,11 +80,11 @@ class Seq2SeqModel(Module):
         g_x = encoder'(g_enc, (g_fw, g_bw))          (LSTM encoder: zero grad_c)
         src_embed, tgt_embed accumulate g_x, g_tgt at their ids
 
-    Greedy decoding feeds ``BOS``, then each step's argmax, through
+    Greedy decoding feeds ``bos_id``, then each step's argmax, through
     :meth:`LSTMCell.forward <nn_core.recurrent.LSTMCell.forward>` and a
     :class:`~nn_core.attention.CachedCrossAttention` holding this model's attention
     weights, whose keys and values are projected once per batch.  A row that has
-    produced ``EOS`` emits ``PAD`` afterwards.  The teacher-forced ``forward`` given
+    produced ``eos_id`` emits ``pad_id`` afterwards.  The teacher-forced ``forward`` given
     the decoded tokens computes the same argmaxes.
 
     References: D. Bahdanau, K. Cho and Y. Bengio, "Neural machine translation by
@@ -100,8 +101,8 @@ class Seq2SeqModel(Module):
     --------
     >>> import numpy as np
     >>> from nn_core.models import Seq2SeqModel
-    >>> from nn_core.datasets.digit_strings import make_examples, pad_batch
-    >>> model = Seq2SeqModel(embed_dim=8, hidden_size=16, num_heads=2, rng=0)
+    >>> from nn_core.datasets.digit_strings import VOCAB, make_examples, pad_batch
+    >>> model = Seq2SeqModel(VOCAB, embed_dim=8, hidden_size=16, num_heads=2, rng=0)
     >>> src, tgt = make_examples(4, 3, 6, "reverse", seed=0)
     >>> src_ids, src_len, tgt_in, tgt_out, tgt_len = pad_batch(src, tgt)
     >>> logits = model(src_ids, src_len, tgt_in, tgt_len)
@@ -114,18 +115,21 @@ class Seq2SeqModel(Module):
     (4, True)
     """
 
-    def __init__(self, vocab_size=VOCAB, embed_dim=32, hidden_size=64, num_heads=4, cell="gru",
-                 *, dtype=np.float32, rng=None):
+    def __init__(self, vocab_size, embed_dim=32, hidden_size=64, num_heads=4, cell="gru",
+                 *, pad_id=0, bos_id=1, eos_id=2, dtype=np.float32, rng=None):
         super().__init__(dtype=dtype, rng=rng)
-        V, E, H = vocab_size, embed_dim, hidden_size
+        V, E, H = check_int(vocab_size, "vocab_size", 1), embed_dim, hidden_size
         if H % num_heads:
             raise ValueError(f"num_heads must divide hidden_size: got {num_heads} and {H}")
+        self.pad_id, self.bos_id, self.eos_id = (
+            check_int(v, name, 0, V - 1) for v, name in
+            ((pad_id, "pad_id"), (bos_id, "bos_id"), (eos_id, "eos_id")))
         self.config = dict(vocab_size=V, embed_dim=E, hidden_size=H, num_heads=num_heads,
                            cell=cell)
         kw = dict(dtype=dtype, rng=self.rng)
-        self.src_embed = Embedding(V, E, padding_idx=PAD, **kw)
-        self.tgt_embed = Embedding(V, E, padding_idx=PAD, **kw)
-        cls = cell_class(cell)
+        self.src_embed = Embedding(V, E, padding_idx=self.pad_id, **kw)
+        self.tgt_embed = Embedding(V, E, padding_idx=self.pad_id, **kw)
+        cls = recurrent_cell(cell)
         self.encoder = BidirectionalWrapper(cls(E, H, **kw), cls(E, H, **kw),
                                             merge_mode="concat")
         self.bridge = Linear(2 * H, H, **kw)
@@ -179,7 +183,7 @@ class Seq2SeqModel(Module):
     def greedy_decode(self, src, src_len, max_len):
         """Greedy decoding with the LSTM step API and :class:`CachedCrossAttention`.
 
-        Returns int tokens ``[B, <= max_len]`` (EOS included where produced).
+        Returns int tokens ``[B, <= max_len]`` (``eos_id`` included where produced).
         """
         H = self.config["hidden_size"]
         ctx, h0, mask = self._encode(np.asarray(src), src_len)
@@ -190,7 +194,7 @@ class Seq2SeqModel(Module):
         cross.set_context(ctx)                                      # K, V projected once
         B = ctx.shape[0]
         state = (h0, np.zeros_like(h0))
-        tok = np.full(B, BOS, dtype=np.int64)
+        tok = np.full(B, self.bos_id, dtype=np.int64)
         done = np.zeros(B, dtype=bool)
         out = []
         try:
@@ -198,9 +202,9 @@ class Seq2SeqModel(Module):
                 h, c = self.decoder.forward(self.tgt_embed(tok), state)   # (B, H)
                 a = cross.forward(h[:, None, :], mask=mask)[:, 0]           # (B, H)
                 logits = self.out(np.concatenate([h, a], -1))
-                tok = np.where(done, PAD, logits.argmax(-1))
+                tok = np.where(done, self.pad_id, logits.argmax(-1))
                 out.append(tok)
-                done |= tok == EOS
+                done |= tok == self.eos_id
                 state = (h, c)
                 if done.all():
                     break

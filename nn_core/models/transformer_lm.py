@@ -11,7 +11,6 @@ import time
 
 import numpy as np
 
-from ..datasets.arithmetic import CHARS
 from ..layers import Embedding, LayerNorm, Linear
 from ..module import Module, ModuleList, inference_mode
 from ..transformer import TransformerDecoderLayer
@@ -36,7 +35,7 @@ class TransformerBlock(TransformerDecoderLayer):
         ``d``, features per position.
     num_heads : int
         ``h``; must divide ``d``.
-    kv_groups : int or None, default None
+    num_kv_groups : int or None, default None
         ``None`` (or ``num_heads``): :class:`~nn_core.attention.MultiHeadAttention`;
         otherwise :class:`~nn_core.attention.GroupedQueryAttention` with this many K/V
         heads (1 = multi-query).
@@ -69,41 +68,22 @@ class TransformerBlock(TransformerDecoderLayer):
     --------
     >>> import numpy as np
     >>> from nn_core.models import TransformerBlock
-    >>> block = TransformerBlock(16, 4, kv_groups=1, rng=0)
+    >>> block = TransformerBlock(16, 4, num_kv_groups=1, rng=0)
     >>> x = np.random.default_rng(0).standard_normal((2, 5, 16)).astype(np.float32)
     >>> y = block(x)
     >>> y.shape, block.backward(np.ones_like(y)).shape
     ((2, 5, 16), (2, 5, 16))
     """
 
-    def __init__(self, d_model, num_heads, kv_groups=None, mlp_ratio=4, *, dtype=np.float32,
+    def __init__(self, d_model, num_heads, num_kv_groups=None, mlp_ratio=4, *, dtype=np.float32,
                  rng=None):
         super().__init__(d_model, num_heads, mlp_ratio * d_model, dropout=0.0,
-                         activation="gelu_tanh", norm_first=True, num_kv_groups=kv_groups,
+                         activation="gelu_tanh", norm_first=True, num_kv_groups=num_kv_groups,
                          cross_attention=False, dtype=dtype, rng=rng)
-
-    @property
-    def attn(self):
-        """The self-attention (alias of ``self_attn``)."""
-        return self.self_attn
 
     def forward(self, x, kv_cache=None):
         """``x [B, L, d]`` -> ``[B, L, d]``; with ``kv_cache``: incremental decoding."""
         return super().forward(x, kv_cache=kv_cache)
-
-
-# parameter names of the blocks before they became TransformerDecoderLayers
-_LEGACY_BLOCK_KEYS = (("ln1.", "norm1."), ("attn.", "self_attn."), ("ln2.", "norm2."),
-                      ("mlp.0.", "linear1."), ("mlp.2.", "linear2."))
-
-
-def _current_key(key):
-    parts = key.split(".", 2)                  # blocks, k, rest
-    if len(parts) == 3 and parts[0] == "blocks":
-        for old, new in _LEGACY_BLOCK_KEYS:
-            if parts[2].startswith(old):
-                return f"blocks.{parts[1]}.{new}{parts[2][len(old):]}"
-    return key
 
 
 class TransformerLM(Module):
@@ -111,15 +91,15 @@ class TransformerLM(Module):
 
     Parameters
     ----------
-    vocab_size : int, default 13
-        ``V`` (13: the characters of :mod:`nn_core.datasets.arithmetic`).
+    vocab_size : int
+        ``V``.
     d_model : int, default 64
         ``d``.
     num_heads : int, default 4
         ``h``; must divide ``d``.
     num_layers : int, default 2
         Number of :class:`TransformerBlock`.
-    kv_groups : int or None, default None
+    num_kv_groups : int or None, default None
         ``None`` (or ``num_heads``): multi-head attention; otherwise grouped-query
         attention with this many K/V heads (1 = multi-query).
     max_len : int, default 64
@@ -173,7 +153,7 @@ class TransformerLM(Module):
     >>> import numpy as np
     >>> from nn_core.models import TransformerLM
     >>> lm = TransformerLM(vocab_size=13, d_model=16, num_heads=4, num_layers=1,
-    ...                    kv_groups=2, max_len=12, rng=0)
+    ...                    num_kv_groups=2, max_len=12, rng=0)
     >>> ids = np.random.default_rng(0).integers(0, 13, (2, 5))
     >>> logits = lm(ids)
     >>> logits.shape
@@ -184,8 +164,8 @@ class TransformerLM(Module):
     (2, 4)
     """
 
-    def __init__(self, vocab_size=len(CHARS), d_model=64, num_heads=4, num_layers=2,
-                 kv_groups=None, max_len=64, *, dtype=np.float32, rng=None):
+    def __init__(self, vocab_size, d_model=64, num_heads=4, num_layers=2,
+                 num_kv_groups=None, max_len=64, *, dtype=np.float32, rng=None):
         super().__init__(dtype=dtype, rng=rng)
         self.max_len = max_len
         self.d_model = d_model
@@ -194,7 +174,7 @@ class TransformerLM(Module):
         self.pos_embed = Embedding(max_len, d_model, **kw)
         self.tok_embed.params["W"] *= 0.1
         self.pos_embed.params["W"] *= 0.1
-        self.blocks = ModuleList([TransformerBlock(d_model, num_heads, kv_groups, **kw)
+        self.blocks = ModuleList([TransformerBlock(d_model, num_heads, num_kv_groups, **kw)
                                   for _ in range(num_layers)], dtype=dtype)
         self.ln_f = LayerNorm(d_model, dtype=dtype)
         self.head = Linear(d_model, vocab_size, **kw)
@@ -222,16 +202,9 @@ class TransformerLM(Module):
         self.pos_embed.backward(g.sum(axis=0))
         return None
 
-    def load_state_dict(self, state_dict) -> None:
-        """As :meth:`Module.load_state_dict`; also takes the block parameter names of
-        checkpoints written before the blocks were
-        :class:`~nn_core.transformer.TransformerDecoderLayer` (``ln1``, ``attn``, ``ln2``,
-        ``mlp.0``, ``mlp.2``)."""
-        super().load_state_dict({_current_key(k): v for k, v in state_dict.items()})
-
     def new_kv_caches(self, batch_size):
         """One empty KV cache of ``max_len`` positions per block."""
-        return [blk.attn.new_kv_cache(batch_size, self.max_len) for blk in self.blocks]
+        return [blk.self_attn.new_kv_cache(batch_size, self.max_len) for blk in self.blocks]
 
     @inference_mode()
     def generate(self, prompt_ids, max_new_tokens, temperature=0.0, rng=None, stop=None):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import functools
-import math
-import numbers
 import warnings
 
 import numpy as np
@@ -14,13 +12,13 @@ from sklearn.utils import check_array
 from sklearn.utils.validation import validate_data
 
 from .._parallel import limit_threads
+from .._validation import check_choice, check_int, check_real
+from ..models._common import CELLS
 from ..optim import AdamW
 from ..training import EarlyStopping, Trainer, TrainingInterrupted
 from ..training.data import ArrayDataset
 
 __all__ = ["RecurrentEstimator", "blas_limited"]
-
-_CELLS = ("gru", "lstm", "rnn")
 
 
 def blas_limited(method):
@@ -32,9 +30,7 @@ def blas_limited(method):
         n = self.blas_threads
         if n is None:
             return method(self, *args, **kwargs)
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-            raise ValueError(f"blas_threads must be an integer >= 1 or None, got {n!r}")
-        with limit_threads(int(n)):
+        with limit_threads(check_int(n, "blas_threads", 1)):
             return method(self, *args, **kwargs)
     return wrapper
 
@@ -79,31 +75,17 @@ class RecurrentEstimator(BaseEstimator):
 
     # ------------------------------------------------------------ parameters
     def _check_params(self):
-        def integer(name, lo):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
-                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
-
-        def real(name, lo, hi=math.inf, lo_open=False):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) \
-                    or v < lo or v > hi or (lo_open and v == lo):
-                raise ValueError(f"{name} must be a number in {'(' if lo_open else '['}{lo}, "
-                                 f"{hi}{']' if hi < math.inf else ')'}, got {v!r}")
         for name in ("hidden_size", "max_iter", "batch_size", "n_iter_no_change"):
-            integer(name, 1)
-        real("learning_rate_init", 0, lo_open=True)
-        real("weight_decay", 0)
-        real("tol", 0)
-        real("validation_fraction", 0, 1, lo_open=True)
-        if self.validation_fraction >= 1:
-            raise ValueError(f"validation_fraction must be < 1, got {self.validation_fraction}")
+            check_int(getattr(self, name), name, 1)
+        check_real(self.learning_rate_init, "learning_rate_init", 0.0, lo_open=True)
+        check_real(self.weight_decay, "weight_decay", 0.0)
+        check_real(self.tol, "tol", 0.0)
+        check_real(self.validation_fraction, "validation_fraction", 0.0, 1.0, lo_open=True,
+                   hi_open=True)
         if self.clip is not None:
-            real("clip", 0, lo_open=True)
-        if self.cell not in _CELLS:
-            raise ValueError(f"cell must be one of {_CELLS}, got {self.cell!r}")
-        if np.dtype(self.dtype) not in (np.float32, np.float64):
-            raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
+            check_real(self.clip, "clip", 0.0, lo_open=True)
+        check_choice(self.cell, "cell", CELLS)
+        check_choice(np.dtype(self.dtype).name, "dtype", ("float32", "float64"))
 
     def _seed(self, rs):
         return int(rs.randint(np.iinfo(np.int32).max))

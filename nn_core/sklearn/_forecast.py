@@ -1,13 +1,12 @@
 """A recurrent forecaster of a (multivariate) series as a scikit-learn estimator."""
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 from sklearn.metrics import r2_score
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .._validation import check_int
 from ..datasets.lorenz import sliding_windows
 from ..losses import MSELoss
 from ..models.forecaster import Forecaster
@@ -84,9 +83,7 @@ class RecurrentForecaster(RecurrentEstimator):
     def _check_params(self):
         super()._check_params()
         for name in ("window", "horizon"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+            check_int(getattr(self, name), name, 1)
 
     def _loss(self):
         return MSELoss(dtype=np.dtype(self.dtype).type)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..layers import Linear
-from ..models._common import cell_class, final_h, state_grad
+from ..models._common import final_h, recurrent_cell, state_grad
 from ..module import Module
 
 __all__ = ["SequenceNet"]
@@ -48,7 +48,7 @@ class SequenceNet(Module):
                  rng=None):
         super().__init__(dtype=dtype, rng=rng)
         self.cell_type = cell
-        self.rnn = cell_class(cell)(input_size, hidden_size, batch_first=True, dtype=dtype,
+        self.rnn = recurrent_cell(cell)(input_size, hidden_size, batch_first=True, dtype=dtype,
                                     rng=self.rng)
         self.head = Linear(hidden_size, output_size, dtype=dtype, rng=self.rng)
 

@@ -17,7 +17,12 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["TASKS", "get_task"]
+from ._command import CommandTask, Option
+
+__all__ = ["TASKS", "DEFAULT_TASK", "get_task", "CommandTask", "Option"]
+
+#: what ``nn-core train`` trains when no task is named
+DEFAULT_TASK = "seq2seq"
 
 TASKS = {
     "seq2seq": ("nn_core.tasks.seq2seq", "Seq2SeqTask"),

@@ -1,18 +1,23 @@
 """Checks shared by the tasks' configurations: the same rules for a command line and
-for a configuration read back from a checkpoint, with messages that name the flag."""
+for a configuration read back from a checkpoint, with messages that name the flag (the
+checkers themselves are :mod:`nn_core._validation`'s)."""
 from __future__ import annotations
 
-import math
-import numbers
+from .._validation import check_int, check_real
+from ._data import check_identity
 
-__all__ = ["require_config", "as_int", "as_float", "as_choice"]
+__all__ = ["require_config", "checked", "check_common", "check_source", "check_vocab",
+           "MAX_VOCAB"]
+
+#: the most distinct characters a vocabulary may hold
+MAX_VOCAB = 4096
 
 
 def require_config(config, keys):
-    """A copy of ``config`` with exactly ``keys`` (``ValueError`` otherwise);
-    ``data_seed`` defaults to 0."""
+    """A copy of ``config`` with exactly ``keys`` (``TypeError`` if it is not a dict,
+    ``ValueError`` otherwise); ``data_seed`` defaults to 0."""
     if not isinstance(config, dict):
-        raise ValueError(f"the task configuration must be a dict, got {type(config).__name__}")
+        raise TypeError(f"the task configuration must be a dict, got {type(config).__name__}")
     config = {"data_seed": 0, **config} if "data_seed" in keys else config
     missing = sorted(set(keys) - set(config))
     unexpected = sorted(set(config) - set(keys))
@@ -21,38 +26,42 @@ def require_config(config, keys):
     return dict(config)
 
 
-def _flag(key):
-    return "--" + key.replace("_", "-")
-
-
-def as_int(c, key, lo=None, hi=None, flag=None):
-    v = c[key]
-    flag = flag or _flag(key)
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-        raise ValueError(f"{flag} must be an integer, got {v!r:.40}")
-    if lo is not None and v < lo:
-        raise ValueError(f"{flag} must be >= {lo}, got {v}")
-    if hi is not None and v > hi:
-        raise ValueError(f"{flag} must be <= {hi}, got {v}")
-    c[key] = int(v)
+def checked(c, key, checker, *args, flag=None, **kwargs):
+    """``c[key]`` passed through ``checker`` (a :mod:`nn_core._validation` checker) under
+    its option's name (``--key-name`` unless ``flag``), stored back and returned."""
+    c[key] = checker(c[key], flag or "--" + key.replace("_", "-"), *args, **kwargs)
     return c[key]
 
 
-def as_float(c, key, lo_exclusive=None, hi=None, flag=None):
-    v = c[key]
-    flag = flag or _flag(key)
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
-        raise ValueError(f"{flag} must be a finite number, got {v!r:.40}")
-    if (lo_exclusive is not None and not v > lo_exclusive) or (hi is not None and v > hi):
-        want = (f"in ({lo_exclusive:g}, {hi:g}]" if lo_exclusive is not None and hi is not None
-                else f"> {lo_exclusive:g}" if lo_exclusive is not None else f"<= {hi:g}")
-        raise ValueError(f"{flag} must be {want}, got {v:g}")
-    c[key] = float(v)
-    return c[key]
+def check_common(c, sizes):
+    """``sizes`` (``--hidden`` ...) positive integers, ``data_seed`` (``--seed``) >= 0,
+    and ``--heads`` dividing ``--hidden`` where the task has heads."""
+    for key in sizes:
+        checked(c, key, check_int, 1)
+    checked(c, "data_seed", check_int, 0, flag="--seed")
+    if "heads" in c and c["hidden"] % c["heads"]:
+        raise ValueError(f"--heads must divide --hidden: got {c['heads']} and {c['hidden']}")
 
 
-def as_choice(c, key, choices, flag=None):
-    if c[key] not in choices:
-        raise ValueError(f"{flag or _flag(key)} must be one of {', '.join(choices)}, "
-                         f"got {c[key]!r:.40}")
-    return c[key]
+def check_source(c, generated_keys, file_keys):
+    """The data settings: with ``--data``, none of ``generated_keys``, the file's identity
+    and ``--val-frac`` in (0, 0.5]; without, none of ``file_keys``.  Returns whether the
+    configuration reads a file."""
+    if c["data"] is None:
+        if any(c[k] is not None for k in file_keys):
+            raise ValueError("a configuration without --data has no file settings")
+        return False
+    given = [k for k in generated_keys if c[k] is not None]
+    if given:
+        raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in given)}: the "
+                         "settings of generated data do not apply to --data")
+    check_identity(c)
+    checked(c, "val_frac", check_real, 0.0, 0.5, lo_open=True)
+    return True
+
+
+def check_vocab(c):
+    """``c["vocab"]``: 1 to :data:`MAX_VOCAB` distinct characters."""
+    v = c["vocab"]
+    if not (isinstance(v, str) and 0 < len(v) <= MAX_VOCAB and len(set(v)) == len(v)):
+        raise ValueError(f"vocab must be 1 to {MAX_VOCAB} distinct characters")

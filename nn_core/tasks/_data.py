@@ -8,7 +8,7 @@ import re
 
 from ..datasets.files import file_sha256
 
-__all__ = ["data_identity", "check_identity", "verify_identity", "names"]
+__all__ = ["data_identity", "check_identity", "verify_identity", "names", "split_point"]
 
 
 def data_identity(path):
@@ -51,3 +51,9 @@ def names(text, flag):
     if not text.strip() or any(not s for s in out):
         raise ValueError(f"{flag} takes column names separated by commas, got {text!r}")
     return out
+
+
+def split_point(n, val_frac):
+    """How many of ``n`` items (characters, rows, pairs) train: the last ``val_frac`` of
+    them, at least one, validate."""
+    return n - max(1, int(round(val_frac * n)))

@@ -13,15 +13,12 @@ persistence (``y_{t+h} = y_t``) and, for a file, the seasonal-naive forecast
 (``y_{t+h} = y_{t+h-m}``, ``m`` from ``--season`` or the autocorrelation of the
 training rows); ``val_rmse`` is the model's error in the data's own units.
 
-The Lorenz windows are cut from each part alone (as in earlier versions); a file's
-validation windows may reach back into the training rows, which are known when the
-forecast is made.  ``Forecaster`` and ``lorenz_series`` are also importable from here
-(checkpoints name ``nn_core.tasks.forecast:Forecaster``).
+The Lorenz windows are cut from each part alone; a file's validation windows may reach
+back into the training rows, which are known when the forecast is made.
 """
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 
@@ -32,65 +29,57 @@ from ..datasets.series import chronological_windows, seasonal_naive, seasonal_pe
 from ..losses import MSELoss
 from ..models.forecaster import Forecaster
 from ..module import inference_mode
-from ..training import Task
-from ._config import as_choice, as_float, as_int, require_config
-from ._data import check_identity, data_identity, names, verify_identity
+from ..training import ArrayDataset
+from .._validation import check_choice, check_int, check_real
+from ._command import CommandTask, Option
+from ._config import check_common, check_source, checked, require_config
+from ._data import data_identity, names, split_point, verify_identity
 
-__all__ = ["lorenz_series", "Forecaster", "ForecastTask"]
+__all__ = ["ForecastTask"]
 
 _FILE_KEYS = ("data", "data_sha256", "columns", "target", "val_frac", "season", "mean", "std")
 
 
-class ForecastTask(Task):
-    """The ``forecast`` task (see the module docstring); ``config`` as built by
-    :meth:`config_from_args`."""
+class ForecastTask(CommandTask):
+    """``nn-core train forecast``: a :class:`~nn_core.models.Forecaster` on the Lorenz
+    system or a series of one's own, scored against persistence."""
 
     name = "forecast"
     description = ("GRU/LSTM forecaster on the Lorenz system (SciPy solve_ivp) or on a "
                    "series of your own (--data)")
-    defaults = dict(epochs=8, batch_size=64, lr=5e-3, hidden=64, cell="gru", window=32,
-                    horizon=25, steps=12000, dt=0.02, val_frac=0.2)
-    headline = ("val_mse", False)
-    generated_only = ("steps", "dt")
-    data_only = ("columns", "target", "val_frac", "season")
+    defaults = dict(epochs=8, batch_size=64, lr=5e-3, hidden=64)
 
-    @classmethod
-    def add_arguments(cls, p):
-        d = cls.defaults
-        p.add_argument("--data", default=None, metavar="FILE",
-                       help="a series of your own: CSV/TSV with a header row, .npy or .npz, "
-                            "one row per time step (default: the generated Lorenz system)")
-        p.add_argument("--columns", default=None, metavar="A,B,C",
-                       help="--data: the input columns (default: every column)")
-        p.add_argument("--target", default=None, metavar="A,B",
-                       help="--data: the columns to forecast, among --columns (default: "
-                            "all of them)")
-        p.add_argument("--cell", choices=["gru", "lstm"], default=d["cell"],
-                       help="default: %(default)s")
-        p.add_argument("--window", type=int, default=d["window"],
-                       help="input steps (default: %(default)s)")
-        p.add_argument("--horizon", type=int, default=None,
-                       help="predict this many steps after the window (default: 25 for the "
-                            "Lorenz series, 1 with --data)")
-        p.add_argument("--val-frac", type=float, default=d["val_frac"],
-                       help="--data: the last fraction of the rows validates, in (0, 0.5] "
-                            "(default: %(default)s)")
-        p.add_argument("--season", type=int, default=None,
-                       help="--data: period of the seasonal-naive baseline, >= 2 (default: "
-                            "detected from the training rows' autocorrelation)")
-        p.add_argument("--steps", type=int, default=d["steps"],
-                       help="length of the Lorenz series, at least 5 * (window + horizon) "
-                            "(default: %(default)s)")
-        p.add_argument("--dt", type=float, default=d["dt"],
-                       help="Lorenz sampling interval, in (0, 1] (default: %(default)s)")
+    train_options = (
+        Option("--data", "a series of your own: CSV/TSV with a header row, .npy or .npz, one "
+               "row per time step", metavar="FILE", type=str,
+               default_text="the generated Lorenz system"),
+        Option("--columns", "--data: the input columns", metavar="A,B,C", type=str,
+               default_text="every column", data="file"),
+        Option("--target", "--data: the columns to forecast, among --columns", metavar="A,B",
+               type=str, default_text="all of them", data="file"),
+        Option("--cell", "recurrent cell", "gru", choices=("gru", "lstm")),
+        Option("--window", "input steps", 32, type=int),
+        Option("--horizon", "predict this many steps after the window", type=int,
+               default_text="25 for the Lorenz series, 1 with --data"),
+        Option("--val-frac", "--data: the last fraction of the rows validates, in (0, 0.5]",
+               0.2, type=float, data="file"),
+        Option("--season", "--data: period of the seasonal-naive baseline, >= 2", type=int,
+               default_text="detected from the training rows' autocorrelation", data="file"),
+        Option("--steps", "length of the Lorenz series, at least 5 * (window + horizon)",
+               12000, type=int, data="generated"),
+        Option("--dt", "Lorenz sampling interval, in (0, 1]", 0.02, type=float, data="generated"),
+    )
+    predictions_file = "forecasts.csv"
+    predict_options = (
+        Option("--data", "the series to forecast", metavar="FILE", type=str,
+               default_text="the file the model was trained on"),
+    )
 
     @classmethod
     def config_value(cls, dest, value):
-        if dest == "data" and value is not None:
-            return os.path.abspath(value)
         if dest in ("columns", "target") and value is not None:
             return names(value, "--" + dest)
-        return value
+        return super().config_value(dest, value)
 
     @classmethod
     def config_from_args(cls, a):
@@ -101,9 +90,9 @@ class ForecastTask(Task):
             return cls.check_config(c)
         c.update(horizon=1 if a.horizon is None else a.horizon, steps=None, dt=None,
                  val_frac=a.val_frac, season=a.season, **data_identity(a.data))
-        as_int(c, "window", 1)
-        as_int(c, "horizon", 1)
-        as_float(c, "val_frac", 0.0, 0.5)
+        checked(c, "window", check_int, 1)
+        checked(c, "horizon", check_int, 1)
+        checked(c, "val_frac", check_real, 0.0, 0.5, lo_open=True)
         columns = names(a.columns, "--columns") if a.columns else None
         cols, values = read_table(a.data, columns)      # messages name the file as given
         target = names(a.target, "--target") if a.target else cols
@@ -112,7 +101,7 @@ class ForecastTask(Task):
                 raise ValueError(f"--target {t!r} is not one of the input columns "
                                  f"({', '.join(cols)}); add it to --columns")
         W, h, N = c["window"], c["horizon"], len(values)
-        split = _split(N, c["val_frac"])
+        split = split_point(N, c["val_frac"])
         if W >= N:
             raise ValueError(f"--window {W} is longer than the series in {c['data']} "
                              f"({N} rows)")
@@ -131,28 +120,17 @@ class ForecastTask(Task):
 
     @classmethod
     def check_config(cls, config):
-        # configurations written before --data have no file keys
-        c = require_config({**dict.fromkeys(_FILE_KEYS), **config} if isinstance(config, dict)
-                           else config,
+        c = require_config(config,
                            ("hidden", "cell", "window", "horizon", "steps", "dt",
                             "data_seed") + _FILE_KEYS)
-        for key in ("hidden", "window", "horizon"):
-            as_int(c, key, 1)
-        as_int(c, "data_seed", 0, flag="--seed")
-        as_choice(c, "cell", ("gru", "lstm"))
-        if c["data"] is None:
-            if any(c[k] is not None for k in _FILE_KEYS):
-                raise ValueError("a configuration without --data has no file settings")
-            as_int(c, "steps", 5 * (c["window"] + c["horizon"]))
-            as_float(c, "dt", 0.0, 1.0)
+        check_common(c, ("hidden", "window", "horizon"))
+        checked(c, "cell", check_choice, ("gru", "lstm"))
+        if not check_source(c, ("steps", "dt"), _FILE_KEYS):
+            checked(c, "steps", check_int, 5 * (c["window"] + c["horizon"]))
+            checked(c, "dt", check_real, 0.0, 1.0, lo_open=True)
             return c
-        if c["steps"] is not None or c["dt"] is not None:
-            raise ValueError("--steps and --dt apply to the generated Lorenz series, not to "
-                             "--data")
-        check_identity(c)
-        as_float(c, "val_frac", 0.0, 0.5)
         if c["season"] is not None:
-            as_int(c, "season", 2, flag="--season")
+            checked(c, "season", check_int, 2, flag="--season")
         cols = c["columns"]
         if not (isinstance(cols, list) and cols and all(isinstance(s, str) for s in cols)
                 and len(set(cols)) == len(cols)):
@@ -183,6 +161,7 @@ class ForecastTask(Task):
             z = (series - self.mean) / self.std
             self.train_x, self.train_y = sliding_windows(z[:split], W, h)
             self.val_x, self.val_y = sliding_windows(z[split:], W, h)
+            self.train_set = ArrayDataset(self.train_x, self.train_y)
             self.columns = ["x", "y", "z"]
             self.target = [0, 1, 2]
             return
@@ -194,9 +173,10 @@ class ForecastTask(Task):
         self.target = [cols.index(t) for t in c["target"]]
         self.season = c["season"]
         z = (values - self.mean) / self.std
-        split = _split(len(z), c["val_frac"])
+        split = split_point(len(z), c["val_frac"])
         (self.train_x, self.train_y), (self.val_x, self.val_y, ends) = \
             chronological_windows(z, W, h, split)
+        self.train_set = ArrayDataset(self.train_x, self.train_y)
         if self.season is not None:
             self.val_seasonal = seasonal_naive(z, ends, h, self.season)
 
@@ -212,28 +192,13 @@ class ForecastTask(Task):
         c = self.config
         return Forecaster(len(self.columns), c["hidden"], c["cell"], dtype=dtype, rng=rng)
 
-    def num_batches(self, batch_size):
-        return max(1, len(self.train_x) // batch_size)
+    def loss(self, dtype):
+        if len(self.target) == len(self.columns):
+            return MSELoss(dtype=dtype)
+        return _ColumnsMSE(self.target, dtype)
 
-    def train_batches(self, rng, batch_size):
-        order = rng.permutation(len(self.train_x))
-        for i in range(self.num_batches(batch_size)):
-            idx = order[i * batch_size:(i + 1) * batch_size]
-            yield self.train_x[idx], self.train_y[idx]
-
-    def train_step(self, model, batch):
-        x, y = batch
-        loss_fn = MSELoss(dtype=model.dtype)
-        pred = model(x)
-        if len(self.target) == pred.shape[1]:
-            loss = loss_fn(pred, y)
-            model.backward(loss_fn.backward()[0])
-        else:                       # only the --target columns are scored
-            loss = loss_fn(pred[:, self.target], y[:, self.target])
-            g = np.zeros_like(pred)
-            g[:, self.target] = loss_fn.backward()[0]
-            model.backward(g)
-        return {"loss": float(loss), "correct": 0, "count": 0, "samples": len(x)}
+    #: the metric of the summary line, and whether larger is better
+    headline = ("val_mse", False)
 
     def evaluate(self, model, batch_size=1024):
         # every column: a plain slice keeps the arrays' layout, and so the sums' order
@@ -286,6 +251,21 @@ class ForecastTask(Task):
                 f"{np.abs(true - last).max():8.4g} vs {np.abs(true - p).max():8.4g}")
 
     @classmethod
+    def predict(cls, model, config, args):
+        """``nn-core predict``: the forecasts of every window of ``args.data`` (default:
+        the training file), as :meth:`predict_file`; returns ``(header, rows, summary,
+        preview)``: a line on what was forecast and the last rows, formatted."""
+        data = args.data or config["data"]
+        header, rows = cls.predict_file(model, config, data)
+        future = [r for r in rows if r[-1] == ""]
+        summary = (f"{len(rows)} forecasts, {config['horizon']} step(s) ahead, of "
+                   f"{', '.join(config['target'])} from {data}")
+        preview = ["  " + ", ".join(
+            f"{k}={v if v == '' or k == 'time_index' else f'{float(v):.6g}'}"
+            for k, v in zip(header, r)) for r in rows[-min(len(rows), max(3, len(future))):]]
+        return header, rows, summary, preview
+
+    @classmethod
     def predict_file(cls, model, config, path):
         """Forecasts for every window of the series in ``path`` (same columns as the
         training data).
@@ -325,9 +305,23 @@ class ForecastTask(Task):
         return header, rows
 
 
-def _split(n, val_frac):
-    """The first validation row of a series of ``n`` rows."""
-    return n - max(1, int(round(val_frac * n)))
+class _ColumnsMSE:
+    """The mean squared error over some output ``columns`` (the ``--target`` ones): the
+    other columns' gradient is zero."""
+
+    def __init__(self, columns, dtype):
+        self.columns, self.dtype = list(columns), dtype
+        self.mse = MSELoss(dtype=dtype)
+        self._shape = None
+
+    def __call__(self, pred, target):
+        self._shape = pred.shape
+        return self.mse(pred[:, self.columns], target[:, self.columns])
+
+    def backward(self):
+        g = np.zeros(self._shape, self.dtype)
+        g[:, self.columns] = self.mse.backward()[0]
+        return g, None
 
 
 @inference_mode()

@@ -20,100 +20,79 @@ floor; the learnable part is the answer, measured as
 * ``answer_acc``: teacher-forced accuracy on the characters after ``=`` (and the ``;``),
 * ``sampled_acc``: exact match of the sums the model writes itself (greedy) after the
   prompt ``"a+b="``, decoded with the KV cache, with the decoding speed in tokens/s.
-
-``TransformerLM``, ``TransformerBlock`` and the text functions are also importable from
-here, as in earlier versions (checkpoints name ``nn_core.tasks.lm:TransformerLM``).
 """
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 
-from ..datasets.arithmetic import (  # noqa: F401  (re-exported)
-    CHARS,
-    SEP,
-    STOI,
-    answer_mask,
-    decode_text,
-    encode_text,
-    make_text,
-)
+from ..datasets.arithmetic import CHARS, SEP, answer_mask, decode_text, encode_text, make_text
 from ..datasets.files import read_text
 from ..datasets.vocab import CharVocab
 from ..losses import CrossEntropyLoss
-from ..models.transformer_lm import TransformerBlock, TransformerLM
-from ..training import Task
-from ._config import as_float, as_int, require_config
-from ._data import check_identity, data_identity, verify_identity
+from ..models.transformer_lm import TransformerLM
+from ..training import Batch
+from .._validation import check_int, check_real
+from ._command import CommandTask, Option
+from ._config import check_common, check_source, check_vocab, checked, require_config
+from ._data import data_identity, split_point, verify_identity
 
-__all__ = ["TransformerLM", "TransformerBlock", "LanguageModelTask", "CHARS"]
+__all__ = ["LanguageModelTask"]
 
 #: operands up to 18 digits keep the sums in int64
 MAX_DIGITS = 18
 _ARITH_KEYS = ("digits", "train_exprs", "val_exprs")
 _FILE_KEYS = ("data", "data_sha256", "vocab", "val_frac")
-#: the most distinct characters a vocabulary may hold
-MAX_VOCAB = 4096
 
 
-class LanguageModelTask(Task):
-    """The ``lm`` task (see the module docstring); ``config`` as built by
-    :meth:`config_from_args`."""
+class LanguageModelTask(CommandTask):
+    """``nn-core train lm``: a :class:`~nn_core.models.TransformerLM` on generated
+    arithmetic or on the characters of a text file (see the module docstring)."""
 
     name = "lm"
     description = ("small causal transformer (MHA or GQA) on generated arithmetic text or on a "
                    "UTF-8 text file (--data)")
-    defaults = dict(epochs=8, batch_size=32, lr=3e-3, hidden=64, heads=4, layers=2,
-                    kv_groups=None, digits=1, block=48, train_exprs=20000, val_exprs=2000,
-                    val_frac=0.1)
-    headline = ("sampled_acc", True)
-    generated_only = _ARITH_KEYS
-    data_only = ("val_frac",)
+    defaults = dict(epochs=8, batch_size=32, lr=3e-3, hidden=64)
 
-    @classmethod
-    def add_arguments(cls, p):
-        d = cls.defaults
-        p.add_argument("--heads", type=int, default=d["heads"],
-                       help="attention heads (default: %(default)s)")
-        p.add_argument("--layers", type=int, default=d["layers"],
-                       help="transformer blocks (default: %(default)s)")
-        p.add_argument("--kv-groups", type=int, default=d["kv_groups"],
-                       help="K/V heads for grouped-query attention (default: none, i.e. "
-                            "multi-head attention)")
-        p.add_argument("--data", default=None, metavar="FILE",
-                       help="train on this UTF-8 text, character by character (default: "
-                            "generated 'a+b=c;' arithmetic)")
-        p.add_argument("--val-frac", type=float, default=d["val_frac"],
-                       help="--data: the last fraction of the text validates, in (0, 0.5] "
-                            "(default: %(default)s)")
-        p.add_argument("--digits", type=int, default=d["digits"],
-                       help=f"operand digits, 1 to {MAX_DIGITS} (default: %(default)s)")
-        p.add_argument("--block", type=int, default=d["block"],
-                       help="context length, at least 4 * digits + 4 (default: %(default)s)")
-        p.add_argument("--train-exprs", type=int, default=d["train_exprs"],
-                       help="training expressions (default: %(default)s)")
-        p.add_argument("--val-exprs", type=int, default=d["val_exprs"],
-                       help="validation expressions (default: %(default)s)")
-
-    @classmethod
-    def config_value(cls, dest, value):
-        return os.path.abspath(value) if dest == "data" and value is not None else value
+    train_options = (
+        Option("--heads", "attention heads", 4, type=int),
+        Option("--layers", "transformer blocks", 2, type=int),
+        Option("--kv-groups", "K/V heads for grouped-query attention", dest="num_kv_groups",
+               type=int, metavar="G", default_text="none, i.e. multi-head attention"),
+        Option("--data", "train on this UTF-8 text, character by character", metavar="FILE",
+               type=str, default_text="generated 'a+b=c;' arithmetic"),
+        Option("--val-frac", "--data: the last fraction of the text validates, in (0, 0.5]",
+               0.1, type=float, data="file"),
+        Option("--digits", f"operand digits, 1 to {MAX_DIGITS}", 1, type=int, data="generated"),
+        Option("--block", "context length, at least 4 * digits + 4", 48, type=int),
+        Option("--train-exprs", "training expressions", 20000, type=int, data="generated"),
+        Option("--val-exprs", "validation expressions", 2000, type=int, data="generated"),
+    )
+    generate_options = (
+        Option("--prompt", "prompts to continue", nargs="+",
+               default_text="--num random 'a+b=' prompts, or snippets of the validation "
+                            "text"),
+        Option("--max-new-tokens", "tokens to sample after a --prompt", type=int,
+               default_text="32; 200 for models trained with --data"),
+        Option("--temperature", "0 = greedy, else the softmax temperature", type=float,
+               default_text="0; 0.8 for models trained with --data"),
+    )
 
     @classmethod
     def config_from_args(cls, a):
-        c = dict(hidden=a.hidden, heads=a.heads, layers=a.layers, kv_groups=a.kv_groups,
+        c = dict(hidden=a.hidden, heads=a.heads, layers=a.layers, num_kv_groups=a.num_kv_groups,
                  block=a.block, data_seed=a.seed, **dict.fromkeys(_FILE_KEYS))
         if a.data is None:
             return cls.check_config(dict(c, digits=a.digits, train_exprs=a.train_exprs,
                                          val_exprs=a.val_exprs))
         c.update(dict.fromkeys(_ARITH_KEYS), val_frac=a.val_frac, **data_identity(a.data))
-        as_float(c, "val_frac", 0.0, 0.5)
-        as_int(c, "block", 2)
+        checked(c, "val_frac", check_real, 0.0, 0.5, lo_open=True)
+        checked(c, "block", check_int, 2)
         text = read_text(a.data)                   # messages name the file as given
         c["vocab"] = CharVocab.from_text(text).chars
-        n_train, n_val = _split(len(text), c["val_frac"])
+        n_train = split_point(len(text), c["val_frac"])
+        n_val = len(text) - n_train
         B = c["block"]
         if n_train < B + 2 or n_val < B + 1:
             raise ValueError(f"--block {B} needs at least {B + 2} characters of training and "
@@ -124,46 +103,34 @@ class LanguageModelTask(Task):
 
     @classmethod
     def check_config(cls, config):
-        # configurations written before --data have no file keys
-        c = require_config({**dict.fromkeys(_FILE_KEYS), **config} if isinstance(config, dict)
-                           else config,
-                           ("hidden", "heads", "layers", "kv_groups", "block", "data_seed")
+        c = require_config(config,
+                           ("hidden", "heads", "layers", "num_kv_groups", "block", "data_seed")
                            + _ARITH_KEYS + _FILE_KEYS)
-        for key in ("hidden", "heads", "layers"):
-            as_int(c, key, 1)
-        as_int(c, "data_seed", 0, flag="--seed")
-        if c["hidden"] % c["heads"]:
-            raise ValueError(f"--heads must divide --hidden: got {c['heads']} and "
-                             f"{c['hidden']}")
-        if c["kv_groups"] is not None:
-            as_int(c, "kv_groups", 1)
-            if c["heads"] % c["kv_groups"]:
-                raise ValueError(f"--kv-groups must divide --heads: got {c['kv_groups']} and "
-                                 f"{c['heads']}")
-        if c["data"] is not None:
-            if any(c[k] is not None for k in _ARITH_KEYS):
-                raise ValueError("--digits, --train-exprs and --val-exprs apply to the "
-                                 "generated arithmetic, not to --data")
-            check_identity(c)
-            as_float(c, "val_frac", 0.0, 0.5)
-            as_int(c, "block", 2)
-            v = c["vocab"]
-            if not (isinstance(v, str) and 0 < len(v) <= MAX_VOCAB and len(set(v)) == len(v)):
-                raise ValueError(f"vocab must be 1 to {MAX_VOCAB} distinct characters")
+        check_common(c, ("hidden", "heads", "layers"))
+        if c["num_kv_groups"] is not None:
+            checked(c, "num_kv_groups", check_int, 1, flag="--kv-groups")
+            if c["heads"] % c["num_kv_groups"]:
+                raise ValueError(f"--kv-groups must divide --heads: got {c['num_kv_groups']} "
+                                 f"and {c['heads']}")
+        if check_source(c, _ARITH_KEYS, _FILE_KEYS):
+            checked(c, "block", check_int, 2)
+            check_vocab(c)
             return c
-        if any(c[k] is not None for k in _FILE_KEYS):
-            raise ValueError("a configuration without --data has no file settings")
-        as_int(c, "digits", 1, MAX_DIGITS)
-        as_int(c, "block", 4 * c["digits"] + 4)
+        checked(c, "digits", check_int, 1, MAX_DIGITS)
+        checked(c, "block", check_int, 4 * c["digits"] + 4)
         # every expression has at least 6 characters ("0+0=0;"); the text must hold a
         # block and its next character
         need = -(-(c["block"] + 2) // 6)
-        as_int(c, "train_exprs", need)
-        as_int(c, "val_exprs", need)
+        checked(c, "train_exprs", check_int, need)
+        checked(c, "val_exprs", check_int, need)
         return c
 
     @classmethod
     def check_generate_args(cls, args, config):
+        if args.max_new_tokens is not None:
+            check_int(args.max_new_tokens, "--max-new-tokens", 1)
+        if args.temperature is not None:
+            check_real(args.temperature, "--temperature", 0.0)
         vocab = CharVocab(config["vocab"]) if config.get("data") else None
         for p in args.prompt or ():
             if vocab is not None:
@@ -189,7 +156,7 @@ class LanguageModelTask(Task):
             verify_identity(c)
             text = read_text(c["data"])
             self.vocab = CharVocab(c["vocab"])
-            n_train, _ = _split(len(text), c["val_frac"])
+            n_train = split_point(len(text), c["val_frac"])
             self.train_ids = self.vocab.encode(text[:n_train])
             self.val_text = text[n_train:]
             self.val_ids = self.vocab.encode(self.val_text)
@@ -213,7 +180,7 @@ class LanguageModelTask(Task):
     def build_model(self, dtype, rng):
         c = self.config
         V = len(self.vocab) if self.vocab is not None else len(CHARS)
-        return TransformerLM(V, c["hidden"], c["heads"], c["layers"], c["kv_groups"],
+        return TransformerLM(V, c["hidden"], c["heads"], c["layers"], c["num_kv_groups"],
                              max_len=c["block"], dtype=dtype, rng=rng)
 
     def describe_data(self):
@@ -222,25 +189,37 @@ class LanguageModelTask(Task):
         return (f"{self.config['data']}: {len(self.train_ids) + len(self.val_ids):,} characters, "
                 f"{len(self.vocab)} distinct; the last {len(self.val_ids):,} validate")
 
+    def describe_metrics(self, m):
+        c = self.config
+        attn = ("MHA" if c["num_kv_groups"] in (None, c["heads"])
+                else f"GQA with {c['num_kv_groups']} K/V groups")
+        if self.vocab is not None:
+            return (f"validation {m['val_bpc']:.3f} bits per character (loss {m['val_loss']:.4f}"
+                    f" nats, next-character accuracy {100 * m['val_acc']:.1f}%) on "
+                    f"{self.val_blocks[:, 1:].size:,} characters; character frequencies alone: "
+                    f"{m['unigram_bpc']:.3f} bits ({attn})")
+        return (f"sampled sums correct {100 * m['sampled_acc']:.1f}% ({c['digits']}-digit "
+                f"operands, greedy, KV cache, {m['tokens_per_s']:.0f} tokens/s), answer-token "
+                f"accuracy {100 * m['answer_acc']:.1f}%, validation loss {m['val_loss']:.4f} "
+                f"({attn})")
+
     def num_batches(self, batch_size):
         return max(1, len(self.train_ids) // (batch_size * self.config["block"]))
 
     def train_batches(self, rng, batch_size):
+        """Random windows of ``block + 1`` characters: the first ``block`` in, each
+        one's next character the target."""
         Bl = self.config["block"]
         for _ in range(self.num_batches(batch_size)):
             start = rng.integers(0, len(self.train_ids) - Bl - 1, size=batch_size)
-            yield self.train_ids[start[:, None] + np.arange(Bl + 1)[None, :]]
+            win = self.train_ids[start[:, None] + np.arange(Bl + 1)[None, :]]
+            yield Batch((win[:, :-1],), win[:, 1:])
 
-    def train_step(self, model, batch):
-        x, y = batch[:, :-1], batch[:, 1:]
-        loss_fn = CrossEntropyLoss(dtype=model.dtype)
-        logits = model(x)
-        loss = loss_fn(logits, y)
-        model.backward(loss_fn.backward()[0])
-        ans = answer_mask(batch)[:, 1:] if self.vocab is None else np.ones(y.shape, bool)
-        correct = int(((logits.argmax(-1) == y) & ans).sum())
-        return {"loss": float(loss), "correct": correct, "count": int(ans.sum()),
-                "samples": len(x), "weight": int(y.size)}
+    #: the trainer counts the next-token accuracy of the training batches
+    metrics = ("accuracy",)
+
+    def loss(self, dtype):
+        return CrossEntropyLoss(dtype=dtype)
 
     def _sample_answers(self, model, n, seed):
         """Greedy answers to ``n`` fresh prompts ``"a+b="``; returns (acc, tokens/s, examples)."""
@@ -259,6 +238,9 @@ class LanguageModelTask(Task):
         outs = [decode_text(row).split(";")[0] for row in toks]
         ok = [o == str(x + y) for o, x, y in zip(outs, a, b)]
         return float(np.mean(ok)), toks.size / max(secs, 1e-9), list(zip(prompts, outs, ok))
+
+    #: the metric of the summary line, and whether larger is better
+    headline = ("sampled_acc", True)
 
     def evaluate(self, model, batch_size=64):
         loss_fn = CrossEntropyLoss(reduction="sum", dtype=model.dtype)
@@ -281,20 +263,6 @@ class LanguageModelTask(Task):
         acc, tps, _ = self._sample_answers(model, 200, seed)
         return {"val_loss": tot / n_tok, "answer_acc": correct / count, "sampled_acc": acc,
                 "tokens_per_s": tps}
-
-    def describe_metrics(self, m):
-        c = self.config
-        attn = ("MHA" if c["kv_groups"] in (None, c["heads"])
-                else f"GQA with {c['kv_groups']} K/V groups")
-        if self.vocab is not None:
-            return (f"validation {m['val_bpc']:.3f} bits per character (loss {m['val_loss']:.4f}"
-                    f" nats, next-character accuracy {100 * m['val_acc']:.1f}%) on "
-                    f"{self.val_blocks[:, 1:].size:,} characters; character frequencies alone: "
-                    f"{m['unigram_bpc']:.3f} bits ({attn})")
-        return (f"sampled sums correct {100 * m['sampled_acc']:.1f}% ({c['digits']}-digit "
-                f"operands, greedy, KV cache, {m['tokens_per_s']:.0f} tokens/s), answer-token "
-                f"accuracy {100 * m['answer_acc']:.1f}%, validation loss {m['val_loss']:.4f} "
-                f"({attn})")
 
     def generate(self, model, args, out=print):
         model.eval()
@@ -330,19 +298,14 @@ class LanguageModelTask(Task):
             starts = rng.integers(0, max(1, len(self.val_text) - keep), size=args.num)
             prompts = [self.val_text[s:s + keep] for s in starts]
         for p in prompts:
-            toks, secs = sample(model, self.vocab.encode(p), n_new, temperature, rng, B)
+            toks, secs = _sample(model, self.vocab.encode(p), n_new, temperature, rng, B)
             out(f"{p}|{self.vocab.decode(toks)}")
             out(f"    ({len(toks)} characters, {len(toks) / max(secs, 1e-9):.0f} tokens/s, "
                 f"temperature {temperature:g}, KV cache)")
 
 
-def _split(n, val_frac):
-    """``(training characters, validation characters)`` of a text of ``n``."""
-    n_val = max(1, int(round(val_frac * n)))
-    return n - n_val, n_val
 
-
-def sample(model, ids, n, temperature, rng, block):
+def _sample(model, ids, n, temperature, rng, block):
     """Continue ``ids [P]`` by ``n`` tokens with :meth:`TransformerLM.generate` (KV
     cache); when the context is full, the cache is refilled from the last half block.
 

@@ -9,9 +9,6 @@ drawn with ``--seed``, validate.  Model: :class:`~nn_core.models.Seq2SeqModel`, 
 with teacher forcing and cross-entropy over the target tokens (padding ignored).
 Metrics: validation loss and token accuracy (teacher forced), and the exact match of
 greedy decoding.  ``nn-core generate --input-file`` decodes a file of sources.
-
-``Seq2SeqModel`` and the data functions are also importable from here, as in earlier
-versions (checkpoints name ``nn_core.tasks.seq2seq:Seq2SeqModel``).
 """
 from __future__ import annotations
 
@@ -19,72 +16,54 @@ import os
 
 import numpy as np
 
-from ..datasets.digit_strings import (  # noqa: F401  (re-exported)
-    BOS,
-    EOS,
-    OFFSET,
-    PAD,
-    VOCAB,
-    decode_tokens,
-    encode,
-    make_examples,
-    pad_batch,
-    transform,
-)
+from ..datasets.digit_strings import (BOS, EOS, OFFSET, PAD, VOCAB, decode_tokens, encode,
+                                      make_examples, pad_batch, transform)
 from ..datasets.files import read_pairs, read_text
 from ..datasets.vocab import CharVocab
 from ..losses import CrossEntropyLoss
 from ..models.seq2seq import Seq2SeqModel
-from ..training import Task
-from ._config import as_choice, as_float, as_int, require_config
-from ._data import check_identity, data_identity, verify_identity
+from ..training import Batch
+from .._validation import check_choice, check_int, check_real
+from ._command import CommandTask, Option
+from ._config import check_common, check_source, check_vocab, checked, require_config
+from ._data import data_identity, split_point, verify_identity
 
-__all__ = ["Seq2SeqModel", "Seq2SeqTask", "make_examples", "encode", "decode_tokens"]
+__all__ = ["Seq2SeqTask"]
 
 _DIGIT_KEYS = ("mode", "min_len", "max_len", "train_size", "val_size")
 _FILE_KEYS = ("data", "data_sha256", "vocab", "val_frac", "max_target")
 
 
-class Seq2SeqTask(Task):
-    """The ``seq2seq`` task (see the module docstring); ``config`` as built by
-    :meth:`config_from_args`."""
+class Seq2SeqTask(CommandTask):
+    """``nn-core train seq2seq``: digit strings reversed or sorted, or the pairs of a
+    TSV file, by a :class:`~nn_core.models.Seq2SeqModel`."""
 
     name = "seq2seq"
     description = ("reverse or sort digit strings, or map the source/target pairs of a file "
                    "(--data) (bidirectional encoder, LSTM decoder + attention)")
-    defaults = dict(epochs=6, batch_size=64, lr=1e-2, hidden=96, embed=32, heads=4, cell="gru",
-                    mode="reverse", min_len=5, max_len=20, train_size=12800, val_size=1000,
-                    val_frac=0.1)
-    headline = ("exact_match", True)
-    generated_only = _DIGIT_KEYS
-    data_only = ("val_frac",)
+    defaults = dict(epochs=6, batch_size=64, lr=1e-2, hidden=96)
 
-    @classmethod
-    def add_arguments(cls, p):
-        d = cls.defaults
-        p.add_argument("--data", default=None, metavar="PAIRS.tsv",
-                       help="train on these pairs, one SOURCE<TAB>TARGET per line, UTF-8 "
-                            "(default: generated digit strings)")
-        p.add_argument("--val-frac", type=float, default=d["val_frac"],
-                       help="--data: the fraction of the pairs that validates, in (0, 0.5] "
-                            "(default: %(default)s)")
-        p.add_argument("--mode", choices=["reverse", "sort"], default=d["mode"],
-                       help="target = the digits reversed or sorted (default: %(default)s)")
-        p.add_argument("--cell", choices=["gru", "lstm"], default=d["cell"],
-                       help="encoder cell (default: %(default)s)")
-        p.add_argument("--embed", type=int, default=d["embed"],
-                       help="embedding size (default: %(default)s)")
-        p.add_argument("--heads", type=int, default=d["heads"],
-                       help="cross-attention heads (default: %(default)s)")
-        p.add_argument("--min-len", type=int, default=d["min_len"], help="default: %(default)s")
-        p.add_argument("--max-len", type=int, default=d["max_len"], help="default: %(default)s")
-        p.add_argument("--train-size", type=int, default=d["train_size"],
-                       help="default: %(default)s")
-        p.add_argument("--val-size", type=int, default=d["val_size"], help="default: %(default)s")
-
-    @classmethod
-    def config_value(cls, dest, value):
-        return os.path.abspath(value) if dest == "data" and value is not None else value
+    train_options = (
+        Option("--data", "train on these pairs, one SOURCE<TAB>TARGET per line, UTF-8",
+               metavar="PAIRS.tsv", type=str, default_text="generated digit strings"),
+        Option("--val-frac", "--data: the fraction of the pairs that validates, in (0, 0.5]",
+               0.1, type=float, data="file"),
+        Option("--mode", "target = the digits reversed or sorted", "reverse",
+               choices=("reverse", "sort"), data="generated"),
+        Option("--cell", "encoder cell", "gru", choices=("gru", "lstm")),
+        Option("--embed", "embedding size", 32, type=int),
+        Option("--heads", "cross-attention heads", 4, type=int),
+        Option("--min-len", "shortest digit string", 5, type=int, data="generated"),
+        Option("--max-len", "longest digit string", 20, type=int, data="generated"),
+        Option("--train-size", "training examples", 12800, type=int, data="generated"),
+        Option("--val-size", "validation examples", 1000, type=int, data="generated"),
+    )
+    generate_options = (
+        Option("--input", "strings to transform", nargs="+",
+               default_text="--num random ones, or validation pairs"),
+        Option("--input-file", "models trained with --data: decode each line of FILE (a "
+               "line SOURCE<TAB>TARGET is also scored)", metavar="FILE", type=str),
+    )
 
     @classmethod
     def config_from_args(cls, a):
@@ -94,7 +73,7 @@ class Seq2SeqTask(Task):
             return cls.check_config(dict(c, mode=a.mode, min_len=a.min_len, max_len=a.max_len,
                                          train_size=a.train_size, val_size=a.val_size))
         c.update(dict.fromkeys(_DIGIT_KEYS), val_frac=a.val_frac, **data_identity(a.data))
-        as_float(c, "val_frac", 0.0, 0.5)
+        checked(c, "val_frac", check_real, 0.0, 0.5, lo_open=True)
         pairs = read_pairs(a.data)                 # messages name the file as given
         if len(pairs) < 2:
             raise ValueError(f"--data {c['data']} has {len(pairs)} pair; at least 2 are needed "
@@ -105,35 +84,19 @@ class Seq2SeqTask(Task):
 
     @classmethod
     def check_config(cls, config):
-        # configurations written before --data have no file keys
-        c = require_config({**dict.fromkeys(_FILE_KEYS), **config} if isinstance(config, dict)
-                           else config,
+        c = require_config(config,
                            ("hidden", "embed", "heads", "cell", "data_seed") + _DIGIT_KEYS
                            + _FILE_KEYS)
-        for key in ("hidden", "embed", "heads"):
-            as_int(c, key, 1)
-        as_int(c, "data_seed", 0, flag="--seed")
-        if c["hidden"] % c["heads"]:
-            raise ValueError(f"--heads must divide --hidden: got {c['heads']} and "
-                             f"{c['hidden']}")
-        as_choice(c, "cell", ("gru", "lstm"))
-        if c["data"] is not None:
-            if any(c[k] is not None for k in _DIGIT_KEYS):
-                raise ValueError("--mode, --min-len, --max-len, --train-size and --val-size "
-                                 "apply to the generated digit strings, not to --data")
-            check_identity(c)
-            as_float(c, "val_frac", 0.0, 0.5)
-            as_int(c, "max_target", 1, flag="max_target")
-            v = c["vocab"]
-            if not (isinstance(v, str) and 0 < len(v) <= 4096 and len(set(v)) == len(v)):
-                raise ValueError("vocab must be 1 to 4096 distinct characters")
+        check_common(c, ("hidden", "embed", "heads"))
+        checked(c, "cell", check_choice, ("gru", "lstm"))
+        if check_source(c, _DIGIT_KEYS, _FILE_KEYS):
+            checked(c, "max_target", check_int, 1, flag="max_target")
+            check_vocab(c)
             return c
-        if any(c[k] is not None for k in _FILE_KEYS):
-            raise ValueError("a configuration without --data has no file settings")
         for key in ("min_len", "train_size", "val_size"):
-            as_int(c, key, 1)
-        as_int(c, "max_len", c["min_len"])
-        as_choice(c, "mode", ("reverse", "sort"))
+            checked(c, key, check_int, 1)
+        checked(c, "max_len", check_int, c["min_len"])
+        checked(c, "mode", check_choice, ("reverse", "sort"))
         return c
 
     @classmethod
@@ -188,13 +151,13 @@ class Seq2SeqTask(Task):
             pairs = [(self.vocab.encode(a), self.vocab.encode(b))
                      for a, b, _ in read_pairs(c["data"])]
             order = np.random.default_rng(s).permutation(len(pairs))
-            n_val = min(len(pairs) - 1, max(1, int(round(c["val_frac"] * len(pairs)))))
+            n_val = min(len(pairs) - 1, len(pairs) - split_point(len(pairs), c["val_frac"]))
             val, train = order[:n_val], np.sort(order[n_val:])
             self.train_src = [pairs[i][0] for i in train]
             self.train_tgt = [pairs[i][1] for i in train]
             self.val_src = [pairs[i][0] for i in np.sort(val)]
             self.val_tgt = [pairs[i][1] for i in np.sort(val)]
-        self.loss = None
+        self.train_set = _Pairs(self.train_src, self.train_tgt)
 
     def describe_data(self):
         if self.vocab is None:
@@ -211,32 +174,18 @@ class Seq2SeqTask(Task):
 
     def build_model(self, dtype, rng):
         c = self.config
-        self.loss = CrossEntropyLoss(ignore_index=PAD, dtype=dtype)
         V = VOCAB if self.vocab is None else len(self.vocab)
-        return Seq2SeqModel(V, c["embed"], c["hidden"], c["heads"], c["cell"],
-                            dtype=dtype, rng=rng)
+        return Seq2SeqModel(V, c["embed"], c["hidden"], c["heads"], c["cell"], pad_id=PAD,
+                            bos_id=BOS, eos_id=EOS, dtype=dtype, rng=rng)
 
-    def num_batches(self, batch_size):
-        return max(1, len(self.train_src) // batch_size)
+    #: the trainer counts the next-token accuracy of the training batches
+    metrics = ("accuracy",)
 
-    def train_batches(self, rng, batch_size):
-        order = rng.permutation(len(self.train_src))
-        for i in range(self.num_batches(batch_size)):
-            idx = order[i * batch_size:(i + 1) * batch_size]
-            yield pad_batch([self.train_src[j] for j in idx], [self.train_tgt[j] for j in idx])
+    def loss(self, dtype):
+        return CrossEntropyLoss(ignore_index=PAD, dtype=dtype)
 
-    def train_step(self, model, batch):
-        src, src_len, tin, tout, tgt_len = batch
-        if self.loss is None or self.loss.dtype != model.dtype:
-            self.loss = CrossEntropyLoss(ignore_index=PAD, dtype=model.dtype)
-        logits = model(src, src_len, tin, tgt_len)
-        loss = self.loss(logits, tout)
-        g, _ = self.loss.backward()
-        model.backward(g)
-        keep = tout != PAD
-        correct = int(((logits.argmax(-1) == tout) & keep).sum())
-        return {"loss": float(loss), "correct": correct, "count": int(keep.sum()),
-                "samples": len(src), "weight": int(keep.sum())}
+    #: the metric of the summary line, and whether larger is better
+    headline = ("exact_match", True)
 
     def evaluate(self, model, batch_size=500):
         """Validation loss, token accuracy (teacher forcing) and greedy exact match."""
@@ -316,3 +265,19 @@ class Seq2SeqTask(Task):
                 out(line)
         if expected:
             out(f"{ok}/{expected} correct")
+
+
+class _Pairs:
+    """Source and target token lists as a dataset: ``batch(idx)`` pads them into
+    ``Batch((src, src_len, tgt_in, tgt_len), tgt_out)`` (teacher forcing)."""
+
+    def __init__(self, sources, targets):
+        self.sources, self.targets = sources, targets
+
+    def __len__(self):
+        return len(self.sources)
+
+    def batch(self, idx):
+        src, src_len, tin, tout, tgt_len = pad_batch([self.sources[j] for j in idx],
+                                                     [self.targets[j] for j in idx])
+        return Batch((src, src_len, tin, tgt_len), tout)

@@ -7,9 +7,9 @@ runs a :class:`Task` the way ``nn-core train`` does.
   rate schedule, evaluation with metrics after every epoch, callbacks
   (:mod:`nn_core.training.callbacks`: early stopping, keep-best checkpoints,
   reduce-LR-on-plateau, CSV/JSON logs), a progress line per epoch;
-* :class:`Task` / :func:`train` -- a task supplies data, model and one training step;
-  :func:`train` runs it with AdamW, warmup/cosine and clipping (the ``nn-core train``
-  tasks of :mod:`nn_core.tasks` are such tasks).
+* :class:`Task` / :func:`train` -- a task supplies a model, a batch source, a loss and
+  its metrics; :func:`train` hands them to a :class:`Trainer` with AdamW, warmup/cosine
+  and clipping (the tasks of :mod:`nn_core.tasks` are such tasks).
 
 Runs are never lost and always resumable (``Trainer.fit(out_dir=...)`` and ``train``):
 
@@ -34,6 +34,7 @@ A linear regression as a task:
 >>> import numpy as np
 >>> from nn_core.layers import Linear
 >>> from nn_core.losses import MSELoss
+>>> from nn_core.training import ArrayDataset
 >>> class Regression(Task):
 ...     name = "regression"
 ...     def __init__(self, config):
@@ -41,21 +42,11 @@ A linear regression as a task:
 ...         rng = np.random.default_rng(config["seed"])
 ...         self.x = rng.standard_normal((256, 4))
 ...         self.y = self.x @ rng.standard_normal((4, 2))
+...         self.train_set = ArrayDataset(self.x, self.y)    # drawn anew every epoch
 ...     def build_model(self, dtype, rng):
 ...         return Linear(4, 2, dtype=dtype, rng=rng)
-...     def num_batches(self, batch_size):
-...         return len(self.x) // batch_size
-...     def train_batches(self, rng, batch_size):
-...         order = rng.permutation(len(self.x))
-...         for i in range(self.num_batches(batch_size)):
-...             idx = order[i * batch_size:(i + 1) * batch_size]
-...             yield self.x[idx], self.y[idx]
-...     def train_step(self, model, batch):
-...         x, y = batch
-...         loss_fn = MSELoss(dtype=model.dtype)
-...         loss = loss_fn(model(x), y)
-...         model.backward(loss_fn.backward()[0])
-...         return {"loss": float(loss), "correct": 0, "count": 0, "samples": len(x)}
+...     def loss(self, dtype):
+...         return MSELoss(dtype=dtype)
 ...     def evaluate(self, model):
 ...         return {"val_mse": float(((model(self.x) - self.y) ** 2).mean())}
 >>> with tempfile.TemporaryDirectory() as out:
@@ -86,17 +77,19 @@ The same regression with the public loop, early stopping and a keep-best checkpo
 True
 """
 from . import callbacks, data
-from ._run import (CHECKPOINT, RUN_FILES, RunExistsError, plot_history, prepare_run_dir,
-                   rng_states, set_rng_states, write_history)
+from ._run import (CHECKPOINT, RUN_FILES, RunExistsError, check_run_dir, plot_history,
+                   prepare_run_dir, rng_states, set_rng_states, write_history)
+from ._state import compare_settings
 from ._signals import StopSignals, TrainingInterrupted
 from .callbacks import (Callback, CSVLogger, EarlyStopping, JSONLogger, LambdaCallback,
                         ModelCheckpoint, ReduceLROnPlateau)
 from .data import ArrayDataset, Batch, SequenceDataset, pad_sequences
 from .task import Task, read_run, train
-from .trainer import History, Trainer, fit
+from .trainer import History, Trainer, fit, loss_step
 
-__all__ = ["Trainer", "fit", "History", "Task", "train", "plot_history", "write_history",
-           "prepare_run_dir", "read_run", "rng_states", "set_rng_states", "StopSignals",
+__all__ = ["Trainer", "fit", "loss_step", "History", "Task", "train", "plot_history",
+           "write_history", "check_run_dir", "prepare_run_dir", "compare_settings", "read_run",
+           "rng_states", "set_rng_states", "StopSignals",
            "TrainingInterrupted", "RunExistsError", "CHECKPOINT", "RUN_FILES",
            "Callback", "EarlyStopping", "ModelCheckpoint", "ReduceLROnPlateau", "CSVLogger",
            "JSONLogger", "LambdaCallback", "ArrayDataset", "SequenceDataset", "Batch",

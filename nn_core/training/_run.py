@@ -11,7 +11,8 @@ import numpy as np
 
 from ..checkpoint import atomic_write
 
-__all__ = ["CHECKPOINT", "RUN_FILES", "RunExistsError", "prepare_run_dir", "write_history",
+__all__ = ["CHECKPOINT", "RUN_FILES", "RunExistsError", "check_run_dir", "prepare_run_dir",
+           "write_history",
            "plot_history", "rng_states", "set_rng_states"]
 
 #: the checkpoint a run writes in its ``out_dir``
@@ -21,35 +22,28 @@ RUN_FILES = (CHECKPOINT, "history.json", "history.csv", "loss_curve.png")
 
 
 class RunExistsError(FileExistsError):
-    """``out_dir`` already holds a run and neither ``resume`` nor ``overwrite`` was given."""
+    """``out_dir`` already holds a run and neither ``resume`` nor ``overwrite`` was given;
+    ``files`` are its run files."""
+
+    def __init__(self, message, files=()):
+        super().__init__(message)
+        self.files = list(files)
 
 
-def prepare_run_dir(out_dir, *, resume=False, overwrite=False):
-    """Check ``out_dir`` for a new or resumed run; returns the checkpoint to resume.
-
-    Parameters
-    ----------
-    out_dir : str
-    resume : bool
-        Continue the run in ``out_dir`` (its :data:`CHECKPOINT` must exist).
-    overwrite : bool
-        Start afresh: the :data:`RUN_FILES` present are deleted (nothing else).
-
-    Returns
-    -------
-    str or None
-        The checkpoint path when resuming, else ``None``.  The folder exists afterwards.
+def check_run_dir(out_dir, *, resume=False, overwrite=False):
+    """The rules of a run folder, checked without touching it: returns ``(the checkpoint
+    to resume or None, the run files present)``.
 
     Raises
     ------
-    NotADirectoryError
-        ``out_dir`` is an existing file.
-    RunExistsError
-        A run is there and neither ``resume`` nor ``overwrite`` was given.
-    FileNotFoundError
-        ``resume`` and there is no checkpoint.
     ValueError
         Both ``resume`` and ``overwrite``.
+    NotADirectoryError
+        ``out_dir`` is an existing file.
+    FileNotFoundError
+        ``resume`` and there is no :data:`CHECKPOINT`.
+    RunExistsError
+        A run is there and neither ``resume`` nor ``overwrite`` was given.
     """
     out_dir = os.fspath(out_dir)
     if resume and overwrite:
@@ -61,10 +55,20 @@ def prepare_run_dir(out_dir, *, resume=False, overwrite=False):
     if resume:
         if not os.path.exists(ckpt):
             raise FileNotFoundError(f"nothing to resume in {out_dir!r}: no {CHECKPOINT}")
-        return ckpt
+        return ckpt, present
     if present and not overwrite:
         raise RunExistsError(f"{out_dir!r} already holds a run ({', '.join(present)}); "
-                             "resume it or overwrite it")
+                             "resume it or overwrite it", present)
+    return None, present
+
+
+def prepare_run_dir(out_dir, *, resume=False, overwrite=False):
+    """Check ``out_dir`` for a new or resumed run (:func:`check_run_dir`), delete the
+    :data:`RUN_FILES` present when overwriting (nothing else) and create the folder;
+    returns the checkpoint to resume, or ``None``."""
+    ckpt, present = check_run_dir(out_dir, resume=resume, overwrite=overwrite)
+    if ckpt is not None:
+        return ckpt
     for f in present:
         os.unlink(os.path.join(out_dir, f))
     os.makedirs(out_dir, exist_ok=True)

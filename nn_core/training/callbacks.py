@@ -31,6 +31,7 @@ import os
 
 import numpy as np
 
+from .._validation import check_int, check_real
 from ..checkpoint import atomic_write, save
 from ._run import write_csv
 
@@ -100,8 +101,7 @@ class _Monitor(Callback):
     """The best value of a metric so far and whether a new value improves on it."""
 
     def __init__(self, monitor, mode, min_delta):
-        if not (isinstance(min_delta, (int, float)) and math.isfinite(min_delta)):
-            raise ValueError(f"min_delta must be a finite number, got {min_delta!r}")
+        check_real(min_delta, "min_delta")
         self.monitor = monitor
         self.mode = _direction(monitor, mode)
         self.min_delta = abs(float(min_delta))
@@ -119,12 +119,6 @@ class _Monitor(Callback):
 
     def load_state_dict(self, state):
         self.best = None if state["best"] is None else float(state["best"])
-
-
-def _count(v, name, lo=0):
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
-    return v
 
 
 class EarlyStopping(_Monitor):
@@ -153,7 +147,7 @@ class EarlyStopping(_Monitor):
     def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, mode="auto",
                  restore_best_weights=False):
         super().__init__(monitor, mode, min_delta)
-        self.patience = _count(patience, "patience")
+        self.patience = check_int(patience, "patience", 0)
         self.restore_best_weights = bool(restore_best_weights)
         self.wait = 0
         self.best_epoch = 0
@@ -257,13 +251,10 @@ class ReduceLROnPlateau(_Monitor):
     def __init__(self, monitor="val_loss", factor=0.1, patience=10, mode="auto",
                  min_delta=1e-4, cooldown=0, min_lr=0.0):
         super().__init__(monitor, mode, min_delta)
-        if not 0 < factor < 1:
-            raise ValueError(f"factor must be in (0, 1), got {factor!r}")
-        if not (math.isfinite(min_lr) and min_lr >= 0):
-            raise ValueError(f"min_lr must be a finite number >= 0, got {min_lr!r}")
-        self.factor, self.min_lr = float(factor), float(min_lr)
-        self.patience = _count(patience, "patience")
-        self.cooldown = _count(cooldown, "cooldown")
+        self.factor = check_real(factor, "factor", 0.0, 1.0, lo_open=True, hi_open=True)
+        self.min_lr = check_real(min_lr, "min_lr", 0.0)
+        self.patience = check_int(patience, "patience", 0)
+        self.cooldown = check_int(cooldown, "cooldown", 0)
         self.wait = 0
         self.cooldown_left = 0
 

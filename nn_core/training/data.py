@@ -30,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 __all__ = ["Batch", "ArrayDataset", "SequenceDataset", "pad_sequences", "as_dataset",
-           "as_source"]
+           "as_source", "shuffled_batches"]
 
 
 class Batch(NamedTuple):
@@ -241,10 +241,18 @@ class _DatasetSource:
         return math.ceil(n / batch_size)
 
     def train_batches(self, rng, batch_size):
-        n = len(self.dataset)
-        order = rng.permutation(n) if self.shuffle else np.arange(n)
-        for i in range(self.num_batches(batch_size)):
-            yield self.dataset.batch(order[i * batch_size:(i + 1) * batch_size])
+        return shuffled_batches(self.dataset, rng, batch_size, self.num_batches(batch_size),
+                                self.shuffle)
+
+
+def shuffled_batches(dataset, rng, batch_size, count, shuffle=True):
+    """The first ``count`` batches of ``batch_size`` samples of ``dataset`` (its
+    ``batch(idx)``), in an order drawn from ``rng`` (a permutation, drawn at once) or,
+    without ``shuffle``, in the stored order."""
+    n = len(dataset)
+    order = rng.permutation(n) if shuffle else np.arange(n)
+    for i in range(count):
+        yield dataset.batch(order[i * batch_size:(i + 1) * batch_size])
 
 
 def as_source(data, shuffle=True, drop_last=False):

@@ -4,84 +4,61 @@ warmup/cosine, gradient clipping, a run folder, and the task's own header and su
 """
 from __future__ import annotations
 
-import math
-import numbers
 import os
 
 import numpy as np
 
 from .. import distributed as _dist
+from .._validation import check_choice, check_int, check_real
 from ..checkpoint import CheckpointError, read_metadata
 from ..optim import AdamW, WarmupCosine
 from ._run import CHECKPOINT, order_generator
+from ._state import KIND
+from .data import shuffled_batches
 from .trainer import Trainer
 
 __all__ = ["Task", "train", "read_run"]
 
-_STATE_KIND = "nn_core.training.train/1"
-
 
 class Task:
-    """What :func:`train` needs from a task: data, a model and one training step.
+    """What :func:`train` needs from a task: a model, a batch source, a loss and the
+    metrics; :func:`train` hands them to a :class:`Trainer` with AdamW, a warmup/cosine
+    schedule and gradient clipping.
 
-    A task is also a batch source for :meth:`Trainer.fit` (``num_batches`` and
-    ``train_batches``); :func:`train` runs it on a :class:`Trainer` with AdamW, a
-    warmup/cosine schedule and gradient clipping.
+    * the batch source: :attr:`train_set` (a dataset such as
+      :class:`~nn_core.training.ArrayDataset`, drawn in a new order every epoch, last
+      smaller batch left out), or :meth:`num_batches` and :meth:`train_batches` of
+      one's own;
+    * the step: :meth:`loss` (``loss(model(*batch.inputs), batch.target)`` and its
+      backward, :meth:`Trainer.train_step`), or a :attr:`train_step` of one's own;
+    * :attr:`metrics`: what the trainer counts on the training batches
+      (``"accuracy"``: shown by the progress bar, ``train_acc`` in the history);
+    * :meth:`evaluate`: the validation metrics.
 
-    Subclasses: :class:`~nn_core.tasks.seq2seq.Seq2SeqTask`,
-    :class:`~nn_core.tasks.forecast.ForecastTask` and
-    :class:`~nn_core.tasks.lm.LanguageModelTask`.
+    The ``nn-core`` command's tasks (:mod:`nn_core.tasks`) are subclasses; what they
+    add for the command line lives there.
 
     Parameters
     ----------
     config : dict
         JSON-serialisable (model sizes, data options, seed).  :func:`train` stores it
-        in the checkpoint, so ``nn-core eval``/``generate`` rebuild the same task, and
-        its data, without the command line.
+        in the checkpoint, so that the task, and its data, can be rebuilt from it.
     """
 
     name = ""
-    description = ""
-    #: default ``epochs, batch_size, lr, hidden`` and task options
-    defaults: dict = {}
     #: the metric printed in the summary, and whether larger is better
     headline = ("val_loss", False)
-    #: options (destinations) of generated data, refused together with ``--data``
-    generated_only: tuple = ()
-    #: options that need ``--data``
-    data_only: tuple = ()
+    #: metrics the trainer counts on the training batches (``"accuracy"``)
+    metrics: tuple = ()
+    #: the training samples (a dataset with ``batch(idx)`` and ``len``), or ``None``
+    #: for a task with its own :meth:`train_batches`
+    train_set = None
+    #: ``train_step(model, batch) -> stats``: a step of one's own, instead of
+    #: :meth:`loss` (see ``step_fn`` of :class:`Trainer`)
+    train_step = None
 
     def __init__(self, config):
         self.config = dict(config)
-
-    @classmethod
-    def add_arguments(cls, parser):
-        """Task-specific command-line options (defaults from :attr:`defaults`)."""
-
-    @classmethod
-    def config_from_args(cls, args):  # pragma: no cover - interface
-        """The task's ``config`` from the parsed command line (``ValueError`` naming the
-        option if invalid); called before any data are generated."""
-        raise NotImplementedError
-
-    @classmethod
-    def check_config(cls, config):
-        """``config`` checked as :meth:`config_from_args` checks it (it may come from a
-        checkpoint); returns a copy, raises ``ValueError`` naming the option."""
-        if not isinstance(config, dict):
-            raise ValueError(f"the task configuration must be a dict, got "
-                             f"{type(config).__name__}")
-        return dict(config)
-
-    @classmethod
-    def check_generate_args(cls, args, config):
-        """Check the ``nn-core generate`` options this task uses (``ValueError``)."""
-
-    @classmethod
-    def config_value(cls, dest, value):
-        """Option ``dest`` given on the command line as it is stored in the
-        configuration (compared with a resumed run's); default: unchanged."""
-        return value
 
     def describe_data(self) -> str:
         """One line about the data, printed once they are ready."""
@@ -91,24 +68,19 @@ class Task:
         """A new model with weights drawn from ``rng`` (a ``numpy.random.Generator``)."""
         raise NotImplementedError
 
-    def num_batches(self, batch_size) -> int:  # pragma: no cover - interface
-        raise NotImplementedError
+    def num_batches(self, batch_size) -> int:
+        """Batches per epoch: full batches of :attr:`train_set` (at least one)."""
+        return max(1, len(self.train_set) // batch_size)
 
-    def train_batches(self, rng, batch_size):  # pragma: no cover - interface
-        """Yield the batches of one epoch (shuffled with ``rng``)."""
-        raise NotImplementedError
+    def train_batches(self, rng, batch_size):
+        """Yield the batches of one epoch, in an order drawn from ``rng`` only."""
+        return shuffled_batches(self.train_set, rng, batch_size, self.num_batches(batch_size))
 
-    def train_step(self, model, batch) -> dict:  # pragma: no cover - interface
-        """Forward + loss + backward (gradients accumulate into ``model``).
-
-        Returns ``{"loss": float, "correct": int, "count": int, "samples": int}``
-        and optionally ``"weight"``: how many terms the loss averaged over (tokens),
-        which weights the ranks' gradients in data-parallel training (default:
-        ``samples``)
-        (``correct/count`` is the accuracy shown by the progress bar; ``count`` may
-        be 0 for regression).
-        """
-        raise NotImplementedError
+    def loss(self, dtype):
+        """The loss module of the training step (built in ``dtype``); a task with its
+        own :attr:`train_step` needs none."""
+        raise NotImplementedError(f"{type(self).__name__} defines neither loss() nor "
+                                  "train_step")
 
     def evaluate(self, model) -> dict:  # pragma: no cover - interface
         """Validation metrics (``model`` is in eval mode)."""
@@ -118,10 +90,6 @@ class Task:
         """One line summarising ``metrics`` (printed at the end of training and by eval)."""
         return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                          for k, v in metrics.items())
-
-    def generate(self, model, args, out=print):  # pragma: no cover - interface
-        """Run ``model`` on examples for ``nn-core generate`` (``args``: its options)."""
-        raise NotImplementedError
 
 
 def read_run(path) -> dict:
@@ -146,19 +114,19 @@ def read_run(path) -> dict:
     extra = meta.get("extra")
     training = meta.get("training")
     if not isinstance(extra, dict) or "task" not in extra or not isinstance(training, dict) \
-            or training.get("kind") != _STATE_KIND:
+            or training.get("kind") != KIND:
         raise CheckpointError(f"{path!r} was not written by nn_core.training.train with a "
                               "training state (an older or a plain checkpoint cannot resume)")
     settings = training.get("settings")
     step, done = training.get("step"), training.get("epochs_done")
     try:
-        if not isinstance(settings, dict) or set(settings) != set(_SETTINGS):
+        if not isinstance(settings, dict) or not set(_SETTINGS) <= set(settings):
             raise ValueError(f"keys {sorted(settings) if isinstance(settings, dict) else '-'}")
+        settings = {k: settings[k] for k in _SETTINGS}
         if _check_settings(**settings, max_steps=None) != settings:
             raise ValueError("values of the wrong type")
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
-                   for v in (step, done)):
-            raise ValueError(f"step {step!r}, epochs done {done!r}")
+        check_int(step, "step", 0)
+        check_int(done, "epochs_done", 0)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path!r}: the run's settings are malformed: {exc}") from None
     return {"task": extra["task"], "config": extra.get("config"), "settings": settings,
@@ -171,35 +139,21 @@ _SETTINGS = ("epochs", "batch_size", "lr", "dtype", "seed", "weight_decay", "cli
 
 def _check_settings(epochs, batch_size, lr, dtype, seed, weight_decay, clip, warmup_frac,
                     max_steps):
-    def integer(v, name, lo):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
-            raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
-        return int(v)
-
-    def real(v, name, positive):
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) \
-                or v < 0 or (positive and v == 0):
-            raise ValueError(f"{name} must be a finite number {'>' if positive else '>='} 0, "
-                             f"got {v!r}")
-        return float(v)
-
-    name = np.dtype(dtype).name
-    if name not in ("float32", "float64"):
-        raise ValueError(f"dtype must be float32 or float64, got {name}")
-    if not 0 <= warmup_frac <= 1:
-        raise ValueError(f"warmup_frac must be in [0, 1], got {warmup_frac!r}")
     if max_steps is not None:
-        integer(max_steps, "max_steps", 1)
-    return {"epochs": integer(epochs, "epochs", 1),
-            "batch_size": integer(batch_size, "batch_size", 1),
-            "lr": real(lr, "lr", True), "dtype": name, "seed": integer(seed, "seed", 0),
-            "weight_decay": real(weight_decay, "weight_decay", False),
-            "clip": real(clip, "clip", True), "warmup_frac": float(warmup_frac)}
+        check_int(max_steps, "max_steps", 1)
+    return {"epochs": check_int(epochs, "epochs", 1),
+            "batch_size": check_int(batch_size, "batch_size", 1),
+            "lr": check_real(lr, "lr", 0.0, lo_open=True),
+            "dtype": check_choice(np.dtype(dtype).name, "dtype", ("float32", "float64")),
+            "seed": check_int(seed, "seed", 0),
+            "weight_decay": check_real(weight_decay, "weight_decay", 0.0),
+            "clip": check_real(clip, "clip", 0.0, lo_open=True),
+            "warmup_frac": check_real(warmup_frac, "warmup_frac", 0.0, 1.0)}
 
 
 def train(task, *, epochs, batch_size, lr, dtype=np.float32, seed=0, out_dir="runs",
           weight_decay=0.01, clip=1.0, warmup_frac=0.05, log=None, progress_file=None,
-          max_steps=None, resume=False, overwrite=False, handle_signals=True):
+          max_steps=None, resume=False, overwrite=False, handle_signals=True, title=None):
     """Train ``task``'s model on a :class:`Trainer`.
 
     Every epoch: the task's batches (order drawn from ``seed``), each one
@@ -243,6 +197,9 @@ def train(task, *, epochs, batch_size, lr, dtype=np.float32, seed=0, out_dir="ru
         Delete the run files in ``out_dir`` first (see :func:`prepare_run_dir`).
     handle_signals : bool
         Stop in order on SIGINT/SIGTERM (see :class:`StopSignals`); main thread only.
+    title : str, optional
+        Names the run in the header line and on the loss curve (default: the task's
+        name).
 
     Returns
     -------
@@ -272,7 +229,8 @@ def train(task, *, epochs, batch_size, lr, dtype=np.float32, seed=0, out_dir="ru
                                warmup_frac, max_steps)
     log = log or (lambda msg: print(msg, flush=True))
     rng = np.random.default_rng(seed)
-    model = task.build_model(np.dtype(settings["dtype"]).type, rng)
+    dtype = np.dtype(settings["dtype"]).type
+    model = task.build_model(dtype, rng)
     order_rng = order_generator(rng)
     procs = _dist.size() if _dist.is_initialized() else 1
     per_epoch = task.num_batches(batch_size * procs)      # global batches (data parallel)
@@ -280,10 +238,23 @@ def train(task, *, epochs, batch_size, lr, dtype=np.float32, seed=0, out_dir="ru
     opt = AdamW(model, lr=lr, weight_decay=weight_decay)
     sched = WarmupCosine(opt, warmup_steps=max(1, int(warmup_frac * total)),
                          total_steps=total, min_lr=lr / 20)
-    trainer = _TaskTrainer(task, settings, model, opt, sched, log, progress_file,
-                           handle_signals)
+    trainer = Trainer(model, None if task.train_step is not None else task.loss(dtype), opt,
+                      schedule=sched, clip=settings["clip"], metrics=task.metrics,
+                      step_fn=task.train_step, eval_fn=task.evaluate, verbose=1,
+                      progress_file=progress_file, log=log, handle_signals=handle_signals)
+    title = title or task.name
+    header = (f"{title}: {type(model).__name__} with "
+              f"{model.num_parameters():,} parameters ({settings['dtype']}), {epochs} epochs "
+              f"x {per_epoch} batches of {batch_size}"
+              + (f" per process x {procs} processes = {batch_size * procs}" if procs > 1
+                 else "")
+              + f", AdamW lr {lr:g}"
+              + (f", stopping after step {max_steps}" if max_steps is not None
+                 and max_steps < total else ""))
     h = trainer.fit(task, epochs=epochs, batch_size=batch_size, seed=order_rng,
-                    out_dir=out_dir, resume=resume, overwrite=overwrite, max_steps=max_steps)
+                    out_dir=out_dir, resume=resume, overwrite=overwrite, max_steps=max_steps,
+                    settings=settings, record={"task": task.name, "config": task.config},
+                    header=header, title=title)
     metrics = h.metrics
     if h.status == "max_steps":
         batch = h.steps - (h.epochs[-1]["step"] if h.epochs else 0)
@@ -302,60 +273,3 @@ def train(task, *, epochs, batch_size, lr, dtype=np.float32, seed=0, out_dir="ru
     return model, {"metrics": metrics, "wall_time_s": h.wall_time_s, "steps": h.steps,
                    "history": history, "checkpoint": h.checkpoint,
                    "headline": metrics.get(task.headline[0]), "status": h.status}
-
-
-class _TaskTrainer(Trainer):
-    """A :class:`Trainer` that records the task (name, configuration) in its
-    checkpoints, keeps :func:`train`'s settings and prints the task's header."""
-
-    _STATE_KIND = _STATE_KIND
-
-    def __init__(self, task, settings, model, optimizer, schedule, log, progress_file,
-                 handle_signals):
-        super().__init__(model, optimizer=optimizer, schedule=schedule, clip=settings["clip"],
-                         step_fn=task.train_step, eval_fn=task.evaluate, verbose=1,
-                         progress_file=progress_file, log=log, handle_signals=handle_signals)
-        self.task = task
-        self.task_settings = settings
-
-    def _settings(self, fit_settings):
-        return dict(self.task_settings)
-
-    def _checkpoint_extra(self, run, settings):
-        return {"task": self.task.name, "config": self.task.config,
-                **super()._checkpoint_extra(run, settings)}
-
-    def _history_header(self):
-        return {"task": self.task.name}
-
-    def _title(self):
-        return f"nn-core train {self.task.name}"
-
-    def _announce(self, run, per_epoch, epochs, batch_size, max_steps, resumed):
-        s, model = self.task_settings, self.model
-        self.log(f"nn-core train {self.task.name}: {type(model).__name__} with "
-                 f"{model.num_parameters():,} parameters ({s['dtype']}), {epochs} epochs "
-                 f"x {per_epoch} batches of {batch_size}"
-                 + (f" per process x {self._world.size} processes = {batch_size * self._world.size}"
-                    if self._world is not None else "")
-                 + f", AdamW lr {s['lr']:g}"
-                 + (f", stopping after step {max_steps}" if max_steps is not None
-                    and max_steps < epochs * per_epoch else "")
-                 + (f"; resuming at step {run.step} (epoch {run.epochs_done + 1}, batch "
-                    f"{run.batch}/{per_epoch})" if resumed else ""))
-
-    def _check_resume(self, path, settings):
-        info = read_run(path)
-        task = self.task
-        if info["task"] != task.name:
-            raise ValueError(f"{path!r} holds a {info['task']!r} run, not {task.name!r}")
-        # as the task checks it now (older runs lack keys that later versions added)
-        saved = type(task).check_config(info["config"])
-        if saved != task.config:
-            diff = sorted(k for k in set(saved) | set(task.config)
-                          if saved.get(k) != task.config.get(k))
-            raise ValueError(f"the task configuration differs from the run's in {diff}")
-        diff = [k for k in _SETTINGS if info["settings"][k] != settings[k]]
-        if diff:
-            raise ValueError("a resumed run keeps its settings; these differ: " + ", ".join(
-                f"{k} {settings[k]!r} (the run's: {info['settings'][k]!r})" for k in diff))

@@ -7,25 +7,30 @@ with ``out_dir``, a checkpoint that carries the whole training state.
 """
 from __future__ import annotations
 
+import contextlib
 import math
-import numbers
 import os
+import signal
+import time
 
 import numpy as np
 
-from .. import distributed as _dist
-from ..checkpoint import CheckpointError, read_metadata
+from .._progress import ProgressBar
+from .._validation import check_choice, check_int, check_real
+from ..checkpoint import read_metadata, save
 from ..losses import CrossEntropyLoss, MSELoss
+from ..memory import caching_allocator, release_cache
 from ..module import Module, inference_mode
-from ..optim import AdamW, WarmupCosine, clip_grad_norm
-from ._loop import Context, Run, restore
-from . import _ranks
-from ._run import CHECKPOINT, prepare_run_dir
-from ._signals import StopSignals
+from ..optim import AdamW, clip_grad_norm
+from . import _run
+from ._run import CHECKPOINT, prepare_run_dir, write_history
+from ._signals import StopSignals, TrainingInterrupted
+from ._state import LearningRate, RunState, compare_settings
+from ._strategy import SingleProcess, strategy
 from .callbacks import Callback
 from .data import Batch, as_dataset, as_source, iterate
 
-__all__ = ["Trainer", "History", "fit"]
+__all__ = ["Trainer", "History", "fit", "loss_step"]
 
 _LOSSES = {"mse": MSELoss, "cross_entropy": CrossEntropyLoss}
 
@@ -78,10 +83,38 @@ class History:
                 f"metrics={self.metrics})")
 
 
-def _integer(v, name, lo):
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
-    return int(v)
+def _valid(loss, target):
+    """The target positions the loss counts (all but its ``ignore_index``)."""
+    ignore = getattr(loss, "ignore_index", None)
+    return np.ones(np.shape(target), bool) if ignore is None else target != ignore
+
+
+def _correct(loss, out, target):
+    """``(correct, counted)`` arg-max predictions of ``out`` against ``target``."""
+    keep = _valid(loss, target)
+    return int(((out.argmax(-1) == target) & keep).sum()), int(keep.sum())
+
+
+def loss_step(model, loss, batch, accuracy=False) -> dict:
+    """Forward, loss and backward of one batch: ``loss(model(*inputs), target)``, its
+    gradient into ``model.backward`` (the gradients accumulate); no update.
+
+    Returns
+    -------
+    dict
+        ``loss``, ``samples``; ``weight`` (the target positions counted) when the loss
+        has an ``ignore_index``; ``correct`` and ``count`` with ``accuracy``.
+    """
+    inputs, target = _split_batch(batch)
+    out = model(*inputs)
+    value = loss(out, target)
+    model.backward(loss.backward()[0])
+    stats = {"loss": float(value), "samples": len(inputs[0])}
+    if getattr(loss, "ignore_index", None) is not None:
+        stats["weight"] = int(_valid(loss, target).sum())   # the terms the mean is over
+    if accuracy:
+        stats["correct"], stats["count"] = _correct(loss, out, target)
+    return stats
 
 
 def _split_batch(batch):
@@ -200,8 +233,6 @@ class Trainer:
     ('finished', 20, True)
     """
 
-    _STATE_KIND = "nn_core.training.Trainer/1"
-
     def __init__(self, model, loss=None, optimizer=None, *, schedule=None, clip=None,
                  metrics=(), callbacks=(), step_fn=None, eval_fn=None, verbose=1,
                  progress_file=None, log=None, handle_signals=True, cache_memory=True):
@@ -209,10 +240,10 @@ class Trainer:
             raise TypeError(f"model must be an nn_core Module, got {type(model).__name__}")
         self.model = model
         if isinstance(loss, str):
-            if loss not in _LOSSES:
-                raise ValueError(f"loss must be a Module or one of {sorted(_LOSSES)}, "
-                                 f"got {loss!r}")
-            loss = _LOSSES[loss](dtype=model.dtype)
+            loss = _LOSSES[check_choice(loss, "loss", sorted(_LOSSES))](dtype=model.dtype)
+        if loss is not None and not (callable(loss) and hasattr(loss, "backward")):
+            raise TypeError(f"loss must be a loss Module (called, then backward()) or one of "
+                            f"{sorted(_LOSSES)}, got {type(loss).__name__}")
         if loss is not None and getattr(loss, "dtype", model.dtype) != model.dtype:
             raise ValueError(f"the loss computes in {np.dtype(loss.dtype).name} but the model "
                              f"in {np.dtype(model.dtype).name}; build the loss with "
@@ -226,10 +257,7 @@ class Trainer:
             raise ValueError(f"schedule must be None, 'warmup_cosine', an object with step() "
                              f"or a function of the step, got {schedule!r}")
         self.schedule = schedule
-        if clip is not None and not (isinstance(clip, numbers.Real) and math.isfinite(clip)
-                                     and clip > 0):
-            raise ValueError(f"clip must be a finite number > 0 or None, got {clip!r}")
-        self.clip = None if clip is None else float(clip)
+        self.clip = None if clip is None else check_real(clip, "clip", 0.0, lo_open=True)
         self.metrics = self._check_metrics(metrics)
         self.callbacks = list(callbacks)
         for cb in self.callbacks:
@@ -244,12 +272,9 @@ class Trainer:
         self.cache_memory = bool(cache_memory)
         self.history = History()
         self.stop_training = False
-        self.lr_scale = 1.0
-        self._sched = None
-        self._peak_lr = self._scheduled_lr = self.optimizer.lr
+        self._lr = LearningRate(self.optimizer, schedule)
         self._signals = StopSignals(enabled=False)
-        self._world = None          # the MPI world of a data-parallel fit (size > 1)
-        self._dopt = None
+        self.strategy = SingleProcess()
 
     # ------------------------------------------------------------ metrics
     @staticmethod
@@ -268,27 +293,10 @@ class Trainer:
     def _counts_accuracy(self):
         return any(m in ("accuracy", "acc") for m in self.metrics)
 
-    def _valid(self, target):
-        ignore = getattr(self.loss, "ignore_index", None)
-        return np.ones(np.shape(target), bool) if ignore is None else target != ignore
-
-    def _correct(self, out, target):
-        keep = self._valid(target)
-        return int(((out.argmax(-1) == target) & keep).sum()), int(keep.sum())
-
     # ------------------------------------------------------------ one step
     def _loss_step(self, model, batch):
-        """The default ``step_fn``: ``loss(model(*inputs), target)`` and its backward."""
-        inputs, target = _split_batch(batch)
-        out = model(*inputs)
-        value = self.loss(out, target)
-        model.backward(self.loss.backward()[0])
-        stats = {"loss": float(value), "samples": len(inputs[0])}
-        if getattr(self.loss, "ignore_index", None) is not None:
-            stats["weight"] = int(self._valid(target).sum())   # the terms the mean is over
-        if self._counts_accuracy:
-            stats["correct"], stats["count"] = self._correct(out, target)
-        return stats
+        """The default ``step_fn``: :func:`loss_step` with the trainer's loss."""
+        return loss_step(model, self.loss, batch, self._counts_accuracy)
 
     def train_step(self, batch) -> dict:
         """One optimizer step on ``batch``: zero the gradients, forward + loss + backward
@@ -311,72 +319,34 @@ class Trainer:
         with self._signals.abandonable():
             self.optimizer.zero_grad()
             stats = self.step_fn(self.model, batch)
-            loss = float(stats["loss"])
-        if self._world is not None:
-            stats = self._reduce_step(stats)
-            loss = stats["loss"]
+        stats, weight, total_weight = self.strategy.reduce_step(stats, self._signals)
+        loss = float(stats["loss"])
         if not math.isfinite(loss):
             raise FloatingPointError(f"training diverged: loss {loss} at step "
-                                     f"{self.history.steps + 1}; try a smaller --lr "
-                                     "(learning rate)")
+                                     f"{self.history.steps + 1}; try a smaller learning rate")
         # the update: a signal waits until it is complete
-        if self._world is not None:
-            self._dopt.allreduce_gradients(stats.pop("_weight"), stats.pop("_total_weight"))
+        self.strategy.allreduce_gradients(weight, total_weight)
         if self.clip is not None:
             clip_grad_norm(self.model, self.clip)
         self.optimizer.step()
-        self._advance_schedule()
+        self._lr.advance(self.history.steps + 1)
         return stats
 
     # ------------------------------------------------------------ data parallel
     @property
     def is_root(self) -> bool:
         """Whether this process writes the run (rank 0, or not data-parallel)."""
-        return self._world is None or self._world.rank == 0
-
-    def _reduce_step(self, stats):
-        return _ranks.reduce_step(self, stats)
-
-    def _on_root(self, fn, *args, **kwargs):
-        return _ranks.on_root(self, fn, *args, **kwargs)
+        return self.strategy.is_root
 
     # ------------------------------------------------------------ learning rate
-    def _start_schedule(self, total, step):
-        s = self.schedule
-        if s == "warmup_cosine":
-            # the peak is the rate the optimizer had when the trainer was made, so that
-            # a second fit warms up to it again rather than to where the first ended
-            lr = self._peak_lr
-            self.optimizer.lr = lr
-            self._sched = WarmupCosine(self.optimizer, warmup_steps=max(1, int(0.05 * total)),
-                                       total_steps=total, min_lr=lr / 20)
-        elif s is not None and not hasattr(s, "step"):
-            self._sched = s
-            self.optimizer.lr = float(s(step))
-        else:
-            self._sched = s
-        self._scheduled_lr = self.optimizer.lr
-        self._apply_lr()
-
-    def _advance_schedule(self):
-        s = self._sched
-        if s is None:
-            return
-        if hasattr(s, "step"):
-            s.step()
-            self._scheduled_lr = self.optimizer.lr
-        else:
-            self._scheduled_lr = float(s(self.history.steps + 1))
-        self._apply_lr()
-
-    def _apply_lr(self):
-        lr = self._scheduled_lr
-        self.optimizer.lr = lr if self.lr_scale == 1.0 else lr * self.lr_scale
+    @property
+    def lr_scale(self) -> float:
+        """The factor on every scheduled learning rate (see :meth:`scale_lr`)."""
+        return self._lr.scale
 
     def scale_lr(self, factor):
         """Multiply the learning rate, now and for every later scheduled step."""
-        self.lr_scale *= float(factor)
-        self.optimizer.lr = self._scheduled_lr * self.lr_scale
+        self._lr.multiply(factor)
 
     # ------------------------------------------------------------ evaluation
     @inference_mode()
@@ -395,7 +365,7 @@ class Trainer:
             for batch in iterate(data, batch_size):
                 inputs, target = _split_batch(batch)
                 out = self.model(*inputs)
-                w = int(self._valid(target).sum()) if hasattr(self.loss, "ignore_index") \
+                w = int(_valid(self.loss, target).sum()) if hasattr(self.loss, "ignore_index") \
                     else int(np.size(target))
                 sums["loss"] += float(self.loss(out, target)) * w
                 self.loss.clear_pending()
@@ -404,7 +374,7 @@ class Trainer:
                 n += b
                 for m in self.metrics:
                     if m in ("accuracy", "acc"):
-                        c, k = self._correct(out, target)
+                        c, k = _correct(self.loss, out, target)
                         correct, count = correct + c, count + k
                     elif m in ("mse", "mae"):
                         d = np.asarray(out, np.float64) - np.asarray(target, np.float64)
@@ -439,46 +409,11 @@ class Trainer:
                              f"({sorted({o.shape[1:] for o in outs})}); predict per batch")
         return np.concatenate(outs, axis=0)
 
-    # ------------------------------------------------------------ hooks of subclasses
-    def _settings(self, fit_settings):
-        """What the checkpoint records and a resumed run must match."""
-        return fit_settings
-
-    def _checkpoint_extra(self, run, settings):
-        return {"processes": 1 if self._world is None else self._world.size,
-                "metrics": run.metrics,
-                "train": {**settings, "epochs_done": run.epochs_done, "step": run.step},
-                "history": run.history.epochs}
-
-    def _history_header(self):
-        return {}
-
-    def _title(self):
-        return f"{type(self.model).__name__} training"
-
-    def _announce(self, run, per_epoch, epochs, batch_size, max_steps, resumed):
-        if resumed and self.verbose:
-            self.log(f"resuming at step {run.step} (epoch {run.epochs_done + 1}, batch "
-                     f"{run.batch}/{per_epoch})")
-
-    def _check_resume(self, path, settings):
-        """The saved run must be a Trainer run with the same settings."""
-        meta = read_metadata(path)
-        training = meta.get("training")
-        if not isinstance(training, dict) or training.get("kind") != self._STATE_KIND:
-            raise CheckpointError(f"{path!r} carries no {self._STATE_KIND} training state")
-        saved = training.get("settings")
-        if not isinstance(saved, dict):
-            raise CheckpointError(f"{path!r}: the run's settings are malformed")
-        diff = [k for k in sorted(set(saved) | set(settings)) if saved.get(k) != settings.get(k)]
-        if diff:
-            raise ValueError("a resumed run keeps its settings; these differ: " + ", ".join(
-                f"{k} {settings.get(k)!r} (the run's: {saved.get(k)!r})" for k in diff))
-
-    # ------------------------------------------------------------ the loop
+    # ------------------------------------------------------------ fit
     def fit(self, train_data, val_data=None, *, epochs=None, steps=None, batch_size=32,
             shuffle=True, drop_last=False, seed=None, out_dir=None, resume=False,
-            overwrite=False, max_steps=None) -> History:
+            overwrite=False, max_steps=None, settings=None, record=None, header=None,
+            title=None) -> History:
         """Train for ``epochs`` (or ``steps`` optimizer steps); returns the :class:`History`.
 
         Parameters
@@ -514,6 +449,17 @@ class Trainer:
         max_steps : int, optional
             Stop after this many steps in total with a resumable checkpoint (the
             schedule still spans the whole run).
+        settings : dict, optional
+            More settings to record (JSON values), which a resumed run must match, such
+            as those of :func:`~nn_core.training.train`.
+        record : dict, optional
+            What the run is of (JSON values, such as a task's name and configuration):
+            saved in the checkpoint's ``extra`` and at the head of ``history.json``; a
+            resumed run must match it.
+        header : str, optional
+            A line logged before training (followed by where a resumed run resumes).
+        title : str, optional
+            The loss curve's title.
 
         Raises
         ------
@@ -531,27 +477,25 @@ class Trainer:
         if (epochs is None) == (steps is None):
             raise ValueError(f"give exactly one of epochs and steps, got epochs={epochs!r}, "
                              f"steps={steps!r}")
-        batch_size = _integer(batch_size, "batch_size", 1)
+        batch_size = check_int(batch_size, "batch_size", 1)
         if max_steps is not None:
-            _integer(max_steps, "max_steps", 1)
+            check_int(max_steps, "max_steps", 1)
         if resume and out_dir is None:
             raise ValueError("resume needs the out_dir of the run")
         source = as_source(train_data, shuffle, drop_last)
-        w = _dist.world() if _dist.is_initialized() else None
-        self._world = w if w is not None and w.size > 1 else None
-        self._dopt = None
-        procs = 1 if self._world is None else self._world.size
+        self.strategy = strategy()
+        procs = self.strategy.size
         # data parallel: every rank draws the same global batch and trains on its shard
         per_epoch = source.num_batches(batch_size * procs)
         if steps is not None:
-            total = _integer(steps, "steps", 1)
+            total = check_int(steps, "steps", 1)
             epochs = math.ceil(total / per_epoch)
         else:
-            epochs = _integer(epochs, "epochs", 1)
+            epochs = check_int(epochs, "epochs", 1)
             total = epochs * per_epoch
         if val_data is not None and self.eval_fn is None:
             val_data = as_dataset(val_data)
-        settings = self._settings({
+        run_settings = {
             "epochs": epochs, "steps": total, "batch_size": batch_size,
             "shuffle": bool(shuffle), "drop_last": bool(drop_last), "clip": self.clip,
             "seed": seed if isinstance(seed, int) else None, "lr": self.optimizer.lr,
@@ -559,42 +503,246 @@ class Trainer:
             "schedule": self.schedule if isinstance(self.schedule, str)
             else type(self.schedule).__name__,
             "callbacks": [type(c).__name__ for c in self.callbacks],
-            "samples": len(source.dataset) if hasattr(source, "dataset") else None})
+            "samples": len(source.dataset) if hasattr(source, "dataset") else None,
+            **(settings or {})}
         resume_from = None
         if out_dir is not None:
             out_dir = os.fspath(out_dir)
-            resume_from = self._on_root(prepare_run_dir, out_dir, resume=resume,
-                                        overwrite=overwrite)
+            resume_from = self.strategy.on_root(prepare_run_dir, out_dir, resume=resume,
+                                                overwrite=overwrite)
         order_rng = seed if isinstance(seed, np.random.Generator) \
             else np.random.default_rng(seed)
         self.history = History()
         self.history.checkpoint = os.path.join(out_dir, CHECKPOINT) if out_dir else None
-        run = Run(self.history)
         self.stop_training = False
-        self.lr_scale = 1.0
-        self._start_schedule(total, 0)
+        self._lr.start(total)
+        run = RunState(settings=run_settings, per_epoch=per_epoch, epochs=epochs,
+                       model=self.model, optimizer=self.optimizer, lr=self._lr,
+                       callbacks=self.callbacks, order_rng=order_rng, history=self.history)
         for cb in self.callbacks:
             cb.set_trainer(self)
+        record = dict(record or {})
         if resume_from:
-            self._check_resume(resume_from, settings)
-            saved = read_metadata(resume_from).get("extra", {}).get("processes", 1)
+            extra = read_metadata(resume_from).get("extra") or {}
+            saved = extra.get("processes", 1)
             if saved != procs:
                 raise ValueError(f"the run in {out_dir!r} was trained by {saved} process(es) "
                                  f"with a batch of {batch_size} each; resume it with as many "
                                  f"(now {procs}), so that the global batch stays the same")
-            restore(self, resume_from, settings, per_epoch, order_rng, run)
-        if self._world is not None:
-            _ranks.start(self)
+            run.check_resumable(resume_from)
+            compare_settings({k: extra.get(k) for k in record}, record,
+                             "the task configuration differs from the run's")
+            run.restore(resume_from)
+        self.strategy.start(self.model, self.optimizer)
         log, verbose = self.log, self.verbose
         if not self.is_root:                       # rank 0 alone prints
             self.log, self.verbose = (lambda msg: None), 0
         try:
-            self._announce(run, per_epoch, epochs, batch_size, max_steps, bool(resume_from))
-            ctx = Context(self, source, val_data, settings, per_epoch, epochs, total,
-                          batch_size * procs, order_rng, run, out_dir, max_steps)
-            return ctx.loop()
+            where = f"resuming at {run.where}" if resume_from else ""
+            if header is not None:
+                self.log(header + (f"; {where}" if where else ""))
+            elif where and self.verbose:
+                self.log(where)
+            loop = _Loop(self, run, source, val_data, total, batch_size * procs, out_dir,
+                         max_steps, record, title or f"{type(self.model).__name__} training")
+            return loop.train()
         finally:
             self.log, self.verbose = log, verbose
+
+
+class _Loop:
+    """One :meth:`Trainer.fit` call's epochs, and what they write into the run folder."""
+
+    def __init__(self, trainer, run, source, val_data, total, batch_size, out_dir,
+                 max_steps, record, title):
+        self.t, self.run, self.source, self.val_data = trainer, run, source, val_data
+        self.total, self.batch_size, self.out_dir = total, batch_size, out_dir
+        self.max_steps, self.record, self.title = max_steps, record, title
+        self.ckpt = trainer.history.checkpoint
+        self.last_state = None
+
+    # ------------------------------------------------------------ pieces
+    def evaluate(self):
+        t = self.t
+        if t.eval_fn is not None:
+            return dict(t.eval_fn(t.model))
+        if self.val_data is None:
+            return {}
+        return {f"val_{k}": v for k, v in t.evaluate(self.val_data, self.batch_size).items()}
+
+    def history_dict(self, training_state):
+        run = self.run
+        return {**self.record, "step_loss": run.history.step_loss,
+                "epochs": run.history.epochs, "step": run.step,
+                "epochs_done": run.epochs_done, "finished": bool(training_state["finished"]),
+                "wall_time_s": training_state["wall_time_s"]}
+
+    def checkpoint(self, training_state):
+        """Save the model with ``training_state``, and the history (rank 0)."""
+        if self.out_dir is None:
+            return
+        self.last_state = training_state
+        if not self.t.is_root:
+            return
+        run = self.run
+        extra = {**self.record, "processes": self.t.strategy.size, "metrics": run.metrics,
+                 "train": {**run.settings, "epochs_done": run.epochs_done, "step": run.step},
+                 "history": run.history.epochs}
+        save(self.t.model, self.ckpt, extra=extra, training_state=training_state)
+        write_history(self.out_dir, self.history_dict(training_state))
+
+    def plot(self, signals):
+        """The loss curve, or ``None`` (no run folder, no matplotlib, or abandoned)."""
+        if self.out_dir is None or not self.t.is_root:
+            return None
+        try:
+            with signals.abandonable():
+                return _run.plot_history(self.history_dict({"finished": False,
+                                                            "wall_time_s": 0.0}),
+                                         os.path.join(self.out_dir, "loss_curve.png"),
+                                         title=self.title)
+        except KeyboardInterrupt:
+            return None
+
+    def epoch_batches(self):
+        """The rest of the current epoch's batches (this rank's shard of each).
+        Resumed mid-epoch, the epoch's order is drawn again from its starting state and
+        the batches already trained are skipped (the order generator then is where the
+        interrupted run left it)."""
+        run, rng = self.run, self.run.order_rng
+        if not 0 < run.batch < run.per_epoch:
+            return self.t.strategy.shard(self.source.train_batches(rng, self.batch_size))
+        now = rng.bit_generator.state
+        rng.bit_generator.state = run.order_epoch_start
+        batches = self.source.train_batches(rng, self.batch_size)
+        for _ in range(run.batch):
+            next(batches)
+        if rng.bit_generator.state != now:
+            raise RuntimeError(f"{type(self.source).__name__}.train_batches did not replay "
+                               "the same batch order; batches must depend only on the "
+                               "generator it gets")
+        return self.t.strategy.shard(batches)
+
+    # ------------------------------------------------------------ the loop
+    def train(self):
+        """Run the epochs; the model ends in the mode (train or eval) it started in."""
+        model = self.t.model
+        was_training = model.training
+        cache = self.t.cache_memory
+        try:
+            with caching_allocator() if cache else contextlib.nullcontext():
+                return self._epochs()
+        finally:
+            model.train(was_training)
+            if cache:
+                release_cache()                 # the memory of the last steps goes back
+
+    def _reached_max_steps(self):
+        return self.max_steps is not None and self.run.step >= self.max_steps
+
+    def _epochs(self):
+        t, run = self.t, self.run
+        model = t.model
+        with StopSignals(t.handle_signals, deferred=t.strategy.size > 1) as signals:
+            t._signals = signals
+            t0 = time.perf_counter()
+            wall = lambda: run.wall + time.perf_counter() - t0  # noqa: E731
+            status, saved, bar, before, t_epoch = "finished", False, None, None, None
+            try:
+                for cb in t.callbacks:
+                    cb.on_train_begin({})
+                while run.epochs_done < run.epochs and not run.stopped:
+                    epoch = run.epochs_done + 1
+                    run.begin_epoch()
+                    if run.batch < run.per_epoch and self._reached_max_steps():
+                        status = "max_steps"
+                        break
+                    if signals.requested:
+                        raise KeyboardInterrupt
+                    model.train()
+                    for cb in t.callbacks:
+                        cb.on_epoch_begin(epoch, {})
+                    bar = ProgressBar(run.per_epoch, f"epoch {epoch}/{run.epochs}",
+                                      file=t.progress_file) if t.verbose else None
+                    if bar is not None:
+                        bar.count = run.batch
+                    batches = self.epoch_batches()
+                    t_epoch = time.perf_counter()
+                    while run.batch < run.per_epoch and run.step < self.total:
+                        if self._reached_max_steps():
+                            status = "max_steps"
+                            break
+                        if signals.requested:
+                            raise KeyboardInterrupt
+                        before = run.generators()
+                        with signals.abandonable():
+                            batch = next(batches)
+                        stats = t.train_step(batch)
+                        run.record(stats)
+                        if bar is not None:
+                            bar.update(1, samples=stats["samples"], **run.running())
+                        before = None
+                        for cb in t.callbacks:
+                            cb.on_batch_end(run.step, {"loss": run.history.step_loss[-1],
+                                                       "samples": stats["samples"]})
+                    run.stats["train_time_s"] += time.perf_counter() - t_epoch
+                    t_epoch = None
+                    if status == "max_steps":
+                        break
+                    # the epoch's batches are done: evaluate (abandonable), then checkpoint
+                    before = run.generators()
+                    model.eval()
+                    t_eval = time.perf_counter()
+                    with signals.abandonable():
+                        metrics = self.evaluate()
+                    before = None
+                    entry = run.end_epoch(metrics, time.perf_counter() - t_eval)
+                    if bar is not None:
+                        bar.close(**{k: v for k, v in metrics.items() if isinstance(v, float)})
+                    bar = None
+                    for cb in t.callbacks:
+                        cb.on_epoch_end(epoch, entry)
+                    run.stopped = run.stopped or t.stop_training
+                    self.checkpoint(run.state_dict(wall()))
+                    saved = True
+                if status == "max_steps" and (run.batch or not saved):
+                    # stopped mid-epoch: the state is taken before evaluating for the report
+                    stopped = run.state_dict(wall())
+                    before = (stopped["rng"]["modules"], stopped["rng"]["order"])
+                    model.eval()
+                    with signals.abandonable():
+                        run.metrics = self.evaluate()
+                    before = None
+                    self.checkpoint(stopped)
+            except KeyboardInterrupt:
+                if t_epoch is not None:
+                    run.stats["train_time_s"] += time.perf_counter() - t_epoch
+                if bar is not None and bar.tty:
+                    bar.file.write("\n")
+                model.clear_pending()
+                self.checkpoint(run.state_dict(wall(), before))
+                signum, signals.requested = signals.requested or signal.SIGINT, None
+                self.plot(signals)                      # a second signal skips the plot
+                t.strategy.barrier()        # every rank stopped here: leave once rank 0 saved
+                raise TrainingInterrupted(
+                    f"interrupted at {run.where}; " + (f"checkpoint saved to {self.ckpt}"
+                                                       if self.ckpt
+                                                       else "nothing saved (no out_dir)"),
+                    self.ckpt, run.step, run.epochs_done + 1, signum) from None
+            finally:
+                t._signals = StopSignals(enabled=False)
+            h = run.history
+            h.wall_time_s = wall()
+            h.status = "early_stopped" if run.stopped and status == "finished" else status
+            h.metrics = run.metrics
+            h.steps = run.step
+            h.loss_curve = self.plot(signals)
+        for cb in t.callbacks:
+            cb.on_train_end(dict(run.metrics))
+        if t.callbacks and self.last_state is not None and h.status != "max_steps":
+            # callbacks may have changed the weights (restore_best_weights)
+            self.checkpoint(self.last_state)
+        return h
 
 
 def fit(model, loss, optimizer, train_data, val_data=None, **kwargs) -> History:

@@ -28,7 +28,7 @@ STEPS, BATCH, IGNORE = 10, 7, -100
 def build(kind, dtype):
     if kind == "seq2seq":
         return Seq2SeqModel(13, 8, 16, 2, "gru", dtype=dtype, rng=0)
-    return TransformerLM(13, 16, 4, 1, kv_groups=2, max_len=12, dtype=dtype, rng=0)
+    return TransformerLM(13, 16, 4, 1, num_kv_groups=2, max_len=12, dtype=dtype, rng=0)
 
 
 def global_batch(kind, step):
