@@ -8,7 +8,7 @@ import pytest
 import nn_core
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(nn_core.__file__)))
-UPPER = ("training", "datasets", "models", "distributed", "checkpoint", "optim", "memory",
+UPPER = ("training", "datasets", "models", "distributed", "checkpoint", "optim",
          "tasks", "cli", "sklearn", "interop")
 
 
