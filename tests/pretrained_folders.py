@@ -67,7 +67,8 @@ def write_tokenizer(folder, tokenizer_json=True):
     with open(os.path.join(folder, "vocab.txt"), "w") as f:
         f.write("\n".join(VOCAB) + "\n")
     with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
-        json.dump({"do_lower_case": True, "model_max_length": SIZES["max_pos"]}, f)
+        json.dump({"do_lower_case": True, "model_max_length": SIZES["max_pos"],
+                   "tokenizer_class": "BertTokenizer"}, f)
     if tokenizer_json:
         from tokenizers import BertWordPieceTokenizer
         tok = BertWordPieceTokenizer(os.path.join(folder, "vocab.txt"), lowercase=True)

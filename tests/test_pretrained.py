@@ -10,14 +10,16 @@ import numpy as np
 import pytest
 
 import nn_core
-from nn_core.pretrained import (BertEncoder, ModelFolderError, encoder_state_dict,
-                                load_encoder)
+from nn_core.pretrained import (BertEncoder, ModelFolderError, SentenceEncoder,
+                                encoder_state_dict, load_encoder)
 
-from pretrained_folders import build_model, random_batch
+from pretrained_folders import (WORDS, build_model, random_batch, write_sentence_layout,
+                                write_tokenizer)
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
+pytest.importorskip("tokenizers")
 
 KINDS = ("bert", "roberta", "distilbert")
 TOL = {np.float32: 1e-5, np.float64: 1e-10}
@@ -25,11 +27,14 @@ TOL = {np.float32: 1e-5, np.float64: 1e-10}
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    """kind -> (folder, torch model in float64)."""
+    """kind -> (folder, torch model in float64); each folder also has a WordPiece
+    tokenizer and a sentence-transformers layout (mean pooling, normalised)."""
     out = {}
     for i, kind in enumerate(KINDS):
         folder = str(tmp_path_factory.mktemp(kind))
         out[kind] = (folder, build_model(kind, folder, seed=i).double())
+        write_tokenizer(folder)
+        write_sentence_layout(folder)
     return out
 
 
@@ -287,3 +292,127 @@ def test_input_checks(folders, rng):
         enc(ids.astype(np.float32))
     with pytest.raises(ValueError, match="input_ids must satisfy"):
         enc(ids + 1000)
+
+
+# ------------------------------------------------------------------ sentences
+def _sentences(rng, n=11):
+    """Sentences of 1 to 30 words (the longest are truncated to max_seq_length)."""
+    words = np.array(WORDS + ["cats", "jumped", "running"])
+    out = [" ".join(rng.choice(words, rng.integers(1, 31))) + "." for _ in range(n)]
+    out[-1] = "The DOG sat."
+    return out
+
+
+def _torch_sentences(folder, model, sentences, pooling, normalize):
+    """sentence-transformers' pipeline spelled out in torch: transformers' tokenizer,
+    the model on one padded batch, the pooling, the normalisation."""
+    import transformers as tf
+
+    tok = tf.AutoTokenizer.from_pretrained(folder)
+    batch = tok(sentences, padding=True, truncation=True, max_length=24, return_tensors="pt")
+    pad = model.config.pad_token_id
+    ids = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, pad)
+    with torch.no_grad():
+        h = model(input_ids=ids, attention_mask=batch["attention_mask"]).last_hidden_state
+    m = batch["attention_mask"].unsqueeze(-1).to(h.dtype)
+    if pooling == "mean":
+        y = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
+    elif pooling == "cls":
+        y = h[:, 0]
+    else:
+        y = h.masked_fill(m == 0, -1e9).max(1).values
+    if normalize:
+        y = torch.nn.functional.normalize(y, dim=1)
+    return y.numpy(), batch["input_ids"].numpy(), batch["attention_mask"].numpy()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_encode_matches_torch(folders, kind, dtype, rng):
+    folder, model = folders[kind]
+    enc = SentenceEncoder(folder, dtype=dtype)
+    assert enc.pooling == ("mean",) and enc.normalize and enc.max_seq_length == 24
+    sentences = _sentences(rng)
+    ref, ref_ids, _ = _torch_sentences(folder, model, sentences, "mean", True)
+    ids, lengths = enc.tokenize(sentences)
+    for row, i in zip(ref_ids, ids):                # same tokens as transformers' tokenizer
+        np.testing.assert_array_equal(row[:len(i)], i)
+    assert lengths.max() == 24 and lengths.min() < 10
+    y = enc.encode(sentences, batch_size=3)
+    assert y.shape == (len(sentences), 16) and y.dtype == dtype
+    np.testing.assert_allclose(y, ref, rtol=0, atol=TOL[dtype])
+    np.testing.assert_allclose(enc.encode(sentences[5]), ref[5], rtol=0, atol=TOL[dtype])
+
+
+@pytest.mark.parametrize("pooling", ["cls", "max"])
+def test_encode_pooling_and_normalize_options(folders, pooling, rng):
+    folder, model = folders["bert"]
+    enc = SentenceEncoder(folder, dtype=np.float64)
+    sentences = _sentences(rng)
+    ref, _, _ = _torch_sentences(folder, model, sentences, pooling, False)
+    y = enc.encode(sentences, batch_size=4, pooling=pooling, normalize=False)
+    np.testing.assert_allclose(y, ref, rtol=0, atol=1e-10)
+    both = enc.encode(sentences, pooling=("mean", pooling), normalize=False)
+    assert both.shape == (len(sentences), 32)
+    np.testing.assert_allclose(both[:, 16:],                  # mean after cls and max
+                               enc.encode(sentences, pooling="mean", normalize=False),
+                               atol=1e-12)
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        enc.encode(sentences, pooling="median")
+    with pytest.raises(ValueError, match="batch_size"):
+        enc.encode(sentences, batch_size=0)
+
+
+def test_encode_ids_and_batching(folders, rng):
+    folder, model = folders["roberta"]
+    enc = SentenceEncoder(folder, dtype=np.float64)
+    sentences = _sentences(rng)
+    _, ids, mask = _torch_sentences(folder, model, sentences, "mean", True)
+    ref = enc.encode(sentences, batch_size=len(sentences))
+    for bs in (1, 4):
+        np.testing.assert_allclose(enc.encode(sentences, batch_size=bs), ref, atol=1e-12)
+        np.testing.assert_allclose(enc.encode_ids(ids, mask, batch_size=bs), ref, atol=1e-12)
+    assert enc.encode([]).shape == (0, 16)
+
+
+def test_folder_settings(folders, tmp_path, rng):
+    """vocab.txt alone; no modules.json (mean, not normalised); 1_Pooling's cls; the
+    folder's own errors."""
+    import shutil
+
+    src = folders["bert"][0]
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for name in ("config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json"):
+        shutil.copy(os.path.join(src, name), plain / name)
+    enc = SentenceEncoder(plain, dtype=np.float64)
+    assert enc.pooling == ("mean",) and not enc.normalize and enc.max_seq_length == 40
+    full = SentenceEncoder(src, dtype=np.float64)
+    sentences = _sentences(rng)
+    for a, b in zip(enc.tokenize(sentences)[0], full.tokenize(sentences)[0]):
+        np.testing.assert_array_equal(a[:24], b)
+    write_sentence_layout(str(plain), pooling="cls", normalize=False)
+    enc = SentenceEncoder(plain, dtype=np.float64)
+    assert enc.pooling == ("cls",) and not enc.normalize
+    np.testing.assert_array_equal(enc.encode(sentences),
+                                  full.encode(sentences, pooling="cls", normalize=False))
+    (plain / "modules.json").write_text(json.dumps(
+        [{"path": "2_Dense", "type": "sentence_transformers.models.Dense"}]))
+    with pytest.raises(ModelFolderError, match="module type .*Dense.* is not supported"):
+        SentenceEncoder(plain)
+    (plain / "modules.json").unlink()
+    os.remove(plain / "vocab.txt")
+    with pytest.raises(ModelFolderError, match="no tokenizer"):
+        SentenceEncoder(plain)
+
+
+def test_progress_and_missing_extra(folders, capsys, monkeypatch, rng):
+    enc = SentenceEncoder(folders["distilbert"][0])
+    enc.encode(_sentences(rng, 3))
+    assert capsys.readouterr().err == ""
+    enc.encode(_sentences(rng, 9), batch_size=1)
+    assert "encode" in capsys.readouterr().err
+    enc.encode(_sentences(rng, 9), batch_size=1, progress=False)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setitem(__import__("sys").modules, "tokenizers", None)
+    with pytest.raises(ImportError, match=r"nn_core\[text\]"):
+        SentenceEncoder(folders["distilbert"][0])

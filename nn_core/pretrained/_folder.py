@@ -77,7 +77,8 @@ def _fail(msg):
     raise ModelFolderError(msg)
 
 
-def _json(path):
+def read_json(path):
+    """The JSON value of ``path`` (ModelFolderError when missing or malformed)."""
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
@@ -91,7 +92,7 @@ def read_config(folder) -> dict:
     """``config.json`` of ``folder`` as the keyword arguments of :class:`BertEncoder`
     plus ``"model_type"`` (ModelFolderError for an unsupported model or a missing key)."""
     path = os.path.join(os.fspath(folder), "config.json")
-    cfg = _json(path)
+    cfg = read_json(path)
     if not isinstance(cfg, dict):
         _fail(f"{path}: expected a JSON object")
     mt = cfg.get("model_type")
@@ -141,7 +142,7 @@ def _read_weights(folder):
         numpy_api = require("safetensors.numpy")
         if os.path.exists(st):
             return numpy_api.load_file(st), st
-        shards = sorted(set(_json(index).get("weight_map", {}).values()))
+        shards = sorted(set(read_json(index).get("weight_map", {}).values()))
         out = {}
         for shard in shards:
             out.update(numpy_api.load_file(os.path.join(folder, shard)))
