@@ -7,7 +7,6 @@ import os
 import numpy as np
 
 from .._progress import ProgressBar
-from ..memory import caching_allocator
 from ..module import inference_mode
 from ._folder import ModelFolderError, load_encoder, read_json
 from ._model import as_bool_mask
@@ -222,7 +221,12 @@ class SentenceEncoder:
         return batch, mask
 
     def _run(self, n, lengths, make_batch, batch_size, normalize, pooling, progress, trim=None):
-        """Forward the sentences longest first, ``batch_size`` at a time, and pool."""
+        """Forward the sentences longest first, ``batch_size`` at a time, and pool.
+
+        Not inside :func:`nn_core.memory.caching_allocator`: batches of different lengths
+        allocate arrays of different size classes, all of which the cache would keep
+        (README, "Pretrained text encoders").
+        """
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
                 or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -233,7 +237,7 @@ class SentenceEncoder:
         starts = range(0, n, batch_size)
         bar = (ProgressBar(len(starts), "encode")
                if progress and len(starts) >= _PROGRESS_BATCHES else None)
-        with inference_mode(), caching_allocator():
+        with inference_mode():
             for s in starts:
                 rows = order[s:s + batch_size]
                 if trim is None:
