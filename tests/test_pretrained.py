@@ -416,3 +416,15 @@ def test_progress_and_missing_extra(folders, capsys, monkeypatch, rng):
     monkeypatch.setitem(__import__("sys").modules, "tokenizers", None)
     with pytest.raises(ImportError, match=r"nn_core\[text\]"):
         SentenceEncoder(folders["distilbert"][0])
+
+
+def test_bench_encode_runs(capsys):
+    """``python -m nn_core.bench encode`` end to end, tiny (its numbers are not checked)."""
+    from nn_core.bench import encode
+
+    assert encode.main(["--quick", "--sentences", "12", "--batch-size", "4", "--threads", "1",
+                        "--skip-load", "--skip-memory"]) == 0
+    out = capsys.readouterr().out
+    assert "CPU:" in out and "encode (end to end)" in out and "encoder forward" in out
+    diff = float(out.split("max |nn_core - torch| over the embeddings: ")[1].split()[0])
+    assert diff < 1e-5

@@ -235,7 +235,7 @@ class BertEncoder(Module):
                 raise ValueError(f"inputs_embeds.shape[-1] must equal hidden_size: expected "
                                  f"{self.hidden_size}, got {word.shape[-1]}")
             shape = word.shape[:2]
-        B, L = shape
+        L = shape[1]
         if L > self.max_length:
             raise ValueError(f"input length must be at most {self.max_length} (the position "
                              f"table), got {L}")
@@ -271,7 +271,7 @@ class BertEncoder(Module):
         cache = self._peek_cache()
         g = check_grad_output(grad_output, cache.out_shape, self.dtype)
         self._pop_cache()
-        for layer in reversed(self.layers._items):
+        for layer in reversed(list(self.layers)):
             g = layer.backward(g)
         if cache.dropout:
             g = self.emb_dropout.backward(g)
