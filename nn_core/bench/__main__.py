@@ -1,4 +1,5 @@
-"""``python -m nn_core.bench {attention,mha,decode,recurrent,bidirectional,model,distributed}
+"""``python -m nn_core.bench {attention,mha,decode,recurrent,bidirectional,model,distributed,
+encode}
 [options]``.
 
 Each benchmark lives in ``nn_core/bench/<name>.py`` and exposes ``main(argv)``.
@@ -7,7 +8,7 @@ import importlib
 import sys
 
 BENCHES = ("attention", "mha", "decode", "recurrent", "bidirectional", "model",
-           "distributed")
+           "distributed", "encode")
 
 
 def main(argv=None):
