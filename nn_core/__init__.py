@@ -24,7 +24,7 @@ __version__ = "0.1.0"
 
 # subpackages above the module level, imported on first attribute access (PEP 562)
 _LAZY_SUBMODULES = ("optim", "checkpoint", "datasets", "models", "training",
-                    "distributed", "interop", "tasks", "sklearn", "cli", "bench")
+                    "distributed", "interop", "pretrained", "tasks", "sklearn", "cli", "bench")
 # names re-exported from them: name -> the subpackage that defines it
 _LAZY_NAMES = {"save": "checkpoint", "load": "checkpoint",
                "load_training_state": "checkpoint", "CheckpointError": "checkpoint",
