@@ -54,6 +54,7 @@ from libc.stdlib cimport free, malloc
 
 from _attn_call cimport (CallCore, Slabs, check_call, check_grad_out, clamp, core_fill,
                          core_mask, core_start, shape6, slabs_of, zero_fill)
+from _attn_gemm cimport agemm
 from _blas cimport gemm
 from _softmax_row cimport MASK_ADD, MASK_BOOL, MaskRef, softmax_row
 from _vmath cimport bind_simd, transpose, vdot
@@ -61,12 +62,24 @@ from _vmath cimport bind_simd, transpose, vdot
 bind_simd(__name__)
 
 
+cdef inline void mm(bint own, bint ta, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                    floating alpha, const floating* A, Py_ssize_t lda, const floating* B,
+                    Py_ssize_t ldb, bint acc, floating* C, Py_ssize_t ldc) noexcept nogil:
+    """``C[m, n] (+)= alpha * op(A) @ B`` by the attention micro-kernels (``own``) or
+    OpenBLAS."""
+    if own:
+        agemm(ta, m, n, k, alpha, A, lda, B, ldb, acc, C, ldc)
+    else:
+        gemm(ta, False, <int>m, <int>n, <int>k, alpha, A, <int>lda, B, <int>ldb,
+             <floating>(1 if acc else 0), C, <int>ldc)
+
+
 cdef void _forward_slab(const floating* Q, Py_ssize_t ldq, const floating* KT,
                         const floating* V, Py_ssize_t ldv, floating* O, floating* Pm,
                         Py_ssize_t L_q, Py_ssize_t L_k, Py_ssize_t d_k, Py_ssize_t d_v,
                         floating scale, int mask_kind, const uint8_t* bm, const floating* fm,
                         Py_ssize_t mrs, Py_ssize_t mcs, bint causal, Py_ssize_t off,
-                        Py_ssize_t bq) noexcept nogil:
+                        Py_ssize_t bq, bint own) noexcept nogil:
     cdef Py_ssize_t blk, r0, r1, i, e, n
     cdef const uint8_t* br = NULL
     cdef const floating* fr = NULL
@@ -79,8 +92,8 @@ cdef void _forward_slab(const floating* Q, Py_ssize_t ldq, const floating* KT,
             zero_fill(O + r0 * d_v, (r1 - r0) * d_v)
             continue
         # S = scale * Q[r0:r1] K[0:e]^T  -> P[r0:r1, 0:e]   (bq, e); K^T is [d_k, L_k]
-        gemm(False, False, <int>(r1 - r0), <int>e, <int>d_k, scale, Q + r0 * ldq, <int>ldq,
-             KT, <int>L_k, 0, Pm + r0 * L_k, <int>L_k)
+        mm(own, False, r1 - r0, e, d_k, scale, Q + r0 * ldq, ldq, KT, L_k, False,
+           Pm + r0 * L_k, L_k)
         for i in range(r0, r1):
             n = clamp(i + off + 1, 0, L_k) if causal else L_k
             if mask_kind == 1:
@@ -90,8 +103,8 @@ cdef void _forward_slab(const floating* Q, Py_ssize_t ldq, const floating* KT,
             softmax_row(Pm + i * L_k, Pm + i * L_k, <floating> 1, n, L_k, mask_kind, br, fr,
                         mcs)
         # O[r0:r1] = P[r0:r1, 0:e] V[0:e]   (bq, d_v)
-        gemm(False, False, <int>(r1 - r0), <int>d_v, <int>e, 1, Pm + r0 * L_k, <int>L_k,
-             V, <int>ldv, 0, O + r0 * d_v, <int>d_v)
+        mm(own, False, r1 - r0, d_v, e, <floating> 1, Pm + r0 * L_k, L_k, V, ldv, False,
+           O + r0 * d_v, d_v)
 
 
 cdef void _backward_slab(const floating* Q, Py_ssize_t ldq, const floating* K,
@@ -101,7 +114,7 @@ cdef void _backward_slab(const floating* Q, Py_ssize_t ldq, const floating* K,
                          bint acc_q, bint acc_k, bint acc_v,
                          Py_ssize_t L_q, Py_ssize_t L_k, Py_ssize_t d_k, Py_ssize_t d_v,
                          floating scale, bint causal, Py_ssize_t off,
-                         Py_ssize_t bq, Py_ssize_t bk) noexcept nogil:
+                         Py_ssize_t bq, Py_ssize_t bk, bint own) noexcept nogil:
     """``dS`` is either ``Pm`` (in place) or a scratch ``[L_q, L_k]``; ``dP`` is a
     scratch ``[bq, L_k]``; ``VT`` is ``V^T [d_v, L_k]``."""
     cdef Py_ssize_t blk, r0, r1, c0, c1, i, j, e, n, qs, zend
@@ -110,9 +123,6 @@ cdef void _backward_slab(const floating* Q, Py_ssize_t ldq, const floating* K,
     cdef floating* pr
     cdef floating* gr
     cdef floating* sr
-    cdef floating beta_q = 1 if acc_q else 0
-    cdef floating beta_k = 1 if acc_k else 0
-    cdef floating beta_v = 1 if acc_v else 0
     # (1) dV[c0:c1] = P[qs:, c0:c1]^T dO[qs:]            (key blocks; reads P)
     for blk in range((L_k + bk - 1) // bk):
         c0 = blk * bk
@@ -122,9 +132,8 @@ cdef void _backward_slab(const floating* Q, Py_ssize_t ldq, const floating* K,
             if not acc_v:
                 zero_fill(dV + c0 * d_v, (c1 - c0) * d_v)
             continue
-        gemm(True, False, <int>(c1 - c0), <int>d_v, <int>(L_q - qs), 1,
-             Pm + qs * L_k + c0, <int>L_k, dO + qs * ldg, <int>ldg,
-             beta_v, dV + c0 * d_v, <int>d_v)
+        mm(own, True, c1 - c0, d_v, L_q - qs, <floating> 1, Pm + qs * L_k + c0, L_k,
+           dO + qs * ldg, ldg, acc_v, dV + c0 * d_v, d_v)
     # (2) query blocks: dP = dO V^T, dS = P * (dP - D), dQ = scale * dS K
     for blk in range((L_q + bq - 1) // bq):
         r0 = blk * bq
@@ -136,8 +145,8 @@ cdef void _backward_slab(const floating* Q, Py_ssize_t ldq, const floating* K,
             if not inplace:
                 zero_fill(dS + r0 * L_k, (r1 - r0) * L_k)
             continue
-        gemm(False, False, <int>(r1 - r0), <int>e, <int>d_v, 1, dO + r0 * ldg, <int>ldg,
-             VT, <int>L_k, 0, dP, <int>L_k)
+        mm(own, False, r1 - r0, e, d_v, <floating> 1, dO + r0 * ldg, ldg, VT, L_k, False,
+           dP, L_k)
         for i in range(r0, r1):
             n = clamp(i + off + 1, 0, L_k) if causal else L_k
             pr = Pm + i * L_k
@@ -155,8 +164,8 @@ cdef void _backward_slab(const floating* Q, Py_ssize_t ldq, const floating* K,
                 if zend > L_k:
                     zend = L_k
                 zero_fill(sr + n, zend - n)
-        gemm(False, False, <int>(r1 - r0), <int>d_k, <int>e, scale, dS + r0 * L_k, <int>L_k,
-             K, <int>ldk, beta_q, dQ + r0 * d_k, <int>d_k)
+        mm(own, False, r1 - r0, d_k, e, scale, dS + r0 * L_k, L_k, K, ldk, acc_q,
+           dQ + r0 * d_k, d_k)
     # (3) dK[c0:c1] = scale * dS[qs:, c0:c1]^T Q[qs:]     (key blocks)
     for blk in range((L_k + bk - 1) // bk):
         c0 = blk * bk
@@ -166,9 +175,8 @@ cdef void _backward_slab(const floating* Q, Py_ssize_t ldq, const floating* K,
             if not acc_k:
                 zero_fill(dK + c0 * d_k, (c1 - c0) * d_k)
             continue
-        gemm(True, False, <int>(c1 - c0), <int>d_k, <int>(L_q - qs), scale,
-             dS + qs * L_k + c0, <int>L_k, Q + qs * ldq, <int>ldq,
-             beta_k, dK + c0 * d_k, <int>d_k)
+        mm(own, True, c1 - c0, d_k, L_q - qs, scale, dS + qs * L_k + c0, L_k,
+           Q + qs * ldq, ldq, acc_k, dK + c0 * d_k, d_k)
 
 
 
@@ -196,14 +204,17 @@ cdef class SdpaCall:
     cdef bint keep_probs
     cdef void* probs
     cdef Py_ssize_t block_q, block_k
+    cdef bint own_gemm
 
     def __init__(self, q, k, v, probs, double scale, mask=None, causal_offset=None,
-                 Py_ssize_t block_q=64, Py_ssize_t block_k=64, bint keep_probs=False):
+                 Py_ssize_t block_q=64, Py_ssize_t block_k=64, bint keep_probs=False,
+                 bint own_gemm=False):
         self.pins = []
         core_start(&self.c, np.asarray(q).dtype, scale, causal_offset)
         if block_q < 1 or block_k < 1:
             raise ValueError(f"block sizes must be >= 1, got {block_q}, {block_k}")
         self.block_q, self.block_k, self.keep_probs = block_q, block_k, keep_probs
+        self.own_gemm = own_gemm
         self.lead, self.shapes = core_fill(&self.c, self.pins, q, k, v, True)
         self.slabs, self.L_q, self.L_k = self.c.slabs, self.c.L_q, self.c.L_k
         self.d_k, self.d_v = self.c.d_k, self.c.d_v
@@ -265,7 +276,7 @@ def sdpa_forward(SdpaCall call not None, floating[:, :, ::1] out, Py_ssize_t p0,
                 _forward_slab(Q + c.q.off[p], c.q.ld, KT, V + c.v.off[p],
                               c.v.ld, &out[p, 0, 0], Pm + p * L_q * L_k, L_q, L_k, d_k,
                               d_v, <floating> c.scale, m.kind, bm, fm, m.rs, m.cs,
-                              c.causal, c.causal_offset, call.block_q)
+                              c.causal, c.causal_offset, call.block_q, call.own_gemm)
     finally:
         free(KT)
 
@@ -331,7 +342,8 @@ def sdpa_backward(SdpaCall call not None, const floating[:, :, :, :, :, :] grad_
                                <floating*> gk.base + gk.off[p],
                                <floating*> gv.base + gv.off[p], gq.bcast, gk.bcast,
                                gv.bcast, L_q, L_k, d_k, d_v, <floating> c.scale,
-                               c.causal, c.causal_offset, call.block_q, call.block_k)
+                               c.causal, c.causal_offset, call.block_q, call.block_k,
+                               call.own_gemm)
     finally:
         free(VT)
 

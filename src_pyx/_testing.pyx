@@ -7,6 +7,7 @@ from libc.stdlib cimport free, malloc
 
 import numpy as np
 
+from _attn_gemm cimport agemm
 from _blas cimport gemm, gemv
 from _rnn_pack cimport nn_row_plan, pack_fwd, panel_width, pgemm, pgemv
 from _vmath cimport (bind_simd, nn_simd_set_switch, transpose, vexp, vexp_sum, vsigmoid,
@@ -54,6 +55,25 @@ def gemm_repeat(bint trans_a, bint trans_b, const floating[:, ::1] a,
         for i in range(repeat):
             gemm(trans_a, trans_b, c.shape[0], c.shape[1], k, <floating> 1, &a[0, 0],
                  a.shape[1], &b[0, 0], b.shape[1], <floating> 0, &c[0, 0], c.shape[1])
+
+
+def attn_gemm_memview(bint trans_a, double alpha, const floating[:, :] a,
+                      const floating[:, :] b, bint acc, floating[:, :] c, int repeat=1):
+    """``c (+)= alpha * op(a) @ b`` through ``_attn_gemm.agemm``, ``repeat`` times in one
+    ``nogil`` block; rows may be strided (the last dim contiguous)."""
+    cdef Py_ssize_t m = c.shape[0], n = c.shape[1], k = a.shape[0] if trans_a else a.shape[1]
+    cdef Py_ssize_t isz = sizeof(floating), i
+    if (a.shape[1] if trans_a else a.shape[0]) != m or b.shape[0] != k or b.shape[1] != n:
+        raise ValueError("attn_gemm: inconsistent shapes")
+    if ((a.shape[1] > 1 and a.strides[1] != isz) or (b.shape[1] > 1 and b.strides[1] != isz)
+            or (c.shape[1] > 1 and c.strides[1] != isz)):
+        raise ValueError("attn_gemm: rows must be contiguous")
+    if m == 0 or n == 0:
+        return
+    with nogil:
+        for i in range(repeat):
+            agemm(trans_a, m, n, k, <floating> alpha, &a[0, 0], a.strides[0] // isz,
+                  &b[0, 0], b.strides[0] // isz, acc, &c[0, 0], c.strides[0] // isz)
 
 
 def gemv_memview(bint trans_a, double alpha, const floating[:, ::1] a,

@@ -29,7 +29,7 @@ from .._kernels import _flash_attention as _kflash
 from .._kernels import _softmax as _ksoftmax
 from .._validation import broadcasts_to
 
-__all__ = ["FUSED_ENABLED", "FLASH_MIN_SCORES", "FLASH_MIN_ROWS", "mask_layout",
+__all__ = ["FUSED_ENABLED", "OWN_GEMM", "own_gemm", "FLASH_MIN_SCORES", "FLASH_MIN_ROWS", "mask_layout",
            "masked_softmax", "softmax_backward", "use_fused", "fused_forward",
            "fused_backward", "use_flash", "flash_forward", "flash_backward", "reduce_to",
            "FusedCache", "FlashCache"]
@@ -123,6 +123,19 @@ def blocks(L_q, L_k, d_k, d_v):
     return (BLOCK_Q or b), (BLOCK_K or b)
 
 
+# The products on the attention micro-kernels (``_attn_gemm.h``) or on OpenBLAS.
+OWN_GEMM = None             # None: chosen by own_gemm(); True / False force it (tests)
+OWN_GEMM_MAX_D = 128
+
+
+def own_gemm(L_q, L_k, d_k, d_v):
+    """Whether the fused kernel's products run on the attention micro-kernels: for
+    head dims up to ``OWN_GEMM_MAX_D`` (docs/performance.md has the crossover)."""
+    if OWN_GEMM is not None:
+        return bool(OWN_GEMM)
+    return max(d_k, d_v) <= OWN_GEMM_MAX_D
+
+
 def use_fused(module, lead, L_q, L_k, d_k, d_v):
     """The fused kernel handles everything except dropout and empty dims."""
     if not FUSED_ENABLED or (module.training and module.dropout > 0.0):
@@ -205,7 +218,8 @@ def fused_forward(q, k, v, lead, kind, m, causal_offset, scale, return_weights, 
     call = _kattn.SdpaCall(q6, k6, v6, probs.reshape(P, L_q, L_k), scale,
                            mask=mask_layout(kind, m, lead + (L_q, L_k), dt),
                            causal_offset=causal_offset, block_q=bq, block_k=bk,
-                           keep_probs=return_weights)
+                           keep_probs=return_weights,
+                           own_gemm=own_gemm(L_q, L_k, d_k, d_v))
     out3 = out.reshape(P, L_q, d_v)
     _run(lambda p0, p1: _kattn.sdpa_forward(call, out3, p0, p1), P,
          P * L_q * L_k * (d_k + d_v))
