@@ -103,10 +103,14 @@ BLOCK_K = None
 FUSED_ENABLED = True        # tests flip this to compare with the generic path
 
 
-def blocks(L_q, L_k, d_k, d_v):
+OWN_BLOCK = 32              # query / key rows of a block on the micro-kernels
+
+
+def blocks(L_q, L_k, d_k, d_v, own=False):
     """Query / key block sizes.
 
-    OpenBLAS multiplies matrices with ``m * n * k <= 1e6`` by unpacked "small
+    On the attention micro-kernels (``own``) every product is fast at any size:
+    ``OWN_BLOCK`` rows, which keep a block of ``P`` in L2 at L = 512.  OpenBLAS multiplies matrices with ``m * n * k <= 1e6`` by unpacked "small
     matrix" kernels, faster than its packed path at these sizes.  The blocks are the
     largest of 32, 24, 16, 8, 4 rows that keep every GEMM of a slab (``block x L x d``)
     under that bound; they also make the causal staircase fine-grained.  Beyond
@@ -114,7 +118,9 @@ def blocks(L_q, L_k, d_k, d_v):
     (docs/performance.md has the measurements).
     """
     b = 1_000_000 // (max(L_q, L_k) * max(d_k, d_v))
-    if b >= 16:
+    if own:
+        b = OWN_BLOCK
+    elif b >= 16:
         b = min(32, b - b % 8)
     elif b >= 4:
         b = 8 if b >= 8 else 4
@@ -213,13 +219,14 @@ def fused_forward(q, k, v, lead, kind, m, causal_offset, scale, return_weights, 
     P = int(np.prod(lead, dtype=np.int64))
     q6, k6, v6 = (kernel_view(a) for a in (q, k, v))       # own shapes, no expansion
     out = np.empty(lead + (L_q, d_v), dtype=dt)                 # (..., L_q, d_v)
-    bq, bk = blocks(L_q, L_k, d_k, d_v)
+    own = own_gemm(L_q, L_k, d_k, d_v)
+    bq, bk = blocks(L_q, L_k, d_k, d_v, own)
     # dS overwrites P in the backward (the cache is consumed) unless the caller holds P
     call = _kattn.SdpaCall(q6, k6, v6, probs.reshape(P, L_q, L_k), scale,
                            mask=mask_layout(kind, m, lead + (L_q, L_k), dt),
                            causal_offset=causal_offset, block_q=bq, block_k=bk,
                            keep_probs=return_weights,
-                           own_gemm=own_gemm(L_q, L_k, d_k, d_v))
+                           own_gemm=own)
     out3 = out.reshape(P, L_q, d_v)
     _run(lambda p0, p1: _kattn.sdpa_forward(call, out3, p0, p1), P,
          P * L_q * L_k * (d_k + d_v))
@@ -271,8 +278,9 @@ def fused_backward(cache, g, dt):
 # tile in the backward.  It replaces the fused kernel when a slab has at least
 # FLASH_MIN_SCORES scores (L_q * L_k) and FLASH_MIN_ROWS query rows (decoding, one
 # row at a time, keeps the fused kernel); below, keeping the probabilities is faster
-# (docs/performance.md).  Tests set both to 0 to run it at small sizes.
-FLASH_MIN_SCORES = 384 * 384
+# on the micro-kernels up to L = 512 (docs/performance.md).  Tests set both to 0 to
+# run it at small sizes.
+FLASH_MIN_SCORES = 640 * 640
 FLASH_MIN_ROWS = 16
 FLASH_BLOCK_Q = 128         # query rows of a score tile
 FLASH_BLOCK_K = 512         # keys of a score tile
