@@ -18,6 +18,11 @@
  * 16 doubles, MR = 8; level 1 (AVX2+FMA): NR = 16 / 8, MR = 6; level 0: plain C (each
  * product rounded, the same order).
  *
+ * nn_agemm_nt: C[m, n] = alpha * A[m, k] @ B[n, k]^T, both read by rows: the scores of
+ * a few query rows (KV-cache decoding) straight from the rows of K, without storing
+ * K^T.  Each element is a dot product of vector partial sums over p = j, j + W, ...
+ * (W the vector width) reduced in a fixed order: the same bits for any m and n.
+ *
  * Fused-type front: _attn_gemm.pxd.
  */
 #ifndef NN_CORE_ATTN_GEMM_H
@@ -56,8 +61,24 @@ static void nn_agemm_##S##_base(int ta, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, T
     }                                                                                      \
 }
 
+#define NN_DEFINE_AGEMM_NT_BASE(T, S)                                                      \
+static void nn_agemm_nt_##S##_base(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, T alpha,         \
+                                   const T *A, ptrdiff_t lda, const T *B, ptrdiff_t ldb,   \
+                                   T *C, ptrdiff_t ldc)                                    \
+{                                                                                          \
+    for (ptrdiff_t i = 0; i < m; i++)                                                      \
+        for (ptrdiff_t j = 0; j < n; j++) {                                                \
+            T c = 0;                                                                       \
+            for (ptrdiff_t p = 0; p < k; p++)                                              \
+                c += A[i * lda + p] * B[j * ldb + p];                                      \
+            C[i * ldc + j] = alpha * c;                                                    \
+        }                                                                                  \
+}
+
 NN_DEFINE_AGEMM_BASE(float, f)
 NN_DEFINE_AGEMM_BASE(double, d)
+NN_DEFINE_AGEMM_NT_BASE(float, f)
+NN_DEFINE_AGEMM_NT_BASE(double, d)
 
 /* ----------------------------------------------------------- SIMD kernels -- */
 #if NN_X86_DISPATCH
@@ -140,6 +161,42 @@ TARGET static void nn_agemm_##S##_##ISA(int ta, ptrdiff_t m, ptrdiff_t n, ptrdif
     }                                                                                      \
 }
 
+/* Four keys at a time: four vector partial sums over p, reduced by AG_HSUM4. */
+#define NN_DEFINE_AGEMM_NT_SIMD(T, S, ISA, TARGET)                                         \
+TARGET static void nn_agemm_nt_##S##_##ISA(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, T alpha, \
+        const T *A, ptrdiff_t lda, const T *B, ptrdiff_t ldb, T *C, ptrdiff_t ldc)         \
+{                                                                                          \
+    ptrdiff_t kf = k - k % AG_W;                                                           \
+    AG_MT mt = AG_MASK((int)(k - kf));                                                     \
+    T out[4];                                                                              \
+    for (ptrdiff_t i = 0; i < m; i++) {                                                    \
+        const T *a = A + i * lda;                                                          \
+        for (ptrdiff_t j = 0; j < n; j += 4) {                                             \
+            ptrdiff_t nj = n - j < 4 ? n - j : 4;                                          \
+            const T *b0 = B + j * ldb, *b1 = b0 + (nj > 1) * ldb,                          \
+                    *b2 = b0 + (nj > 2) * 2 * ldb, *b3 = b0 + (nj > 3) * 3 * ldb;          \
+            AG_VT s0 = AG_ZERO(), s1 = AG_ZERO(), s2 = AG_ZERO(), s3 = AG_ZERO(), x;       \
+            for (ptrdiff_t p = 0; p < kf; p += AG_W) {                                     \
+                x = AG_LOADU(a + p);                                                       \
+                s0 = AG_VFMA(x, AG_LOADU(b0 + p), s0);                                     \
+                s1 = AG_VFMA(x, AG_LOADU(b1 + p), s1);                                     \
+                s2 = AG_VFMA(x, AG_LOADU(b2 + p), s2);                                     \
+                s3 = AG_VFMA(x, AG_LOADU(b3 + p), s3);                                     \
+            }                                                                              \
+            if (kf < k) {                                                                  \
+                x = AG_LOADM(a + kf, mt);                                                  \
+                s0 = AG_VFMA(x, AG_LOADM(b0 + kf, mt), s0);                                \
+                s1 = AG_VFMA(x, AG_LOADM(b1 + kf, mt), s1);                                \
+                s2 = AG_VFMA(x, AG_LOADM(b2 + kf, mt), s2);                                \
+                s3 = AG_VFMA(x, AG_LOADM(b3 + kf, mt), s3);                                \
+            }                                                                              \
+            AG_HSUM4(s0, s1, s2, s3, out);                                                 \
+            for (ptrdiff_t t = 0; t < nj; t++)                                             \
+                C[i * ldc + j + t] = alpha * out[t];                                       \
+        }                                                                                  \
+    }                                                                                      \
+}
+
 #define AG_CASE(S, ISA, MR, TA, PART)                                                      \
     case MR * 4 + TA * 2 + PART:                                                           \
         nn_ag_tile_##S##_##ISA##_body(MR, TA, PART, k, alpha, A, lda, B, ldb, acc, C,      \
@@ -168,7 +225,14 @@ TARGET static void nn_agemm_##S##_##ISA(int ta, ptrdiff_t m, ptrdiff_t n, ptrdif
 #define AG_MUL _mm256_mul_ps
 #define AG_SET1 _mm256_set1_ps
 #define AG_ZERO _mm256_setzero_ps
+#define AG_HSUM4(a, b, c, d, out)                                                          \
+    do {                                                                                   \
+        __m256 h_ = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));            \
+        _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(h_),                          \
+                                      _mm256_extractf128_ps(h_, 1)));                      \
+    } while (0)
 NN_DEFINE_AGEMM_SIMD(float, f, avx2, NN_TARGET_AVX2, 6)
+NN_DEFINE_AGEMM_NT_SIMD(float, f, avx2, NN_TARGET_AVX2)
 #include "_attn_gemm_undef.h"
 #define AG_VT __m256d
 #define AG_MT __m256i
@@ -183,7 +247,14 @@ NN_DEFINE_AGEMM_SIMD(float, f, avx2, NN_TARGET_AVX2, 6)
 #define AG_MUL _mm256_mul_pd
 #define AG_SET1 _mm256_set1_pd
 #define AG_ZERO _mm256_setzero_pd
+#define AG_HSUM4(a, b, c, d, out)                                                          \
+    do {                                                                                   \
+        __m256d ab_ = _mm256_hadd_pd(a, b), cd_ = _mm256_hadd_pd(c, d);                    \
+        _mm256_storeu_pd(out, _mm256_add_pd(_mm256_permute2f128_pd(ab_, cd_, 0x20),        \
+                                            _mm256_permute2f128_pd(ab_, cd_, 0x31)));      \
+    } while (0)
 NN_DEFINE_AGEMM_SIMD(double, d, avx2, NN_TARGET_AVX2, 6)
+NN_DEFINE_AGEMM_NT_SIMD(double, d, avx2, NN_TARGET_AVX2)
 #include "_attn_gemm_undef.h"
 
 #if NN_HAVE_AVX512
@@ -201,7 +272,13 @@ NN_DEFINE_AGEMM_SIMD(double, d, avx2, NN_TARGET_AVX2, 6)
 #define AG_MUL _mm512_mul_ps
 #define AG_SET1 _mm512_set1_ps
 #define AG_ZERO _mm512_setzero_ps
+#define AG_HSUM4(a, b, c, d, out)                                                          \
+    do {                                                                                   \
+        out[0] = _mm512_reduce_add_ps(a); out[1] = _mm512_reduce_add_ps(b);                \
+        out[2] = _mm512_reduce_add_ps(c); out[3] = _mm512_reduce_add_ps(d);                \
+    } while (0)
 NN_DEFINE_AGEMM_SIMD(float, f, avx512, NN_TARGET_AVX512, 8)
+NN_DEFINE_AGEMM_NT_SIMD(float, f, avx512, NN_TARGET_AVX512)
 #include "_attn_gemm_undef.h"
 #define AG_VT __m512d
 #define AG_MT __mmask8
@@ -215,7 +292,13 @@ NN_DEFINE_AGEMM_SIMD(float, f, avx512, NN_TARGET_AVX512, 8)
 #define AG_MUL _mm512_mul_pd
 #define AG_SET1 _mm512_set1_pd
 #define AG_ZERO _mm512_setzero_pd
+#define AG_HSUM4(a, b, c, d, out)                                                          \
+    do {                                                                                   \
+        out[0] = _mm512_reduce_add_pd(a); out[1] = _mm512_reduce_add_pd(b);                \
+        out[2] = _mm512_reduce_add_pd(c); out[3] = _mm512_reduce_add_pd(d);                \
+    } while (0)
 NN_DEFINE_AGEMM_SIMD(double, d, avx512, NN_TARGET_AVX512, 8)
+NN_DEFINE_AGEMM_NT_SIMD(double, d, avx512, NN_TARGET_AVX512)
 #include "_attn_gemm_undef.h"
 #endif /* NN_HAVE_AVX512 */
 #endif /* NN_X86_DISPATCH */
@@ -249,7 +332,18 @@ static void nn_agemm_##S(int ta, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, T alpha,
 #define NN_AG_DISPATCH(S, args) nn_agemm_##S##_base args
 #endif
 
+#define NN_DEFINE_AGEMM_NT(T, S)                                                           \
+static void nn_agemm_nt_##S(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, T alpha, const T *A,    \
+                            ptrdiff_t lda, const T *B, ptrdiff_t ldb, T *C, ptrdiff_t ldc) \
+{                                                                                          \
+    if (m <= 0 || n <= 0)                                                                  \
+        return;                                                                            \
+    NN_AG_DISPATCH(nt_##S, (m, n, k, alpha, A, lda, B, ldb, C, ldc));                      \
+}
+
 NN_DEFINE_AGEMM(float, f)
 NN_DEFINE_AGEMM(double, d)
+NN_DEFINE_AGEMM_NT(float, f)
+NN_DEFINE_AGEMM_NT(double, d)
 
 #endif /* NN_CORE_ATTN_GEMM_H */

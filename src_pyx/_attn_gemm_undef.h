@@ -12,3 +12,4 @@
 #undef AG_MUL
 #undef AG_SET1
 #undef AG_ZERO
+#undef AG_HSUM4

@@ -7,7 +7,7 @@ from libc.stdlib cimport free, malloc
 
 import numpy as np
 
-from _attn_gemm cimport agemm
+from _attn_gemm cimport agemm, agemm_nt
 from _blas cimport gemm, gemv
 from _rnn_pack cimport nn_row_plan, pack_fwd, panel_width, pgemm, pgemv
 from _vmath cimport (bind_simd, nn_simd_set_switch, transpose, vexp, vexp_sum, vsigmoid,
@@ -74,6 +74,23 @@ def attn_gemm_memview(bint trans_a, double alpha, const floating[:, :] a,
         for i in range(repeat):
             agemm(trans_a, m, n, k, <floating> alpha, &a[0, 0], a.strides[0] // isz,
                   &b[0, 0], b.strides[0] // isz, acc, &c[0, 0], c.strides[0] // isz)
+
+
+def attn_gemm_nt_memview(double alpha, const floating[:, :] a, const floating[:, :] b,
+                         floating[:, :] c):
+    """``c = alpha * a @ b^T`` through ``_attn_gemm.agemm_nt``; rows may be strided."""
+    cdef Py_ssize_t m = c.shape[0], n = c.shape[1], k = a.shape[1]
+    cdef Py_ssize_t isz = sizeof(floating)
+    if a.shape[0] != m or b.shape[0] != n or b.shape[1] != k:
+        raise ValueError("attn_gemm_nt: inconsistent shapes")
+    if ((a.shape[1] > 1 and a.strides[1] != isz) or (b.shape[1] > 1 and b.strides[1] != isz)
+            or (c.shape[1] > 1 and c.strides[1] != isz)):
+        raise ValueError("attn_gemm_nt: rows must be contiguous")
+    if m == 0 or n == 0:
+        return
+    with nogil:
+        agemm_nt(m, n, k, <floating> alpha, &a[0, 0], a.strides[0] // isz, &b[0, 0],
+                 b.strides[0] // isz, &c[0, 0], c.strides[0] // isz)
 
 
 def gemv_memview(bint trans_a, double alpha, const floating[:, ::1] a,

@@ -54,21 +54,40 @@ def test_micro_kernel_rows_do_not_depend_on_blocking(rng, dtype):
         np.testing.assert_array_equal(row[0], whole[i])
 
 
+@pytest.mark.usefixtures("level")
+@pytest.mark.parametrize("sizes", [(1, 1, 1), (1, 9, 3), (2, 5, 17), (3, 130, 64),
+                                   (4, 7, 67), (1, 33, 128), (2, 3, 0)], ids=str)
+def test_nt_micro_kernel_matches_numpy(rng, dtype, sizes):
+    m, n, k = sizes
+    a = _operand(rng, (m, k), dtype, 3)
+    b = _operand(rng, (n, k), dtype, 1)
+    c = _operand(rng, (m, n), dtype, 2)
+    _testing.attn_gemm_nt_memview(0.6, a, b, c)
+    want = 0.6 * (a.astype(np.float64) @ b.T)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(c, want, **tol)
+
+
 def test_micro_kernel_checks_shapes():
     a, b, c = np.ones((3, 4)), np.ones((5, 6)), np.ones((3, 6))
     with pytest.raises(ValueError, match="inconsistent"):
         _testing.attn_gemm_memview(False, 1.0, a, b, False, c)
+    with pytest.raises(ValueError, match="inconsistent"):
+        _testing.attn_gemm_nt_memview(1.0, a, b, c)
 
 
 @pytest.mark.usefixtures("level")
 @pytest.mark.parametrize("own", [True, False], ids=["own", "blas"])
 @pytest.mark.parametrize("layout", [((2, 3), (2, 3)), ((2, 2, 3), (2, 2, 1))], ids=str)
 @pytest.mark.parametrize("is_causal", [False, True], ids=["full", "causal"])
-def test_fused_kernel_on_each_gemm_path(rng, dtype, monkeypatch, own, layout, is_causal):
+@pytest.mark.parametrize("L_q", [23, 3, 1], ids=["L_q=23", "L_q=3", "L_q=1"])
+def test_fused_kernel_on_each_gemm_path(rng, dtype, monkeypatch, own, layout, is_causal,
+                                        L_q):
+    """Also a few query rows (KV-cache decoding: the scores from K's rows)."""
     monkeypatch.setattr(sdp, "OWN_GEMM", own)
     monkeypatch.setattr(sdp, "BLOCK_Q", 7)
     monkeypatch.setattr(sdp, "BLOCK_K", 9)
-    (ql, kl), (L_q, L_k), (d_k, d_v) = layout, (23, 30), (19, 37)
+    (ql, kl), L_k, (d_k, d_v) = layout, 30, (19, 37)
     q = rng.standard_normal(ql + (L_q, d_k))
     k = rng.standard_normal(kl + (L_k, d_k))
     v = rng.standard_normal(kl + (L_k, d_v))

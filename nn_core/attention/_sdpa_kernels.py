@@ -134,6 +134,11 @@ OWN_GEMM = None             # None: chosen by own_gemm(); True / False force it 
 OWN_GEMM_MAX_D = 128
 
 
+# With at most this many query rows (KV-cache decoding) and the micro-kernels, the
+# forward's scores are dot products with K's rows: no K^T stored per slab.
+SCORES_NT_MAX_ROWS = 4
+
+
 def own_gemm(L_q, L_k, d_k, d_v):
     """Whether the fused kernel's products run on the attention micro-kernels: for
     head dims up to ``OWN_GEMM_MAX_D`` (docs/performance.md has the crossover)."""
@@ -226,7 +231,7 @@ def fused_forward(q, k, v, lead, kind, m, causal_offset, scale, return_weights, 
                            mask=mask_layout(kind, m, lead + (L_q, L_k), dt),
                            causal_offset=causal_offset, block_q=bq, block_k=bk,
                            keep_probs=return_weights,
-                           own_gemm=own)
+                           own_gemm=own, scores_nt=own and L_q <= SCORES_NT_MAX_ROWS)
     out3 = out.reshape(P, L_q, d_v)
     _run(lambda p0, p1: _kattn.sdpa_forward(call, out3, p0, p1), P,
          P * L_q * L_k * (d_k + d_v))
