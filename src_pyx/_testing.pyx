@@ -57,6 +57,13 @@ def gemm_repeat(bint trans_a, bint trans_b, const floating[:, ::1] a,
                  a.shape[1], &b[0, 0], b.shape[1], <floating> 0, &c[0, 0], c.shape[1])
 
 
+cdef int _rows_contiguous(str name, Py_ssize_t isz, tuple views) except -1:
+    for x in views:
+        if x.shape[1] > 1 and x.strides[1] != isz:
+            raise ValueError(f"{name}: rows must be contiguous")
+    return 0
+
+
 def attn_gemm_memview(bint trans_a, double alpha, const floating[:, :] a,
                       const floating[:, :] b, bint acc, floating[:, :] c, int repeat=1):
     """``c (+)= alpha * op(a) @ b`` through ``_attn_gemm.agemm``, ``repeat`` times in one
@@ -65,9 +72,7 @@ def attn_gemm_memview(bint trans_a, double alpha, const floating[:, :] a,
     cdef Py_ssize_t isz = sizeof(floating), i
     if (a.shape[1] if trans_a else a.shape[0]) != m or b.shape[0] != k or b.shape[1] != n:
         raise ValueError("attn_gemm: inconsistent shapes")
-    if ((a.shape[1] > 1 and a.strides[1] != isz) or (b.shape[1] > 1 and b.strides[1] != isz)
-            or (c.shape[1] > 1 and c.strides[1] != isz)):
-        raise ValueError("attn_gemm: rows must be contiguous")
+    _rows_contiguous("attn_gemm", isz, (a, b, c))
     if m == 0 or n == 0:
         return
     with nogil:
@@ -83,9 +88,7 @@ def attn_gemm_nt_memview(double alpha, const floating[:, :] a, const floating[:,
     cdef Py_ssize_t isz = sizeof(floating)
     if a.shape[0] != m or b.shape[0] != n or b.shape[1] != k:
         raise ValueError("attn_gemm_nt: inconsistent shapes")
-    if ((a.shape[1] > 1 and a.strides[1] != isz) or (b.shape[1] > 1 and b.strides[1] != isz)
-            or (c.shape[1] > 1 and c.strides[1] != isz)):
-        raise ValueError("attn_gemm_nt: rows must be contiguous")
+    _rows_contiguous("attn_gemm_nt", isz, (a, b, c))
     if m == 0 or n == 0:
         return
     with nogil:
