@@ -11,7 +11,8 @@
  *
  * Micro-kernel: MR rows of op(A) times one panel of NR = 2 vectors of B columns,
  * 2*MR accumulators in registers; panels outer, row blocks inner (the B panel stays
- * in L1).  A partial last panel uses masked loads.  Every element of C is one chain
+ * in L1); the last MR+1 .. 2MR-1 rows go in two halves.  A partial last panel uses
+ * masked loads.  Every element of C is one chain
  * of (fused) multiply-adds over p = 0, 1, ..., k-1 from 0, then scaled by alpha (and
  * added to C with `acc`), whatever the sizes of the blocks around it: a row computed
  * in a block of 6 or of 1 has the same bits.  SIMD level 2 (AVX-512F): NR = 32 floats /
@@ -152,8 +153,12 @@ TARGET static void nn_agemm_##S##_##ISA(int ta, ptrdiff_t m, ptrdiff_t n, ptrdif
 {                                                                                          \
     for (ptrdiff_t j0 = 0; j0 < n; j0 += 2 * AG_W) {                                       \
         int nc = n - j0 < 2 * AG_W ? (int)(n - j0) : 2 * AG_W;                             \
-        for (ptrdiff_t i0 = 0; i0 < m; i0 += MRMAX) {                                      \
-            int mr = m - i0 < MRMAX ? (int)(m - i0) : MRMAX;                               \
+        int mr;                                                                            \
+        for (ptrdiff_t i0 = 0; i0 < m; i0 += mr) {                                         \
+            /* the last MRMAX+1 .. 2*MRMAX-1 rows in two halves (few accumulators are      \
+             * latency-bound) */                                                           \
+            ptrdiff_t left = m - i0;                                                       \
+            mr = left >= 2 * MRMAX ? MRMAX : (left > MRMAX ? (int)((left + 1) / 2) : (int)left); \
             nn_ag_tile_##S##_##ISA(mr, ta, nc < 2 * AG_W, k, alpha,                        \
                                    ta ? A + i0 : A + i0 * lda, lda, B + j0, ldb, acc,      \
                                    C + i0 * ldc + j0, ldc, nc);                            \
