@@ -54,6 +54,7 @@ from libc.stdlib cimport free, malloc
 
 from _attn_call cimport (CallCore, Slabs, check_call, check_grad_out, clamp, core_fill,
                          core_mask, core_start, shape6, slabs_of, zero_fill)
+from _attn_gemm cimport agemm, agemm_nt
 from _blas cimport gemm
 from _softmax_row cimport MASK_ADD, MASK_BOOL, MaskRef, softmax_row
 from _vmath cimport bind_simd, transpose, vdot
@@ -61,12 +62,31 @@ from _vmath cimport bind_simd, transpose, vdot
 bind_simd(__name__)
 
 
+cdef inline Py_ssize_t t_ld(Py_ssize_t L_k) noexcept nogil:
+    """Row stride of a stored ``K^T`` / ``V^T``: ``L_k`` plus 16, so that the rows of a
+    column panel do not all fall in one L1 set (``L_k * itemsize`` a multiple of
+    4 KiB)."""
+    return L_k + 16
+
+
+cdef inline void mm(bint own, bint ta, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                    floating alpha, const floating* A, Py_ssize_t lda, const floating* B,
+                    Py_ssize_t ldb, bint acc, floating* C, Py_ssize_t ldc) noexcept nogil:
+    """``C[m, n] (+)= alpha * op(A) @ B`` by the attention micro-kernels (``own``) or
+    OpenBLAS."""
+    if own:
+        agemm(ta, m, n, k, alpha, A, lda, B, ldb, acc, C, ldc)
+    else:
+        gemm(ta, False, <int>m, <int>n, <int>k, alpha, A, <int>lda, B, <int>ldb,
+             <floating>(1 if acc else 0), C, <int>ldc)
+
+
 cdef void _forward_slab(const floating* Q, Py_ssize_t ldq, const floating* KT,
-                        const floating* V, Py_ssize_t ldv, floating* O, floating* Pm,
+                        Py_ssize_t ldkt, bint nt, const floating* V, Py_ssize_t ldv, floating* O, floating* Pm,
                         Py_ssize_t L_q, Py_ssize_t L_k, Py_ssize_t d_k, Py_ssize_t d_v,
                         floating scale, int mask_kind, const uint8_t* bm, const floating* fm,
                         Py_ssize_t mrs, Py_ssize_t mcs, bint causal, Py_ssize_t off,
-                        Py_ssize_t bq) noexcept nogil:
+                        Py_ssize_t bq, bint own) noexcept nogil:
     cdef Py_ssize_t blk, r0, r1, i, e, n
     cdef const uint8_t* br = NULL
     cdef const floating* fr = NULL
@@ -78,9 +98,13 @@ cdef void _forward_slab(const floating* Q, Py_ssize_t ldq, const floating* KT,
             zero_fill(Pm + r0 * L_k, (r1 - r0) * L_k)
             zero_fill(O + r0 * d_v, (r1 - r0) * d_v)
             continue
-        # S = scale * Q[r0:r1] K[0:e]^T  -> P[r0:r1, 0:e]   (bq, e); K^T is [d_k, L_k]
-        gemm(False, False, <int>(r1 - r0), <int>e, <int>d_k, scale, Q + r0 * ldq, <int>ldq,
-             KT, <int>L_k, 0, Pm + r0 * L_k, <int>L_k)
+        # S = scale * Q[r0:r1] K[0:e]^T  -> P[r0:r1, 0:e]   (bq, e); KT is K^T
+        # [d_k, L_k], or with nt K itself [L_k, d_k] (rows ldkt apart)
+        if nt:
+            agemm_nt(r1 - r0, e, d_k, scale, Q + r0 * ldq, ldq, KT, ldkt, Pm + r0 * L_k, L_k)
+        else:
+            mm(own, False, r1 - r0, e, d_k, scale, Q + r0 * ldq, ldq, KT, ldkt, False,
+               Pm + r0 * L_k, L_k)
         for i in range(r0, r1):
             n = clamp(i + off + 1, 0, L_k) if causal else L_k
             if mask_kind == 1:
@@ -90,29 +114,26 @@ cdef void _forward_slab(const floating* Q, Py_ssize_t ldq, const floating* KT,
             softmax_row(Pm + i * L_k, Pm + i * L_k, <floating> 1, n, L_k, mask_kind, br, fr,
                         mcs)
         # O[r0:r1] = P[r0:r1, 0:e] V[0:e]   (bq, d_v)
-        gemm(False, False, <int>(r1 - r0), <int>d_v, <int>e, 1, Pm + r0 * L_k, <int>L_k,
-             V, <int>ldv, 0, O + r0 * d_v, <int>d_v)
+        mm(own, False, r1 - r0, d_v, e, <floating> 1, Pm + r0 * L_k, L_k, V, ldv, False,
+           O + r0 * d_v, d_v)
 
 
 cdef void _backward_slab(const floating* Q, Py_ssize_t ldq, const floating* K,
-                         Py_ssize_t ldk, const floating* VT, floating* Pm,
+                         Py_ssize_t ldk, const floating* VT, Py_ssize_t ldvt, floating* Pm,
                          const floating* dO, Py_ssize_t ldg, floating* dS, floating* dP,
                          floating* dQ, floating* dK, floating* dV,
                          bint acc_q, bint acc_k, bint acc_v,
                          Py_ssize_t L_q, Py_ssize_t L_k, Py_ssize_t d_k, Py_ssize_t d_v,
                          floating scale, bint causal, Py_ssize_t off,
-                         Py_ssize_t bq, Py_ssize_t bk) noexcept nogil:
+                         Py_ssize_t bq, Py_ssize_t bk, bint own) noexcept nogil:
     """``dS`` is either ``Pm`` (in place) or a scratch ``[L_q, L_k]``; ``dP`` is a
-    scratch ``[bq, L_k]``; ``VT`` is ``V^T [d_v, L_k]``."""
+    scratch ``[bq, L_k]``; ``VT`` is ``V^T [d_v, L_k]`` (rows ``ldvt`` apart)."""
     cdef Py_ssize_t blk, r0, r1, c0, c1, i, j, e, n, qs, zend
     cdef bint inplace = dS == Pm
     cdef floating Di
     cdef floating* pr
     cdef floating* gr
     cdef floating* sr
-    cdef floating beta_q = 1 if acc_q else 0
-    cdef floating beta_k = 1 if acc_k else 0
-    cdef floating beta_v = 1 if acc_v else 0
     # (1) dV[c0:c1] = P[qs:, c0:c1]^T dO[qs:]            (key blocks; reads P)
     for blk in range((L_k + bk - 1) // bk):
         c0 = blk * bk
@@ -122,9 +143,8 @@ cdef void _backward_slab(const floating* Q, Py_ssize_t ldq, const floating* K,
             if not acc_v:
                 zero_fill(dV + c0 * d_v, (c1 - c0) * d_v)
             continue
-        gemm(True, False, <int>(c1 - c0), <int>d_v, <int>(L_q - qs), 1,
-             Pm + qs * L_k + c0, <int>L_k, dO + qs * ldg, <int>ldg,
-             beta_v, dV + c0 * d_v, <int>d_v)
+        mm(own, True, c1 - c0, d_v, L_q - qs, <floating> 1, Pm + qs * L_k + c0, L_k,
+           dO + qs * ldg, ldg, acc_v, dV + c0 * d_v, d_v)
     # (2) query blocks: dP = dO V^T, dS = P * (dP - D), dQ = scale * dS K
     for blk in range((L_q + bq - 1) // bq):
         r0 = blk * bq
@@ -136,8 +156,8 @@ cdef void _backward_slab(const floating* Q, Py_ssize_t ldq, const floating* K,
             if not inplace:
                 zero_fill(dS + r0 * L_k, (r1 - r0) * L_k)
             continue
-        gemm(False, False, <int>(r1 - r0), <int>e, <int>d_v, 1, dO + r0 * ldg, <int>ldg,
-             VT, <int>L_k, 0, dP, <int>L_k)
+        mm(own, False, r1 - r0, e, d_v, <floating> 1, dO + r0 * ldg, ldg, VT, ldvt, False,
+           dP, L_k)
         for i in range(r0, r1):
             n = clamp(i + off + 1, 0, L_k) if causal else L_k
             pr = Pm + i * L_k
@@ -155,8 +175,8 @@ cdef void _backward_slab(const floating* Q, Py_ssize_t ldq, const floating* K,
                 if zend > L_k:
                     zend = L_k
                 zero_fill(sr + n, zend - n)
-        gemm(False, False, <int>(r1 - r0), <int>d_k, <int>e, scale, dS + r0 * L_k, <int>L_k,
-             K, <int>ldk, beta_q, dQ + r0 * d_k, <int>d_k)
+        mm(own, False, r1 - r0, d_k, e, scale, dS + r0 * L_k, L_k, K, ldk, acc_q,
+           dQ + r0 * d_k, d_k)
     # (3) dK[c0:c1] = scale * dS[qs:, c0:c1]^T Q[qs:]     (key blocks)
     for blk in range((L_k + bk - 1) // bk):
         c0 = blk * bk
@@ -166,9 +186,8 @@ cdef void _backward_slab(const floating* Q, Py_ssize_t ldq, const floating* K,
             if not acc_k:
                 zero_fill(dK + c0 * d_k, (c1 - c0) * d_k)
             continue
-        gemm(True, False, <int>(c1 - c0), <int>d_k, <int>(L_q - qs), scale,
-             dS + qs * L_k + c0, <int>L_k, Q + qs * ldq, <int>ldq,
-             beta_k, dK + c0 * d_k, <int>d_k)
+        mm(own, True, c1 - c0, d_k, L_q - qs, scale, dS + qs * L_k + c0, L_k,
+           Q + qs * ldq, ldq, acc_k, dK + c0 * d_k, d_k)
 
 
 
@@ -196,14 +215,17 @@ cdef class SdpaCall:
     cdef bint keep_probs
     cdef void* probs
     cdef Py_ssize_t block_q, block_k
+    cdef bint own_gemm, scores_nt
 
     def __init__(self, q, k, v, probs, double scale, mask=None, causal_offset=None,
-                 Py_ssize_t block_q=64, Py_ssize_t block_k=64, bint keep_probs=False):
+                 Py_ssize_t block_q=64, Py_ssize_t block_k=64, bint keep_probs=False,
+                 bint own_gemm=False, bint scores_nt=False):
         self.pins = []
         core_start(&self.c, np.asarray(q).dtype, scale, causal_offset)
         if block_q < 1 or block_k < 1:
             raise ValueError(f"block sizes must be >= 1, got {block_q}, {block_k}")
         self.block_q, self.block_k, self.keep_probs = block_q, block_k, keep_probs
+        self.own_gemm, self.scores_nt = own_gemm, scores_nt
         self.lead, self.shapes = core_fill(&self.c, self.pins, q, k, v, True)
         self.slabs, self.L_q, self.L_k = self.c.slabs, self.c.L_q, self.c.L_k
         self.d_k, self.d_v = self.c.d_k, self.c.d_v
@@ -232,11 +254,12 @@ def sdpa_forward(SdpaCall call not None, floating[:, :, ::1] out, Py_ssize_t p0,
     """Forward over slabs ``p0 <= p < p1`` of ``call`` (see the module docstring);
     ``out [P, L_q, d_v]`` C-contiguous."""
     cdef Py_ssize_t L_q = call.L_q, L_k = call.L_k, d_k = call.d_k, d_v = call.d_v, p
-    cdef Py_ssize_t last = -1
+    cdef Py_ssize_t last = -1, ldkt
     cdef const CallCore* c = &call.c
     cdef const floating* Q = <const floating*> c.q.base
     cdef const floating* K = <const floating*> c.k.base
     cdef const floating* V = <const floating*> c.v.base
+    cdef const floating* kt
     cdef floating* Pm = <floating*> call.probs
     cdef const MaskRef* m = &c.mask
     cdef const uint8_t* bm = NULL
@@ -247,7 +270,8 @@ def sdpa_forward(SdpaCall call not None, floating[:, :, ::1] out, Py_ssize_t p0,
                          f"{(out.shape[0], out.shape[1], out.shape[2])}")
     if p0 == p1:
         return
-    cdef floating* KT = <floating*> malloc(d_k * L_k * sizeof(floating))
+    cdef bint nt = call.scores_nt
+    cdef floating* KT = <floating*> malloc((1 if nt else d_k * t_ld(L_k)) * sizeof(floating))
     if KT == NULL:
         raise MemoryError("sdpa_forward: cannot allocate K^T")
     try:
@@ -259,13 +283,17 @@ def sdpa_forward(SdpaCall call not None, floating[:, :, ::1] out, Py_ssize_t p0,
                     fm = <const floating*> m.f + m.off[p]
                 # the score GEMM runs as Q @ K^T with K^T stored (OpenBLAS's NN path
                 # and its small-matrix kernels suit these shapes); GQA slabs share it
-                if c.k.off[p] != last:
-                    transpose(K + c.k.off[p], c.k.ld, L_k, d_k, KT, L_k, False)
-                    last = c.k.off[p]
-                _forward_slab(Q + c.q.off[p], c.q.ld, KT, V + c.v.off[p],
+                if nt:                        # the scores straight from K's rows
+                    kt, ldkt = K + c.k.off[p], c.k.ld
+                else:
+                    if c.k.off[p] != last:
+                        transpose(K + c.k.off[p], c.k.ld, L_k, d_k, KT, t_ld(L_k), False)
+                        last = c.k.off[p]
+                    kt, ldkt = KT, t_ld(L_k)
+                _forward_slab(Q + c.q.off[p], c.q.ld, kt, ldkt, nt, V + c.v.off[p],
                               c.v.ld, &out[p, 0, 0], Pm + p * L_q * L_k, L_q, L_k, d_k,
                               d_v, <floating> c.scale, m.kind, bm, fm, m.rs, m.cs,
-                              c.causal, c.causal_offset, call.block_q)
+                              c.causal, c.causal_offset, call.block_q, call.own_gemm)
     finally:
         free(KT)
 
@@ -312,26 +340,27 @@ def sdpa_backward(SdpaCall call not None, const floating[:, :, :, :, :, :] grad_
     check_grad(&gv, pins, grad_v, call.shapes[2], c.lead4, L_k, d_v, "grad_v")
     if p0 == p1:
         return
-    need = (d_v + call.block_q) * L_k + (0 if overwrite else L_q * L_k)
+    need = d_v * t_ld(L_k) + call.block_q * L_k + (0 if overwrite else L_q * L_k)
     VT = <floating*> malloc(need * sizeof(floating))
     if VT == NULL:
         raise MemoryError("sdpa_backward: cannot allocate the scratch")
-    dP = VT + d_v * L_k
+    dP = VT + d_v * t_ld(L_k)
     try:
         with nogil:
             for p in range(p0, p1):
                 dS = Pm + p * L_q * L_k if overwrite else dP + call.block_q * L_k
                 if c.v.off[p] != last:        # slabs sharing a V head (GQA) share V^T
-                    transpose(V + c.v.off[p], c.v.ld, L_k, d_v, VT, L_k, False)
+                    transpose(V + c.v.off[p], c.v.ld, L_k, d_v, VT, t_ld(L_k), False)
                     last = c.v.off[p]
                 _backward_slab(Q + c.q.off[p], c.q.ld, K + c.k.off[p], c.k.ld,
-                               VT, Pm + p * L_q * L_k,
+                               VT, t_ld(L_k), Pm + p * L_q * L_k,
                                <const floating*> go.base + go.off[p], go.ld, dS, dP,
                                <floating*> gq.base + gq.off[p],
                                <floating*> gk.base + gk.off[p],
                                <floating*> gv.base + gv.off[p], gq.bcast, gk.bcast,
                                gv.bcast, L_q, L_k, d_k, d_v, <floating> c.scale,
-                               c.causal, c.causal_offset, call.block_q, call.block_k)
+                               c.causal, c.causal_offset, call.block_q, call.block_k,
+                               call.own_gemm)
     finally:
         free(VT)
 

@@ -38,6 +38,7 @@ from libc.string cimport memcpy, memset
 
 from _attn_call cimport (CallCore, Slabs, check_call, check_grad_out, clamp, core_fill,
                          core_mask, core_start, zero_fill)
+from _attn_gemm cimport agemm
 from _blas cimport gemm
 from _softmax_row cimport MASK_ADD, MASK_BOOL, MaskRef
 from _vmath cimport bind_simd, vdot
@@ -161,8 +162,8 @@ cdef void _flash_fwd_rows(const floating* Q, Py_ssize_t ldq, const floating* K,
                 drop.off = base + <uint64_t> r0 * <uint64_t> L_k + <uint64_t> c0
             _fwd_tile(S, nr, w, causal, r0 + off + 1 - c0, mk, bm, fm, m, l,
                       O + r0 * d_v, d_v, drop)
-            gemm(False, False, <int>nr, <int>d_v, <int>w, 1, S, <int>w, V + c0 * ldv,
-                 <int>ldv, 1, O + r0 * d_v, <int>d_v)
+            agemm(False, nr, d_v, w, <floating> 1, S, w, V + c0 * ldv, ldv, True,
+                  O + r0 * d_v, d_v)
             c0 += w
         for r in range(nr):
             orow = O + (r0 + r) * d_v
@@ -231,12 +232,10 @@ cdef void _flash_bwd_keys(const floating* Q, Py_ssize_t ldq, const floating* K,
             if drop != NULL:
                 drop.off = base + <uint64_t> r0 * <uint64_t> L_k + <uint64_t> c0
             _bwd_ds(S, dP, nr, w, causal, r0 + off + 1 - c0, lse + r0, D + r0, drop)
-            gemm(True, False, <int>w, <int>d_v, <int>nr, 1, S, <int>w, dO + r0 * ldg,
-                 <int>ldg, 1, dVa, <int>d_v)
-            gemm(False, False, <int>nr, <int>d_k, <int>w, scale, dP, <int>w, K + c0 * ldk,
-                 <int>ldk, 1, dQ + r0 * d_k, <int>d_k)
-            gemm(True, False, <int>w, <int>d_k, <int>nr, scale, dP, <int>w, Q + r0 * ldq,
-                 <int>ldq, 1, dKa, <int>d_k)
+            agemm(True, w, d_v, nr, <floating> 1, S, w, dO + r0 * ldg, ldg, True, dVa, d_v)
+            agemm(False, nr, d_k, w, scale, dP, w, K + c0 * ldk, ldk, True, dQ + r0 * d_k,
+                  d_k)
+            agemm(True, w, d_k, nr, scale, dP, w, Q + r0 * ldq, ldq, True, dKa, d_k)
             r0 = r1
         memcpy(dK + c0 * d_k, dKa, wk * d_k * sizeof(floating))
         memcpy(dV + c0 * d_v, dVa, wk * d_v * sizeof(floating))

@@ -7,6 +7,7 @@ from libc.stdlib cimport free, malloc
 
 import numpy as np
 
+from _attn_gemm cimport agemm, agemm_nt
 from _blas cimport gemm, gemv
 from _rnn_pack cimport nn_row_plan, pack_fwd, panel_width, pgemm, pgemv
 from _vmath cimport (bind_simd, nn_simd_set_switch, transpose, vexp, vexp_sum, vsigmoid,
@@ -54,6 +55,45 @@ def gemm_repeat(bint trans_a, bint trans_b, const floating[:, ::1] a,
         for i in range(repeat):
             gemm(trans_a, trans_b, c.shape[0], c.shape[1], k, <floating> 1, &a[0, 0],
                  a.shape[1], &b[0, 0], b.shape[1], <floating> 0, &c[0, 0], c.shape[1])
+
+
+cdef int _rows_contiguous(str name, Py_ssize_t isz, tuple views) except -1:
+    for x in views:
+        if x.shape[1] > 1 and x.strides[1] != isz:
+            raise ValueError(f"{name}: rows must be contiguous")
+    return 0
+
+
+def attn_gemm_memview(bint trans_a, double alpha, const floating[:, :] a,
+                      const floating[:, :] b, bint acc, floating[:, :] c, int repeat=1):
+    """``c (+)= alpha * op(a) @ b`` through ``_attn_gemm.agemm``, ``repeat`` times in one
+    ``nogil`` block; rows may be strided (the last dim contiguous)."""
+    cdef Py_ssize_t m = c.shape[0], n = c.shape[1], k = a.shape[0] if trans_a else a.shape[1]
+    cdef Py_ssize_t isz = sizeof(floating), i
+    if (a.shape[1] if trans_a else a.shape[0]) != m or b.shape[0] != k or b.shape[1] != n:
+        raise ValueError("attn_gemm: inconsistent shapes")
+    _rows_contiguous("attn_gemm", isz, (a, b, c))
+    if m == 0 or n == 0:
+        return
+    with nogil:
+        for i in range(repeat):
+            agemm(trans_a, m, n, k, <floating> alpha, &a[0, 0], a.strides[0] // isz,
+                  &b[0, 0], b.strides[0] // isz, acc, &c[0, 0], c.strides[0] // isz)
+
+
+def attn_gemm_nt_memview(double alpha, const floating[:, :] a, const floating[:, :] b,
+                         floating[:, :] c):
+    """``c = alpha * a @ b^T`` through ``_attn_gemm.agemm_nt``; rows may be strided."""
+    cdef Py_ssize_t m = c.shape[0], n = c.shape[1], k = a.shape[1]
+    cdef Py_ssize_t isz = sizeof(floating)
+    if a.shape[0] != m or b.shape[0] != n or b.shape[1] != k:
+        raise ValueError("attn_gemm_nt: inconsistent shapes")
+    _rows_contiguous("attn_gemm_nt", isz, (a, b, c))
+    if m == 0 or n == 0:
+        return
+    with nogil:
+        agemm_nt(m, n, k, <floating> alpha, &a[0, 0], a.strides[0] // isz, &b[0, 0],
+                 b.strides[0] // isz, &c[0, 0], c.strides[0] // isz)
 
 
 def gemv_memview(bint trans_a, double alpha, const floating[:, ::1] a,

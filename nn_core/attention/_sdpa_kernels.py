@@ -29,7 +29,7 @@ from .._kernels import _flash_attention as _kflash
 from .._kernels import _softmax as _ksoftmax
 from .._validation import broadcasts_to
 
-__all__ = ["FUSED_ENABLED", "FLASH_MIN_SCORES", "FLASH_MIN_ROWS", "mask_layout",
+__all__ = ["FUSED_ENABLED", "OWN_GEMM", "own_gemm", "FLASH_MIN_SCORES", "FLASH_MIN_ROWS", "mask_layout",
            "masked_softmax", "softmax_backward", "use_fused", "fused_forward",
            "fused_backward", "use_flash", "flash_forward", "flash_backward", "reduce_to",
            "FusedCache", "FlashCache"]
@@ -103,10 +103,14 @@ BLOCK_K = None
 FUSED_ENABLED = True        # tests flip this to compare with the generic path
 
 
-def blocks(L_q, L_k, d_k, d_v):
+OWN_BLOCK = 32              # query / key rows of a block on the micro-kernels
+
+
+def blocks(L_q, L_k, d_k, d_v, own=False):
     """Query / key block sizes.
 
-    OpenBLAS multiplies matrices with ``m * n * k <= 1e6`` by unpacked "small
+    On the attention micro-kernels (``own``) every product is fast at any size:
+    ``OWN_BLOCK`` rows, which keep a block of ``P`` in L2 at L = 512.  OpenBLAS multiplies matrices with ``m * n * k <= 1e6`` by unpacked "small
     matrix" kernels, faster than its packed path at these sizes.  The blocks are the
     largest of 32, 24, 16, 8, 4 rows that keep every GEMM of a slab (``block x L x d``)
     under that bound; they also make the causal staircase fine-grained.  Beyond
@@ -114,13 +118,33 @@ def blocks(L_q, L_k, d_k, d_v):
     (docs/performance.md has the measurements).
     """
     b = 1_000_000 // (max(L_q, L_k) * max(d_k, d_v))
-    if b >= 16:
+    if own:
+        b = OWN_BLOCK
+    elif b >= 16:
         b = min(32, b - b % 8)
     elif b >= 4:
         b = 8 if b >= 8 else 4
     else:
         b = 64
     return (BLOCK_Q or b), (BLOCK_K or b)
+
+
+# The products on the attention micro-kernels (``_attn_gemm.h``) or on OpenBLAS.
+OWN_GEMM = None             # None: chosen by own_gemm(); True / False force it (tests)
+OWN_GEMM_MAX_D = 128
+
+
+# With at most this many query rows (KV-cache decoding) and the micro-kernels, the
+# forward's scores are dot products with K's rows: no K^T stored per slab.
+SCORES_NT_MAX_ROWS = 4
+
+
+def own_gemm(L_q, L_k, d_k, d_v):
+    """Whether the fused kernel's products run on the attention micro-kernels: for
+    head dims up to ``OWN_GEMM_MAX_D`` (docs/performance.md has the crossover)."""
+    if OWN_GEMM is not None:
+        return bool(OWN_GEMM)
+    return max(d_k, d_v) <= OWN_GEMM_MAX_D
 
 
 def use_fused(module, lead, L_q, L_k, d_k, d_v):
@@ -200,12 +224,14 @@ def fused_forward(q, k, v, lead, kind, m, causal_offset, scale, return_weights, 
     P = int(np.prod(lead, dtype=np.int64))
     q6, k6, v6 = (kernel_view(a) for a in (q, k, v))       # own shapes, no expansion
     out = np.empty(lead + (L_q, d_v), dtype=dt)                 # (..., L_q, d_v)
-    bq, bk = blocks(L_q, L_k, d_k, d_v)
+    own = own_gemm(L_q, L_k, d_k, d_v)
+    bq, bk = blocks(L_q, L_k, d_k, d_v, own)
     # dS overwrites P in the backward (the cache is consumed) unless the caller holds P
     call = _kattn.SdpaCall(q6, k6, v6, probs.reshape(P, L_q, L_k), scale,
                            mask=mask_layout(kind, m, lead + (L_q, L_k), dt),
                            causal_offset=causal_offset, block_q=bq, block_k=bk,
-                           keep_probs=return_weights)
+                           keep_probs=return_weights,
+                           own_gemm=own, scores_nt=own and L_q <= SCORES_NT_MAX_ROWS)
     out3 = out.reshape(P, L_q, d_v)
     _run(lambda p0, p1: _kattn.sdpa_forward(call, out3, p0, p1), P,
          P * L_q * L_k * (d_k + d_v))
@@ -257,8 +283,9 @@ def fused_backward(cache, g, dt):
 # tile in the backward.  It replaces the fused kernel when a slab has at least
 # FLASH_MIN_SCORES scores (L_q * L_k) and FLASH_MIN_ROWS query rows (decoding, one
 # row at a time, keeps the fused kernel); below, keeping the probabilities is faster
-# (docs/performance.md).  Tests set both to 0 to run it at small sizes.
-FLASH_MIN_SCORES = 384 * 384
+# on the micro-kernels up to L = 512 (docs/performance.md).  Tests set both to 0 to
+# run it at small sizes.
+FLASH_MIN_SCORES = 640 * 640
 FLASH_MIN_ROWS = 16
 FLASH_BLOCK_Q = 128         # query rows of a score tile
 FLASH_BLOCK_K = 512         # keys of a score tile

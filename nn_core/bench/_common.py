@@ -50,9 +50,32 @@ def thread_report() -> str:
     return ", ".join(parts)
 
 
+def cpu_report() -> str:
+    """The CPU (vendor, family, model, name from ``/proc/cpuinfo`` where there is one)
+    and the SIMD level the kernels use."""
+    from .._kernels import _simd
+
+    info = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if not key and info:        # end of the first processor's block
+                    break
+                info.setdefault(key, value.strip())
+    except OSError:
+        pass
+    if "cpu family" in info:
+        cpu = (f"{info.get('model name', '?')} ({info.get('vendor_id', '?')} family "
+               f"{info['cpu family']} model {info.get('model', '?')})")
+    else:
+        cpu = platform.processor() or platform.machine()
+    return f"{cpu}, SIMD {_simd.LEVELS[_simd.simd_level()]}"
+
+
 def machine_report() -> str:
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, " \
-           f"Python {platform.python_version()}"
+    return f"{cpu_report()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
