@@ -264,13 +264,27 @@ FLASH_BLOCK_Q = 128         # query rows of a score tile
 FLASH_BLOCK_K = 512         # keys of a score tile
 
 
-def use_flash(return_weights, lead, L_q, L_k, d_k, d_v):
-    """The tiled kernel: long enough, no weights asked for, non-empty dims."""
-    if return_weights or L_q * L_k < FLASH_MIN_SCORES or L_q < FLASH_MIN_ROWS:
+def use_flash(return_weights, lead, L_q, L_k, d_k, d_v, windowed=False):
+    """The tiled kernel: long enough (or ``windowed``: any length), no weights asked
+    for, non-empty dims."""
+    if return_weights:
+        return False
+    if not windowed and (L_q * L_k < FLASH_MIN_SCORES or L_q < FLASH_MIN_ROWS):
         return False
     if min(L_q, L_k, d_k, d_v) < 1 or 0 in lead or len(lead) > 4:
         return False
     return max(L_q, L_k) * max(d_k, d_v) < 2 ** 31
+
+
+def _band_args(band, L_q, L_k):
+    """``FlashCall``'s window arguments: the window bounded by what can matter (a
+    window beyond ``L_q + L_k`` reaches every key), its offset and the global flags."""
+    if band is None:
+        return {}
+    left, right, gq, gk = band
+    big = L_q + L_k
+    return {"window": (min(left, big), min(right, big), L_k - L_q),
+            "global_q": gq, "global_k": gk}
 
 
 @dataclass
@@ -296,19 +310,24 @@ def _flash_tasks(P, L):
     return t
 
 
-def flash_forward(q, k, v, lead, kind, m, causal_offset, scale, dropout_key, keep):
+def flash_forward(q, k, v, lead, kind, m, causal_offset, scale, dropout_key, keep,
+                  band=None):
     """Forward through the tiled kernel; returns ``(out, cache)``.
 
     ``dropout_key``: None or ``(k0, k1, threshold, scale)`` of the counter-based mask
     over the flat ``[P, L_q, L_k]`` weights (``nn_core._dropout.dropout_key``).
-    ``keep``: the cache will be kept for a backward (else the output is not copied)."""
+    ``keep``: the cache will be kept for a backward (else the output is not copied).
+    ``band``: None or ``(left, right, gq, gk)``, a window (``masks.window_bounds``) and
+    its global rows / keys (``masks.global_flags``); only the tiles it reaches are
+    computed."""
     dt = q.dtype
     L_q, d_k, L_k, d_v = q.shape[-2], q.shape[-1], k.shape[-2], v.shape[-1]
     P = int(np.prod(lead, dtype=np.int64))
     q6, k6, v6 = (kernel_view(a) for a in (q, k, v))       # own shapes, no expansion
     call = _kflash.FlashCall(q6, k6, v6, scale,
                             mask=mask_layout(kind, m, lead + (L_q, L_k), dt),
-                            causal_offset=causal_offset, dropout=dropout_key)
+                            causal_offset=causal_offset, dropout=dropout_key,
+                            **_band_args(band, L_q, L_k))
     out3 = np.empty((P, L_q, d_v), dtype=dt)                    # (P, L_q, d_v)
     lse = np.empty((P, L_q), dtype=dt)                          # (P, L_q)
     tasks = _flash_tasks(P, L_q)
