@@ -262,6 +262,10 @@ FLASH_MIN_SCORES = 384 * 384
 FLASH_MIN_ROWS = 16
 FLASH_BLOCK_Q = 128         # query rows of a score tile
 FLASH_BLOCK_K = 512         # keys of a score tile
+# With a window a query block visits about block_q + band keys: smaller tiles waste
+# less outside a narrow band (docs/performance.md).
+WINDOW_BLOCK_Q = 64
+WINDOW_BLOCK_K = 128
 
 
 def use_flash(return_weights, lead, L_q, L_k, d_k, d_v, windowed=False):
@@ -274,6 +278,14 @@ def use_flash(return_weights, lead, L_q, L_k, d_k, d_v, windowed=False):
     if min(L_q, L_k, d_k, d_v) < 1 or 0 in lead or len(lead) > 4:
         return False
     return max(L_q, L_k) * max(d_k, d_v) < 2 ** 31
+
+
+def _flash_blocks(band, L_q, L_k):
+    """Tile sizes: the window's smaller tiles when its band is at most a default key
+    tile wide."""
+    if band is not None and band[0] + band[1] + 1 <= FLASH_BLOCK_K:
+        return WINDOW_BLOCK_Q, WINDOW_BLOCK_K
+    return FLASH_BLOCK_Q, FLASH_BLOCK_K
 
 
 def _band_args(band, L_q, L_k):
@@ -295,6 +307,7 @@ class FlashCache:
     call: object            # the checked kernel call
     out: np.ndarray         # [P, L_q, d_v], a private copy of the output
     lse: np.ndarray         # [P, L_q] log-sum-exp per query row (+inf: no allowed key)
+    blocks: tuple           # (block_q, block_k) of the tiles
     lead: tuple
     q_shape: tuple
     k_shape: tuple
@@ -331,12 +344,12 @@ def flash_forward(q, k, v, lead, kind, m, causal_offset, scale, dropout_key, kee
     out3 = np.empty((P, L_q, d_v), dtype=dt)                    # (P, L_q, d_v)
     lse = np.empty((P, L_q), dtype=dt)                          # (P, L_q)
     tasks = _flash_tasks(P, L_q)
-    _run(lambda t0, t1: _kflash.flash_forward(call, out3, lse, tasks, t0, t1,
-                                             FLASH_BLOCK_Q, FLASH_BLOCK_K),
+    bq, bk = _flash_blocks(band, L_q, L_k)
+    _run(lambda t0, t1: _kflash.flash_forward(call, out3, lse, tasks, t0, t1, bq, bk),
          P, P * L_q * L_k * (d_k + d_v))
     # the backward reads O: keep a copy the caller cannot modify
-    cache = FlashCache(q6, k6, v6, call, out3.copy() if keep else out3, lse, lead,
-                        q.shape, k.shape, v.shape)
+    cache = FlashCache(q6, k6, v6, call, out3.copy() if keep else out3, lse, (bq, bk),
+                       lead, q.shape, k.shape, v.shape)
     return out3.reshape(lead + (L_q, d_v)), cache
 
 
@@ -354,8 +367,7 @@ def flash_backward(cache, g, dt):
     gv = np.empty((P, L_k, d_v), dtype=dt)
     tasks = _flash_tasks(P, L_k)
     _run(lambda t0, t1: _kflash.flash_backward(call, cache.out, cache.lse, g6, gq, gk, gv,
-                                              tasks, t0, t1, FLASH_BLOCK_Q,
-                                              FLASH_BLOCK_K),
+                                              tasks, t0, t1, *cache.blocks),
          P, 2 * P * L_q * L_k * (d_k + d_v))
     return (reduce_to(gq.reshape(lead + (L_q, d_k)), cache.q_shape),
             reduce_to(gk.reshape(lead + (L_k, d_k)), cache.k_shape),
