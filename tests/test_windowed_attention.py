@@ -392,3 +392,14 @@ def test_bad_cache_window_raises(rng):
     with pytest.raises(ValueError, match="global_tokens"):
         mha(x, kv_cache=cache, global_tokens=[0])
     assert cache.length == 0
+
+
+def test_output_is_read_only_while_the_backward_needs_it(rng):
+    q, k, v, g = _inputs(rng, (1,), 9, 9)
+    m = ScaledDotProductAttention(dtype=np.float64)
+    out = m(q, k, v, window=3)
+    with pytest.raises(ValueError, match="read-only"):
+        out[0, 0, 0] = 1.0
+    m.backward(g)
+    m.eval()
+    m(q, k, v, window=3)[0, 0, 0] = 1.0                   # nothing kept: writable

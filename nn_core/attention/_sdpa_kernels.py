@@ -347,10 +347,16 @@ def flash_forward(q, k, v, lead, kind, m, causal_offset, scale, dropout_key, kee
     bq, bk = _flash_blocks(band, L_q, L_k)
     _run(lambda t0, t1: _kflash.flash_forward(call, out3, lse, tasks, t0, t1, bq, bk),
          P, P * L_q * L_k * (d_k + d_v))
-    # the backward reads O: keep a copy the caller cannot modify
-    cache = FlashCache(q6, k6, v6, call, out3.copy() if keep else out3, lse, (bq, bk),
-                       lead, q.shape, k.shape, v.shape)
-    return out3.reshape(lead + (L_q, d_v)), cache
+    # the backward reads O: keep a copy the caller cannot modify; a windowed call,
+    # whose memory is meant to stay O(L * w) beyond its results, instead hands out
+    # its output read-only and keeps the array itself
+    shared = keep and band is not None
+    cache = FlashCache(q6, k6, v6, call, out3.copy() if keep and not shared else out3, lse,
+                       (bq, bk), lead, q.shape, k.shape, v.shape)
+    out = out3.reshape(lead + (L_q, d_v))
+    if shared:
+        out.flags.writeable = False
+    return out, cache
 
 
 def flash_backward(cache, g, dt):

@@ -256,7 +256,11 @@ class ScaledDotProductAttention(Module):
             (``create_sliding_window_mask(L, w, causal=False)`` is ``(w // 2, w //
             2)``).  Only the score tiles the band reaches are computed, forward and
             backward, and no ``[L_q, L_k]`` mask is built: time and memory grow as
-            ``L * w``.
+            ``L * w``.  Windowed calls take the tiled kernel at every length (so
+            dropout uses its counter-based mask); with ``return_weights`` the band
+            is applied as a dense mask.  When the call keeps its cache for a
+            backward, its output is read-only: the backward reads it, and a private
+            copy would double the memory the window saves.
         global_tokens : sequence of int
             With ``window``: key positions in ``[0, L_k)`` that every query attends
             to and whose queries (at the same position) attend to every key
