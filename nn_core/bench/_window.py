@@ -22,7 +22,8 @@ Cases at ``L = --length`` with the causal band of width ``w``:
   share ``(band entries) / (causal entries)``.
 
 Then ``window`` at ``L = --long-length`` (time ratio against ``--length``, and its
-peak extra memory), and decoding ``--decode`` tokens one at a time through a
+peak extra memory; the ratio again with both lengths alternated in one process, which
+a busy machine disturbs less), and decoding ``--decode`` tokens one at a time through a
 ``MultiHeadAttention(512, 8)`` with a ring cache ``new_kv_cache(1, n, window=--decode-w)``:
 the positions and bytes it holds against a full cache.  The CPU (family / model
 from ``/proc/cpuinfo``) and the load average are printed first.  ``dense``, ``torch``
@@ -118,6 +119,22 @@ def _child(case, L, w, repeat):
     return {"cpu": statistics.median(times), "extra": (hwm - rss0) * 1024 - result_bytes}
 
 
+def _pair(L, L_long, w, repeat):
+    """Median CPU seconds of ``window`` at ``L`` and ``L_long``, calls alternated in one
+    process (a shared machine's drift hits both alike)."""
+    with threads(1):
+        fns = [_call("window", n, w)[0] for n in (L, L_long)]
+        for fn in fns:
+            fn()
+        times = [[], []]
+        for _ in range(repeat):
+            for fn, t in zip(fns, times):
+                c0 = time.process_time()
+                fn()
+                t.append(time.process_time() - c0)
+    return {"cpu": statistics.median(times[0]), "cpu_long": statistics.median(times[1])}
+
+
 def measure(case, L, w, repeat):
     """``_child`` in a fresh interpreter (None if it fails, e.g. out of memory)."""
     cmd = [sys.executable, "-m", "nn_core.bench._window", "--child", case, str(L), str(w),
@@ -184,6 +201,11 @@ def run(L, L_long, w, repeat, torch_max, dense=True, n_decode=4096, w_decode=256
             res["torch"] = measure("torch", L, w, 1)
         res["causal"] = measure("causal", L, w, 1)
     res["long"] = measure("window", L_long, w, repeat)
+    cmd = [sys.executable, "-m", "nn_core.bench._window", "--child", "pair", str(L), str(w),
+           str(repeat), str(L_long)]
+    pair = subprocess.run(cmd, capture_output=True, text=True)
+    res["pair"] = (json.loads(pair.stdout.strip().splitlines()[-1])
+                   if pair.returncode == 0 else None)
 
     def line(name, r, what):
         if r is None:
@@ -208,6 +230,10 @@ def run(L, L_long, w, repeat, torch_max, dense=True, n_decode=4096, w_decode=256
         if lg is not None:
             line(f"window L={L_long} w={w}", lg,
                  f"time x{lg['cpu'] / win['cpu']:.2f} of L={L} (L ratio {L_long / L:g})")
+        pr = res["pair"]
+        if pr is not None:
+            out(f"{'alternated in one process':>28}: L={L} {pr['cpu']:.3f} s, L={L_long} "
+                f"{pr['cpu_long']:.3f} s: x{pr['cpu_long'] / pr['cpu']:.2f}")
     res["decode"] = decode(n_decode, w_decode, out) if n_decode else None
     return res
 
@@ -216,7 +242,10 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["--child"]:
         case, L, w, repeat = argv[1], int(argv[2]), int(argv[3]), int(argv[4])
-        print(json.dumps(_child(case, L, w, repeat)))
+        if case == "pair":
+            print(json.dumps(_pair(L, int(argv[5]), w, repeat)))
+        else:
+            print(json.dumps(_child(case, L, w, repeat)))
         return 0
     parser = argparse.ArgumentParser(prog="python -m nn_core.bench attention --window",
                                      description=__doc__.strip().splitlines()[0])
