@@ -25,7 +25,10 @@ with ``D = rowsum(dO * O)``::
 ``Z`` is the optional dropout multiplier (0 or ``1/(1-p)``), a counter-based mask
 (``_layers.h``) over the flat ``[P, L_q, L_k]`` weights that the backward regenerates
 from the key.  The causal staircase is skipped tile by tile in both passes; tiles
-crossing the diagonal get exact zeros above it.  The tile row passes are in
+crossing the diagonal get exact zeros above it.  A window (``FlashCall(window=...)``,
+with optional global rows and keys) is handled the same way: both passes visit only
+the tiles that meet the band or a global row / key, and a tile partly outside the band
+gets ``-inf`` scores there (``_band_tile``) before the row passes, which are in
 ``_flash.h``.
 """
 import numpy as np
