@@ -168,17 +168,22 @@ class TransformerEncoderLayer(_Block):
                     norm_first, bias, 2, num_kv_groups)
 
     def forward(self, x: ArrayLike, mask: ArrayLike | None = None,
-                is_causal: bool = False) -> np.ndarray:
+                is_causal: bool = False, window: int | tuple[int, int] | None = None,
+                global_tokens: ArrayLike = ()) -> np.ndarray:
         """``x [B, L, d] -> [B, L, d]``.
 
         ``mask``: bool (``True`` = may attend) or additive float, broadcastable to
         ``[B, h, L, L]`` -- e.g. :func:`~nn_core.attention.create_padding_mask`
         ``(lengths)`` ``[B, 1, 1, L]`` for padded batches; ``is_causal`` adds a causal
-        mask.
+        mask.  ``window`` / ``global_tokens``: a sliding window (and Longformer's
+        global positions) computed in ``O(L * w)``, as in
+        :meth:`~nn_core.attention.ScaledDotProductAttention.forward`.
         """
         x = self._input(x)
         h = self._sublayer(x, self.norm1, self.dropout1,
-                           lambda z: self.self_attn(z, mask=mask, is_causal=is_causal))
+                           lambda z: self.self_attn(z, mask=mask, is_causal=is_causal,
+                                                    window=window,
+                                                    global_tokens=global_tokens))
         y = self._sublayer(h, self.norm2, self.dropout2, self._ff)
         self._save_cache(_BlockCache(y.shape, False))
         return y
@@ -211,12 +216,15 @@ class TransformerDecoderLayer(_Block):
     Notes
     -----
     ``forward(x, memory=None, mask=None, memory_mask=None, is_causal=True,
-    kv_cache=None)``; the branches are as in :class:`TransformerEncoderLayer`::
+    kv_cache=None, window=None, global_tokens=())``; the branches are as in :class:`TransformerEncoderLayer`::
 
         h1 = branch(x,  SA(., causal));  h2 = branch(h1, CA(., memory));  y = branch(h2, FF)
 
     With ``kv_cache`` (from ``layer.self_attn.new_kv_cache(B, max_len)``) the new
     positions attend over everything cached (incremental decoding, inference only).
+    ``window`` / ``global_tokens`` restrict the self-attention to a sliding window
+    (see :meth:`~nn_core.attention.ScaledDotProductAttention.forward`); a ring cache
+    ``new_kv_cache(B, max_len, window=w)`` then holds only the last ``w`` positions.
 
     Examples
     --------
@@ -247,7 +255,8 @@ class TransformerDecoderLayer(_Block):
 
     def forward(self, x: ArrayLike, memory: ArrayLike | None = None, mask: ArrayLike | None = None,
                 memory_mask: ArrayLike | None = None, is_causal: bool = True,
-                kv_cache: KVCache | None = None) -> np.ndarray:
+                kv_cache: KVCache | None = None, window: int | tuple[int, int] | None = None,
+                global_tokens: ArrayLike = ()) -> np.ndarray:
         """``x [B, L, d]`` (and ``memory [B, S, memory_dim]``) ``-> [B, L, d]``."""
         x = self._input(x)
         if self.cross_attention and memory is None:
@@ -258,7 +267,8 @@ class TransformerDecoderLayer(_Block):
                              "(cross_attention=False)")
         h = self._sublayer(x, self.norm1, self.dropout1,
                            lambda z: self.self_attn(z, mask=mask, is_causal=is_causal,
-                                                    kv_cache=kv_cache))
+                                                    kv_cache=kv_cache, window=window,
+                                                    global_tokens=global_tokens))
         if self.cross_attention:
             h = self._sublayer(h, self.norm2, self.dropout2,
                                lambda z: self.cross_attn(z, memory, mask=memory_mask))

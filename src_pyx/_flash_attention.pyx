@@ -25,7 +25,10 @@ with ``D = rowsum(dO * O)``::
 ``Z`` is the optional dropout multiplier (0 or ``1/(1-p)``), a counter-based mask
 (``_layers.h``) over the flat ``[P, L_q, L_k]`` weights that the backward regenerates
 from the key.  The causal staircase is skipped tile by tile in both passes; tiles
-crossing the diagonal get exact zeros above it.  The tile row passes are in
+crossing the diagonal get exact zeros above it.  A window (``FlashCall(window=...)``,
+with optional global rows and keys) is handled the same way: both passes visit only
+the tiles that meet the band or a global row / key, and a tile partly outside the band
+gets ``-inf`` scores there (``_band_tile``) before the row passes, which are in
 ``_flash.h``.
 """
 import numpy as np
@@ -119,17 +122,94 @@ cdef inline void _mask_at(const MaskRef* mk, Py_ssize_t p, Py_ssize_t i, Py_ssiz
         fm[0] = <const floating*> mk.f + mk.off[p] + i * mk.rs + j * mk.cs
 
 
+cdef struct Band:
+    # A window on the keys (``on``): query ``i`` keeps keys ``i + off - left <= j <=
+    # i + off + right``; global rows (``gq[i]``) and keys (``gk[j]``) are kept whole.
+    # ``qruns`` / ``kruns``: the global rows / keys as ``n`` sorted runs ``[a, b)``.
+    bint on
+    Py_ssize_t left, right, off
+    const uint8_t* gq
+    const uint8_t* gk
+    const Py_ssize_t* qruns
+    const Py_ssize_t* kruns
+    Py_ssize_t nq, nk
+
+
+cdef inline bint _any(const uint8_t* flags, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    cdef Py_ssize_t i
+    if flags == NULL:
+        return False
+    for i in range(a, b):
+        if flags[i]:
+            return True
+    return False
+
+
+cdef Py_ssize_t _next_seg(Py_ssize_t pos, Py_ssize_t end, Py_ssize_t b0, Py_ssize_t b1,
+                          const Py_ssize_t* runs, Py_ssize_t n,
+                          Py_ssize_t* seg_end) noexcept nogil:
+    """Start of the first position ``>= pos`` (``end`` if none before it) of the union of
+    ``[b0, b1)`` and the runs; ``seg_end``: the end of that stretch of the union, cut at
+    ``end``."""
+    cdef Py_ssize_t best = end, be = end, s, t
+    cdef bint grew = True
+    if b0 < b1:
+        s = pos if pos > b0 else b0
+        if s < b1 and s < best:
+            best, be = s, b1
+    for t in range(n):
+        s = pos if pos > runs[2 * t] else runs[2 * t]
+        if s < runs[2 * t + 1] and s < best:
+            best, be = s, runs[2 * t + 1]
+    while grew:                                  # merge what touches the stretch
+        grew = False
+        if b0 <= be < b1:
+            be, grew = b1, True
+        for t in range(n):
+            if runs[2 * t] <= be < runs[2 * t + 1]:
+                be, grew = runs[2 * t + 1], True
+    seg_end[0] = be if be < end else end
+    return best
+
+
+cdef void _band_tile(floating* S, Py_ssize_t rows, Py_ssize_t w, Py_ssize_t i0,
+                     Py_ssize_t j0, const Band* bd) noexcept nogil:
+    """Set to ``-inf`` the entries of the score tile ``S [rows, w]`` (query ``i0 + r``,
+    key ``j0 + j``) outside the window, unless their row or key is global."""
+    cdef Py_ssize_t r, j, lo, hi
+    cdef floating* x
+    for r in range(rows):
+        if bd.gq != NULL and bd.gq[i0 + r]:
+            continue
+        x = S + r * w
+        lo = clamp(i0 + r + bd.off - bd.left - j0, 0, w)
+        hi = clamp(i0 + r + bd.off + bd.right + 1 - j0, lo, w)
+        if bd.gk == NULL:
+            for j in range(lo):
+                x[j] = -INFINITY
+            for j in range(hi, w):
+                x[j] = -INFINITY
+        else:
+            for j in range(lo):
+                if not bd.gk[j0 + j]:
+                    x[j] = -INFINITY
+            for j in range(hi, w):
+                if not bd.gk[j0 + j]:
+                    x[j] = -INFINITY
+
+
 cdef void _flash_fwd_rows(const floating* Q, Py_ssize_t ldq, const floating* K,
                           Py_ssize_t ldk, const floating* V, Py_ssize_t ldv, floating* O,
                           floating* lse, Py_ssize_t p, Py_ssize_t a0, Py_ssize_t a1,
                           Py_ssize_t L_q, Py_ssize_t L_k, Py_ssize_t d_k, Py_ssize_t d_v,
                           floating scale, const MaskRef* mk, bint causal, Py_ssize_t off,
                           Py_ssize_t bq, Py_ssize_t bk, floating* S, floating* m,
-                          floating* l, nn_fa_drop* drop) noexcept nogil:
+                          floating* l, nn_fa_drop* drop, const Band* bd) noexcept nogil:
     """Query rows ``a0:a1`` of slab ``p``: ``O [L_q, d_v]`` and ``lse [L_q]`` of the slab.
 
     Per query block ``r0:r1`` and key block ``c0:c0+w`` (keys ``>= e`` never seen by
-    the block are skipped: the causal upper triangle)::
+    the block are skipped: the causal upper triangle; with a window only the keys of
+    the band and the global keys are visited, the rest of a tile masked)::
 
         S = scale * Q[r0:r1] K[c0:c0+w]^T      (GEMM)
         online-softmax step on S -> P           (_flash.h; rescales O[r0:r1])
@@ -137,7 +217,7 @@ cdef void _flash_fwd_rows(const floating* Q, Py_ssize_t ldq, const floating* K,
 
     then ``O /= l`` and ``lse = m + log(l)`` (``+inf`` for a row with no allowed key,
     whose output is 0)."""
-    cdef Py_ssize_t r0, r1, nr, e, c0, w, r, j
+    cdef Py_ssize_t r0, r1, nr, e, c0, ce, b0, b1, w, r, j
     cdef floating inv
     cdef floating* orow
     cdef const uint8_t* bm
@@ -152,11 +232,18 @@ cdef void _flash_fwd_rows(const floating* Q, Py_ssize_t ldq, const floating* K,
             m[r] = -INFINITY
             l[r] = 0
         zero_fill(O + r0 * d_v, nr * d_v)
-        c0 = 0
+        # keys the block may see: all before e, or the window's plus the global keys
+        b0, b1 = 0, e
+        if bd.on and not _any(bd.gq, r0, r1):
+            b0 = clamp(r0 + bd.off - bd.left, 0, e)
+            b1 = clamp(r1 - 1 + bd.off + bd.right + 1, b0, e)
+        c0 = _next_seg(0, e, b0, b1, bd.kruns, bd.nk, &ce)
         while c0 < e:
-            w = bk if c0 + bk < e else e - c0
+            w = bk if c0 + bk < ce else ce - c0
             gemm(False, True, <int>nr, <int>w, <int>d_k, scale, Q + r0 * ldq, <int>ldq,
                  K + c0 * ldk, <int>ldk, 0, S, <int>w)
+            if bd.on:
+                _band_tile(S, nr, w, r0, c0, bd)
             _mask_at(mk, p, r0, c0, &bm, &fm)
             if drop != NULL:
                 drop.off = base + <uint64_t> r0 * <uint64_t> L_k + <uint64_t> c0
@@ -165,6 +252,8 @@ cdef void _flash_fwd_rows(const floating* Q, Py_ssize_t ldq, const floating* K,
             agemm(False, nr, d_v, w, <floating> 1, S, w, V + c0 * ldv, ldv, True,
                   O + r0 * d_v, d_v)
             c0 += w
+            if c0 >= ce:
+                c0 = _next_seg(c0, e, b0, b1, bd.kruns, bd.nk, &ce)
         for r in range(nr):
             orow = O + (r0 + r) * d_v
             if m[r] == -INFINITY:                # no allowed key: output 0
@@ -187,7 +276,7 @@ cdef void _flash_bwd_keys(const floating* Q, Py_ssize_t ldq, const floating* K,
                           Py_ssize_t d_v, floating scale, const MaskRef* mk, bint causal,
                           Py_ssize_t off, Py_ssize_t bq, Py_ssize_t bk, floating* S,
                           floating* dP, floating* dKa, floating* dVa, floating* D,
-                          nn_fa_drop* drop) noexcept nogil:
+                          nn_fa_drop* drop, const Band* bd) noexcept nogil:
     """Keys ``a0:a1`` of slab ``p``: their ``dK``/``dV`` rows (written) and their
     contribution to ``dQ`` (added).
 
@@ -200,7 +289,7 @@ cdef void _flash_bwd_keys(const floating* Q, Py_ssize_t ldq, const floating* K,
         dV[c0:e] += P~^T dO[r0:r1]
         dQ[r0:r1] += scale * dS K[c0:e] ;  dK[c0:e] += scale * dS^T Q[r0:r1]
     """
-    cdef Py_ssize_t c0, c1, wk, qs, r0, r1, nr, e, w, i, j
+    cdef Py_ssize_t c0, c1, wk, qs, r0, r1, re, b0, b1, nr, e, w, i, j
     cdef const uint8_t* bm
     cdef const floating* fm
     cdef uint64_t base = <uint64_t> p * <uint64_t> L_q * <uint64_t> L_k
@@ -213,9 +302,15 @@ cdef void _flash_bwd_keys(const floating* Q, Py_ssize_t ldq, const floating* K,
         wk = c1 - c0
         zero_fill(dKa, wk * d_k)
         zero_fill(dVa, wk * d_v)
-        r0 = clamp(c0 - off, 0, L_q) if causal else 0
+        qs = clamp(c0 - off, 0, L_q) if causal else 0
+        # query rows that see the block: all from qs, or the window's plus the global rows
+        b0, b1 = qs, L_q
+        if bd.on and not _any(bd.gk, c0, c1):
+            b0 = clamp(c0 - bd.off - bd.right, qs, L_q)
+            b1 = clamp(c1 - 1 - bd.off + bd.left + 1, b0, L_q)
+        r0 = _next_seg(qs, L_q, b0, b1, bd.qruns, bd.nq, &re)
         while r0 < L_q:
-            r1 = r0 + bq if r0 + bq < L_q else L_q
+            r1 = r0 + bq if r0 + bq < re else re
             nr = r1 - r0
             e = c1
             if causal:
@@ -225,6 +320,8 @@ cdef void _flash_bwd_keys(const floating* Q, Py_ssize_t ldq, const floating* K,
             w = e - c0
             gemm(False, True, <int>nr, <int>w, <int>d_k, scale, Q + r0 * ldq, <int>ldq,
                  K + c0 * ldk, <int>ldk, 0, S, <int>w)
+            if bd.on:
+                _band_tile(S, nr, w, r0, c0, bd)
             _mask_at(mk, p, r0, c0, &bm, &fm)
             _bwd_p(S, nr, w, causal, r0 + off + 1 - c0, mk, bm, fm, lse + r0)
             gemm(False, True, <int>nr, <int>w, <int>d_v, 1, dO + r0 * ldg, <int>ldg,
@@ -237,6 +334,8 @@ cdef void _flash_bwd_keys(const floating* Q, Py_ssize_t ldq, const floating* K,
                   d_k)
             agemm(True, w, d_k, nr, scale, dP, w, Q + r0 * ldq, ldq, True, dKa, d_k)
             r0 = r1
+            if r0 >= re:
+                r0 = _next_seg(r0, L_q, b0, b1, bd.qruns, bd.nq, &re)
         memcpy(dK + c0 * d_k, dKa, wk * d_k * sizeof(floating))
         memcpy(dV + c0 * d_v, dVa, wk * d_v * sizeof(floating))
         c0 = c1
@@ -259,9 +358,12 @@ cdef class FlashCall:
     cdef list pins
     cdef bint has_drop
     cdef nn_fa_drop drop
+    cdef Band band
 
-    def __init__(self, q, k, v, double scale, mask=None, causal_offset=None, dropout=None):
+    def __init__(self, q, k, v, double scale, mask=None, causal_offset=None, dropout=None,
+                 window=None, global_q=None, global_k=None):
         self.pins = []
+        memset(&self.band, 0, sizeof(Band))
         core_start(&self.c, np.asarray(q).dtype, scale, causal_offset)
         memset(&self.drop, 0, sizeof(nn_fa_drop))
         self.has_drop = dropout is not None
@@ -276,7 +378,43 @@ cdef class FlashCall:
         self.d_k, self.d_v = self.c.d_k, self.c.d_v
         self.drop.row = self.L_k
         core_mask(&self.c, self.pins, mask)
+        if window is not None:
+            self._set_band(window, global_q, global_k)
         self.c.ready = True
+
+    cdef int _set_band(self, window, global_q, global_k) except -1:
+        cdef const uint8_t[::1] fq
+        cdef const uint8_t[::1] fk
+        cdef const Py_ssize_t[:, ::1] rq
+        cdef const Py_ssize_t[:, ::1] rk
+        left, right, off = window
+        big = self.L_q + self.L_k + 1
+        if not (0 <= left and 0 <= right and abs(off) < big):
+            raise ValueError(f"window must be (left >= 0, right >= 0, |offset| < {big}), "
+                             f"got {window}")
+        self.band.on = True
+        self.band.left, self.band.right, self.band.off = min(left, big), min(right, big), off
+        if global_q is None and global_k is None:
+            return 0
+        fq = np.ascontiguousarray(global_q, dtype=np.uint8)
+        fk = np.ascontiguousarray(global_k, dtype=np.uint8)
+        if fq.shape[0] != self.L_q or fk.shape[0] != self.L_k:
+            raise ValueError(f"global flags must be [{self.L_q}] and [{self.L_k}], got "
+                             f"[{fq.shape[0]}] and [{fk.shape[0]}]")
+        rq, rk = _runs(fq), _runs(fk)
+        self.pins += [fq, fk, rq, rk]
+        self.band.gq, self.band.gk = &fq[0], &fk[0]
+        self.band.nq, self.band.nk = rq.shape[0], rk.shape[0]
+        self.band.qruns = &rq[0, 0] if rq.shape[0] else NULL
+        self.band.kruns = &rk[0, 0] if rk.shape[0] else NULL
+        return 0
+
+
+def _runs(flags):
+    """The runs ``[a, b)`` of nonzero ``flags`` as a C-contiguous ``[n, 2]`` intp array."""
+    f = np.concatenate(([0], np.asarray(flags) != 0, [0])).astype(np.int8)
+    edges = np.flatnonzero(np.diff(f))
+    return np.ascontiguousarray(edges.reshape(-1, 2), dtype=np.intp)
 
 
 cdef int _check_tasks(const Py_ssize_t[:, ::1] tasks, Py_ssize_t t0, Py_ssize_t t1,
@@ -352,7 +490,7 @@ def flash_forward(FlashCall call not None, floating[:, :, ::1] out, floating[:, 
                                 V + c.v.off[p], c.v.ld, &out[p, 0, 0], &lse[p, 0],
                                 p, tasks[t, 1], tasks[t, 2], L_q, L_k, d_k, d_v,
                                 <floating> c.scale, &c.mask, c.causal,
-                                c.causal_offset, bq, bk, S, m, l, drop)
+                                c.causal_offset, bq, bk, S, m, l, drop, &call.band)
     finally:
         free(S)
 
@@ -416,7 +554,8 @@ def flash_backward(FlashCall call not None, const floating[:, :, ::1] out,
                                 &grad_q[p, 0, 0], &grad_k[p, 0, 0], &grad_v[p, 0, 0],
                                 p, tasks[t, 1], tasks[t, 2], L_q, L_k, d_k,
                                 d_v, <floating> c.scale, &c.mask, c.causal,
-                                c.causal_offset, bq, bk, S, dP, dKa, dVa, D, drop)
+                                c.causal_offset, bq, bk, S, dP, dKa, dVa, D, drop,
+                                &call.band)
     finally:
         free(S)
 

@@ -94,3 +94,36 @@ class SDPAGroupedSuite:
     def time_forward_backward(self, dtype, causal):
         self.sdpa.forward(self.q, self.k, self.v, is_causal=causal)
         self.sdpa.backward(self.g)
+
+
+class SDPAWindowSuite:
+    """Windowed attention (``window=w``, B=1, h=8, d=64, float32) at two lengths: time
+    and memory should grow linearly in L; ``dense`` is the same band as a dense mask
+    (every tile computed), at the shorter length only.  A commit without ``window=``
+    skips the suite."""
+
+    params = ([4096, 16384], [128, 512], ["window", "dense"])
+    param_names = ["L", "w", "form"]
+    timeout = 300
+
+    def setup(self, L, w, form):
+        SDPA, creator = require("nn_core.attention", "ScaledDotProductAttention",
+                                "create_sliding_window_mask")
+        if form == "dense" and L > 4096:
+            raise NotImplementedError("dense band mask: shorter length only")
+        self.sdpa = SDPA(dtype=np.float32)
+        self.q, self.k, self.v, self.g = (randn((1, 8, L, 64), "float32") for _ in range(4))
+        self.kw = {"window": w} if form == "window" else {"mask": creator(L, w)}
+        try:
+            self.sdpa.forward(self.q[..., :64, :], self.k[..., :64, :], self.v[..., :64, :],
+                              **({"window": w} if form == "window" else {}))
+        except TypeError:
+            raise NotImplementedError("no window= at this commit")
+
+    def time_forward_backward(self, L, w, form):
+        self.sdpa.forward(self.q, self.k, self.v, **self.kw)
+        self.sdpa.backward(self.g)
+
+    def peakmem_forward_backward(self, L, w, form):
+        self.sdpa.forward(self.q, self.k, self.v, **self.kw)
+        self.sdpa.backward(self.g)

@@ -269,7 +269,7 @@ class _GQACore(Module):
         return arr
 
     def _attn_forward(self, sources, mask=None, is_causal=False, kv_cache=None,
-                      fixed_kv=None, return_weights=False):
+                      fixed_kv=None, return_weights=False, window=None, global_tokens=()):
         """Attention over projected inputs.
 
         Parameters
@@ -280,6 +280,9 @@ class _GQACore(Module):
         fixed_kv : tuple, optional
             ``(k_heads, v_heads, state)`` precomputed ``[B, g, S, d_k]`` keys/values
             (CachedCrossAttention); then no source feeds ``"k"``/``"v"``.
+        window, global_tokens : as :meth:`ScaledDotProductAttention.forward`
+            With ``kv_cache`` only an int window (or the cache's own) applies, and the
+            keys are cut to the ``window - 1 + L`` positions the new tokens can see.
 
         Returns
         -------
@@ -296,6 +299,10 @@ class _GQACore(Module):
         xq = next(x for x, names in sources if "q" in names)
         B, L = xq.shape[0], xq.shape[1]
         layout = self._layout(L)
+        if kv_cache is not None:
+            window = _cache_window(kv_cache, window, global_tokens)
+        elif window is not None and layout == "fold":
+            layout = "4d" if self.num_heads == self.num_kv_groups else "5d"
 
         if fixed_kv is not None:
             k_heads, v_heads = fixed_kv[0], fixed_kv[1]
@@ -314,6 +321,15 @@ class _GQACore(Module):
             m = self._mask_view(mask, B, L, S, layout)
             k_heads, v_heads = kv_cache.append(k_heads, v_heads)
             is_causal = True                     # bottom-right: new tokens over the cache
+            if window is not None:
+                # the keys the new tokens can see, and the matching mask columns
+                k_heads = k_heads[:, :, -(window - 1 + L):]
+                v_heads = v_heads[:, :, -(window - 1 + L):]
+                if m is not None and m.shape[-1] != 1:
+                    m = m[..., S - k_heads.shape[2]:]
+                S = k_heads.shape[2]
+                if layout == "fold":             # one query sees every kept key
+                    window = None
         else:
             m = self._mask_view(mask, B, L, S, layout)
         # a single query (bottom-right aligned) sees every key: no causal part to apply
@@ -327,7 +343,8 @@ class _GQACore(Module):
             o, w = self._decode_step(q, k, v, m)
         else:
             res = self.attention.forward(q, k, v, mask=m, is_causal=causal,
-                                         return_weights=return_weights)
+                                         return_weights=return_weights, window=window,
+                                         global_tokens=global_tokens)
             o, w = res if return_weights else (res, None)
         N = B * L
         if layout == "fold":
@@ -407,23 +424,29 @@ class _GQACore(Module):
         return out
 
     # ------------------------------------------------------------ KV cache
-    def new_kv_cache(self, batch_size, max_len) -> KVCache:
+    def new_kv_cache(self, batch_size, max_len, window=None) -> KVCache:
         """A preallocated, empty :class:`KVCache` for ``batch_size`` sequences of up to
-        ``max_len`` positions (``nbytes == get_kv_cache_size(batch_size, max_len)``)."""
-        return KVCache(batch_size, max_len, self.num_kv_groups, self.head_dim, self.dtype)
+        ``max_len`` positions (``nbytes == get_kv_cache_size(batch_size, max_len,
+        window=window)``).  ``window=w``: attention over the cache is the causal band
+        of width ``w`` and the cache is a ring holding the last ``w`` positions."""
+        return KVCache(batch_size, max_len, self.num_kv_groups, self.head_dim, self.dtype,
+                       window=window)
 
-    def get_kv_cache_size(self, batch_size, seq_len, num_layers=1) -> int:
-        """Bytes of the K and V cache: ``2 * num_layers * B * seq_len * g * d_k * itemsize``.
+    def get_kv_cache_size(self, batch_size, seq_len, num_layers=1, window=None) -> int:
+        """Bytes of the K and V cache: ``2 * num_layers * B * T * g * d_k * itemsize``
+        with ``T = seq_len``, or ``min(seq_len, window)`` for a ring cache.
 
         Parameters
         ----------
         batch_size : int (``>= 1``)
         seq_len : int (``>= 0``) cached positions
         num_layers : int (``>= 1``) identical layers
+        window : int (``>= 1``), optional
+            The ring cache's band width (``new_kv_cache(..., window=w)``).
         """
-        return self.get_kv_cache_stats(batch_size, seq_len, num_layers)["bytes"]
+        return self.get_kv_cache_stats(batch_size, seq_len, num_layers, window)["bytes"]
 
-    def get_kv_cache_stats(self, batch_size, seq_len, num_layers=1) -> dict:
+    def get_kv_cache_stats(self, batch_size, seq_len, num_layers=1, window=None) -> dict:
         """K/V cache accounting: the bytes of K and V against multi-head attention's.
 
         Returns
@@ -432,11 +455,13 @@ class _GQACore(Module):
             ``num_kv_heads`` (``g``, the K/V groups), ``num_heads``, ``head_dim``, ``elements`` (K+V
             elements), ``bytes`` (``elements * itemsize``), ``mha_bytes`` (the same
             cache with ``num_heads`` K/V heads), ``reduction_factor``
-            (``num_heads / g``), and the arguments.
+            (``num_heads / g``), ``positions`` (held per layer and sequence:
+            ``seq_len``, or ``min(seq_len, window)``), and the arguments.
         """
         B = check_positive_int(batch_size, "batch_size")
-        T = check_positive_int(seq_len, "seq_len", minimum=0)
+        seq = check_positive_int(seq_len, "seq_len", minimum=0)
         n = check_positive_int(num_layers, "num_layers")
+        T = seq if window is None else min(seq, check_positive_int(window, "window"))
         item = self.dtype.itemsize
         elements = 2 * n * B * T * self.num_kv_groups * self.head_dim
         mha_elements = 2 * n * B * T * self.num_heads * self.head_dim
@@ -445,7 +470,9 @@ class _GQACore(Module):
             "num_heads": self.num_heads,
             "head_dim": self.head_dim,
             "batch_size": B,
-            "seq_len": T,
+            "seq_len": seq,
+            "window": window,
+            "positions": T,
             "num_layers": n,
             "dtype": str(self.dtype),
             "elements": elements,
@@ -455,6 +482,23 @@ class _GQACore(Module):
         }
 
 
+def _cache_window(kv_cache, window, global_tokens):
+    """The int window of a forward over ``kv_cache`` (None: none), or an error."""
+    if len(np.asarray(global_tokens).reshape(-1)):
+        raise ValueError("global_tokens cannot be used with a kv_cache (decoding is "
+                         "causal: a global position would have to see the future)")
+    if window is None:
+        return kv_cache.window
+    if isinstance(window, bool) or not isinstance(window, (int, np.integer)):
+        raise TypeError(f"window must be an int with a kv_cache, got "
+                        f"{type(window).__name__} {window!r:.40}")
+    w = check_positive_int(window, "window")
+    if kv_cache.window is not None and w != kv_cache.window:
+        raise ValueError(f"window must equal the kv_cache's window: expected "
+                         f"{kv_cache.window}, got {w}")
+    return w
+
+
 class _SelfAttentionBase(_GQACore):
     """Public forward/backward of MultiHeadAttention, MultiQueryAttention and
     GroupedQueryAttention (see :class:`~nn_core.attention.MultiHeadAttention`)."""
@@ -462,7 +506,8 @@ class _SelfAttentionBase(_GQACore):
     def forward(self, query: ArrayLike, key: ArrayLike | None = None,
                 value: ArrayLike | None = None, mask: ArrayLike | None = None,
                 is_causal: bool = False, kv_cache: KVCache | None = None,
-                return_weights: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+                return_weights: bool = False, window: int | tuple[int, int] | None = None,
+                global_tokens: ArrayLike = ()) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Multi-head (grouped-query) attention.
 
         Parameters
@@ -486,6 +531,15 @@ class _SelfAttentionBase(_GQACore):
             ``<= i``).  Inference only: ``backward`` afterwards raises RuntimeError.
         return_weights : bool
             Also return the per-head attention weights ``[B, h, L, S_total]``.
+        window : int or (int, int), optional
+            Sliding window (see :meth:`ScaledDotProductAttention.forward`), computed in
+            ``O(L * w)`` time and memory.  With ``kv_cache`` it must be an int equal
+            to the cache's window if the cache has one (a ring cache applies its own
+            window by default); the weights then cover the ``window - 1 + L`` keys the
+            new tokens can see.
+        global_tokens : sequence of int
+            With ``window`` and without ``kv_cache``: positions that attend to and
+            are attended by every position (``create_local_attention_mask``).
 
         Returns
         -------
@@ -516,7 +570,8 @@ class _SelfAttentionBase(_GQACore):
         if kv_cache is not None:
             self._check_cache(kv_cache, B)
         y, w, state = self._attn_forward(sources, mask, is_causal, kv_cache=kv_cache,
-                                         return_weights=return_weights)
+                                         return_weights=return_weights, window=window,
+                                         global_tokens=global_tokens)
         if state is None:
             self._save_no_backward("the forward used a kv_cache (incremental decoding is "
                                    "inference only)")

@@ -289,15 +289,41 @@ FLASH_MIN_SCORES = 640 * 640
 FLASH_MIN_ROWS = 16
 FLASH_BLOCK_Q = 128         # query rows of a score tile
 FLASH_BLOCK_K = 512         # keys of a score tile
+# With a window a query block visits about block_q + band keys: smaller tiles waste
+# less outside a narrow band (docs/performance.md).
+WINDOW_BLOCK_Q = 64
+WINDOW_BLOCK_K = 128
 
 
-def use_flash(return_weights, lead, L_q, L_k, d_k, d_v):
-    """The tiled kernel: long enough, no weights asked for, non-empty dims."""
-    if return_weights or L_q * L_k < FLASH_MIN_SCORES or L_q < FLASH_MIN_ROWS:
+def use_flash(return_weights, lead, L_q, L_k, d_k, d_v, windowed=False):
+    """The tiled kernel: long enough (or ``windowed``: any length), no weights asked
+    for, non-empty dims."""
+    if return_weights:
+        return False
+    if not windowed and (L_q * L_k < FLASH_MIN_SCORES or L_q < FLASH_MIN_ROWS):
         return False
     if min(L_q, L_k, d_k, d_v) < 1 or 0 in lead or len(lead) > 4:
         return False
     return max(L_q, L_k) * max(d_k, d_v) < 2 ** 31
+
+
+def _flash_blocks(band, L_q, L_k):
+    """Tile sizes: the window's smaller tiles when its band is at most a default key
+    tile wide."""
+    if band is not None and band[0] + band[1] + 1 <= FLASH_BLOCK_K:
+        return WINDOW_BLOCK_Q, WINDOW_BLOCK_K
+    return FLASH_BLOCK_Q, FLASH_BLOCK_K
+
+
+def _band_args(band, L_q, L_k):
+    """``FlashCall``'s window arguments: the window bounded by what can matter (a
+    window beyond ``L_q + L_k`` reaches every key), its offset and the global flags."""
+    if band is None:
+        return {}
+    left, right, gq, gk = band
+    big = L_q + L_k
+    return {"window": (min(left, big), min(right, big), L_k - L_q),
+            "global_q": gq, "global_k": gk}
 
 
 @dataclass
@@ -308,6 +334,7 @@ class FlashCache:
     call: object            # the checked kernel call
     out: np.ndarray         # [P, L_q, d_v], a private copy of the output
     lse: np.ndarray         # [P, L_q] log-sum-exp per query row (+inf: no allowed key)
+    blocks: tuple           # (block_q, block_k) of the tiles
     lead: tuple
     q_shape: tuple
     k_shape: tuple
@@ -323,29 +350,40 @@ def _flash_tasks(P, L):
     return t
 
 
-def flash_forward(q, k, v, lead, kind, m, causal_offset, scale, dropout_key, keep):
+def flash_forward(q, k, v, lead, kind, m, causal_offset, scale, dropout_key, keep,
+                  band=None):
     """Forward through the tiled kernel; returns ``(out, cache)``.
 
     ``dropout_key``: None or ``(k0, k1, threshold, scale)`` of the counter-based mask
     over the flat ``[P, L_q, L_k]`` weights (``nn_core._dropout.dropout_key``).
-    ``keep``: the cache will be kept for a backward (else the output is not copied)."""
+    ``keep``: the cache will be kept for a backward (else the output is not copied).
+    ``band``: None or ``(left, right, gq, gk)``, a window (``masks.window_bounds``) and
+    its global rows / keys (``masks.global_flags``); only the tiles it reaches are
+    computed."""
     dt = q.dtype
     L_q, d_k, L_k, d_v = q.shape[-2], q.shape[-1], k.shape[-2], v.shape[-1]
     P = int(np.prod(lead, dtype=np.int64))
     q6, k6, v6 = (kernel_view(a) for a in (q, k, v))       # own shapes, no expansion
     call = _kflash.FlashCall(q6, k6, v6, scale,
                             mask=mask_layout(kind, m, lead + (L_q, L_k), dt),
-                            causal_offset=causal_offset, dropout=dropout_key)
+                            causal_offset=causal_offset, dropout=dropout_key,
+                            **_band_args(band, L_q, L_k))
     out3 = np.empty((P, L_q, d_v), dtype=dt)                    # (P, L_q, d_v)
     lse = np.empty((P, L_q), dtype=dt)                          # (P, L_q)
     tasks = _flash_tasks(P, L_q)
-    _run(lambda t0, t1: _kflash.flash_forward(call, out3, lse, tasks, t0, t1,
-                                             FLASH_BLOCK_Q, FLASH_BLOCK_K),
+    bq, bk = _flash_blocks(band, L_q, L_k)
+    _run(lambda t0, t1: _kflash.flash_forward(call, out3, lse, tasks, t0, t1, bq, bk),
          P, P * L_q * L_k * (d_k + d_v))
-    # the backward reads O: keep a copy the caller cannot modify
-    cache = FlashCache(q6, k6, v6, call, out3.copy() if keep else out3, lse, lead,
-                        q.shape, k.shape, v.shape)
-    return out3.reshape(lead + (L_q, d_v)), cache
+    # the backward reads O: keep a copy the caller cannot modify; a windowed call,
+    # whose memory is meant to stay O(L * w) beyond its results, instead hands out
+    # its output read-only and keeps the array itself
+    shared = keep and band is not None
+    cache = FlashCache(q6, k6, v6, call, out3.copy() if keep and not shared else out3, lse,
+                       (bq, bk), lead, q.shape, k.shape, v.shape)
+    out = out3.reshape(lead + (L_q, d_v))
+    if shared:
+        out.flags.writeable = False
+    return out, cache
 
 
 def flash_backward(cache, g, dt):
@@ -362,8 +400,7 @@ def flash_backward(cache, g, dt):
     gv = np.empty((P, L_k, d_v), dtype=dt)
     tasks = _flash_tasks(P, L_k)
     _run(lambda t0, t1: _kflash.flash_backward(call, cache.out, cache.lse, g6, gq, gk, gv,
-                                              tasks, t0, t1, FLASH_BLOCK_Q,
-                                              FLASH_BLOCK_K),
+                                              tasks, t0, t1, *cache.blocks),
          P, 2 * P * L_q * L_k * (d_k + d_v))
     return (reduce_to(gq.reshape(lead + (L_q, d_k)), cache.q_shape),
             reduce_to(gk.reshape(lead + (L_k, d_k)), cache.k_shape),

@@ -96,7 +96,8 @@ class CrossAttention(_GQACore):
         self._setup(d_model, num_heads, None, bias, dropout, kv_dim=kv_dim)
 
     def forward(self, query: ArrayLike, context: ArrayLike, mask: ArrayLike | None = None,
-                return_weights: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+                return_weights: bool = False, window: int | tuple[int, int] | None = None,
+                global_tokens: ArrayLike = ()) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Attend ``query [B, T, d_model]`` to ``context [B, S, kv_dim]``.
 
         Parameters
@@ -107,6 +108,10 @@ class CrossAttention(_GQACore):
             (e.g. a context padding mask ``[B, 1, 1, S]``; ``True`` = may attend).
         return_weights : bool
             Also return per-head weights ``[B, h, T, S]``.
+        window, global_tokens : optional
+            For a query aligned position by position with the context (query ``i``
+            at context position ``i + S - T``): a band of context positions, as in
+            :meth:`ScaledDotProductAttention.forward`, in ``O(T * w)``.
 
         Returns
         -------
@@ -115,7 +120,8 @@ class CrossAttention(_GQACore):
         xq = self._check_input(query, "query", self.d_model)
         xc = self._check_input(context, "context", self.kv_dim, xq.shape[0])
         y, w, state = self._attn_forward([(xq, "q"), (xc, "kv")], mask,
-                                         return_weights=return_weights)
+                                         return_weights=return_weights, window=window,
+                                         global_tokens=global_tokens)
         self._save_cache(_CrossCache(state, xq.shape, xc.shape))
         return (y, w) if return_weights else y
 

@@ -29,7 +29,7 @@ import numbers
 
 import numpy as np
 
-from .._validation import broadcasts_to
+from .._validation import broadcasts_to, check_int
 
 __all__ = [
     "create_causal_mask",
@@ -218,3 +218,52 @@ def apply_causal_mask(scores, mask=None, fill_value=-np.inf):
             raise ValueError(f"mask must broadcast to scores' shape {s.shape}, got {keep.shape}")
     dt = s.dtype if s.dtype.kind == "f" else np.dtype(np.float64)
     return np.where(keep, s.astype(dt, copy=False), dt.type(fill_value))
+
+
+def window_bounds(window):
+    """``window`` of :meth:`ScaledDotProductAttention.forward` as ``(left, right)``:
+    query ``i`` keeps keys ``i - left <= j <= i + right`` (bottom-right aligned).
+
+    An int ``w >= 1`` is the causal band ``(w - 1, 0)``; a pair ``(left, right)`` of
+    ints ``>= 0`` is taken as given.  Anything else raises TypeError / ValueError
+    naming ``window``.
+    """
+    if isinstance(window, (tuple, list)):
+        if len(window) != 2:
+            raise ValueError(f"window must be an int or a pair (left, right), got a "
+                             f"sequence of length {len(window)}")
+        return (check_int(window[0], "window[0] (left)", lo=0),
+                check_int(window[1], "window[1] (right)", lo=0))
+    if isinstance(window, bool) or not isinstance(window, numbers.Integral):
+        raise TypeError(f"window must be None, an int or a pair (left, right), got "
+                        f"{type(window).__name__} {window!r:.40}")
+    return check_int(window, "window", lo=1) - 1, 0
+
+
+def global_flags(global_tokens, L_q, L_k):
+    """Global rows ``[L_q]`` and keys ``[L_k]`` as bool flags, or ``(None, None)``.
+
+    ``global_tokens`` are key positions in ``[0, L_k)``; query ``i`` is global when its
+    position ``i + L_k - L_q`` (bottom-right aligned, as ``is_causal``) is one of them.
+    """
+    g = _indices(global_tokens, L_k)
+    if g.size == 0:
+        return None, None
+    gk = np.zeros(L_k, dtype=bool)
+    gk[g] = True
+    pos = np.arange(L_q) + (L_k - L_q)
+    gq = np.zeros(L_q, dtype=bool)
+    inside = (pos >= 0) & (pos < L_k)
+    gq[inside] = gk[pos[inside]]
+    return gq, gk
+
+
+def band_mask(L_q, L_k, left, right, gq=None, gk=None):
+    """The dense bool ``[L_q, L_k]`` form of a window: ``i + off - left <= j <= i + off +
+    right`` with ``off = L_k - L_q``, or ``gq[i]`` or ``gk[j]`` (what the tiled kernel
+    computes without building it; used where the weights are returned anyway)."""
+    d = np.arange(L_k)[None, :] - (np.arange(L_q) + (L_k - L_q))[:, None]   # j - (i + off)
+    allowed = (d >= -left) & (d <= right)
+    if gq is not None:
+        allowed |= gq[:, None] | gk[None, :]
+    return allowed

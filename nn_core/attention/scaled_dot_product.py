@@ -52,6 +52,7 @@ from .._validation import (as_float_array, as_mask, broadcasts_to, check_grad_ou
 from ..memory import Workspace
 from ..module import Module
 from . import _sdpa_kernels as _k
+from .masks import _indices, band_mask, global_flags, window_bounds
 
 if TYPE_CHECKING:  # names used in annotations only
     from nn_core._typing import ArrayLike, DTypeLike, RNGLike
@@ -127,7 +128,8 @@ def softmax(x, axis=-1, mask=None):
 
 
 def scaled_dot_product_attention(query, key, value, mask=None, is_causal=False, scale=None,
-                                 dropout_p=0.0, rng=None, dtype=None):
+                                 dropout_p=0.0, rng=None, dtype=None, window=None,
+                                 global_tokens=()):
     """Functional SDPA (no dropout unless ``dropout_p`` and ``rng`` are given).
 
     Same arguments and result as :meth:`ScaledDotProductAttention.forward`; returns
@@ -136,7 +138,28 @@ def scaled_dot_product_attention(query, key, value, mask=None, is_causal=False, 
     if dtype is None:
         dtype = np.float32 if np.asarray(query).dtype == np.float32 else np.float64
     mod = ScaledDotProductAttention(dropout=dropout_p, dtype=dtype, rng=rng)
-    return mod.forward(query, key, value, mask=mask, is_causal=is_causal, scale=scale)
+    return mod.forward(query, key, value, mask=mask, is_causal=is_causal, scale=scale,
+                       window=window, global_tokens=global_tokens)
+
+
+def _band(window, global_tokens, L_q, L_k):
+    """``(left, right, gq, gk)`` of a window (None without one)."""
+    if window is None:
+        if len(_indices(global_tokens, L_k)):
+            raise ValueError("global_tokens needs a window: without one every position "
+                             "already attends to every other")
+        return None
+    left, right = window_bounds(window)
+    return (left, right) + global_flags(global_tokens, L_q, L_k)
+
+
+def _and_mask(kind, m, allowed, dt):
+    """``mask AND allowed`` in the mask's own kind (bool, or additive with -inf)."""
+    if kind is None:
+        return "bool", allowed
+    if kind == "bool":
+        return "bool", m & allowed
+    return "float", np.where(allowed, m, dt.type(-np.inf)).astype(dt, copy=False)
 
 
 class ScaledDotProductAttention(Module):
@@ -208,7 +231,8 @@ class ScaledDotProductAttention(Module):
 
     def forward(self, query: ArrayLike, key: ArrayLike, value: ArrayLike,
                 mask: ArrayLike | None = None, is_causal: bool = False, scale: float | None = None,
-                return_weights: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+                return_weights: bool = False, window: int | tuple[int, int] | None = None,
+                global_tokens: ArrayLike = ()) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Attend ``query`` to ``key``/``value``.
 
         Parameters
@@ -223,6 +247,24 @@ class ScaledDotProductAttention(Module):
             Multiplies ``Q K^T``; default ``1/sqrt(d_k)``.
         return_weights : bool
             Also return the attention weights ``[..., L_q, L_k]``.
+        window : int or (int, int), optional
+            Sliding window, combined with ``mask`` and ``is_causal`` (logical AND) and
+            aligned bottom-right like ``is_causal`` (query ``i`` stands at position
+            ``p = i + L_k - L_q``).  An int ``w >= 1``: the causal band ``p - w < j <=
+            p`` (``create_sliding_window_mask(L, w)``).  A pair ``(left, right)`` of
+            ints ``>= 0``: ``p - left <= j <= p + right``
+            (``create_sliding_window_mask(L, w, causal=False)`` is ``(w // 2, w //
+            2)``).  Only the score tiles the band reaches are computed, forward and
+            backward, and no ``[L_q, L_k]`` mask is built: time and memory grow as
+            ``L * w``.  Windowed calls take the tiled kernel at every length (so
+            dropout uses its counter-based mask); with ``return_weights`` the band
+            is applied as a dense mask.  When the call keeps its cache for a
+            backward, its output is read-only: the backward reads it, and a private
+            copy would double the memory the window saves.
+        global_tokens : sequence of int
+            With ``window``: key positions in ``[0, L_k)`` that every query attends
+            to and whose queries (at the same position) attend to every key
+            (Longformer; ``create_local_attention_mask``).
 
         Returns
         -------
@@ -255,12 +297,19 @@ class ScaledDotProductAttention(Module):
             scale = 1.0 / np.sqrt(d_k) if d_k > 0 else 1.0
         kind, m = as_mask(mask, "mask", dt)
         causal_offset = (L_k - L_q) if is_causal else None
-        if _k.use_flash(return_weights, lead, L_q, L_k, d_k, v.shape[-1]):
+        band = _band(window, global_tokens, L_q, L_k)
+        if band is not None and not _k.use_flash(return_weights, lead, L_q, L_k, d_k,
+                                                 v.shape[-1], windowed=True):
+            # the weights (or an empty result) are [L_q, L_k] anyway: a dense band
+            kind, m = _and_mask(kind, m, band_mask(L_q, L_k, *band), dt)
+            band = None
+        if band is not None or _k.use_flash(return_weights, lead, L_q, L_k, d_k,
+                                            v.shape[-1]):
             key = None
             if self.training and self.dropout > 0.0:
                 key = dropout_key(self.rng, self.dropout)
             out, flash = _k.flash_forward(q, k, v, lead, kind, m, causal_offset,
-                                        dt.type(scale), key, self.keeps_cache())
+                                        dt.type(scale), key, self.keeps_cache(), band)
             self._save_cache(_SDPACache(out.shape, flash=flash))
             return out
         if _k.use_fused(self, lead, L_q, L_k, d_k, v.shape[-1]):

@@ -9,6 +9,11 @@
 long sequences (B=1, h=8, d=64, float32, forward + backward), time and peak extra
 memory against L for both libraries; see :mod:`nn_core.bench._long`.
 
+``python -m nn_core.bench attention --window [--length 16384] [--long-length 65536]
+[--w 512] [--no-dense]``: windowed attention (``window=w``) against the same attention
+with the dense band mask, nn_core and torch, its growth in L, its peak memory and a
+ring-cache decoding run; see :mod:`nn_core.bench._window`.
+
 For every (threads, dtype, shape ``BxhxLxd_k``, causal) it times, alternately in one
 run, ``ScaledDotProductAttention.forward`` (+ ``backward``) against
 ``torch.nn.functional.scaled_dot_product_attention`` (+ ``autograd`` backward) on the
@@ -115,11 +120,18 @@ def main(argv=None):
         from . import _long
         argv.remove("--long")
         return _long.main(argv)
+    if "--window" in argv:
+        from . import _window
+        argv.remove("--window")
+        return _window.main(argv)
     parser = argparse.ArgumentParser(prog="python -m nn_core.bench attention",
                                      description=__doc__.strip().splitlines()[0])
     parser.add_argument("--long", action="store_true",
                         help="long sequences: time and peak memory vs L "
                              "(options: python -m nn_core.bench attention --long -h)")
+    parser.add_argument("--window", action="store_true",
+                        help="windowed attention vs the dense band mask "
+                             "(options: python -m nn_core.bench attention --window -h)")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--dtype", nargs="+", default=["float32", "float64"],
                         choices=["float32", "float64"])
