@@ -253,9 +253,11 @@ def _resumed_run(args):
 
     _check_out(args)
     try:
-        return read_run(args.out)
+        info = read_run(args.out)
+        _, info["config"] = _checked_task(args.out, info["task"], info["config"])
     except (OSError, CheckpointError) as exc:
         raise CommandError(f"nn-core train --resume: {exc}") from None
+    return info
 
 
 def _check_data_options(task_cls, args, given):
@@ -292,6 +294,7 @@ def _resume_settings(task_cls, args, given, info):
 
 def cmd_train(argv):
     from .checkpoint import CheckpointError
+    from .tasks._config import check_declared
     from .training import RunExistsError, TrainingInterrupted, train
 
     task_cls, args, given, info = _parse_train(argv[1:])
@@ -305,15 +308,12 @@ def cmd_train(argv):
         if args.max_steps is not None and args.max_steps <= info["step"]:
             raise UsageError(f"--max-steps {args.max_steps} is not past the run's step "
                              f"{info['step']}")
-        try:
-            config = task_cls.check_config(info["config"])
-        except (TypeError, ValueError) as exc:
-            raise CommandError(f"nn-core train --resume: the run's task configuration is "
-                               f"invalid: {exc}") from None
+        config = info["config"]
     else:
         _check_out(args)
         _check_data_options(task_cls, args, given)
         try:
+            check_declared(vars(args), task_cls.train_options)
             config = task_cls.config_from_args(args)
         except (TypeError, ValueError) as exc:
             raise UsageError(str(exc)) from None
@@ -369,7 +369,6 @@ def _task_of(path):
     """``(task class, config, metadata)`` of a checkpoint written by ``nn-core train``,
     checked without generating any data."""
     from .checkpoint import CheckpointError, read_metadata
-    from .tasks import TASKS, get_task
 
     try:
         meta = read_metadata(path)
@@ -379,15 +378,31 @@ def _task_of(path):
     if not isinstance(extra, dict) or "task" not in extra:
         raise CommandError(f"nn-core: {path} is an nn_core checkpoint but was not written by "
                            "`nn-core train` (no task recorded)")
-    if extra["task"] not in TASKS:
-        raise CommandError(f"nn-core: {path} records an unknown task {extra['task']!r:.40}")
-    task_cls = get_task(extra["task"])
     try:
-        config = task_cls.check_config(extra.get("config"))
-    except (TypeError, ValueError) as exc:
-        raise CommandError(f"nn-core: {path} records an invalid {task_cls.name} "
-                           f"configuration: {exc}") from None
+        task_cls, config = _checked_task(path, extra["task"], extra.get("config"))
+        if not isinstance(extra.get("train", {}), dict):
+            raise CheckpointError(f"{path} records training details that are not a "
+                                  f"mapping: {extra['train']!r:.40}")
+    except CheckpointError as exc:
+        raise CommandError(f"nn-core: {exc}") from None
     return task_cls, config, meta
+
+
+def _checked_task(path, name, config):
+    """``(task class, config)`` of a checkpoint's recorded task, every configuration
+    value bounded and typed as its flag (:class:`~nn_core.checkpoint.CheckpointError`
+    otherwise), before anything is generated or read."""
+    from .checkpoint import CheckpointError
+    from .tasks import TASKS, get_task
+
+    if not isinstance(name, str) or name not in TASKS:
+        raise CheckpointError(f"{path} records an unknown task {name!r:.40}")
+    task_cls = get_task(name)
+    try:
+        return task_cls, task_cls.check_config(config)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path} records an invalid {task_cls.name} configuration: "
+                              f"{exc}") from None
 
 
 def _make_task(task_cls, config):
@@ -493,6 +508,7 @@ def cmd_generate(argv):
 def cmd_predict(argv):
     from .checkpoint import atomic_write
     from .tasks import Option
+    from .tasks._data import RecordedDataError
 
     options = (
         Option("--output", "where to write the predictions (CSV)", metavar="FILE.csv",
@@ -513,6 +529,8 @@ def cmd_predict(argv):
     _limit_threads(args.threads)
     try:
         header, rows, summary, preview = task_cls.predict(_load_model(path), config, args)
+    except RecordedDataError as exc:
+        raise CommandError(f"nn-core predict: {exc}") from None
     except (TypeError, ValueError) as exc:
         raise UsageError(f"nn-core predict: {exc}") from None
     with atomic_write(output, "w") as fh:

@@ -1,0 +1,175 @@
+"""What a checkpoint says is data, not an instruction: crafted checkpoints built from a
+real run name files the CLI must not open (a device, a FIFO, a changed file) and
+configuration values beyond their flags' bounds; each is one line, before anything is
+generated or read."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from nn_core.cli import main
+
+from checkpoint_files import _members, _meta_of, _with_meta, _zip
+
+
+def _series_csv(path, n=120, seed=0):
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    a = np.sin(2 * np.pi * t / 12) + 0.1 * rng.standard_normal(n)
+    b = np.cos(2 * np.pi * t / 12) + 0.1 * rng.standard_normal(n)
+    path.write_text("a,b\n" + "".join(f"{x:.5f},{y:.5f}\n" for x, y in zip(a, b)))
+
+
+@pytest.fixture(scope="module")
+def forecast_run(tmp_path_factory):
+    """A forecast run trained on a CSV file: (run folder, the CSV)."""
+    root = tmp_path_factory.mktemp("fc")
+    csv_path = root / "s.csv"
+    _series_csv(csv_path)
+    out = root / "run"
+    assert main(["train", "forecast", "--data", str(csv_path), "--out", str(out),
+                 "--hidden", "8", "--window", "8", "--epochs", "1", "--batch-size", "32"]) == 0
+    return out, csv_path
+
+
+@pytest.fixture(scope="module")
+def generated_runs(tmp_path_factory):
+    """Runs of every task on generated data, small: {task: run folder}."""
+    root = tmp_path_factory.mktemp("gen")
+    opts = {"forecast": ["--steps", "600", "--window", "8", "--horizon", "2"],
+            "lm": ["--train-exprs", "60", "--val-exprs", "30", "--block", "16",
+                   "--layers", "1", "--heads", "2"],
+            "seq2seq": ["--train-size", "64", "--val-size", "16", "--max-len", "6",
+                        "--heads", "2", "--embed", "8"]}
+    runs = {}
+    for task, extra in opts.items():
+        out = root / task
+        assert main(["train", task, "--out", str(out), "--hidden", "8", "--epochs", "1",
+                     "--batch-size", "32"] + extra) == 0
+        runs[task] = out
+    return runs
+
+
+def _craft(run, dest, edit):
+    """A copy of ``run``'s checkpoint whose metadata ``edit`` changed; returns its path."""
+    members = _members(run / "model.npz")
+    meta = json.loads(json.dumps(_meta_of(members)))
+    edit(meta)
+    dest.mkdir(parents=True, exist_ok=True)
+    _zip(dest / "model.npz", _with_meta(members, meta))
+    return dest
+
+
+def _one_line(capsys, code, status, *words):
+    err = capsys.readouterr().err.strip()
+    assert code == status, err
+    assert len(err.splitlines()) == 1, err
+    for w in words:
+        assert w in err, err
+    return err
+
+
+def _set_data(path):
+    def edit(meta):
+        meta["extra"]["config"]["data"] = str(path)
+    return edit
+
+
+@pytest.mark.parametrize("command", [["eval"], ["generate", "--num", "1"], ["predict"]])
+def test_recorded_device_is_not_read(forecast_run, tmp_path, capsys, command):
+    run, _ = forecast_run
+    crafted = _craft(run, tmp_path / "zero", _set_data("/dev/zero"))
+    code = main([command[0], str(crafted)] + command[1:]
+                + (["--output", str(tmp_path / "f.csv")] if command[0] == "predict" else []))
+    _one_line(capsys, code, 1, "/dev/zero", "not a regular file", "--data")
+    assert not (tmp_path / "f.csv").exists()
+
+
+@pytest.mark.parametrize("command", ["eval", "predict"])
+def test_recorded_fifo_does_not_block(forecast_run, tmp_path, capsys, command):
+    run, _ = forecast_run
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    crafted = _craft(run, tmp_path / "fifo", _set_data(fifo))
+    code = main([command, str(crafted)])
+    _one_line(capsys, code, 1, str(fifo), "not a regular file")
+
+
+def test_recorded_file_that_changed_is_not_read_unless_named(forecast_run, tmp_path, capsys):
+    run, csv_path = forecast_run
+    other = tmp_path / "other.csv"
+    _series_csv(other, seed=3)                    # same columns, other bytes
+    crafted = _craft(run, tmp_path / "changed", _set_data(other))
+    out = tmp_path / "f.csv"
+    for command in (["eval"], ["predict", "--output", str(out)]):
+        code = main([command[0], str(crafted)] + command[1:])
+        _one_line(capsys, code, 1, str(other), "SHA-256", "--data")
+    assert not out.exists()
+    # named by the user, the same file is read
+    assert main(["predict", str(crafted), "--data", str(other), "--output", str(out)]) == 0
+    assert len(out.read_text().splitlines()) > 100
+
+
+def test_data_file_options_of_the_cli_are_bounded(tmp_path, capsys):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for task in ("forecast", "lm", "seq2seq"):
+        out = tmp_path / task
+        code = main(["train", task, "--data", str(fifo), "--out", str(out)])
+        _one_line(capsys, code, 2, str(fifo), "not a regular file")
+        assert not out.exists()
+
+
+CONFIGS = [
+    # (task, config key, crafted value, words of the message)
+    ("lm", "train_exprs", 10 ** 9, ["--train-exprs", "<="]),
+    ("lm", "val_exprs", 10 ** 9, ["--val-exprs", "<="]),
+    ("lm", "block", 10 ** 8, ["--block", "<="]),
+    ("lm", "layers", "2", ["--layers", "int"]),
+    ("seq2seq", "max_len", 10 ** 8, ["--max-len", "<="]),
+    ("seq2seq", "train_size", 10 ** 9, ["--train-size", "<="]),
+    ("seq2seq", "val_size", 10 ** 9, ["--val-size", "<="]),
+    ("seq2seq", "mode", ["reverse"], ["--mode"]),
+    ("forecast", "steps", 10 ** 9, ["--steps", "<="]),
+    ("forecast", "steps", 5_000_000, ["--steps", "--window", "at most"]),
+    ("forecast", "window", 10 ** 8, ["--window", "<="]),
+    ("forecast", "dt", "0.1", ["--dt", "real"]),
+]
+
+
+@pytest.mark.parametrize("task, key, value, words", CONFIGS,
+                         ids=[f"{t}-{k}-{str(v)[:12]}" for t, k, v, _ in CONFIGS])
+def test_config_values_are_bounded_as_their_flags(generated_runs, tmp_path, capsys, task, key,
+                                                  value, words):
+    def edit(meta):
+        meta["extra"]["config"][key] = value
+    crafted = _craft(generated_runs[task], tmp_path / "c", edit)
+    for command in (["eval"], ["generate", "--num", "1"]):
+        code = main([command[0], str(crafted)] + command[1:])
+        _one_line(capsys, code, 1, "invalid", *words)
+    code = main(["train", "--resume", "--out", str(crafted)])
+    _one_line(capsys, code, 1, "--resume", *words)
+
+
+@pytest.mark.parametrize("key, value", [("task", [1]), ("task", {"a": 1}), ("train", "x"),
+                                        ("config", "x"), ("config", [1])])
+def test_wrong_types_in_extra(generated_runs, tmp_path, capsys, key, value):
+    def edit(meta):
+        meta["extra"][key] = value
+    crafted = _craft(generated_runs["lm"], tmp_path / "c", edit)
+    for command in (["eval"], ["generate", "--num", "1"]):
+        code = main([command[0], str(crafted)] + command[1:])
+        _one_line(capsys, code, 1, str(crafted))
+    if key != "train":                        # resuming reads the training state instead
+        code = main(["train", "--resume", "--out", str(crafted)])
+        _one_line(capsys, code, 1, "--resume")
+
+
+def test_flags_share_the_bounds(tmp_path, capsys):
+    for argv, words in ((["lm", "--train-exprs", str(10 ** 9)], ["--train-exprs", "<="]),
+                        (["seq2seq", "--max-len", str(10 ** 8)], ["--max-len", "<="]),
+                        (["forecast", "--steps", str(10 ** 9)], ["--steps", "<="])):
+        code = main(["train"] + argv + ["--out", str(tmp_path / "x")])
+        _one_line(capsys, code, 2, *words)
+        assert not (tmp_path / "x").exists()
