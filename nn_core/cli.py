@@ -295,7 +295,7 @@ def _resume_settings(task_cls, args, given, info):
 def cmd_train(argv):
     from .checkpoint import CheckpointError
     from .tasks._config import check_declared
-    from .training import RunExistsError, TrainingInterrupted, train
+    from .training import RunExistsError, RunLockedError, TrainingInterrupted, train
 
     task_cls, args, given, info = _parse_train(argv[1:])
     _check_train_args(args)
@@ -341,8 +341,8 @@ def cmd_train(argv):
         return 128 + exc.signum
     except FloatingPointError as exc:
         raise CommandError(f"nn-core train: {exc} (--lr)") from None
-    except (RunExistsError, NotADirectoryError, FileNotFoundError, CheckpointError,
-            ValueError) as exc:                          # ValueError: a resume that differs
+    except (RunExistsError, RunLockedError, NotADirectoryError, FileNotFoundError,
+            CheckpointError, ValueError) as exc:                          # ValueError: a resume that differs
         raise CommandError(f"nn-core train: {exc}") from None
     if result["status"] == "max_steps":
         print(f"next: {resume_cmd}   (continues to the end of the run)")

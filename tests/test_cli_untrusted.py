@@ -173,3 +173,65 @@ def test_flags_share_the_bounds(tmp_path, capsys):
         code = main(["train"] + argv + ["--out", str(tmp_path / "x")])
         _one_line(capsys, code, 2, *words)
         assert not (tmp_path / "x").exists()
+
+
+def test_long_pairs_are_refused_before_the_run_folder(tmp_path, capsys):
+    pairs = tmp_path / "p.tsv"
+    pairs.write_text("ab\tba\n" + "x" * 200_000 + "\ty\ncd\tdc\n")
+    out = tmp_path / "run"
+    code = main(["train", "seq2seq", "--data", str(pairs), "--out", str(out)])
+    _one_line(capsys, code, 2, "p.tsv line 2", "200000 characters", "limit")
+    assert not out.exists()
+
+
+def test_standardising_overflow_names_column_and_row(forecast_run, tmp_path, capsys):
+    huge = tmp_path / "huge.csv"
+    rows = ["a,b"] + [f"{k % 7}.5,1.0" for k in range(60)]
+    rows[5] = "1.5e308,1.0"
+    huge.write_text("\n".join(rows + ["1e308,2.0"] * 3) + "\n")
+    out = tmp_path / "run"
+    code = main(["train", "forecast", "--data", str(huge), "--out", str(out), "--window", "4"])
+    _one_line(capsys, code, 2, "huge.csv", "'a'", "row 5", "rescale")
+    assert not out.exists()
+    run, _ = forecast_run
+    newer = tmp_path / "newer.csv"
+    newer.write_text("a,b\n" + "0.5,0.5\n" * 20 + "1.7e308,0.5\n")
+    code = main(["predict", str(run), "--data", str(newer), "--output", str(tmp_path / "f.csv")])
+    _one_line(capsys, code, 2, "newer.csv", "row 21", "'a'", "overflows")
+
+
+def test_two_runs_into_one_folder(tmp_path):
+    """A run locks its folder for its lifetime: a second process is refused, naming the
+    first one's pid; once the first is killed, the folder is free again."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "R"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
+        + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    cmd = [sys.executable, "-m", "nn_core", "train", "forecast", "--out", str(out),
+           "--hidden", "8", "--steps", "3000", "--window", "8", "--horizon", "2",
+           "--batch-size", "8"]
+    first = subprocess.Popen(cmd + ["--seed", "1", "--epochs", "500"], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in first.stdout:                  # training has started: the lock is held
+            if line.startswith("nn-core train forecast"):
+                break
+        second = subprocess.run(cmd + ["--seed", "2", "--epochs", "1", "--overwrite"], env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert first.poll() is None
+        err = second.stderr.strip()
+        assert second.returncode == 1 and len(err.splitlines()) == 1, err
+        assert f"process {first.pid}" in err and "in use" in err, err
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=60)
+    # killed: the kernel released the lock; a resume or overwrite may take the folder
+    time.sleep(0.1)
+    third = subprocess.run(cmd + ["--seed", "3", "--epochs", "1", "--overwrite"], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert third.returncode == 0, third.stderr

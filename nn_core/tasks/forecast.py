@@ -24,8 +24,8 @@ import numpy as np
 
 from ..datasets.files import read_table
 from ..datasets.lorenz import lorenz_series, sliding_windows
-from ..datasets.series import chronological_windows, seasonal_naive, seasonal_period, \
-    window_ends
+from ..datasets.series import chronological_windows, column_scale, seasonal_naive, \
+    seasonal_period, standardize, window_ends
 from ..losses import MSELoss
 from ..models.forecaster import Forecaster
 from ..module import inference_mode
@@ -120,9 +120,8 @@ class ForecastTask(CommandTask):
                              f"rows and one validation target; {c['data']} has {N} rows, the "
                              f"first {split} train (--val-frac {c['val_frac']:g})")
         train = values[:split]
-        std = train.std(axis=0)
-        c.update(columns=cols, target=target, mean=train.mean(axis=0).tolist(),
-                 std=np.where(std > 0, std, 1.0).tolist())
+        mean, std = column_scale(train, cols, c["data"])
+        c.update(columns=cols, target=target, mean=mean.tolist(), std=std.tolist())
         if c["season"] is None:
             idx = [cols.index(t) for t in target]
             c["season"] = seasonal_period((train[:, idx] - train[:, idx].mean(0)))
@@ -185,7 +184,7 @@ class ForecastTask(CommandTask):
         self.columns = cols
         self.target = [cols.index(t) for t in c["target"]]
         self.season = c["season"]
-        z = (values - self.mean) / self.std
+        z = standardize(values, self.mean, self.std, cols, c["data"])
         split = split_point(len(z), c["val_frac"])
         (self.train_x, self.train_y), (self.val_x, self.val_y, ends) = \
             chronological_windows(z, W, h, split)
@@ -304,7 +303,7 @@ class ForecastTask(CommandTask):
         if N < W:
             raise ValueError(f"--data {path} has {N} rows; the model needs windows of {W}")
         mean, std = np.array(c["mean"]), np.array(c["std"])
-        z = (values - mean) / std
+        z = standardize(values, mean, std, cols, path)
         ends = window_ends(N + h, W, h)
         x = z[ends[:, None] + np.arange(1 - W, 1)[None, :]]
         t = [cols.index(n) for n in c["target"]]
