@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import io
 import os
 import signal
 import sys
@@ -295,7 +296,8 @@ def _resume_settings(task_cls, args, given, info):
 def cmd_train(argv):
     from .checkpoint import CheckpointError
     from .tasks._config import check_declared
-    from .training import RunExistsError, RunLockedError, TrainingInterrupted, train
+    from .training import CHECKPOINT, RunExistsError, RunLockedError, TrainingInterrupted, \
+        train
 
     task_cls, args, given, info = _parse_train(argv[1:])
     _check_train_args(args)
@@ -325,6 +327,7 @@ def cmd_train(argv):
         task = task_cls(config)
     except (OSError, ValueError) as exc:
         raise CommandError(f"nn-core train: {exc}") from None
+    _check_model_memory(task, np.dtype(settings["dtype"]), args.hidden)
     what = task.describe_data()
     print(f"data: {what} in {time.perf_counter() - t0:.1f}s" if what == "generated"
           else f"data: {what}", flush=True)
@@ -342,13 +345,77 @@ def cmd_train(argv):
     except FloatingPointError as exc:
         raise CommandError(f"nn-core train: {exc} (--lr)") from None
     except (RunExistsError, RunLockedError, NotADirectoryError, FileNotFoundError,
-            CheckpointError, ValueError) as exc:                          # ValueError: a resume that differs
+            CheckpointError, ValueError) as exc:     # ValueError: a resume that differs
         raise CommandError(f"nn-core train: {exc}") from None
+    except OSError as exc:                        # a full disk, a file-size limit
+
+        then = (f"{resume_cmd} continues from the last good checkpoint"
+                if os.path.exists(os.path.join(args.out, CHECKPOINT))
+                else "train again (no checkpoint was saved)")
+        raise CommandError(f"nn-core train: {_write_error(exc)}; free some space, then "
+                           f"{then}") from None
     if result["status"] == "max_steps":
         print(f"next: {resume_cmd}   (continues to the end of the run)")
     else:
         print(f"next: nn-core eval {args.out}   |   nn-core generate {args.out}")
     return 0
+
+
+def _write_error(exc):
+    """One line for an ``OSError`` of a write: the file, the reason and, from
+    :class:`~nn_core.checkpoint.WriteFailed`, the bytes it needed."""
+    from .checkpoint import WriteFailed
+
+    if isinstance(exc, WriteFailed) or exc.filename is None:
+        return str(exc)
+    return f"could not write {exc.filename}: {exc.strerror or exc}"
+
+
+def _available_memory():
+    """Bytes of memory available to a new allocation (Linux's ``MemAvailable``), or
+    ``None`` where unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _check_model_memory(task, dtype, hidden):
+    """Refuse, before allocating it, a model whose training state (weights, gradients
+    and AdamW's two moments) would not fit in the memory available.  The parameter
+    count is quadratic in ``hidden``: it is interpolated from three small models of the
+    same task."""
+    available = _available_memory()
+    config = task.config
+    if available is None or config.get("hidden", 0) <= 256:
+        return
+    step = max(config.get("heads") or 1, 1)
+    size = config["hidden"]
+    counts = []
+    try:
+        for h in (step, 2 * step, 3 * step):
+            config["hidden"] = h
+            counts.append(task.build_model(dtype.type, np.random.default_rng(0))
+                          .num_parameters())
+    finally:
+        config["hidden"] = size
+    c0, c1, c2 = counts                # Newton's form through h = step, 2 step, 3 step
+    x = size / step
+    n = int(c0 + (c1 - c0) * (x - 1) + (c2 - 2 * c1 + c0) / 2 * (x - 1) * (x - 2))
+    need = 4 * n * dtype.itemsize
+    if need > available:
+        raise UsageError(f"--hidden {hidden or size} makes a model of about {n:,} parameters "
+                         f"({_gib(n * dtype.itemsize)} in {dtype.name}); training needs about "
+                         f"{_gib(need)} (weights, gradients and AdamW's two moments) and "
+                         f"{_gib(available)} is available: lower --hidden")
+
+
+def _gib(n):
+    return f"{n / (1 << 30):.1f} GiB"
 
 
 # ------------------------------------------------------------------ eval, generate
@@ -506,7 +573,7 @@ def cmd_generate(argv):
 
 
 def cmd_predict(argv):
-    from .checkpoint import atomic_write
+    from .checkpoint import WriteFailed, atomic_write
     from .tasks import Option
     from .tasks._data import RecordedDataError
 
@@ -524,6 +591,9 @@ def cmd_predict(argv):
                                          task_cls.predictions_file)
     if os.path.isdir(output):
         raise UsageError(f"--output {output} is a folder; give a file name")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(output))):
+        raise UsageError(f"--output {output}: the folder {os.path.dirname(output)} does not "
+                         "exist")
     if os.path.exists(output) and not args.overwrite:
         raise UsageError(f"--output {output} exists; add --overwrite to replace it")
     _limit_threads(args.threads)
@@ -533,10 +603,17 @@ def cmd_predict(argv):
         raise CommandError(f"nn-core predict: {exc}") from None
     except (TypeError, ValueError) as exc:
         raise UsageError(f"nn-core predict: {exc}") from None
-    with atomic_write(output, "w") as fh:
-        w = csv.writer(fh, lineterminator="\n")
-        w.writerow(header)
-        w.writerows(rows)
+    text = io.StringIO()
+    w = csv.writer(text, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    data = text.getvalue().encode()
+    try:
+        with atomic_write(output, "wb") as fh:
+            fh.write(data)
+    except OSError as exc:
+        failed = WriteFailed(output, exc, len(data))
+        raise CommandError(f"nn-core predict: {_write_error(failed)}") from None
     print(f"{summary}: {output}")
     for line in preview:
         print(line)

@@ -235,3 +235,70 @@ def test_two_runs_into_one_folder(tmp_path):
     third = subprocess.run(cmd + ["--seed", "3", "--epochs", "1", "--overwrite"], env=env,
                            capture_output=True, text=True, timeout=120)
     assert third.returncode == 0, third.stderr
+
+
+def _limited(nbytes):
+    """A preexec_fn: files of at most ``nbytes`` (a write past it fails with EFBIG)."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
+    return limit
+
+
+def _env():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+
+
+def test_full_disk_during_a_checkpoint_save(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "R"
+    cmd = [sys.executable, "-m", "nn_core", "train", "lm", "--out", str(out), "--hidden", "32",
+           "--train-exprs", "200", "--val-exprs", "40", "--block", "16", "--layers", "1",
+           "--epochs", "2", "--batch-size", "32"]
+    first = subprocess.run(cmd + ["--max-steps", "2"], env=_env(), capture_output=True,
+                           text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    good = (out / "model.npz").read_bytes()
+    size = len(good)
+    resumed = subprocess.run([sys.executable, "-m", "nn_core", "train", "--resume", "--out",
+                              str(out)], env=_env(), capture_output=True, text=True,
+                             timeout=300, preexec_fn=_limited(size // 2))
+    err = resumed.stderr.strip()
+    msg = err.splitlines()[-1]                         # after the progress lines
+    assert resumed.returncode == 1 and "Traceback" not in err, err
+    assert msg.startswith(f"nn-core train: could not write {out / 'model.npz'}: File too "
+                          "large (it needs "), msg
+    assert msg.endswith(f"nn-core train --resume --out {out} continues from the last good "
+                        "checkpoint"), msg
+    assert (out / "model.npz").read_bytes() == good              # the last good one, intact
+    assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
+
+
+def test_predict_into_a_missing_folder_or_a_full_disk(forecast_run, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    run, _ = forecast_run
+    code = main(["predict", str(run), "--output", str(tmp_path / "no" / "f.csv")])
+    _one_line(capsys, code, 2, "--output", "does not exist")
+    out = tmp_path / "f.csv"
+    res = subprocess.run([sys.executable, "-m", "nn_core", "predict", str(run), "--output",
+                          str(out)], env=_env(), capture_output=True, text=True, timeout=300,
+                         preexec_fn=_limited(1000))
+    err = res.stderr.strip()
+    assert res.returncode == 1 and len(err.splitlines()) == 1, err
+    assert f"could not write {out}" in err and "it needs" in err, err
+    assert not os.listdir(tmp_path) or not out.exists()
+
+
+def test_a_model_too_large_for_memory_is_refused_before_allocating(tmp_path, capsys):
+    out = tmp_path / "R"
+    code = main(["train", "forecast", "--hidden", "100000", "--steps", "600", "--window", "8",
+                 "--horizon", "2", "--out", str(out)])
+    _one_line(capsys, code, 2, "--hidden 100000", "parameters", "GiB", "available")
+    assert not out.exists()
