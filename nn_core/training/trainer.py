@@ -19,7 +19,7 @@ from .._progress import ProgressBar
 from .._validation import check_choice, check_int, check_real
 from ..checkpoint import read_metadata, save
 from ..losses import CrossEntropyLoss, MSELoss
-from ..memory import caching_allocator, release_cache
+from ..memory import caching_allocator, fit_cache_to_step, release_cache
 from ..module import Module, inference_mode
 from ..optim import AdamW, clip_grad_norm
 from . import _run
@@ -688,6 +688,8 @@ class _Loop:
                         with signals.abandonable():
                             batch = next(batches)
                         stats = t.train_step(batch)
+                        if t.cache_memory:
+                            fit_cache_to_step()
                         run.record(stats)
                         if bar is not None:
                             bar.update(1, samples=stats["samples"], **run.running())
