@@ -14,6 +14,7 @@ import io
 import os
 import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -340,6 +341,7 @@ def cmd_train(argv):
                           resume=info is not None, overwrite=args.overwrite,
                           title=f"nn-core train {task.name}", **extra)
     except TrainingInterrupted as exc:
+        _ignore_stop_signals()                  # saved: a second Ctrl-C keeps the status
         print(f"nn-core train: {exc}; resume with: {resume_cmd}", file=sys.stderr, flush=True)
         return 128 + exc.signum
     except FloatingPointError as exc:
@@ -670,6 +672,15 @@ def _train_ranks(argv, world):
     return status
 
 
+def _ignore_stop_signals():
+    """The command is ending on a signal: further SIGINT/SIGTERM are ignored, so that
+    the process exits with its status (130/143) rather than dying by the signal."""
+    if threading.current_thread() is threading.main_thread():
+        for name in ("SIGINT", "SIGTERM"):
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
 def _dispatch(argv):
     try:
         return COMMANDS[argv[0]](argv)
@@ -682,6 +693,7 @@ def _dispatch(argv):
         print(str(exc), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        _ignore_stop_signals()
         print(f"nn-core {argv[0]}: interrupted; nothing was saved", file=sys.stderr)
         return 130
     except SystemExit as exc:          # argparse's --help

@@ -302,3 +302,36 @@ def test_a_model_too_large_for_memory_is_refused_before_allocating(tmp_path, cap
                  "--horizon", "2", "--out", str(out)])
     _one_line(capsys, code, 2, "--hidden 100000", "parameters", "GiB", "available")
     assert not out.exists()
+
+
+def test_second_ctrl_c_keeps_the_exit_status(tmp_path):
+    """Ctrl-C twice, 50 ms apart, during a split recurrent sweep (two threads, 64 rows):
+    the run saves and exits 130 with its one line, never dies by the signal."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "R"
+    cmd = [sys.executable, "-m", "nn_core", "train", "forecast", "--out", str(out),
+           "--threads", "2", "--batch-size", "64", "--hidden", "64", "--window", "64",
+           "--steps", "20000", "--epochs", "50"]
+    for attempt in range(3):
+        proc = subprocess.Popen(cmd + ["--overwrite"] * bool(attempt), env=_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        try:
+            for line in proc.stdout:
+                if line.startswith("nn-core train forecast"):
+                    break
+            time.sleep(1.0 + 0.3 * attempt)
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+            _, stderr = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 130, (proc.returncode, stderr)
+        assert "Traceback" not in stderr, stderr
+        assert "resume with: nn-core train --resume" in stderr.strip().splitlines()[-1]
