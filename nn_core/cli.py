@@ -1,8 +1,10 @@
 """The ``nn-core`` command (also ``python -m nn_core``); see :data:`USAGE`.
 
-Exit status: 0 on success, 1 when a command fails (unreadable checkpoint, diverged
-training), 2 for a usage error (every argument is checked before any data are
-generated, and the one-line message names the flag), and 128 + the signal number when
+Exit status: 0 on success, 1 when a command fails (unreadable or invalid checkpoint,
+the run's recorded data file missing, changed or not a regular file, a run folder in
+use, a full disk, diverged training), 2 for a usage error or a bad ``--data`` file
+(every argument is checked before any data are generated, and the one-line message
+names the flag, or the file, line and column), and 128 + the signal number when
 training is interrupted (130 for Ctrl-C) after saving a resumable checkpoint.
 """
 from __future__ import annotations
