@@ -299,12 +299,14 @@ def in_parallel_region() -> bool:
             or threading.current_thread().name.startswith(WORKER_PREFIX))
 
 
-def run_tasks(work, n) -> list:
+def run_tasks(work, n, cancel=None) -> list:
     """``[work(0), ..., work(n - 1)]``: ``work(0)`` on the calling thread, the others on
     the pool, BLAS pinned to one thread meanwhile.  ``work`` should release the GIL to
     gain anything.  Inside a parallel region everything runs inline.  Every task is
     waited for (they may write shared buffers); the first error (the calling
-    thread's first) is raised afterwards."""
+    thread's first) is raised afterwards.  ``cancel(True)``, if given, is called when
+    the calling thread's task fails or a signal handler raises while it waits (Ctrl-C),
+    so that the other tasks stop early; ``cancel(False)`` once they all ended."""
     n = int(n)
     if n <= 1 or in_parallel_region():
         return [work(t) for t in range(n)]
@@ -313,16 +315,25 @@ def run_tasks(work, n) -> list:
         # nn_core.memory.caching_allocator) is a context variable
         futures = [_pool().submit(contextvars.copy_context().run, work, t)
                    for t in range(1, n)]
-        results, error = [None] * n, None
+        results, error, cancelled = [None] * n, None, False
         try:
             results[0] = work(0)
         except BaseException as exc:
             error = exc
         for t, fut in enumerate(futures, 1):
-            try:
-                results[t] = fut.result()
-            except BaseException as exc:
-                error = error or exc
+            while True:
+                if error is not None and cancel is not None and not cancelled:
+                    cancel(True)
+                    cancelled = True
+                try:
+                    results[t] = fut.result()
+                except BaseException as exc:
+                    error = error or exc
+                    if not fut.done():             # a handler raised while waiting
+                        continue
+                break
+        if cancelled:
+            cancel(False)
         if error is not None:
             raise error
         return results
@@ -336,9 +347,10 @@ def run_pair(job_a, job_b, concurrent):
     return a, b
 
 
-def run_rows(job, ranges) -> None:
-    """``job(r0, r1)`` for every ``(r0, r1)`` of ``ranges``, one per thread."""
-    run_tasks(lambda t: job(*ranges[t]), len(ranges))
+def run_rows(job, ranges, cancel=None) -> None:
+    """``job(r0, r1)`` for every ``(r0, r1)`` of ``ranges``, one per thread (``cancel``:
+    see :func:`run_tasks`)."""
+    run_tasks(lambda t: job(*ranges[t]), len(ranges), cancel)
 
 
 def work_ranges(n, min_per_thread):

@@ -1,8 +1,10 @@
 """The ``nn-core`` command (also ``python -m nn_core``); see :data:`USAGE`.
 
-Exit status: 0 on success, 1 when a command fails (unreadable checkpoint, diverged
-training), 2 for a usage error (every argument is checked before any data are
-generated, and the one-line message names the flag), and 128 + the signal number when
+Exit status: 0 on success, 1 when a command fails (unreadable or invalid checkpoint,
+the run's recorded data file missing, changed or not a regular file, a run folder in
+use, a full disk, diverged training), 2 for a usage error or a bad ``--data`` file
+(every argument is checked before any data are generated, and the one-line message
+names the flag, or the file, line and column), and 128 + the signal number when
 training is interrupted (130 for Ctrl-C) after saving a resumable checkpoint.
 """
 from __future__ import annotations
@@ -10,9 +12,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import io
 import os
 import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -253,9 +257,11 @@ def _resumed_run(args):
 
     _check_out(args)
     try:
-        return read_run(args.out)
+        info = read_run(args.out)
+        _, info["config"] = _checked_task(args.out, info["task"], info["config"])
     except (OSError, CheckpointError) as exc:
         raise CommandError(f"nn-core train --resume: {exc}") from None
+    return info
 
 
 def _check_data_options(task_cls, args, given):
@@ -292,7 +298,9 @@ def _resume_settings(task_cls, args, given, info):
 
 def cmd_train(argv):
     from .checkpoint import CheckpointError
-    from .training import RunExistsError, TrainingInterrupted, train
+    from .tasks._config import check_declared
+    from .training import CHECKPOINT, RunExistsError, RunLockedError, TrainingInterrupted, \
+        train
 
     task_cls, args, given, info = _parse_train(argv[1:])
     _check_train_args(args)
@@ -305,15 +313,12 @@ def cmd_train(argv):
         if args.max_steps is not None and args.max_steps <= info["step"]:
             raise UsageError(f"--max-steps {args.max_steps} is not past the run's step "
                              f"{info['step']}")
-        try:
-            config = task_cls.check_config(info["config"])
-        except (TypeError, ValueError) as exc:
-            raise CommandError(f"nn-core train --resume: the run's task configuration is "
-                               f"invalid: {exc}") from None
+        config = info["config"]
     else:
         _check_out(args)
         _check_data_options(task_cls, args, given)
         try:
+            check_declared(vars(args), task_cls.train_options)
             config = task_cls.config_from_args(args)
         except (TypeError, ValueError) as exc:
             raise UsageError(str(exc)) from None
@@ -325,6 +330,7 @@ def cmd_train(argv):
         task = task_cls(config)
     except (OSError, ValueError) as exc:
         raise CommandError(f"nn-core train: {exc}") from None
+    _check_model_memory(task, np.dtype(settings["dtype"]), args.hidden)
     what = task.describe_data()
     print(f"data: {what} in {time.perf_counter() - t0:.1f}s" if what == "generated"
           else f"data: {what}", flush=True)
@@ -337,18 +343,83 @@ def cmd_train(argv):
                           resume=info is not None, overwrite=args.overwrite,
                           title=f"nn-core train {task.name}", **extra)
     except TrainingInterrupted as exc:
+        _ignore_stop_signals()                  # saved: a second Ctrl-C keeps the status
         print(f"nn-core train: {exc}; resume with: {resume_cmd}", file=sys.stderr, flush=True)
         return 128 + exc.signum
     except FloatingPointError as exc:
         raise CommandError(f"nn-core train: {exc} (--lr)") from None
-    except (RunExistsError, NotADirectoryError, FileNotFoundError, CheckpointError,
-            ValueError) as exc:                          # ValueError: a resume that differs
+    except (RunExistsError, RunLockedError, NotADirectoryError, FileNotFoundError,
+            CheckpointError, ValueError) as exc:     # ValueError: a resume that differs
         raise CommandError(f"nn-core train: {exc}") from None
+    except OSError as exc:                        # a full disk, a file-size limit
+
+        then = (f"{resume_cmd} continues from the last good checkpoint"
+                if os.path.exists(os.path.join(args.out, CHECKPOINT))
+                else "train again (no checkpoint was saved)")
+        raise CommandError(f"nn-core train: {_write_error(exc)}; free some space, then "
+                           f"{then}") from None
     if result["status"] == "max_steps":
         print(f"next: {resume_cmd}   (continues to the end of the run)")
     else:
         print(f"next: nn-core eval {args.out}   |   nn-core generate {args.out}")
     return 0
+
+
+def _write_error(exc):
+    """One line for an ``OSError`` of a write: the file, the reason and, from
+    :class:`~nn_core.checkpoint.WriteFailed`, the bytes it needed."""
+    from .checkpoint import WriteFailed
+
+    if isinstance(exc, WriteFailed) or exc.filename is None:
+        return str(exc)
+    return f"could not write {exc.filename}: {exc.strerror or exc}"
+
+
+def _available_memory():
+    """Bytes of memory available to a new allocation (Linux's ``MemAvailable``), or
+    ``None`` where unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _check_model_memory(task, dtype, hidden):
+    """Refuse, before allocating it, a model whose training state (weights, gradients
+    and AdamW's two moments) would not fit in the memory available.  The parameter
+    count is quadratic in ``hidden``: it is interpolated from three small models of the
+    same task."""
+    available = _available_memory()
+    config = task.config
+    if available is None or config.get("hidden", 0) <= 256:
+        return
+    step = max(config.get("heads") or 1, 1)
+    size = config["hidden"]
+    counts = []
+    try:
+        for h in (step, 2 * step, 3 * step):
+            config["hidden"] = h
+            counts.append(task.build_model(dtype.type, np.random.default_rng(0))
+                          .num_parameters())
+    finally:
+        config["hidden"] = size
+    c0, c1, c2 = counts                # Newton's form through h = step, 2 step, 3 step
+    x = size / step
+    n = int(c0 + (c1 - c0) * (x - 1) + (c2 - 2 * c1 + c0) / 2 * (x - 1) * (x - 2))
+    need = 4 * n * dtype.itemsize
+    if need > available:
+        raise UsageError(f"--hidden {hidden or size} makes a model of about {n:,} parameters "
+                         f"({_gib(n * dtype.itemsize)} in {dtype.name}); training needs about "
+                         f"{_gib(need)} (weights, gradients and AdamW's two moments) and "
+                         f"{_gib(available)} is available: lower --hidden")
+
+
+def _gib(n):
+    return f"{n / (1 << 30):.1f} GiB"
 
 
 # ------------------------------------------------------------------ eval, generate
@@ -369,7 +440,6 @@ def _task_of(path):
     """``(task class, config, metadata)`` of a checkpoint written by ``nn-core train``,
     checked without generating any data."""
     from .checkpoint import CheckpointError, read_metadata
-    from .tasks import TASKS, get_task
 
     try:
         meta = read_metadata(path)
@@ -379,15 +449,31 @@ def _task_of(path):
     if not isinstance(extra, dict) or "task" not in extra:
         raise CommandError(f"nn-core: {path} is an nn_core checkpoint but was not written by "
                            "`nn-core train` (no task recorded)")
-    if extra["task"] not in TASKS:
-        raise CommandError(f"nn-core: {path} records an unknown task {extra['task']!r:.40}")
-    task_cls = get_task(extra["task"])
     try:
-        config = task_cls.check_config(extra.get("config"))
-    except (TypeError, ValueError) as exc:
-        raise CommandError(f"nn-core: {path} records an invalid {task_cls.name} "
-                           f"configuration: {exc}") from None
+        task_cls, config = _checked_task(path, extra["task"], extra.get("config"))
+        if not isinstance(extra.get("train", {}), dict):
+            raise CheckpointError(f"{path} records training details that are not a "
+                                  f"mapping: {extra['train']!r:.40}")
+    except CheckpointError as exc:
+        raise CommandError(f"nn-core: {exc}") from None
     return task_cls, config, meta
+
+
+def _checked_task(path, name, config):
+    """``(task class, config)`` of a checkpoint's recorded task, every configuration
+    value bounded and typed as its flag (:class:`~nn_core.checkpoint.CheckpointError`
+    otherwise), before anything is generated or read."""
+    from .checkpoint import CheckpointError
+    from .tasks import TASKS, get_task
+
+    if not isinstance(name, str) or name not in TASKS:
+        raise CheckpointError(f"{path} records an unknown task {name!r:.40}")
+    task_cls = get_task(name)
+    try:
+        return task_cls, task_cls.check_config(config)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path} records an invalid {task_cls.name} configuration: "
+                              f"{exc}") from None
 
 
 def _make_task(task_cls, config):
@@ -491,8 +577,9 @@ def cmd_generate(argv):
 
 
 def cmd_predict(argv):
-    from .checkpoint import atomic_write
+    from .checkpoint import WriteFailed, atomic_write
     from .tasks import Option
+    from .tasks._data import RecordedDataError
 
     options = (
         Option("--output", "where to write the predictions (CSV)", metavar="FILE.csv",
@@ -508,17 +595,29 @@ def cmd_predict(argv):
                                          task_cls.predictions_file)
     if os.path.isdir(output):
         raise UsageError(f"--output {output} is a folder; give a file name")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(output))):
+        raise UsageError(f"--output {output}: the folder {os.path.dirname(output)} does not "
+                         "exist")
     if os.path.exists(output) and not args.overwrite:
         raise UsageError(f"--output {output} exists; add --overwrite to replace it")
     _limit_threads(args.threads)
     try:
         header, rows, summary, preview = task_cls.predict(_load_model(path), config, args)
+    except RecordedDataError as exc:
+        raise CommandError(f"nn-core predict: {exc}") from None
     except (TypeError, ValueError) as exc:
         raise UsageError(f"nn-core predict: {exc}") from None
-    with atomic_write(output, "w") as fh:
-        w = csv.writer(fh, lineterminator="\n")
-        w.writerow(header)
-        w.writerows(rows)
+    text = io.StringIO()
+    w = csv.writer(text, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    data = text.getvalue().encode()
+    try:
+        with atomic_write(output, "wb") as fh:
+            fh.write(data)
+    except OSError as exc:
+        failed = WriteFailed(output, exc, len(data))
+        raise CommandError(f"nn-core predict: {_write_error(failed)}") from None
     print(f"{summary}: {output}")
     for line in preview:
         print(line)
@@ -575,6 +674,15 @@ def _train_ranks(argv, world):
     return status
 
 
+def _ignore_stop_signals():
+    """The command is ending on a signal: further SIGINT/SIGTERM are ignored, so that
+    the process exits with its status (130/143) rather than dying by the signal."""
+    if threading.current_thread() is threading.main_thread():
+        for name in ("SIGINT", "SIGTERM"):
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
 def _dispatch(argv):
     try:
         return COMMANDS[argv[0]](argv)
@@ -587,6 +695,7 @@ def _dispatch(argv):
         print(str(exc), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        _ignore_stop_signals()
         print(f"nn-core {argv[0]}: interrupted; nothing was saved", file=sys.stderr)
         return 130
     except SystemExit as exc:          # argparse's --help

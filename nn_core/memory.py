@@ -11,8 +11,14 @@ step, a step reuses the memory of the previous one and touches no new page.
 The allocator is NumPy's own hook (NEP 49) and is scoped: it applies to arrays created
 in the ``with`` block on the current thread (or asyncio task); arrays remember their
 allocator and free through it whenever they die.  The cache holds at most
-:func:`cache_limit` bytes (1 GiB by default); :func:`release_cache` gives it back.
+:func:`cache_limit` bytes; :func:`release_cache` gives it back.
 :func:`nn_core.training.train` and the ``nn-core`` command train inside it.
+
+The limit is sized from the training steps themselves unless :func:`set_cache_limit`
+fixed it: after each step the trainer calls :func:`fit_cache_to_step`, which sets the
+limit to twice the largest working set of a step so far (the most bytes of cached
+size alive at once), so that the blocks a step reuses stay cached and no more.
+Outside a training loop the limit starts at 1 GiB.
 
 :class:`allocation_budget` is the same hook used the other way: NumPy allocations
 inside it fail with ``MemoryError`` once they hold more than a fixed number of bytes
@@ -38,9 +44,17 @@ import contextlib
 import numpy as np
 
 from ._kernels import _alloc
+from ._validation import check_int
 
 __all__ = ["caching_allocator", "allocation_budget", "Workspace", "memory_stats",
-           "cache_limit", "set_cache_limit", "release_cache"]
+           "cache_limit", "set_cache_limit", "release_cache", "fit_cache_to_step"]
+
+#: the cache limit before any step sized it
+DEFAULT_CACHE_LIMIT = 1 << 30
+#: ``None``: the limit follows the steps (:func:`fit_cache_to_step`); else the bytes
+#: :func:`set_cache_limit` fixed, and the largest step's working set seen so far
+_fixed = None
+_largest_step = 0
 
 
 class caching_allocator(contextlib.ContextDecorator):
@@ -181,7 +195,8 @@ _DEFAULT = _alloc.get_handler()         # NumPy's own handler (this module impor
 def memory_stats() -> dict:
     """The caching allocator's counters: ``hits`` and ``misses`` (requests served from
     the cache or not), ``released`` (blocks freed past the limit), ``cached_bytes``
-    (held for reuse now) and ``limit_bytes``."""
+    (held for reuse now), ``limit_bytes``, ``in_use_bytes`` (live arrays of cached size)
+    and ``peak_bytes`` (their most since the last :func:`fit_cache_to_step`)."""
     return _alloc.cache_stats()
 
 
@@ -190,14 +205,40 @@ def cache_limit() -> int:
     return int(_alloc.cache_stats()["limit_bytes"])
 
 
-def set_cache_limit(nbytes: int) -> None:
-    """Keep at most ``nbytes`` for reuse (0: free every block at once)."""
-    nbytes = int(nbytes)
-    if nbytes < 0:
-        raise ValueError(f"nbytes must be >= 0, got {nbytes}")
+def set_cache_limit(nbytes) -> None:
+    """Keep at most ``nbytes`` for reuse (0: free every block at once); ``None``: size
+    the limit from the training steps again (the default, see the module docstring)."""
+    global _fixed, _largest_step
+    if nbytes is None:
+        _fixed, _largest_step = None, 0
+        _alloc.set_cache_limit(DEFAULT_CACHE_LIMIT)
+        return
+    nbytes = check_int(nbytes, "nbytes", 0)
+    _fixed = nbytes
     _alloc.set_cache_limit(nbytes)
 
 
+def fit_cache_to_step() -> int:
+    """End of a training step: unless :func:`set_cache_limit` fixed the limit, set it
+    to twice the largest working set of a step so far (the peak bytes of cached size
+    alive at once since the previous call), then start the next step's peak.  Returns
+    the limit."""
+    global _largest_step
+    stats = _alloc.cache_stats()
+    _alloc.reset_peak()
+    if _fixed is not None:
+        return _fixed
+    _largest_step = max(_largest_step, int(stats["peak_bytes"]))
+    limit = 2 * _largest_step
+    _alloc.set_cache_limit(limit)
+    return limit
+
+
 def release_cache() -> int:
-    """Give every cached block back to the system; returns the bytes released."""
-    return int(_alloc.release_cache())
+    """Give every cached block back to the system; returns the bytes released.  The
+    steps seen so far no longer size the limit (:func:`fit_cache_to_step`)."""
+    global _largest_step
+    _largest_step = 0
+    freed = int(_alloc.release_cache())
+    _alloc.reset_peak()
+    return freed

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING
 import contextlib
 import functools
 import threading
+import warnings
 
 import numpy as np
 
@@ -171,6 +172,8 @@ _get_ident = threading.get_ident
 _GUARDED = ("forward", "backward", "forward_sequence", "backward_sequence")
 #: most forwards a module keeps for later backwards (beyond: RuntimeError, not a leak)
 MAX_PENDING_FORWARDS = 4096
+#: pending forwards past which a module warns, once, that memory grows without a backward
+WARN_PENDING_FORWARDS = 64
 
 
 def _guarded(fn):
@@ -235,7 +238,7 @@ class Module:
 
     #: attributes that are per-process working state, not part of the model: dropped by
     #: pickling / deepcopy and restored to these defaults (subclasses extend it)
-    _TRANSIENT = {"_stack": list, "_owner_thread": None, "_flat": None}
+    _TRANSIENT = {"_stack": list, "_owner_thread": None, "_flat": None, "_warned_pending": None}
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -466,6 +469,13 @@ class Module:
                 "run forward-only code in eval() or nn_core.inference_mode(), or call "
                 "backward (or clear_pending()) first")
         stack.append((threading.get_ident(), cache))
+        if len(stack) > WARN_PENDING_FORWARDS and not self.__dict__.get("_warned_pending"):
+            self._warned_pending = True
+            warnings.warn(
+                f"{type(self).__name__} holds {len(stack)} training-mode forwards waiting "
+                "for a backward, and memory grows with each; run forward-only code in "
+                "eval() or nn_core.inference_mode(), or call clear_pending()",
+                RuntimeWarning, stacklevel=3)
 
     def _save_no_backward(self, reason: str) -> None:
         """Record a forward that allows no backward; ``backward`` then raises

@@ -6,7 +6,8 @@
  *   training step whose arrays repeat in size gets memory that is already mapped
  *   (no page faults, no kernel zeroing).  Size classes are 8 per power of two (at most
  *   12.5 % slack); the cache holds at most `limit` bytes (beyond it blocks go back to
- *   the system).  Smaller blocks go straight to malloc.
+ *   the system).  `in_use` and `peak` count the live blocks of cached size, so that a
+ *   training loop can size `limit` from what one step uses.  Smaller blocks go straight to malloc.
  * budget: every allocation is counted against a byte budget; one that would exceed it
  *   fails (NumPy raises MemoryError).  Used while rebuilding a module from a file.
  *
@@ -35,10 +36,23 @@ typedef struct {
     nn_free *lists[NN_NCLASS];
     size_t cached, limit;              /* bytes held on the free lists, their cap */
     uint64_t hits, misses, released;
+    size_t in_use, peak;               /* bytes of live cached-class blocks, their peak */
 } nn_alloc_state;
 
 static nn_alloc_state nn_cache_state = {PTHREAD_MUTEX_INITIALIZER, {0}, 0, (size_t)1 << 30,
-                                        0, 0, 0};
+                                        0, 0, 0, 0, 0};
+
+/* a live cached-class block of `bytes` more (or fewer); called with the lock held */
+static void nn_count_in_use(size_t bytes, int add)
+{
+    if (add) {
+        nn_cache_state.in_use += bytes;
+        if (nn_cache_state.in_use > nn_cache_state.peak)
+            nn_cache_state.peak = nn_cache_state.in_use;
+    } else {
+        nn_cache_state.in_use -= bytes <= nn_cache_state.in_use ? bytes : nn_cache_state.in_use;
+    }
+}
 
 /* size class: 8 classes per power of two; returns the class index, *rounded its size */
 static size_t nn_class_of(size_t size, size_t *rounded)
@@ -77,12 +91,19 @@ static void *nn_cache_get(size_t size, int zero)
         } else {
             nn_cache_state.misses++;
         }
+        nn_count_in_use(rounded + NN_HDR, 1);
         pthread_mutex_unlock(&nn_cache_state.lock);
     }
     if (base == NULL) {
         base = (char *)nn_raw_alloc(rounded + NN_HDR);
-        if (base == NULL)
+        if (base == NULL) {
+            if (cls != (size_t)-1) {
+                pthread_mutex_lock(&nn_cache_state.lock);
+                nn_count_in_use(rounded + NN_HDR, 0);
+                pthread_mutex_unlock(&nn_cache_state.lock);
+            }
             return NULL;
+        }
         if (zero)
             memset(base + NN_HDR, 0, size);
     } else if (zero) {
@@ -104,6 +125,7 @@ static void nn_cache_put(void *ptr)
     if (cls != (size_t)-1) {
         nn_class_of(h->size, &rounded);
         pthread_mutex_lock(&nn_cache_state.lock);
+        nn_count_in_use(rounded + NN_HDR, 0);
         if (nn_cache_state.cached + rounded + NN_HDR <= nn_cache_state.limit) {
             nn_free *f = (nn_free *)base;
             f->next = nn_cache_state.lists[cls];
@@ -162,6 +184,14 @@ static size_t nn_cache_release(void)
     nn_cache_state.cached = 0;
     pthread_mutex_unlock(&nn_cache_state.lock);
     return freed;
+}
+
+/* the peak of the bytes in use starts again from what is in use now */
+static void nn_cache_reset_peak(void)
+{
+    pthread_mutex_lock(&nn_cache_state.lock);
+    nn_cache_state.peak = nn_cache_state.in_use;
+    pthread_mutex_unlock(&nn_cache_state.lock);
 }
 
 /* a fork while another thread holds the cache lock must not leave it locked */

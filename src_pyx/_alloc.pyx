@@ -35,6 +35,7 @@ cdef extern from "_alloc.h" nogil:
     ctypedef struct nn_alloc_state:
         size_t cached, limit
         unsigned long long hits, misses, released
+        size_t in_use, peak
     nn_alloc_state nn_cache_state
     size_t NN_CACHE_MIN
     void nn_alloc_init() noexcept
@@ -43,6 +44,7 @@ cdef extern from "_alloc.h" nogil:
     void* nn_cache_realloc(void* ctx, void* ptr, size_t new_size) noexcept
     void nn_cache_free(void* ctx, void* ptr, size_t size) noexcept
     size_t nn_cache_release() noexcept
+    void nn_cache_reset_peak() noexcept
     void* nn_budget_malloc(void* ctx, size_t size) noexcept
     void* nn_budget_calloc(void* ctx, size_t nelem, size_t elsize) noexcept
     void* nn_budget_realloc(void* ctx, void* ptr, size_t new_size) noexcept
@@ -74,11 +76,18 @@ def get_handler():
 
 
 def cache_stats():
-    """``hits``, ``misses``, ``released`` (blocks freed past the limit), ``cached_bytes``
-    and ``limit_bytes`` of the caching handler."""
+    """``hits``, ``misses``, ``released`` (blocks freed past the limit), ``cached_bytes``,
+    ``limit_bytes``, ``in_use_bytes`` (live blocks of cached size) and ``peak_bytes``
+    (their most since :func:`reset_peak`) of the caching handler."""
     return {"hits": nn_cache_state.hits, "misses": nn_cache_state.misses,
             "released": nn_cache_state.released, "cached_bytes": nn_cache_state.cached,
-            "limit_bytes": nn_cache_state.limit}
+            "limit_bytes": nn_cache_state.limit, "in_use_bytes": nn_cache_state.in_use,
+            "peak_bytes": nn_cache_state.peak}
+
+
+def reset_peak():
+    """Start ``peak_bytes`` again from the bytes in use now."""
+    nn_cache_reset_peak()
 
 
 def set_cache_limit(size_t nbytes):

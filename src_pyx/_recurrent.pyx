@@ -81,9 +81,18 @@ from _vmath cimport bind_simd
 
 cdef extern from "_interrupt.h":
     void nn_stop_init(unsigned long main_ident)
+    void nn_stop_cancel(int on)
     int nn_stop_raise() except -1     # re-raises a signal handler's exception from a sweep
 
 nn_stop_init(threading.main_thread().ident)
+
+
+def cancel_sweeps(bint on):
+    """Stop (``True``) the sweeps running on threads other than the main one within a
+    step, each then raising ``KeyboardInterrupt``; ``False`` allows them again.  The
+    main thread calls it while it waits for the other half of a split sweep after an
+    interrupt."""
+    nn_stop_cancel(on)
 
 bind_simd(__name__)
 

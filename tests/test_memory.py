@@ -33,12 +33,11 @@ def test_reuse_nesting_and_decorator():
 
 
 def test_cache_limit_round_trip():
-    old = memory.cache_limit()
     try:
         memory.set_cache_limit(1234)
         assert memory.cache_limit() == 1234
     finally:
-        memory.set_cache_limit(old)
+        memory.set_cache_limit(None)                 # sized by the steps again
 
 
 def test_training_steps_stop_touching_new_pages():
@@ -161,3 +160,30 @@ def test_workspace_reuses_one_spare_per_name(rng):
     ws.give("a", a)
     ws.clear()
     assert len(ws) == 0 and ws.nbytes == 0
+
+
+def test_the_cache_limit_follows_the_steps(rng):
+    """After each step the limit is twice the largest step's working set: a run whose
+    shapes vary keeps what a step reuses, not the default GiB; set_cache_limit fixes
+    it, None hands it back to the steps."""
+    memory.set_cache_limit(None)
+    memory.release_cache()
+    try:
+        with memory.caching_allocator():
+            for n in (200, 50, 400, 100):                     # steps of varying shapes
+                a = rng.standard_normal((n, 1000))            # n * 8 KB live at once
+                b = a * 2.0
+                del a, b
+                limit = memory.fit_cache_to_step()
+        largest = 2 * 400 * 1000 * 8
+        assert 2 * largest <= limit <= 2 * 1.15 * largest + 4096
+        assert memory.cache_limit() == limit < memory.DEFAULT_CACHE_LIMIT
+        assert memory.memory_stats()["cached_bytes"] <= limit
+        memory.set_cache_limit(123 << 20)
+        assert memory.fit_cache_to_step() == 123 << 20 == memory.cache_limit()
+        with pytest.raises(ValueError, match="nbytes"):
+            memory.set_cache_limit(-1)
+    finally:
+        memory.set_cache_limit(None)
+        memory.release_cache()
+    assert memory.cache_limit() == memory.DEFAULT_CACHE_LIMIT

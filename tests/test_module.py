@@ -244,3 +244,32 @@ def test_docstring_examples_run():
     """The examples of the protocol, inference_mode and enable_backward."""
     result = doctest.testmod(sys.modules[Module.__module__], optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 10 and result.failed == 0
+
+
+def test_pending_forwards_past_64_warn_once(rng):
+    """Training-mode forwards without a backward keep memory: the module says so once,
+    naming the ways out; eval() and inference_mode() keep nothing and stay silent."""
+    import warnings
+
+    from nn_core import inference_mode
+    from nn_core.layers import Linear
+    from nn_core.module import WARN_PENDING_FORWARDS
+
+    lin = Linear(4, 3, rng=rng)
+    x = rng.standard_normal((2, 4)).astype(np.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(WARN_PENDING_FORWARDS):
+            lin(x)
+        assert not caught
+        for _ in range(WARN_PENDING_FORWARDS):
+            lin(x)
+        assert len(caught) == 1 and caught[0].category is RuntimeWarning
+        text = str(caught[0].message)
+        assert all(w in text for w in ("Linear", "65", "eval()", "inference_mode()",
+                                       "clear_pending()"))
+        lin.clear_pending()
+        with inference_mode():
+            for _ in range(2 * WARN_PENDING_FORWARDS):
+                lin(x)
+        assert len(caught) == 1

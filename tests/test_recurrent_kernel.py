@@ -142,3 +142,53 @@ def test_ctrl_c_stops_a_long_sweep(cell, packed):
                          timeout=300)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["interrupted", "(50,", "1,", "16)"], res.stdout
+
+
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_ctrl_c_stops_both_halves_of_a_split_sweep(direction):
+    """With two BLAS threads and 64 rows the sweep runs as two half batches, one on a
+    worker thread, which cannot run signal handlers: the main thread's half cancels it,
+    so SIGINT (sent 30 % into the call) ends the whole call within a few hundred steps
+    (under 15 % of the call, where the worker used to run to its end), as
+    KeyboardInterrupt; the cell works afterwards."""
+    code = textwrap.dedent(f"""
+        import os, signal, threading, time
+        import numpy as np
+        from nn_core import _parallel
+        from nn_core.recurrent import GRUCell, base
+        _parallel.limit_threads(2)
+        c = GRUCell(1, 64, rng=0)                  # one input: the step loops dominate
+        T, B = 5000, 64
+        assert base.row_halves(B) is not None, "no split"
+        x = np.random.default_rng(0).standard_normal((T, B, 1)).astype(np.float32)
+        g = np.random.default_rng(1).standard_normal((T, B, 64)).astype(np.float32)
+        def prepare():
+            if "{direction}" == "backward":
+                c.forward_sequence(x)
+        def call():
+            if "{direction}" == "forward":
+                c.forward_sequence(x)
+                c.clear_pending()
+            else:
+                c.backward_sequence(g)
+        prepare(); call(); prepare()                # warm: buffers allocated
+        t0 = time.perf_counter(); call(); whole = time.perf_counter() - t0
+        prepare()
+        threading.Timer(0.3 * whole, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+        t0 = time.perf_counter()
+        try:
+            call()
+            print("finished")
+        except KeyboardInterrupt:
+            late = (time.perf_counter() - t0) / whole - 0.3
+            print("interrupted", "soon" if late < 0.15 else f"late:{{late:.2f}}")
+        c.clear_pending()
+        out, _ = c.forward_sequence(x[:50])
+        print(out.shape)
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    if "no split" in res.stderr:
+        pytest.skip("the split path needs two cores")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["interrupted", "soon", "(50,", "64,", "64)"], res.stdout

@@ -26,9 +26,9 @@ def force_split(monkeypatch):
     calls = []
     real = _parallel.run_rows
 
-    def counting(job, ranges):
+    def counting(job, ranges, cancel=None):
         calls.append(ranges)
-        return real(job, ranges)
+        return real(job, ranges, cancel)
 
     monkeypatch.setattr(_parallel, "run_rows", counting)
     return calls

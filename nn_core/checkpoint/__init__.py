@@ -62,6 +62,7 @@ True
 """
 from __future__ import annotations
 
+import errno
 import inspect
 import json
 import math
@@ -78,14 +79,17 @@ from ._format import (FORMAT, MAX_DEPTH, MAX_DIRECTORY_BYTES, MAX_MEMBERS,  # no
                       _COUNT_ARGS, _META_KEY, _PARAM_PREFIX, _check_desc, _class_path,
                       _decode, _describe, _encode, _fail, _is_int, _pack, registered_classes)
 from ._archive import _Archive
-from ._atomic import atomic_write
+from ._atomic import WriteFailed, atomic_write
 
 if TYPE_CHECKING:  # names used in annotations only
     from collections.abc import Mapping
     from typing import Any
 
+#: the errors of a write that found no space: a full disk, a file-size limit, a quota
+_NO_SPACE = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
 __all__ = ["save", "load", "read_metadata", "read_state_dict", "load_training_state",
-           "registered_classes", "atomic_write", "CheckpointError"]
+           "registered_classes", "atomic_write", "CheckpointError", "WriteFailed"]
 
 
 # ------------------------------------------------------------------ rebuilding
@@ -217,6 +221,10 @@ def save(module: Module, path: str | os.PathLike, extra: Mapping[str, Any] | Non
         ``training_state`` value is not serialisable (the message names it).
     ValueError
         The metadata would exceed the limits :func:`load` enforces.
+    WriteFailed (an OSError)
+        No space for the file (a full disk, a quota, a file-size limit): the message
+        names the file and how many bytes it needed; any previous file at ``path`` is
+        intact.
     """
     if not isinstance(module, Module):
         raise TypeError(f"module must be an nn_core Module, got {type(module).__name__}")
@@ -255,8 +263,13 @@ def save(module: Module, path: str | os.PathLike, extra: Mapping[str, Any] | Non
     arrays = {_PARAM_PREFIX + k: np.ascontiguousarray(v) for k, v in params.items()}
     arrays.update(train_arrays)
     arrays[_META_KEY] = np.array(meta_json)
-    with atomic_write(path, "wb") as fh:
-        np.savez(fh, **arrays)
+    try:
+        with atomic_write(path, "wb") as fh:
+            np.savez(fh, **arrays)
+    except OSError as exc:
+        if exc.errno not in _NO_SPACE:
+            raise
+        raise WriteFailed(path, exc, sum(a.nbytes for a in arrays.values())) from None
     return os.fspath(path)
 
 

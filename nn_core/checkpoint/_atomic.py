@@ -16,6 +16,24 @@ except ImportError:  # pragma: no cover - no advisory locks (Windows): no stale-
     fcntl = None
 
 
+class WriteFailed(OSError):
+    """A file could not be written (a full disk, a file-size limit, a missing folder):
+    one line naming the file, the reason and, when known, how many bytes it needed
+    (``nbytes``).  The ``errno`` is the original error's."""
+
+    def __init__(self, path, exc, nbytes=None):
+        super().__init__(exc.errno, exc.strerror or str(exc), os.fspath(path))
+        self.nbytes = nbytes
+
+    def __str__(self):
+        need = f" (it needs {_size(self.nbytes)})" if self.nbytes is not None else ""
+        return f"could not write {self.filename}: {self.strerror}{need}"
+
+
+def _size(n):
+    return f"{n / (1 << 20):.1f} MiB" if n >= 1 << 20 else f"{n} bytes"
+
+
 # ------------------------------------------------------------------ atomic writes
 _TMP_TAG = "nnc"
 

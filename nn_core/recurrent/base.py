@@ -469,7 +469,8 @@ class RecurrentCell(Module):
             _parallel.run_rows(lambda a, b: _K.rnn_forward(sweep, _K.PHASE_PROJ, a, b),
                               _parallel.halves(T * B))
             _parallel.run_rows(lambda a, b: _K.rnn_forward(sweep, _K.PHASE_STEPS, a, b,
-                                                           mode=mode), halves)
+                                                           mode=mode), halves,
+                               cancel=_K.cancel_sweeps)
         self._work.give("hh", hh)
         cache = SequenceCache(x, lengths, bool(reverse), gates, hs, cs, aux, W_ih, W_hh,
                               W_hhT)
@@ -533,7 +534,7 @@ class RecurrentCell(Module):
             # grad_x split by rows of T*B, then the parameter gradients by gate rows
             run = _K.rnn_backward
             _parallel.run_rows(lambda a, b: run(sweep, _K.PHASE_STEPS, a, b, mode=mode),
-                              halves)
+                              halves, cancel=_K.cancel_sweeps)
             _parallel.run_rows(lambda a, b: run(sweep, _K.PHASE_GRAD_X, a, b),
                               _parallel.halves(T * B))
             _parallel.run_rows(lambda a, b: run(sweep, _K.PHASE_WGRAD, a, b),

@@ -8,6 +8,7 @@ import argparse
 import os
 from dataclasses import dataclass
 
+from .._validation import check_choice, check_int, check_real
 from ..training import Task
 
 __all__ = ["Option", "CommandTask"]
@@ -20,9 +21,12 @@ class Option:
     ``flag`` (``"--kv-groups"``), ``help`` (without the default, which the command
     appends, as ``default_text`` if given), ``default`` (``None``: not given), ``dest``
     (default: the flag's name with underscores), argparse's ``type``, ``choices``,
-    ``metavar``, ``nargs`` and ``action`` (``"store_true"`` for a switch), and ``data``:
+    ``metavar``, ``nargs`` and ``action`` (``"store_true"`` for a switch), ``data``:
     ``"file"`` for an option that needs ``--data``, ``"generated"`` for one of the
-    generated data, refused with ``--data``.
+    generated data, refused with ``--data``, and ``bounds``: ``(lo, hi)`` of an ``int`` or
+    ``float`` option (either may be ``None``; a float's lower bound is open when
+    ``lo_open``).  :meth:`check` applies the type, the bounds and the choices, to the
+    flag and to the same value read back from a checkpoint's configuration.
     """
 
     flag: str
@@ -36,10 +40,27 @@ class Option:
     action: str = None
     default_text: str = None
     data: str = None
+    bounds: tuple = None
+    lo_open: bool = False
 
     @property
     def name(self):
         return self.dest or self.flag.lstrip("-").replace("-", "_")
+
+    def check(self, value):
+        """``value`` (not ``None``) checked as this option's value: its type, bounds and
+        choices (``TypeError`` / ``ValueError`` naming the flag); returns it."""
+        lo, hi = self.bounds or (None, None)
+        if self.type is int:
+            return check_int(value, self.flag, lo, hi)
+        if self.type is float:
+            return check_real(value, self.flag, lo, hi, lo_open=self.lo_open)
+        if self.choices is not None:
+            return check_choice(value, self.flag, self.choices)
+        if self.type is str and not isinstance(value, str):
+            raise TypeError(f"{self.flag} must be a string, got {type(value).__name__} "
+                            f"{value!r:.40}")
+        return value
 
     def argparse_kwargs(self):
         """Keyword arguments of ``add_argument`` (the default is filled in after parsing,

@@ -6,8 +6,8 @@ from __future__ import annotations
 from .._validation import check_int, check_real
 from ._data import check_identity
 
-__all__ = ["require_config", "checked", "check_common", "check_source", "check_vocab",
-           "MAX_VOCAB"]
+__all__ = ["require_config", "check_declared", "checked", "check_common", "check_source",
+           "check_vocab", "check_budget", "MAX_VOCAB"]
 
 #: the most distinct characters a vocabulary may hold
 MAX_VOCAB = 4096
@@ -24,6 +24,24 @@ def require_config(config, keys):
     if missing or unexpected:
         raise ValueError(f"task configuration keys: missing {missing}, unexpected {unexpected}")
     return dict(config)
+
+
+def check_declared(c, options):
+    """Every number or choice of ``c`` that an option in ``options`` declares (and is not
+    ``None``) checked as that flag is (:meth:`~nn_core.tasks.Option.check`: type, bounds, choices),
+    so that a configuration read from a checkpoint is bounded as a command line is."""
+    for opt in options:
+        if c.get(opt.name) is not None and (opt.type in (int, float) or opt.choices):
+            c[opt.name] = opt.check(c[opt.name])
+    return c
+
+
+def check_budget(what, count, limit, flags):
+    """``count`` items of generated data (``what``) at most ``limit`` (``ValueError``
+    naming ``flags``, whose product is ``count``)."""
+    if count > limit:
+        raise ValueError(f"{flags} ask for {count:,} {what}; at most {limit:,} are generated "
+                         "(lower them)")
 
 
 def checked(c, key, checker, *args, flag=None, **kwargs):

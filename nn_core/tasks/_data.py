@@ -6,9 +6,10 @@ from __future__ import annotations
 import os
 import re
 
-from ..datasets.files import file_sha256
+from ..datasets.files import DataFileError, file_sha256
 
-__all__ = ["data_identity", "check_identity", "verify_identity", "names", "split_point"]
+__all__ = ["data_identity", "check_identity", "verify_identity", "recorded_data",
+           "RecordedDataError", "names", "split_point"]
 
 
 def data_identity(path):
@@ -29,20 +30,39 @@ def check_identity(c):
         raise ValueError("data_sha256 must be a SHA-256 hex digest")
 
 
+class RecordedDataError(ValueError):
+    """The data file a run recorded cannot be used (missing, changed, not a regular file
+    of a bounded size): a command that cannot be carried out, not a bad command line."""
+
+
 def verify_identity(c):
-    """The file ``c["data"]`` is still the one the configuration was made from."""
+    """The file ``c["data"]`` is still the one the configuration was made from: a
+    regular file of at most :data:`~nn_core.datasets.files.MAX_FILE_BYTES` whose SHA-256
+    is ``c["data_sha256"]``.  A path read from a checkpoint is data, not an instruction:
+    nothing else is opened (:class:`RecordedDataError`, one line naming the file and why)."""
     path = c["data"]
+    hint = "; give the data file with --data (nn-core predict), or restore it"
     try:
         digest = file_sha256(path)
     except FileNotFoundError:
-        raise ValueError(f"the training data {path} is missing (moved or deleted?); put it "
-                         "back to evaluate or resume this run") from None
+        raise RecordedDataError(f"the training data {path} is missing (moved or deleted?); "
+                                f"put it back to evaluate or resume this run{hint}") from None
+    except DataFileError as exc:
+        raise RecordedDataError(f"the run's recorded training data is refused: {exc}"
+                                f"{hint}") from None
     except OSError as exc:
-        raise ValueError(f"cannot read the training data {path}: {exc.strerror or exc}") \
-            from None
+        raise RecordedDataError(f"cannot read the training data {path}: "
+                                f"{exc.strerror or exc}") from None
     if digest != c["data_sha256"]:
-        raise ValueError(f"the training data {path} changed since the run started (its "
-                         "SHA-256 differs); restore it, or train a new run on it")
+        raise RecordedDataError(f"the training data {path} changed since the run started "
+                                f"(its SHA-256 differs from the recorded one){hint}")
+    return path
+
+
+def recorded_data(c, given=None):
+    """The data file a command reads: ``given`` (named by the user with ``--data``), else
+    the run's own recorded file once :func:`verify_identity` accepts it."""
+    return given if given is not None else verify_identity(c)
 
 
 def names(text, flag):

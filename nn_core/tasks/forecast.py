@@ -24,18 +24,25 @@ import numpy as np
 
 from ..datasets.files import read_table
 from ..datasets.lorenz import lorenz_series, sliding_windows
-from ..datasets.series import chronological_windows, seasonal_naive, seasonal_period, \
-    window_ends
+from ..datasets.series import chronological_windows, column_scale, seasonal_naive, \
+    seasonal_period, standardize, window_ends
 from ..losses import MSELoss
 from ..models.forecaster import Forecaster
 from ..module import inference_mode
 from ..training import ArrayDataset
 from .._validation import check_choice, check_int, check_real
 from ._command import CommandTask, Option
-from ._config import check_common, check_source, checked, require_config
-from ._data import data_identity, names, split_point, verify_identity
+from ._config import (check_budget, check_common, check_declared, check_source, checked,
+                      require_config)
+from ._data import data_identity, names, recorded_data, split_point, verify_identity
 
 __all__ = ["ForecastTask"]
+
+#: the longest --window, --horizon and --season
+MAX_WINDOW = 10_000
+#: the longest generated Lorenz series, and the most values its windows may hold
+MAX_STEPS = 10_000_000
+MAX_WINDOW_VALUES = 50_000_000
 
 _FILE_KEYS = ("data", "data_sha256", "columns", "target", "val_frac", "season", "mean", "std")
 
@@ -58,16 +65,19 @@ class ForecastTask(CommandTask):
         Option("--target", "--data: the columns to forecast, among --columns", metavar="A,B",
                type=str, default_text="all of them", data="file"),
         Option("--cell", "recurrent cell", "gru", choices=("gru", "lstm")),
-        Option("--window", "input steps", 32, type=int),
+        Option("--window", "input steps", 32, type=int, bounds=(1, MAX_WINDOW)),
         Option("--horizon", "predict this many steps after the window", type=int,
-               default_text="25 for the Lorenz series, 1 with --data"),
+               default_text="25 for the Lorenz series, 1 with --data",
+               bounds=(1, MAX_WINDOW)),
         Option("--val-frac", "--data: the last fraction of the rows validates, in (0, 0.5]",
-               0.2, type=float, data="file"),
+               0.2, type=float, data="file", bounds=(0.0, 0.5), lo_open=True),
         Option("--season", "--data: period of the seasonal-naive baseline, >= 2", type=int,
-               default_text="detected from the training rows' autocorrelation", data="file"),
+               default_text="detected from the training rows' autocorrelation", data="file",
+               bounds=(2, MAX_WINDOW)),
         Option("--steps", "length of the Lorenz series, at least 5 * (window + horizon)",
-               12000, type=int, data="generated"),
-        Option("--dt", "Lorenz sampling interval, in (0, 1]", 0.02, type=float, data="generated"),
+               12000, type=int, data="generated", bounds=(1, MAX_STEPS)),
+        Option("--dt", "Lorenz sampling interval, in (0, 1]", 0.02, type=float, data="generated",
+               bounds=(0.0, 1.0), lo_open=True),
     )
     predictions_file = "forecasts.csv"
     predict_options = (
@@ -110,9 +120,8 @@ class ForecastTask(CommandTask):
                              f"rows and one validation target; {c['data']} has {N} rows, the "
                              f"first {split} train (--val-frac {c['val_frac']:g})")
         train = values[:split]
-        std = train.std(axis=0)
-        c.update(columns=cols, target=target, mean=train.mean(axis=0).tolist(),
-                 std=np.where(std > 0, std, 1.0).tolist())
+        mean, std = column_scale(train, cols, c["data"])
+        c.update(columns=cols, target=target, mean=mean.tolist(), std=std.tolist())
         if c["season"] is None:
             idx = [cols.index(t) for t in target]
             c["season"] = seasonal_period((train[:, idx] - train[:, idx].mean(0)))
@@ -123,11 +132,14 @@ class ForecastTask(CommandTask):
         c = require_config(config,
                            ("hidden", "cell", "window", "horizon", "steps", "dt",
                             "data_seed") + _FILE_KEYS)
+        check_declared(c, cls.train_options)
         check_common(c, ("hidden", "window", "horizon"))
         checked(c, "cell", check_choice, ("gru", "lstm"))
         if not check_source(c, ("steps", "dt"), _FILE_KEYS):
-            checked(c, "steps", check_int, 5 * (c["window"] + c["horizon"]))
+            checked(c, "steps", check_int, 5 * (c["window"] + c["horizon"]), MAX_STEPS)
             checked(c, "dt", check_real, 0.0, 1.0, lo_open=True)
+            check_budget("window values", 3 * c["steps"] * c["window"], MAX_WINDOW_VALUES,
+                         "--steps x --window x 3 columns")
             return c
         if c["season"] is not None:
             checked(c, "season", check_int, 2, flag="--season")
@@ -172,7 +184,7 @@ class ForecastTask(CommandTask):
         self.columns = cols
         self.target = [cols.index(t) for t in c["target"]]
         self.season = c["season"]
-        z = (values - self.mean) / self.std
+        z = standardize(values, self.mean, self.std, cols, c["data"])
         split = split_point(len(z), c["val_frac"])
         (self.train_x, self.train_y), (self.val_x, self.val_y, ends) = \
             chronological_windows(z, W, h, split)
@@ -255,7 +267,10 @@ class ForecastTask(CommandTask):
         """``nn-core predict``: the forecasts of every window of ``args.data`` (default:
         the training file), as :meth:`predict_file`; returns ``(header, rows, summary,
         preview)``: a line on what was forecast and the last rows, formatted."""
-        data = args.data or config["data"]
+        if config["data"] is None:
+            raise ValueError("predict needs a model trained with --data (this one was "
+                             "trained on the generated Lorenz series)")
+        data = recorded_data(config, args.data)
         header, rows = cls.predict_file(model, config, data)
         future = [r for r in rows if r[-1] == ""]
         summary = (f"{len(rows)} forecasts, {config['horizon']} step(s) ahead, of "
@@ -288,7 +303,7 @@ class ForecastTask(CommandTask):
         if N < W:
             raise ValueError(f"--data {path} has {N} rows; the model needs windows of {W}")
         mean, std = np.array(c["mean"]), np.array(c["std"])
-        z = (values - mean) / std
+        z = standardize(values, mean, std, cols, path)
         ends = window_ends(N + h, W, h)
         x = z[ends[:, None] + np.arange(1 - W, 1)[None, :]]
         t = [cols.index(n) for n in c["target"]]

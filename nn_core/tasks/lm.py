@@ -35,13 +35,19 @@ from ..models.transformer_lm import TransformerLM
 from ..training import Batch
 from .._validation import check_int, check_real
 from ._command import CommandTask, Option
-from ._config import check_common, check_source, check_vocab, checked, require_config
+from ._config import (check_common, check_declared, check_source, check_vocab, checked,
+                      require_config)
 from ._data import data_identity, split_point, verify_identity
 
 __all__ = ["LanguageModelTask"]
 
 #: operands up to 18 digits keep the sums in int64
 MAX_DIGITS = 18
+#: the longest context, the most blocks and heads, the most expressions of a set
+MAX_BLOCK = 4096
+MAX_LAYERS = 256
+MAX_HEADS = 256
+MAX_EXPRS = 2_000_000
 _ARITH_KEYS = ("digits", "train_exprs", "val_exprs")
 _FILE_KEYS = ("data", "data_sha256", "vocab", "val_frac")
 
@@ -56,18 +62,23 @@ class LanguageModelTask(CommandTask):
     defaults = dict(epochs=8, batch_size=32, lr=3e-3, hidden=64)
 
     train_options = (
-        Option("--heads", "attention heads", 4, type=int),
-        Option("--layers", "transformer blocks", 2, type=int),
+        Option("--heads", "attention heads", 4, type=int, bounds=(1, MAX_HEADS)),
+        Option("--layers", "transformer blocks", 2, type=int, bounds=(1, MAX_LAYERS)),
         Option("--kv-groups", "K/V heads for grouped-query attention", dest="num_kv_groups",
-               type=int, metavar="G", default_text="none, i.e. multi-head attention"),
+               type=int, metavar="G", default_text="none, i.e. multi-head attention",
+               bounds=(1, MAX_HEADS)),
         Option("--data", "train on this UTF-8 text, character by character", metavar="FILE",
                type=str, default_text="generated 'a+b=c;' arithmetic"),
         Option("--val-frac", "--data: the last fraction of the text validates, in (0, 0.5]",
-               0.1, type=float, data="file"),
-        Option("--digits", f"operand digits, 1 to {MAX_DIGITS}", 1, type=int, data="generated"),
-        Option("--block", "context length, at least 4 * digits + 4", 48, type=int),
-        Option("--train-exprs", "training expressions", 20000, type=int, data="generated"),
-        Option("--val-exprs", "validation expressions", 2000, type=int, data="generated"),
+               0.1, type=float, data="file", bounds=(0.0, 0.5), lo_open=True),
+        Option("--digits", f"operand digits, 1 to {MAX_DIGITS}", 1, type=int, data="generated",
+               bounds=(1, MAX_DIGITS)),
+        Option("--block", f"context length, at least 4 * digits + 4, at most {MAX_BLOCK}", 48,
+               type=int, bounds=(2, MAX_BLOCK)),
+        Option("--train-exprs", "training expressions", 20000, type=int, data="generated",
+               bounds=(1, MAX_EXPRS)),
+        Option("--val-exprs", "validation expressions", 2000, type=int, data="generated",
+               bounds=(1, MAX_EXPRS)),
     )
     generate_options = (
         Option("--prompt", "prompts to continue", nargs="+",
@@ -106,6 +117,7 @@ class LanguageModelTask(CommandTask):
         c = require_config(config,
                            ("hidden", "heads", "layers", "num_kv_groups", "block", "data_seed")
                            + _ARITH_KEYS + _FILE_KEYS)
+        check_declared(c, cls.train_options)
         check_common(c, ("hidden", "heads", "layers"))
         if c["num_kv_groups"] is not None:
             checked(c, "num_kv_groups", check_int, 1, flag="--kv-groups")

@@ -25,10 +25,19 @@ from ..models.seq2seq import Seq2SeqModel
 from ..training import Batch
 from .._validation import check_choice, check_int, check_real
 from ._command import CommandTask, Option
-from ._config import check_common, check_source, check_vocab, checked, require_config
+from ._config import (check_budget, check_common, check_declared, check_source, check_vocab,
+                      checked, require_config)
 from ._data import data_identity, split_point, verify_identity
 
 __all__ = ["Seq2SeqTask"]
+
+#: the longest source or target (characters or digits), the most examples of a set, the
+#: most digits generated in all, the widest embedding and the most heads
+MAX_SIDE = 1000
+MAX_EXAMPLES = 2_000_000
+MAX_TOKENS = 50_000_000
+MAX_WIDTH = 8192
+MAX_HEADS = 256
 
 _DIGIT_KEYS = ("mode", "min_len", "max_len", "train_size", "val_size")
 _FILE_KEYS = ("data", "data_sha256", "vocab", "val_frac", "max_target")
@@ -47,16 +56,20 @@ class Seq2SeqTask(CommandTask):
         Option("--data", "train on these pairs, one SOURCE<TAB>TARGET per line, UTF-8",
                metavar="PAIRS.tsv", type=str, default_text="generated digit strings"),
         Option("--val-frac", "--data: the fraction of the pairs that validates, in (0, 0.5]",
-               0.1, type=float, data="file"),
+               0.1, type=float, data="file", bounds=(0.0, 0.5), lo_open=True),
         Option("--mode", "target = the digits reversed or sorted", "reverse",
                choices=("reverse", "sort"), data="generated"),
         Option("--cell", "encoder cell", "gru", choices=("gru", "lstm")),
-        Option("--embed", "embedding size", 32, type=int),
-        Option("--heads", "cross-attention heads", 4, type=int),
-        Option("--min-len", "shortest digit string", 5, type=int, data="generated"),
-        Option("--max-len", "longest digit string", 20, type=int, data="generated"),
-        Option("--train-size", "training examples", 12800, type=int, data="generated"),
-        Option("--val-size", "validation examples", 1000, type=int, data="generated"),
+        Option("--embed", "embedding size", 32, type=int, bounds=(1, MAX_WIDTH)),
+        Option("--heads", "cross-attention heads", 4, type=int, bounds=(1, MAX_HEADS)),
+        Option("--min-len", "shortest digit string", 5, type=int, data="generated",
+               bounds=(1, MAX_SIDE)),
+        Option("--max-len", f"longest digit string, at most {MAX_SIDE}", 20, type=int,
+               data="generated", bounds=(1, MAX_SIDE)),
+        Option("--train-size", "training examples", 12800, type=int, data="generated",
+               bounds=(1, MAX_EXAMPLES)),
+        Option("--val-size", "validation examples", 1000, type=int, data="generated",
+               bounds=(1, MAX_EXAMPLES)),
     )
     generate_options = (
         Option("--input", "strings to transform", nargs="+",
@@ -74,7 +87,7 @@ class Seq2SeqTask(CommandTask):
                                          train_size=a.train_size, val_size=a.val_size))
         c.update(dict.fromkeys(_DIGIT_KEYS), val_frac=a.val_frac, **data_identity(a.data))
         checked(c, "val_frac", check_real, 0.0, 0.5, lo_open=True)
-        pairs = read_pairs(a.data)                 # messages name the file as given
+        pairs = read_pairs(a.data, max_length=MAX_SIDE)   # messages name the file as given
         if len(pairs) < 2:
             raise ValueError(f"--data {c['data']} has {len(pairs)} pair; at least 2 are needed "
                              "(one to train, one to validate)")
@@ -87,16 +100,19 @@ class Seq2SeqTask(CommandTask):
         c = require_config(config,
                            ("hidden", "embed", "heads", "cell", "data_seed") + _DIGIT_KEYS
                            + _FILE_KEYS)
+        check_declared(c, cls.train_options)
         check_common(c, ("hidden", "embed", "heads"))
         checked(c, "cell", check_choice, ("gru", "lstm"))
         if check_source(c, _DIGIT_KEYS, _FILE_KEYS):
-            checked(c, "max_target", check_int, 1, flag="max_target")
+            checked(c, "max_target", check_int, 1, MAX_SIDE, flag="max_target")
             check_vocab(c)
             return c
         for key in ("min_len", "train_size", "val_size"):
             checked(c, key, check_int, 1)
-        checked(c, "max_len", check_int, c["min_len"])
+        checked(c, "max_len", check_int, c["min_len"], MAX_SIDE)
         checked(c, "mode", check_choice, ("reverse", "sort"))
+        check_budget("digits", (c["train_size"] + c["val_size"]) * c["max_len"], MAX_TOKENS,
+                     "(--train-size + --val-size) x --max-len")
         return c
 
     @classmethod

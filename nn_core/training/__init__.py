@@ -77,8 +77,9 @@ The same regression with the public loop, early stopping and a keep-best checkpo
 True
 """
 from . import callbacks, data
-from ._run import (CHECKPOINT, RUN_FILES, RunExistsError, check_run_dir, plot_history,
-                   prepare_run_dir, rng_states, set_rng_states, write_history)
+from ._run import (CHECKPOINT, RUN_FILES, RunExistsError, RunLockedError, check_run_dir,
+                   lock_run_dir, plot_history, prepare_run_dir, rng_states, set_rng_states,
+                   write_history)
 from ._state import compare_settings
 from ._signals import StopSignals, TrainingInterrupted
 from .callbacks import (Callback, CSVLogger, EarlyStopping, JSONLogger, LambdaCallback,
@@ -88,8 +89,8 @@ from .task import Task, read_run, train
 from .trainer import History, Trainer, fit, loss_step
 
 __all__ = ["Trainer", "fit", "loss_step", "History", "Task", "train", "plot_history",
-           "write_history", "check_run_dir", "prepare_run_dir", "compare_settings", "read_run",
-           "rng_states", "set_rng_states", "StopSignals",
+           "write_history", "check_run_dir", "prepare_run_dir", "lock_run_dir", "RunLockedError",
+           "compare_settings", "read_run", "rng_states", "set_rng_states", "StopSignals",
            "TrainingInterrupted", "RunExistsError", "CHECKPOINT", "RUN_FILES",
            "Callback", "EarlyStopping", "ModelCheckpoint", "ReduceLROnPlateau", "CSVLogger",
            "JSONLogger", "LambdaCallback", "ArrayDataset", "SequenceDataset", "Batch",

@@ -7,12 +7,17 @@ import csv
 import json
 import os
 
+try:
+    import fcntl
+except ImportError:                              # not POSIX: no lock
+    fcntl = None
+
 import numpy as np
 
 from ..checkpoint import atomic_write
 
-__all__ = ["CHECKPOINT", "RUN_FILES", "RunExistsError", "check_run_dir", "prepare_run_dir",
-           "write_history",
+__all__ = ["CHECKPOINT", "RUN_FILES", "RunExistsError", "RunLockedError", "check_run_dir",
+           "prepare_run_dir", "lock_run_dir", "write_history",
            "plot_history", "rng_states", "set_rng_states"]
 
 #: the checkpoint a run writes in its ``out_dir``
@@ -60,6 +65,74 @@ def check_run_dir(out_dir, *, resume=False, overwrite=False):
         raise RunExistsError(f"{out_dir!r} already holds a run ({', '.join(present)}); "
                              "resume it or overwrite it", present)
     return None, present
+
+
+class RunLockedError(RuntimeError):
+    """Another live process trains into the run folder; ``pid`` is its process id
+    (``None`` if unknown)."""
+
+    def __init__(self, message, pid=None):
+        super().__init__(message)
+        self.pid = pid
+
+
+class RunLock:
+    """An exclusive ``flock`` on a run folder itself (no lock file is left behind), held
+    from :func:`lock_run_dir` until :meth:`release`; the kernel releases it when the
+    process ends, however it ends, so a killed run never blocks the next."""
+
+    def __init__(self, out_dir):
+        self.out_dir, self.fd = os.fspath(out_dir), None
+
+    def acquire(self):
+        if fcntl is None:
+            return self
+        fd = os.open(self.out_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+                     | getattr(os, "O_CLOEXEC", 0))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pid = _lock_holder(os.fstat(fd))
+            os.close(fd)
+            who = f"process {pid}" if pid is not None else "another process"
+            raise RunLockedError(f"{self.out_dir!r} is in use: {who} is training into it; "
+                                 "wait for it to end or choose another folder", pid) from None
+        self.fd = fd
+        return self
+
+    def release(self):
+        if self.fd is not None:
+            os.close(self.fd)                    # closing the last descriptor unlocks
+            self.fd = None
+
+
+def _lock_holder(st):
+    """The process holding a ``flock`` on the file of ``os.stat`` result ``st``, from
+    Linux's ``/proc/locks`` (``None`` elsewhere or if not found)."""
+    want = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks") as fh:
+            for line in fh:
+                fields = line.split()
+                if "FLOCK" in fields and len(fields) > 5 and fields[5] == want:
+                    return int(fields[4])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def lock_run_dir(out_dir, *, resume=False, overwrite=False):
+    """Check ``out_dir`` (:func:`check_run_dir`), create it and lock it for this run:
+    returns the held :class:`RunLock` (release it when the run ends).
+
+    Raises
+    ------
+    RunLockedError
+        Another live process holds the folder; the message names its process id.
+    """
+    check_run_dir(out_dir, resume=resume, overwrite=overwrite)
+    os.makedirs(out_dir, exist_ok=True)
+    return RunLock(out_dir).acquire()
 
 
 def prepare_run_dir(out_dir, *, resume=False, overwrite=False):

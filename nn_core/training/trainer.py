@@ -19,11 +19,11 @@ from .._progress import ProgressBar
 from .._validation import check_choice, check_int, check_real
 from ..checkpoint import read_metadata, save
 from ..losses import CrossEntropyLoss, MSELoss
-from ..memory import caching_allocator, release_cache
+from ..memory import caching_allocator, fit_cache_to_step, release_cache
 from ..module import Module, inference_mode
 from ..optim import AdamW, clip_grad_norm
 from . import _run
-from ._run import CHECKPOINT, prepare_run_dir, write_history
+from ._run import CHECKPOINT, lock_run_dir, prepare_run_dir, write_history
 from ._signals import StopSignals, TrainingInterrupted
 from ._state import LearningRate, RunState, compare_settings
 from ._strategy import SingleProcess, strategy
@@ -505,49 +505,59 @@ class Trainer:
             "callbacks": [type(c).__name__ for c in self.callbacks],
             "samples": len(source.dataset) if hasattr(source, "dataset") else None,
             **(settings or {})}
-        resume_from = None
-        if out_dir is not None:
-            out_dir = os.fspath(out_dir)
-            resume_from = self.strategy.on_root(prepare_run_dir, out_dir, resume=resume,
-                                                overwrite=overwrite)
-        order_rng = seed if isinstance(seed, np.random.Generator) \
-            else np.random.default_rng(seed)
-        self.history = History()
-        self.history.checkpoint = os.path.join(out_dir, CHECKPOINT) if out_dir else None
-        self.stop_training = False
-        self._lr.start(total)
-        run = RunState(settings=run_settings, per_epoch=per_epoch, epochs=epochs,
-                       model=self.model, optimizer=self.optimizer, lr=self._lr,
-                       callbacks=self.callbacks, order_rng=order_rng, history=self.history)
-        for cb in self.callbacks:
-            cb.set_trainer(self)
-        record = dict(record or {})
-        if resume_from:
-            extra = read_metadata(resume_from).get("extra") or {}
-            saved = extra.get("processes", 1)
-            if saved != procs:
-                raise ValueError(f"the run in {out_dir!r} was trained by {saved} process(es) "
-                                 f"with a batch of {batch_size} each; resume it with as many "
-                                 f"(now {procs}), so that the global batch stays the same")
-            run.check_resumable(resume_from)
-            compare_settings({k: extra.get(k) for k in record}, record,
-                             "the task configuration differs from the run's")
-            run.restore(resume_from)
-        self.strategy.start(self.model, self.optimizer)
-        log, verbose = self.log, self.verbose
-        if not self.is_root:                       # rank 0 alone prints
-            self.log, self.verbose = (lambda msg: None), 0
+        held = []                                # the run folder's lock, on rank 0
+
+        def lock_and_prepare():
+            held.append(lock_run_dir(out_dir, resume=resume, overwrite=overwrite))
+            return prepare_run_dir(out_dir, resume=resume, overwrite=overwrite)
+
         try:
-            where = f"resuming at {run.where}" if resume_from else ""
-            if header is not None:
-                self.log(header + (f"; {where}" if where else ""))
-            elif where and self.verbose:
-                self.log(where)
-            loop = _Loop(self, run, source, val_data, total, batch_size * procs, out_dir,
-                         max_steps, record, title or f"{type(self.model).__name__} training")
-            return loop.train()
+            resume_from = None
+            if out_dir is not None:
+                out_dir = os.fspath(out_dir)
+                resume_from = self.strategy.on_root(lock_and_prepare)
+            order_rng = seed if isinstance(seed, np.random.Generator) \
+                else np.random.default_rng(seed)
+            self.history = History()
+            self.history.checkpoint = os.path.join(out_dir, CHECKPOINT) if out_dir else None
+            self.stop_training = False
+            self._lr.start(total)
+            run = RunState(settings=run_settings, per_epoch=per_epoch, epochs=epochs,
+                           model=self.model, optimizer=self.optimizer, lr=self._lr,
+                           callbacks=self.callbacks, order_rng=order_rng, history=self.history)
+            for cb in self.callbacks:
+                cb.set_trainer(self)
+            record = dict(record or {})
+            if resume_from:
+                extra = read_metadata(resume_from).get("extra") or {}
+                saved = extra.get("processes", 1)
+                if saved != procs:
+                    raise ValueError(f"the run in {out_dir!r} was trained by {saved} "
+                                     f"process(es) with a batch of {batch_size} each; resume "
+                                     f"it with as many (now {procs}), so that the global "
+                                     "batch stays the same")
+                run.check_resumable(resume_from)
+                compare_settings({k: extra.get(k) for k in record}, record,
+                                 "the task configuration differs from the run's")
+                run.restore(resume_from)
+            self.strategy.start(self.model, self.optimizer)
+            log, verbose = self.log, self.verbose
+            if not self.is_root:                       # rank 0 alone prints
+                self.log, self.verbose = (lambda msg: None), 0
+            try:
+                where = f"resuming at {run.where}" if resume_from else ""
+                if header is not None:
+                    self.log(header + (f"; {where}" if where else ""))
+                elif where and self.verbose:
+                    self.log(where)
+                loop = _Loop(self, run, source, val_data, total, batch_size * procs, out_dir,
+                             max_steps, record, title or f"{type(self.model).__name__} training")
+                return loop.train()
+            finally:
+                self.log, self.verbose = log, verbose
         finally:
-            self.log, self.verbose = log, verbose
+            for lock in held:
+                lock.release()
 
 
 class _Loop:
@@ -678,6 +688,8 @@ class _Loop:
                         with signals.abandonable():
                             batch = next(batches)
                         stats = t.train_step(batch)
+                        if t.cache_memory:
+                            fit_cache_to_step()
                         run.record(stats)
                         if bar is not None:
                             bar.update(1, samples=stats["samples"], **run.running())
