@@ -96,26 +96,91 @@ def test_training_loop_stops_on_divergence(tmp_path):
         train(task, epochs=1, batch_size=32, lr=0.1, out_dir=str(tmp_path), log=lambda m: None)
 
 
-def test_progress_bar_line():
-    class Sink:
-        def __init__(self):
-            self.text = ""
+class _Sink:
+    def __init__(self, tty):
+        self.text, self._tty = "", tty
 
-        def write(self, s):
-            self.text += s
+    def write(self, s):
+        self.text += s
 
-        def flush(self):
-            pass
+    def flush(self):
+        pass
 
-    sink = Sink()
-    bar = ProgressBar(4, "epoch 1/2", file=sink)
+    def isatty(self):
+        return self._tty
+
+
+def test_progress_bar_plain_line_when_not_a_terminal():
+    sink = _Sink(tty=False)
+    bar = ProgressBar(4, "epoch 1/2", file=sink, run_left=8)
     for _ in range(4):
         bar.update(1, samples=10, loss=0.5, acc=0.25)
     assert sink.text == ""                        # not a terminal: one line at the end
     bar.close(val=0.125)
-    assert sink.text.startswith("epoch 1/2 [########################] 4/4 loss=0.5 acc=0.25 "
-                                "val=0.125")
-    assert sink.text.endswith("\n") and "samples/s" in sink.text
+    assert sink.text.startswith("epoch 1/2 4/4 loss=0.5 acc=0.25 val=0.125 ")
+    assert sink.text.count("\n") == 1 and sink.text.endswith(" left\n")
+    assert "samples/s" in sink.text and "run " in sink.text
+    assert "\r" not in sink.text and "[" not in sink.text      # no bar, no redraws
+
+
+@pytest.mark.parametrize("columns", [40, 80, 200])
+def test_progress_bar_fits_the_terminal(monkeypatch, columns):
+    monkeypatch.setenv("COLUMNS", str(columns))        # read by shutil.get_terminal_size
+    sink = _Sink(tty=True)
+    bar = ProgressBar(500, "epoch 12/100", file=sink, run_left=50_000)
+    for _ in range(3):
+        bar.update(1, samples=64, loss=1.234567, token_acc=0.456789)
+    bar.count = 250
+    line = bar.line()
+    assert len(line) <= columns - 1                    # never wraps (nor fills the last column)
+    assert line.startswith("epoch 12/100") and "250/500" in line
+    assert "eta " in line and "run " in line           # the epoch's and the run's time left
+    if columns >= 80:
+        assert "loss=1.235" in line and "[" in line    # metrics and a bar
+    if columns == 200:
+        assert "samples/s" in line and "[" + "#" * 12 + "." * 12 + "]" in line
+    frames = sink.text.split("\r")[1:]
+    assert frames and all(len(f.replace("\x1b[K", "")) <= columns - 1 for f in frames)
+
+
+def test_progress_bar_under_a_pseudo_terminal():
+    """A real terminal: the child writes to a pty of 60 columns and no row is longer."""
+    pty = pytest.importorskip("pty")
+    import fcntl
+    import struct
+    import subprocess
+    import sys
+    import termios
+    parent, child = pty.openpty()
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 60, 0, 0))
+    code = ("import os, sys, time\n"
+            "from nn_core._progress import ProgressBar\n"
+            "bar = ProgressBar(5, 'epoch 3/40', run_left=200)\n"
+            "for _ in range(5):\n"
+            "    time.sleep(0.12); bar.update(1, samples=64, loss=0.123456, acc=0.5)\n"
+            "bar.close(val_loss=0.25, val_acc=0.75)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=child, stdout=child,
+                            stderr=child, env=env, close_fds=True)
+    os.close(child)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(parent, 4096)
+        except OSError:                            # the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(parent)
+    assert proc.wait(timeout=60) == 0, out
+    text = out.decode()
+    frames = [f.replace("\x1b[K", "") for f in text.replace("\r\n", "\n").replace("\r", "\n")
+              .split("\n") if f]
+    assert len(frames) >= 2 and all(len(f) <= 59 for f in frames), frames
+    assert frames[-1].startswith("epoch 3/40 ") and "5/5" in frames[-1]
+    assert "val_acc=0.75" in frames[-1] and "left" in frames[-1]    # the newest metrics stay
+    assert any("eta " in f and "run " in f for f in frames[:-1])
 
 
 def test_loss_curve_png(tmp_path):

@@ -662,10 +662,11 @@ class _Loop:
                     model.train()
                     for cb in t.callbacks:
                         cb.on_epoch_begin(epoch, {})
+                    last = self.total if self.max_steps is None else min(self.total,
+                                                                         self.max_steps)
                     bar = ProgressBar(run.per_epoch, f"epoch {epoch}/{run.epochs}",
-                                      file=t.progress_file) if t.verbose else None
-                    if bar is not None:
-                        bar.count = run.batch
+                                      file=t.progress_file, start=run.batch,
+                                      run_left=last - run.step) if t.verbose else None
                     batches = self.epoch_batches()
                     t_epoch = time.perf_counter()
                     while run.batch < run.per_epoch and run.step < self.total:
