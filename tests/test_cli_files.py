@@ -126,6 +126,26 @@ def test_forecast_missing_and_time_column(tmp_path, capsys, missing, said):
     assert rows[-1][0] == "2010-01" and rows[-1][2] == ""       # continued past the end
 
 
+def test_forecast_run_figures(tmp_path):
+    """loss_curve.png draws val_mse and the baselines' levels; forecast.png the
+    validation stretch, observed and forecast."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.image import imread
+    path = tmp_path / "m.csv"
+    _monthly_csv(path, n=160)
+    out = tmp_path / "run"
+    assert main(["train", "forecast", "--data", str(path), "--out", str(out)] + FC) == 0
+    m = json.load(open(out / "history.json"))["epochs"][-1]
+    assert m["seasonal_mse"] > 0 and m["persistence_mse"] > 0
+    curve, fc = imread(out / "loss_curve.png")[..., :3], imread(out / "forecast.png")[..., :3]
+    near = lambda img, rgb: (np.abs(img - np.array(rgb)).max(-1) < 0.08).mean()  # noqa: E731
+    orange, blue, green, gray = ((1.0, 0.498, 0.055), (0.122, 0.467, 0.706),
+                                 (0.173, 0.627, 0.173), (0.498, 0.498, 0.498))
+    assert near(curve, orange) > 1e-3 and near(curve, green) > 1e-4   # val_mse, seasonal
+    assert near(curve, gray) > 1e-4                                     # persistence
+    assert near(fc, blue) > 2e-3 and near(fc, orange) > 2e-3           # observed, forecast
+
+
 def test_forecast_time_column_named_and_irregular(tmp_path, capsys):
     path = tmp_path / "d.csv"
     n = 80

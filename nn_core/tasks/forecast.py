@@ -22,6 +22,7 @@ back into the training rows, which are known when the forecast is made.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -179,6 +180,7 @@ class ForecastTask(CommandTask):
             z = (series - self.mean) / self.std
             self.train_x, self.train_y = sliding_windows(z[:split], W, h)
             self.val_x, self.val_y = sliding_windows(z[split:], W, h)
+            self.val_rows = split + W - 1 + h + np.arange(len(self.val_y))
             self.train_set = ArrayDataset(self.train_x, self.train_y)
             self.columns = ["x", "y", "z"]
             self.target = [0, 1, 2]
@@ -196,6 +198,7 @@ class ForecastTask(CommandTask):
         split = split_point(len(z), c["val_frac"])
         (self.train_x, self.train_y), (self.val_x, self.val_y, ends) = \
             chronological_windows(z, W, h, split)
+        self.val_rows = ends + h
         self.train_set = ArrayDataset(self.train_x, self.train_y)
         if self.season is not None:
             self.val_seasonal = seasonal_naive(z, ends, h, self.season)
@@ -223,6 +226,39 @@ class ForecastTask(CommandTask):
 
     #: the metric of the summary line, and whether larger is better
     headline = ("val_mse", False)
+    plot_metric = "val_mse"
+
+    def plot_levels(self, metrics):
+        """Persistence's and the seasonal-naive forecast's validation MSE."""
+        levels = {}
+        if "persistence_mse" in metrics:
+            levels["persistence"] = metrics["persistence_mse"]
+        if "seasonal_mse" in metrics:
+            levels[f"seasonal-naive (period {self.season})"] = metrics["seasonal_mse"]
+        return levels
+
+    def plot(self, model, out_dir):
+        """``forecast.png``: the validation stretch, truth and forecast of each target
+        column (at most four) in the data's units."""
+        from ..training._run import TRAIN_COLOUR, VALIDATION_COLOUR, new_figure, save_figure
+        t = self.target[:4]
+        fig = new_figure((8, 2.2 + 1.6 * len(t)))
+        if fig is None:
+            return []
+        pred = _predict(model, self.val_x)
+        axes = fig.subplots(len(t), 1, sharex=True, squeeze=False)[:, 0]
+        h = self.config["horizon"]
+        for ax, j in zip(axes, t):
+            raw = lambda z: z[:, j] * self.std[j] + self.mean[j]  # noqa: E731
+            ax.plot(self.val_rows, raw(self.val_y), color=TRAIN_COLOUR, lw=1.2,
+                    gid="truth", label="observed")
+            ax.plot(self.val_rows, raw(pred), color=VALIDATION_COLOUR, lw=1.2,
+                    gid="forecast", label=f"forecast, {h} step(s) ahead")
+            ax.set_ylabel(self.columns[j])
+        axes[0].legend(loc="upper left", fontsize="small")
+        axes[0].set_title(f"validation: observed and forecast {h} step(s) ahead")
+        axes[-1].set_xlabel("row of the series")
+        return [save_figure(fig, os.path.join(out_dir, "forecast.png"))]
 
     def evaluate(self, model, batch_size=1024):
         # every column: a plain slice keeps the arrays' layout, and so the sums' order

@@ -595,12 +595,17 @@ class _Loop:
         """The loss curve, or ``None`` (no run folder, no matplotlib, or abandoned)."""
         if self.out_dir is None or not self.t.is_root:
             return None
+        task = self.source               # a Task may name its metric and add lines
+        levels = getattr(task, "plot_levels", lambda m: {})(self.run.metrics or {})
         try:
             with signals.abandonable():
-                return _run.plot_history(self.history_dict({"finished": False,
-                                                            "wall_time_s": 0.0}),
-                                         os.path.join(self.out_dir, "loss_curve.png"),
-                                         title=self.title)
+                path = _run.plot_history(
+                    self.history_dict({"finished": False, "wall_time_s": 0.0}),
+                    os.path.join(self.out_dir, "loss_curve.png"), title=self.title,
+                    metric=getattr(task, "plot_metric", None), levels=levels)
+                if path is not None and hasattr(task, "plot"):
+                    task.plot(self.t.model, self.out_dir)
+                return path
         except KeyboardInterrupt:
             return None
 
