@@ -126,6 +126,29 @@ def test_forecast_missing_and_time_column(tmp_path, capsys, missing, said):
     assert rows[-1][0] == "2010-01" and rows[-1][2] == ""       # continued past the end
 
 
+def test_a_small_series_trains_enough_steps_by_default(tmp_path, capsys):
+    """100 yearly values (Nile-like: a level shift and noise): 48 training windows
+    would be one batch of 64, 8 steps in all; the defaults shrink the batch and add
+    epochs, and say so."""
+    rng = np.random.default_rng(3)
+    y = np.where(np.arange(100) < 28, 1100.0, 850.0) + 125 * rng.standard_normal(100)
+    path = tmp_path / "nile.csv"
+    path.write_text("year,volume\n" + "".join(f"{1871 + k},{v:.1f}\n" for k, v in enumerate(y)))
+    out = str(tmp_path / "run")
+    assert main(["train", "forecast", "--data", str(path), "--columns", "volume",
+                 "--out", out]) == 0
+    text = capsys.readouterr().out
+    assert "small data: batches of 8 (not 64), 6 per epoch; 17 epochs (not 8)" in text
+    assert "17 epochs x 6 batches of 8" in text                      # the run header
+    h = json.load(open(os.path.join(out, "history.json")))
+    assert len(h["step_loss"]) == 102
+    assert h["epochs"][-1]["val_mse"] < h["epochs"][-1]["persistence_mse"]
+    # options given are kept
+    assert main(["train", "forecast", "--data", str(path), "--columns", "volume", "--out",
+                 str(tmp_path / "r2"), "--epochs", "2", "--batch-size", "64"]) == 0
+    assert "small data" not in capsys.readouterr().out
+
+
 def test_forecast_run_figures(tmp_path):
     """loss_curve.png draws val_mse and the baselines' levels; forecast.png the
     validation stretch, observed and forecast."""

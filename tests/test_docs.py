@@ -11,6 +11,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import warnings
 
 import pytest
 from threadpoolctl import threadpool_limits
@@ -39,8 +40,13 @@ def test_the_readme_has_python_blocks():
 def test_readme_block_runs(line, source, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)                 # blocks that write files write them here
     code = compile(source, f"README.md (block at line {line})", "exec")
-    with threadpool_limits(1):
+    with threadpool_limits(1), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         exec(code, {"__name__": "__readme__"})
+    # the README shows no warning: a block that printed one would surprise its reader
+    unshown = [f"{w.category.__name__}: {w.message}" for w in caught
+               if w.category.__name__ == "ConvergenceWarning"]
+    assert not unshown, unshown
 
 
 def test_every_example_is_found():
