@@ -209,8 +209,8 @@ def run_faults(thread_counts, dtype, quick, out=_say):
                 ",".join(group)]))
     if quick:
         # one warm-up step, and every model in one process: the allocator has not
-        # reached its steady state, so these counts are not the README's
-        out("(--quick: NOT comparable with the README's counts, which are taken after 3 "
+        # reached its steady state, so these counts are not docs/benchmarks.md's
+        out("(--quick: NOT comparable with the counts of docs/benchmarks.md, which are taken after 3 "
             "warm-up steps in a fresh process per model: python -m nn_core.bench model "
             "--only faults)")
     out(f"{'model':<26} {'thr':>3} {'nn_core':>9} {'torch':>9} "

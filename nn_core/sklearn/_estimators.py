@@ -58,7 +58,7 @@ _PARAMS = """
     blas_threads : int or None, default 1
         BLAS threads while fitting and predicting (restored afterwards); ``None`` leaves
         the process's setting.  These matrices are small, and extra BLAS threads mostly
-        synchronise (see the README's scikit-learn section).
+        synchronise (see docs/guide/sklearn.md).
 
     Inputs ``X``: a 3-D array ``[n, T, D]`` (``n`` sequences of ``T`` steps of ``D``
     features), a list of ``n`` arrays ``[T_i, D]`` (or ``[T_i]``) of different lengths
