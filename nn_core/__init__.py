@@ -18,13 +18,13 @@ from . import recurrent
 from .gradcheck import GradcheckReport, gradcheck
 from .module import (Module, ModuleList, enable_backward, inference_mode, is_backward_enabled,
                      is_inference_mode)
-from . import layers, losses, transformer
+from . import layers, losses, memory, transformer
 
 __version__ = "0.1.0"
 
 # subpackages above the module level, imported on first attribute access (PEP 562)
-_LAZY_SUBMODULES = ("optim", "memory", "checkpoint", "datasets", "models", "training",
-                    "distributed", "interop", "tasks", "sklearn", "cli", "bench")
+_LAZY_SUBMODULES = ("optim", "checkpoint", "datasets", "models", "training",
+                    "distributed", "interop", "pretrained", "tasks", "sklearn", "cli", "bench")
 # names re-exported from them: name -> the subpackage that defines it
 _LAZY_NAMES = {"save": "checkpoint", "load": "checkpoint",
                "load_training_state": "checkpoint", "CheckpointError": "checkpoint",

@@ -279,7 +279,7 @@ class Module:
         if arr is value:
             arr = arr.copy()
         self.params[name] = arr
-        self.grads[name] = np.zeros_like(arr)
+        self.grads[name] = np.zeros(arr.shape, arr.dtype)   # calloc: pages untouched until used
         return arr
 
     def children(self):

@@ -8,8 +8,9 @@
  * are branch-free so GCC vectorises them without -ffast-math.
  *
  * Accuracy (tests/test_layer_kernels.py, against float64 / long double references):
- *   Phi(x) and GELU: float32 within a few ulp, float64 within ~1e-15 relative, over
- *   the whole range (no cancellation in the left tail: Phi is computed from erfc).
+ *   GELU: float32 within one ulp (its Phi is evaluated in double), float64 within
+ *   ~1e-15 relative, over the whole range (no cancellation in the left tail: Phi is
+ *   computed from erfc).
  */
 #ifndef NN_CORE_LAYERS_H
 #define NN_CORE_LAYERS_H
@@ -23,34 +24,16 @@
 
 /* ------------------------------------------------------------------ Phi(x) -- */
 /*
- * Phi(x) = 0.5 erfc(-x / sqrt2), phi(x) = exp(-x^2/2) / sqrt(2 pi).  With a = |x|/sqrt2:
+ * Phi(x) = 0.5 erfc(-x / sqrt2), phi(x) = exp(-x^2/2) / sqrt(2 pi).  float64, with
+ * a = |x|/sqrt2:
  *   a < 1:  erf(a) = a S(a^2)                       (S: minimax polynomial)
- *   a >= 1: erfc(a) = exp(-a^2) T(1/a^2) / a        (T: minimax, two ranges in float)
- *   float, x < 0 and 0.5 <= a < 1: erfc(a) = exp(-a^2) T0(a - 0.75) / a, so that the left
- *   side never forms 0.5 - erf(a)/2 (a cancellation of ~3 bits there)
- * (float64 for a >= 1 uses the Hart / Cephes rational forms P(a)/Q(a), and R(a)/S(a)
- * from a = 8.)
+ *   a >= 1: erfc(a) = exp(-a^2) P(a) / Q(a)         (Hart / Cephes rational forms; R(a)/S(a)
+ *                                                    from a = 8)
  * exp(-x^2/2) is split as exp(-m^2/2) exp(-(m + f/2) f), m = |x| rounded to 1/16, so
  * the rounding of x^2 never reaches the exponent (it would cost ~100 ulp in the tail).
  * Phi of x < 0 is 0.5 erfc(a) directly: no 1 - (1 - small) cancellation.
- * Coefficients fitted here with mpmath (Chebyshev minimax on the stated ranges).
+ * S fitted with mpmath (Chebyshev minimax).  float: nn_phi_fd below.
  */
-static const float NN_PHI_S_F[9] = {
-    1.0589380641075019183e-6f, -1.3909340021874598594e-5f, 1.195656256820732956e-4f,
-    -8.5426379970872296266e-4f, 5.223783477189248115e-3f, -2.6866133235095591563e-2f,
-    1.1283791308604581452e-1f, -3.7612638889635306771e-1f, 1.1283791670946767327f};
-static const float NN_PHI_T0_F[9] = {            /* x < 0, 0.5 <= a < 1 (in a - 0.75) */
-    -4.3199296700789506729e-3f, 9.9977436183658075326e-3f, -2.1175815666278996609e-2f,
-    4.28559585862535187e-2f, -7.9743234181586181305e-2f, 1.3358128746852292345e-1f,
-    -1.9475409262138890458e-1f, 2.3095813060183488273e-1f, 3.8020323771985860434e-1f};
-static const float NN_PHI_T1_F[9] = {            /* 1 <= a < 2 */
-    2.1816985986038822869e-2f, -1.3140454829778817743e-1f, 3.5308684980757749672e-1f,
-    -5.6381233617081199192e-1f, 6.0750944839684132638e-1f, -4.8840684817656704772e-1f,
-    3.3885199828341031415e-1f, -2.7386853639269012237e-1f, 5.6381057181437472399e-1f};
-static const float NN_PHI_T2_F[9] = {            /* a >= 2 */
-    3.263976386965069821e1f, -4.3660521681904948559e1f, 2.6766658899008898221e1f,
-    -1.0508429849310990651e1f, 3.2916808800885980307f, -1.0407741699783280038f,
-    4.2276301143288921516e-1f, -2.8209140276436646141e-1f, 5.6418957836756307549e-1f};
 static const double NN_PHI_S_D[12] = {
     -7.7958988270021422416e-10, 1.3720064546777685604e-8, -1.6208483801871705902e-7,
     1.644742470331736241e-6, -1.4924736907419660338e-5, 1.2055294904839707917e-4,
@@ -73,39 +56,52 @@ static const double NN_PHI_Q_D[9] = {
     9.75708501743205489753e2, 1.82390916687909736289e3, 2.24633760818710981792e3,
     1.65666309194161350182e3, 5.57535340817727675546e2};
 
-/* Phi(x); *pdf = phi(x) */
-NN_INLINE float nn_phi_f(float x, float *pdf)
+/* Phi(x) and *pdf = phi(x) of a float x, evaluated in double to ~3e-8 relative, so that
+ * x Phi(x) rounded to float is within one ulp.  With a = |x| / sqrt2 and t = 1 / (1 + 0.3 a):
+ *   Phi(-|x|) = erfc(a) / 2 = exp(-x^2/2) E(t) / 2,  E(t) ~ erfcx(a) = exp(a^2) erfc(a)
+ * (E: degree-9 polynomial, relative error 2.1e-8 on a in [0, 20/sqrt2], fitted here with
+ * SciPy's erfcx); x^2 of a float is exact in double, and exp is a degree-7 Taylor
+ * polynomial after the ln 2 reduction (relative error 6e-9).  One polynomial, one exp, one
+ * division, no branches: it vectorises, 4 lanes (AVX2) or 8 (AVX-512). */
+static const double NN_PHI_E_F[10] = {
+    -0.13099177556525013, 0.49358361048873867, -0.53125670996135566, 0.57321512901828164,
+    -0.11603568197441023, 0.22651767050011296, 0.14428674362156702, 0.1715947399894841,
+    0.16908064294819367, 5.6095370095553819e-06};
+
+NN_INLINE double nn_phi_fd(double x, double *pdf)
 {
-    float ax = fabsf(x);
-    ax = ax > 20.0f ? 20.0f : ax;              /* Phi is exactly 0 / 1 beyond (keeps NaN) */
-    float a = ax * 0.70710678118654752f;
-    float ia = 1.0f / a;
-    float inv2 = ia * ia;
-    /* the four polynomials, then a select by range: selecting coefficients instead
-       turns into loads from a selected address, which GCC does not vectorise */
-    float ps = 0.0f, p0 = 0.0f, p1 = 0.0f, p2 = 0.0f, u = a * a, w = a - 0.75f;
-#pragma GCC unroll 9
-    for (int k = 0; k < 9; k++) {
-        ps = ps * u + NN_PHI_S_F[k];
-        p0 = p0 * w + NN_PHI_T0_F[k];
-        p1 = p1 * inv2 + NN_PHI_T1_F[k];
-        p2 = p2 * inv2 + NN_PHI_T2_F[k];
-    }
-    /* "mid" (x < 0, 0.5 < a < 1) as one comparison: combining several comparison
-       masks into one condition defeats GCC's vectoriser */
-    float tm = fabsf((x < 0.0f ? a : 2.0f) - 0.75f);
-    float p = a < 2.0f ? p1 : p2;
-    p = a < 1.0f ? ps : p;
-    p = tm < 0.25f ? p0 : p;
-    float m = ((ax * 16.0f + 12582912.0f) - 12582912.0f) * 0.0625f, f = ax - m;
-    float e = nn_expf(-0.5f * m * m) * nn_expf(-(m + 0.5f * f) * f);   /* exp(-x^2/2) */
-    float tail = 0.5f * e * p * ia;                                    /* erfc(a) / 2 */
-    float near = 0.5f * a * p;                                         /* erf(a) / 2 */
-    float lo = a < 1.0f ? 0.5f - near : tail;                         /* Phi(-|x|) */
-    lo = tm < 0.25f ? tail : lo;
-    float hi = a < 1.0f ? 0.5f + near : 1.0f - tail;                  /* Phi(|x|) */
-    *pdf = e * 0.39894228040143268f;
-    return x < 0.0f ? lo : hi;
+    double ax = fabs(x);
+    ax = ax > 20.0 ? 20.0 : ax;                /* Phi is exactly 0 / 1 beyond (keeps NaN) */
+    double t = 1.0 / (1.0 + 0.3 * 0.70710678118654752440 * ax);
+    double p = 0.0;
+#pragma GCC unroll 10
+    for (int k = 0; k < 10; k++)
+        p = p * t + NN_PHI_E_F[k];
+    /* exp(z), z = -x^2/2 in [-200, 0]: z = n ln2 + r, |r| <= ln2/2 (n in t2's low bits) */
+    const double magic = 6755399441055744.0;
+    double z = -0.5 * ax * ax;
+    double t2 = z * 1.4426950408889634 + magic;
+    double n = t2 - magic;
+    double r = z - n * 6.93145751953125e-1;
+    r = r - n * 1.42860682030941723212e-6;
+    double q = 1.0 / 5040.0;
+    q = q * r + 1.0 / 720.0;
+    q = q * r + 1.0 / 120.0;
+    q = q * r + 1.0 / 24.0;
+    q = q * r + 1.0 / 6.0;
+    q = q * r + 0.5;
+    q = q * r + 1.0;
+    q = q * r + 1.0;
+    int64_t tb, mb;
+    memcpy(&tb, &t2, sizeof tb);
+    memcpy(&mb, &magic, sizeof mb);
+    int64_t bits = (tb - mb + 1023) << 52;
+    double s;
+    memcpy(&s, &bits, sizeof s);
+    double e = q * s;                                           /* exp(-x^2/2) */
+    double tail = ax < 20.0 ? 0.5 * e * p : 0.0;     /* Phi(-|x|); exactly 0 for -inf, as float */
+    *pdf = e * 0.39894228040143267794;
+    return x < 0.0 ? tail : 1.0 - tail;
 }
 
 NN_INLINE double nn_phi_d(double x, double *pdf)
@@ -143,7 +139,8 @@ NN_INLINE double nn_phi_d(double x, double *pdf)
 #define NN_GELU_C0 0.7978845608028654
 #define NN_GELU_C1 0.044715
 
-#define NN_DEFINE_GELU(T, S, PHI, TANH, V, A)                                          \
+/* T: the array type; W, PHI: the type and function of the exact form's arithmetic */
+#define NN_DEFINE_GELU(T, S, W, PHI, TANH, V, A)                                       \
 A static void nn_gelu_fwd_##S##V(T *y, const T *x, ptrdiff_t n, int approx)          \
 {                                                                                     \
     if (approx) {                                                                     \
@@ -154,8 +151,8 @@ A static void nn_gelu_fwd_##S##V(T *y, const T *x, ptrdiff_t n, int approx)     
         }                                                                             \
     } else {                                                                          \
         for (ptrdiff_t i = 0; i < n; i++) {                                           \
-            T pdf;                                                                    \
-            y[i] = x[i] * PHI(x[i], &pdf);                                            \
+            W v = x[i], pdf;                                                          \
+            y[i] = (T)(v * PHI(v, &pdf));                                             \
         }                                                                             \
     }                                                                                 \
 }                                                                                     \
@@ -171,30 +168,40 @@ A static void nn_gelu_bwd_##S##V(T *dx, const T *x, const T *dy, ptrdiff_t n,   
         }                                                                             \
     } else {                                                                          \
         for (ptrdiff_t i = 0; i < n; i++) {                                           \
-            T pdf;                                                                    \
-            T c = PHI(x[i], &pdf);                                                    \
-            dx[i] = dy[i] * (c + x[i] * pdf);                                         \
+            W v = x[i], pdf;                                                          \
+            W c = PHI(v, &pdf);                                                       \
+            dx[i] = (T)((W)dy[i] * (c + v * pdf));                                    \
         }                                                                             \
     }                                                                                 \
 }
 
-NN_DEFINE_GELU(float, f, nn_phi_f, nn_tanhf, _base, )
-NN_DEFINE_GELU(double, d, nn_phi_d, nn_tanh, _base, )
+NN_DEFINE_GELU(float, f, double, nn_phi_fd, nn_tanhf, _base, )
+NN_DEFINE_GELU(double, d, double, nn_phi_d, nn_tanh, _base, )
 #if NN_X86_DISPATCH
-NN_DEFINE_GELU(float, f, nn_phi_f, nn_tanhf, _avx2, NN_TARGET_AVX2)
-NN_DEFINE_GELU(double, d, nn_phi_d, nn_tanh, _avx2, NN_TARGET_AVX2)
+NN_DEFINE_GELU(float, f, double, nn_phi_fd, nn_tanhf, _avx2, NN_TARGET_AVX2)
+NN_DEFINE_GELU(double, d, double, nn_phi_d, nn_tanh, _avx2, NN_TARGET_AVX2)
+#endif
+#if NN_HAVE_AVX512
+/* 8 double lanes: the float exact form runs in double, so it gains the most */
+#define NN_TARGET_GELU512 __attribute__((target("avx512f,avx2,fma")))
+NN_DEFINE_GELU(float, f, double, nn_phi_fd, nn_tanhf, _avx512, NN_TARGET_GELU512)
+NN_DEFINE_GELU(double, d, double, nn_phi_d, nn_tanh, _avx512, NN_TARGET_GELU512)
+#define NN_PICK_GELU(name, args)                                                      \
+    (nn_simd_level() >= 2 ? name##_avx512 args : NN_PICK(name, args))
+#else
+#define NN_PICK_GELU(name, args) NN_PICK(name, args)
 #endif
 
 static inline void nn_gelu_fwd_f(float *y, const float *x, ptrdiff_t n, int approx)
-{ NN_PICK(nn_gelu_fwd_f, (y, x, n, approx)); }
+{ NN_PICK_GELU(nn_gelu_fwd_f, (y, x, n, approx)); }
 static inline void nn_gelu_fwd_d(double *y, const double *x, ptrdiff_t n, int approx)
-{ NN_PICK(nn_gelu_fwd_d, (y, x, n, approx)); }
+{ NN_PICK_GELU(nn_gelu_fwd_d, (y, x, n, approx)); }
 static inline void nn_gelu_bwd_f(float *dx, const float *x, const float *dy, ptrdiff_t n,
                                  int approx)
-{ NN_PICK(nn_gelu_bwd_f, (dx, x, dy, n, approx)); }
+{ NN_PICK_GELU(nn_gelu_bwd_f, (dx, x, dy, n, approx)); }
 static inline void nn_gelu_bwd_d(double *dx, const double *x, const double *dy, ptrdiff_t n,
                                  int approx)
-{ NN_PICK(nn_gelu_bwd_d, (dx, x, dy, n, approx)); }
+{ NN_PICK_GELU(nn_gelu_bwd_d, (dx, x, dy, n, approx)); }
 
 /* ------------------------------------------------------- vector reductions -- */
 /* Row reductions use GCC vector types (32-byte lanes, split in two on the baseline

@@ -8,8 +8,8 @@ import pytest
 import nn_core
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(nn_core.__file__)))
-UPPER = ("training", "datasets", "models", "distributed", "checkpoint", "optim", "memory",
-         "tasks", "cli", "sklearn", "interop")
+UPPER = ("training", "datasets", "models", "distributed", "checkpoint", "optim",
+         "tasks", "cli", "sklearn", "interop", "pretrained")
 
 
 def _fresh(code):

@@ -36,6 +36,8 @@ def _instances():
         "Seq2SeqModel": lambda c: c(13, embed_dim=8, hidden_size=8, num_heads=2, rng=0),
         "Forecaster": lambda c: c(3, 8, rng=0), "TransformerLM": lambda c: c(13, d_model=8, num_heads=2, rng=0),
         "TransformerBlock": lambda c: c(8, 2, rng=0), "ModuleList": lambda c: c([Linear(2, 2)]),
+        "BertEncoder": lambda c: c(12, 8, 1, 2, 12, max_position_embeddings=9, rng=0),
+        "BertPooler": lambda c: c(8, rng=0),
     }
     seen = set()
     for path, cls in sorted(checkpoint.registered_classes().items()):

@@ -16,6 +16,7 @@ BENCHES = {
     "bidirectional": "bidirectional LSTM/GRU vs torch (bidirectional=True)",
     "model": "the CLI's models, a BERT-style encoder, memory and page faults",
     "distributed": "data-parallel training over MPI: processes vs BLAS threads",
+    "encode": "pretrained text encoders: nn_core vs torch (transformers)",
 }
 
 

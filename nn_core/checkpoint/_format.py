@@ -54,7 +54,7 @@ def registered_classes() -> dict:
 
     The public :class:`~nn_core.Module` classes (``__all__``) of :mod:`nn_core.layers`,
     :mod:`nn_core.losses`, :mod:`nn_core.attention`, :mod:`nn_core.recurrent`,
-    :mod:`nn_core.transformer` and :mod:`nn_core.models`, and :class:`~nn_core.ModuleList`, each under the path
+    :mod:`nn_core.transformer`, :mod:`nn_core.models` and :mod:`nn_core.pretrained`, and :class:`~nn_core.ModuleList`, each under the path
     :func:`save` records (``"nn_core.layers:Linear"``) and its public package path
     (``"nn_core.attention:MultiHeadAttention"``).
 
@@ -63,10 +63,10 @@ def registered_classes() -> dict:
     dict[str, type]
         A new dict on every call.
     """
-    from .. import attention, layers, losses, models, recurrent, transformer
+    from .. import attention, layers, losses, models, pretrained, recurrent, transformer
 
     reg = {}
-    for pkg in (layers, losses, attention, recurrent, transformer, models):
+    for pkg in (layers, losses, attention, recurrent, transformer, models, pretrained):
         for name in getattr(pkg, "__all__", ()):
             obj = getattr(pkg, name, None)
             if isinstance(obj, type) and issubclass(obj, Module) and obj is not Module:
