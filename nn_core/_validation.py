@@ -1,7 +1,7 @@
 """Argument checks shared by every nn_core layer.
 
 All user-facing validation lives here so that every layer words its errors alike
-and tests can ``pytest.raises(..., match=...)`` on them.  Conventions (the README's
+and tests can ``pytest.raises(..., match=...)`` on them.  Conventions (docs/guide/tour.md,
 "Errors" section):
 
 * the wrong type (a string for a size, a float for a count, a complex array) raises

@@ -296,6 +296,33 @@ def _resume_settings(task_cls, args, given, info):
     return settings
 
 
+#: on data too small for the defaults, the default batch size is halved (down to 8)
+#: until an epoch has MIN_BATCHES batches, and the default number of epochs raised to
+#: reach MIN_STEPS optimizer steps
+MIN_BATCHES, MIN_STEPS = 8, 100
+
+
+def _size_to_data(task, settings, given):
+    """Fit the default ``batch_size`` and ``epochs`` in ``settings`` to a small data set
+    (the options given are kept); returns what changed, as a phrase, or ``""``."""
+    said = []
+    b = settings["batch_size"]
+    if "batch_size" not in given:
+        while b > 8 and task.num_batches(b) < MIN_BATCHES:
+            b = max(8, b // 2)
+        if b != settings["batch_size"]:
+            said.append(f"batches of {b} (not {settings['batch_size']}), "
+                        f"{task.num_batches(b)} per epoch")
+            settings["batch_size"] = b
+    if "epochs" not in given:
+        epochs = max(settings["epochs"], -(-MIN_STEPS // task.num_batches(b)))
+        if epochs != settings["epochs"]:
+            said.append(f"{epochs} epochs (not {settings['epochs']}), to train at least "
+                        f"{MIN_STEPS} optimizer steps")
+            settings["epochs"] = epochs
+    return "; ".join(said)
+
+
 def cmd_train(argv):
     from .checkpoint import CheckpointError
     from .tasks._config import check_declared
@@ -334,6 +361,10 @@ def cmd_train(argv):
     what = task.describe_data()
     print(f"data: {what} in {time.perf_counter() - t0:.1f}s" if what == "generated"
           else f"data: {what}", flush=True)
+    if info is None:
+        sized = _size_to_data(task, settings, given)
+        if sized:
+            print(f"small data: {sized} (give --epochs / --batch-size to choose)", flush=True)
     extra = {k: settings[k] for k in ("weight_decay", "clip", "warmup_frac") if k in settings}
     resume_cmd = f"nn-core train --resume --out {args.out}"
     try:

@@ -1,4 +1,4 @@
-"""The Module protocol every nn_core layer follows (README "The Module protocol").
+"""The Module protocol every nn_core layer follows (docs/guide/tour.md, "The Module protocol").
 
 A module owns
 

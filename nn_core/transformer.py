@@ -134,6 +134,9 @@ _DOC_PARAMS = """
 class TransformerEncoderLayer(_Block):
     __doc__ = """Self-attention and a feed-forward network, each in a residual branch.
 """ + _DOC_PARAMS + """
+
+    Interface
+    ---------
     Sub-modules (parameter prefixes): ``self_attn`` (:class:`~nn_core.attention.MultiHeadAttention`),
     ``linear1`` ``[d, F]``, ``linear2`` ``[F, d]``, ``norm1``, ``norm2``.
 

@@ -148,3 +148,50 @@ def test_attention_long_script_runs_at_a_tiny_size(capsys):
     if os.path.exists("/proc/self/clear_refs"):
         res = _long.measure_memory("nn_core", 64, True)
         assert res is not None and res["wall"] > 0 and np.isfinite(res["extra"])
+
+
+def test_bench_help_is_a_help_text(capsys):
+    from nn_core.bench.__main__ import BENCHES, main
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m nn_core.bench") and "``" not in out
+    assert all(f"  {name} " in out for name in BENCHES)
+    assert max(map(len, out.splitlines())) <= 80
+    assert main([]) == 2 and main(["nonsense"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_attention_warms_every_contender_on_every_shape_first(monkeypatch):
+    """No contender is timed before every contender has run on every shape."""
+    from nn_core.bench import attention as A
+    log = []
+
+    def contenders(shape, dtype, causal, torch):
+        return {name: (lambda name=name: log.append((shape, name))) for name in ("a", "b")}
+
+    def timed(fns, **kw):
+        log.append("timed")
+        return {k: 1e-3 for k in fns}
+    monkeypatch.setattr(A, "_contenders", contenders)
+    monkeypatch.setattr(A, "interleaved", timed)
+    monkeypatch.setattr(A, "torch_or_none", lambda: None)
+    shapes = [(1, 1, 4, 2), (1, 2, 8, 2), (2, 1, 4, 4)]
+    rows = A.run([1], [np.float32], shapes, (False,), repeat=1, min_time=0.0, out=lambda s: None)
+    first = log.index("timed")
+    assert {(s, n) for s in shapes for n in "ab"} <= set(log[:first]) and len(rows) == 3
+    assert log[first:].count("timed") == 3
+
+
+def test_quick_page_faults_say_they_are_not_comparable(monkeypatch):
+    from nn_core.bench import _memory
+    lines = []
+    labels = [label for label, _, _ in _memory.CLI_MODELS]
+    monkeypatch.setattr(_memory, "_run_child",
+                        lambda *a: {label: {"1": 10.0} for label in labels})
+    _memory.run_faults([1], np.float32, True, out=lines.append)
+    assert any("NOT comparable" in ln for ln in lines)
+    assert not any("<" in ln for ln in lines if ln.startswith(labels[0]))
+    lines.clear()
+    _memory.run_faults([1], np.float32, False, out=lines.append)
+    assert not any("comparable" in ln for ln in lines)
+    assert any(ln.startswith(labels[0]) and "<" in ln for ln in lines)

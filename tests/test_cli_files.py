@@ -90,6 +90,106 @@ def test_forecast_resume_and_array_files(tmp_path, capsys, monkeypatch):
     assert read_metadata("c/model.npz")["extra"]["config"]["columns"] == ["temp", "wind"]
 
 
+def _monthly_csv(path, n=120, gaps=(), seed=0):
+    """A monthly series with ISO dates and missing cells at the rows ``gaps``."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    y = 10 + 4 * np.sin(2 * np.pi * t / 12) + 0.3 * rng.standard_normal(n)
+    cells = ["NA" if k in gaps else f"{v:.4f}" for k, v in enumerate(y)]
+    lines = ["month,level"] + [f"{2000 + k // 12}-{k % 12 + 1:02d},{c}" for k, c in
+                               zip(t, cells)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("missing, said", [("interpolate", "2 missing level filled"),
+                                           ("ffill", "2 missing level filled"),
+                                           ("drop", "2 rows with a missing value dropped")])
+def test_forecast_missing_and_time_column(tmp_path, capsys, missing, said):
+    path = tmp_path / "m.csv"
+    _monthly_csv(path, gaps=(30, 31))
+    out = str(tmp_path / "run")
+    args = ["train", "forecast", "--data", str(path), "--out", out, "--max-steps", "2"]
+    assert main(args + FC) == 2                         # missing values: an error by default
+    assert "--missing interpolate|ffill|drop" in capsys.readouterr().err
+    assert main(args + FC + ["--missing", missing]) == 0
+    assert said in capsys.readouterr().out                  # the data line counts them
+    config = read_metadata(os.path.join(out, "model.npz"))["extra"]["config"]
+    assert config["missing"] == missing and config["time_column"] == "month"
+    assert config["columns"] == ["level"]              # the time column is not a value
+    assert main(["predict", out]) == 0                  # the same gaps, handled alike
+    rows = [r.split(",") for r in (tmp_path / "run" / "forecasts.csv").read_text().splitlines()]
+    if missing == "drop":                     # two months left out: not regular, row numbers
+        assert rows[0][0] == "time_index" and rows[-1][0] == str(120 - 2)
+        return
+    assert rows[0] == ["month", "level", "level_observed"]
+    assert rows[1][0] == "2001-05" and rows[-2][0] == "2009-12"  # window 16, horizon 1
+    assert rows[-1][0] == "2010-01" and rows[-1][2] == ""       # continued past the end
+
+
+def test_a_small_series_trains_enough_steps_by_default(tmp_path, capsys):
+    """100 yearly values (Nile-like: a level shift and noise): 48 training windows
+    would be one batch of 64, 8 steps in all; the defaults shrink the batch and add
+    epochs, and say so."""
+    rng = np.random.default_rng(3)
+    y = np.where(np.arange(100) < 28, 1100.0, 850.0) + 125 * rng.standard_normal(100)
+    path = tmp_path / "nile.csv"
+    path.write_text("year,volume\n" + "".join(f"{1871 + k},{v:.1f}\n" for k, v in enumerate(y)))
+    out = str(tmp_path / "run")
+    assert main(["train", "forecast", "--data", str(path), "--columns", "volume",
+                 "--out", out]) == 0
+    text = capsys.readouterr().out
+    assert "small data: batches of 8 (not 64), 6 per epoch; 17 epochs (not 8)" in text
+    assert "17 epochs x 6 batches of 8" in text                      # the run header
+    h = json.load(open(os.path.join(out, "history.json")))
+    assert len(h["step_loss"]) == 102
+    assert h["epochs"][-1]["val_mse"] < h["epochs"][-1]["persistence_mse"]
+    # options given are kept
+    assert main(["train", "forecast", "--data", str(path), "--columns", "volume", "--out",
+                 str(tmp_path / "r2"), "--epochs", "2", "--batch-size", "64"]) == 0
+    assert "small data" not in capsys.readouterr().out
+
+
+def test_forecast_run_figures(tmp_path):
+    """loss_curve.png draws val_mse and the baselines' levels; forecast.png the
+    validation stretch, observed and forecast."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.image import imread
+    path = tmp_path / "m.csv"
+    _monthly_csv(path, n=160)
+    out = tmp_path / "run"
+    assert main(["train", "forecast", "--data", str(path), "--out", str(out)] + FC) == 0
+    m = json.load(open(out / "history.json"))["epochs"][-1]
+    assert m["seasonal_mse"] > 0 and m["persistence_mse"] > 0
+    curve, fc = imread(out / "loss_curve.png")[..., :3], imread(out / "forecast.png")[..., :3]
+    near = lambda img, rgb: (np.abs(img - np.array(rgb)).max(-1) < 0.08).mean()  # noqa: E731
+    orange, blue, green, gray = ((1.0, 0.498, 0.055), (0.122, 0.467, 0.706),
+                                 (0.173, 0.627, 0.173), (0.498, 0.498, 0.498))
+    assert near(curve, orange) > 1e-3 and near(curve, green) > 1e-4   # val_mse, seasonal
+    assert near(curve, gray) > 1e-4                                     # persistence
+    assert near(fc, blue) > 2e-3 and near(fc, orange) > 2e-3           # observed, forecast
+
+
+def test_forecast_time_column_named_and_irregular(tmp_path, capsys):
+    path = tmp_path / "d.csv"
+    n = 80
+    days = ["2024-01-01", "2024-01-02"] + [f"2024-{3 + k // 28:02d}-{k % 28 + 1:02d}"
+                                           for k in range(n - 2)]
+    lines = ["note,day,v"] + [f"x{k},{d},{np.sin(k / 3):.4f}" for k, d in enumerate(days)]
+    path.write_text("\n".join(lines) + "\n")
+    out = str(tmp_path / "run")
+    assert main(["train", "forecast", "--data", str(path), "--time-column", "day",
+                 "--columns", "v", "--out", out, "--max-steps", "1"] + FC) == 0
+    assert read_metadata(os.path.join(out, "model.npz"))["extra"]["config"][
+        "time_column"] == "day"
+    assert main(["predict", out]) == 0                  # irregular days: row numbers
+    rows = (tmp_path / "run" / "forecasts.csv").read_text().splitlines()
+    assert rows[0].split(",")[0] == "time_index" and rows[-1].split(",")[0] == str(n)
+    capsys.readouterr()
+    assert main(["train", "forecast", "--data", str(path), "--time-column", "when",
+                 "--out", str(tmp_path / "r2")] + FC) == 2
+    assert "--time-column" in capsys.readouterr().err
+
+
 def _sunspots():
     spec = importlib.util.find_spec("statsmodels")
     if spec is None:

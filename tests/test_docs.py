@@ -1,16 +1,21 @@
-"""The README's ```python blocks and the scripts in examples/ run as written.
+"""The ```python blocks of the README and of the guide pages (docs/guide/*.md) and the
+scripts in examples/ run as written; the figures the README quotes from a block's output
+are what the block prints.
 
-Each README block runs on its own, in a fresh namespace and a fresh working directory,
+Each block runs on its own, in a fresh namespace and a fresh working directory,
 exactly as a reader would paste it: a block may not rely on names from an earlier one.
 The blocks run with BLAS limited to one thread (as ``OPENBLAS_NUM_THREADS=1`` would), so
 that a loaded CI machine is not oversubscribed; the README's Threads section says why.
 Each example runs as ``python examples/<name>.py`` in a subprocess.
 """
+import contextlib
+import io
 import os
 import pathlib
 import re
 import subprocess
 import sys
+import warnings
 
 import pytest
 from threadpoolctl import threadpool_limits
@@ -28,19 +33,41 @@ def python_blocks(text):
     return blocks
 
 
-BLOCKS = python_blocks(README.read_text(encoding="utf-8"))
+PAGES = [README] + sorted((ROOT / "docs" / "guide").glob("*.md"))
+BLOCKS = [(page.relative_to(ROOT).as_posix(), line, source) for page in PAGES
+          for line, source in python_blocks(page.read_text(encoding="utf-8"))]
 
 
-def test_the_readme_has_python_blocks():
-    assert len(BLOCKS) >= 4, [line for line, _ in BLOCKS]
+def test_the_pages_have_python_blocks():
+    assert sum(page == "README.md" for page, _, _ in BLOCKS) >= 2
+    assert len(BLOCKS) >= 8, [(page, line) for page, line, _ in BLOCKS]
 
 
-@pytest.mark.parametrize("line, source", BLOCKS, ids=[f"README.md:{ln}" for ln, _ in BLOCKS])
-def test_readme_block_runs(line, source, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)                 # blocks that write files write them here
-    code = compile(source, f"README.md (block at line {line})", "exec")
-    with threadpool_limits(1):
+def _run_block(page, line, source):
+    """Run a block in a fresh namespace; returns what it printed and its warnings."""
+    code = compile(source, f"{page} (block at line {line})", "exec")
+    out = io.StringIO()
+    with threadpool_limits(1), warnings.catch_warnings(record=True) as caught, \
+            contextlib.redirect_stdout(out):
+        warnings.simplefilter("always")
         exec(code, {"__name__": "__readme__"})
+    return out.getvalue(), caught
+
+
+@pytest.mark.parametrize("page, line, source", BLOCKS,
+                         ids=[f"{page}:{ln}" for page, ln, _ in BLOCKS])
+def test_block_runs(page, line, source, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)                 # blocks that write files write them here
+    printed, caught = _run_block(page, line, source)
+    # the README shows no warning: a block that printed one would surprise its reader
+    unshown = [f"{w.category.__name__}: {w.message}" for w in caught
+               if w.category.__name__ == "ConvergenceWarning"]
+    assert not unshown, unshown
+    if page == "README.md" and "RecurrentRegressor" in source:
+        # the figures the README quotes after the block
+        r2, acc, r2_fc = re.findall(r"R\^2 ([\d.]+)|accuracy ([\d.]+)", printed)[:3]
+        quoted = (f"This prints R² {r2[0]}, accuracy {acc[1]} and R² {r2_fc[0]}")
+        assert quoted in README.read_text(encoding="utf-8"), (quoted, printed)
 
 
 def test_every_example_is_found():

@@ -1,4 +1,4 @@
-"""The Module protocol (README "The Module protocol") on small hand-written modules."""
+"""The Module protocol (docs/guide/tour.md, "The Module protocol") on small hand-written modules."""
 import doctest
 import sys
 

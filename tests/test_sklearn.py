@@ -46,7 +46,9 @@ _NOT_INDEPENDENT = "rows are time steps; a forecast reads the rows before it"
 
 
 @pytest.mark.parametrize("estimator, expected_failures", [
-    (RecurrentRegressor(hidden_size=16, max_iter=30, learning_rate_init=2e-2, random_state=0), {}),
+    # scikit-learn's checks ask for a training-set fit (score > 0.5) in 30 epochs
+    (RecurrentRegressor(hidden_size=16, max_iter=30, learning_rate_init=2e-2, random_state=0,
+                        early_stopping=False), {}),
     (RecurrentClassifier(hidden_size=8, max_iter=15, learning_rate_init=2e-2, random_state=0), {}),
     (RecurrentForecaster(window=3, hidden_size=8, max_iter=10, random_state=0),
      {"check_methods_subset_invariance": _NOT_INDEPENDENT,
@@ -132,7 +134,8 @@ def test_pipeline_gridsearch_with_worker_processes_and_pickle(tmp_path):
     rng = np.random.default_rng(3)
     X = rng.standard_normal((160, 8)) * 50 + 10         # 2-D: univariate sequences [n, T]
     y = (X[:, :4].sum(1) > X[:, 4:].sum(1)).astype(int)
-    pipe = make_pipeline(StandardScaler(), RecurrentClassifier(max_iter=15, random_state=0))
+    pipe = make_pipeline(StandardScaler(), RecurrentClassifier(max_iter=15, random_state=0,
+                                                               early_stopping=False))
     grid = GridSearchCV(pipe, {"recurrentclassifier__hidden_size": [4, 16]}, cv=3, n_jobs=2)
     grid.fit(X, y)                                       # joblib worker processes
     assert grid.best_params_["recurrentclassifier__hidden_size"] in (4, 16)
@@ -199,3 +202,50 @@ def test_parameters_are_checked_in_fit_and_ctrl_c_keeps_the_model(monkeypatch):
         if _parallel.controllable() and _parallel.available_cores() > 1:
             assert _parallel.blas_threads() == 2     # ... and the process's setting after
     assert reg.predict(X).shape == (40,)
+
+
+def _nile_like(seed=0):
+    """100 yearly flows: a level shift after 28 years (1100 -> 850) and noise of 125,
+    as the Nile at Aswan 1871-1970; statsmodels' copy when it is installed."""
+    try:
+        from statsmodels.datasets import nile
+        return nile.load_pandas().data["volume"].to_numpy(float)
+    except ImportError:
+        rng = np.random.default_rng(seed)
+        return np.where(np.arange(100) < 28, 1100.0, 850.0) + 125 * rng.standard_normal(100)
+
+
+@pytest.mark.parametrize("source", ["nile", "generated"])
+def test_defaults_beat_persistence_on_a_small_series(source):
+    """Lag windows of a 100-point series: early_stopping="auto" holds out a validation
+    set, so the default estimator does not fit the noise (it did: RMSE 210-320 against
+    persistence's 153)."""
+    if source == "nile":
+        y = _nile_like()
+    else:
+        rng = np.random.default_rng(7)
+        y = np.where(np.arange(100) < 28, 1100.0, 850.0) + 125 * rng.standard_normal(100)
+    L = 8
+    X = np.stack([y[i:i + L] for i in range(len(y) - L)])
+    t = y[L:]
+    split = int(0.8 * len(X))
+    persistence = np.sqrt(np.mean((X[split:, -1] - t[split:]) ** 2))
+    for seed in range(5):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")                   # and no ConvergenceWarning
+            reg = RecurrentRegressor(random_state=seed).fit(X[:split], t[:split])
+        rmse = np.sqrt(np.mean((reg.predict(X[split:]) - t[split:]) ** 2))
+        assert rmse < persistence, (seed, rmse, persistence)
+        assert reg.validation_scores_ and reg.n_iter_ < reg.max_iter
+
+
+def test_early_stopping_auto_rule():
+    X = np.random.default_rng(0).standard_normal((30, 5))
+    y = X.sum(1)
+    reg = RecurrentRegressor(hidden_size=4, max_iter=2, random_state=0)
+    assert reg.early_stopping == "auto" and reg._early_stopping(19) is False
+    assert reg._early_stopping(20) and reg._early_stopping(10_000)
+    assert not reg._early_stopping(10_001)
+    assert hasattr(reg.fit(X, y), "validation_scores_")
+    with pytest.raises(ValueError, match="early_stopping must be one of"):
+        RecurrentRegressor(early_stopping="yes").fit(X, y)

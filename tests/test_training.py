@@ -10,12 +10,14 @@ import signal
 import numpy as np
 import pytest
 
+import nn_core
 from nn_core import training
 from nn_core.training import trainer as trainer_module
 from nn_core._progress import ProgressBar
 from nn_core.checkpoint import load, load_training_state
 from nn_core.layers import Dropout, Linear, ReLU, Sequential
 from nn_core.losses import MSELoss
+from nn_core.optim import SGD
 from nn_core.training import (RunExistsError, Task, TrainingInterrupted, plot_history,
                               read_run, rng_states, set_rng_states, train)
 
@@ -96,36 +98,139 @@ def test_training_loop_stops_on_divergence(tmp_path):
         train(task, epochs=1, batch_size=32, lr=0.1, out_dir=str(tmp_path), log=lambda m: None)
 
 
-def test_progress_bar_line():
-    class Sink:
-        def __init__(self):
-            self.text = ""
+class _Sink:
+    def __init__(self, tty):
+        self.text, self._tty = "", tty
 
-        def write(self, s):
-            self.text += s
+    def write(self, s):
+        self.text += s
 
-        def flush(self):
-            pass
+    def flush(self):
+        pass
 
-    sink = Sink()
-    bar = ProgressBar(4, "epoch 1/2", file=sink)
+    def isatty(self):
+        return self._tty
+
+
+def test_progress_bar_plain_line_when_not_a_terminal():
+    sink = _Sink(tty=False)
+    bar = ProgressBar(4, "epoch 1/2", file=sink, run_left=8)
     for _ in range(4):
         bar.update(1, samples=10, loss=0.5, acc=0.25)
     assert sink.text == ""                        # not a terminal: one line at the end
     bar.close(val=0.125)
-    assert sink.text.startswith("epoch 1/2 [########################] 4/4 loss=0.5 acc=0.25 "
-                                "val=0.125")
-    assert sink.text.endswith("\n") and "samples/s" in sink.text
+    assert sink.text.startswith("epoch 1/2 4/4 loss=0.5 acc=0.25 val=0.125 ")
+    assert sink.text.count("\n") == 1 and sink.text.endswith(" left\n")
+    assert "samples/s" in sink.text and "run " in sink.text
+    assert "\r" not in sink.text and "[" not in sink.text      # no bar, no redraws
+
+
+@pytest.mark.parametrize("columns", [40, 80, 200])
+def test_progress_bar_fits_the_terminal(monkeypatch, columns):
+    monkeypatch.setenv("COLUMNS", str(columns))        # read by shutil.get_terminal_size
+    sink = _Sink(tty=True)
+    bar = ProgressBar(500, "epoch 12/100", file=sink, run_left=50_000)
+    for _ in range(3):
+        bar.update(1, samples=64, loss=1.234567, token_acc=0.456789)
+    bar.count = 250
+    line = bar.line()
+    assert len(line) <= columns - 1                    # never wraps (nor fills the last column)
+    assert line.startswith("epoch 12/100") and "250/500" in line
+    assert "eta " in line and "run " in line           # the epoch's and the run's time left
+    if columns >= 80:
+        assert "loss=1.235" in line and "[" in line    # metrics and a bar
+    if columns == 200:
+        assert "samples/s" in line and "[" + "#" * 12 + "." * 12 + "]" in line
+    frames = sink.text.split("\r")[1:]
+    assert frames and all(len(f.replace("\x1b[K", "")) <= columns - 1 for f in frames)
+
+
+def test_progress_bar_under_a_pseudo_terminal():
+    """A real terminal: the child writes to a pty of 60 columns and no row is longer."""
+    pty = pytest.importorskip("pty")
+    import fcntl
+    import struct
+    import subprocess
+    import sys
+    import termios
+    parent, child = pty.openpty()
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 60, 0, 0))
+    code = ("import os, sys, time\n"
+            "from nn_core._progress import ProgressBar\n"
+            "bar = ProgressBar(5, 'epoch 3/40', run_left=200)\n"
+            "for _ in range(5):\n"
+            "    time.sleep(0.12); bar.update(1, samples=64, loss=0.123456, acc=0.5)\n"
+            "bar.close(val_loss=0.25, val_acc=0.75)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=child, stdout=child,
+                            stderr=child, env=env, close_fds=True)
+    os.close(child)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(parent, 4096)
+        except OSError:                            # the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(parent)
+    assert proc.wait(timeout=60) == 0, out
+    text = out.decode()
+    frames = [f.replace("\x1b[K", "") for f in text.replace("\r\n", "\n").replace("\r", "\n")
+              .split("\n") if f]
+    assert len(frames) >= 2 and all(len(f) <= 59 for f in frames), frames
+    assert frames[-1].startswith("epoch 3/40 ") and "5/5" in frames[-1]
+    assert "val_acc=0.75" in frames[-1] and "left" in frames[-1]    # the newest metrics stay
+    assert any("eta " in f and "run " in f for f in frames[:-1])
+
+
+def _colour_share(path, rgb):
+    """The share of the PNG's pixels within a small distance of the colour ``rgb``."""
+    from matplotlib.image import imread
+    img = imread(path)[..., :3]
+    return float((np.abs(img - np.array(rgb)).max(axis=-1) < 0.08).mean())
+
+
+ORANGE, BLUE, GRAY = (1.0, 0.498, 0.055), (0.122, 0.467, 0.706), (0.498, 0.498, 0.498)
 
 
 def test_loss_curve_png(tmp_path):
     pytest.importorskip("matplotlib")
+    from nn_core.training._run import loss_figure
     hist = {"step_loss": list(np.linspace(2.0, 0.1, 20)),
-            "epochs": [{"step": 10, "train_loss": 1.5, "val_loss": 1.2},
-                       {"step": 20, "train_loss": 0.4, "val_loss": 0.3}]}
-    path = plot_history(hist, str(tmp_path / "curve.png"), "toy")
+            "epochs": [{"step": 10, "train_loss": 1.5, "val_mse": 1.2, "skill": 0.1},
+                       {"step": 20, "train_loss": 0.4, "val_mse": 0.3, "skill": 0.7}]}
+    fig = loss_figure(hist, "toy", metric="val_mse", levels={"persistence": 0.9})
+    ax = fig.axes[0]
+    val = [ln for ln in ax.get_lines() if ln.get_gid() == "validation"]
+    assert len(val) == 1 and list(val[0].get_ydata()) == [1.2, 0.3]
+    assert [ln.get_label() for ln in ax.get_lines()][-1] == "persistence"
+    path = plot_history(hist, str(tmp_path / "curve.png"), "toy", metric="val_mse",
+                        levels={"persistence": 0.9})
     with open(path, "rb") as fh:
         assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert _colour_share(path, ORANGE) > 1e-3            # the validation series is drawn
+    no_val = plot_history({**hist, "epochs": [{k: v for k, v in e.items() if k != "val_mse"}
+                                             for e in hist["epochs"]]},
+                          str(tmp_path / "bare.png"))
+    assert _colour_share(no_val, ORANGE) == 0.0          # (and the check can fail)
+
+
+def test_fit_leaves_the_matplotlib_backend_alone(tmp_path):
+    """A notebook's inline backend stays: the run's figures use no pyplot state."""
+    matplotlib = pytest.importorskip("matplotlib")
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        x = np.linspace(-1, 1, 64)[:, None]
+        model = Linear(1, 1, dtype=np.float64, rng=0)
+        h = nn_core.fit(model, "mse", SGD(model, lr=0.1), (x, 2 * x), (x, 2 * x), epochs=2,
+                        batch_size=16, verbose=0, out_dir=str(tmp_path / "run"))
+        assert matplotlib.get_backend() == "svg"
+        assert h.loss_curve and _colour_share(h.loss_curve, ORANGE) > 1e-3   # val_loss
+    finally:
+        matplotlib.use(before)
 
 
 # ------------------------------------------------------------------ resumable runs
@@ -219,7 +324,8 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, reference, wher
     assert state["step"] == exc.step == (at - 1 if where == "train_step" else 8 * at)
     hist = json.load(open(os.path.join(out, "history.json")))
     assert len(hist["step_loss"]) == exc.step and not hist["finished"]
-    assert sorted(os.listdir(out)) == ["history.csv", "history.json", "model.npz"]
+    assert sorted(set(os.listdir(out)) - {"loss_curve.png"}) == ["history.csv",
+                                                                 "history.json", "model.npz"]
     _, res = train(_DropoutToy({"seed": 2}), out_dir=out, resume=True, **RUN)
     assert res["steps"] == 24
     _same_run(reference, out)
@@ -249,7 +355,7 @@ def test_signal_during_the_update_finishes_the_step(tmp_path, reference, monkeyp
 def test_signal_during_forward_abandons_the_step(tmp_path, reference, monkeypatch):
     plotted = []
     monkeypatch.setattr(training._run, "plot_history",
-                        lambda h, path, title: plotted.append(path))
+                        lambda h, path, title, **kw: plotted.append(path))
     task = _DropoutToy({"seed": 2})
     step = task.train_step
     calls = {"n": 0}

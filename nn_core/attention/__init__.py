@@ -1,4 +1,4 @@
-"""Attention layers: scaled dot-product, masks and the multi-head family (README "API tour")."""
+"""Attention layers: scaled dot-product, masks and the multi-head family (docs/guide/tour.md)."""
 from .masks import (
     apply_causal_mask,
     create_causal_mask,

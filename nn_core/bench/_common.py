@@ -108,6 +108,21 @@ def measure(fn, repeat: int = 7, min_time: float = 0.05) -> float:
     return statistics.median(_sample(fn, number) for _ in range(repeat))
 
 
+def warm_up(fns: dict, seconds: float = 0.05) -> None:
+    """Call every function of ``fns`` in turn until each has run for ``seconds`` (at
+    least twice): caches, allocator pools, thread pools and lazily compiled paths are
+    then warm before anything is timed."""
+    spent = dict.fromkeys(fns, 0.0)
+    calls = dict.fromkeys(fns, 0)
+    while any(spent[k] < seconds or calls[k] < 2 for k in fns):
+        for k, fn in fns.items():
+            if spent[k] < seconds or calls[k] < 2:
+                t0 = time.perf_counter()
+                fn()
+                spent[k] += time.perf_counter() - t0
+                calls[k] += 1
+
+
 def interleaved(fns: dict, repeat: int = 7, min_time: float = 0.05, clock="wall",
                 settle: float = 0.0) -> dict:
     """Median seconds per call of each function, measured alternately in one run so

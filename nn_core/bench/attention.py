@@ -14,8 +14,8 @@ memory against L for both libraries; see :mod:`nn_core.bench._long`.
 with the dense band mask, nn_core and torch, its growth in L, its peak memory and a
 ring-cache decoding run; see :mod:`nn_core.bench._window`.
 
-For every (threads, dtype, shape ``BxhxLxd_k``, causal) it times, alternately in one
-run, ``ScaledDotProductAttention.forward`` (+ ``backward``) against
+Every contender is first warmed up on every case; then, for every (threads, dtype,
+shape ``BxhxLxd_k``, causal), it times, alternately in one run, ``ScaledDotProductAttention.forward`` (+ ``backward``) against
 ``torch.nn.functional.scaled_dot_product_attention`` (+ ``autograd`` backward) on the
 same inputs, and prints the medians and the ratio nn_core / torch (< 1: nn_core is
 faster).  BLAS and torch are limited to the same thread count (needs threadpoolctl,
@@ -29,7 +29,8 @@ import sys
 import numpy as np
 
 from ..attention import ScaledDotProductAttention
-from ._common import interleaved, machine_report, thread_report, threads, torch_or_none
+from ._common import (interleaved, machine_report, thread_report, threads, torch_or_none,
+                      warm_up)
 
 DEFAULT_SHAPES = ("8x8x128x32", "4x8x512x64")
 
@@ -89,15 +90,19 @@ def run(thread_counts, dtypes, shapes, causals, repeat=7, min_time=0.05, clock="
         with threads(n):
             out(f"# threads={n}: {thread_report()}")
             out(hdr)
-            for dtype in dtypes:
-                for shape in shapes:
-                    for causal in causals:
-                        fns = _contenders(shape, dtype, causal, torch)
-                        t = interleaved(fns, repeat=repeat, min_time=min_time, clock=clock)
-                        row = dict(threads=n, dtype=np.dtype(dtype).name, shape=shape,
-                                   causal=causal, **t)
-                        rows.append(row)
-                        out(_format(row))
+            grid = [(dtype, shape, causal) for dtype in dtypes for shape in shapes
+                    for causal in causals]
+            # every contender warm on every shape before the first timing, so that the
+            # order of the rows changes no ratio
+            cases = [_contenders(shape, dtype, causal, torch) for dtype, shape, causal in grid]
+            for fns in cases:
+                warm_up(fns, min_time)
+            for (dtype, shape, causal), fns in zip(grid, cases):
+                t = interleaved(fns, repeat=repeat, min_time=min_time, clock=clock)
+                row = dict(threads=n, dtype=np.dtype(dtype).name, shape=shape,
+                           causal=causal, **t)
+                rows.append(row)
+                out(_format(row))
     return rows
 
 

@@ -32,6 +32,8 @@ class Forecaster(Module):
 
     Shapes: ``B`` batch, ``W`` window length.
 
+    Interface
+    ---------
     * ``forward(x [B, W, D]) -> y [B, D]``;
     * ``backward(grad_y [B, D]) -> grad_x [B, W, D]``.
 

@@ -46,6 +46,8 @@ class Seq2SeqModel(Module):
 
     Shapes: ``B`` batch, ``S`` source length, ``T`` target length.
 
+    Interface
+    ---------
     * ``forward(src [B, S], src_len [B], tgt_in [B, T], tgt_len [B]) -> logits [B, T, V]``
       (all four inputs are integer arrays; ``tgt_in`` is the target shifted right,
       starting with ``bos_id``; positions past a length are padding);

@@ -44,6 +44,8 @@ class TransformerBlock(TransformerDecoderLayer):
     dtype : {np.float32, np.float64}, keyword-only
     rng : None, int or numpy.random.Generator, keyword-only
 
+    Interface
+    ---------
     * ``forward(x [B, L, d], kv_cache=None) -> [B, L, d]``; with a ``kv_cache`` (from
       ``block.self_attn.new_kv_cache``) the positions are appended to the cache and
       attend to everything in it (decoding; no backward afterwards);
@@ -110,6 +112,8 @@ class TransformerLM(Module):
 
     Shapes: ``B`` batch, ``L`` positions (``start + L <= max_len``).
 
+    Interface
+    ---------
     * ``forward(ids [B, L], kv_caches=None, start=0) -> logits [B, L, V]``;
       ``kv_caches`` (from :meth:`new_kv_caches`) makes it one decoding step at
       positions ``start .. start + L - 1`` (no backward afterwards);

@@ -1,4 +1,4 @@
-"""Recurrent cells and layers (README "Recurrent layers") over compiled BPTT kernels.
+"""Recurrent cells and layers (docs/guide/tour.md, "Recurrent layers") over compiled BPTT kernels.
 
 Cells: ``RNNCell``, ``LSTMCell``, ``GRUCell`` (one-step and whole-sequence APIs; the
 kernels are ``nn_core._kernels._recurrent``).  Layers, composed from the cells' public

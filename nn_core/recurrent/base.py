@@ -1,7 +1,8 @@
 """The sequence driver shared by RNNCell, LSTMCell and GRUCell.
 
 :class:`RecurrentCell` owns the parameters ``W_ih [G*H, D]``, ``W_hh [G*H, H]``,
-``b_ih [G*H]``, ``b_hh [G*H]`` and both levels of the API (README "Recurrent layers"):
+``b_ih [G*H]``, ``b_hh [G*H]`` and both levels of the API (docs/guide/tour.md,
+"Recurrent layers"):
 
 * the **one-step** API ``forward(x_t, state)`` / ``backward(grad_h[, grad_c])`` keeps a
   LIFO of step caches (BPTT is ``backward`` in reverse order, ``reset()`` drops them);

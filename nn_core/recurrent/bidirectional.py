@@ -1,5 +1,5 @@
 """Bidirectional recurrent layers: :class:`BidirectionalWrapper` and
-:class:`StackedBidirectional` (README "Recurrent layers").
+:class:`StackedBidirectional` (docs/guide/tour.md, "Recurrent layers").
 
 A bidirectional layer runs one cell left to right and a second, independent cell
 right to left over the same input and merges the two output sequences
@@ -100,6 +100,8 @@ class BidirectionalWrapper(Module):
         from ``forward_cell.rng`` (so a seeded forward cell gives reproducible,
         but different, backward weights).
 
+    Interface
+    ---------
     Shapes: ``T`` time, ``B`` batch, ``D`` input size, ``H`` hidden size,
     ``H_out`` = ``2H`` (concat) or ``H``.  With ``batch_first`` the sequences are
     ``[B, T, *]`` instead of ``[T, B, *]``.
@@ -410,6 +412,8 @@ class StackedBidirectional(_Stack):
         ``batch_first``, ``dtype``, ``rng``; and ``concurrent`` (see
         :class:`BidirectionalWrapper`).
 
+    Interface
+    ---------
     Shapes (``batch_first`` swaps the first two axes of ``x`` and ``output``):
 
     * ``forward(x [T, B, D], state=None, lengths=None)

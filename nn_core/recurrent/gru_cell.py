@@ -21,12 +21,13 @@ __all__ = ["GRUCell", "BidirectionalGRU"]
 class GRUCell(RecurrentCell, cell_type="gru"):
     __doc__ = """GRU cell, gate order ``(r, z, n)``.
 """ + _SHARED_DOC.format(G="3", step_out="h_t [B, H]", step_grad="grad_h",
-                         step_ret="(grad_x, grad_h_prev)") + """
+                         step_ret="(grad_x, grad_h_prev)", own="""\
     reset_after : bool, default False
         ``False``: the paper's equation, the reset gate is applied to ``h`` before
         the recurrent product, ``n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)``.
         ``True``: PyTorch/cuDNN's form, ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``
         (load torch GRU weights only into this form).
+""") + """
 
     Notes
     -----
@@ -88,6 +89,8 @@ class BidirectionalGRU(BidirectionalWrapper):
     dtype : {np.float32, np.float64}, keyword-only
     rng : None, int or numpy.random.Generator, keyword-only
 
+    Interface
+    ---------
     ``forward(x [T, B, D], state=None, lengths=None) -> (output [T, B, H_out],
     (h_fw [B, H], h_bw [B, H]))`` and ``backward(grad_output, grad_state=None) ->
     (grad_x, (grad_h0_fw, grad_h0_bw))``; ``H_out = 2H`` (concat) or ``H``.  See

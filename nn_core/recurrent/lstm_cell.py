@@ -22,11 +22,12 @@ class LSTMCell(RecurrentCell, cell_type="lstm"):
     __doc__ = """LSTM cell, gate order ``(i, f, g, o)``; the state is ``(h, c)``.
 """ + _SHARED_DOC.format(G="4", step_out="(h_t [B, H], c_t [B, H])",
                          step_grad="grad_h, grad_c=None",
-                         step_ret="(grad_x, grad_h_prev, grad_c_prev)") + """
+                         step_ret="(grad_x, grad_h_prev, grad_c_prev)", own="""\
     forget_bias : float, default 1.0
         Added to the forget-gate block ``b_ih[H:2H]`` at initialisation
         (Jozefowicz et al., 2015); ``0.0`` gives PyTorch's initialisation exactly.
         Ignored when ``bias=False``.
+""") + """
 
     Notes
     -----

@@ -33,7 +33,9 @@ _SHARED_DOC = """
         orthogonal matrix (Saxe et al., 2014); the rest stays uniform.
     dtype : {{np.float32, np.float64}}, keyword-only
     rng : None, int or numpy.random.Generator, keyword-only
-
+{own}
+    Interface
+    ---------
     Shapes: ``T`` time, ``B`` batch, ``D`` input size, ``H`` hidden size,
     ``G`` gates ({G}).
 
@@ -71,9 +73,9 @@ _SHARED_DOC = """
 class RNNCell(RecurrentCell, cell_type="rnn"):
     __doc__ = """Elman recurrent cell with a tanh or ReLU nonlinearity.
 """ + _SHARED_DOC.format(G="1", step_out="h_t [B, H]", step_grad="grad_h",
-                         step_ret="(grad_x, grad_h_prev)") + """
+                         step_ret="(grad_x, grad_h_prev)", own="""\
     nonlinearity : {"tanh", "relu"}, default "tanh"
-
+""") + """
     Notes
     -----
     Forward (Elman, 1990)::
@@ -130,6 +132,8 @@ class BidirectionalRNNCell(BidirectionalWrapper):
     rng : None, int or numpy.random.Generator, keyword-only
         Same seed, same weights (both directions drawn from independent child streams).
 
+    Interface
+    ---------
     ``forward(x [T, B, D], state=None, lengths=None) -> (output [T, B, H_out],
     (h_fw [B, H], h_bw [B, H]))`` and ``backward(grad_output, grad_state=None) ->
     (grad_x, (grad_h0_fw, grad_h0_bw))``; ``H_out = 2H`` (concat) or ``H``.  See

@@ -18,7 +18,10 @@ from ..optim import AdamW
 from ..training import EarlyStopping, Trainer, TrainingInterrupted
 from ..training.data import ArrayDataset
 
-__all__ = ["RecurrentEstimator", "blas_limited"]
+__all__ = ["RecurrentEstimator", "blas_limited", "AUTO_EARLY_STOPPING_MAX"]
+
+#: ``early_stopping="auto"`` holds out a validation set for at most this many samples
+AUTO_EARLY_STOPPING_MAX = 10_000
 
 
 def blas_limited(method):
@@ -51,7 +54,7 @@ class RecurrentEstimator(BaseEstimator):
 
     def __init__(self, hidden_size=32, cell="gru", max_iter=200, batch_size=32,
                  learning_rate_init=5e-3, weight_decay=0.0, clip=1.0, shuffle=True, tol=1e-4,
-                 n_iter_no_change=10, early_stopping=False, validation_fraction=0.1,
+                 n_iter_no_change=10, early_stopping="auto", validation_fraction=0.1,
                  standardize=True, dtype="float64", random_state=None, verbose=0,
                  warm_start=False, blas_threads=1):
         self.hidden_size = hidden_size
@@ -85,6 +88,8 @@ class RecurrentEstimator(BaseEstimator):
         if self.clip is not None:
             check_real(self.clip, "clip", 0.0, lo_open=True)
         check_choice(self.cell, "cell", CELLS)
+        if not isinstance(self.early_stopping, (bool, np.bool_)):
+            check_choice(self.early_stopping, "early_stopping", ("auto", True, False))
         check_choice(np.dtype(self.dtype).name, "dtype", ("float32", "float64"))
 
     def _seed(self, rs):
@@ -177,7 +182,7 @@ class RecurrentEstimator(BaseEstimator):
         scikit-learn's stopping rule when ``stopping``; updates ``n_iter_``,
         ``loss_curve_`` and the validation record."""
         val = None
-        if stopping and self.early_stopping:
+        if stopping and self._early_stopping(n):
             n_val = max(1, int(round(self.validation_fraction * n)))
             if n - n_val < 1:
                 raise ValueError(f"early_stopping needs at least 2 samples, got {n} sample")
@@ -217,6 +222,14 @@ class RecurrentEstimator(BaseEstimator):
         return self
 
     _shuffle_split = True
+
+    def _early_stopping(self, n):
+        """Whether a fit on ``n`` samples holds out a validation set: ``"auto"`` does for
+        at least 20 and at most :data:`AUTO_EARLY_STOPPING_MAX` samples, where a network
+        that trains on its training loss alone overfits."""
+        if isinstance(self.early_stopping, str):
+            return 20 <= n <= AUTO_EARLY_STOPPING_MAX
+        return bool(self.early_stopping)
 
     def _forward(self, z, lengths, batch_size=1024):
         """Model outputs for standardised inputs, in eval mode, batch by batch."""

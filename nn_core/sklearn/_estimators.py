@@ -36,9 +36,13 @@ _PARAMS = """
         validation score rises) by more than ``tol``.
     n_iter_no_change : int, default 10
         Stop after this many epochs in a row without improvement.
-    early_stopping : bool, default False
+    early_stopping : "auto" or bool, default "auto"
         Hold out ``validation_fraction`` of the samples, stop on their score, and keep
-        the weights of the best epoch.
+        the weights of the best epoch.  ``"auto"``: on when :meth:`fit` gets from 20 to
+        10,000 samples (``AUTO_EARLY_STOPPING_MAX``); a small network trained on the
+        training loss alone fits a few hundred samples' noise long before ``max_iter``.
+        Off for fewer (too few to hold out) and for more (every sample trains; stop on
+        the training loss).
     validation_fraction : float, default 0.1
     standardize : bool, default True
         Centre and scale the inputs' features (over all real steps){targets} with the
@@ -54,7 +58,7 @@ _PARAMS = """
     blas_threads : int or None, default 1
         BLAS threads while fitting and predicting (restored afterwards); ``None`` leaves
         the process's setting.  These matrices are small, and extra BLAS threads mostly
-        synchronise (see the README's scikit-learn section).
+        synchronise (see docs/guide/sklearn.md).
 
     Inputs ``X``: a 3-D array ``[n, T, D]`` (``n`` sequences of ``T`` steps of ``D``
     features), a list of ``n`` arrays ``[T_i, D]`` (or ``[T_i]``) of different lengths

@@ -67,7 +67,7 @@ class RecurrentForecaster(RecurrentEstimator):
 
     def __init__(self, window=16, horizon=1, hidden_size=32, cell="gru", max_iter=200,
                  batch_size=32, learning_rate_init=5e-3, weight_decay=0.0, clip=1.0,
-                 shuffle=True, tol=1e-4, n_iter_no_change=10, early_stopping=False,
+                 shuffle=True, tol=1e-4, n_iter_no_change=10, early_stopping="auto",
                  validation_fraction=0.1, standardize=True, dtype="float64",
                  random_state=None, verbose=0, warm_start=False, blas_threads=1):
         super().__init__(hidden_size=hidden_size, cell=cell, max_iter=max_iter,

@@ -2,7 +2,10 @@
 
 Data: the Lorenz system (:func:`~nn_core.datasets.lorenz.lorenz_series`, sampled every
 ``dt``), or a file of your own (``--data``: CSV/TSV, ``.npy`` or ``.npz``, one row per
-time step, read by :func:`~nn_core.datasets.files.read_table`).  The series is split in
+time step, read by :func:`~nn_core.datasets.files.load_table`; ``--missing`` fills or
+drops gaps, as again on every later read of the file, and the data line counts them;
+the time column, ``--time-column`` or the first non-numeric one, labels the forecasts of
+``nn-core predict``).  The series is split in
 time: the first rows train, the last ``--val-frac`` (20 %) validate; it is standardised
 with the training rows' mean and standard deviation only.  Model:
 :class:`~nn_core.models.Forecaster` over windows of ``--window`` steps of every column,
@@ -19,10 +22,11 @@ back into the training rows, which are known when the forecast is made.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
-from ..datasets.files import read_table
+from ..datasets.files import MISSING_CHOICES, extend_time, load_table
 from ..datasets.lorenz import lorenz_series, sliding_windows
 from ..datasets.series import chronological_windows, column_scale, seasonal_naive, \
     seasonal_period, standardize, window_ends
@@ -44,7 +48,8 @@ MAX_WINDOW = 10_000
 MAX_STEPS = 10_000_000
 MAX_WINDOW_VALUES = 50_000_000
 
-_FILE_KEYS = ("data", "data_sha256", "columns", "target", "val_frac", "season", "mean", "std")
+_FILE_KEYS = ("data", "data_sha256", "columns", "target", "val_frac", "season", "mean", "std",
+              "missing", "time_column")
 
 
 class ForecastTask(CommandTask):
@@ -64,6 +69,12 @@ class ForecastTask(CommandTask):
                default_text="every column", data="file"),
         Option("--target", "--data: the columns to forecast, among --columns", metavar="A,B",
                type=str, default_text="all of them", data="file"),
+        Option("--missing", "--data: what to do with a missing cell (empty, NA, NaN): stop "
+               "with an error, fill it by linear interpolation or with the last value, or "
+               "drop its row", "error", choices=MISSING_CHOICES, data="file"),
+        Option("--time-column", "--data: the column of time stamps, carried into the "
+               "forecasts of nn-core predict", metavar="NAME", type=str,
+               default_text="the first non-numeric column, if any", data="file"),
         Option("--cell", "recurrent cell", "gru", choices=("gru", "lstm")),
         Option("--window", "input steps", 32, type=int, bounds=(1, MAX_WINDOW)),
         Option("--horizon", "predict this many steps after the window", type=int,
@@ -99,12 +110,16 @@ class ForecastTask(CommandTask):
             c.update(horizon=25 if a.horizon is None else a.horizon, steps=a.steps, dt=a.dt)
             return cls.check_config(c)
         c.update(horizon=1 if a.horizon is None else a.horizon, steps=None, dt=None,
-                 val_frac=a.val_frac, season=a.season, **data_identity(a.data))
+                 val_frac=a.val_frac, season=a.season, missing=a.missing,
+                 **data_identity(a.data))
         checked(c, "window", check_int, 1)
         checked(c, "horizon", check_int, 1)
         checked(c, "val_frac", check_real, 0.0, 0.5, lo_open=True)
         columns = names(a.columns, "--columns") if a.columns else None
-        cols, values = read_table(a.data, columns)      # messages name the file as given
+        table = load_table(a.data, columns, missing=a.missing,     # messages name the file
+                           time_column=a.time_column or True)     # as given
+        cols, values = table.names, table.values
+        c["time_column"] = table.time_name
         target = names(a.target, "--target") if a.target else cols
         for t in target:
             if t not in cols:
@@ -143,6 +158,10 @@ class ForecastTask(CommandTask):
             return c
         if c["season"] is not None:
             checked(c, "season", check_int, 2, flag="--season")
+        checked(c, "missing", check_choice, MISSING_CHOICES, flag="--missing")
+        if c["time_column"] is not None and not isinstance(c["time_column"], str):
+            raise TypeError(f"--time-column must be a column name, got "
+                            f"{type(c['time_column']).__name__}")
         cols = c["columns"]
         if not (isinstance(cols, list) and cols and all(isinstance(s, str) for s in cols)
                 and len(set(cols)) == len(cols)):
@@ -173,13 +192,16 @@ class ForecastTask(CommandTask):
             z = (series - self.mean) / self.std
             self.train_x, self.train_y = sliding_windows(z[:split], W, h)
             self.val_x, self.val_y = sliding_windows(z[split:], W, h)
+            self.val_rows = split + W - 1 + h + np.arange(len(self.val_y))
             self.train_set = ArrayDataset(self.train_x, self.train_y)
             self.columns = ["x", "y", "z"]
             self.target = [0, 1, 2]
             return
         verify_identity(c)
-        cols, values = read_table(c["data"], c["columns"])
+        table = _load(c["data"], c)
+        cols, values = table.names, table.values
         self.rows = len(values)
+        self.filled, self.dropped = table.filled, table.dropped
         self.mean, self.std = np.array(c["mean"]), np.array(c["std"])
         self.columns = cols
         self.target = [cols.index(t) for t in c["target"]]
@@ -188,6 +210,7 @@ class ForecastTask(CommandTask):
         split = split_point(len(z), c["val_frac"])
         (self.train_x, self.train_y), (self.val_x, self.val_y, ends) = \
             chronological_windows(z, W, h, split)
+        self.val_rows = ends + h
         self.train_set = ArrayDataset(self.train_x, self.train_y)
         if self.season is not None:
             self.val_seasonal = seasonal_naive(z, ends, h, self.season)
@@ -196,8 +219,12 @@ class ForecastTask(CommandTask):
         c = self.config
         if c["data"] is None:
             return "generated"
+        gaps = "".join(
+            [f", {n} missing {k} filled ({c['missing']})" for k, n in self.filled.items()]
+            + ([f", {self.dropped} rows with a missing value dropped"] if self.dropped
+               else []))
         return (f"{c['data']}: {self.rows} rows x {len(self.columns)} columns "
-                f"({', '.join(self.columns)}), {len(self.train_x)} training and "
+                f"({', '.join(self.columns)}){gaps}, {len(self.train_x)} training and "
                 f"{len(self.val_x)} validation windows")
 
     def build_model(self, dtype, rng):
@@ -211,6 +238,39 @@ class ForecastTask(CommandTask):
 
     #: the metric of the summary line, and whether larger is better
     headline = ("val_mse", False)
+    plot_metric = "val_mse"
+
+    def plot_levels(self, metrics):
+        """Persistence's and the seasonal-naive forecast's validation MSE."""
+        levels = {}
+        if "persistence_mse" in metrics:
+            levels["persistence"] = metrics["persistence_mse"]
+        if "seasonal_mse" in metrics:
+            levels[f"seasonal-naive (period {self.season})"] = metrics["seasonal_mse"]
+        return levels
+
+    def plot(self, model, out_dir):
+        """``forecast.png``: the validation stretch, truth and forecast of each target
+        column (at most four) in the data's units."""
+        from ..training._run import TRAIN_COLOUR, VALIDATION_COLOUR, new_figure, save_figure
+        t = self.target[:4]
+        fig = new_figure((8, 2.2 + 1.6 * len(t)))
+        if fig is None:
+            return []
+        pred = _predict(model, self.val_x)
+        axes = fig.subplots(len(t), 1, sharex=True, squeeze=False)[:, 0]
+        h = self.config["horizon"]
+        for ax, j in zip(axes, t):
+            raw = lambda z: z[:, j] * self.std[j] + self.mean[j]  # noqa: E731
+            ax.plot(self.val_rows, raw(self.val_y), color=TRAIN_COLOUR, lw=1.2,
+                    gid="truth", label="observed")
+            ax.plot(self.val_rows, raw(pred), color=VALIDATION_COLOUR, lw=1.2,
+                    gid="forecast", label=f"forecast, {h} step(s) ahead")
+            ax.set_ylabel(self.columns[j])
+        axes[0].legend(loc="upper left", fontsize="small")
+        axes[0].set_title(f"validation: observed and forecast {h} step(s) ahead")
+        axes[-1].set_xlabel("row of the series")
+        return [save_figure(fig, os.path.join(out_dir, "forecast.png"))]
 
     def evaluate(self, model, batch_size=1024):
         # every column: a plain slice keeps the arrays' layout, and so the sums' order
@@ -276,7 +336,7 @@ class ForecastTask(CommandTask):
         summary = (f"{len(rows)} forecasts, {config['horizon']} step(s) ahead, of "
                    f"{', '.join(config['target'])} from {data}")
         preview = ["  " + ", ".join(
-            f"{k}={v if v == '' or k == 'time_index' else f'{float(v):.6g}'}"
+            f"{k}={v if v == '' or k == header[0] else f'{float(v):.6g}'}"
             for k, v in zip(header, r)) for r in rows[-min(len(rows), max(3, len(future))):]]
         return header, rows, summary, preview
 
@@ -288,17 +348,21 @@ class ForecastTask(CommandTask):
         Returns
         -------
         header : list of str
-            ``time_index``, then each target column's forecast and ``<name>_observed``.
+            The time column's name (``time_index`` if the file has none, or its time
+            stamps are not regular), then each target column's forecast and
+            ``<name>_observed``.
         rows : list of lists
-            One per window: the 0-based row the forecast is for (past the end of the
-            file for the last ``horizon`` windows), the forecasts in the data's units,
-            and the observed values where the file has them (else empty).
+            One per window: the time stamp of the step forecast (continued by
+            :func:`~nn_core.datasets.files.extend_time` past the end of the file), or
+            its 0-based row; the forecasts in the data's units; and the observed
+            values where the file has them (else empty).
         """
         c = config
         if c["data"] is None:
             raise ValueError("predict needs a model trained with --data (this one was "
                              "trained on the generated Lorenz series)")
-        cols, values = read_table(path, c["columns"], flag="--data")
+        table = _load(path, c, flag="--data")
+        cols, values = table.names, table.values
         W, h, N = c["window"], c["horizon"], len(values)
         if N < W:
             raise ValueError(f"--data {path} has {N} rows; the model needs windows of {W}")
@@ -308,7 +372,12 @@ class ForecastTask(CommandTask):
         x = z[ends[:, None] + np.arange(1 - W, 1)[None, :]]
         t = [cols.index(n) for n in c["target"]]
         pred = (_predict(model, x) * std + mean)[:, t]
-        header = ["time_index"] + list(c["target"]) + [f"{n}_observed" for n in c["target"]]
+        times = None
+        if table.time is not None:
+            ahead = extend_time(table.time, h)
+            times = None if ahead is None else table.time + ahead
+        header = ([table.time_name] if times is not None else ["time_index"]) + \
+            list(c["target"]) + [f"{n}_observed" for n in c["target"]]
         # 9 significant digits identify a float32 exactly; float64 as repr
         fmt = (lambda v: format(float(v), ".9g")) if model.dtype == np.float32 else \
             (lambda v: repr(float(v)))
@@ -316,8 +385,15 @@ class ForecastTask(CommandTask):
         for e, p in zip(ends, pred):
             k = int(e) + h
             seen = [repr(float(v)) for v in values[k, t]] if k < N else [""] * len(t)
-            rows.append([k] + [fmt(v) for v in p] + seen)
+            rows.append([k if times is None else times[k]] + [fmt(v) for v in p] + seen)
         return header, rows
+
+
+def _load(path, config, flag="--columns"):
+    """The table of a run's file (or a newer one with its columns): the run's columns,
+    gaps handled and time column taken as when it was trained."""
+    return load_table(path, config["columns"], missing=config["missing"],
+                      time_column=config["time_column"], flag=flag)
 
 
 class _ColumnsMSE:

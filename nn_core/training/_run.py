@@ -23,7 +23,7 @@ __all__ = ["CHECKPOINT", "RUN_FILES", "RunExistsError", "RunLockedError", "check
 #: the checkpoint a run writes in its ``out_dir``
 CHECKPOINT = "model.npz"
 #: every file of a run folder (deleted by ``overwrite=True``, nothing else is)
-RUN_FILES = (CHECKPOINT, "history.json", "history.csv", "loss_curve.png")
+RUN_FILES = (CHECKPOINT, "history.json", "history.csv", "loss_curve.png", "forecast.png")
 
 
 class RunExistsError(FileExistsError):
@@ -183,53 +183,103 @@ def write_history(out_dir, history):
     return json_path, csv_path
 
 
-def plot_history(history, path, title=""):
+#: the colours of the figures (matplotlib's default cycle, named)
+TRAIN_COLOUR, VALIDATION_COLOUR, LEVEL_COLOURS = "tab:blue", "tab:orange", ("tab:gray",
+                                                                           "tab:green")
+
+
+def new_figure(figsize):
+    """A matplotlib ``Figure`` that belongs to no backend (pyplot's state and the
+    user's backend stay as they are), or ``None`` when matplotlib is not installed."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    return Figure(figsize=figsize)
+
+
+def save_figure(fig, path):
+    """Write ``fig`` to ``path`` as a PNG, atomically; returns ``path``."""
+    fig.tight_layout()
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110)
+    return path
+
+
+def _validation_key(epochs, metric):
+    if not epochs:
+        return None
+    if metric is not None and metric in epochs[0]:
+        return metric
+    if "val_loss" in epochs[0]:
+        return "val_loss"
+    return next((k for k, v in epochs[0].items() if k.startswith("val_")
+                 and isinstance(v, (int, float))), None)
+
+
+def loss_figure(history, title="", metric=None, levels=None):
+    """The loss curve as a ``Figure`` (see :func:`plot_history`), or ``None`` without
+    matplotlib."""
+    fig = new_figure((7, 4))
+    if fig is None:
+        return None
+    ax = fig.add_subplot()
+    steps = history["step_loss"]
+    ax.plot(np.arange(1, len(steps) + 1), steps, lw=0.8, alpha=0.5, color=TRAIN_COLOUR,
+            label="train loss (step)")
+    per_epoch = history["epochs"]
+    shown = list(steps)
+    if per_epoch:
+        ends = [e["step"] for e in per_epoch]
+        starts = [0] + ends[:-1]
+        mids = [(a + b) / 2 for a, b in zip(starts, ends)]
+        ax.plot(mids, [e["train_loss"] for e in per_epoch], "o-", color=TRAIN_COLOUR,
+                label="train loss (epoch mean)")
+        key = _validation_key(per_epoch, metric)
+        if key is not None:
+            values = [e[key] for e in per_epoch]
+            shown += values
+            ax.plot(ends, values, "s-", color=VALIDATION_COLOUR, gid="validation",
+                    label=f"{key} (end of epoch)")
+    for (label, value), colour in zip((levels or {}).items(), LEVEL_COLOURS * 4):
+        shown.append(value)
+        ax.axhline(value, color=colour, ls="--", lw=1.2, label=label)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    if shown and min(shown) > 0:
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend()
+    return fig
+
+
+def plot_history(history, path, title="", metric=None, levels=None):
     """Write the loss curve (per-step training loss, per-epoch validation) as a PNG.
+
+    Drawn on a :class:`matplotlib.figure.Figure` of its own: pyplot and the backend in
+    use (a notebook's inline plots) are left alone.
 
     Parameters
     ----------
     history : dict
         ``step_loss`` (list of floats) and ``epochs`` (dicts with ``step``,
-        ``train_loss`` and optionally ``val_loss``), as training records them.
+        ``train_loss`` and validation metrics), as training records them.
     path : str
         The PNG to write.
     title : str
+    metric : str, optional
+        The validation metric drawn at the end of each epoch, in the training loss's
+        units (default: ``val_loss``, else the first ``val_`` metric recorded).
+    levels : dict of str to float, optional
+        Horizontal lines, such as a baseline's error: ``{label: value}``.
 
     Returns
     -------
     str or None
         ``path``, or ``None`` when matplotlib is not installed.
     """
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    steps = history["step_loss"]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(np.arange(1, len(steps) + 1), steps, lw=0.8, alpha=0.6, label="train loss (step)")
-    per_epoch = history["epochs"]
-    if per_epoch:
-        ends = [e["step"] for e in per_epoch]
-        mids = [(a + b) / 2 for a, b in zip([0] + ends[:-1], ends)]
-        ax.plot(mids, [e["train_loss"] for e in per_epoch], "o-", label="train loss (epoch mean)")
-        if "val_loss" in per_epoch[0]:
-            ax.plot(ends, [e["val_loss"] for e in per_epoch], "s-",
-                    label="validation loss (end of epoch)")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss")
-    if min(steps, default=1.0) > 0:
-        ax.set_yscale("log")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    try:
-        with atomic_write(path, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=110)
-    finally:
-        plt.close(fig)
-    return path
+    fig = loss_figure(history, title, metric, levels)
+    return None if fig is None else save_figure(fig, path)
 
 
 # ------------------------------------------------------------------ RNG state

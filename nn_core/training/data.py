@@ -104,6 +104,8 @@ class ArrayDataset:
         The model's argument(s).
     target : array ``[n, ...]``, optional
 
+    Interface
+    ---------
     ``batch(idx)`` returns ``Batch(inputs=(x[idx], ...), target=y[idx])``.
     """
 
@@ -146,6 +148,8 @@ class SequenceDataset:
     dtype : numpy dtype, optional
         Of the padded inputs (default: the sequences' own).
 
+    Interface
+    ---------
     ``batch(idx)`` returns ``Batch(inputs=(padded, lengths), target=...)``, each batch
     padded to its own longest sequence, so the model is called as
     ``model(padded, lengths)``.

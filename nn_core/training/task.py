@@ -48,6 +48,8 @@ class Task:
     name = ""
     #: the metric printed in the summary, and whether larger is better
     headline = ("val_loss", False)
+    #: the validation metric drawn on the loss curve (in the training loss's units)
+    plot_metric = "val_loss"
     #: metrics the trainer counts on the training batches (``"accuracy"``)
     metrics: tuple = ()
     #: the training samples (a dataset with ``batch(idx)`` and ``len``), or ``None``
@@ -85,6 +87,16 @@ class Task:
     def evaluate(self, model) -> dict:  # pragma: no cover - interface
         """Validation metrics (``model`` is in eval mode)."""
         raise NotImplementedError
+
+    def plot_levels(self, metrics) -> dict:
+        """Horizontal lines of the loss curve, ``{label: value}`` in the units of
+        :attr:`plot_metric` (a baseline's error), from the last ``metrics``."""
+        return {}
+
+    def plot(self, model, out_dir) -> list:
+        """Figures of the task's own written into ``out_dir`` at the end of training
+        (matplotlib installed); returns their paths."""
+        return []
 
     def describe_metrics(self, metrics) -> str:
         """One line summarising ``metrics`` (printed at the end of training and by eval)."""
@@ -173,8 +185,8 @@ def train(task, *, epochs, batch_size, lr, dtype=np.float32, seed=0, out_dir="ru
         Seeds the weights and the batch order (data are seeded by the task config).
     out_dir : str
         Receives ``model.npz`` (after every epoch and when training stops, atomically),
-        ``history.json`` and ``history.csv`` (after every epoch) and ``loss_curve.png``
-        (when matplotlib is installed).  If it already holds a run, ``resume`` or
+        ``history.json`` and ``history.csv`` (after every epoch), ``loss_curve.png``
+        and the task's figures (:meth:`Task.plot`) when matplotlib is installed.  If it already holds a run, ``resume`` or
         ``overwrite`` must be given.
     clip : float
         Global gradient-norm clip.

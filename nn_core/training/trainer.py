@@ -605,12 +605,17 @@ class _Loop:
         """The loss curve, or ``None`` (no run folder, no matplotlib, or abandoned)."""
         if self.out_dir is None or not self.t.is_root:
             return None
+        task = self.source               # a Task may name its metric and add lines
+        levels = getattr(task, "plot_levels", lambda m: {})(self.run.metrics or {})
         try:
             with signals.abandonable():
-                return _run.plot_history(self.history_dict({"finished": False,
-                                                            "wall_time_s": 0.0}),
-                                         os.path.join(self.out_dir, "loss_curve.png"),
-                                         title=self.title)
+                path = _run.plot_history(
+                    self.history_dict({"finished": False, "wall_time_s": 0.0}),
+                    os.path.join(self.out_dir, "loss_curve.png"), title=self.title,
+                    metric=getattr(task, "plot_metric", None), levels=levels)
+                if path is not None and hasattr(task, "plot"):
+                    task.plot(self.t.model, self.out_dir)
+                return path
         except KeyboardInterrupt:
             return None
 
@@ -672,10 +677,11 @@ class _Loop:
                     model.train()
                     for cb in t.callbacks:
                         cb.on_epoch_begin(epoch, {})
+                    last = self.total if self.max_steps is None else min(self.total,
+                                                                         self.max_steps)
                     bar = ProgressBar(run.per_epoch, f"epoch {epoch}/{run.epochs}",
-                                      file=t.progress_file) if t.verbose else None
-                    if bar is not None:
-                        bar.count = run.batch
+                                      file=t.progress_file, start=run.batch,
+                                      run_left=last - run.step) if t.verbose else None
                     batches = self.epoch_batches()
                     t_epoch = time.perf_counter()
                     while run.batch < run.per_epoch and run.step < self.total:
