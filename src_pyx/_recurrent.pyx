@@ -295,7 +295,7 @@ cdef void* _packed_job(PackedJob* job, _Sweep sw, bint backward, int phase, Py_s
     job.loc = base + npack * isz
     cdef unsigned char* plan = <unsigned char*> (base + (npack + nloc) * isz)
     job.nb = nn_row_plan(nbr, plan)
-    job.plan = plan
+    job.plan, job.one = plan, nbr == 1
     return block
 
 
