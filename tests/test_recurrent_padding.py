@@ -18,6 +18,7 @@ from nn_core.recurrent import BidirectionalWrapper, StackedLSTM, base
 from recurrent_reference import reference_sequence
 from simd_levels import level_fixture
 from test_recurrent_cells import KINDS, is_lstm, make_cell, rand_state
+from test_recurrent_threads import force_split  # noqa: F401  (the fixture)
 
 
 def _lengths(pattern, T, B, rng):
@@ -140,24 +141,9 @@ def test_row_order_is_undone_bit_for_bit(kind, mode, dtype, rng, monkeypatch):
     _same_rows_in_caller_order(kind, lens, dtype, rng, monkeypatch, mode)
 
 
-@pytest.fixture
-def two_threads(monkeypatch):
-    monkeypatch.setattr(_parallel, "available_cores", lambda: 2)
-    monkeypatch.setattr(_parallel, "blas_threads", lambda: 2)
-    calls = []
-    real = _parallel.run_rows
-
-    def counting(job, ranges):
-        calls.append(ranges)
-        return real(job, ranges)
-
-    monkeypatch.setattr(_parallel, "run_rows", counting)
-    return calls
-
-
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("mode", ["blas", "packed"])
-def test_split_over_two_threads(kind, mode, dtype, rng, two_threads, monkeypatch):
+def test_split_over_force_split(kind, mode, dtype, rng, force_split, monkeypatch):
     """B = 70 splits in two row ranges of equal work (the sorted rows' real steps):
     the same numbers as one thread (bit for bit but for the weight gradients' sums)."""
     monkeypatch.setattr(base, "STEP_MODE", mode)
@@ -172,9 +158,9 @@ def test_split_over_two_threads(kind, mode, dtype, rng, two_threads, monkeypatch
         res = []
         for split in (False, True):
             monkeypatch.setattr(base, "ROW_SPLIT", split)
-            two_threads.clear()
+            force_split.clear()
             res.append(_run(cell, x, state, lens, go, gfinal, rev))
-            assert bool(two_threads) == split
+            assert bool(force_split) == split
         (o, f, gx, gi, g), (o2, f2, gx2, gi2, g2) = res
         np.testing.assert_array_equal(o, o2)
         for u, v in zip(f + gi, f2 + gi2):
