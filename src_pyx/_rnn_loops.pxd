@@ -179,6 +179,60 @@ cdef inline Py_ssize_t next_run(const int64_t* lengths, Py_ssize_t T, Py_ssize_t
     return start[0]
 
 
+cdef enum:
+    GATHER_ROWS = 256     # short runs of real rows are gathered into GEMMs of this many
+
+
+cdef inline void _flush(bint tw, Py_ssize_t nb, Py_ssize_t K, const floating* W,
+                        Py_ssize_t N, floating* abuf, floating* cbuf, Py_ssize_t* runs,
+                        Py_ssize_t nr, floating* C) noexcept nogil:
+    cdef Py_ssize_t i, r, k = 0
+    if nb == 0:
+        return
+    gemm(False, tw, <int> nb, <int> N, <int> K, <floating> 1, abuf, <int> K, W,
+         <int> (K if tw else N), <floating> 0, cbuf, <int> N)
+    for i in range(nr):
+        for r in range(runs[2 * i], runs[2 * i + 1]):
+            memcpy(C + r * N, cbuf + k * N, N * sizeof(floating))
+            k += 1
+
+
+cdef inline void real_rows_gemm(const RnnSweep* sw, bint tw, Py_ssize_t r0, Py_ssize_t r1,
+                                const floating* A, Py_ssize_t K, const floating* W,
+                                Py_ssize_t N, floating* C, bint zero_pad) noexcept nogil:
+    """``C[r] = A[r] @ op(W)`` for the real rows ``r`` of ``[r0, r1)`` of ``T*B`` (``A
+    [*, K]``, ``C [*, N]``; ``op(W)``: ``W^T``, ``W [N, K]``, when ``tw``, else ``W
+    [K, N]``).  A run of at least ``GATHER_ROWS`` rows is one GEMM in place; shorter
+    runs are gathered into GEMMs of about ``GATHER_ROWS`` rows, as one GEMM per short
+    run would repack ``W`` each time.  ``zero_pad``: padded rows of ``C`` are set to 0."""
+    cdef Py_ssize_t a, e, r, t = 0, done = r0, nb = 0, nr = 0, cap = 2 * GATHER_ROWS
+    cdef floating* abuf = <floating*> malloc(cap * (K + N) * sizeof(floating)
+                                             + cap * sizeof(Py_ssize_t))
+    cdef floating* cbuf = abuf + cap * K
+    cdef Py_ssize_t* runs = <Py_ssize_t*> (cbuf + cap * N)
+    while True:
+        e = next_run(sw.lengths, sw.T, sw.B, r0, r1, &t, &a)
+        if zero_pad and a > done:
+            memset(C + done * N, 0, (a - done) * N * sizeof(floating))
+        if e <= a:
+            break
+        done = e
+        if e - a >= GATHER_ROWS or abuf == NULL:
+            gemm(False, tw, <int> (e - a), <int> N, <int> K, <floating> 1, A + a * K,
+                 <int> K, W, <int> (K if tw else N), <floating> 0, C + a * N, <int> N)
+            continue
+        memcpy(abuf + nb * K, A + a * K, (e - a) * K * sizeof(floating))
+        runs[2 * nr], runs[2 * nr + 1] = a, e
+        nb += e - a
+        nr += 1
+        if nb >= GATHER_ROWS:
+            _flush(tw, nb, K, W, N, abuf, cbuf, runs, nr, C)
+            nb = nr = 0
+    if abuf != NULL:
+        _flush(tw, nb, K, W, N, abuf, cbuf, runs, nr, C)
+        free(abuf)
+
+
 # ---------------------------------------------------------------- packed steps --
 # STEP_PACKED: W_hh packed once per sweep (_rnn_pack.h) and each step's product
 # computed by the micro-kernel unit block by unit block (NQ = ceil(H/NR) blocks of NR
@@ -425,16 +479,10 @@ cdef inline void forward_sweep(const RnnSweep* sw, int phase, Py_ssize_t r0, Py_
 
     # 1. input projection of the real steps: gates[t, b] = W_ih x[t, b], one GEMM
     #    per run of real rows of T*B (the gates of padded steps are never read)
-    cdef Py_ssize_t a, e, t = 0
     if phase == PH_ALL or phase == PH_PROJ:
         if phase == PH_ALL:
             r0, r1 = 0, T * B
-        while True:
-            e = next_run(sw.lengths, T, B, r0, r1, &t, &a)
-            if e <= a:
-                break
-            gemm(False, True, <int> (e - a), <int> GH, <int> D, <floating> 1, x + a * D,
-                 <int> D, W_ih, <int> D, <floating> 0, gates + a * GH, <int> GH)
+        real_rows_gemm(sw, True, r0, r1, x, D, W_ih, GH, gates, False)
         if phase == PH_PROJ:
             return
     if b1 <= b0:
@@ -579,21 +627,17 @@ cdef inline void _input_grads(const RnnSweep* sw, const floating* x, const float
     """``grad_x = dG_time @ W_ih`` for rows ``[r0, r1)`` of ``T*B`` (0 at padding; one
     GEMM per run of real rows), and (when ``xh`` is given) the copy of the real rows
     of ``[x | h_prev]`` for the fused weight GEMM."""
-    cdef Py_ssize_t D = sw.D, H = sw.H, GH = sw.GH, DH = sw.D + sw.H, r, a, e, t = 0
-    cdef Py_ssize_t done = r0
+    cdef Py_ssize_t D = sw.D, H = sw.H, DH = sw.D + sw.H, r, a, e, t = 0
+    real_rows_gemm(sw, False, r0, r1, dGt, sw.GH, W_ih, D, grad_x, True)
+    if xh == NULL:
+        return
     while True:
         e = next_run(sw.lengths, sw.T, sw.B, r0, r1, &t, &a)
-        if a > done:
-            memset(grad_x + done * D, 0, (a - done) * D * sizeof(floating))
         if e <= a:
             break
-        done = e
-        gemm(False, False, <int> (e - a), <int> D, <int> GH, <floating> 1, dGt + a * GH,
-             <int> GH, W_ih, <int> D, <floating> 0, grad_x + a * D, <int> D)
-        if xh != NULL:
-            for r in range(a, e):
-                memcpy(xh + r * DH, x + r * D, D * sizeof(floating))
-                memcpy(xh + r * DH + D, hs + r * H, H * sizeof(floating))
+        for r in range(a, e):
+            memcpy(xh + r * DH, x + r * D, D * sizeof(floating))
+            memcpy(xh + r * DH + D, hs + r * H, H * sizeof(floating))
 
 
 cdef inline void _weight_grads(const RnnSweep* sw, const floating* x, const floating* hs,
