@@ -40,6 +40,7 @@ cdef struct RnnSweep:
     bint reverse
     Py_ssize_t T, B, D, H, GH
     const int64_t* lengths      # [B]
+    const int64_t* rows         # [B] or NULL: the row of out / gout each row writes / reads
     const void* x               # [T, B, D]
     const void* W_ih            # [GH, D]
     const void* W_hh            # [GH, H]
@@ -333,6 +334,8 @@ cdef inline void _fwd_gates(const RnnSweep* sw, Py_ssize_t s, Py_ssize_t b0, Py_
     cdef floating* cs = <floating*> sw.cs
     cdef floating* aux = <floating*> sw.aux
     cdef floating* out = <floating*> sw.out
+    cdef const int64_t* rows = sw.rows
+    cdef Py_ssize_t ob
     cdef const floating* bx = <const floating*> sw.bx + u
     cdef const floating* bhn = <const floating*> sw.bhn
     cdef size_t nbytes = nu * sizeof(floating)
@@ -349,11 +352,13 @@ cdef inline void _fwd_gates(const RnnSweep* sw, Py_ssize_t s, Py_ssize_t b0, Py_
                 memcpy(cs + ((s + 1) * B + b) * H + u, cs + (s * B + b) * H + u, nbytes)
             if kind == K_GRU:
                 memset(aux + (s * B + b) * H + u, 0, nbytes)
-            memset(out + (s * B + b) * H + u, 0, nbytes)
+            ob = rows[b] if rows != NULL else b
+            memset(out + (s * B + ob) * H + u, 0, nbytes)
             continue
         tau = _tau(sw.reverse, s, L)
         a = gates + (tau * B + b) * GH + u
-        o = out + (tau * B + b) * H + u
+        ob = rows[b] if rows != NULL else b
+        o = out + (tau * B + ob) * H + u
         r = hr + (b - b0) * ldr
         if second:
             gru_fwd2(a, r, bx, hp + b * H + u, hn + b * H + u, o, nu, H)
@@ -568,7 +573,8 @@ cdef inline void _bptt(const RnnSweep* sw, const StepProduct* sp, floating* dh2,
             tau = _tau(reverse, s, L)
             g = gates + (tau * B + b) * GH
             dgx = dGt + (tau * B + b) * GH
-            go = gout + (tau * B + b) * H if gout != NULL else zrow
+            go = (gout + (tau * B + (sw.rows[b] if sw.rows != NULL else b)) * H
+                  if gout != NULL else zrow)
             hp = hs + (s * B + b) * H
             u = 0
             while u < H:

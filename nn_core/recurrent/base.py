@@ -91,12 +91,9 @@ def length_order(lengths):
 
 def _unsort(a, order, axis):
     """``a`` with its sorted rows (``axis``) put back in the caller's order."""
-    out = np.empty_like(a)
-    if axis == 0:
-        out[order] = a
-    else:
-        out[:, order] = a
-    return out
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return np.take(a, inverse, axis=axis)
 
 _RECURRENT_INITS = ("uniform", "orthogonal")
 
@@ -468,7 +465,7 @@ class RecurrentCell(Module):
         # to it); the outputs go back to the caller's order.
         order = length_order(lengths)
         if order is not None:
-            x, lengths = np.ascontiguousarray(x[:, order]), lengths[order]
+            x, lengths = np.take(x, order, axis=1), lengths[order]
             h0 = h0[order]
             if c0 is not None:
                 c0 = c0[order]
@@ -490,7 +487,7 @@ class RecurrentCell(Module):
         hh = self._take("hh", (B, GH))
         sweep = _K.ForwardSweep(kind, bool(reverse), x=x, lengths=lengths, W_ih=W_ih,
                                 W_hh=W_hh, W_hhT=W_hhT, gates=gates, hs=hs, cs=cs, aux=aux,
-                                bx=bx, bhn=bhn, out=out, hh=hh)
+                                bx=bx, bhn=bhn, out=out, hh=hh, rows=order)
         mode = _K.STEP_MODES[STEP_MODE]
         halves = row_halves(B, lengths)
         if halves is None:
@@ -506,8 +503,7 @@ class RecurrentCell(Module):
         cache = SequenceCache(x, lengths, bool(reverse), gates, hs, cs, aux, W_ih, W_hh,
                               W_hhT, order)
         final = (hs[T].copy(), cs[T].copy()) if self._HAS_CELL_STATE else hs[T].copy()
-        if order is not None:
-            out = _unsort(out, order, 1)
+        if order is not None:                # (out is written in the caller's order)
             final = (tuple(_unsort(f, order, 0) for f in final)
                      if self._HAS_CELL_STATE else _unsort(final, order, 0))
         return out, final, cache
@@ -538,9 +534,7 @@ class RecurrentCell(Module):
         x, order = cache.x, cache.order
         T, B, _ = x.shape
         H, dt = self.hidden_size, self.dtype
-        if order is not None:                 # into the sweep's row order
-            grad_out = (None if grad_out is None
-                        else np.ascontiguousarray(grad_out[:, order]))
+        if order is not None:                 # into the sweep's row order (not grad_out)
             grad_h = None if grad_h is None else grad_h[order]
             grad_c = None if grad_c is None else grad_c[order]
         dh = np.zeros((B, H), dt) if grad_h is None else np.array(grad_h, dt, order="C")
@@ -564,7 +558,7 @@ class RecurrentCell(Module):
             grad_W_ih=self.grads["W_ih"], grad_W_hh=self.grads["W_hh"],
             grad_b_ih=self.grads["b_ih"] if self.bias else None,
             grad_b_hh=self.grads["b_hh"] if self.bias else None,
-            dGs=dGs, dGt=dGt, xh=xh, gw=gw)
+            dGs=dGs, dGt=dGt, xh=xh, gw=gw, rows=order)
         mode = _K.STEP_MODES[STEP_MODE]
         halves = row_halves(B, cache.lengths)
         if halves is None:
