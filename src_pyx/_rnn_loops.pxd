@@ -646,21 +646,90 @@ cdef inline void _input_grads(const RnnSweep* sw, const floating* x, const float
             memcpy(xh + r * DH + D, hs + r * H, H * sizeof(floating))
 
 
+cdef struct WgradRows:
+    # One block of real rows for the weight gradients: row 0 of each operand and its
+    # row stride (the arrays in place for a long run, gathered copies otherwise); the
+    # gate-gradient pointers already at column g0.
+    Py_ssize_t n
+    const void* dgs
+    const void* dgt
+    Py_ssize_t ldg
+    const void* x
+    Py_ssize_t ldx
+    const void* h
+    const void* aux
+
+
+cdef inline void _wgrad_block(const RnnSweep* sw, const WgradRows* r, floating* gW_ih,
+                              floating* gW_hh, floating* gw, floating* v, floating* gb_ih,
+                              floating* gb_hh, const floating* ones, bint fused,
+                              bint first, Py_ssize_t g0, Py_ssize_t g1) noexcept nogil:
+    """The weight and bias gradients' products over one block of real rows (``+=``;
+    ``gw`` and ``v`` are set by the first block)."""
+    cdef int kind = sw.kind, n = <int> r.n
+    cdef Py_ssize_t D = sw.D, H = sw.H, H2 = 2 * sw.H, ng = g1 - g0, lo, hi
+    cdef const floating* dgs = <const floating*> r.dgs
+    cdef const floating* dgt = <const floating*> r.dgt
+    cdef const floating* x = <const floating*> r.x
+    cdef const floating* h = <const floating*> r.h
+    cdef const floating* aux = <const floating*> r.aux
+    cdef int ldg = <int> r.ldg, ldx = <int> r.ldx
+    cdef floating beta = 0 if first else 1
+    if fused:
+        # one GEMM for both weight gradients: [gW_ih | gW_hh] = dG^T [x | h_prev]
+        # (forward direction, RNN/LSTM only: there dG_time is dG_step)
+        gemm(True, False, <int> ng, <int> (D + H), n, <floating> 1, dgs, ldg, x, ldx, beta,
+             gw + g0 * (D + H), <int> (D + H))
+    else:
+        gemm(True, False, <int> ng, <int> D, n, <floating> 1, dgt, ldg, x, ldx,
+             <floating> 1, gW_ih + g0 * D, <int> D)
+        if kind == K_GRU:
+            # rows [0, 2H) (r, z) multiply h_prev, rows [2H, 3H) (n) multiply r*h_prev
+            lo, hi = g0, (g1 if g1 < H2 else H2)
+            if hi > lo:
+                gemm(True, False, <int> (hi - lo), <int> H, n, <floating> 1, dgs, ldg,
+                     h, <int> H, <floating> 1, gW_hh + lo * H, <int> H)
+            lo, hi = (g0 if g0 > H2 else H2), g1
+            if hi > lo:
+                gemm(True, False, <int> (hi - lo), <int> H, n, <floating> 1,
+                     dgs + (lo - g0), ldg, aux, <int> H, <floating> 1, gW_hh + lo * H,
+                     <int> H)
+        else:
+            gemm(True, False, <int> ng, <int> H, n, <floating> 1, dgs, ldg, h, <int> H,
+                 <floating> 1, gW_hh + g0 * H, <int> H)
+    if v != NULL:
+        gemv(True, n, <int> ng, <floating> 1, dgs, ldg, ones, beta, v)
+    elif gb_ih != NULL:
+        gemv(True, n, <int> ng, <floating> 1, dgt, ldg, ones, <floating> 1, gb_ih + g0)
+        gemv(True, n, <int> ng, <floating> 1, dgs, ldg, ones, <floating> 1, gb_hh + g0)
+
+
 cdef inline void _weight_grads(const RnnSweep* sw, const floating* x, const floating* hs,
                                const floating* aux, const floating* dGs,
                                const floating* dGt, floating* gW_ih, floating* gW_hh,
                                floating* gb_ih, floating* gb_hh, const floating* ones,
                                floating* xh, floating* gw, Py_ssize_t g0,
                                Py_ssize_t g1) noexcept nogil:
-    """Weight and bias gradients for gate rows ``[g0, g1)`` of ``G*H``: BLAS calls over
-    the real rows of ``T*B`` (one per run of them; accumulated into, ``+=``)."""
+    """Weight and bias gradients for gate rows ``[g0, g1)`` of ``G*H`` over the real
+    rows of ``T*B`` (accumulated into, ``+=``): a long run of them in place, shorter
+    runs gathered into blocks of about ``GATHER_ROWS`` rows (as for ``real_rows_gemm``:
+    a product per short run would read and write the whole gradient each time)."""
     cdef int kind = sw.kind
-    cdef Py_ssize_t D = sw.D, H = sw.H, GH = sw.GH, H2 = 2 * sw.H, ng = g1 - g0
-    cdef Py_ssize_t DH = D + H, i, j, lo, hi, a, e, t = 0
-    cdef int n
-    cdef bint first = True
+    cdef Py_ssize_t D = sw.D, H = sw.H, GH = sw.GH, ng = g1 - g0, i, j, r, a, e, t = 0
+    cdef bint fused = xh != NULL, sep = dGt != dGs, gru = kind == K_GRU, first = True
+    cdef Py_ssize_t DX = D + H if xh != NULL else D, cap = 2 * GATHER_ROWS, nb = 0
+    cdef const floating* xs = xh if fused else x
     cdef floating* v = NULL
-    cdef floating beta
+    cdef WgradRows blk
+    # gathered blocks: dG_step, dG_time (when separate), x or [x | h], h, r*h (GRU)
+    cdef Py_ssize_t width = ng * (2 if sep else 1) + DX + (0 if fused else H) + \
+        (H if gru else 0)
+    cdef floating* buf = <floating*> malloc(cap * width * sizeof(floating))
+    cdef floating* bdgs = buf
+    cdef floating* bdgt = bdgs + cap * ng if sep else bdgs
+    cdef floating* bx = bdgs + cap * ng * (2 if sep else 1)
+    cdef floating* bh = bx + cap * DX
+    cdef floating* baux = bh + (0 if fused else cap * H)
     if gb_ih != NULL and kind != K_GRU_RA:
         # b_ih and b_hh enter every pre-activation the same way, so their gradients
         # are the same column sums of dG (dG_time is a row permutation of dG_step):
@@ -668,48 +737,39 @@ cdef inline void _weight_grads(const RnnSweep* sw, const floating* x, const floa
         v = <floating*> malloc(ng * sizeof(floating))
     while True:
         e = next_run(sw.lengths, sw.T, sw.B, 0, sw.T * sw.B, &t, &a)
+        if e > a and (e - a >= GATHER_ROWS or buf == NULL):
+            blk.n, blk.dgs, blk.dgt, blk.ldg = e - a, dGs + a * GH + g0, dGt + a * GH + g0, GH
+            blk.x, blk.ldx, blk.h, blk.aux = xs + a * DX, DX, hs + a * H, aux + a * H
+            _wgrad_block(sw, &blk, gW_ih, gW_hh, gw, v, gb_ih, gb_hh, ones, fused, first,
+                         g0, g1)
+            first = False
+            continue
+        if e > a:
+            for r in range(a, e):
+                memcpy(bdgs + nb * ng, dGs + r * GH + g0, ng * sizeof(floating))
+                if sep:
+                    memcpy(bdgt + nb * ng, dGt + r * GH + g0, ng * sizeof(floating))
+                memcpy(bx + nb * DX, xs + r * DX, DX * sizeof(floating))
+                if not fused:
+                    memcpy(bh + nb * H, hs + r * H, H * sizeof(floating))
+                if gru:
+                    memcpy(baux + nb * H, aux + r * H, H * sizeof(floating))
+                nb += 1
+        if nb > 0 and (nb >= GATHER_ROWS or e <= a):
+            blk.n, blk.dgs, blk.dgt, blk.ldg = nb, bdgs, bdgt, ng
+            blk.x, blk.ldx, blk.h, blk.aux = bx, DX, bh, baux
+            _wgrad_block(sw, &blk, gW_ih, gW_hh, gw, v, gb_ih, gb_hh, ones, fused, first,
+                         g0, g1)
+            first, nb = False, 0
         if e <= a:
             break
-        n = <int> (e - a)
-        beta = 0 if first else 1
-        if xh != NULL:
-            # one GEMM for both weight gradients: [gW_ih | gW_hh] = dG^T [x | h_prev]
-            # (dG packed once; xh is filled by _input_grads).  Forward direction,
-            # RNN/LSTM only (there dG_time is dG_step).
-            gemm(True, False, <int> ng, <int> DH, n, <floating> 1, dGs + a * GH + g0,
-                 <int> GH, xh + a * DH, <int> DH, beta, gw + g0 * DH, <int> DH)
-        else:
-            gemm(True, False, <int> ng, <int> D, n, <floating> 1, dGt + a * GH + g0,
-                 <int> GH, x + a * D, <int> D, <floating> 1, gW_ih + g0 * D, <int> D)
-            if kind == K_GRU:
-                # rows [0, 2H) (r, z) multiply h_prev, rows [2H, 3H) (n) multiply r*h_prev
-                lo, hi = g0, (g1 if g1 < H2 else H2)
-                if hi > lo:
-                    gemm(True, False, <int> (hi - lo), <int> H, n, <floating> 1,
-                         dGs + a * GH + lo, <int> GH, hs + a * H, <int> H, <floating> 1,
-                         gW_hh + lo * H, <int> H)
-                lo, hi = (g0 if g0 > H2 else H2), g1
-                if hi > lo:
-                    gemm(True, False, <int> (hi - lo), <int> H, n, <floating> 1,
-                         dGs + a * GH + lo, <int> GH, aux + a * H, <int> H, <floating> 1,
-                         gW_hh + lo * H, <int> H)
-            else:
-                gemm(True, False, <int> ng, <int> H, n, <floating> 1, dGs + a * GH + g0,
-                     <int> GH, hs + a * H, <int> H, <floating> 1, gW_hh + g0 * H, <int> H)
-        if v != NULL:
-            gemv(True, n, <int> ng, <floating> 1, dGs + a * GH + g0, <int> GH, ones, beta, v)
-        elif gb_ih != NULL:
-            gemv(True, n, <int> ng, <floating> 1, dGt + a * GH + g0, <int> GH, ones,
-                 <floating> 1, gb_ih + g0)
-            gemv(True, n, <int> ng, <floating> 1, dGs + a * GH + g0, <int> GH, ones,
-                 <floating> 1, gb_hh + g0)
-        first = False
-    if not first and xh != NULL:
+    free(buf)
+    if not first and fused:
         for i in range(g0, g1):
             for j in range(D):
-                gW_ih[i * D + j] += gw[i * DH + j]
+                gW_ih[i * D + j] += gw[i * DX + j]
             for j in range(H):
-                gW_hh[i * H + j] += gw[i * DH + D + j]
+                gW_hh[i * H + j] += gw[i * DX + D + j]
     if v != NULL:
         if not first:
             for i in range(ng):
