@@ -101,7 +101,9 @@ def run_case(cell, dtype, repeat, torch, clock):
     return t, lengths.sum() / (B * T)
 
 
-def main(args, torch):
+def main(args, torch, dtypes):
+    """Run the cases of ``args`` (``cells``, ``dtypes``: names in ``dtypes``, ``repeat``,
+    ``clock``) against ``torch``."""
     print(f"CPU: {cpu_name()}; load average {os.getloadavg()[0]:.2f} at start")
     print(f"B={B}, T={T}, D=H={H}, lengths uniform in [{LOW}, {T}]; fwd+bwd incl. grad_x, "
           f"1 thread, {args.clock} clock, median of {args.repeat} interleaved rounds (ms)")
@@ -109,11 +111,9 @@ def main(args, torch):
            f"{'torch':>9} {'/torch':>7}")
     print(hdr)
     print("-" * len(hdr))
-    from .recurrent import DTYPES
-
     for dname in args.dtypes.split(","):
         for cell in args.cells.split(","):
-            t, fill = run_case(cell, DTYPES[dname], args.repeat, torch, args.clock)
+            t, fill = run_case(cell, dtypes[dname], args.repeat, torch, args.clock)
             ideal = t["padded"] / (fill * t["full"])
             vs = t["padded"] / t["torch"]
             flag = ("" if ideal <= TARGET_IDEAL else " *ideal") + \

@@ -208,7 +208,7 @@ def main(argv=None):
     if args.lengths:
         from . import _padded
 
-        return _padded.main(args, torch)
+        return _padded.main(args, torch, DTYPES)
     print(f"torch {torch.__version__}, numpy {np.__version__}; times in ms "
           f"(median of interleaved runs, {args.clock} clock), fwd+bwd incl. grad_x")
     hdr = (f"{'cell':<6}{'shape':<8}{'dtype':<5}{'thr':>3} {'nn_core':>10} {'torch':>10} "
