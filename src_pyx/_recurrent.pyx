@@ -139,6 +139,25 @@ cdef class _Sweep:
         return self.s.T, self.s.B, self.s.D, self.s.H
 
 
+cdef int _fill_rows(_Sweep sw, object rows) except -1:
+    """``rows``: None, or a permutation of ``0..B-1`` (int64): the row of ``out`` and
+    ``grad_out`` that each sweep row writes and reads."""
+    cdef const int64_t[::1] r
+    cdef Py_ssize_t B = sw.s.B, b
+    if rows is None:
+        return 0
+    r = rows
+    _shape(r, "rows", (B,))
+    seen = np.zeros(B, np.bool_)
+    for b in range(B):
+        if r[b] < 0 or r[b] >= B or seen[r[b]]:
+            raise ValueError(f"rows must be a permutation of 0..{B - 1}, got {np.asarray(r)}")
+        seen[r[b]] = True
+    sw.s.rows = &r[0]
+    sw.pins.append(r)
+    return 0
+
+
 cdef int _fill_common(_Sweep sw, int kind, bint reverse, const floating[:, :, ::1] x,
                       const int64_t[::1] lengths, const floating[:, ::1] W_ih,
                       const floating[:, ::1] W_hh, const floating[:, ::1] W_hhT,
@@ -224,11 +243,13 @@ cdef class ForwardSweep(_Sweep):
     [T, B, H]`` the output.  ``bx [GH]`` is the additive bias of every gate
     pre-activation (``b_ih + b_hh``; GRU_RA: ``b_in`` alone in the ``n`` block);
     ``bhn [H]`` is ``b_hn`` for GRU_RA (ignored otherwise).  ``hh [B, GH]`` scratch.
-    All float32 or all float64, C-contiguous.
+    All float32 or all float64, C-contiguous.  ``rows`` (int64 ``[B]``, a
+    permutation) or None: sweep row ``b`` writes row ``rows[b]`` of ``out`` (the
+    sweep's rows sorted longest first, ``out`` in the caller's order).
     """
 
     def __init__(self, int kind, bint reverse, x, lengths, W_ih, W_hh, W_hhT, gates, hs,
-                 cs, aux, bx, bhn, out, hh):
+                 cs, aux, bx, bhn, out, hh, rows=None):
         self.ready, self.pins = False, []
         memset(&self.s, 0, sizeof(RnnSweep))
         self.double = _is_double(x)
@@ -240,6 +261,7 @@ cdef class ForwardSweep(_Sweep):
             _fill_common[float](self, kind, reverse, x, lengths, W_ih, W_hh, W_hhT, gates,
                                 hs, cs, aux)
             _fill_forward[float](self, gates, hs, cs, aux, bx, bhn, out, hh)
+        _fill_rows(self, rows)
         self.ready = True
 
 
@@ -304,7 +326,7 @@ cdef void* _packed_job(PackedJob* job, _Sweep sw, bint backward, int phase, Py_s
     job.loc = base + npack * isz
     cdef unsigned char* plan = <unsigned char*> (base + (npack + nloc) * isz)
     job.nb = nn_row_plan(nbr, plan)
-    job.plan = plan
+    job.plan, job.one = plan, nbr == 1
     return block
 
 
@@ -428,12 +450,13 @@ cdef class BackwardSweep(_Sweep):
     (None when the cell has no bias) are accumulated into (``+=``).  Scratch: ``dGs
     [T, B, GH]``; ``dGt [T, B, GH]``, None to share ``dGs`` (not allowed for
     ``reverse`` or GRU_RA); ``xh [T*B, D+H]`` and ``gw [GH, D+H]``, or None: form
-    both weight gradients in one GEMM (forward direction, RNN/LSTM only).
+    both weight gradients in one GEMM (forward direction, RNN/LSTM only).  ``rows``:
+    as for :class:`ForwardSweep`, the rows of ``grad_out`` read.
     """
 
     def __init__(self, int kind, bint reverse, x, lengths, W_ih, W_hh, W_hhT, gates, hs,
                  cs, aux, grad_out, dh, dc, grad_x, grad_W_ih, grad_W_hh, grad_b_ih,
-                 grad_b_hh, dGs, dGt=None, xh=None, gw=None):
+                 grad_b_hh, dGs, dGt=None, xh=None, gw=None, rows=None):
         self.ready, self.pins = False, []
         memset(&self.s, 0, sizeof(RnnSweep))
         self.double = _is_double(x)
@@ -447,6 +470,7 @@ cdef class BackwardSweep(_Sweep):
                                 hs, cs, aux)
             _fill_backward[float](self, grad_out, dh, dc, grad_x, grad_W_ih, grad_W_hh,
                                   grad_b_ih, grad_b_hh, dGs, dGt, xh, gw)
+        _fill_rows(self, rows)
         self.ready = True
 
 

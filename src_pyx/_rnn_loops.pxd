@@ -9,7 +9,7 @@ from libc.string cimport memcpy, memset
 from _blas cimport gemm, gemv
 from _rnn_gates cimport (gru_bwd1, gru_bwd2, gru_fwd1, gru_fwd2, gru_ra_bwd, gru_ra_fwd,
                         lstm_bwd, lstm_fwd, rnn_bwd, rnn_fwd)
-from _rnn_pack cimport pack_bwd, pack_fwd, panel_width, pgemm, pgemv
+from _rnn_pack cimport nn_row_plan, pack_bwd, pack_fwd, panel_width, pgemm, pgemv
 from _vmath cimport transpose
 
 cdef extern from "_interrupt.h" nogil:
@@ -40,6 +40,7 @@ cdef struct RnnSweep:
     bint reverse
     Py_ssize_t T, B, D, H, GH
     const int64_t* lengths      # [B]
+    const int64_t* rows         # [B] or NULL: the row of out / gout each row writes / reads
     const void* x               # [T, B, D]
     const void* W_ih            # [GH, D]
     const void* W_hh            # [GH, H]
@@ -138,6 +139,101 @@ cdef inline Py_ssize_t _tau(bint reverse, Py_ssize_t s, Py_ssize_t L) noexcept n
     return s
 
 
+cdef inline Py_ssize_t active_end(const int64_t* lengths, Py_ssize_t b0, Py_ssize_t b1,
+                                  Py_ssize_t s) noexcept nogil:
+    """One past the last row of ``[b0, b1)`` still running at step (or time) ``s``
+    (``b0`` when none is).  With lengths sorted longest first the running rows are
+    exactly ``[b0, end)``; otherwise padded rows inside are handled as padding."""
+    while b1 > b0 and lengths[b1 - 1] <= s:
+        b1 -= 1
+    return b1
+
+
+cdef inline Py_ssize_t next_run(const int64_t* lengths, Py_ssize_t T, Py_ssize_t B,
+                                Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t* t,
+                                Py_ssize_t* start) noexcept nogil:
+    """The next run of real rows of ``[T*B]`` within ``[r0, r1)`` from time ``*t`` on:
+    returns its end and sets ``*start`` (0 rows left: returns ``*start``).  Times
+    whose rows are all real join the next time's rows into one run, so an unpadded
+    batch is a single run."""
+    cdef Py_ssize_t a, e
+    start[0] = r1
+    while t[0] < T:
+        a = t[0] * B
+        e = a + active_end(lengths, 0, B, t[0])
+        if a < r0:
+            a = r0
+        if e > r1:
+            e = r1
+        t[0] += 1
+        if e <= a:
+            if t[0] * B >= r1:
+                break
+            continue
+        start[0] = a
+        while e == t[0] * B and t[0] < T and e < r1:     # full time: extend
+            e = t[0] * B + active_end(lengths, 0, B, t[0])
+            if e > r1:
+                e = r1
+            t[0] += 1
+        return e
+    return start[0]
+
+
+cdef enum:
+    GATHER_ROWS = 256     # short runs of real rows are gathered into GEMMs of this many
+
+
+cdef inline void _flush(bint tw, Py_ssize_t nb, Py_ssize_t K, const floating* W,
+                        Py_ssize_t N, floating* abuf, floating* cbuf, Py_ssize_t* runs,
+                        Py_ssize_t nr, floating* C) noexcept nogil:
+    cdef Py_ssize_t i, r, k = 0
+    if nb == 0:
+        return
+    gemm(False, tw, <int> nb, <int> N, <int> K, <floating> 1, abuf, <int> K, W,
+         <int> (K if tw else N), <floating> 0, cbuf, <int> N)
+    for i in range(nr):
+        for r in range(runs[2 * i], runs[2 * i + 1]):
+            memcpy(C + r * N, cbuf + k * N, N * sizeof(floating))
+            k += 1
+
+
+cdef inline void real_rows_gemm(const RnnSweep* sw, bint tw, Py_ssize_t r0, Py_ssize_t r1,
+                                const floating* A, Py_ssize_t K, const floating* W,
+                                Py_ssize_t N, floating* C, bint zero_pad) noexcept nogil:
+    """``C[r] = A[r] @ op(W)`` for the real rows ``r`` of ``[r0, r1)`` of ``T*B`` (``A
+    [*, K]``, ``C [*, N]``; ``op(W)``: ``W^T``, ``W [N, K]``, when ``tw``, else ``W
+    [K, N]``).  A run of at least ``GATHER_ROWS`` rows is one GEMM in place; shorter
+    runs are gathered into GEMMs of about ``GATHER_ROWS`` rows, as one GEMM per short
+    run would repack ``W`` each time.  ``zero_pad``: padded rows of ``C`` are set to 0."""
+    cdef Py_ssize_t a, e, r, t = 0, done = r0, nb = 0, nr = 0, cap = 2 * GATHER_ROWS
+    cdef floating* abuf = <floating*> malloc(cap * (K + N) * sizeof(floating)
+                                             + cap * sizeof(Py_ssize_t))
+    cdef floating* cbuf = abuf + cap * K
+    cdef Py_ssize_t* runs = <Py_ssize_t*> (cbuf + cap * N)
+    while True:
+        e = next_run(sw.lengths, sw.T, sw.B, r0, r1, &t, &a)
+        if zero_pad and a > done:
+            memset(C + done * N, 0, (a - done) * N * sizeof(floating))
+        if e <= a:
+            break
+        done = e
+        if e - a >= GATHER_ROWS or abuf == NULL:
+            gemm(False, tw, <int> (e - a), <int> N, <int> K, <floating> 1, A + a * K,
+                 <int> K, W, <int> (K if tw else N), <floating> 0, C + a * N, <int> N)
+            continue
+        memcpy(abuf + nb * K, A + a * K, (e - a) * K * sizeof(floating))
+        runs[2 * nr], runs[2 * nr + 1] = a, e
+        nb += e - a
+        nr += 1
+        if nb >= GATHER_ROWS:
+            _flush(tw, nb, K, W, N, abuf, cbuf, runs, nr, C)
+            nb = nr = 0
+    if abuf != NULL:
+        _flush(tw, nb, K, W, N, abuf, cbuf, runs, nr, C)
+        free(abuf)
+
+
 # ---------------------------------------------------------------- packed steps --
 # STEP_PACKED: W_hh packed once per sweep (_rnn_pack.h) and each step's product
 # computed by the micro-kernel unit block by unit block (NQ = ceil(H/NR) blocks of NR
@@ -162,8 +258,9 @@ cdef struct PackedJob:
     Py_ssize_t NQ                 # unit blocks of NR (panel width) units
     void* pack                    # the packed panels (32-byte aligned)
     void* loc                     # forward: the products of one unit block (all rows)
-    const unsigned char* plan     # row blocks of b1 - b0 rows (nn_row_plan)
+    unsigned char* plan           # row blocks of b1 - b0 rows (nn_row_plan)
     int nb
+    bint one                      # the sweep has one row: matrix-vector products
 
 
 cdef inline int step_mode(int kind, Py_ssize_t B, Py_ssize_t H, bint single) noexcept nogil:
@@ -203,6 +300,25 @@ cdef struct StepProduct:
     Py_ssize_t width        # BPTT: units per gate-pass call (H, or one panel)
 
 
+cdef inline Py_ssize_t _step_rows(const StepProduct* sp, const int64_t* lengths,
+                                  Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t s) noexcept nogil:
+    """The end of the rows of ``[b0, b1)`` running at step ``s`` (``active_end``); a
+    packed job's row plan follows it.  A BLAS product keeps at least two rows (a
+    padded row's result is unused), as one-row GEMMs may take another summation
+    order inside BLAS."""
+    cdef Py_ssize_t e = active_end(lengths, b0, b1, s)
+    cdef PackedJob* job = sp.job
+    if sp.form == STEP_PACKED:
+        if e != job.b1 and not job.one:
+            job.b1 = e
+            if e > b0:
+                job.nb = nn_row_plan(e - b0, job.plan)
+        return e
+    if e == b0 + 1 and b1 - b0 > 1:
+        return b0 + 2
+    return e
+
+
 cdef inline void _fwd_gates(const RnnSweep* sw, Py_ssize_t s, Py_ssize_t b0, Py_ssize_t b1,
                             Py_ssize_t u, Py_ssize_t nu, const floating* hr, Py_ssize_t ldr,
                             Py_ssize_t R, bint second) noexcept nogil:
@@ -218,6 +334,8 @@ cdef inline void _fwd_gates(const RnnSweep* sw, Py_ssize_t s, Py_ssize_t b0, Py_
     cdef floating* cs = <floating*> sw.cs
     cdef floating* aux = <floating*> sw.aux
     cdef floating* out = <floating*> sw.out
+    cdef const int64_t* rows = sw.rows
+    cdef Py_ssize_t ob
     cdef const floating* bx = <const floating*> sw.bx + u
     cdef const floating* bhn = <const floating*> sw.bhn
     cdef size_t nbytes = nu * sizeof(floating)
@@ -234,11 +352,13 @@ cdef inline void _fwd_gates(const RnnSweep* sw, Py_ssize_t s, Py_ssize_t b0, Py_
                 memcpy(cs + ((s + 1) * B + b) * H + u, cs + (s * B + b) * H + u, nbytes)
             if kind == K_GRU:
                 memset(aux + (s * B + b) * H + u, 0, nbytes)
-            memset(out + (s * B + b) * H + u, 0, nbytes)
+            ob = rows[b] if rows != NULL else b
+            memset(out + (s * B + ob) * H + u, 0, nbytes)
             continue
         tau = _tau(sw.reverse, s, L)
         a = gates + (tau * B + b) * GH + u
-        o = out + (tau * B + b) * H + u
+        ob = rows[b] if rows != NULL else b
+        o = out + (tau * B + ob) * H + u
         r = hr + (b - b0) * ldr
         if second:
             gru_fwd2(a, r, bx, hp + b * H + u, hn + b * H + u, o, nu, H)
@@ -263,7 +383,7 @@ cdef inline void _fwd_segment(PackedJob* job, const floating* A, const floating*
     cdef const RnnSweep* sw = job.sw
     cdef Py_ssize_t H = sw.H, NR = panel_width(A), psz = sw.H * panel_width(A)
     cdef Py_ssize_t b0 = job.b0, b1 = job.b1, q, g, u, nu
-    if b1 - b0 == 1:
+    if job.one:
         # one row: a matrix-vector product over all own panels, then the gate passes
         if q1 > q0:
             pgemv((q1 - q0) * Gs, H, A, P + (first + q0 * Gs) * psz, psz, loc, NR, False)
@@ -304,16 +424,22 @@ cdef inline void _fwd_steps(const RnnSweep* sw, const StepProduct* sp, floating*
     """The forward step loop of batch rows ``[b0, b1)``, both forms: per step the
     recurrence product and the fused gate pass (the GRU: ``r, z`` and ``r*h`` first,
     then ``(r*h) W_hn^T``, ``n`` and ``h``).  ``hh``: ``sw.hh``, the BLAS products."""
-    cdef Py_ssize_t T = sw.T, B = sw.B, H = sw.H, s
+    cdef Py_ssize_t T = sw.T, B = sw.B, H = sw.H, s, e
     cdef Py_ssize_t G1 = 2 if sw.kind == K_GRU else sw.GH // sw.H
     cdef floating* hs = <floating*> sw.hs
     cdef floating* aux = <floating*> sw.aux
     for s in range(T):
         if nn_stop_check(s):
             return
-        _fwd_product(sp, sw, hs + s * B * H, 0, G1, s, b0, b1, hh, False)
+        # rows [b0, e) still run: the products and gate passes cover only them
+        e = _step_rows(sp, sw.lengths, b0, b1, s)
+        if e < b1:                             # the rest carry their state
+            _fwd_gates(sw, s, e, b1, 0, H, hh, 0, H, False)
+        if e == b0:
+            continue
+        _fwd_product(sp, sw, hs + s * B * H, 0, G1, s, b0, e, hh, False)
         if sw.kind == K_GRU:                   # every unit of r*h before (r*h) W_hn^T
-            _fwd_product(sp, sw, aux + s * B * H, G1, 1, s, b0, b1, hh + B * G1 * H, True)
+            _fwd_product(sp, sw, aux + s * B * H, G1, 1, s, b0, e, hh + B * G1 * H, True)
 
 
 cdef inline void _bwd_prod(PackedJob* job, const floating* A, Py_ssize_t koff, Py_ssize_t K,
@@ -326,7 +452,7 @@ cdef inline void _bwd_prod(PackedJob* job, const floating* A, Py_ssize_t koff, P
     cdef Py_ssize_t b0 = job.b0, q, nu
     if q1 <= q0:
         return
-    if job.b1 - b0 == 1:
+    if job.one:
         nu = H - (q1 - 1) * NR              # columns of the last own panel
         if nu > NR:
             nu = NR
@@ -356,15 +482,14 @@ cdef inline void forward_sweep(const RnnSweep* sw, int phase, Py_ssize_t r0, Py_
     cdef Py_ssize_t b1 = r1 if phase == PH_STEPS else B
     cdef StepProduct sp
 
-    # 1. input projection of all T steps: gates[t, b] = W_ih x[t, b]
-    if phase == PH_ALL:
-        gemm(False, True, <int> (T * B), <int> GH, <int> D, <floating> 1, x, <int> D,
-             W_ih, <int> D, <floating> 0, gates, <int> GH)
-    elif phase == PH_PROJ:
-        if r1 > r0:
-            gemm(False, True, <int> (r1 - r0), <int> GH, <int> D, <floating> 1, x + r0 * D,
-                 <int> D, W_ih, <int> D, <floating> 0, gates + r0 * GH, <int> GH)
-        return
+    # 1. input projection of the real steps: gates[t, b] = W_ih x[t, b], one GEMM
+    #    per run of real rows of T*B (the gates of padded steps are never read)
+    if phase == PH_ALL or phase == PH_PROJ:
+        if phase == PH_ALL:
+            r0, r1 = 0, T * B
+        real_rows_gemm(sw, True, r0, r1, x, D, W_ih, GH, gates, False)
+        if phase == PH_PROJ:
+            return
     if b1 <= b0:
         return
     # 2. the step loop of rows b0..b1
@@ -403,7 +528,7 @@ cdef inline void _bptt(const RnnSweep* sw, const StepProduct* sp, floating* dh2,
     cdef int kind = sw.kind
     cdef bint reverse = sw.reverse
     cdef Py_ssize_t T = sw.T, B = sw.B, H = sw.H, GH = sw.GH, H2 = 2 * sw.H
-    cdef Py_ssize_t w = sp.width, s, b, u, nu, L, tau
+    cdef Py_ssize_t w = sp.width, s, b, u, nu, L, tau, e
     cdef const int64_t* lengths = sw.lengths
     cdef const floating* gates = <const floating*> sw.gates
     cdef const floating* hs = <const floating*> sw.hs
@@ -431,6 +556,7 @@ cdef inline void _bptt(const RnnSweep* sw, const StepProduct* sp, floating* dh2,
         if nn_stop_check(T - 1 - s):
             return
         dgs = dGs + s * B * GH
+        e = _step_rows(sp, lengths, b0, b1, s)    # the products cover rows [b0, e)
         # 1. gate gradients (and the direct part of grad h_prev), w units per call
         for b in range(b0, b1):
             L = lengths[b]
@@ -447,7 +573,8 @@ cdef inline void _bptt(const RnnSweep* sw, const StepProduct* sp, floating* dh2,
             tau = _tau(reverse, s, L)
             g = gates + (tau * B + b) * GH
             dgx = dGt + (tau * B + b) * GH
-            go = gout + (tau * B + b) * H if gout != NULL else zrow
+            go = (gout + (tau * B + (sw.rows[b] if sw.rows != NULL else b)) * H
+                  if gout != NULL else zrow)
             hp = hs + (s * B + b) * H
             u = 0
             while u < H:
@@ -466,10 +593,12 @@ cdef inline void _bptt(const RnnSweep* sw, const StepProduct* sp, floating* dh2,
             if kind <= K_LSTM:
                 memset(dst, 0, row)
         # 2. the products with W_hh
-        if kind == K_GRU:
+        if e == b0:
+            pass
+        elif kind == K_GRU:
             # d(r*h) = dn @ W_hn; then r's gradient and the r*h path to h_prev
-            _bwd_product(sp, sw, dgs, H2, H, drh, False, b0, b1)
-            for b in range(b0, b1):
+            _bwd_product(sp, sw, dgs, H2, H, drh, False, b0, e)
+            for b in range(b0, e):
                 L = lengths[b]
                 if s >= L:
                     continue
@@ -482,9 +611,9 @@ cdef inline void _bptt(const RnnSweep* sw, const StepProduct* sp, floating* dh2,
                     gru_bwd2(g + u, hp + u, drh + b * H + u, dgs + b * GH + u,
                              dh2 + b * H + u, nu)
                     u += nu
-            _bwd_product(sp, sw, dgs, 0, H2, dh2, True, b0, b1)
+            _bwd_product(sp, sw, dgs, 0, H2, dh2, True, b0, e)
         else:
-            _bwd_product(sp, sw, dgs, 0, GH, dh2, True, b0, b1)
+            _bwd_product(sp, sw, dgs, 0, GH, dh2, True, b0, e)
         if sep and kind != K_GRU_RA:
             for b in range(b0, b1):
                 L = lengths[b]
@@ -498,81 +627,155 @@ cdef inline void _bptt(const RnnSweep* sw, const StepProduct* sp, floating* dh2,
         memcpy(dh_out + b0 * H, dh + b0 * H, (b1 - b0) * row)
 
 
-cdef inline void _input_grads(Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H,
-                              Py_ssize_t GH, const floating* x, const floating* W_ih,
+cdef inline void _input_grads(const RnnSweep* sw, const floating* x, const floating* W_ih,
                               const floating* hs, const floating* dGt, floating* grad_x,
-                              floating* xh, Py_ssize_t r0,
-                              Py_ssize_t r1) noexcept nogil:
-    """``grad_x = dG_time @ W_ih`` for rows ``[r0, r1)`` of ``T*B``, and (when ``xh`` is
-    given) the copy of those rows of ``[x | h_prev]`` for the fused weight GEMM."""
-    cdef Py_ssize_t DH = D + H, r
-    gemm(False, False, <int> (r1 - r0), <int> D, <int> GH, <floating> 1, dGt + r0 * GH,
-         <int> GH, W_ih, <int> D, <floating> 0, grad_x + r0 * D, <int> D)
-    if xh != NULL:
-        for r in range(r0, r1):
+                              floating* xh, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    """``grad_x = dG_time @ W_ih`` for rows ``[r0, r1)`` of ``T*B`` (0 at padding; one
+    GEMM per run of real rows), and (when ``xh`` is given) the copy of the real rows
+    of ``[x | h_prev]`` for the fused weight GEMM."""
+    cdef Py_ssize_t D = sw.D, H = sw.H, DH = sw.D + sw.H, r, a, e, t = 0
+    real_rows_gemm(sw, False, r0, r1, dGt, sw.GH, W_ih, D, grad_x, True)
+    if xh == NULL:
+        return
+    while True:
+        e = next_run(sw.lengths, sw.T, sw.B, r0, r1, &t, &a)
+        if e <= a:
+            break
+        for r in range(a, e):
             memcpy(xh + r * DH, x + r * D, D * sizeof(floating))
             memcpy(xh + r * DH + D, hs + r * H, H * sizeof(floating))
 
 
-cdef inline void _weight_grads(int kind, Py_ssize_t T, Py_ssize_t B, Py_ssize_t D,
-                               Py_ssize_t H, const floating* x, const floating* hs,
+cdef struct WgradRows:
+    # One block of real rows for the weight gradients: row 0 of each operand and its
+    # row stride (the arrays in place for a long run, gathered copies otherwise); the
+    # gate-gradient pointers already at column g0.
+    Py_ssize_t n
+    const void* dgs
+    const void* dgt
+    Py_ssize_t ldg
+    const void* x
+    Py_ssize_t ldx
+    const void* h
+    const void* aux
+
+
+cdef inline void _wgrad_block(const RnnSweep* sw, const WgradRows* r, floating* gW_ih,
+                              floating* gW_hh, floating* gw, floating* v, floating* gb_ih,
+                              floating* gb_hh, const floating* ones, bint fused,
+                              bint first, Py_ssize_t g0, Py_ssize_t g1) noexcept nogil:
+    """The weight and bias gradients' products over one block of real rows (``+=``;
+    ``gw`` and ``v`` are set by the first block)."""
+    cdef int kind = sw.kind, n = <int> r.n
+    cdef Py_ssize_t D = sw.D, H = sw.H, H2 = 2 * sw.H, ng = g1 - g0, lo, hi
+    cdef const floating* dgs = <const floating*> r.dgs
+    cdef const floating* dgt = <const floating*> r.dgt
+    cdef const floating* x = <const floating*> r.x
+    cdef const floating* h = <const floating*> r.h
+    cdef const floating* aux = <const floating*> r.aux
+    cdef int ldg = <int> r.ldg, ldx = <int> r.ldx
+    cdef floating beta = 0 if first else 1
+    if fused:
+        # one GEMM for both weight gradients: [gW_ih | gW_hh] = dG^T [x | h_prev]
+        # (forward direction, RNN/LSTM only: there dG_time is dG_step)
+        gemm(True, False, <int> ng, <int> (D + H), n, <floating> 1, dgs, ldg, x, ldx, beta,
+             gw + g0 * (D + H), <int> (D + H))
+    else:
+        gemm(True, False, <int> ng, <int> D, n, <floating> 1, dgt, ldg, x, ldx,
+             <floating> 1, gW_ih + g0 * D, <int> D)
+        if kind == K_GRU:
+            # rows [0, 2H) (r, z) multiply h_prev, rows [2H, 3H) (n) multiply r*h_prev
+            lo, hi = g0, (g1 if g1 < H2 else H2)
+            if hi > lo:
+                gemm(True, False, <int> (hi - lo), <int> H, n, <floating> 1, dgs, ldg,
+                     h, <int> H, <floating> 1, gW_hh + lo * H, <int> H)
+            lo, hi = (g0 if g0 > H2 else H2), g1
+            if hi > lo:
+                gemm(True, False, <int> (hi - lo), <int> H, n, <floating> 1,
+                     dgs + (lo - g0), ldg, aux, <int> H, <floating> 1, gW_hh + lo * H,
+                     <int> H)
+        else:
+            gemm(True, False, <int> ng, <int> H, n, <floating> 1, dgs, ldg, h, <int> H,
+                 <floating> 1, gW_hh + g0 * H, <int> H)
+    if v != NULL:
+        gemv(True, n, <int> ng, <floating> 1, dgs, ldg, ones, beta, v)
+    elif gb_ih != NULL:
+        gemv(True, n, <int> ng, <floating> 1, dgt, ldg, ones, <floating> 1, gb_ih + g0)
+        gemv(True, n, <int> ng, <floating> 1, dgs, ldg, ones, <floating> 1, gb_hh + g0)
+
+
+cdef inline void _weight_grads(const RnnSweep* sw, const floating* x, const floating* hs,
                                const floating* aux, const floating* dGs,
                                const floating* dGt, floating* gW_ih, floating* gW_hh,
                                floating* gb_ih, floating* gb_hh, const floating* ones,
                                floating* xh, floating* gw, Py_ssize_t g0,
                                Py_ssize_t g1) noexcept nogil:
-    """Weight and bias gradients for gate rows ``[g0, g1)`` of ``G*H``: one BLAS call
-    each over all ``T*B`` rows (accumulated into, ``+=``)."""
-    cdef Py_ssize_t G = 4 if kind == K_LSTM else (3 if kind >= K_GRU else 1)
-    cdef Py_ssize_t GH = G * H, H2 = 2 * H, ng = g1 - g0
-    cdef int TB = <int> (T * B)
-    cdef Py_ssize_t DH = D + H, i, j, lo, hi
-    if xh != NULL:
-        # one GEMM for both weight gradients: [gW_ih | gW_hh] = dG^T [x | h_prev]
-        # (dG packed once; xh is filled by _input_grads).  Forward direction,
-        # RNN/LSTM only (there dG_time is dG_step).
-        gemm(True, False, <int> ng, <int> DH, TB, <floating> 1, dGs + g0, <int> GH, xh,
-             <int> DH, <floating> 0, gw + g0 * DH, <int> DH)
-        for i in range(g0, g1):
-            for j in range(D):
-                gW_ih[i * D + j] += gw[i * DH + j]
-            for j in range(H):
-                gW_hh[i * H + j] += gw[i * DH + D + j]
-    else:
-        gemm(True, False, <int> ng, <int> D, TB, <floating> 1, dGt + g0, <int> GH, x,
-             <int> D, <floating> 1, gW_ih + g0 * D, <int> D)
-        if kind == K_GRU:
-            # rows [0, 2H) (r, z) multiply h_prev, rows [2H, 3H) (n) multiply r*h_prev
-            lo, hi = g0, (g1 if g1 < H2 else H2)
-            if hi > lo:
-                gemm(True, False, <int> (hi - lo), <int> H, TB, <floating> 1, dGs + lo,
-                     <int> GH, hs, <int> H, <floating> 1, gW_hh + lo * H, <int> H)
-            lo, hi = (g0 if g0 > H2 else H2), g1
-            if hi > lo:
-                gemm(True, False, <int> (hi - lo), <int> H, TB, <floating> 1, dGs + lo,
-                     <int> GH, aux, <int> H, <floating> 1, gW_hh + lo * H, <int> H)
-        else:
-            gemm(True, False, <int> ng, <int> H, TB, <floating> 1, dGs + g0, <int> GH, hs,
-                 <int> H, <floating> 1, gW_hh + g0 * H, <int> H)
-    if gb_ih == NULL:
-        return
+    """Weight and bias gradients for gate rows ``[g0, g1)`` of ``G*H`` over the real
+    rows of ``T*B`` (accumulated into, ``+=``): a long run of them in place, shorter
+    runs gathered into blocks of about ``GATHER_ROWS`` rows (as for ``real_rows_gemm``:
+    a product per short run would read and write the whole gradient each time)."""
+    cdef int kind = sw.kind
+    cdef Py_ssize_t D = sw.D, H = sw.H, GH = sw.GH, ng = g1 - g0, i, j, r, a, e, t = 0
+    cdef bint fused = xh != NULL, sep = dGt != dGs, gru = kind == K_GRU, first = True
+    cdef Py_ssize_t DX = D + H if xh != NULL else D, cap = 2 * GATHER_ROWS, nb = 0
+    cdef const floating* xs = xh if fused else x
     cdef floating* v = NULL
-    if kind != K_GRU_RA:
+    cdef WgradRows blk
+    # gathered blocks: dG_step, dG_time (when separate), x or [x | h], h, r*h (GRU)
+    cdef Py_ssize_t width = ng * (2 if sep else 1) + DX + (0 if fused else H) + \
+        (H if gru else 0)
+    cdef floating* buf = <floating*> malloc(cap * width * sizeof(floating))
+    cdef floating* bdgs = buf
+    cdef floating* bdgt = bdgs + cap * ng if sep else bdgs
+    cdef floating* bx = bdgs + cap * ng * (2 if sep else 1)
+    cdef floating* bh = bx + cap * DX
+    cdef floating* baux = bh + (0 if fused else cap * H)
+    if gb_ih != NULL and kind != K_GRU_RA:
         # b_ih and b_hh enter every pre-activation the same way, so their gradients
         # are the same column sums of dG (dG_time is a row permutation of dG_step):
         # one pass over dG instead of two.
         v = <floating*> malloc(ng * sizeof(floating))
+    while True:
+        e = next_run(sw.lengths, sw.T, sw.B, 0, sw.T * sw.B, &t, &a)
+        if e > a and (e - a >= GATHER_ROWS or buf == NULL):
+            blk.n, blk.dgs, blk.dgt, blk.ldg = e - a, dGs + a * GH + g0, dGt + a * GH + g0, GH
+            blk.x, blk.ldx, blk.h, blk.aux = xs + a * DX, DX, hs + a * H, aux + a * H
+            _wgrad_block(sw, &blk, gW_ih, gW_hh, gw, v, gb_ih, gb_hh, ones, fused, first,
+                         g0, g1)
+            first = False
+            continue
+        if e > a:
+            for r in range(a, e):
+                memcpy(bdgs + nb * ng, dGs + r * GH + g0, ng * sizeof(floating))
+                if sep:
+                    memcpy(bdgt + nb * ng, dGt + r * GH + g0, ng * sizeof(floating))
+                memcpy(bx + nb * DX, xs + r * DX, DX * sizeof(floating))
+                if not fused:
+                    memcpy(bh + nb * H, hs + r * H, H * sizeof(floating))
+                if gru:
+                    memcpy(baux + nb * H, aux + r * H, H * sizeof(floating))
+                nb += 1
+        if nb > 0 and (nb >= GATHER_ROWS or e <= a):
+            blk.n, blk.dgs, blk.dgt, blk.ldg = nb, bdgs, bdgt, ng
+            blk.x, blk.ldx, blk.h, blk.aux = bx, DX, bh, baux
+            _wgrad_block(sw, &blk, gW_ih, gW_hh, gw, v, gb_ih, gb_hh, ones, fused, first,
+                         g0, g1)
+            first, nb = False, 0
+        if e <= a:
+            break
+    free(buf)
+    if not first and fused:
+        for i in range(g0, g1):
+            for j in range(D):
+                gW_ih[i * D + j] += gw[i * DX + j]
+            for j in range(H):
+                gW_hh[i * H + j] += gw[i * DX + D + j]
     if v != NULL:
-        gemv(True, TB, <int> ng, <floating> 1, dGs + g0, <int> GH, ones, <floating> 0, v)
-        for i in range(ng):
-            gb_ih[g0 + i] += v[i]
-            gb_hh[g0 + i] += v[i]
+        if not first:
+            for i in range(ng):
+                gb_ih[g0 + i] += v[i]
+                gb_hh[g0 + i] += v[i]
         free(v)
-    else:
-        gemv(True, TB, <int> ng, <floating> 1, dGt + g0, <int> GH, ones, <floating> 1,
-             gb_ih + g0)
-        gemv(True, TB, <int> ng, <floating> 1, dGs + g0, <int> GH, ones, <floating> 1,
-             gb_hh + g0)
 
 
 cdef inline void backward_sweep(const RnnSweep* sw, int phase, Py_ssize_t r0,
@@ -614,13 +817,13 @@ cdef inline void backward_sweep(const RnnSweep* sw, int phase, Py_ssize_t r0,
         if phase == PH_ALL:
             r0, r1 = 0, T * B
         if r1 > r0:
-            _input_grads(T, B, D, H, GH, x, <const floating*> sw.W_ih, hs, dGt,
-                         <floating*> sw.grad_x, xh, r0, r1)
+            _input_grads(sw, x, <const floating*> sw.W_ih, hs, dGt, <floating*> sw.grad_x,
+                         xh, r0, r1)
     if phase == PH_ALL or phase == PH_WGRAD:
         if phase == PH_ALL:
             r0, r1 = 0, GH
         if r1 > r0:
-            _weight_grads(kind, T, B, D, H, x, hs, aux, dGs, dGt, <floating*> sw.gW_ih,
+            _weight_grads(sw, x, hs, aux, dGs, dGt, <floating*> sw.gW_ih,
                           <floating*> sw.gW_hh, <floating*> sw.gb_ih, <floating*> sw.gb_hh,
                           ones, xh, <floating*> sw.gw, r0, r1)
 

@@ -154,3 +154,49 @@ class TwoThreadSweepSuite:
     def time_forward_backward(self, cell, dtype, mode):
         self.m.forward_sequence(self.x)
         self.m.backward_sequence(self.go)
+
+
+class PaddedSweepSuite:
+    """A padded batch (lengths uniform in [T/10, T]) against the same batch at full
+    length: with sweeps that skip padding the ratio follows ``sum(lengths) / (B T)``
+    (``python -m nn_core.bench recurrent --lengths uniform`` prints it beside torch)."""
+
+    params = (["rnn", "gru", "lstm", "bilstm"], ["float32", "float64"], ["uniform", "full"])
+    param_names = ["cell", "dtype", "lengths"]
+    timeout = 600
+    T, B, D, H = 200, 64, 256, 256
+
+    def setup(self, cell, dtype, lengths):
+        if RNNCell is None:
+            raise NotImplementedError("nn_core.recurrent not available")
+        from nn_core.recurrent import BidirectionalWrapper
+
+        self._limits = threadpool_limits(BLAS_THREADS) if threadpool_limits else None
+        dt = np.dtype(dtype)
+        rng = np.random.default_rng(0)
+        self.bi = cell == "bilstm"
+        self.m = (BidirectionalWrapper(LSTMCell(self.D, self.H, dtype=dt, rng=0),
+                                       LSTMCell(self.D, self.H, dtype=dt, rng=1),
+                                       concurrent=False)
+                  if self.bi else _make(cell, self.D, self.H, dt))
+        self.lengths = (rng.integers(self.T // 10, self.T + 1, self.B)
+                        if lengths == "uniform" else None)
+        self.x = rng.standard_normal((self.T, self.B, self.D)).astype(dt)
+        self.go = rng.standard_normal(
+            (self.T, self.B, 2 * self.H if self.bi else self.H)).astype(dt)
+
+    def teardown(self, cell, dtype, lengths):
+        if getattr(self, "_limits", None) is not None:
+            self._limits.restore_original_limits()
+
+    def time_forward_backward(self, cell, dtype, lengths):
+        if self.bi:
+            self.m(self.x, lengths=self.lengths)
+            self.m.backward(self.go)
+        else:
+            self.m.forward_sequence(self.x, None, self.lengths)
+            self.m.backward_sequence(self.go)
+
+    def track_fill(self, cell, dtype, lengths):
+        """``sum(lengths) / (B T)``: the share of real steps."""
+        return 1.0 if self.lengths is None else float(self.lengths.sum() / (self.B * self.T))

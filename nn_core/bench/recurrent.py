@@ -3,6 +3,9 @@
 ``python -m nn_core.bench recurrent [--shapes S,M,L,latency] [--cells rnn,gru,lstm,lstm2]
 [--dtypes f32,f64] [--threads 1,2] [--repeat 5] [--clock wall|cpu]``
 
+``--lengths uniform``: padded batches instead (``_padded.py``: time against the
+full-length batch and against torch's packed sequences).
+
 For every (threads, dtype, shape, cell) both implementations run the same sequence
 (same weights, loaded through ``nn_core.interop``), forward then backward of
 ``sum(output * grad_output)`` including ``grad_x``, timed alternately in one run
@@ -178,15 +181,23 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m nn_core.bench recurrent", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", default="S,M,L,latency")
-    p.add_argument("--cells", default="rnn,gru,lstm,lstm2")
+    p.add_argument("--cells", default=None,
+                   help="default rnn,gru,lstm,lstm2; with --lengths rnn,gru,lstm,bilstm")
     p.add_argument("--dtypes", default="f32,f64")
     p.add_argument("--threads", default="1,2")
     p.add_argument("--repeat", type=int, default=5)
-    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                   help="wall: elapsed time (default); cpu: process CPU time, robust on a "
+    p.add_argument("--clock", choices=("wall", "cpu"), default=None,
+                   help="wall: elapsed time (default; cpu with --lengths); cpu: process CPU time, robust on a "
                         "shared, oversubscribed machine (meaningful with 1 thread only)")
+    p.add_argument("--lengths", choices=("uniform",), default=None,
+                   help="uniform: padded batches, lengths uniform in [T/10, T] "
+                        "(B=64, T=200, D=H=256, one thread)")
     args = p.parse_args(argv)
-    if args.clock == "cpu" and any(int(v) > 1 for v in args.threads.split(",")):
+    if args.cells is None:
+        args.cells = "rnn,gru,lstm,bilstm" if args.lengths else "rnn,gru,lstm,lstm2"
+    if args.clock is None:
+        args.clock = "cpu" if args.lengths else "wall"
+    if args.clock == "cpu" and not args.lengths and any(int(v) > 1 for v in args.threads.split(",")):
         p.error("--clock cpu sums the time of all threads: use it with --threads 1")
     global _clock
     _clock = _CLOCK[args.clock]
@@ -194,6 +205,10 @@ def main(argv=None):
     if torch is None:
         print("torch is not installed: nothing to compare against")
         return 1
+    if args.lengths:
+        from . import _padded
+
+        return _padded.main(args, torch, DTYPES)
     print(f"torch {torch.__version__}, numpy {np.__version__}; times in ms "
           f"(median of interleaved runs, {args.clock} clock), fwd+bwd incl. grad_x")
     hdr = (f"{'cell':<6}{'shape':<8}{'dtype':<5}{'thr':>3} {'nn_core':>10} {'torch':>10} "

@@ -67,15 +67,34 @@ MIN_SPLIT_ROWS = 64
 STEP_MODE = "auto"
 
 
-def row_halves(B: int):
+def row_halves(B: int, lengths=None):
     """``((0, h), (h, B))`` when a sweep over ``B`` rows should run as two half batches
     on two threads, else ``None``: only with ``ROW_SPLIT`` on, ``B >= MIN_SPLIT_ROWS``,
     two cores and a thread budget of two, and not inside another parallel region (a
-    bidirectional layer's concurrent sweeps, or a worker thread)."""
+    bidirectional layer's concurrent sweeps, or a worker thread).  With ``lengths``
+    (sorted longest first) ``h`` splits the real steps, not the rows, in halves."""
     if (not ROW_SPLIT or B < MIN_SPLIT_ROWS or _parallel.in_parallel_region()
             or _parallel.available_cores() < 2 or _parallel.blas_threads() < 2):
         return None
-    return _parallel.halves(B)
+    if lengths is None or lengths[0] == lengths[-1]:
+        return _parallel.halves(B)
+    h = int(np.searchsorted(np.cumsum(lengths), lengths.sum() / 2)) + 1
+    h = min(max(h, 1), B - 1)
+    return (0, h), (h, B)
+
+
+def length_order(lengths):
+    """The rows sorted longest first (stable), or None when they already are."""
+    if lengths is None or not (np.diff(lengths) > 0).any():
+        return None
+    return np.argsort(-lengths, kind="stable")
+
+
+def _unsort(a, order, axis):
+    """``a`` with its sorted rows (``axis``) put back in the caller's order."""
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return np.take(a, inverse, axis=axis)
 
 _RECURRENT_INITS = ("uniform", "orthogonal")
 
@@ -84,8 +103,8 @@ _RECURRENT_INITS = ("uniform", "orthogonal")
 class SequenceCache:
     """What the backward kernel needs from one sequence forward (time-major)."""
 
-    x: np.ndarray          # [T, B, D] (contiguous)
-    lengths: np.ndarray    # [B] int64 (all T when unpadded)
+    x: np.ndarray          # [T, B, D] (contiguous; rows in sweep order)
+    lengths: np.ndarray    # [B] int64 (all T when unpadded; sweep order)
     reverse: bool
     gates: np.ndarray      # [T, B, G*H] post-activation gates (time order)
     hs: np.ndarray         # [T+1, B, H] states (step order; hs[0] = initial state)
@@ -94,6 +113,7 @@ class SequenceCache:
     W_ih: np.ndarray       # the weights used (live arrays)
     W_hh: np.ndarray
     W_hhT: np.ndarray      # W_hh^T [H, G*H] contiguous (per-step GEMM layout)
+    order: np.ndarray | None = None   # sweep row i is the caller's row order[i]
 
 
 def resolve_lengths(lengths, T, B, batch_first=False):
@@ -441,6 +461,15 @@ class RecurrentCell(Module):
             if not np.isfinite(x[pad]).all():
                 x = x.copy()
                 x[pad] = 0
+        # The sweep runs on the rows sorted longest first, so that the rows still
+        # running at any step are a prefix of the batch (the kernel's products shrink
+        # to it); the outputs go back to the caller's order.
+        order = length_order(lengths)
+        if order is not None:
+            x, lengths = np.take(x, order, axis=1), lengths[order]
+            h0 = h0[order]
+            if c0 is not None:
+                c0 = c0[order]
         kind = self._kind()
         W_ih = np.ascontiguousarray(self.params["W_ih"])
         W_hh = np.ascontiguousarray(self.params["W_hh"])
@@ -459,9 +488,9 @@ class RecurrentCell(Module):
         hh = self._take("hh", (B, GH))
         sweep = _K.ForwardSweep(kind, bool(reverse), x=x, lengths=lengths, W_ih=W_ih,
                                 W_hh=W_hh, W_hhT=W_hhT, gates=gates, hs=hs, cs=cs, aux=aux,
-                                bx=bx, bhn=bhn, out=out, hh=hh)
+                                bx=bx, bhn=bhn, out=out, hh=hh, rows=order)
         mode = _K.STEP_MODES[STEP_MODE]
-        halves = row_halves(B)
+        halves = row_halves(B, lengths)
         if halves is None:
             _K.rnn_forward(sweep, mode=mode)
         else:
@@ -474,8 +503,11 @@ class RecurrentCell(Module):
                                cancel=_K.cancel_sweeps)
         self._work.give("hh", hh)
         cache = SequenceCache(x, lengths, bool(reverse), gates, hs, cs, aux, W_ih, W_hh,
-                              W_hhT)
+                              W_hhT, order)
         final = (hs[T].copy(), cs[T].copy()) if self._HAS_CELL_STATE else hs[T].copy()
+        if order is not None:                # (out is written in the caller's order)
+            final = (tuple(_unsort(f, order, 0) for f in final)
+                     if self._HAS_CELL_STATE else _unsort(final, order, 0))
         return out, final, cache
 
     def run_sequence_backward(self, cache, grad_out=None, grad_h=None, grad_c=None):
@@ -501,9 +533,12 @@ class RecurrentCell(Module):
         grad_c0 : ndarray ``[B, H]`` or None
             None without a cell state.
         """
-        x = cache.x
+        x, order = cache.x, cache.order
         T, B, _ = x.shape
         H, dt = self.hidden_size, self.dtype
+        if order is not None:                 # into the sweep's row order (not grad_out)
+            grad_h = None if grad_h is None else grad_h[order]
+            grad_c = None if grad_c is None else grad_c[order]
         dh = np.zeros((B, H), dt) if grad_h is None else np.array(grad_h, dt, order="C")
         if self._HAS_CELL_STATE:
             dc = np.zeros((B, H), dt) if grad_c is None else np.array(grad_c, dt, order="C")
@@ -525,9 +560,9 @@ class RecurrentCell(Module):
             grad_W_ih=self.grads["W_ih"], grad_W_hh=self.grads["W_hh"],
             grad_b_ih=self.grads["b_ih"] if self.bias else None,
             grad_b_hh=self.grads["b_hh"] if self.bias else None,
-            dGs=dGs, dGt=dGt, xh=xh, gw=gw)
+            dGs=dGs, dGt=dGt, xh=xh, gw=gw, rows=order)
         mode = _K.STEP_MODES[STEP_MODE]
-        halves = row_halves(B)
+        halves = row_halves(B, cache.lengths)
         if halves is None:
             _K.rnn_backward(sweep, mode=mode)
         else:
@@ -547,6 +582,9 @@ class RecurrentCell(Module):
             if arr is not None and arr.size > 1 and id(arr) not in given:
                 given.add(id(arr))
                 self._work.give(name, arr)
+        if order is not None:
+            grad_x, dh = _unsort(grad_x, order, 1), _unsort(dh, order, 0)
+            dc = None if dc is None else _unsort(dc, order, 0)
         return grad_x, dh, (dc if self._HAS_CELL_STATE else None)
 
     # -------------------------------------------------------------- one step

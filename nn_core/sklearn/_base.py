@@ -56,7 +56,7 @@ class RecurrentEstimator(BaseEstimator):
                  learning_rate_init=5e-3, weight_decay=0.0, clip=1.0, shuffle=True, tol=1e-4,
                  n_iter_no_change=10, early_stopping="auto", validation_fraction=0.1,
                  standardize=True, dtype="float64", random_state=None, verbose=0,
-                 warm_start=False, blas_threads=1):
+                 warm_start=False, blas_threads=1, bucket_by_length=False):
         self.hidden_size = hidden_size
         self.cell = cell
         self.max_iter = max_iter
@@ -75,6 +75,7 @@ class RecurrentEstimator(BaseEstimator):
         self.verbose = verbose
         self.warm_start = warm_start
         self.blas_threads = blas_threads
+        self.bucket_by_length = bucket_by_length
 
     # ------------------------------------------------------------ parameters
     def _check_params(self):
@@ -175,7 +176,7 @@ class RecurrentEstimator(BaseEstimator):
         self.loss_curve_ = []
 
     def _data(self, z, lengths, y):
-        return ArrayDataset((z, lengths), y)
+        return ArrayDataset((z, lengths), y, lengths=lengths)
 
     def _fit_data(self, data, n, rs, epochs, stopping, monitor="val_score"):
         """Train on ``data`` (a dataset of ``n`` samples) for up to ``epochs`` epochs, with
@@ -202,7 +203,8 @@ class RecurrentEstimator(BaseEstimator):
         trainer.eval_fn = eval_fn
         try:
             h = trainer.fit(data, epochs=epochs, batch_size=min(self.batch_size, len(data)),
-                            shuffle=self.shuffle, seed=np.random.default_rng(self._seed(rs)))
+                            shuffle=self.shuffle, bucket_by_length=bool(self.bucket_by_length),
+                            seed=np.random.default_rng(self._seed(rs)))
         except TrainingInterrupted:
             warnings.warn("Training interrupted by user.", stacklevel=4)
             h = trainer.history

@@ -59,6 +59,9 @@ _PARAMS = """
         BLAS threads while fitting and predicting (restored afterwards); ``None`` leaves
         the process's setting.  These matrices are small, and extra BLAS threads mostly
         synchronise (see docs/guide/sklearn.md).
+    bucket_by_length : bool, default False
+        Batches of sequences of similar length (in a shuffled batch order): for a
+        ragged ``X`` whose lengths vary widely.
 
     Inputs ``X``: a 3-D array ``[n, T, D]`` (``n`` sequences of ``T`` steps of ``D``
     features), a list of ``n`` arrays ``[T_i, D]`` (or ``[T_i]``) of different lengths

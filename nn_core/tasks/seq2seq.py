@@ -23,6 +23,7 @@ from ..datasets.vocab import CharVocab
 from ..losses import CrossEntropyLoss
 from ..models.seq2seq import Seq2SeqModel
 from ..training import Batch
+from ..training.data import shuffled_batches
 from .._validation import check_choice, check_int, check_real
 from ._command import CommandTask, Option
 from ._config import (check_budget, check_common, check_declared, check_source, check_vocab,
@@ -40,7 +41,7 @@ MAX_WIDTH = 8192
 MAX_HEADS = 256
 
 _DIGIT_KEYS = ("mode", "min_len", "max_len", "train_size", "val_size")
-_FILE_KEYS = ("data", "data_sha256", "vocab", "val_frac", "max_target")
+_FILE_KEYS = ("data", "data_sha256", "vocab", "val_frac", "max_target", "bucket_by_length")
 
 
 class Seq2SeqTask(CommandTask):
@@ -57,6 +58,8 @@ class Seq2SeqTask(CommandTask):
                metavar="PAIRS.tsv", type=str, default_text="generated digit strings"),
         Option("--val-frac", "--data: the fraction of the pairs that validates, in (0, 0.5]",
                0.1, type=float, data="file", bounds=(0.0, 0.5), lo_open=True),
+        Option("--bucket-by-length", "--data: batches of pairs of similar source length, in "
+               "a shuffled order", False, action="store_true", data="file"),
         Option("--mode", "target = the digits reversed or sorted", "reverse",
                choices=("reverse", "sort"), data="generated"),
         Option("--cell", "encoder cell", "gru", choices=("gru", "lstm")),
@@ -85,7 +88,8 @@ class Seq2SeqTask(CommandTask):
         if a.data is None:
             return cls.check_config(dict(c, mode=a.mode, min_len=a.min_len, max_len=a.max_len,
                                          train_size=a.train_size, val_size=a.val_size))
-        c.update(dict.fromkeys(_DIGIT_KEYS), val_frac=a.val_frac, **data_identity(a.data))
+        c.update(dict.fromkeys(_DIGIT_KEYS), val_frac=a.val_frac,
+                 bucket_by_length=bool(a.bucket_by_length), **data_identity(a.data))
         checked(c, "val_frac", check_real, 0.0, 0.5, lo_open=True)
         pairs = read_pairs(a.data, max_length=MAX_SIDE)   # messages name the file as given
         if len(pairs) < 2:
@@ -105,6 +109,9 @@ class Seq2SeqTask(CommandTask):
         checked(c, "cell", check_choice, ("gru", "lstm"))
         if check_source(c, _DIGIT_KEYS, _FILE_KEYS):
             checked(c, "max_target", check_int, 1, MAX_SIDE, flag="max_target")
+            if not isinstance(c["bucket_by_length"], bool):
+                raise TypeError(f"bucket_by_length must be a bool, got "
+                                f"{type(c['bucket_by_length']).__name__}")
             check_vocab(c)
             return c
         for key in ("min_len", "train_size", "val_size"):
@@ -174,6 +181,11 @@ class Seq2SeqTask(CommandTask):
             self.val_src = [pairs[i][0] for i in np.sort(val)]
             self.val_tgt = [pairs[i][1] for i in np.sort(val)]
         self.train_set = _Pairs(self.train_src, self.train_tgt)
+
+    def train_batches(self, rng, batch_size):
+        """The epoch's batches; with ``bucket_by_length``, of pairs of similar length."""
+        return shuffled_batches(self.train_set, rng, batch_size, self.num_batches(batch_size),
+                                bucket_by_length=bool(self.config.get("bucket_by_length")))
 
     def describe_data(self):
         if self.vocab is None:
@@ -292,6 +304,11 @@ class _Pairs:
 
     def __len__(self):
         return len(self.sources)
+
+    @property
+    def lengths(self):
+        """int64 ``[n]``: the source lengths (what bucketing groups by)."""
+        return np.array([len(s) for s in self.sources], np.int64)
 
     def batch(self, idx):
         src, src_len, tin, tout, tgt_len = pad_batch([self.sources[j] for j in idx],

@@ -103,22 +103,29 @@ class ArrayDataset:
     inputs : array ``[n, ...]`` or tuple of such arrays
         The model's argument(s).
     target : array ``[n, ...]``, optional
+    lengths : int array ``[n]``, optional
+        The real steps of each sample (padded sequences): what ``bucket_by_length``
+        groups by.
 
     Interface
     ---------
     ``batch(idx)`` returns ``Batch(inputs=(x[idx], ...), target=y[idx])``.
     """
 
-    def __init__(self, inputs, target=None):
+    def __init__(self, inputs, target=None, *, lengths=None):
         arrays = inputs if isinstance(inputs, tuple) else (inputs,)
         self.inputs = tuple(_as_array(a, "inputs") for a in arrays)
         self.target = None if target is None else _as_array(target, "target")
+        self.lengths = None if lengths is None else np.asarray(lengths, np.int64)
         n = {len(a) for a in self.inputs + ((self.target,) if target is not None else ())}
         if len(n) != 1:
             raise ValueError(f"inputs and target must have the same number of samples "
                              f"(first axis), got {sorted(n)}")
         if not self.inputs or len(self) == 0:
             raise ValueError("a dataset needs at least one sample, got 0")
+        if self.lengths is not None and self.lengths.shape != (len(self),):
+            raise ValueError(f"lengths must have shape ({len(self)},), got "
+                             f"{self.lengths.shape}")
 
     def __len__(self):
         return len(self.inputs[0])
@@ -130,7 +137,8 @@ class ArrayDataset:
     def subset(self, idx):
         """The samples ``idx`` as a new dataset."""
         return ArrayDataset(tuple(a[idx] for a in self.inputs),
-                            None if self.target is None else self.target[idx])
+                            None if self.target is None else self.target[idx],
+                            lengths=None if self.lengths is None else self.lengths[idx])
 
 
 class SequenceDataset:
@@ -177,6 +185,11 @@ class SequenceDataset:
 
     def __len__(self):
         return len(self.sequences)
+
+    @property
+    def lengths(self):
+        """int64 ``[n]``: the steps of each sequence."""
+        return np.array([len(s) for s in self.sequences], np.int64)
 
     def subset(self, idx):
         """The samples ``idx`` as a new dataset."""
@@ -230,10 +243,13 @@ def as_dataset(data):
 class _DatasetSource:
     """A dataset as a batch source: a permutation per epoch (or the stored order)."""
 
-    def __init__(self, dataset, shuffle=True, drop_last=False):
+    def __init__(self, dataset, shuffle=True, drop_last=False, bucket_by_length=False):
         self.dataset = dataset
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
+        self.bucket_by_length = bool(bucket_by_length)
+        if self.bucket_by_length:
+            sample_lengths(dataset)
 
     def num_batches(self, batch_size):
         n = len(self.dataset)
@@ -246,25 +262,50 @@ class _DatasetSource:
 
     def train_batches(self, rng, batch_size):
         return shuffled_batches(self.dataset, rng, batch_size, self.num_batches(batch_size),
-                                self.shuffle)
+                                self.shuffle, self.bucket_by_length)
 
 
-def shuffled_batches(dataset, rng, batch_size, count, shuffle=True):
+def sample_lengths(dataset):
+    """int64 ``[n]``: the ``lengths`` of a dataset of variable-length sequences."""
+    lengths = getattr(dataset, "lengths", None)
+    if lengths is None:
+        raise ValueError(f"bucket_by_length needs variable-length sequences (a dataset with "
+                         f"lengths), got a {type(dataset).__name__} without")
+    return np.asarray(lengths)
+
+
+def shuffled_batches(dataset, rng, batch_size, count, shuffle=True, bucket_by_length=False):
     """The first ``count`` batches of ``batch_size`` samples of ``dataset`` (its
     ``batch(idx)``), in an order drawn from ``rng`` (a permutation, drawn at once) or,
-    without ``shuffle``, in the stored order."""
+    without ``shuffle``, in the stored order.
+
+    ``bucket_by_length``: each batch holds samples of similar length (the samples in a
+    random order, stably sorted by ``dataset.lengths``, cut into batches; the last
+    batch, the longest samples, may be smaller), and with ``shuffle`` the batches come
+    in a random order; both drawn from ``rng`` only."""
     n = len(dataset)
     order = rng.permutation(n) if shuffle else np.arange(n)
-    for i in range(count):
-        yield dataset.batch(order[i * batch_size:(i + 1) * batch_size])
+    starts = np.arange(count) * batch_size
+    if bucket_by_length:
+        # the samples left out (drop_last) are the permutation's last, as without
+        order = order[:min(n, count * batch_size)]
+        order = order[np.argsort(sample_lengths(dataset)[order], kind="stable")]
+        if shuffle:
+            starts = starts[rng.permutation(count)]
+    for i in starts:
+        yield dataset.batch(order[i:i + batch_size])
 
 
-def as_source(data, shuffle=True, drop_last=False):
+def as_source(data, shuffle=True, drop_last=False, bucket_by_length=False):
     """A batch source: ``data`` itself if it has ``train_batches`` and ``num_batches``
-    (a :class:`~nn_core.training.Task`, for instance), else :func:`as_dataset` of it."""
+    (a :class:`~nn_core.training.Task`, for instance), else :func:`as_dataset` of it
+    (``bucket_by_length``: batches of similar lengths, see :func:`shuffled_batches`)."""
     if hasattr(data, "train_batches") and hasattr(data, "num_batches"):
+        if bucket_by_length:
+            raise ValueError("bucket_by_length applies to datasets; a batch source "
+                             f"({type(data).__name__}) draws its own batches")
         return data
-    return _DatasetSource(as_dataset(data), shuffle, drop_last)
+    return _DatasetSource(as_dataset(data), shuffle, drop_last, bucket_by_length)
 
 
 def iterate(data, batch_size):

@@ -411,9 +411,9 @@ class Trainer:
 
     # ------------------------------------------------------------ fit
     def fit(self, train_data, val_data=None, *, epochs=None, steps=None, batch_size=32,
-            shuffle=True, drop_last=False, seed=None, out_dir=None, resume=False,
-            overwrite=False, max_steps=None, settings=None, record=None, header=None,
-            title=None) -> History:
+            shuffle=True, drop_last=False, bucket_by_length=False, seed=None, out_dir=None,
+            resume=False, overwrite=False, max_steps=None, settings=None, record=None,
+            header=None, title=None) -> History:
         """Train for ``epochs`` (or ``steps`` optimizer steps); returns the :class:`History`.
 
         Parameters
@@ -433,6 +433,11 @@ class Trainer:
         batch_size : int
         shuffle, drop_last : bool
             For datasets: a new order every epoch; leave out a last, smaller batch.
+        bucket_by_length : bool
+            For datasets of variable-length sequences (``lengths``): batches of samples
+            of similar length, the batches in a new order every epoch (recurrent sweeps
+            then carry little padding).  Drawn from the batch order's generator, so a
+            resumed run draws the same batches.
         seed : None, int or numpy.random.Generator
             The batch order's generator (``None``: fresh entropy).
         out_dir : str, optional
@@ -482,7 +487,7 @@ class Trainer:
             check_int(max_steps, "max_steps", 1)
         if resume and out_dir is None:
             raise ValueError("resume needs the out_dir of the run")
-        source = as_source(train_data, shuffle, drop_last)
+        source = as_source(train_data, shuffle, drop_last, bucket_by_length)
         self.strategy = strategy()
         procs = self.strategy.size
         # data parallel: every rank draws the same global batch and trains on its shard
@@ -497,7 +502,8 @@ class Trainer:
             val_data = as_dataset(val_data)
         run_settings = {
             "epochs": epochs, "steps": total, "batch_size": batch_size,
-            "shuffle": bool(shuffle), "drop_last": bool(drop_last), "clip": self.clip,
+            "shuffle": bool(shuffle), "drop_last": bool(drop_last),
+            "bucket_by_length": bool(bucket_by_length), "clip": self.clip,
             "seed": seed if isinstance(seed, int) else None, "lr": self.optimizer.lr,
             "optimizer": _optimizer_settings(self.optimizer),
             "schedule": self.schedule if isinstance(self.schedule, str)
