@@ -83,6 +83,19 @@ def row_halves(B: int, lengths=None):
     return (0, h), (h, B)
 
 
+def fixed_split(B: int) -> bool:
+    """True when a sweep over ``B`` rows cuts its input projection, ``grad_x`` and
+    weight gradients into the halves :func:`row_halves` runs on two threads, whatever
+    the thread count (BLAS may sum a half-sized product in another order)."""
+    return ROW_SPLIT and B >= MIN_SPLIT_ROWS
+
+
+def _run_in_order(job, ranges):
+    """``job(r0, r1)`` for every range of ``ranges``, on this thread."""
+    for r0, r1 in ranges:
+        job(r0, r1)
+
+
 def length_order(lengths):
     """The rows sorted longest first (stable), or None when they already are."""
     if lengths is None or not (np.diff(lengths) > 0).any():
@@ -491,7 +504,13 @@ class RecurrentCell(Module):
                                 bx=bx, bhn=bhn, out=out, hh=hh, rows=order)
         mode = _K.STEP_MODES[STEP_MODE]
         halves = row_halves(B, lengths)
-        if halves is None:
+        if halves is None and fixed_split(B):
+            # the split's partition on this thread, so that the bits do not depend on
+            # the thread count
+            _run_in_order(lambda a, b: _K.rnn_forward(sweep, _K.PHASE_PROJ, a, b),
+                          _parallel.halves(T * B))
+            _K.rnn_forward(sweep, _K.PHASE_STEPS, mode=mode)
+        elif halves is None:
             _K.rnn_forward(sweep, mode=mode)
         else:
             # two threads, BLAS on one thread each: the input projection split by
@@ -563,7 +582,15 @@ class RecurrentCell(Module):
             dGs=dGs, dGt=dGt, xh=xh, gw=gw, rows=order)
         mode = _K.STEP_MODES[STEP_MODE]
         halves = row_halves(B, cache.lengths)
-        if halves is None:
+        if halves is None and fixed_split(B):
+            # the split's partition on this thread (see run_sequence)
+            run = _K.rnn_backward
+            run(sweep, _K.PHASE_STEPS, mode=mode)
+            _run_in_order(lambda a, b: run(sweep, _K.PHASE_GRAD_X, a, b),
+                          _parallel.halves(T * B))
+            _run_in_order(lambda a, b: run(sweep, _K.PHASE_WGRAD, a, b),
+                          _parallel.halves(GH, align=16))
+        elif halves is None:
             _K.rnn_backward(sweep, mode=mode)
         else:
             # two threads, BLAS on one thread each: BPTT of the two half batches, then
