@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 __all__ = ["available_cores", "blas_threads", "limit_threads", "single_thread_blas",
            "controllable", "run_tasks", "run_pair", "run_rows", "split", "halves",
-           "work_ranges",
+           "work_ranges", "run_chunks",
            "in_parallel_region", "THREAD_ENV_VARS"]
 
 #: environment variables that thread pools read when a process starts
@@ -360,6 +360,22 @@ def work_ranges(n, min_per_thread):
     if parts <= 1 or in_parallel_region():
         return [(0, n)]
     return split(n, parts)
+
+
+def run_chunks(job, n, chunk, min_per_thread) -> int:
+    """``job(i, r0, r1)`` for the fixed chunks ``[i*chunk, min((i+1)*chunk, n))`` of
+    ``[0, n)``, whole chunks per thread as the budget allows (:func:`work_ranges`).
+    The chunks do not depend on the thread count, so per-chunk partial sums added in
+    chunk order give the same bits at any thread count.  Returns the chunk count."""
+    count = max(1, -(-n // int(chunk)))
+    groups = split(count, len(work_ranges(n, min_per_thread)))
+
+    def work(t):
+        for i in range(*groups[t]):
+            job(i, i * chunk, min((i + 1) * chunk, n))
+
+    run_tasks(work, len(groups))
+    return count
 
 
 def split(n, parts):

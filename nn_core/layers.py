@@ -53,6 +53,8 @@ __all__ = ["Linear", "Embedding", "LayerNorm", "Dropout", "ReLU", "Tanh", "GELU"
 # element-wise and row kernels split over threads above these sizes
 _MIN_ELEMENTS_PER_THREAD = 1 << 18
 _MIN_ROWS_PER_THREAD = 256
+# LayerNorm's parameter gradients are summed over fixed chunks of this many rows
+_GRAD_CHUNK_ROWS = 1024
 
 
 def _flat(a):
@@ -309,20 +311,21 @@ class LayerNorm(Module):
         x2, mean, rstd = cache.saved
         g2 = np.ascontiguousarray(g).reshape(x2.shape)
         dx = np.empty_like(x2)
-        ranges = _parallel.work_ranges(x2.shape[0], _MIN_ROWS_PER_THREAD)
+        N = x2.shape[0]
         affine = self.elementwise_affine
         gamma = self.params["gamma"] if affine else None
-        # thread 0 accumulates into the gradients, the others into zeroed partials
+        # fixed row chunks: the first accumulates into the gradients, the others into
+        # zeroed partials added in chunk order (the same bits at any thread count)
+        count = -(-N // _GRAD_CHUNK_ROWS)
         parts = [(self.grads["gamma"], self.grads["beta"]) if affine else (None, None)]
         parts += [(np.zeros_like(parts[0][0]), np.zeros_like(parts[0][1])) if affine
-                  else (None, None) for _ in ranges[1:]]
+                  else (None, None) for _ in range(1, count)]
 
-        def job(t):
-            a, b = ranges[t]
+        def job(i, a, b):
             _kl.layernorm_backward(x2[a:b], g2[a:b], mean[a:b], rstd[a:b], gamma, dx[a:b],
-                                   *parts[t])
+                                   *parts[i])
 
-        _parallel.run_tasks(job, len(ranges))
+        _parallel.run_chunks(job, N, _GRAD_CHUNK_ROWS, _MIN_ROWS_PER_THREAD)
         for dg, db in parts[1:]:
             if affine:
                 self.grads["gamma"] += dg
