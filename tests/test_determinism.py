@@ -8,11 +8,13 @@ from nn_core.cli import main
 
 THREADS = (1, 2, 3, 4)
 
+# default models and batches (64 rows: the recurrent row split's path), smaller data
+S2S, FC = ["--train-size", "2000", "--val-size", "200"], ["--steps", "3000"]
 MODELS = {
-    "seq2seq": ["seq2seq"],
-    "seq2seq-lstm": ["seq2seq", "--cell", "lstm"],
-    "forecast": ["forecast"],
-    "forecast-lstm": ["forecast", "--cell", "lstm"],
+    "seq2seq": ["seq2seq", *S2S],
+    "seq2seq-lstm": ["seq2seq", "--cell", "lstm", *S2S],
+    "forecast": ["forecast", *FC],
+    "forecast-lstm": ["forecast", "--cell", "lstm", *FC],
     "lm": ["lm"],
 }
 
