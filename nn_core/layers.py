@@ -54,7 +54,7 @@ __all__ = ["Linear", "Embedding", "LayerNorm", "Dropout", "ReLU", "Tanh", "GELU"
 _MIN_ELEMENTS_PER_THREAD = 1 << 18
 _MIN_ROWS_PER_THREAD = 256
 # LayerNorm's parameter gradients are summed over fixed chunks of this many rows
-_GRAD_CHUNK_ROWS = 1024
+_GRAD_CHUNK_ROWS = 4096
 
 
 def _flat(a):
