@@ -46,6 +46,35 @@ def test_interleaved_reads_the_clock_it_is_given():
     assert set(_common.CLOCKS) == {"wall", "cpu"}
 
 
+def test_interleaved_both_clocks_reads_each_clock_over_the_same_samples(monkeypatch):
+    """Fake clocks: per call, wall advances 0.5 and CPU time 0.75 (1.5 busy cores)."""
+    now = {"wall": 0.0, "cpu": 0.0}
+
+    def tick():
+        now["wall"] += 0.5
+        now["cpu"] += 0.75
+
+    monkeypatch.setitem(_common.CLOCKS, "wall", lambda: now["wall"])
+    monkeypatch.setitem(_common.CLOCKS, "cpu", lambda: now["cpu"])
+    res = _common.interleaved({"a": tick}, repeat=3, min_time=0.0, clock="both")
+    assert res["a"] == _common.Times(wall=0.5, cpu=0.75)
+    row = _common.fmt_times(res["a"])
+    assert row.split() == ["500.000", "750.000", "1.50"]
+    assert len(row) == len(_common.times_header("nn"))
+    # the default clock still returns one number per function
+    assert _common.interleaved({"a": tick}, repeat=3, min_time=0.0)["a"] == 0.5
+
+
+def test_scaling_table_divides_each_clock_by_the_first_thread_count():
+    T = _common.Times
+    results = {"m": {1: (T(2.0, 2.0), T(4.0, 4.0)), 2: (T(1.0, 3.0), T(4.0, 8.0))},
+               "only one count": {1: (T(1.0, 1.0), T(1.0, 1.0))}}
+    lines = _common.scaling_table(results, [1, 2], width=8)
+    assert "2t/1t" in lines[1]
+    assert lines[2:] == ["m              0.50   1.50          1.00   2.00"]
+    assert _common.scaling_table(results, [1]) == []
+
+
 def test_interleaved_settle_samples_every_contender():
     calls = {"a": 0, "b": 0}
 
@@ -61,7 +90,13 @@ def test_interleaved_settle_samples_every_contender():
     assert calls["a"] >= 1 + 1 + 3 * 2 and calls["b"] >= 1 + 1 + 3 * 2
 
 
+def _row_numbers(line, skip):
+    """The numeric fields of a table row after its first ``skip`` fields."""
+    return [float(v.rstrip("%")) for v in line.split()[skip:] if v[0].isdigit() and "-" not in v]
+
+
 def test_recurrent_script_runs_on_the_clock_it_is_given(capsys, monkeypatch):
+    """Both clocks are measured in the same samples; ``--clock`` picks the ratio's."""
     pytest.importorskip("torch")
     clocks = []
     real = R.interleaved
@@ -74,11 +109,28 @@ def test_recurrent_script_runs_on_the_clock_it_is_given(capsys, monkeypatch):
     assert R.main(["--shapes", "S", "--cells", "rnn,lstm", "--dtypes", "f64",
                    "--threads", "1", "--repeat", "1", "--clock", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert "# peak (1 thread(s), f64" in out and "cpu clock" in out
+    assert "# peak (1 thread(s), f64" in out and "on the cpu clock" in out
+    hdr = next(ln for ln in out.splitlines() if ln.startswith("cell"))
+    assert hdr.split()[4:9] == ["nn", "ms", "cpu", "torch", "ms"] and hdr.endswith("load")
     rows = [ln for ln in out.splitlines() if ln.startswith(("rnn ", "lstm "))]
     assert len(rows) == 2 and all("%" in ln for ln in rows)
-    assert clocks == ["cpu", "cpu"]
+    for ln in rows:
+        _, nn_cpu, _, torch_cpu, ratio = _row_numbers(ln, 4)[:5]
+        assert ratio == pytest.approx(nn_cpu / torch_cpu, abs=0.01 + 2e-3 / torch_cpu)
+        assert len(ln) == len(hdr) and ln.split()[-1].count("-") == 1      # load start-end
+    assert clocks == ["both", "both"]
     assert R._clock is __import__("time").perf_counter      # restored
+
+
+def test_recurrent_script_compares_thread_counts(capsys):
+    pytest.importorskip("torch")
+    assert R.main(["--shapes", "S", "--cells", "rnn", "--dtypes", "f32",
+                   "--threads", "1,2", "--repeat", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert sum(ln.startswith("rnn   S") for ln in lines) == 2
+    i = next(i for i, ln in enumerate(lines) if ln.startswith("# own time at 2 threads / at 1"))
+    assert "nn 2t/1t" in lines[i + 1] and "torch 2t/1t" in lines[i + 1]
+    assert lines[i + 2].startswith("rnn S f32") and len(_row_numbers(lines[i + 2], 3)) == 4
 
 
 def test_recurrent_script_refuses_cpu_clock_with_threads():
@@ -120,6 +172,47 @@ def test_model_script_runs_every_section_at_a_tiny_size(capsys):
         assert any(ln.startswith(piece) for ln in lines), piece
     assert "check: max |y - y_torch|" in out and "WARNING" not in out
     assert any(ln.startswith("ratio") for ln in lines)
+    for section in M.SECTIONS:
+        assert any(ln.startswith(f"({section}: ") and "load average" in ln for ln in lines)
+    for what in ("model", "what"):          # steps and bert: both clocks and the load
+        hdr = next(ln for ln in lines if ln.startswith(f"{what} ") and "c/w" in ln)
+        assert hdr.split()[2:] == ["nn", "ms", "cpu", "c/w", "torch", "ms", "cpu", "c/w",
+                                   "ratio", "target", "load"]
+    assert "own time at" not in out                             # one thread count
+
+
+def test_model_steps_and_bert_compare_thread_counts(capsys):
+    """The steps section (on stand-in steps) and the encoder at 1 and 2 threads: a row per
+    thread count, and the table of own 2-thread over 1-thread times."""
+    torch = pytest.importorskip("torch")
+    from nn_core.bench import model as M
+
+    class Pair:
+        def __init__(self, n):
+            self.x = np.ones(n)
+
+        def nn_step(self):
+            return float(self.x @ self.x)
+
+        torch_step = nn_step
+
+    pairs = [("small", Pair(10), 0.8, True), ("big (ra)", Pair(1000), None, False)]
+    M.run_steps(torch, [1, 2], np.float32, 1, 0.001, True, pairs=pairs)
+    lines = capsys.readouterr().out.splitlines()
+    rows = [ln for ln in lines if ln.startswith(("small ", "big (ra) "))]
+    hdr = next(ln for ln in lines if ln.startswith("model "))
+    assert len(rows) == 6 and all(len(ln) == len(hdr) for ln in rows[:4])
+    assert [ln[26:30].strip() for ln in rows[:4]] == ["1", "1", "2", "2"]     # thr
+    assert any(ln.startswith("# own time at 2 threads / at 1") for ln in lines)
+    assert all(len(_row_numbers(ln, 2 if ln.startswith("big") else 1)) == 4 for ln in rows[-2:])
+
+    assert M.main(["--quick", "--only", "bert", "--repeat", "1", "--min-time", "0.001",
+                   "--threads", "1,2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for row in ("forward (inference)", "forward (training)", "forward+backward"):
+        got = [ln for ln in lines if ln.startswith(row)]
+        assert len(got) == 3, row          # 1 thread, 2 threads, the own-time table
+        assert len(_row_numbers(got[0], len(row.split()) + 1)) == 8
 
 
 def test_model_script_needs_torch(capsys, monkeypatch):

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import platform
 import statistics
 import time
+from typing import NamedTuple
 
 
 def torch_or_none():
@@ -123,6 +125,21 @@ def warm_up(fns: dict, seconds: float = 0.05) -> None:
                 calls[k] += 1
 
 
+class Times(NamedTuple):
+    """Seconds per call on both clocks, from the same samples."""
+    wall: float
+    cpu: float
+
+
+def _sample_both(fn, number: int) -> Times:
+    wall, cpu = CLOCKS["wall"], CLOCKS["cpu"]
+    w0, c0 = wall(), cpu()
+    for _ in range(number):
+        fn()
+    c1, w1 = cpu(), wall()
+    return Times((w1 - w0) / number, (c1 - c0) / number)
+
+
 def interleaved(fns: dict, repeat: int = 7, min_time: float = 0.05, clock="wall",
                 settle: float = 0.0) -> dict:
     """Median seconds per call of each function, measured alternately in one run so
@@ -133,6 +150,11 @@ def interleaved(fns: dict, repeat: int = 7, min_time: float = 0.05, clock="wall"
     overloaded machine it is insensitive to time slicing -- meaningful for one
     thread only (with several it sums the threads' time).
 
+    ``clock="both"`` reads wall time and process CPU time (every thread's, spinning
+    pool workers included) around each sample, calibrates on wall time, and returns
+    :class:`Times` per function: the median wall time and the median CPU time of the
+    same samples.  ``cpu / wall`` is then the number of cores the call kept busy.
+
     ``settle`` (seconds; use it with several threads): before each sample, sleep
     that long and make one untimed call.  Thread pools keep spinning after a call --
     OpenBLAS's workers for up to ~2^28 cycles (~0.1 s), OpenMP's for a while too --
@@ -140,7 +162,8 @@ def interleaved(fns: dict, repeat: int = 7, min_time: float = 0.05, clock="wall"
     take a core from the other's threads (measured here: torch's 2-thread LSTM ran
     slower than its 1-thread one right after nn_core's calls).  With ``settle`` each
     sample sees only its own library's threads."""
-    clock = CLOCKS[clock] if isinstance(clock, str) else clock
+    both = clock == "both"
+    clock = CLOCKS["wall"] if both else CLOCKS[clock] if isinstance(clock, str) else clock
     numbers = {}
     for k, fn in fns.items():
         fn()
@@ -151,8 +174,64 @@ def interleaved(fns: dict, repeat: int = 7, min_time: float = 0.05, clock="wall"
             if settle > 0:
                 time.sleep(settle)
                 fn()
-            samples[k].append(_sample(fn, numbers[k], clock))
+            samples[k].append(_sample_both(fn, numbers[k]) if both
+                              else _sample(fn, numbers[k], clock))
+    if both:
+        return {k: Times(statistics.median(s.wall for s in v),
+                         statistics.median(s.cpu for s in v)) for k, v in samples.items()}
     return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def load1() -> float:
+    """The 1-minute load average (NaN where the system has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return math.nan
+
+
+def fmt_load(start: float, end: float) -> str:
+    """``start-end`` of the 1-minute load average over a measurement."""
+    return f"{start:.2f}-{end:.2f}"
+
+
+TIMES_LEGEND = ("ms = wall time per call; cpu = process CPU time per call (every thread, "
+                "spinning pool workers included);\nc/w = cpu / wall (cores kept busy); "
+                "load = 1-minute load average at the start-end of the measurement")
+
+
+def fmt_times(*times: Times, cw: bool = True) -> str:
+    """``wall cpu [c/w]`` for each :class:`Times`, in ms (columns of :func:`times_header`)."""
+    return " ".join(f"{t.wall * 1e3:9.3f} {t.cpu * 1e3:9.3f}"
+                    + (f" {t.cpu / t.wall if t.wall > 0 else math.nan:4.2f}" if cw else "")
+                    for t in times)
+
+
+def times_header(*names: str, cw: bool = True) -> str:
+    return " ".join(f"{n + ' ms':>9} {'cpu':>9}" + (f" {'c/w':>4}" if cw else "")
+                    for n in names)
+
+
+def scaling_table(results: dict, thread_counts, width: int = 26, what: str = "model") -> list:
+    """Lines of a table of own-time ratios between thread counts: for each row label of
+    ``results`` (``{label: {threads: (nn_core Times, torch Times)}}``) and each thread
+    count after the first, wall and CPU time at that count over those at the first.
+    Empty with a single thread count."""
+    base, *others = thread_counts
+    lines = []
+    for n in others:
+        lines.append(f"# own time at {n} threads / at {base} (wall below 1: faster; "
+                     f"cpu above 1: more core time per call)")
+        lines.append(f"{what:<{width}} {f'nn {n}t/{base}t':>10} {'cpu':>6} "
+                     f"{f'torch {n}t/{base}t':>13} {'cpu':>6}")
+        for label, by_n in results.items():
+            if base not in by_n or n not in by_n:
+                continue
+            ratios = [getattr(by_n[n][i], c) / getattr(by_n[base][i], c)
+                      for i in (0, 1) for c in ("wall", "cpu")]
+            lines.append(f"{label:<{width}} {ratios[0]:10.2f} {ratios[1]:6.2f} "
+                         f"{ratios[2]:13.2f} {ratios[3]:6.2f}")
+    return lines
 
 
 def fmt_ms(seconds: float) -> str:

@@ -8,8 +8,14 @@ inference memory and page faults.
 Every timing is the median of interleaved rounds in one run (``_common.interleaved``;
 with more than one thread each sample is preceded by a short sleep and an untimed
 call, so that neither library's spinning thread pool takes a core from the other's
-timed run).  ``ratio`` = nn_core time / torch time (below 1: nn_core is faster);
-``*`` marks a ratio above its target.  Sections:
+timed run).  ``ratio`` = nn_core time / torch time (wall; below 1: nn_core is
+faster); ``*`` marks a ratio above its target.  The ``steps`` and ``bert`` rows give,
+for each library, ``ms`` (wall time per call), ``cpu`` (process CPU time per call, every
+thread's, medians over the same samples) and ``c/w`` (cpu / wall: the cores kept busy),
+and ``load``, the 1-minute load average at the start and end of the row's measurement;
+with several thread counts a table of each library's own time at the further counts
+over the first (wall and CPU) follows.  Every section ends with its duration and the
+load average at its start and end.  Sections:
 
 ``steps``
     One training step of each CLI model (``nn-core train TASK`` at its default sizes,
@@ -87,7 +93,8 @@ import time
 
 import numpy as np
 
-from ._common import (fmt_ms, interleaved, machine_report, thread_report, threads,
+from ._common import (TIMES_LEGEND, Times, fmt_load, fmt_times, interleaved, load1,
+                      machine_report, scaling_table, thread_report, threads, times_header,
                       torch_or_none)
 from ._model_parts import (BERT_FB_TARGET, BERT_FWD_TARGET, D_MODEL, FFN, HEADS, LAYERS,
                            _bert_check, _say, bert_shape, build_step_pairs, nn_encoder,
@@ -103,20 +110,27 @@ def run_steps(torch, thread_counts, dtype, repeat, min_time, quick, out=_say, pa
         f"loss, backward, clip_grad_norm(1.0), AdamW, schedule ==")
     if pairs is None:
         pairs = build_step_pairs(torch, dtype, quick, out=out)
-    hdr = (f"{'model':<26} {'thr':>3} {'nn_core ms':>10} {'torch ms':>10} {'ratio':>6} "
-           f"{'target':>6}")
+    hdr = (f"{'model':<26} {'thr':>3} {times_header('nn', 'torch')} {'ratio':>6} "
+           f"{'target':>6}   {'load':>9}")
+    results = {}
     for n in thread_counts:
         with threads(n):
             out(f"# threads={n}: {thread_report()}")
             out(hdr)
             for label, pair, target, _ in pairs:
+                load0 = load1()
                 t = interleaved({"nn": pair.nn_step, "torch": pair.torch_step}, repeat=repeat,
-                                min_time=min_time, settle=0.2 if n > 1 else 0.0)
-                r = t["nn"] / t["torch"]
+                                min_time=min_time, clock="both",
+                                settle=0.2 if n > 1 else 0.0)
+                results.setdefault(label, {})[n] = (t["nn"], t["torch"])
+                r = t["nn"].wall / t["torch"].wall
                 tgt = f"{target:6.2f}" if target else f"{'-':>6}"
-                flag = "" if target is None or r <= target else " *"
-                out(f"{label:<26} {n:>3} {fmt_ms(t['nn']):>10} {fmt_ms(t['torch']):>10} "
-                    f"{r:6.2f} {tgt}{flag}")
+                flag = "  " if target is None or r <= target else " *"
+                out(f"{label:<26} {n:>3} {fmt_times(t['nn'], t['torch'])} {r:6.2f} {tgt}{flag} "
+                    f"{fmt_load(load0, load1()):>9}")
+    for line in scaling_table(results, thread_counts):
+        out(line)
+    out(TIMES_LEGEND)
     out("(ra) = the same model with its GRU cells reset_after=True, torch's recurrence, "
         "same weights; the CLI's GRU is reset_after=False, which torch does not have")
     return pairs
@@ -154,17 +168,17 @@ def run_bert(torch, thread_counts, dtype, repeat, min_time, args, out=_say):
 
     def nn_fb():
         ours.zero_grad()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         ours(x)
-        split["nn_fb"].append(time.perf_counter() - t0)
+        split["nn_fb"].append(Times(time.perf_counter() - t0, time.process_time() - c0))
         ours.backward(g)
 
     def torch_fb():
         theirs.zero_grad()
         xg.grad = None
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         y = theirs(xg)
-        split["torch_fb"].append(time.perf_counter() - t0)
+        split["torch_fb"].append(Times(time.perf_counter() - t0, time.process_time() - c0))
         y.backward(gt)
 
     fns = {"nn_inf": nn_inf, "torch_inf": torch_inf, "nn_fb": nn_fb, "torch_fb": torch_fb}
@@ -177,22 +191,29 @@ def run_bert(torch, thread_counts, dtype, repeat, min_time, args, out=_say):
     rows = (("forward (inference)", "nn_inf", "torch_inf", BERT_FWD_TARGET),
             ("forward (training)", "nn_tf", "torch_tf", BERT_FWD_TARGET),
             ("forward+backward", "nn_fb", "torch_fb", BERT_FB_TARGET))
-    hdr = (f"{'what':<22} {'thr':>3} {'nn_core ms':>10} {'torch ms':>10} {'ratio':>6} "
-           f"{'target':>6}")
+    hdr = (f"{'what':<22} {'thr':>3} {times_header('nn', 'torch')} {'ratio':>6} "
+           f"{'target':>6}   {'load':>9}")
+    results = {}
     for n in thread_counts:
         with threads(n):
             out(f"# threads={n}: {thread_report()}")
             out(hdr)
             for v in split.values():
                 v.clear()
-            t = interleaved(fns, repeat=repeat, min_time=min_time,
+            load0 = load1()
+            t = interleaved(fns, repeat=repeat, min_time=min_time, clock="both",
                             settle=0.2 if n > 1 and not long_calls else 0.0)
-            t["nn_tf"] = float(np.median(split["nn_fb"][1:]))      # [0]: the warm-up call
-            t["torch_tf"] = float(np.median(split["torch_fb"][1:]))
+            load = fmt_load(load0, load1())
+            for side in ("nn", "torch"):        # [0]: the warm-up call
+                t[f"{side}_tf"] = Times(*np.median(np.array(split[f"{side}_fb"][1:]), axis=0))
             for label, a, b, target in rows:
-                r = t[a] / t[b]
-                out(f"{label:<22} {n:>3} {fmt_ms(t[a]):>10} {fmt_ms(t[b]):>10} {r:6.2f} "
-                    f"{target:6.2f}{'' if r <= target else ' *'}")
+                results.setdefault(label, {})[n] = (t[a], t[b])
+                r = t[a].wall / t[b].wall
+                out(f"{label:<22} {n:>3} {fmt_times(t[a], t[b])} {r:6.2f} {target:6.2f}"
+                    f"{'  ' if r <= target else ' *'} {load:>9}")
+    for line in scaling_table(results, thread_counts, width=22, what="what"):
+        out(line)
+    out(TIMES_LEGEND + " (one measurement for all three rows)")
 
 
 # ================================================================== main ====
@@ -254,12 +275,12 @@ def main(argv=None):
     t_start = time.perf_counter()
     print(f"nn_core vs torch {torch.__version__}, whole models; {machine_report()}; "
           f"numpy {np.__version__}")
-    print(f"medians of {args.repeat} interleaved rounds (wall clock); ratio = nn_core / torch; "
-          f"* = above target")
+    print(f"medians of {args.repeat} interleaved rounds, wall and CPU time of the same samples; "
+          f"ratio = nn_core / torch (wall); * = above target; load average {load1():.2f}")
     for section in SECTIONS:
         if section not in only:
             continue
-        t0 = time.perf_counter()
+        t0, load0 = time.perf_counter(), load1()
         if section == "steps":
             run_steps(torch, args.threads, dtype, args.repeat, args.min_time, args.quick)
         elif section == "bert":
@@ -270,7 +291,8 @@ def main(argv=None):
             run_memory(dtype, args)
         else:
             run_faults(args.threads, dtype, args.quick)
-        print(f"({section}: {time.perf_counter() - t0:.0f} s)", flush=True)
+        print(f"({section}: {time.perf_counter() - t0:.0f} s, load average "
+              f"{fmt_load(load0, load1())})", flush=True)
     print(f"\n(total {time.perf_counter() - t_start:.0f} s)")
     return 0
 

@@ -11,7 +11,11 @@ For every (threads, dtype, shape, cell) both implementations run the same sequen
 ``sum(output * grad_output)`` including ``grad_x``, timed alternately in one run
 (``_common.interleaved``: machine noise hits both alike).  Printed beside each time:
 
-* ``ratio`` = nn_core time / torch time;
+* ``ms`` and ``cpu`` = wall time and process CPU time (every thread's) per call, the
+  medians over the same samples (``interleaved(clock="both")``), and ``load`` = the
+  1-minute load average at the start and end of the row's measurement;
+* ``ratio`` = nn_core time / torch time, on the clock ``--clock`` names (wall by
+  default; so are ``gemm``, ``/gemm``, ``GF/s`` and ``need``);
 * ``gemm`` = the GEMM-bound time: the same GEMM calls the kernel makes (input
   projection, T recurrence GEMMs forward and backward, grad_x, and grad_W_ih /
   grad_W_hh -- one fused GEMM for RNN and LSTM, two for the GRU),
@@ -33,6 +37,9 @@ Shapes: S (T=32, B=16, D=H=64), M (T=64, B=32, D=H=256), L (T=128, B=64, D=H=512
 latency (T=100, B=1, D=H=128).  ``lstm2`` is a 2-layer StackedLSTM vs
 ``nn.LSTM(num_layers=2)``; ``gru`` is ``GRUCell(reset_after=True)`` (torch's form).
 
+With several thread counts a table follows the rows: per case, nn_core's and torch's
+wall and CPU time at each further thread count over those at the first (``2t/1t``).
+
 The operand layouts the kernel picks per shape, and why, are in docs/performance.md.
 """
 from __future__ import annotations
@@ -42,7 +49,8 @@ import time
 
 import numpy as np
 
-from ._common import interleaved, threads, torch_or_none
+from ._common import (TIMES_LEGEND, fmt_load, fmt_times, interleaved, load1, scaling_table,
+                      threads, times_header, torch_or_none)
 
 
 SHAPES = {
@@ -146,7 +154,9 @@ def _build(cell, D, H, dtype, torch):
     return ours, theirs
 
 
-def run_case(cell, shape, dtype, nthreads, repeat, torch, clock="wall"):
+def run_case(cell, shape, dtype, nthreads, repeat, torch):
+    """``(ours, theirs, bound, flops)``: nn_core's and torch's :class:`_common.Times`
+    per forward+backward, the GEMM bound (seconds, on ``_clock``) and the FLOPs."""
     T, B, D, H = SHAPES[shape]
     rng = np.random.default_rng(0)
     ours, theirs = _build(cell, D, H, dtype, torch)
@@ -172,7 +182,7 @@ def run_case(cell, shape, dtype, nthreads, repeat, torch, clock="wall"):
     min_time = 0.02 if shape in ("S", "latency") else 0.0
     with threads(nthreads):
         t = interleaved({"ours": f_ours, "torch": f_torch}, repeat=repeat, min_time=min_time,
-                        clock=clock, settle=0.2 if nthreads > 1 else 0.0)
+                        clock="both", settle=0.2 if nthreads > 1 else 0.0)
         bound = gemm_bound(T, B, D, H, GATES[cell], dtype, layers)
     return t["ours"], t["torch"], bound, flops(T, B, D, H, GATES[cell], layers)
 
@@ -209,14 +219,17 @@ def main(argv=None):
         from . import _padded
 
         return _padded.main(args, torch, DTYPES)
-    print(f"torch {torch.__version__}, numpy {np.__version__}; times in ms "
-          f"(median of interleaved runs, {args.clock} clock), fwd+bwd incl. grad_x")
-    hdr = (f"{'cell':<6}{'shape':<8}{'dtype':<5}{'thr':>3} {'nn_core':>10} {'torch':>10} "
-           f"{'ratio':>6} {'target':>6} {'gemm':>10} {'/gemm':>6} {'GF/s':>6} "
-           f"{'need':>5}")
+    print(f"torch {torch.__version__}, numpy {np.__version__}; times in ms (medians of "
+          f"interleaved runs, wall and CPU time of the same samples), fwd+bwd incl. grad_x; "
+          f"ratio, gemm, /gemm, GF/s and need on the {args.clock} clock")
+    hdr = (f"{'cell':<6}{'shape':<8}{'dtype':<6}{'thr':>3} {times_header('nn', 'torch', cw=False)} "
+           f"{'ratio':>6} {'target':>6} {'gemm':>9} {'/gemm':>6} {'GF/s':>6} {'need':>5}    "
+           f"{'load':>9}")
     print(hdr)
     print("-" * len(hdr))
-    for nthreads in [int(v) for v in args.threads.split(",")]:
+    thread_counts = [int(v) for v in args.threads.split(",")]
+    results = {}
+    for nthreads in thread_counts:
         for dname in args.dtypes.split(","):
             dtype = DTYPES[dname]
             with threads(nthreads):
@@ -226,18 +239,25 @@ def main(argv=None):
             for shape in args.shapes.split(","):
                 for cell in args.cells.split(","):
                     rep = args.repeat if shape != "L" else max(2, args.repeat // 2)
-                    ours, theirs, bound, fl = run_case(cell, shape, dtype, nthreads, rep, torch,
-                                                       args.clock)
+                    load0 = load1()
+                    t_ours, t_theirs, bound, fl = run_case(cell, shape, dtype, nthreads, rep,
+                                                           torch)
+                    results.setdefault(f"{cell} {shape} {dname}", {})[nthreads] = (t_ours,
+                                                                                  t_theirs)
+                    ours, theirs = getattr(t_ours, args.clock), getattr(t_theirs, args.clock)
                     target = target_ratio(cell, shape, dtype)
                     need = fl / (target * theirs) / peak
-                    flag = "" if ours / theirs <= target else "  *"
-                    if flag and need > 0.9:
-                        flag += "x"
-                    print(f"{cell:<6}{shape:<8}{dname:<5}{nthreads:>3} {ours * 1e3:10.3f} "
-                          f"{theirs * 1e3:10.3f} {ours / theirs:6.2f} {target:6.2f} "
-                          f"{bound * 1e3:10.3f} {ours / bound:6.2f} {fl / ours / 1e9:6.1f} "
-                          f"{need * 100:4.0f}%{flag}", flush=True)
+                    flag = "  " if ours / theirs <= target else " *"
+                    flag += "x" if flag == " *" and need > 0.9 else " "
+                    print(f"{cell:<6}{shape:<8}{dname:<6}{nthreads:>3} "
+                          f"{fmt_times(t_ours, t_theirs, cw=False)} {ours / theirs:6.2f} "
+                          f"{target:6.2f} {bound * 1e3:9.3f} {ours / bound:6.2f} "
+                          f"{fl / ours / 1e9:6.1f} {need * 100:4.0f}%{flag} "
+                          f"{fmt_load(load0, load1()):>9}", flush=True)
+    for line in scaling_table(results, thread_counts, width=20, what="case"):
+        print(line)
     print("* = above the target ratio; x = the target needs more than 90% of "
           "the peak GEMM rate (over 100%: unreachable on this machine)")
+    print(TIMES_LEGEND)
     _clock = time.perf_counter
     return 0
