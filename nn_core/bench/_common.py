@@ -153,7 +153,9 @@ def interleaved(fns: dict, repeat: int = 7, min_time: float = 0.05, clock="wall"
     ``clock="both"`` reads wall time and process CPU time (every thread's, spinning
     pool workers included) around each sample, calibrates on wall time, and returns
     :class:`Times` per function: the median wall time and the median CPU time of the
-    same samples.  ``cpu / wall`` is then the number of cores the call kept busy.
+    same samples.  ``cpu / wall`` is then the number of cores the call kept busy.  The
+    CPU time of threads other than the caller's is accounted at context switches and
+    scheduler ticks (1-4 ms), so with several threads use samples of 0.1 s or more.
 
     ``settle`` (seconds; use it with several threads): before each sample, sleep
     that long and make one untimed call.  Thread pools keep spinning after a call --
@@ -195,9 +197,12 @@ def fmt_load(start: float, end: float) -> str:
     return f"{start:.2f}-{end:.2f}"
 
 
-TIMES_LEGEND = ("ms = wall time per call; cpu = process CPU time per call (every thread, "
-                "spinning pool workers included);\nc/w = cpu / wall (cores kept busy); "
-                "load = 1-minute load average at the start-end of the measurement")
+def times_legend(cw: bool = True) -> str:
+    """What the columns of :func:`times_header` and the ``load`` column mean."""
+    return ("ms = wall time per call; cpu = process CPU time per call (every thread, "
+            "spinning pool workers included);\n"
+            + ("c/w = cpu / wall (cores kept busy); " if cw else "")
+            + "load = 1-minute load average at the start-end of the measurement")
 
 
 def fmt_times(*times: Times, cw: bool = True) -> str:

@@ -93,9 +93,9 @@ import time
 
 import numpy as np
 
-from ._common import (TIMES_LEGEND, Times, fmt_load, fmt_times, interleaved, load1,
+from ._common import (Times, fmt_load, fmt_times, interleaved, load1,
                       machine_report, scaling_table, thread_report, threads, times_header,
-                      torch_or_none)
+                      times_legend, torch_or_none)
 from ._model_parts import (BERT_FB_TARGET, BERT_FWD_TARGET, D_MODEL, FFN, HEADS, LAYERS,
                            _bert_check, _say, bert_shape, build_step_pairs, nn_encoder,
                            torch_encoder)
@@ -130,7 +130,7 @@ def run_steps(torch, thread_counts, dtype, repeat, min_time, quick, out=_say, pa
                     f"{fmt_load(load0, load1()):>9}")
     for line in scaling_table(results, thread_counts):
         out(line)
-    out(TIMES_LEGEND)
+    out(times_legend())
     out("(ra) = the same model with its GRU cells reset_after=True, torch's recurrence, "
         "same weights; the CLI's GRU is reset_after=False, which torch does not have")
     return pairs
@@ -213,7 +213,7 @@ def run_bert(torch, thread_counts, dtype, repeat, min_time, args, out=_say):
                     f"{'  ' if r <= target else ' *'} {load:>9}")
     for line in scaling_table(results, thread_counts, width=22, what="what"):
         out(line)
-    out(TIMES_LEGEND + " (one measurement for all three rows)")
+    out(times_legend() + " (one measurement for all three rows)")
 
 
 # ================================================================== main ====

@@ -49,8 +49,8 @@ import time
 
 import numpy as np
 
-from ._common import (TIMES_LEGEND, fmt_load, fmt_times, interleaved, load1, scaling_table,
-                      threads, times_header, torch_or_none)
+from ._common import (fmt_load, fmt_times, interleaved, load1, scaling_table,
+                      threads, times_header, times_legend, torch_or_none)
 
 
 SHAPES = {
@@ -197,8 +197,10 @@ def main(argv=None):
     p.add_argument("--threads", default="1,2")
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--clock", choices=("wall", "cpu"), default=None,
-                   help="wall: elapsed time (default; cpu with --lengths); cpu: process CPU time, robust on a "
-                        "shared, oversubscribed machine (meaningful with 1 thread only)")
+                   help="the clock of ratio, gemm, /gemm, GF/s and need (the rows give "
+                        "both times): wall: elapsed time (default; cpu with --lengths); cpu: "
+                        "process CPU time, robust on a shared, oversubscribed machine "
+                        "(meaningful with 1 thread only)")
     p.add_argument("--lengths", choices=("uniform",), default=None,
                    help="uniform: padded batches, lengths uniform in [T/10, T] "
                         "(B=64, T=200, D=H=256, one thread)")
@@ -258,6 +260,6 @@ def main(argv=None):
         print(line)
     print("* = above the target ratio; x = the target needs more than 90% of "
           "the peak GEMM rate (over 100%: unreachable on this machine)")
-    print(TIMES_LEGEND)
+    print(times_legend(cw=False))
     _clock = time.perf_counter
     return 0
