@@ -12,9 +12,9 @@ BLAS libraries loaded in the process (NumPy's and SciPy's OpenBLAS are two diffe
 libraries; the Cython kernels call SciPy's).  ``threadpoolctl.threadpool_limits(n)``,
 ``OPENBLAS_NUM_THREADS=n`` and :func:`limit_threads` all set it, before or after
 ``import nn_core``.  A budget of ``N`` means at most ``N`` busy cores: work split over
-``k <= N`` Python threads runs with BLAS pinned to one thread each
-(:data:`single_thread_blas`); unsplit work runs on the calling thread with BLAS at
-``N`` threads.  Before every parallel decision the kernels' BLAS is brought down to
+``k <= N`` threads of the team runs with every OpenBLAS held at one thread
+(OpenBLAS's own workers never run beside the team); unsplit work runs on the calling
+thread with BLAS at ``N`` threads.  Before every parallel decision the kernels' BLAS is brought down to
 the budget (and back up to its own setting when the limit is lifted), so a limit set
 on NumPy's BLAS only also holds for the kernels.
 
@@ -23,17 +23,21 @@ entry points of the OpenBLAS libraries mapped into the process (Linux), otherwis
 through ``threadpoolctl`` when it is installed (other BLAS libraries, other systems).
 Where neither works the budget is 1.
 
-**One worker pool** (threads named ``nn_core-worker``) serves every split.  Work
-submitted from a worker, or while a split is running, runs inline on the calling
-thread instead (no nested splits, no self-wait).  After ``fork`` the child starts a
-fresh pool.
+**One thread team** (:mod:`nn_core._kernels._team`, threads named
+``nn_core-worker``) serves every split, from Python (:func:`run_tasks`) and from the
+kernels (its C interface).  Its workers spin for a bounded time after a job, then
+sleep on a futex.  Work started from a worker, or while another thread's job runs,
+runs inline on the calling thread (no nested splits, no self-wait); kernels cut their
+work into pieces that do not depend on the thread count, so inline and split runs
+give the same bits.  After ``fork`` the child starts its own team.
 """
 from __future__ import annotations
 
-import contextvars
+import ctypes
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+
+from ._kernels import _team
 
 __all__ = ["available_cores", "blas_threads", "limit_threads", "single_thread_blas",
            "controllable", "run_tasks", "run_pair", "run_rows", "split", "halves",
@@ -44,7 +48,7 @@ __all__ = ["available_cores", "blas_threads", "limit_threads", "single_thread_bl
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                    "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
 
-WORKER_PREFIX = "nn_core-worker"
+WORKER_PREFIX = _team.WORKER_PREFIX
 
 
 def available_cores() -> int:
@@ -75,7 +79,6 @@ _OPENBLAS_SYMBOLS = (("scipy_openblas_", ""), ("scipy_openblas_", "64_"),
 
 def _openblas_from_maps():
     """Controllers for the OpenBLAS libraries mapped into this process (Linux)."""
-    import ctypes
     try:
         with open("/proc/self/maps") as fh:
             paths = sorted({line.split()[-1] for line in fh
@@ -96,6 +99,39 @@ def _openblas_from_maps():
                 out.append(_OpenBLAS(path, get, set_))
                 break
     return out
+
+
+def _local_setters(libs):
+    """Addresses of ``openblas_set_num_threads_local`` (OpenBLAS 0.3.27 and later) of
+    the OpenBLAS libraries among ``libs``: the team holds them at one thread during its
+    jobs.  Libraries without it are left out (and the team then stays at one thread)."""
+    out = []
+    for lc in libs:
+        path = getattr(lc, "filepath", None)
+        if not isinstance(lc, _OpenBLAS) or not path:
+            continue
+        try:
+            fn = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0)).openblas_set_num_threads_local
+        except (OSError, AttributeError):
+            continue
+        out.append(ctypes.cast(fn, ctypes.c_void_p).value)
+    return out
+
+
+def _ilp64_gemm(libs):
+    """``(sgemm, dgemm)`` addresses of the ILP64 Fortran GEMMs of NumPy's OpenBLAS
+    (``scipy_sgemm_64_``), or ``(0, 0)``: the team's GEMM blocks then call SciPy's."""
+    for lc in libs:
+        path = getattr(lc, "filepath", None)
+        if not isinstance(lc, _OpenBLAS) or not path:
+            continue
+        try:
+            lib = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0))
+            s, d = lib.scipy_sgemm_64_, lib.scipy_dgemm_64_
+        except (OSError, AttributeError):
+            continue
+        return (ctypes.cast(s, ctypes.c_void_p).value, ctypes.cast(d, ctypes.c_void_p).value)
+    return 0, 0
 
 
 def _find_controllers():
@@ -120,8 +156,8 @@ class _Blas:
         self._libs = None
         self._pid = None
         self._lowered = {}       # id(controller) -> its own setting, while we hold it lower
-        self.depth = 0           # > 0 while single_thread_blas is engaged
-        self._saved = ()
+        self._last = 1           # the budget last read outside a BLAS hold
+        self.single = 0          # threads inside single_thread_blas
 
     def libs(self):
         pid = os.getpid()
@@ -132,16 +168,30 @@ class _Blas:
                     self._libs = _find_controllers()
                     self._pid = pid
                     self._lowered = {}
+                    self._last = 1
+                    _team.set_blas(_local_setters(self._libs))
+                    _team.set_gemm(*_ilp64_gemm(self._libs))
         return self._libs
 
     def budget(self) -> int:
-        """Smallest BLAS thread count (the budget); brings every BLAS down to it."""
+        """Smallest BLAS thread count (the budget); brings every BLAS down to it.  The
+        team gets the budget as its size.  While the team holds BLAS at one thread the
+        counts read 1: the budget is then the one read before the hold."""
         libs = self.libs()
         if not libs:
             return 1
+        if _team.in_job() or self.single:
+            return 1
         with self.lock:
-            if self.depth:
-                return 1
+            if _team.blas_holds():
+                return self._last
+            n = self._read_budget(libs)
+            self._last = n
+            _team.set_size(n if _team.blas_registered() == len(libs) else 1)
+            return n
+
+    def _read_budget(self, libs) -> int:
+        if True:
             counts = [lc.get_num_threads() or 1 for lc in libs]
             own = [self._lowered.get(id(lc), n) for lc, n in zip(libs, counts)]
             # a library we lowered follows the others; its own setting is remembered
@@ -162,26 +212,6 @@ class _Blas:
             for lc in self.libs():
                 lc.set_num_threads(n)
             self._lowered = {}
-
-    def enter_single(self):
-        with self.lock:
-            if self.depth == 0:
-                saved = []
-                for lc in self.libs():
-                    n = lc.get_num_threads()
-                    if n is not None and n != 1:
-                        lc.set_num_threads(1)
-                        saved.append((lc, n))
-                self._saved = saved
-            self.depth += 1
-
-    def exit_single(self):
-        with self.lock:
-            self.depth -= 1
-            if self.depth == 0:
-                for lc, n in self._saved:
-                    lc.set_num_threads(n)
-                self._saved = ()
 
 
 _BLAS = _Blas()
@@ -239,7 +269,8 @@ class limit_threads:
 
 
 class _SingleThreadBlas:
-    """Context manager: every loaded BLAS runs one thread inside the block.
+    """Context manager: every loaded OpenBLAS runs one thread inside the block, and
+    the budget is 1 (nothing splits).
 
     Re-entrant across threads (the first entry lowers the counts, the last exit
     restores them).  Process-wide while it runs: BLAS calls of other threads are
@@ -247,96 +278,73 @@ class _SingleThreadBlas:
 
     @property
     def engaged(self) -> bool:
-        """True while some thread is inside the block (a split is running)."""
-        return _BLAS.depth > 0
+        """True while some thread is inside the block."""
+        return _BLAS.single > 0
 
     def __enter__(self):
-        _BLAS.enter_single()
+        _BLAS.libs()
+        with _BLAS.lock:
+            _BLAS.single += 1
+        _team.blas_hold()
         return self
 
     def __exit__(self, *exc):
-        _BLAS.exit_single()
+        _team.blas_release()
+        with _BLAS.lock:
+            _BLAS.single -= 1
+        return False
+
+
+class hold_blas:
+    """Context manager and decorator: every loaded OpenBLAS at one thread inside (the
+    budget unchanged: the team does the splitting).  Re-entrant, from any thread."""
+
+    def __enter__(self):
+        _BLAS.libs()
+        _team.blas_hold()
+        return self
+
+    def __exit__(self, *exc):
+        _team.blas_release()
         return False
 
 
 single_thread_blas = _SingleThreadBlas()
 
 
-# ------------------------------------------------------------------ the pool --
-_POOL = None
-_POOL_PID = None
-_POOL_LOCK = threading.Lock()
-
-
-def _pool() -> ThreadPoolExecutor:
-    """The worker pool (``available_cores() - 1`` threads, at least one); created on
-    first use and again in a forked child, where the parent's threads do not exist."""
-    global _POOL, _POOL_PID
-    pid = os.getpid()
-    if _POOL is None or _POOL_PID != pid:
-        with _POOL_LOCK:
-            if _POOL is None or _POOL_PID != pid:
-                _POOL = ThreadPoolExecutor(max_workers=max(1, available_cores() - 1),
-                                           thread_name_prefix=WORKER_PREFIX)
-                _POOL_PID = pid
-    return _POOL
-
-
-def _forget_pool_after_fork():
-    global _POOL, _POOL_LOCK
-    _POOL, _POOL_LOCK = None, threading.Lock()
+def _reset_lock_after_fork():
     _BLAS.lock = threading.RLock()
-    _BLAS.depth = 0
+    _BLAS.single = 0
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool_after_fork)
+    os.register_at_fork(after_in_child=_reset_lock_after_fork)
 
 
+# ------------------------------------------------------------------ the team --
 def in_parallel_region() -> bool:
-    """True on a worker thread or while a split runs: new work must run inline."""
-    return (single_thread_blas.engaged
-            or threading.current_thread().name.startswith(WORKER_PREFIX))
+    """True on a team worker or on a thread running part of a team job: new work must
+    run inline there."""
+    return _team.in_job()
 
 
 def run_tasks(work, n, cancel=None) -> list:
-    """``[work(0), ..., work(n - 1)]``: ``work(0)`` on the calling thread, the others on
-    the pool, BLAS pinned to one thread meanwhile.  ``work`` should release the GIL to
-    gain anything.  Inside a parallel region everything runs inline.  Every task is
-    waited for (they may write shared buffers); the first error (the calling
-    thread's first) is raised afterwards.  ``cancel(True)``, if given, is called when
-    the calling thread's task fails or a signal handler raises while it waits (Ctrl-C),
-    so that the other tasks stop early; ``cancel(False)`` once they all ended."""
+    """``[work(0), ..., work(n - 1)]`` as one job of the thread team
+    (:mod:`nn_core._kernels._team`): ``work(0)`` on the calling thread, the others on
+    the team's workers (fewer threads than tasks when the budget is lower: a thread
+    then runs consecutive tasks), every OpenBLAS at one thread meanwhile.  ``work``
+    should release the GIL to gain anything.  Inside a job, or while another thread's
+    job runs, everything runs inline.  Every task is waited for (they may write shared
+    buffers); the first error (by task number) is raised afterwards.  ``cancel(True)``,
+    if given, is called when a signal handler raises while the calling thread waits
+    (Ctrl-C), so that the other tasks stop early; ``cancel(False)`` once they all
+    ended.  Each task runs in a copy of the caller's context (NumPy's allocator, e.g.
+    :func:`nn_core.memory.caching_allocator`, is a context variable)."""
     n = int(n)
     if n <= 1 or in_parallel_region():
         return [work(t) for t in range(n)]
-    with single_thread_blas:
-        # each task runs in a copy of the caller's context: NumPy's allocator (e.g.
-        # nn_core.memory.caching_allocator) is a context variable
-        futures = [_pool().submit(contextvars.copy_context().run, work, t)
-                   for t in range(1, n)]
-        results, error, cancelled = [None] * n, None, False
-        try:
-            results[0] = work(0)
-        except BaseException as exc:
-            error = exc
-        for t, fut in enumerate(futures, 1):
-            while True:
-                if error is not None and cancel is not None and not cancelled:
-                    cancel(True)
-                    cancelled = True
-                try:
-                    results[t] = fut.result()
-                except BaseException as exc:
-                    error = error or exc
-                    if not fut.done():             # a handler raised while waiting
-                        continue
-                break
-        if cancelled:
-            cancel(False)
-        if error is not None:
-            raise error
-        return results
+    blas_threads()              # the team's size follows the budget
+    return _team.run_python(work, n, cancel)
 
 
 def run_pair(job_a, job_b, concurrent):

@@ -42,6 +42,7 @@ from ._validation import (
 from . import _parallel
 from ._dropout import dropout_key
 from ._kernels import _layers as _kl
+from ._linalg import matmul
 from .module import Module, ModuleList
 
 if TYPE_CHECKING:  # names used in annotations only
@@ -51,10 +52,10 @@ __all__ = ["Linear", "Embedding", "LayerNorm", "Dropout", "ReLU", "Tanh", "GELU"
 
 
 # element-wise and row kernels split over threads above these sizes
-_MIN_ELEMENTS_PER_THREAD = 1 << 18
+_MIN_ELEMENTS_PER_THREAD = 1 << 15
 _MIN_ROWS_PER_THREAD = 256
 # LayerNorm's parameter gradients are summed over fixed chunks of this many rows
-_GRAD_CHUNK_ROWS = 4096
+_GRAD_CHUNK_ROWS = 512
 
 
 def _flat(a):
@@ -143,7 +144,7 @@ class Linear(Module):
         x = as_float_array(x, "x", self.dtype, min_ndim=1)
         _check_last_dim(x, "x", self.in_features, "in_features")
         x2 = x.reshape(-1, self.in_features)
-        y = x2 @ self.params["W"]
+        y = matmul(x2, self.params["W"])
         if self.use_bias:
             y += self.params["b"]
         out_shape = x.shape[:-1] + (self.out_features,)
@@ -157,10 +158,10 @@ class Linear(Module):
         self._pop_cache()
         x2, shape = cache.saved, cache.out_shape[:-1] + (self.in_features,)
         g2 = g.reshape(-1, self.out_features)
-        self.grads["W"] += x2.T @ g2
+        matmul(x2, g2, trans_a=True, out=self.grads["W"], accumulate=True)
         if self.use_bias:
             self.grads["b"] += g2.sum(axis=0)
-        return (g2 @ self.params["W"].T).reshape(shape)
+        return matmul(g2, self.params["W"], trans_b=True).reshape(shape)
 
 
 class Embedding(Module):

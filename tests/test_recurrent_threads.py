@@ -302,9 +302,9 @@ def test_backward_phase_range_errors(phase, r0, r1, match, rng):
 
 
 def test_worker_thread_never_splits(force_split):
-    """A job on a worker thread must not queue another job for the pool."""
-    fut = _parallel._pool().submit(base.row_halves, 64)
-    assert fut.result() is None
+    """A task on a team worker must not start another job on the (busy) team."""
+    got = _parallel.run_tasks(lambda t: base.row_halves(64), 2)
+    assert got[1] is None
     assert base.row_halves(64) == ((0, 32), (32, 64))
 
 

@@ -64,6 +64,7 @@ from .._validation import (
     check_probability,
     check_shape,
 )
+from .._linalg import matmul
 from ..module import Module
 from .kv_cache import KVCache
 from .scaled_dot_product import ScaledDotProductAttention, softmax
@@ -163,13 +164,13 @@ class _GQACore(Module):
         if not fuse:
             out = {}
             for n in names:
-                y = x2 @ p["W_" + n]
+                y = matmul(x2, p["W_" + n])
                 if self.bias:
                     y += p["b_" + n]
                 out[n] = y
             return None, out
         W = np.concatenate([p["W_" + n] for n in names], axis=1)        # (D, width)
-        y = x2 @ W
+        y = matmul(x2, W)
         if self.bias:
             y += np.concatenate([p["b_" + n] for n in names])
         out, off = {}, 0
@@ -191,8 +192,8 @@ class _GQACore(Module):
         for n, a, b in zip(names, offs[:-1], offs[1:]):
             grads[n](dy[:, a:b])
         if W is not None:                                  # fused: one GEMM each
-            dW = x2.T @ dy                                 # (D, width)
-            dx = dy @ W.T if need_dx else None             # (n, D)
+            dW = matmul(x2, dy, trans_a=True)              # (D, width)
+            dx = matmul(dy, W, trans_b=True) if need_dx else None      # (n, D)
         else:
             dW = None
             dx = None
@@ -201,9 +202,9 @@ class _GQACore(Module):
             if dW is not None:
                 self.grads["W_" + n] += dW[:, a:b]
             else:
-                self.grads["W_" + n] += x2.T @ dy[:, a:b]
+                matmul(x2, dy[:, a:b], trans_a=True, out=self.grads["W_" + n], accumulate=True)
                 if need_dx:
-                    part = dy[:, a:b] @ self.params["W_" + n].T
+                    part = matmul(dy[:, a:b], self.params["W_" + n], trans_b=True)
                     dx = part if dx is None else dx + part
             if self.bias:
                 self.grads["b_" + n] += db[a:b]
@@ -352,7 +353,7 @@ class _GQACore(Module):
         else:
             A = np.empty((N, self.d_model), dtype=dt)
             self._q_view(A, B, L, layout)[...] = o                       # combine heads
-        y = A @ self.params["W_o"]
+        y = matmul(A, self.params["W_o"])
         if self.bias:
             y += self.params["b_o"]
         if w is not None:
@@ -397,10 +398,10 @@ class _GQACore(Module):
         rows, A, B, L, S = state.rows, state.A, state.B, state.L, state.S
         layout, fixed_kv = state.layout, state.fixed_kv
         g2 = g.reshape(B * L, self.d_model)
-        self.grads["W_o"] += A.T @ g2
+        matmul(A, g2, trans_a=True, out=self.grads["W_o"], accumulate=True)
         if self.bias:
             self.grads["b_o"] += g2.sum(axis=0)
-        dA = g2 @ self.params["W_o"].T                                   # (N, h*d_k)
+        dA = matmul(g2, self.params["W_o"], trans_b=True)                                  # (N, h*d_k)
         dq, dk, dv = self.attention.backward(self._q_view(dA, B, L, layout))
         if layout == "5d":
             dk, dv = dk[:, :, 0], dv[:, :, 0]                            # (B, g, S, d_k)
