@@ -336,9 +336,9 @@ def run_tasks(work, n, cancel=None) -> list:
     should release the GIL to gain anything.  Inside a job, or while another thread's
     job runs, everything runs inline.  Every task is waited for (they may write shared
     buffers); the first error (by task number) is raised afterwards.  ``cancel(True)``,
-    if given, is called when a signal handler raises while the calling thread waits
-    (Ctrl-C), so that the other tasks stop early; ``cancel(False)`` once they all
-    ended.  Each task runs in a copy of the caller's context (NumPy's allocator, e.g.
+    if given, is called when a task of the calling thread fails or a signal handler
+    raises while it waits (Ctrl-C), so that the other tasks stop early;
+    ``cancel(False)`` once they all ended.  Each task runs in a copy of the caller's context (NumPy's allocator, e.g.
     :func:`nn_core.memory.caching_allocator`, is a context variable)."""
     n = int(n)
     if n <= 1 or in_parallel_region():

@@ -190,6 +190,17 @@ cdef void _name_worker(int t) noexcept:
     nn_py_named = 1
 
 
+cdef void _cancel_after_own_error(list state, Py_ssize_t p1, bint* cancelled) noexcept:
+    """On the calling thread: one of its tasks failed, so the others may stop early."""
+    if state[4] is None or all(e is None for e in state[2][:p1]):
+        return
+    cancelled[0] = True
+    try:
+        state[4](True)
+    except BaseException as exc:
+        state[2][0] = state[2][0] or exc
+
+
 cdef void _poll_signals(list state, bint* cancelled) noexcept:
     """On the main thread: run Python's signal handlers; one that raises cancels the
     other tasks (``cancel(True)``) and its exception becomes task 0's error."""
@@ -217,6 +228,8 @@ cdef void _py_piece(void* arg, int t, int n) noexcept nogil:
         if t > 0 and not nn_py_named:
             _name_worker(t)
         _run_python_tasks(<list> job.state, p0, p1)
+        if t == 0 and n > 1:
+            _cancel_after_own_error(<list> job.state, p1, &cancelled)
     if t > 0:
         nn_count_up(&job.finished, <int> (p1 - p0), &job.asleep)
         return
@@ -238,8 +251,9 @@ def run_python(work, int n, cancel=None, contexts=None):
     the others when the team grants fewer threads than ``n``) on the calling thread.
     Every task runs to its end; then the first error (by task number) is raised.
     ``contexts``: a ``contextvars.Context`` per task to run it in.  ``cancel``: called
-    with ``True`` when a signal handler raises while the calling thread waits (Ctrl-C),
-    so that the other tasks stop early, and with ``False`` once they all ended."""
+    with ``True`` when a task of the calling thread fails or a signal handler raises
+    while it waits (Ctrl-C), so that the other tasks stop early, and with ``False``
+    once they all ended."""
     cdef PyJob job
     if n < 1:
         return []
@@ -412,6 +426,8 @@ cdef void _plan(GemmJob* g) noexcept:
 def _operand(name, x, rows, cols):
     if x.ndim != 2 or x.shape[0] != rows or x.shape[1] != cols:
         raise ValueError(f"gemm: {name} must have shape ({rows}, {cols}), got {x.shape}")
+    if rows == 0 or cols == 0:
+        return max(cols, 1)
     if rows > 1 and (x.strides[1] != x.itemsize and cols > 1
                      or x.strides[0] % x.itemsize or x.strides[0] < x.itemsize * cols):
         raise ValueError(f"gemm: {name} needs contiguous rows (strides {x.strides})")

@@ -90,11 +90,12 @@ def test_transpose(rng, dtype, R, C):
 
 def test_one_simd_switch_reaches_every_kernel_module():
     """Every kernel extension binds its dispatch to the switch owned by ``_simd``."""
-    # _simd owns the switch; _alloc (NumPy memory handlers) and _textparse (the data
-    # file parser) have no SIMD code, nor has _cyutility (Cython's memoryview support
-    # code, shared by the other modules)
+    # _simd owns the switch; _alloc (NumPy memory handlers), _textparse (the data
+    # file parser) and _team (the thread team; its GEMM blocks are BLAS calls) have no
+    # SIMD code, nor has _cyutility (Cython's memoryview support code, shared by the
+    # other modules)
     names = [m.name for m in pkgutil.iter_modules(kernels_pkg.__path__)
-             if m.name not in ("_simd", "_alloc", "_textparse", "_cyutility")]
+             if m.name not in ("_simd", "_alloc", "_textparse", "_team", "_cyutility")]
     for name in names:
         importlib.import_module(f"{kernels_pkg.__name__}.{name}")
     assert {f"{kernels_pkg.__name__}.{n}" for n in names} <= set(_simd.bound_modules())
