@@ -392,3 +392,25 @@ def test_the_trainer_asks_its_strategy(monkeypatch):
     h = fit(Linear(4, 2, rng=0), "mse", None, (x, y), epochs=2, batch_size=16, seed=0,
             verbose=0)
     assert h.steps == 8 and calls == ["start"] + ["reduce", "allreduce"] * 8
+
+
+def test_a_second_signal_does_not_raise_while_the_first_unwinds():
+    """Ctrl-C twice in quick succession: the first abandons the step
+    (``KeyboardInterrupt``); the second, arriving while the first one's clean-up runs
+    (still inside the abandonable region), only keeps the request."""
+    import signal
+
+    from nn_core.training._signals import StopSignals
+
+    sig = StopSignals()
+    with pytest.raises(KeyboardInterrupt) as info:
+        with sig.abandonable():
+            try:
+                sig._handler(signal.SIGINT, None)
+            finally:
+                sig._handler(signal.SIGINT, None)      # must not raise here
+    assert info.value.__context__ is None              # the first one, not a second
+    assert sig.requested == signal.SIGINT
+    with pytest.raises(KeyboardInterrupt):             # a new region stops at once
+        with sig.abandonable():
+            pass

@@ -63,8 +63,11 @@ class StopSignals:
         if self.deferred:
             self.pending = self.pending or signum
             return
+        first = self.requested is None
         self.requested = self.requested or signum
-        if self._abandon:
+        # only the first signal abandons the step: a second one arriving while the
+        # first KeyboardInterrupt unwinds must not raise inside the clean-up
+        if self._abandon and first:
             raise KeyboardInterrupt
 
     def __enter__(self):
