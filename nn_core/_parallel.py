@@ -250,6 +250,7 @@ class limit_threads:
         for v in THREAD_ENV_VARS:
             os.environ[v] = str(n)
         _BLAS.set_all(n)
+        _BLAS.budget()          # the team's size follows at once
 
     def __enter__(self):
         return self
@@ -265,6 +266,7 @@ class limit_threads:
                 if n:
                     lc.set_num_threads(n)
             _BLAS._lowered = {}
+        _BLAS.budget()
         return False
 
 
