@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from .. import _parallel
 from .._progress import ProgressBar
 from .._validation import check_choice, check_int, check_real
 from ..checkpoint import read_metadata, save
@@ -650,8 +651,10 @@ class _Loop:
         model = self.t.model
         was_training = model.training
         cache = self.t.cache_memory
+        # with several threads the team owns the cores: BLAS runs one thread throughout
+        hold = _parallel.hold_blas() if _parallel.blas_threads() > 1 else contextlib.nullcontext()
         try:
-            with caching_allocator() if cache else contextlib.nullcontext():
+            with caching_allocator() if cache else contextlib.nullcontext(), hold:
                 return self._epochs()
         finally:
             model.train(was_training)
