@@ -49,6 +49,9 @@ THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                    "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
 
 WORKER_PREFIX = _team.WORKER_PREFIX
+#: most threads the team gets whatever the budget (None: the budget).  The scaling
+#: estimate (nn_core.bench.scaling) sets 1: work is cut for the budget, run on one thread
+_TEAM_CAP = None
 
 
 def available_cores() -> int:
@@ -187,7 +190,8 @@ class _Blas:
                 return self._last
             n = self._read_budget(libs)
             self._last = n
-            _team.set_size(n if _team.blas_registered() == len(libs) else 1)
+            held = _team.blas_registered() == len(libs)
+            _team.set_size(min(n, _TEAM_CAP or n) if held else 1)
             return n
 
     def _read_budget(self, libs) -> int:

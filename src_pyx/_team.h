@@ -76,6 +76,16 @@ typedef struct {
 
 static nn_team_state nn_T = {PTHREAD_MUTEX_INITIALIZER, 1, 0};
 
+/* an optional trace of the jobs a thread starts (the scaling estimate of
+ * nn_core.bench scaling): start and end time, pieces asked for, barriers passed */
+typedef struct {
+    double t0, t1;
+    int want, barriers;
+} nn_job_record;
+static nn_job_record *nn_trace = NULL;
+static int nn_trace_cap = 0, nn_trace_len = 0;
+static __thread int nn_barrier_count = 0;
+
 /* hold every registered OpenBLAS at one thread (counted: the last release restores) */
 static void nn_blas_hold(void)
 {
@@ -197,6 +207,7 @@ static void nn_count_up(int *word, int k, int *asleep)
 
 static void nn_team_barrier(int n)
 {
+    nn_barrier_count++;
     if (n <= 1)
         return;
     int g = NN_LOAD(&nn_T.bar_gen);
@@ -255,7 +266,23 @@ static int nn_team_available(void)
     return nn_team_in_job ? 1 : NN_LOAD(&nn_T.size);
 }
 
+static int nn_team_run_untraced(nn_team_fn fn, void *arg, int want);
+
 static int nn_team_run(nn_team_fn fn, void *arg, int want)
+{
+    if (nn_trace == NULL || nn_team_in_job || nn_trace_len >= nn_trace_cap)
+        return nn_team_run_untraced(fn, arg, want);
+    nn_job_record *rec = &nn_trace[nn_trace_len++];
+    int before = nn_barrier_count, n;
+    rec->want = want;
+    rec->t0 = nn_now_ns() * 1e-9;
+    n = nn_team_run_untraced(fn, arg, want);
+    rec->t1 = nn_now_ns() * 1e-9;
+    rec->barriers = nn_barrier_count - before;
+    return n;
+}
+
+static int nn_team_run_untraced(nn_team_fn fn, void *arg, int want)
 {
     int n = want < NN_LOAD(&nn_T.size) ? want : NN_LOAD(&nn_T.size), i;
     if (nn_team_in_job) {               /* nested: BLAS is held already */

@@ -51,6 +51,11 @@ cdef extern from "_team.h" nogil:
     int NN_LOAD(int* p) noexcept
     int NN_ADD(int* p, int v) noexcept
     void NN_PAUSE() noexcept
+    ctypedef struct nn_job_record:
+        double t0, t1
+        int want, barriers
+    nn_job_record* nn_trace
+    int nn_trace_cap, nn_trace_len
     int nn_wait_count(int* word, int target, int* asleep, long timeout_ns) noexcept
     void nn_count_up(int* word, int k, int* asleep) noexcept
 
@@ -156,6 +161,59 @@ def blas_holds():
 def blas_registered():
     """How many OpenBLAS libraries the team holds at one thread during jobs."""
     return nn_T.nblas
+
+
+cdef object _trace_buffer = None
+
+
+def trace_start(int capacity=1 << 16):
+    """Record the jobs started from now on (outside other jobs; from any thread, one
+    thread at a time): see :func:`trace_stop`."""
+    global _trace_buffer
+    if capacity < 1:
+        raise ValueError(f"capacity must be >= 1, got {capacity}")
+    trace_stop()
+    _trace_buffer = np.zeros(capacity, [("t0", "f8"), ("t1", "f8"), ("want", "i4"),
+                                        ("barriers", "i4")])
+    _start_trace(_trace_buffer)
+
+
+cdef void _start_trace(object buf) noexcept:
+    global nn_trace, nn_trace_cap, nn_trace_len
+    nn_trace_len = 0
+    nn_trace_cap = len(buf)
+    nn_trace = <nn_job_record*> cnp.PyArray_DATA(<cnp.ndarray> buf)
+
+
+def trace_stop():
+    """Stop recording; returns the records (a structured array: ``t0``, ``t1`` in
+    seconds, ``want`` = the pieces a job asked for, ``barriers`` its caller passed), or
+    None when no trace ran."""
+    global nn_trace, _trace_buffer
+    if _trace_buffer is None:
+        return None
+    n = nn_trace_len
+    nn_trace = NULL
+    out, _trace_buffer = _trace_buffer[:n].copy(), None
+    return out
+
+
+cdef void _barrier_piece(void* arg, int t, int n) noexcept nogil:
+    cdef int i
+    for i in range((<int*> arg)[0]):
+        nn_team_barrier(n)
+
+
+def barrier_cost(int rounds=1000, int threads=2):
+    """Seconds per barrier of a job on ``threads`` threads passing ``rounds`` barriers
+    (None when the team grants fewer threads)."""
+    import time
+    cdef int n
+    t0 = time.perf_counter()
+    with nogil:
+        n = nn_team_run(_barrier_piece, &rounds, threads)
+    dt = time.perf_counter() - t0
+    return dt / max(rounds, 1) if n == threads else None
 
 
 # ------------------------------------------------------- Python tasks on the team --

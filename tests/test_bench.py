@@ -288,3 +288,23 @@ def test_quick_page_faults_say_they_are_not_comparable(monkeypatch):
     _memory.run_faults([1], np.float32, False, out=lines.append)
     assert not any("comparable" in ln for ln in lines)
     assert any(ln.startswith(labels[0]) and "<" in ln for ln in lines)
+
+
+def test_scaling_estimate_traces_every_job_of_a_step(capsys):
+    """The trace sees the step's team jobs; the estimate never drops below the serial
+    part and falls (or stays) as threads are added."""
+    import numpy as np
+
+    from nn_core.bench import scaling
+
+    pair = scaling._pair("lm", None)
+    step, rec = scaling.trace_step(pair, 4, steps=1)
+    assert len(rec) > 10 and (rec["t1"] >= rec["t0"]).all() and (rec["want"] >= 1).all()
+    serial = step - (rec["t1"] - rec["t0"]).sum()
+    assert 0 < serial < step
+    est = [scaling.estimate(step, rec, p, 5e-6, 1e-7) for p in (1, 2, 4)]
+    assert est[0] == np.float64(step) or abs(est[0] - step) < 1e-12
+    assert serial < est[2] <= est[1] <= est[0]
+    assert scaling.main(["--threads", "2", "--steps", "1", "--models", "forecast"]) is None
+    out = capsys.readouterr().out
+    assert "forecast" in out and "p=2" in out and "family" in out

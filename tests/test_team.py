@@ -226,3 +226,22 @@ def test_a_forked_child_starts_its_own_team(rng, threads):
         got = os.read(r, 1)
         os.waitpid(pid, 0)
     assert got == b"1"
+
+
+def test_a_trace_records_each_job_its_pieces_and_barriers(rng, threads):
+    a = rng.standard_normal((3000, 64)).astype(np.float32)
+    b = rng.standard_normal((3000, 256)).astype(np.float32)
+    cut, _, pieces = _team.gemm_blocks(64, 256, 3000)
+    assert cut == "k" and pieces > 1
+    with threads(2):
+        _team.trace_start()
+        _linalg.matmul(a, b, trans_a=True)
+        _parallel.run_tasks(lambda t: _linalg.matmul(a, b, trans_a=True), 3)  # nested: one job
+        rec = _team.trace_stop()
+        assert _team.trace_stop() is None
+        cost = _team.barrier_cost(200)
+    assert list(rec["want"]) == [pieces, 3]
+    # the calling thread's own task passes its (inline) GEMM's barrier inside the job
+    assert list(rec["barriers"]) == [1, 1]
+    assert (rec["t1"] > rec["t0"]).all()
+    assert cost is None or cost > 0

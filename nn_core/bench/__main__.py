@@ -15,6 +15,7 @@ BENCHES = {
     "recurrent": "RNN/LSTM/GRU forward+backward vs torch.nn.RNN/LSTM/GRU",
     "bidirectional": "bidirectional LSTM/GRU vs torch (bidirectional=True)",
     "model": "the CLI's models, a BERT-style encoder, memory and page faults",
+    "scaling": "training steps of the CLI models at 2-16 threads (estimate)",
     "distributed": "data-parallel training over MPI: processes vs BLAS threads",
     "encode": "pretrained text encoders: nn_core vs torch (transformers)",
 }
