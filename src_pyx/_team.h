@@ -50,18 +50,25 @@
 
 typedef int (*nn_blas_setter)(int);
 
+/* a worker's wake-up word (the job count it may start), on a cache line of its own:
+ * a job wakes only the workers it uses */
+typedef struct {
+    int gen;
+    int asleep;
+    char pad[56];
+} nn_worker_slot;
+
 typedef struct {
     pthread_mutex_t lock;          /* held by the caller for a whole job */
     int size;                      /* threads a job may use, the caller included */
     int nworkers;                  /* workers started */
     pthread_t th[NN_TEAM_MAX];
-    int start_gen[NN_TEAM_MAX];
+    nn_worker_slot slot[NN_TEAM_MAX];  /* each worker waits on its own word */
     /* the job */
     nn_team_fn fn;
     void *arg;
     int n;
-    int gen;                       /* futex word: bumped once per job */
-    int sleepers;                  /* workers asleep on gen */
+    int gen;                       /* jobs published */
     int remaining;                 /* futex word: workers still in the job */
     int caller_asleep;
     /* the barrier */
@@ -224,18 +231,17 @@ static void nn_team_barrier(int n)
 static void *nn_team_worker(void *p)
 {
     int t = (int) (intptr_t) p;
-    int seen = nn_T.start_gen[t];
+    nn_worker_slot *me = &nn_T.slot[t];
+    int seen = 0;                  /* the slot was zeroed before the thread started */
 #if defined(__linux__)
     pthread_setname_np(pthread_self(), "nn_core-worker");
 #endif
     nn_team_in_job = 1;        /* run() from a worker always runs inline */
     for (;;) {
-        seen = nn_wait_change(&nn_T.gen, seen, &nn_T.sleepers);
-        if (t < nn_T.n) {
-            nn_T.fn(nn_T.arg, t, nn_T.n);
-            if (NN_ADD(&nn_T.remaining, -1) == 1 && NN_LOAD(&nn_T.caller_asleep))
-                nn_futex_wake(&nn_T.remaining);
-        }
+        seen = nn_wait_change(&me->gen, seen, &me->asleep);
+        nn_T.fn(nn_T.arg, t, nn_T.n);
+        if (NN_ADD(&nn_T.remaining, -1) == 1 && NN_LOAD(&nn_T.caller_asleep))
+            nn_futex_wake(&nn_T.remaining);
     }
     return NULL;
 }
@@ -252,7 +258,8 @@ static int nn_team_grow(int n)
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     while (nn_T.nworkers + 1 < n) {
         int t = nn_T.nworkers + 1;
-        nn_T.start_gen[t] = NN_LOAD(&nn_T.gen);
+        NN_STORE(&nn_T.slot[t].gen, 0);
+        NN_STORE(&nn_T.slot[t].asleep, 0);
         if (pthread_create(&nn_T.th[t], &attr, nn_team_worker, (void *) (intptr_t) t) != 0)
             break;
         nn_T.nworkers = t;
@@ -309,8 +316,11 @@ static int nn_team_run_untraced(nn_team_fn fn, void *arg, int want)
     nn_T.n = n;
     NN_STORE(&nn_T.remaining, n - 1);
     NN_ADD(&nn_T.gen, 1);
-    if (NN_LOAD(&nn_T.sleepers))
-        nn_futex_wake(&nn_T.gen);
+    for (i = 1; i < n; i++) {
+        NN_ADD(&nn_T.slot[i].gen, 1);
+        if (NN_LOAD(&nn_T.slot[i].asleep))
+            nn_futex_wake(&nn_T.slot[i].gen);
+    }
     nn_team_in_job = 1;
     fn(arg, 0, n);
     nn_team_in_job = 0;
@@ -344,7 +354,7 @@ static void nn_team_after_fork(void)
     nn_T.blas_lock = fresh_blas;
     nn_T.blas_holds = 0;
     nn_T.nworkers = 0;
-    nn_T.sleepers = nn_T.remaining = nn_T.caller_asleep = 0;
+    nn_T.remaining = nn_T.caller_asleep = 0;
     nn_T.bar_count = nn_T.bar_sleepers = 0;
     nn_team_in_job = 0;
 }
