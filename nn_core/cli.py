@@ -69,11 +69,34 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
-def _limit_threads(n):
-    """Give this process a thread budget of ``n`` (every BLAS library, and child
-    processes through the ``*_NUM_THREADS`` variables; see :mod:`nn_core._parallel`)."""
+#: what ``--threads`` means when it is not given
+THREADS_DEFAULT = ("the cores this process may use, shared with the other MPI ranks on "
+                   "its node; a *_NUM_THREADS variable's count when one is set")
+
+
+def default_threads() -> int:
+    """``--threads`` when not given: the cores this process may use
+    (``os.sched_getaffinity``), divided among the MPI ranks of the job that share them;
+    when a ``*_NUM_THREADS`` variable is set, the thread count it gave BLAS."""
     from . import _parallel
 
+    if any(v in os.environ for v in _parallel.THREAD_ENV_VARS):
+        return _parallel.blas_threads()
+    from . import distributed
+
+    if distributed.is_initialized() and distributed.world().threads:
+        return int(distributed.world().threads)
+    return _parallel.available_cores()
+
+
+def _limit_threads(n):
+    """Give this process a thread budget of ``n`` (:func:`default_threads` when None):
+    the thread team's size, every BLAS library's count, and child processes' through
+    the ``*_NUM_THREADS`` variables; see :mod:`nn_core._parallel`."""
+    from . import _parallel
+
+    if n is None:
+        n = default_threads()
     _parallel.limit_threads(n)
     if not _parallel.controllable():
         print(f"nn-core: could not limit BLAS threads to {n} in this process",
@@ -141,8 +164,8 @@ def _common_train_options(task_cls):
         Option("--hidden", "hidden size", d.get("hidden"), type=int, default_text=per_task),
         Option("--dtype", "floating-point type", "float32", choices=("float32", "float64")),
         Option("--seed", "seeds data, weights and batch order", 0, type=int),
-        Option("--threads", "BLAS threads (these models' matrices are small and more "
-               "threads mostly add synchronisation)", 1, type=int),
+        Option("--threads", "threads (cores) to use", type=int,
+               default_text=THREADS_DEFAULT),
         Option("--out", "run folder", metavar="DIR", type=str,
                default_text=f"runs/{task_cls.name if task_cls is not None else 'TASK'}"),
         Option("--max-steps", "stop after this many optimizer steps in total, with a "
@@ -531,7 +554,8 @@ def cmd_eval(argv):
                 description="Reload a trained model and report its validation metrics.")
     p.add_argument("run", metavar="RUN",
                    help="a run folder (such as runs/seq2seq) or its model.npz")
-    p.add_argument("--threads", type=int, default=1, help="BLAS threads (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None,
+                   help=f"threads (cores) to use (default: {THREADS_DEFAULT})")
     args = p.parse_args(argv[1:])
     _check(args, "threads", check_int, 1)
     path = _checkpoint_path(args.run)
@@ -588,7 +612,7 @@ def cmd_generate(argv):
     options = (
         Option("--num", "number of random examples", 8, type=int),
         Option("--seed", "seeds the random examples and sampling", 0, type=int),
-        Option("--threads", "BLAS threads", 1, type=int),
+        Option("--threads", "threads (cores) to use", type=int, default_text=THREADS_DEFAULT),
     )
     args, path, task_cls, config = _parse_run_command(
         argv[1:], "nn-core generate", "Reload a trained model and run it on examples, prompts "
@@ -616,7 +640,7 @@ def cmd_predict(argv):
         Option("--output", "where to write the predictions (CSV)", metavar="FILE.csv",
                type=str, default_text="the task's file name beside the checkpoint"),
         Option("--overwrite", "replace an existing --output file", action="store_true"),
-        Option("--threads", "BLAS threads", 1, type=int),
+        Option("--threads", "threads (cores) to use", type=int, default_text=THREADS_DEFAULT),
     )
     args, path, task_cls, config = _parse_run_command(
         argv[1:], "nn-core predict", "Reload a model trained with --data and write its "
