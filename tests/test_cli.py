@@ -312,3 +312,14 @@ def test_the_task_may_follow_common_options(tmp_path, capsys):
     assert main(["train", "--resume", "--out", out, "--mode", "sort"]) == 2
     err = capsys.readouterr().err
     assert "--mode is an option of the seq2seq task" in err and len(err.splitlines()) == 1
+
+
+def test_threads_default_to_the_cores_the_process_may_use(monkeypatch):
+    from nn_core import _parallel, cli
+
+    for v in _parallel.THREAD_ENV_VARS:
+        monkeypatch.delenv(v, raising=False)
+    assert cli.default_threads() == _parallel.available_cores()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    with _parallel.limit_threads(1):
+        assert cli.default_threads() == 1
