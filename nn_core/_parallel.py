@@ -41,7 +41,7 @@ from ._kernels import _team
 
 __all__ = ["available_cores", "blas_threads", "limit_threads", "single_thread_blas",
            "controllable", "run_tasks", "run_pair", "run_rows", "split", "halves",
-           "work_ranges", "run_chunks",
+           "work_ranges", "run_chunks", "copy",
            "in_parallel_region", "THREAD_ENV_VARS"]
 
 #: environment variables that thread pools read when a process starts
@@ -390,6 +390,28 @@ def run_chunks(job, n, chunk, min_per_thread) -> int:
 
     run_tasks(work, len(groups))
     return count
+
+
+#: elements a thread copies at least in :func:`copy`
+MIN_COPY_PER_THREAD = 1 << 16
+
+
+def copy(dst, src) -> None:
+    """``dst[...] = src``, split over the team along the first axis when large and
+    ``src`` has ``dst``'s rank and leading length (NumPy's copy loops release the GIL,
+    so the pieces run side by side); otherwise one assignment."""
+    n = dst.shape[0] if dst.ndim else 0
+    per_row = max(1, dst.size // max(1, n))
+    ranges = work_ranges(n, -(-MIN_COPY_PER_THREAD // per_row)) if n > 1 else [(0, n)]
+    if (len(ranges) == 1 or getattr(src, "ndim", 0) != dst.ndim
+            or src.shape[0] != dst.shape[0]):
+        dst[...] = src
+        return
+
+    def job(a, b):
+        dst[a:b] = src[a:b]
+
+    run_rows(job, ranges)
 
 
 def split(n, parts):

@@ -245,3 +245,16 @@ def test_a_trace_records_each_job_its_pieces_and_barriers(rng, threads):
     assert list(rec["barriers"]) == [1, 1]
     assert (rec["t1"] > rec["t0"]).all()
     assert cost is None or cost > 0
+
+
+@pytest.mark.parametrize("shape, src_shape", [((64, 40, 50), (64, 40, 50)),
+                                              ((64, 40, 50), (1, 40, 50)),
+                                              ((64, 40, 50), (50,)), ((3, 2), (3, 2))])
+def test_copy_splits_large_copies_and_keeps_broadcasts(rng, threads, shape, src_shape):
+    src = rng.standard_normal(src_shape)
+    base = rng.standard_normal(shape[:-1] + (shape[-1] + 2,))
+    dst = base[..., 1:-1]                                   # a strided destination
+    with threads(2):
+        _parallel.copy(dst, src)
+    np.testing.assert_array_equal(dst, np.broadcast_to(src, shape))
+    assert not np.isnan(base).any()

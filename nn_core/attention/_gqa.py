@@ -54,6 +54,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import _parallel
 from .._validation import (
     as_float_array,
     as_mask,
@@ -407,13 +408,13 @@ class _GQACore(Module):
             dk, dv = dk[:, :, 0], dv[:, :, 0]                            # (B, g, S, d_k)
 
         def fill_q(buf):
-            self._q_view(buf, B, L, layout)[...] = dq
+            _parallel.copy(self._q_view(buf, B, L, layout), dq)
 
         def fill_k(buf):
-            self._kv_heads(buf, B, S)[...] = dk
+            _parallel.copy(self._kv_heads(buf, B, S), dk)
 
         def fill_v(buf):
-            self._kv_heads(buf, B, S)[...] = dv
+            _parallel.copy(self._kv_heads(buf, B, S), dv)
 
         fills = {"q": fill_q, "k": fill_k, "v": fill_v}
         out = []

@@ -175,7 +175,9 @@ def kernel_view(a):
     ok = (row_ok and (a.shape[-1] <= 1 or a.strides[-1] == isz)
           and all(st >= 0 and st % isz == 0 for st in a.strides))
     if not ok:
-        a = np.ascontiguousarray(a)
+        dense = np.empty(a.shape, a.dtype)
+        _parallel.copy(dense, a)
+        a = dense
     return a.reshape((1,) * (6 - a.ndim) + a.shape)
 
 
