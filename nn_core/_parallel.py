@@ -41,7 +41,7 @@ from ._kernels import _team
 
 __all__ = ["available_cores", "blas_threads", "limit_threads", "single_thread_blas",
            "controllable", "run_tasks", "run_pair", "run_rows", "split", "halves",
-           "work_ranges", "run_chunks", "copy",
+           "work_ranges", "size_ranges", "run_chunks", "copy",
            "in_parallel_region", "THREAD_ENV_VARS"]
 
 #: environment variables that thread pools read when a process starts
@@ -374,6 +374,23 @@ def work_ranges(n, min_per_thread):
     if parts <= 1 or in_parallel_region():
         return [(0, n)]
     return split(n, parts)
+
+
+def size_ranges(sizes, min_per_thread):
+    """Items of these sizes cut into one contiguous range of items per thread the budget
+    allows (:func:`work_ranges` over their total), with about equal sums."""
+    total = sum(sizes)
+    parts = len(work_ranges(total, min_per_thread))
+    if parts <= 1 or len(sizes) <= 1:
+        return [(0, len(sizes))]
+    edges, acc, t = [0], 0, 1
+    for i, s in enumerate(sizes):
+        acc += s
+        if t < parts and acc >= total * t / parts and i + 1 < len(sizes):
+            edges.append(i + 1)
+            t += 1
+    edges.append(len(sizes))
+    return list(zip(edges[:-1], edges[1:]))
 
 
 def run_chunks(job, n, chunk, min_per_thread) -> int:

@@ -31,9 +31,13 @@ import math
 
 import numpy as np
 
+from . import _parallel
 from ._kernels import _layers as _kl
 from ._validation import check_nonneg_real, check_positive_int
 from .module import Module
+
+# a fused update splits over threads from this many elements per thread
+_MIN_UPDATE_PER_THREAD = 1 << 16
 
 if TYPE_CHECKING:  # names used in annotations only
     from collections.abc import Mapping
@@ -107,9 +111,13 @@ class Optimizer:
             keys = [k for k in fused if self.params[k].dtype == dtype]
             for k in keys:
                 self._init_state(self.params[k], self.state[k])
-            self._fused_update([self.params[k].reshape(-1) for k in keys],
-                               [self.grads[k].reshape(-1) for k in keys],
-                               [self.state[k] for k in keys])
+            params = [self.params[k].reshape(-1) for k in keys]
+            grads = [self.grads[k].reshape(-1) for k in keys]
+            states = [self.state[k] for k in keys]
+            # element-wise: any grouping of the arrays gives the same bits
+            _parallel.run_rows(
+                lambda a, b: self._fused_update(params[a:b], grads[a:b], states[a:b]),
+                _parallel.size_ranges([p.size for p in params], _MIN_UPDATE_PER_THREAD))
         for k in rest:
             p = self.params[k]
             self._update(p, self.grads[k], self.state[k], p.dtype.type)

@@ -258,3 +258,35 @@ def test_copy_splits_large_copies_and_keeps_broadcasts(rng, threads, shape, src_
         _parallel.copy(dst, src)
     np.testing.assert_array_equal(dst, np.broadcast_to(src, shape))
     assert not np.isnan(base).any()
+
+
+def test_size_ranges_cut_items_into_about_equal_sums(threads):
+    with threads(3):
+        r = _parallel.size_ranges([10, 10, 10, 10, 10, 10], 1)
+        assert r == [(0, 2), (2, 4), (4, 6)]
+        assert _parallel.size_ranges([100, 1, 1], 1)[0] == (0, 1)
+        assert _parallel.size_ranges([5], 1) == [(0, 1)]
+        assert _parallel.size_ranges([3, 3], 10) == [(0, 2)]
+    with threads(1):
+        assert _parallel.size_ranges([10] * 6, 1) == [(0, 6)]
+
+
+def test_optimizer_updates_give_the_same_bits_at_any_thread_count(threads):
+    from nn_core.layers import Linear, Sequential
+    from nn_core.optim import SGD, AdamW
+
+    out = []
+    with threads(3):
+        assert len(_parallel.size_ranges([240_000, 400, 240_000, 600], 1 << 16)) == 3
+    for t in (1, 2, 3):
+        with threads(t):
+            model = Sequential(Linear(600, 400, rng=1), Linear(400, 600, rng=2))  # 480K
+            for opt in (AdamW(model, lr=1e-2), SGD(model, lr=1e-2, momentum=0.9)):
+                for step in range(3):
+                    for g in model.gradients().values():
+                        g[...] = np.random.default_rng(step).standard_normal(g.shape)
+                    opt.step()
+            out.append([p.copy() for p in model.parameters().values()])
+    for params in out[1:]:
+        for a, b in zip(params, out[0]):
+            np.testing.assert_array_equal(a, b)
