@@ -330,8 +330,10 @@ def clip_grad_norm(target: Module | Mapping[str, np.ndarray], max_norm: float,
     else:
         grads = list(target)
     max_norm = check_nonneg_real(max_norm, "max_norm")
-    # the norm is summed per array (the same number whether or not they share a buffer)
-    total = math.sqrt(sum(float(np.dot(g.reshape(-1), g.reshape(-1))) for g in grads))
+    # the norm is summed per array (the same number whether or not they share a buffer),
+    # each dot product on one BLAS thread (the same bits at any thread count)
+    with _parallel.hold_blas():
+        total = math.sqrt(sum(float(np.dot(g.reshape(-1), g.reshape(-1))) for g in grads))
     if flat is not None:
         grads = [flat[1]]                       # one scaling pass
     if not math.isfinite(total):
