@@ -451,7 +451,7 @@ cdef void _gemm_piece(void* arg, int t, int n) noexcept nogil:
 
 
 # FLOPs (2 m n k) per block at least, the most blocks, the shortest reduction block
-cdef double _BLOCK_FLOPS = 1 << 23
+cdef double _BLOCK_FLOPS = 6e6
 cdef Py_ssize_t _MAX_BLOCKS = 16
 cdef Py_ssize_t _MIN_K_BLOCK = 256
 
