@@ -79,6 +79,15 @@ cdef extern from *:
 if nn_team_init() != 0:
     raise OSError("nn_core._kernels._team: pthread_atfork failed")
 
+def _at_exit():
+    # jobs started while the interpreter shuts down run inline: the workers' Python
+    # thread states may already be gone
+    nn_T.size = 1
+
+
+import atexit
+atexit.register(_at_exit)
+
 _C_API = PyCapsule_New(<void*> &nn_team_table, b"nn_core._kernels._team._C_API", NULL)
 
 #: most threads a team can have (the caller included)
