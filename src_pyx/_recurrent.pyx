@@ -336,17 +336,20 @@ cdef void* _packed_job(PackedJob* job, _Sweep sw, bint backward, int phase, Py_s
 
 
 # the team rule (team_plan): flops per GEMM piece at least, flops per step at least
-# for a step loop split over the team
+# for a step loop split over the team, pieces per GEMM phase at most
 cdef double _PIECE_FLOPS = 1 << 22
-cdef double _STEP_FLOPS = 1 << 18
+cdef double _STEP_FLOPS = 1 << 20
+cdef Py_ssize_t _MAX_PIECES = 2
 
 
-def _set_team_rule(double piece_flops, double step_flops):
-    """Testing and tuning hook: the team rule's thresholds (flops per GEMM piece, flops
-    per step for a split step loop); returns the previous pair."""
-    global _PIECE_FLOPS, _STEP_FLOPS
-    old = (_PIECE_FLOPS, _STEP_FLOPS)
-    _PIECE_FLOPS, _STEP_FLOPS = piece_flops, step_flops
+def _set_team_rule(double piece_flops, double step_flops, Py_ssize_t max_pieces=2):
+    """Testing and tuning hook: the team rule (flops per GEMM piece, flops per step for
+    a split step loop, pieces per GEMM phase at most); returns the previous triple."""
+    global _PIECE_FLOPS, _STEP_FLOPS, _MAX_PIECES
+    if max_pieces < 1:
+        raise ValueError(f"max_pieces must be >= 1, got {max_pieces}")
+    old = (_PIECE_FLOPS, _STEP_FLOPS, _MAX_PIECES)
+    _PIECE_FLOPS, _STEP_FLOPS, _MAX_PIECES = piece_flops, step_flops, max_pieces
     return old
 
 
@@ -367,7 +370,7 @@ def team_rule(Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H, int kind, 
     job.NQ = (H + NR - 1) // NR
     memset(&ts, 0, sizeof(TeamSweep))
     ts.sw, ts.phase, ts.job = &s, PH_ALL, &job if mode == STEP_PACKED else NULL
-    team_plan(&ts, _PIECE_FLOPS, _STEP_FLOPS)
+    team_plan(&ts, _PIECE_FLOPS, _STEP_FLOPS, _MAX_PIECES)
     return ts.rows_pieces, ts.cols_pieces, not ts.solo_steps
 
 
@@ -385,7 +388,7 @@ cdef void _team_sweep(TeamSweep* ts, _Sweep sw, bint backward, int phase, Py_ssi
     ts.sw, ts.backward, ts.double, ts.phase, ts.r0, ts.r1 = (
         &sw.s, backward, sw.double, phase, r0, r1)
     ts.job, ts.scr, ts.stop = job, scr, PY_SSIZE_T_MAX
-    team_plan(ts, _PIECE_FLOPS, _STEP_FLOPS)
+    team_plan(ts, _PIECE_FLOPS, _STEP_FLOPS, _MAX_PIECES)
 
 
 def rnn_forward(ForwardSweep sweep not None, int phase=PH_ALL, Py_ssize_t r0=0,

@@ -536,10 +536,6 @@ cdef inline void _bwd_prod(PackedJob* job, const floating* A, Py_ssize_t koff, P
 # is, so a sweep gives the same bits on any number of threads.  The BLAS step loop
 # runs on thread 0 alone.
 
-cdef enum:
-    PIECES_MAX = 8              # pieces of a GEMM phase at most
-
-
 cdef struct TeamSweep:
     # One sweep's job: the sweep, the phase and its range, the step form and the
     # buffers the threads share.
@@ -556,12 +552,12 @@ cdef struct TeamSweep:
 
 
 cdef inline Py_ssize_t gemm_pieces(Py_ssize_t extent, Py_ssize_t align, double flops,
-                                   double piece_flops) noexcept nogil:
+                                   double piece_flops, Py_ssize_t most) noexcept nogil:
     """Fixed pieces of a GEMM phase over ``extent`` rows or columns: a power of two up
-    to ``PIECES_MAX``, each of at least ``piece_flops`` and ``align`` rows (the shape
-    alone decides, never the thread count)."""
+    to ``most``, each of at least ``piece_flops`` and ``align`` rows (the shape alone
+    decides, never the thread count)."""
     cdef Py_ssize_t p = 1
-    while p * 2 <= PIECES_MAX and p * 2 <= extent // align and flops >= p * 2 * piece_flops:
+    while p * 2 <= most and p * 2 <= extent // align and flops >= p * 2 * piece_flops:
         p *= 2
     return p
 
@@ -575,16 +571,17 @@ cdef inline void piece_range(Py_ssize_t extent, Py_ssize_t pieces, Py_ssize_t al
     hi[0] = lo[0] + block if lo[0] + block < extent else extent
 
 
-cdef inline void team_plan(TeamSweep* ts, double piece_flops,
-                           double step_flops) noexcept nogil:
-    """The job's fixed pieces (of at least ``piece_flops``) and whether its step loop
-    runs on thread 0 alone (a BLAS step loop, or steps of fewer than ``step_flops``:
-    too small to gain from a barrier per step): by shape only."""
+cdef inline void team_plan(TeamSweep* ts, double piece_flops, double step_flops,
+                           Py_ssize_t most) noexcept nogil:
+    """The job's fixed pieces (at most ``most``, of at least ``piece_flops`` each) and
+    whether its step loop runs on thread 0 alone (a BLAS step loop, or steps of fewer
+    than ``step_flops``: too small to gain from a barrier per step): by shape only."""
     cdef const RnnSweep* sw = ts.sw
     cdef double rows = <double> sw.T * sw.B
-    ts.rows_pieces = gemm_pieces(sw.T * sw.B, 1, 2.0 * rows * sw.D * sw.GH, piece_flops)
+    ts.rows_pieces = gemm_pieces(sw.T * sw.B, 1, 2.0 * rows * sw.D * sw.GH, piece_flops,
+                                 most)
     ts.cols_pieces = gemm_pieces(sw.GH, 16, 2.0 * rows * (sw.D + sw.H) * sw.GH,
-                                 piece_flops)
+                                 piece_flops, most)
     ts.solo_steps = (ts.job == NULL or ts.job.NQ < 2
                      or 2.0 * sw.B * sw.GH * sw.H < step_flops)
 
