@@ -61,7 +61,10 @@ the whole loop (BLAS included) in one ``nogil`` block, so two directions can run
 concurrently on two Python threads.  ``phase`` splits one sweep for two threads: the
 input projection and ``grad_x`` by rows of ``T*B``, the step loops by batch rows
 (rows never interact), the weight gradients by gate rows; disjoint ranges of one
-phase may run concurrently.  ``PHASE_ALL`` (default) does everything.
+phase may run concurrently.  ``PHASE_ALL`` (default) does everything, as one job of
+nn_core's thread team on up to ``threads`` threads (``_rnn_loops.pxd``, "team
+sweeps": the GEMM phases in fixed pieces, the packed step loops split by hidden
+units; the same bits on any number of threads).
 """
 from cython cimport floating
 from libc.stdint cimport int64_t

@@ -142,11 +142,10 @@ def test_row_order_is_undone_bit_for_bit(kind, mode, dtype, rng, monkeypatch):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("mode", ["blas"])
+@pytest.mark.parametrize("mode", ["blas", "packed"])
 def test_split_over_force_split(kind, mode, dtype, rng, force_split, monkeypatch):
     """B = 70 splits in two row ranges of equal work (the sorted rows' real steps):
-    the same numbers as one thread (bit for bit but for the weight gradients' sums).
-    (Packed sweeps run on the thread team instead: tests/test_recurrent_team.py.)"""
+    the same numbers as one thread (bit for bit but for the weight gradients' sums)."""
     monkeypatch.setattr(base, "STEP_MODE", mode)
     T, B, D, H = 12, 70, 6, 8
     lens = _lengths("random", T, B, rng)

@@ -198,3 +198,46 @@ def test_the_entry_points_check_threads(rng, threads):
         K.rnn_backward(K.BackwardSweep.__new__(K.BackwardSweep), threads=2)
     with pytest.raises(ValueError, match="range must satisfy"):
         K.rnn_forward(sweep, K.PHASE_STEPS, 0, 5, threads=2)
+
+
+@pytest.mark.parametrize("cell", ["LSTMCell", "GRUCell"])
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_ctrl_c_stops_a_split_sweep(cell, direction):
+    """SIGINT during a long sweep whose step loop is split over two threads: every
+    thread leaves at the same step (none waits at a barrier the others left) and the
+    sweep raises KeyboardInterrupt; the cell works afterwards.  In a subprocess: the
+    signal must reach a main thread."""
+    import subprocess
+    import sys
+    import textwrap
+    code = textwrap.dedent(f"""
+        import os, signal, threading
+        import numpy as np
+        from nn_core import _parallel
+        from nn_core._kernels import _recurrent as K
+        from nn_core.recurrent import {cell}, base
+        K._set_team_rule(1.0, 0.0)
+        base.STEP_MODE = "packed"
+        c = {cell}(8, 40, rng=0)
+        T = 200_000
+        x = np.random.default_rng(0).standard_normal((T, 2, 8)).astype(np.float32)
+        with _parallel.limit_threads(2):
+            try:
+                if "{direction}" == "backward":
+                    out, _ = c.forward_sequence(x)
+                threading.Timer(0.05, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+                if "{direction}" == "backward":
+                    c.backward_sequence(np.ones_like(out))
+                else:
+                    c.forward_sequence(x)
+                print("finished")
+            except KeyboardInterrupt:
+                print("interrupted")
+            c.reset()
+            out, _ = c.forward_sequence(x[:50])
+        print(out.shape)
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["interrupted", "(50,", "2,", "40)"], res.stdout

@@ -20,11 +20,12 @@ loop, so two cells can run on two Python threads.  A cell recycles its work buff
 through its :class:`~nn_core.memory.Workspace`, so one cell must not run two
 sequences concurrently.
 
-A sweep whose step loops run on the packed ``W_hh`` (``_K.step_mode``) is one job of
-nn_core's thread team (:func:`team_threads`): the input projection, ``grad_x`` and the
-weight gradients in fixed pieces, the step loops split by hidden units with a barrier
-per step; the same bits on any number of threads.  A sweep with BLAS step products
-over ``B >= MIN_SPLIT_ROWS`` rows runs on two threads itself when the budget allows:
+A sweep of fewer than ``MIN_SPLIT_ROWS`` rows whose step loops run on the packed
+``W_hh`` (``_K.step_mode``) is one job of nn_core's thread team (:func:`team_threads`):
+the input projection, ``grad_x`` and the weight gradients in fixed pieces, the step
+loops split by hidden units with a barrier per step; the same bits on any number of
+threads.  A sweep over ``B >= MIN_SPLIT_ROWS`` rows runs on two threads itself when
+the budget allows:
 batch rows never interact, so the kernels' phases (input projection by rows of
 ``T*B``, step loops by batch rows, ``grad_x`` by rows, weight gradients by gate rows)
 each run as two halves, one per thread, with BLAS on one thread each
@@ -88,9 +89,13 @@ def row_halves(B: int, lengths=None):
 def team_threads(kind: int, B: int, H: int, dtype) -> int | None:
     """Threads for a sweep that runs as one job of the thread team (its GEMM phases in
     fixed pieces, its step loops split by hidden units; the same bits on any number of
-    threads), or None when it takes the row split of :func:`row_halves` instead: the
-    step loops whose products are BLAS calls (``STEP_MODE`` and ``_K.step_mode``).
-    The budget (:func:`nn_core._parallel.blas_threads`), 1 inside a parallel region."""
+    threads), or None when it takes the row split of :func:`row_halves` instead: a
+    batch the row split cuts (:func:`fixed_split`: two half batches need no barrier
+    per step), and step loops whose products are BLAS calls (``STEP_MODE``,
+    ``_K.step_mode``).  The budget (:func:`nn_core._parallel.blas_threads`), 1 inside
+    a parallel region."""
+    if fixed_split(B):
+        return None
     mode = _K.STEP_MODES[STEP_MODE]
     if mode == _K.STEP_MODES["auto"]:
         mode = _K.step_mode(kind, B, H, np.dtype(dtype) == np.float64)
