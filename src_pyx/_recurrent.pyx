@@ -61,7 +61,10 @@ the whole loop (BLAS included) in one ``nogil`` block, so two directions can run
 concurrently on two Python threads.  ``phase`` splits one sweep for two threads: the
 input projection and ``grad_x`` by rows of ``T*B``, the step loops by batch rows
 (rows never interact), the weight gradients by gate rows; disjoint ranges of one
-phase may run concurrently.  ``PHASE_ALL`` (default) does everything.
+phase may run concurrently.  ``PHASE_ALL`` (default) does everything, as one job of
+nn_core's thread team on up to ``threads`` threads (``_rnn_loops.pxd``, "team
+sweeps": the GEMM phases in fixed pieces, the packed step loops split by hidden
+units; the same bits on any number of threads).
 """
 from cython cimport floating
 from libc.stdint cimport int64_t
@@ -72,11 +75,14 @@ import threading
 
 import numpy as np
 
+from cpython.pyport cimport PY_SSIZE_T_MAX
+
 from _rnn_loops cimport (K_GRU, K_GRU_RA, K_LSTM, PH_ALL, PH_GRAD_X, PH_PROJ, PH_STEPS,
                          PH_WGRAD, STEP_AUTO, STEP_BLAS, STEP_PACKED, PackedJob, RnnSweep,
-                         backward_sweep, forward_sweep, packed_loc_size, scratch_size,
-                         step_mode as _step_mode)
-from _rnn_pack cimport NN_NR_D, NN_NR_F, nn_row_plan
+                         TeamSweep, nn_team, nn_team_import, sweep_piece,
+                         packed_loc_size, scratch_size, step_mode as _step_mode,
+                         team_plan, team_want)
+from _rnn_pack cimport NN_NR_D, NN_NR_F
 from _vmath cimport bind_simd
 
 cdef extern from "_interrupt.h":
@@ -85,6 +91,7 @@ cdef extern from "_interrupt.h":
     int nn_stop_raise() except -1     # re-raises a signal handler's exception from a sweep
 
 nn_stop_init(threading.main_thread().ident)
+nn_team_import()
 
 
 def cancel_sweeps(bint on):
@@ -297,10 +304,11 @@ cdef int _check_mode(int mode) except -1:
 
 
 cdef void* _packed_job(PackedJob* job, _Sweep sw, bint backward, int phase, Py_ssize_t r0,
-                       Py_ssize_t r1, int mode) except? NULL:
+                       Py_ssize_t r1, int mode, int threads) except? NULL:
     """For a step phase (``PH_ALL`` or ``PH_STEPS`` rows ``[r0, r1)``) that ``mode``
     resolves to ``STEP_PACKED``: fill ``job`` and allocate its buffers (one block,
-    returned; the caller frees it).  Else NULL."""
+    returned; the caller frees it), with a slot (products, row plan) for each of up
+    to ``threads`` team threads.  Else NULL."""
     cdef RnnSweep* s = &sw.s
     if phase == PH_ALL:
         r0, r1 = 0, s.B
@@ -315,7 +323,9 @@ cdef void* _packed_job(PackedJob* job, _Sweep sw, bint backward, int phase, Py_s
     cdef Py_ssize_t NQ = (s.H + NR - 1) // NR, G = s.GH // s.H, nbr = r1 - r0
     cdef Py_ssize_t npack = NQ * NR * s.GH
     cdef Py_ssize_t nloc = 0 if backward else packed_loc_size(nbr, G, NQ, NR)
-    cdef size_t nbytes = (npack + nloc) * isz + 64 + (nbr // 4 + 3)
+    cdef Py_ssize_t nslots = threads
+    cdef Py_ssize_t slot = nloc * isz + (nbr // 4 + 3 + 63) // 64 * 64
+    cdef size_t nbytes = npack * isz + nslots * slot + 64
     cdef char* block = <char*> malloc(nbytes)
     if block == NULL:
         raise MemoryError(f"cannot allocate {nbytes} bytes for the packed recurrence")
@@ -323,15 +333,69 @@ cdef void* _packed_job(PackedJob* job, _Sweep sw, bint backward, int phase, Py_s
     memset(job, 0, sizeof(PackedJob))
     job.sw, job.double, job.b0, job.b1, job.NQ = s, sw.double, r0, r1, NQ
     job.pack = base
-    job.loc = base + npack * isz
-    cdef unsigned char* plan = <unsigned char*> (base + (npack + nloc) * isz)
-    job.nb = nn_row_plan(nbr, plan)
-    job.plan, job.one = plan, nbr == 1
+    job.slots, job.slot_size, job.loc_size = base + npack * isz, slot, nloc * isz
+    job.one = nbr == 1
     return block
 
 
+# the team rule (team_plan): flops per GEMM piece at least, flops per step at least
+# for a step loop split over the team, pieces per GEMM phase at most
+cdef double _PIECE_FLOPS = 1 << 22
+cdef double _STEP_FLOPS = 1 << 20
+cdef Py_ssize_t _MAX_PIECES = 2
+
+
+def _set_team_rule(double piece_flops, double step_flops, Py_ssize_t max_pieces=2):
+    """Testing and tuning hook: the team rule (flops per GEMM piece, flops per step for
+    a split step loop, pieces per GEMM phase at most); returns the previous triple."""
+    global _PIECE_FLOPS, _STEP_FLOPS, _MAX_PIECES
+    if max_pieces < 1:
+        raise ValueError(f"max_pieces must be >= 1, got {max_pieces}")
+    old = (_PIECE_FLOPS, _STEP_FLOPS, _MAX_PIECES)
+    _PIECE_FLOPS, _STEP_FLOPS, _MAX_PIECES = piece_flops, step_flops, max_pieces
+    return old
+
+
+def team_rule(Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H, int kind, bint double,
+              int mode=STEP_AUTO):
+    """``(rows_pieces, cols_pieces, split_steps)`` of a whole sweep of this shape: the
+    fixed pieces of its ``T*B`` rows (input projection, ``grad_x``) and of its gate
+    columns (weight gradients), and whether its step loop is split by unit blocks."""
+    cdef RnnSweep s
+    cdef TeamSweep ts
+    cdef PackedJob job
+    cdef Py_ssize_t NR = NN_NR_D if double else NN_NR_F
+    memset(&s, 0, sizeof(RnnSweep))
+    s.T, s.B, s.D, s.H, s.GH, s.kind = T, B, D, H, GATES[kind] * H, kind
+    if mode == STEP_AUTO:
+        mode = _step_mode(kind, B, H, not double)
+    memset(&job, 0, sizeof(PackedJob))
+    job.NQ = (H + NR - 1) // NR
+    memset(&ts, 0, sizeof(TeamSweep))
+    ts.sw, ts.phase, ts.job = &s, PH_ALL, &job if mode == STEP_PACKED else NULL
+    team_plan(&ts, _PIECE_FLOPS, _STEP_FLOPS, _MAX_PIECES)
+    return ts.rows_pieces, ts.cols_pieces, not ts.solo_steps
+
+
+cdef int _check_threads(int threads) except -1:
+    """``threads`` checked, then at most the team's size (a job never runs on more)."""
+    cdef int size = nn_team.available()
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    return threads if threads < size else (size if size > 1 else 1)
+
+
+cdef void _team_sweep(TeamSweep* ts, _Sweep sw, bint backward, int phase, Py_ssize_t r0,
+                      Py_ssize_t r1, PackedJob* job, void* scr) noexcept:
+    memset(ts, 0, sizeof(TeamSweep))
+    ts.sw, ts.backward, ts.double, ts.phase, ts.r0, ts.r1 = (
+        &sw.s, backward, sw.double, phase, r0, r1)
+    ts.job, ts.scr, ts.stop = job, scr, PY_SSIZE_T_MAX
+    team_plan(ts, _PIECE_FLOPS, _STEP_FLOPS, _MAX_PIECES)
+
+
 def rnn_forward(ForwardSweep sweep not None, int phase=PH_ALL, Py_ssize_t r0=0,
-                Py_ssize_t r1=-1, int mode=STEP_AUTO):
+                Py_ssize_t r1=-1, int mode=STEP_AUTO, int threads=1):
     """Run ``sweep`` (or one phase of it; ``r1 = -1``: to the end).
 
     ``PHASE_PROJ``: the input projection for rows ``[r0, r1)`` of ``T*B``;
@@ -342,13 +406,21 @@ def rnn_forward(ForwardSweep sweep not None, int phase=PH_ALL, Py_ssize_t r0=0,
     per-shape rule (``step_mode``), one BLAS call per step, or ``W_hh`` packed once
     per call and the micro-kernel of ``_rnn_pack.h`` (no BLAS calls in the loop; a
     row range gives the same bits as the whole batch).
+
+    ``threads``: ``PHASE_ALL`` runs as one job of nn_core's thread team on up to
+    this many threads (the input projection in fixed pieces, the packed step loop
+    split by unit blocks; the same bits on any number).  Returns the threads the
+    job ran on.
     """
     cdef RnnSweep* s = &sweep.s
     cdef bint double = sweep.double
     cdef PackedJob job
+    cdef TeamSweep ts
     cdef void* block = NULL
+    cdef int want, n = 1
     _check_ready(sweep)
     _check_mode(mode)
+    threads = _check_threads(threads)
     if phase == PH_PROJ:
         r1 = _check_range(phase, r0, r1, s.T * s.B, "rows of T*B")
     elif phase == PH_STEPS:
@@ -357,23 +429,21 @@ def rnn_forward(ForwardSweep sweep not None, int phase=PH_ALL, Py_ssize_t r0=0,
         _check_all(r0, r1)
     else:
         raise ValueError(f"phase must be PHASE_ALL, PHASE_PROJ or PHASE_STEPS, got {phase}")
-    block = _packed_job(&job, sweep, False, phase, r0, r1, mode)
+    block = _packed_job(&job, sweep, False, phase, r0, r1, mode, threads)
     cdef void* tmp = malloc(scratch_size(s, False) * (8 if double else 4))
     if tmp == NULL:
         free(block)
         raise MemoryError("rnn_forward: cannot allocate the per-step scratch")
+    _team_sweep(&ts, sweep, False, phase, r0, r1, &job if block != NULL else NULL, tmp)
+    want = team_want(&ts, threads)
     try:
         with nogil:
-            if double:
-                forward_sweep(s, phase, r0, r1, <double*> tmp,
-                              &job if block != NULL else NULL)
-            else:
-                forward_sweep(s, phase, r0, r1, <float*> tmp,
-                              &job if block != NULL else NULL)
+            n = nn_team.run(sweep_piece, &ts, want)
     finally:
         free(tmp)
         free(block)
     nn_stop_raise()                     # Ctrl-C stopped the step loop
+    return n
 
 
 # --------------------------------------------------------------------- backward --
@@ -485,7 +555,7 @@ cdef void _fill_scratch(floating* scr, const RnnSweep* s) noexcept nogil:
 
 
 def rnn_backward(BackwardSweep sweep not None, int phase=PH_ALL, Py_ssize_t r0=0,
-                 Py_ssize_t r1=-1, int mode=STEP_AUTO):
+                 Py_ssize_t r1=-1, int mode=STEP_AUTO, int threads=1):
     """Run ``sweep`` (or one phase of it; ``r1 = -1``: to the end), in this order:
 
     ``PHASE_STEPS``: BPTT for batch rows ``[r0, r1)`` (rows of ``dh``, ``dc`` outside
@@ -493,13 +563,18 @@ def rnn_backward(BackwardSweep sweep not None, int phase=PH_ALL, Py_ssize_t r0=0
     for rows ``[r0, r1)`` of ``T*B``; ``PHASE_WGRAD``: the weight and bias gradients
     for gate columns ``[r0, r1)`` of ``G*H``.  ``mode``: the step loop, as in
     :func:`rnn_forward` (the same rule, so the backward takes the forward's mode).
+    ``threads``: as for :func:`rnn_forward` (``grad_x`` and the weight gradients in
+    fixed pieces).  Returns the threads the job ran on.
     """
     cdef RnnSweep* s = &sweep.s
     cdef bint double = sweep.double
     cdef PackedJob job
+    cdef TeamSweep ts
     cdef void* block = NULL
+    cdef int want, n = 1
     _check_ready(sweep)
     _check_mode(mode)
+    threads = _check_threads(threads)
     if phase == PH_STEPS:
         r1 = _check_range(phase, r0, r1, s.B, "batch rows")
     elif phase == PH_GRAD_X:
@@ -511,22 +586,22 @@ def rnn_backward(BackwardSweep sweep not None, int phase=PH_ALL, Py_ssize_t r0=0
     else:
         raise ValueError(f"phase must be PHASE_ALL, PHASE_STEPS, PHASE_GRAD_X or "
                          f"PHASE_WGRAD, got {phase}")
-    block = _packed_job(&job, sweep, True, phase, r0, r1, mode)
+    block = _packed_job(&job, sweep, True, phase, r0, r1, mode, threads)
     cdef void* scr = malloc(scratch_size(s, True) * (8 if double else 4))
     if scr == NULL:
         free(block)
         raise MemoryError("rnn_backward: cannot allocate the scratch")
+    _team_sweep(&ts, sweep, True, phase, r0, r1, &job if block != NULL else NULL, scr)
+    want = team_want(&ts, threads)
     try:
         with nogil:
             if double:
                 _fill_scratch(<double*> scr, s)
-                backward_sweep(s, phase, r0, r1, <double*> scr,
-                               &job if block != NULL else NULL)
             else:
                 _fill_scratch(<float*> scr, s)
-                backward_sweep(s, phase, r0, r1, <float*> scr,
-                               &job if block != NULL else NULL)
+            n = nn_team.run(sweep_piece, &ts, want)
     finally:
         free(scr)
         free(block)
     nn_stop_raise()
+    return n

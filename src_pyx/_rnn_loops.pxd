@@ -1,6 +1,7 @@
 # cython: language_level=3
 """The ``nogil`` loops of the sequence kernels over one validated :c:type:`RnnSweep`
 (see ``_recurrent.pyx`` for the design and the layouts; header only)."""
+from cpython.pyport cimport PY_SSIZE_T_MAX
 from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
@@ -15,6 +16,18 @@ from _vmath cimport transpose
 cdef extern from "_interrupt.h" nogil:
     int nn_stop_check(Py_ssize_t step)      # 1: a signal handler raised, stop the sweep
     int nn_stop_pending()
+
+cdef extern from "_rnn_team.h" nogil:
+    ctypedef void (*nn_team_fn)(void* arg, int t, int n) noexcept nogil
+    ctypedef struct nn_team_api:
+        int (*run)(nn_team_fn fn, void* arg, int want) noexcept nogil
+        void (*barrier)(int n) noexcept nogil
+        int (*available)() noexcept nogil
+    const nn_team_api* nn_team
+    int nn_team_import() except -1
+    void nn_team_share(Py_ssize_t P, int t, int n, Py_ssize_t* p0, Py_ssize_t* p1) noexcept
+    Py_ssize_t nn_rnn_load(const Py_ssize_t* p) noexcept
+    void nn_rnn_store(Py_ssize_t* p, Py_ssize_t v) noexcept
 
 cdef enum:
     K_RNN_TANH = 0
@@ -251,7 +264,8 @@ cdef enum:
 
 
 cdef struct PackedJob:
-    # One packed sweep (forward or backward) of batch rows [b0, b1) of ``sw``.
+    # One packed sweep (forward or backward) of batch rows [b0, b1) of ``sw``; in a
+    # team each thread runs on its own copy (loc and plan in its slot).
     const RnnSweep* sw
     bint double
     Py_ssize_t b0, b1
@@ -261,6 +275,9 @@ cdef struct PackedJob:
     unsigned char* plan           # row blocks of b1 - b0 rows (nn_row_plan)
     int nb
     bint one                      # the sweep has one row: matrix-vector products
+    void* slots                   # per thread of a team: its loc, then its plan
+    Py_ssize_t slot_size          # bytes per slot (a multiple of 64)
+    Py_ssize_t loc_size           # bytes of a slot's loc
 
 
 cdef inline int step_mode(int kind, Py_ssize_t B, Py_ssize_t H, bint single) noexcept nogil:
@@ -298,6 +315,44 @@ cdef struct StepProduct:
     void* tmp               # STEP_BLAS: the scratch of REC_TR
     PackedJob* job          # STEP_PACKED: the job, W_hh packed in job.pack
     Py_ssize_t width        # BPTT: units per gate-pass call (H, or one panel)
+    Py_ssize_t q0, q1       # STEP_PACKED: the unit blocks whose products this thread runs
+    Py_ssize_t u0, u1       # the units whose gates, states and gradients it owns
+    int t, nth              # thread t of the nth of a team job (nth 1: alone)
+    Py_ssize_t* stop        # nth > 1: the job's stop word (_stopped; PY_SSIZE_T_MAX: none)
+
+
+cdef inline void _sync(const StepProduct* sp) noexcept nogil:
+    """Wait for the job's other threads (alone: nothing to wait for)."""
+    if sp.nth > 1:
+        nn_team.barrier(sp.nth)
+
+
+cdef inline bint _stopped(const StepProduct* sp, Py_ssize_t i) noexcept nogil:
+    """True when the step loop must leave before its ``i``-th step (Ctrl-C).  In a
+    team only thread 0 runs the signal handlers; it publishes the stop as the step
+    count after which every thread leaves, so all threads leave at the same step
+    (``_rnn_team.h``)."""
+    if sp.nth <= 1:
+        return nn_stop_check(i) != 0
+    if sp.t == 0 and nn_rnn_load(sp.stop) == PY_SSIZE_T_MAX and nn_stop_check(i):
+        nn_rnn_store(sp.stop, i + 1)
+    return nn_rnn_load(sp.stop) <= i
+
+
+cdef inline void _units(floating* row, const floating* src, Py_ssize_t G, Py_ssize_t H,
+                        Py_ssize_t u0, Py_ssize_t u1) noexcept nogil:
+    """Units ``[u0, u1)`` of each of the ``G`` gates of a ``[G*H]`` row: copied from
+    ``src``, or set to 0 when ``src`` is NULL."""
+    cdef Py_ssize_t g
+    cdef size_t n = (u1 - u0) * sizeof(floating)
+    if u0 == 0 and u1 == H:
+        n *= G
+        G = 1
+    for g in range(G):
+        if src == NULL:
+            memset(row + g * H + u0, 0, n)
+        else:
+            memcpy(row + g * H + u0, src + g * H + u0, n)
 
 
 cdef inline Py_ssize_t _step_rows(const StepProduct* sp, const int64_t* lengths,
@@ -411,7 +466,7 @@ cdef inline void _fwd_product(const StepProduct* sp, const RnnSweep* sw, const f
     cdef Py_ssize_t H = sw.H, N = Gs * sw.H
     if sp.form == STEP_PACKED:
         _fwd_segment(sp.job, A + b0 * H, <const floating*> sp.job.pack, gate0 * sp.job.NQ,
-                     Gs, s, 0, sp.job.NQ, <floating*> sp.job.loc, second)
+                     Gs, s, sp.q0, sp.q1, <floating*> sp.job.loc, second)
         return
     _rec_fwd(sp.layout, b1 - b0, N, H, A + b0 * H, <const floating*> sw.W_hh + gate0 * H * H,
              H, <const floating*> sw.W_hhT + gate0 * H, sw.GH, hr + b0 * N, N,
@@ -423,23 +478,28 @@ cdef inline void _fwd_steps(const RnnSweep* sw, const StepProduct* sp, floating*
                             Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
     """The forward step loop of batch rows ``[b0, b1)``, both forms: per step the
     recurrence product and the fused gate pass (the GRU: ``r, z`` and ``r*h`` first,
-    then ``(r*h) W_hn^T``, ``n`` and ``h``).  ``hh``: ``sw.hh``, the BLAS products."""
-    cdef Py_ssize_t T = sw.T, B = sw.B, H = sw.H, s, e
+    then ``(r*h) W_hn^T``, ``n`` and ``h``).  ``hh``: ``sw.hh``, the BLAS products.
+    In a team each thread runs the products and gate passes of its own units, and
+    waits for the others once per step (the GRU: also before ``(r*h) W_hn^T``)."""
+    cdef Py_ssize_t T = sw.T, B = sw.B, H = sw.H, s, e, u0 = sp.u0, nu = sp.u1 - sp.u0
     cdef Py_ssize_t G1 = 2 if sw.kind == K_GRU else sw.GH // sw.H
     cdef floating* hs = <floating*> sw.hs
     cdef floating* aux = <floating*> sw.aux
     for s in range(T):
-        if nn_stop_check(s):
+        if _stopped(sp, s):
             return
         # rows [b0, e) still run: the products and gate passes cover only them
         e = _step_rows(sp, sw.lengths, b0, b1, s)
-        if e < b1:                             # the rest carry their state
-            _fwd_gates(sw, s, e, b1, 0, H, hh, 0, H, False)
-        if e == b0:
-            continue
-        _fwd_product(sp, sw, hs + s * B * H, 0, G1, s, b0, e, hh, False)
-        if sw.kind == K_GRU:                   # every unit of r*h before (r*h) W_hn^T
-            _fwd_product(sp, sw, aux + s * B * H, G1, 1, s, b0, e, hh + B * G1 * H, True)
+        if e < b1 and nu > 0:                  # the rest carry their state
+            _fwd_gates(sw, s, e, b1, u0, nu, hh, 0, H, False)
+        if e > b0:
+            _fwd_product(sp, sw, hs + s * B * H, 0, G1, s, b0, e, hh, False)
+            if sw.kind == K_GRU:               # every unit of r*h before (r*h) W_hn^T
+                _sync(sp)
+                _fwd_product(sp, sw, aux + s * B * H, G1, 1, s, b0, e, hh + B * G1 * H,
+                             True)
+        if s + 1 < T:                          # every unit of h_{s+1} before step s+1
+            _sync(sp)
 
 
 cdef inline void _bwd_prod(PackedJob* job, const floating* A, Py_ssize_t koff, Py_ssize_t K,
@@ -465,42 +525,163 @@ cdef inline void _bwd_prod(PackedJob* job, const floating* A, Py_ssize_t koff, P
               C + b0 * H + q * NR, H, nu, acc)
 
 
+# ------------------------------------------------------------------ team sweeps --
+# A sweep (or one phase of it) runs as one job of the thread team (_team_api.h):
+# the input projection, grad_x and the weight gradients in fixed pieces (gemm_pieces:
+# cut by shape only, one single-threaded BLAS call per run of rows in a piece), the
+# pieces shared out over the job's threads; the packed step loops split by unit
+# blocks (thread t of n: blocks [NQ*t/n, NQ*(t+1)/n), the columns of every gate for
+# those units), each thread packing, multiplying and running the gate passes of its
+# own units.  Every element is computed by one thread in the same order whatever n
+# is, so a sweep gives the same bits on any number of threads.  The BLAS step loop
+# runs on thread 0 alone.
+
+cdef struct TeamSweep:
+    # One sweep's job: the sweep, the phase and its range, the step form and the
+    # buffers the threads share.
+    const RnnSweep* sw
+    bint backward, double
+    int phase
+    Py_ssize_t r0, r1           # the phase's range (PH_ALL: unused)
+    PackedJob* job              # STEP_PACKED: the template job (all step rows), else NULL
+    void* scr                   # forward: the REC_TR scratch; backward: scratch_size's
+    Py_ssize_t rows_pieces      # PH_ALL: pieces of the T*B rows (projection, grad_x)
+    Py_ssize_t cols_pieces      # PH_ALL: pieces of the G*H gate columns (weight grads)
+    bint solo_steps             # the step loop on thread 0 alone (a step too small)
+    Py_ssize_t stop             # the stop word (_stopped; PY_SSIZE_T_MAX: none)
+
+
+cdef inline Py_ssize_t gemm_pieces(Py_ssize_t extent, Py_ssize_t align, double flops,
+                                   double piece_flops, Py_ssize_t most) noexcept nogil:
+    """Fixed pieces of a GEMM phase over ``extent`` rows or columns: a power of two up
+    to ``most``, each of at least ``piece_flops`` and ``align`` rows (the shape alone
+    decides, never the thread count)."""
+    cdef Py_ssize_t p = 1
+    while p * 2 <= most and p * 2 <= extent // align and flops >= p * 2 * piece_flops:
+        p *= 2
+    return p
+
+
+cdef inline void piece_range(Py_ssize_t extent, Py_ssize_t pieces, Py_ssize_t align,
+                             Py_ssize_t p, Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
+    """Piece ``p`` of ``pieces`` of ``[0, extent)``: blocks of a multiple of ``align``."""
+    cdef Py_ssize_t block = (extent + pieces - 1) // pieces
+    block = (block + align - 1) // align * align
+    lo[0] = p * block if p * block < extent else extent
+    hi[0] = lo[0] + block if lo[0] + block < extent else extent
+
+
+cdef inline void team_plan(TeamSweep* ts, double piece_flops, double step_flops,
+                           Py_ssize_t most) noexcept nogil:
+    """The job's fixed pieces (at most ``most``, of at least ``piece_flops`` each) and
+    whether its step loop runs on thread 0 alone (a BLAS step loop, or steps of fewer
+    than ``step_flops``: too small to gain from a barrier per step): by shape only."""
+    cdef const RnnSweep* sw = ts.sw
+    cdef double rows = <double> sw.T * sw.B
+    ts.rows_pieces = gemm_pieces(sw.T * sw.B, 1, 2.0 * rows * sw.D * sw.GH, piece_flops,
+                                 most)
+    ts.cols_pieces = gemm_pieces(sw.GH, 16, 2.0 * rows * (sw.D + sw.H) * sw.GH,
+                                 piece_flops, most)
+    ts.solo_steps = (ts.job == NULL or ts.job.NQ < 2
+                     or 2.0 * sw.B * sw.GH * sw.H < step_flops)
+
+
+cdef inline int team_want(const TeamSweep* ts, int threads) noexcept nogil:
+    """Threads to ask the team for (at most ``threads``): 1 for a phase with a range;
+    else as many as the pieces and the unit blocks can use."""
+    cdef Py_ssize_t most = ts.rows_pieces
+    if ts.backward and ts.cols_pieces > most:
+        most = ts.cols_pieces
+    if not ts.solo_steps and ts.job.NQ > most:
+        most = ts.job.NQ
+    if ts.phase != PH_ALL or threads <= 1:
+        return 1
+    return <int> (threads if threads < most else most)
+
+
+cdef inline void _team_steps(TeamSweep* ts, int t, int n, const floating* like) noexcept nogil:
+    """Thread ``t`` of ``n``: its part of the step loop of the job's step rows."""
+    cdef const RnnSweep* sw = ts.sw
+    cdef PackedJob* tpl = ts.job
+    cdef PackedJob own
+    cdef StepProduct sp
+    cdef Py_ssize_t H = sw.H, G = sw.GH // sw.H, B = sw.B, NR = panel_width(like), b0, b1
+    cdef floating* scr = <floating*> ts.scr
+    if ts.phase == PH_ALL:
+        b0, b1 = 0, B
+    else:
+        b0, b1 = ts.r0, ts.r1
+    if b1 <= b0:
+        return
+    memset(&sp, 0, sizeof(StepProduct))
+    if ts.solo_steps:                        # thread 0 alone, every unit block
+        if t != 0:
+            return
+        n = 1
+    sp.t, sp.nth, sp.stop, sp.u0, sp.u1 = t, n, &ts.stop, 0, H
+    if tpl == NULL:                          # one BLAS product per step
+        sp.form, sp.layout, sp.tmp = STEP_BLAS, _rec_mode(b1 - b0, H, floating is float), scr
+        sp.width = H
+    else:                                    # the micro-kernel on own packed panels
+        own = tpl[0]
+        own.loc = <char*> tpl.slots + t * tpl.slot_size
+        own.plan = <unsigned char*> own.loc + tpl.loc_size
+        own.nb = nn_row_plan(b1 - b0, own.plan)
+        nn_team_share(tpl.NQ, t, n, &sp.q0, &sp.q1)
+        sp.u0 = sp.q0 * NR if sp.q0 * NR < H else H
+        sp.u1 = sp.q1 * NR if sp.q1 * NR < H else H
+        sp.form, sp.job, sp.width = STEP_PACKED, &own, NR
+        if ts.backward:
+            pack_bwd(<const floating*> sw.W_hh, H, sw.GH, sp.q0, sp.q1,
+                     <floating*> tpl.pack)
+        else:
+            pack_fwd(<const floating*> sw.W_hh, H, G, 2 if sw.kind == K_GRU else G,
+                     sp.q0, sp.q1, <floating*> tpl.pack)
+    if ts.backward:
+        _bptt(sw, &sp, scr + B * H, scr + 2 * B * H, scr + 3 * B * H, b0, b1)
+    else:
+        _fwd_steps(sw, &sp, <floating*> sw.hh, b0, b1)
+
+
+cdef inline bint _team_stopped(TeamSweep* ts, int t, int n) noexcept nogil:
+    """After a step loop: whether it was stopped, the same answer on every thread
+    (thread 0's interrupt state, published before a barrier)."""
+    if t == 0 and nn_stop_pending():
+        nn_rnn_store(&ts.stop, 0)
+    if n > 1:
+        nn_team.barrier(n)
+    return nn_rnn_load(&ts.stop) != PY_SSIZE_T_MAX
+
+
 # --------------------------------------------------------------------- forward --
-cdef inline void forward_sweep(const RnnSweep* sw, int phase, Py_ssize_t r0, Py_ssize_t r1,
-                               floating* tmp, PackedJob* job) noexcept nogil:
-    """``phase`` (``PH_*``): ``PH_PROJ`` the input projection for rows ``[r0, r1)`` of
-    ``T*B``; ``PH_STEPS`` the recurrence for batch rows ``[r0, r1)`` only (rows
-    never interact, so two row ranges can run concurrently; every array keeps its
-    full-batch layout); ``PH_ALL`` both over everything.  With ``job`` (STEP_PACKED,
-    its rows set to the step rows) the recurrence runs on the packed ``W_hh``."""
-    cdef Py_ssize_t T = sw.T, B = sw.B, D = sw.D, H = sw.H, GH = sw.GH
-    cdef Py_ssize_t G = sw.GH // sw.H
+cdef inline void forward_sweep(TeamSweep* ts, int t, int n, const floating* like) noexcept nogil:
+    """Thread ``t`` of ``n`` of a forward job.  ``phase`` (``PH_*``): ``PH_PROJ`` the
+    input projection for rows ``[r0, r1)`` of ``T*B``; ``PH_STEPS`` the recurrence
+    for batch rows ``[r0, r1)`` only (rows never interact, so two row ranges can run
+    concurrently; every array keeps its full-batch layout); ``PH_ALL`` both over
+    everything (the projection in its fixed pieces first).  With a packed job the
+    recurrence runs on the packed ``W_hh``."""
+    cdef const RnnSweep* sw = ts.sw
+    cdef Py_ssize_t TB = sw.T * sw.B, p, p0, p1, lo, hi
     cdef const floating* x = <const floating*> sw.x
     cdef const floating* W_ih = <const floating*> sw.W_ih
     cdef floating* gates = <floating*> sw.gates
-    cdef Py_ssize_t b0 = r0 if phase == PH_STEPS else 0
-    cdef Py_ssize_t b1 = r1 if phase == PH_STEPS else B
-    cdef StepProduct sp
 
     # 1. input projection of the real steps: gates[t, b] = W_ih x[t, b], one GEMM
     #    per run of real rows of T*B (the gates of padded steps are never read)
-    if phase == PH_ALL or phase == PH_PROJ:
-        if phase == PH_ALL:
-            r0, r1 = 0, T * B
-        real_rows_gemm(sw, True, r0, r1, x, D, W_ih, GH, gates, False)
-        if phase == PH_PROJ:
-            return
-    if b1 <= b0:
+    if ts.phase == PH_PROJ:
+        if t == 0:
+            real_rows_gemm(sw, True, ts.r0, ts.r1, x, sw.D, W_ih, sw.GH, gates, False)
         return
-    # 2. the step loop of rows b0..b1
-    memset(&sp, 0, sizeof(StepProduct))
-    if job != NULL:                          # W_hh packed once for the whole loop
-        sp.form, sp.job = STEP_PACKED, job
-        pack_fwd(<const floating*> sw.W_hh, H, G, 2 if sw.kind == K_GRU else G, 0, job.NQ,
-                 <floating*> job.pack)
-    else:
-        sp.form, sp.layout, sp.tmp = STEP_BLAS, _rec_mode(b1 - b0, H, floating is float), tmp
-    _fwd_steps(sw, &sp, <floating*> sw.hh, b0, b1)
+    if ts.phase == PH_ALL:
+        nn_team_share(ts.rows_pieces, t, n, &p0, &p1)
+        for p in range(p0, p1):
+            piece_range(TB, ts.rows_pieces, 1, p, &lo, &hi)
+            real_rows_gemm(sw, True, lo, hi, x, sw.D, W_ih, sw.GH, gates, False)
+        if n > 1:
+            nn_team.barrier(n)
+    # 2. the step loop
+    _team_steps(ts, t, n, like)
 
 
 # -------------------------------------------------------------------- backward --
@@ -511,7 +692,7 @@ cdef inline void _bwd_product(const StepProduct* sp, const RnnSweep* sw, const f
     row 0 of ``[B, G*H]`` / ``[B, H]`` arrays; ``acc``: add to ``C``)."""
     cdef Py_ssize_t H = sw.H, GH = sw.GH
     if sp.form == STEP_PACKED:
-        _bwd_prod(sp.job, dG, koff, K, <const floating*> sp.job.pack, 0, sp.job.NQ, C, acc)
+        _bwd_prod(sp.job, dG, koff, K, <const floating*> sp.job.pack, sp.q0, sp.q1, C, acc)
     else:
         _rec_bwd(sp.layout, b1 - b0, H, K, dG + b0 * GH + koff, GH,
                  <const floating*> sw.W_hh + koff * H, H, <const floating*> sw.W_hhT + koff,
@@ -524,10 +705,13 @@ cdef inline void _bptt(const RnnSweep* sw, const StepProduct* sp, floating* dh2,
     """BPTT of batch rows ``[b0, b1)``: per step (last to first), the gate gradients
     ``dG`` and the direct part of ``grad h_prev``, then ``grad h_prev += dG @ W_hh``
     (the GRU: ``d(r*h) = dn @ W_hn`` first, then r's gradient, then the ``r, z``
-    product).  ``dh2``, ``drh``: ``[B, H]`` scratch; ``zrow``: zeros ``[H]``."""
+    product).  ``dh2``, ``drh``: ``[B, H]`` scratch; ``zrow``: zeros ``[H]``.  In a
+    team each thread runs the gate passes and products of its own units and waits for
+    the others before the products (the GRU: also before the ``r, z`` product)."""
     cdef int kind = sw.kind
     cdef bint reverse = sw.reverse
     cdef Py_ssize_t T = sw.T, B = sw.B, H = sw.H, GH = sw.GH, H2 = 2 * sw.H
+    cdef Py_ssize_t G = sw.GH // sw.H, u0 = sp.u0, u1 = sp.u1
     cdef Py_ssize_t w = sp.width, s, b, u, nu, L, tau, e
     cdef const int64_t* lengths = sw.lengths
     cdef const floating* gates = <const floating*> sw.gates
@@ -549,26 +733,27 @@ cdef inline void _bptt(const RnnSweep* sw, const StepProduct* sp, floating* dh2,
     cdef floating* dgx
     cdef floating* dgs
     cdef floating* tmp
-    cdef size_t row = H * sizeof(floating)
-    cdef size_t grow = GH * sizeof(floating)
+    cdef size_t own = (u1 - u0) * sizeof(floating)
 
     for s in range(T - 1, -1, -1):
-        if nn_stop_check(T - 1 - s):
+        if _stopped(sp, T - 1 - s):
             return
         dgs = dGs + s * B * GH
         e = _step_rows(sp, lengths, b0, b1, s)    # the products cover rows [b0, e)
         # 1. gate gradients (and the direct part of grad h_prev), w units per call
         for b in range(b0, b1):
+            if u1 <= u0:
+                break
             L = lengths[b]
             dst = dh2 + b * H
             dgr = dgs + b * GH
             if s >= L:                     # padding: no gradient, dh passes through
-                memset(dgr, 0, grow)
+                _units(dgr, <const floating*> NULL, G, H, u0, u1)
                 if sep:
-                    memset(dGt + (s * B + b) * GH, 0, grow)
-                memcpy(dst, dh + b * H, row)
+                    _units(dGt + (s * B + b) * GH, <const floating*> NULL, G, H, u0, u1)
+                memcpy(dst + u0, dh + b * H + u0, own)
                 if kind == K_GRU:
-                    memset(drh + b * H, 0, row)
+                    memset(drh + b * H + u0, 0, own)
                 continue
             tau = _tau(reverse, s, L)
             g = gates + (tau * B + b) * GH
@@ -576,9 +761,9 @@ cdef inline void _bptt(const RnnSweep* sw, const StepProduct* sp, floating* dh2,
             go = (gout + (tau * B + (sw.rows[b] if sw.rows != NULL else b)) * H
                   if gout != NULL else zrow)
             hp = hs + (s * B + b) * H
-            u = 0
-            while u < H:
-                nu = w if H - u > w else H - u
+            u = u0
+            while u < u1:
+                nu = w if u1 - u > w else u1 - u
                 if kind == K_LSTM:
                     lstm_bwd(g + u, aux + (s * B + b) * H + u, cs + (s * B + b) * H + u,
                              dh + b * H + u, go + u, dc + b * H + u, dgr + u, nu, H)
@@ -591,8 +776,10 @@ cdef inline void _bptt(const RnnSweep* sw, const StepProduct* sp, floating* dh2,
                     gru_bwd1(g + u, hp + u, dh + b * H + u, go + u, dgr + u, dst + u, nu, H)
                 u += nu
             if kind <= K_LSTM:
-                memset(dst, 0, row)
-        # 2. the products with W_hh
+                memset(dst + u0, 0, own)
+        # 2. the products with W_hh, once every gate gradient of the step is there
+        if e > b0:
+            _sync(sp)
         if e == b0:
             pass
         elif kind == K_GRU:
@@ -605,26 +792,28 @@ cdef inline void _bptt(const RnnSweep* sw, const StepProduct* sp, floating* dh2,
                 tau = _tau(reverse, s, L)
                 g = gates + (tau * B + b) * GH
                 hp = hs + (s * B + b) * H
-                u = 0
-                while u < H:
-                    nu = w if H - u > w else H - u
+                u = u0
+                while u < u1:
+                    nu = w if u1 - u > w else u1 - u
                     gru_bwd2(g + u, hp + u, drh + b * H + u, dgs + b * GH + u,
                              dh2 + b * H + u, nu)
                     u += nu
+            _sync(sp)                               # every r gradient
             _bwd_product(sp, sw, dgs, 0, H2, dh2, True, b0, e)
         else:
             _bwd_product(sp, sw, dgs, 0, GH, dh2, True, b0, e)
-        if sep and kind != K_GRU_RA:
+        if sep and kind != K_GRU_RA and u1 > u0:
             for b in range(b0, b1):
                 L = lengths[b]
                 if s < L:
                     tau = _tau(reverse, s, L)
-                    memcpy(dGt + (tau * B + b) * GH, dgs + b * GH, grow)
+                    _units(dGt + (tau * B + b) * GH, dgs + b * GH, G, H, u0, u1)
         tmp = dh
         dh = dh2
         dh2 = tmp
-    if dh != dh_out:
-        memcpy(dh_out + b0 * H, dh + b0 * H, (b1 - b0) * row)
+    if dh != dh_out and u1 > u0:
+        for b in range(b0, b1):
+            memcpy(dh_out + b * H + u0, dh + b * H + u0, own)
 
 
 cdef inline void _input_grads(const RnnSweep* sw, const floating* x, const floating* W_ih,
@@ -778,16 +967,17 @@ cdef inline void _weight_grads(const RnnSweep* sw, const floating* x, const floa
         free(v)
 
 
-cdef inline void backward_sweep(const RnnSweep* sw, int phase, Py_ssize_t r0,
-                                Py_ssize_t r1, floating* scr, PackedJob* job) noexcept nogil:
-    """``phase`` (``PH_*``): ``PH_STEPS`` BPTT for batch rows ``[r0, r1)`` (independent
-    of the other rows, like the forward); ``PH_GRAD_X`` ``grad_x`` for rows ``[r0, r1)``
-    of ``T*B``; ``PH_WGRAD`` the weight and bias gradients for gate columns
-    ``[r0, r1)`` -- the last two need every row's gate gradients, so they run after
-    all ``PH_STEPS`` ranges; ``PH_ALL`` everything in that order.  With ``job``
-    (STEP_PACKED) BPTT runs on the packed ``W_hh``."""
-    cdef int kind = sw.kind
-    cdef Py_ssize_t T = sw.T, B = sw.B, D = sw.D, H = sw.H, GH = sw.GH
+cdef inline void backward_sweep(TeamSweep* ts, int t, int n, const floating* like) noexcept nogil:
+    """Thread ``t`` of ``n`` of a backward job.  ``phase`` (``PH_*``): ``PH_STEPS``
+    BPTT for batch rows ``[r0, r1)`` (independent of the other rows, like the
+    forward); ``PH_GRAD_X`` ``grad_x`` for rows ``[r0, r1)`` of ``T*B``; ``PH_WGRAD``
+    the weight and bias gradients for gate columns ``[r0, r1)`` -- the last two need
+    every row's gate gradients, so they run after all ``PH_STEPS`` ranges; ``PH_ALL``
+    everything in that order (``grad_x`` and the weight gradients in their fixed
+    pieces).  With a packed job BPTT runs on the packed ``W_hh``."""
+    cdef const RnnSweep* sw = ts.sw
+    cdef Py_ssize_t T = sw.T, B = sw.B, H = sw.H, GH = sw.GH, p, p0, p1, lo, hi
+    cdef int phase = ts.phase
     cdef const floating* x = <const floating*> sw.x
     cdef const floating* hs = <const floating*> sw.hs
     cdef const floating* aux = <const floating*> sw.aux
@@ -795,36 +985,44 @@ cdef inline void backward_sweep(const RnnSweep* sw, int phase, Py_ssize_t r0,
     cdef floating* dGt = <floating*> sw.dGt
     cdef floating* xh = <floating*> sw.xh
     # scr: [tmp | dh2 | drh] (B*H each), zrow [H] (zeros), ones [T*B]
-    cdef floating* zrow = scr + 3 * B * H
-    cdef floating* ones = zrow + H
-    cdef StepProduct sp
+    cdef floating* ones = <floating*> ts.scr + 3 * B * H + H
     if phase == PH_ALL or phase == PH_STEPS:
-        if phase == PH_ALL:
-            r0, r1 = 0, B
-        if r1 > r0:
-            memset(&sp, 0, sizeof(StepProduct))
-            if job != NULL:                  # W_hh packed once for the whole loop
-                sp.form, sp.job, sp.width = STEP_PACKED, job, panel_width(scr)
-                pack_bwd(<const floating*> sw.W_hh, H, GH, 0, job.NQ,
-                         <floating*> job.pack)
-            else:
-                sp.form, sp.layout, sp.tmp, sp.width = (
-                    STEP_BLAS, _rec_mode(r1 - r0, H, floating is float), scr, H)
-            _bptt(sw, &sp, scr + B * H, scr + 2 * B * H, zrow, r0, r1)
-        if nn_stop_pending():
+        _team_steps(ts, t, n, like)
+        if phase == PH_STEPS or _team_stopped(ts, t, n):
             return
-    if phase == PH_ALL or phase == PH_GRAD_X:
-        if phase == PH_ALL:
-            r0, r1 = 0, T * B
-        if r1 > r0:
-            _input_grads(sw, x, <const floating*> sw.W_ih, hs, dGt, <floating*> sw.grad_x,
-                         xh, r0, r1)
-    if phase == PH_ALL or phase == PH_WGRAD:
-        if phase == PH_ALL:
-            r0, r1 = 0, GH
-        if r1 > r0:
+    if phase == PH_GRAD_X and t == 0:
+        _input_grads(sw, x, <const floating*> sw.W_ih, hs, dGt, <floating*> sw.grad_x,
+                     xh, ts.r0, ts.r1)
+    if phase == PH_WGRAD and t == 0:
+        _weight_grads(sw, x, hs, aux, dGs, dGt, <floating*> sw.gW_ih, <floating*> sw.gW_hh,
+                      <floating*> sw.gb_ih, <floating*> sw.gb_hh, ones, xh,
+                      <floating*> sw.gw, ts.r0, ts.r1)
+    if phase != PH_ALL:
+        return
+    nn_team_share(ts.rows_pieces, t, n, &p0, &p1)
+    for p in range(p0, p1):
+        piece_range(T * B, ts.rows_pieces, 1, p, &lo, &hi)
+        _input_grads(sw, x, <const floating*> sw.W_ih, hs, dGt, <floating*> sw.grad_x,
+                     xh, lo, hi)
+    if n > 1:
+        nn_team.barrier(n)                  # the fused weight GEMM reads [x | h]
+    nn_team_share(ts.cols_pieces, t, n, &p0, &p1)
+    for p in range(p0, p1):
+        piece_range(GH, ts.cols_pieces, 16, p, &lo, &hi)
+        if hi > lo:
             _weight_grads(sw, x, hs, aux, dGs, dGt, <floating*> sw.gW_ih,
                           <floating*> sw.gW_hh, <floating*> sw.gb_ih, <floating*> sw.gb_hh,
-                          ones, xh, <floating*> sw.gw, r0, r1)
+                          ones, xh, <floating*> sw.gw, lo, hi)
 
 
+cdef inline void sweep_piece(void* arg, int t, int n) noexcept nogil:
+    """The team job of a sweep (``nn_team_fn``): thread ``t`` of ``n``."""
+    cdef TeamSweep* ts = <TeamSweep*> arg
+    if ts.backward and ts.double:
+        backward_sweep(ts, t, n, <const double*> NULL)
+    elif ts.backward:
+        backward_sweep(ts, t, n, <const float*> NULL)
+    elif ts.double:
+        forward_sweep(ts, t, n, <const double*> NULL)
+    else:
+        forward_sweep(ts, t, n, <const float*> NULL)

@@ -20,13 +20,16 @@ loop, so two cells can run on two Python threads.  A cell recycles its work buff
 through its :class:`~nn_core.memory.Workspace`, so one cell must not run two
 sequences concurrently.
 
-With more than one core and a thread budget of at least two (:mod:`nn_core._parallel`)
-a sweep over ``B >= MIN_SPLIT_ROWS`` rows runs on two threads itself: batch rows never
-interact, so the kernels' phases (input projection by rows of ``T*B``, step loops by
-batch rows, ``grad_x`` by rows, weight gradients by gate rows) each run as two halves,
-one on the calling thread and one on nn_core's worker pool, with BLAS on one thread
-each.  The numbers equal the one-thread sweep's up to the summation
-order BLAS picks for a half-sized operand.
+A sweep of fewer than ``MIN_SPLIT_ROWS`` rows whose step loops run on the packed
+``W_hh`` (``_K.step_mode``) is one job of nn_core's thread team (:func:`team_threads`):
+the input projection, ``grad_x`` and the weight gradients in fixed pieces, the step
+loops split by hidden units with a barrier per step; the same bits on any number of
+threads.  A sweep over ``B >= MIN_SPLIT_ROWS`` rows runs on two threads itself when
+the budget allows:
+batch rows never interact, so the kernels' phases (input projection by rows of
+``T*B``, step loops by batch rows, ``grad_x`` by rows, weight gradients by gate rows)
+each run as two halves, one per thread, with BLAS on one thread each
+(:func:`row_halves`; :func:`fixed_split` keeps the same cut on one thread).
 """
 from __future__ import annotations
 
@@ -53,7 +56,7 @@ if TYPE_CHECKING:  # names used in annotations only
     from nn_core._typing import ArrayLike, DTypeLike, RNGLike, State, StateLike
 
 __all__ = ["RecurrentCell", "SequenceCache", "cell_class", "resolve_lengths",
-           "time_major_grad", "user_layout", "spawn_rng", "row_halves"]
+           "time_major_grad", "user_layout", "spawn_rng", "row_halves", "team_threads"]
 
 # Batch-row split of one sweep: each half keeps at least 32 rows (smaller halves lose
 # more to the thread hand-off than they gain; docs/performance.md).
@@ -81,6 +84,24 @@ def row_halves(B: int, lengths=None):
     h = int(np.searchsorted(np.cumsum(lengths), lengths.sum() / 2)) + 1
     h = min(max(h, 1), B - 1)
     return (0, h), (h, B)
+
+
+def team_threads(kind: int, B: int, H: int, dtype) -> int | None:
+    """Threads for a sweep that runs as one job of the thread team (its GEMM phases in
+    fixed pieces, its step loops split by hidden units; the same bits on any number of
+    threads), or None when it takes the row split of :func:`row_halves` instead: a
+    batch the row split cuts (:func:`fixed_split`: two half batches need no barrier
+    per step), and step loops whose products are BLAS calls (``STEP_MODE``,
+    ``_K.step_mode``).  The budget (:func:`nn_core._parallel.blas_threads`), 1 inside
+    a parallel region."""
+    if fixed_split(B):
+        return None
+    mode = _K.STEP_MODES[STEP_MODE]
+    if mode == _K.STEP_MODES["auto"]:
+        mode = _K.step_mode(kind, B, H, np.dtype(dtype) == np.float64)
+    if mode != _K.STEP_MODES["packed"]:
+        return None
+    return 1 if _parallel.in_parallel_region() else _parallel.blas_threads()
 
 
 def fixed_split(B: int) -> bool:
@@ -503,8 +524,11 @@ class RecurrentCell(Module):
                                 W_hh=W_hh, W_hhT=W_hhT, gates=gates, hs=hs, cs=cs, aux=aux,
                                 bx=bx, bhn=bhn, out=out, hh=hh, rows=order)
         mode = _K.STEP_MODES[STEP_MODE]
-        halves = row_halves(B, lengths)
-        if halves is None and fixed_split(B):
+        team = team_threads(kind, B, H, dt)
+        halves = None if team is not None else row_halves(B, lengths)
+        if team is not None:
+            _K.rnn_forward(sweep, mode=mode, threads=team)
+        elif halves is None and fixed_split(B):
             # the split's partition on this thread, so that the bits do not depend on
             # the thread count
             _run_in_order(lambda a, b: _K.rnn_forward(sweep, _K.PHASE_PROJ, a, b),
@@ -581,8 +605,11 @@ class RecurrentCell(Module):
             grad_b_hh=self.grads["b_hh"] if self.bias else None,
             dGs=dGs, dGt=dGt, xh=xh, gw=gw, rows=order)
         mode = _K.STEP_MODES[STEP_MODE]
-        halves = row_halves(B, cache.lengths)
-        if halves is None and fixed_split(B):
+        team = team_threads(kind, B, H, dt)
+        halves = None if team is not None else row_halves(B, cache.lengths)
+        if team is not None:
+            _K.rnn_backward(sweep, mode=mode, threads=team)
+        elif halves is None and fixed_split(B):
             # the split's partition on this thread (see run_sequence)
             run = _K.rnn_backward
             run(sweep, _K.PHASE_STEPS, mode=mode)
