@@ -16,6 +16,15 @@ def threads():
     return _parallel.limit_threads
 
 
+@pytest.fixture
+def team():
+    """Skip where the team cannot run several threads (an OpenBLAS without
+    ``openblas_set_num_threads_local``, or BLAS threads that cannot be set)."""
+    libs = _parallel._BLAS.libs()
+    if not libs or _team.blas_registered() != len(libs):
+        pytest.skip("the team runs one thread here: its BLAS cannot be held")
+
+
 def _operand(rng, rows, cols, dtype, padded):
     """A random ``[rows, cols]`` matrix, as a view with a row stride past ``cols``
     when ``padded`` (the layers pass such slices)."""
@@ -111,7 +120,7 @@ def test_matmul_helper(rng):
 
 
 # ------------------------------------------------------------ Python tasks --
-def test_tasks_return_in_order_and_run_on_named_workers(threads):
+def test_tasks_return_in_order_and_run_on_named_workers(threads, team):
     with threads(2):
         got = _parallel.run_tasks(lambda t: (t, threading.current_thread().name), 4)
     assert [t for t, _ in got] == [0, 1, 2, 3]
@@ -169,10 +178,8 @@ def test_two_python_threads_share_the_team(rng, threads):
     assert not errors, errors
 
 
-def test_blas_is_held_at_one_thread_during_a_job_and_restored(threads):
+def test_blas_is_held_at_one_thread_during_a_job_and_restored(threads, team):
     libs = _parallel._BLAS.libs()
-    if not libs or _team.blas_registered() != len(libs):
-        pytest.skip("the OpenBLAS libraries cannot be held here")
     with threads(2):
         before = [lc.get_num_threads() for lc in libs]
         inside = _parallel.run_tasks(lambda t: [lc.get_num_threads() for lc in libs], 2)
@@ -212,7 +219,7 @@ def test_team_settings_are_checked():
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_a_forked_child_starts_its_own_team(rng, threads):
+def test_a_forked_child_starts_its_own_team(rng, threads, team):
     a = rng.standard_normal((512, 256))
     with threads(2):
         want = _linalg.matmul(a, a, trans_b=True)           # the parent's workers run
