@@ -17,7 +17,8 @@ __all__ = ["matmul"]
 
 def _rows_contiguous(x):
     """``x`` as a matrix whose rows are contiguous (a copy only when they are not)."""
-    if x.strides[-1] != x.itemsize or x.strides[0] < x.itemsize * x.shape[1] or x.strides[0] % x.itemsize:
+    rows, item = x.strides
+    if item != x.itemsize or rows < item * x.shape[1] or rows % item:
         return np.ascontiguousarray(x)
     return x
 

@@ -14,9 +14,9 @@ libraries; the Cython kernels call SciPy's).  ``threadpoolctl.threadpool_limits(
 ``import nn_core``.  A budget of ``N`` means at most ``N`` busy cores: work split over
 ``k <= N`` threads of the team runs with every OpenBLAS held at one thread
 (OpenBLAS's own workers never run beside the team); unsplit work runs on the calling
-thread with BLAS at ``N`` threads.  Before every parallel decision the kernels' BLAS is brought down to
-the budget (and back up to its own setting when the limit is lifted), so a limit set
-on NumPy's BLAS only also holds for the kernels.
+thread with BLAS at ``N`` threads.  Before every parallel decision the kernels' BLAS is
+brought down to the budget (and back up to its own setting when the limit is lifted),
+so a limit set on NumPy's BLAS only also holds for the kernels.
 
 BLAS thread counts are read and set through the ``*openblas_{get,set}_num_threads``
 entry points of the OpenBLAS libraries mapped into the process (Linux), otherwise
@@ -33,6 +33,7 @@ give the same bits.  After ``fork`` the child starts its own team.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import threading
@@ -104,37 +105,35 @@ def _openblas_from_maps():
     return out
 
 
-def _local_setters(libs):
-    """Addresses of ``openblas_set_num_threads_local`` (OpenBLAS 0.3.27 and later) of
-    the OpenBLAS libraries among ``libs``: the team holds them at one thread during its
-    jobs.  Libraries without it are left out (and the team then stays at one thread)."""
+def _openblas_entry_points(libs, *names):
+    """For each OpenBLAS library among ``libs`` that exports every one of ``names``: the
+    addresses of those entry points (a tuple per library, in ``libs`` order)."""
     out = []
     for lc in libs:
         path = getattr(lc, "filepath", None)
         if not isinstance(lc, _OpenBLAS) or not path:
             continue
         try:
-            fn = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0)).openblas_set_num_threads_local
+            lib = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0))
+            fns = [getattr(lib, name) for name in names]
         except (OSError, AttributeError):
             continue
-        out.append(ctypes.cast(fn, ctypes.c_void_p).value)
+        out.append(tuple(ctypes.cast(fn, ctypes.c_void_p).value for fn in fns))
     return out
+
+
+def _local_setters(libs):
+    """Addresses of ``openblas_set_num_threads_local`` (OpenBLAS 0.3.27 and later) of
+    the OpenBLAS libraries among ``libs``: the team holds them at one thread during its
+    jobs.  Libraries without it are left out (and the team then stays at one thread)."""
+    return [a for a, in _openblas_entry_points(libs, "openblas_set_num_threads_local")]
 
 
 def _ilp64_gemm(libs):
     """``(sgemm, dgemm)`` addresses of the ILP64 Fortran GEMMs of NumPy's OpenBLAS
     (``scipy_sgemm_64_``), or ``(0, 0)``: the team's GEMM blocks then call SciPy's."""
-    for lc in libs:
-        path = getattr(lc, "filepath", None)
-        if not isinstance(lc, _OpenBLAS) or not path:
-            continue
-        try:
-            lib = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0))
-            s, d = lib.scipy_sgemm_64_, lib.scipy_dgemm_64_
-        except (OSError, AttributeError):
-            continue
-        return (ctypes.cast(s, ctypes.c_void_p).value, ctypes.cast(d, ctypes.c_void_p).value)
-    return 0, 0
+    found = _openblas_entry_points(libs, "scipy_sgemm_64_", "scipy_dgemm_64_")
+    return found[0] if found else (0, 0)
 
 
 def _find_controllers():
@@ -195,21 +194,20 @@ class _Blas:
             return n
 
     def _read_budget(self, libs) -> int:
-        if True:
-            counts = [lc.get_num_threads() or 1 for lc in libs]
-            own = [self._lowered.get(id(lc), n) for lc, n in zip(libs, counts)]
-            # a library we lowered follows the others; its own setting is remembered
-            user = [n for lc, n in zip(libs, counts) if id(lc) not in self._lowered]
-            target = max(1, min(user or own))
-            for lc, n, mine in zip(libs, counts, own):
-                want = min(mine, target)
-                if n != want:
-                    lc.set_num_threads(want)
-                if want < mine:
-                    self._lowered[id(lc)] = mine
-                else:
-                    self._lowered.pop(id(lc), None)
-            return max(1, min(min(own), target))
+        counts = [lc.get_num_threads() or 1 for lc in libs]
+        own = [self._lowered.get(id(lc), n) for lc, n in zip(libs, counts)]
+        # a library we lowered follows the others; its own setting is remembered
+        user = [n for lc, n in zip(libs, counts) if id(lc) not in self._lowered]
+        target = max(1, min(user or own))
+        for lc, n, mine in zip(libs, counts, own):
+            want = min(mine, target)
+            if n != want:
+                lc.set_num_threads(want)
+            if want < mine:
+                self._lowered[id(lc)] = mine
+            else:
+                self._lowered.pop(id(lc), None)
+        return max(1, min(min(own), target))
 
     def set_all(self, n):
         with self.lock:
@@ -301,7 +299,7 @@ class _SingleThreadBlas:
         return False
 
 
-class hold_blas:
+class hold_blas(contextlib.ContextDecorator):
     """Context manager and decorator: every loaded OpenBLAS at one thread inside (the
     budget unchanged: the team does the splitting).  Re-entrant, from any thread."""
 
@@ -344,8 +342,9 @@ def run_tasks(work, n, cancel=None) -> list:
     buffers); the first error (by task number) is raised afterwards.  ``cancel(True)``,
     if given, is called when a task of the calling thread fails or a signal handler
     raises while it waits (Ctrl-C), so that the other tasks stop early;
-    ``cancel(False)`` once they all ended.  Each task runs in a copy of the caller's context (NumPy's allocator, e.g.
-    :func:`nn_core.memory.caching_allocator`, is a context variable)."""
+    ``cancel(False)`` once they all ended.  Each task runs in a copy of the caller's
+    context (NumPy's allocator, e.g. :func:`nn_core.memory.caching_allocator`, is a
+    context variable)."""
     n = int(n)
     if n <= 1 or in_parallel_region():
         return [work(t) for t in range(n)]

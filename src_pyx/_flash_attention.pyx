@@ -466,9 +466,7 @@ def flash_forward(FlashCall call not None, floating[:, :, ::1] out, floating[:, 
     cdef nn_fa_drop* drop
     check_call(c, "FlashCall", floating is double, 0, 0)
     _check_blocks(bq, bk)
-    if out.shape[0] != call.slabs or out.shape[1] != L_q or out.shape[2] != d_v:
-        raise ValueError(f"out must have shape {(call.slabs, L_q, d_v)}, got "
-                         f"{(out.shape[0], out.shape[1], out.shape[2])}")
+    _check_3d(out, call.slabs, L_q, d_v, "out")
     if lse.shape[0] != call.slabs or lse.shape[1] != L_q:
         raise ValueError(f"lse must have shape {(call.slabs, L_q)}, got "
                          f"{(lse.shape[0], lse.shape[1])}")

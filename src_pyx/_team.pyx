@@ -548,12 +548,6 @@ def gemm(a, b, c, bint trans_a=False, bint trans_b=False, double alpha=1.0, doub
     return c
 
 
-def _set_blocking(double block_flops, Py_ssize_t max_blocks):
-    """Testing and tuning hook: the block rule's constants."""
-    global _BLOCK_FLOPS, _MAX_BLOCKS
-    _BLOCK_FLOPS, _MAX_BLOCKS = block_flops, max_blocks
-
-
 def gemm_blocks(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k):
     """``(cut, block, count)``: how :func:`gemm` cuts an ``m x n x k`` product
     (``cut``: ``"rows"``, ``"cols"`` or ``"k"``)."""

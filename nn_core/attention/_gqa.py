@@ -194,7 +194,7 @@ class _GQACore(Module):
             grads[n](dy[:, a:b])
         if W is not None:                                  # fused: one GEMM each
             dW = matmul(x2, dy, trans_a=True)              # (D, width)
-            dx = matmul(dy, W, trans_b=True) if need_dx else None      # (n, D)
+            dx = matmul(dy, W, trans_b=True) if need_dx else None  # (n, D)
         else:
             dW = None
             dx = None
@@ -402,7 +402,7 @@ class _GQACore(Module):
         matmul(A, g2, trans_a=True, out=self.grads["W_o"], accumulate=True)
         if self.bias:
             self.grads["b_o"] += g2.sum(axis=0)
-        dA = matmul(g2, self.params["W_o"], trans_b=True)                                  # (N, h*d_k)
+        dA = matmul(g2, self.params["W_o"], trans_b=True)                # (N, h*d_k)
         dq, dk, dv = self.attention.backward(self._q_view(dA, B, L, layout))
         if layout == "5d":
             dk, dv = dk[:, :, 0], dv[:, :, 0]                            # (B, g, S, d_k)

@@ -11,16 +11,19 @@ one core.  The trace (:func:`nn_core._kernels._team.trace_start`) gives each job
 duration ``w``, the pieces it is cut into ``P`` and the barriers it passes ``b``.
 The estimate of a step at ``p`` threads is::
 
-    serial + sum over jobs of  w * ceil(P' / p) / P'  +  h  +  b * c
+    serial + sum over jobs of  w * ceil(P / p) / P  +  h  +  b * c
 
 with ``serial`` the step's time outside jobs (Python, NumPy glue: it does not scale),
-``P`` as traced (the GEMMs' blocks do not depend on the thread count; the
-element-wise and slab splits are cut for the traced budget, which over-estimates their
-imbalance at smaller ``p`` slightly), ``h`` the hand-off of a job and ``c`` one barrier, both measured on this machine with 2
-threads (``--handoff``/``--barrier`` override them).  It assumes the cores are as fast
-alone as together (no shared-cache or memory-bandwidth limit) and does not count the
-wake-up of a worker that slept: an upper bound of the speed-up.  Printed per model:
-jobs and barriers per step, the serial share, the estimated step at each ``p`` and, at ``p = 2``, the measured step (median of interleaved rounds).
+``P`` as traced (the GEMMs' blocks do not depend on the thread count; the element-wise
+and slab splits are cut for the traced budget, which over-estimates their imbalance at
+smaller ``p`` slightly), ``h`` the hand-off of a job and ``c`` one barrier, both
+measured on this machine with 2 threads (``--handoff``/``--barrier`` override them).
+It assumes the cores are as fast alone as together (no shared-cache or
+memory-bandwidth limit) and does not count the wake-up of a worker that slept: an
+upper bound of the speed-up.  Printed per model: jobs and barriers per step, the
+serial share, the estimated step at each ``p`` and, at ``p = 2``, the measured step
+(median of rounds alternating 1 and 2 threads; few samples, so it swings on a loaded
+machine: ``bench model`` measures 2-thread steps more carefully).
 """
 from __future__ import annotations
 
